@@ -1,0 +1,20 @@
+//! Sans-IO shard logic of tpc-xfer: chunk planning, partitioning, digests, file assembly,
+//! commit batching, change detection and tree comparison.
+//!
+//! Nothing in this crate opens a file, touches a socket or reads a clock. Drivers (the
+//! glommio/io_uring driver in `shards/uring`, and later a portable one) feed it facts — a
+//! range was hashed, a shard reported back, a file was written — and carry out what it
+//! decides. That keeps the decisions deterministic and testable without any I/O.
+
+pub mod assembly;
+pub mod commit;
+pub mod compare;
+pub mod digest;
+pub mod limits;
+pub mod plan;
+
+pub use assembly::{Assembly, AssemblyError, Completed};
+pub use commit::CommitBatcher;
+pub use compare::{Change, CheckedEntry, Difference, EntryKind, EntryMeta, SkipPolicy};
+pub use digest::{ChunkHash, FileDigest};
+pub use plan::{ChunkPlan, FileId, RangeSpan, ShardId};
