@@ -1,1 +1,149 @@
-fn main() {}
+//! The `tpc-xfer` command line: parses flags, starts the shards, maps every outcome to one
+//! documented exit code.
+
+mod check;
+mod copy;
+mod exit;
+mod progress;
+mod walk;
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tpc_core::SkipPolicy;
+use tpc_uring::Durability;
+
+use crate::exit::{Exit, EXIT_CODES_HELP};
+
+/// Thread-per-core file transfer: every chunk hashed with BLAKE3, every file written
+/// atomically and durably.
+#[derive(Parser)]
+#[command(name = "tpc-xfer", version, after_help = EXIT_CODES_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Copy files and directory trees (local paths).
+    ///
+    /// Follows rsync's trailing-slash rule: `copy src/ dst` copies the contents of src
+    /// into dst, `copy src dst` creates dst/src. Symlinks are recreated, never followed;
+    /// modes and nanosecond mtimes are preserved; hard links within a source are kept as
+    /// hard links; FIFOs, sockets and devices are skipped with a warning. Each file is
+    /// written under a temporary name and renamed into place once complete and durable;
+    /// temporary files left by an interrupted run are removed by the next one.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Copy {
+        /// Files or directories to copy (a trailing slash copies a directory's contents).
+        #[arg(required = true, value_name = "SOURCE")]
+        sources: Vec<OsString>,
+        /// Where to copy to.
+        #[arg(value_name = "DEST")]
+        dest: PathBuf,
+        /// Compare BLAKE3 digests, not size and mtime, to decide whether a file changed.
+        #[arg(long)]
+        checksum: bool,
+        /// After copying, re-read every written file and compare its digest with the source's.
+        #[arg(long)]
+        verify: bool,
+        /// When files are made durable before they are renamed into place.
+        #[arg(long, value_enum, default_value_t = Fsync::Batch)]
+        fsync: Fsync,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Compare two trees by content and metadata; exit 0 only if identical.
+    ///
+    /// Prints what is missing from B, extra in B, and different (content, size, type,
+    /// mode, mtime, symlink target). Regular files of equal size are hashed on the shards.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Check {
+        /// The reference tree.
+        a: PathBuf,
+        /// The tree compared with it.
+        b: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Args)]
+struct Common {
+    /// Number of shards (pinned executors, one per core). Default: every usable core.
+    #[arg(long, value_name = "N")]
+    cores: Option<usize>,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Print a machine-readable summary on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Fsync {
+    /// Sync written files in batches (one syncfs), then rename them, then sync their
+    /// directories: a file appears under its name only once it would survive a power cut.
+    Batch,
+    /// Rename files as soon as they are written; faster, not crash-safe.
+    Never,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let exit = match cli.command {
+        Command::Copy {
+            sources,
+            dest,
+            checksum,
+            verify,
+            fsync,
+            common,
+        } => match options(&common, checksum, verify, fsync) {
+            Ok(opts) => copy::run(&sources, &dest, &opts),
+            Err(e) => e,
+        },
+        Command::Check { a, b, common } => match options(&common, false, false, Fsync::Never) {
+            Ok(opts) => check::run(&a, &b, &opts),
+            Err(e) => e,
+        },
+    };
+    ExitCode::from(exit as u8)
+}
+
+fn options(
+    common: &Common,
+    checksum: bool,
+    verify: bool,
+    fsync: Fsync,
+) -> Result<copy::CopyOptions, Exit> {
+    let usable = tpc_uring::usable_cpus().len().max(1);
+    let shard_count = common.cores.unwrap_or(usable);
+    if shard_count == 0 || shard_count > usable {
+        eprintln!(
+            "tpc-xfer: --cores must be between 1 and {usable} (the cores this process may use)"
+        );
+        return Err(Exit::Usage);
+    }
+    Ok(copy::CopyOptions {
+        shard_count,
+        policy: if checksum {
+            SkipPolicy::Checksum
+        } else {
+            SkipPolicy::SizeAndMtime
+        },
+        verify,
+        durability: match fsync {
+            Fsync::Batch => Durability::Batch,
+            Fsync::Never => Durability::Never,
+        },
+        progress: !common.quiet && !common.json && std::io::stderr().is_terminal(),
+        quiet: common.quiet,
+        json: common.json,
+    })
+}

@@ -1,1 +1,253 @@
-//! x
+//! glommio / io_uring driver of the tpc-xfer shard logic: one pinned executor per core,
+//! each reading, hashing and writing the ranges assigned to it, and finalizing the files
+//! it owns.
+//!
+//! A job is a list of files. Every file has an owner shard (`tpc_core::plan::owner`) and
+//! is cut into ranges (`ChunkPlan`), each worked on by `range_shard`. A shard reads its
+//! ranges through io_uring, hashes each chunk with BLAKE3 and, for a copy, writes it to
+//! the file's temporary name. It then reports the chunk hashes to the owner — directly
+//! when it is the owner, otherwise as a `ShardMsg` over the glommio channel mesh. The
+//! owner feeds the reports to its `Assembly`; when a file is complete it applies mode and
+//! times through the open fd, and commits it: durable in batches, then renamed into place.
+//!
+//! Shards share nothing mutable. The job's file list is immutable and shared by `Arc`;
+//! progress counters are one cache line per shard, written only by that shard.
+
+mod shard;
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use glommio::{LocalExecutorBuilder, Placement};
+use tpc_core::limits::{JOB_FILES_MAX, SHARDS_MAX};
+use tpc_core::{FileDigest, FileId};
+
+/// One file of a job.
+#[derive(Clone, Debug)]
+pub struct JobFile {
+    /// Path relative to the transfer root; decides the owner shard.
+    pub rel: Vec<u8>,
+    /// Where to read.
+    pub src: PathBuf,
+    /// For a copy: where to write and commit. `None` for a hash-only job.
+    pub dst: Option<Destination>,
+    pub size_bytes: u64,
+}
+
+/// Where a copied file is written and what it looks like when done.
+#[derive(Clone, Debug)]
+pub struct Destination {
+    /// Temporary name in the destination directory; written, then renamed.
+    pub tmp: PathBuf,
+    pub path: PathBuf,
+    /// Permission bits to set (`mode & 0o7777`).
+    pub mode: u32,
+    pub atime: (i64, u32),
+    pub mtime: (i64, u32),
+}
+
+/// How copied files are made durable before they are renamed into place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Batches of files are synced together (`syncfs`), then renamed, then their
+    /// directories are synced. A file is never visible under its name before it is durable.
+    Batch,
+    /// Rename as soon as written; the kernel writes back when it likes.
+    Never,
+}
+
+#[derive(Clone, Debug)]
+pub struct JobSpec {
+    pub files: Vec<JobFile>,
+    pub shard_count: usize,
+    pub durability: Durability,
+}
+
+/// What happened to one file.
+#[derive(Clone, Debug)]
+pub enum FileOutcome {
+    /// Read, hashed and (for a copy) written, durable as requested and in place.
+    Done(FileDigest),
+    Failed(FileError),
+}
+
+/// Why a file failed: which stage, and the OS error.
+#[derive(Clone, Debug)]
+pub struct FileError {
+    pub stage: Stage,
+    pub errno: Option<i32>,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Read,
+    Write,
+    Commit,
+}
+
+/// Per-shard figures for the summary.
+#[derive(Clone, Debug, Default)]
+pub struct ShardReport {
+    pub shard: usize,
+    /// CPUs this executor's thread may run on, read back from the kernel.
+    pub affinity: Vec<usize>,
+    pub bytes: u64,
+    pub ranges: u64,
+    pub files_committed: u64,
+}
+
+pub struct JobReport {
+    pub outcomes: Vec<FileOutcome>,
+    pub shards: Vec<ShardReport>,
+}
+
+/// Live counters for progress display: one cache line per shard, one writer each.
+#[derive(Default)]
+#[repr(align(128))]
+pub struct ShardCounters {
+    pub bytes: AtomicU64,
+    pub files: AtomicU64,
+}
+
+pub struct Progress {
+    pub shards: Vec<ShardCounters>,
+}
+
+impl Progress {
+    pub fn new(shard_count: usize) -> Arc<Self> {
+        Arc::new(Progress {
+            shards: (0..shard_count).map(|_| ShardCounters::default()).collect(),
+        })
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.bytes.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub fn files(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.files.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+#[derive(Debug)]
+pub enum EngineError {
+    TooManyShards {
+        requested: usize,
+        available: usize,
+    },
+    TooManyFiles(usize),
+    /// io_uring or the executor could not start (seccomp, RLIMIT_MEMLOCK, old kernel).
+    Start(String),
+    ShardPanicked(usize),
+}
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineError::TooManyShards {
+                requested,
+                available,
+            } => write!(
+                f,
+                "--cores {requested} asks for more cores than the {available} this process may use"
+            ),
+            EngineError::TooManyFiles(n) => write!(f, "{n} files exceed the per-job limit"),
+            EngineError::Start(e) => write!(f, "cannot start io_uring shard: {e}"),
+            EngineError::ShardPanicked(i) => write!(f, "shard {i} stopped unexpectedly"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+/// CPUs this process may run on, in order (respects `taskset` and cgroup cpusets).
+pub fn usable_cpus() -> Vec<usize> {
+    affinity_of_current_thread()
+}
+
+fn affinity_of_current_thread() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return vec![];
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Runs a job on `spec.shard_count` pinned executors and waits for it.
+pub fn run_job(spec: JobSpec, progress: Arc<Progress>) -> Result<JobReport, EngineError> {
+    let cpus = usable_cpus();
+    let shard_count = spec.shard_count;
+    if shard_count == 0 || shard_count > cpus.len() || shard_count > SHARDS_MAX {
+        return Err(EngineError::TooManyShards {
+            requested: shard_count,
+            available: cpus.len().min(SHARDS_MAX),
+        });
+    }
+    if spec.files.len() > JOB_FILES_MAX {
+        return Err(EngineError::TooManyFiles(spec.files.len()));
+    }
+    assert_eq!(
+        progress.shards.len(),
+        shard_count,
+        "progress sized for the job"
+    );
+    let job = Arc::new(spec);
+    let mesh = glommio::channels::channel_mesh::MeshBuilder::full(shard_count, 1024);
+    let mut handles = Vec::with_capacity(shard_count);
+    for (shard, &cpu) in cpus.iter().enumerate().take(shard_count) {
+        let job = job.clone();
+        let mesh = mesh.clone();
+        let progress = progress.clone();
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("tpc-shard-{shard}"))
+            // Registered buffers are for O_DIRECT; this driver reads and writes buffered,
+            // so keep the pinned memory small to fit a default RLIMIT_MEMLOCK of 8 MiB.
+            .io_memory(512 << 10)
+            .spawn(move || shard::run(shard, job, mesh, progress))
+            .map_err(|e| EngineError::Start(e.to_string()))?;
+        handles.push(handle);
+    }
+    let mut outcomes: Vec<Option<FileOutcome>> = vec![None; job.files.len()];
+    let mut shards = Vec::with_capacity(shard_count);
+    for (i, handle) in handles.into_iter().enumerate() {
+        let (report, finished) = handle
+            .join()
+            .map_err(|_| EngineError::ShardPanicked(i))?
+            .map_err(|e| EngineError::Start(format!("shard {i}: {e}")))?;
+        for (file, outcome) in finished {
+            let slot = &mut outcomes[file.0 as usize];
+            assert!(slot.is_none(), "file finalized by two shards");
+            *slot = Some(outcome);
+        }
+        shards.push(report);
+    }
+    let outcomes = outcomes
+        .into_iter()
+        .map(|o| o.expect("every file has an outcome from its owner"))
+        .collect();
+    Ok(JobReport { outcomes, shards })
+}
+
+pub(crate) fn file_error(stage: Stage, err: &io::Error) -> FileError {
+    FileError {
+        stage,
+        errno: err.raw_os_error(),
+        message: err.to_string(),
+    }
+}
+
+pub(crate) type Finished = Vec<(FileId, FileOutcome)>;

@@ -1,0 +1,494 @@
+//! What one shard does: work its ranges, report to owners, finalize and commit owned files.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
+use glommio::channels::local_channel;
+use glommio::io::{BufferedFile, OpenOptions};
+use glommio::sync::Semaphore;
+use tpc_core::assembly::{Assembly, Completed};
+use tpc_core::limits::RANGES_IN_FLIGHT_PER_SHARD;
+use tpc_core::plan::{owner, range_shard};
+use tpc_core::{ChunkHash, ChunkPlan, CommitBatcher, FileId, RangeSpan, ShardId};
+
+use crate::{
+    affinity_of_current_thread, file_error, Destination, Durability, FileError, FileOutcome,
+    Finished, JobFile, JobSpec, Progress, ShardReport, Stage,
+};
+
+/// Messages between shards: a worker reports a range to the file's owner.
+pub(crate) enum ShardMsg {
+    RangeDone {
+        file: FileId,
+        range: u32,
+        hashes: Vec<ChunkHash>,
+    },
+    RangeFailed {
+        file: FileId,
+        range: u32,
+        error: FileError,
+    },
+}
+
+struct Shard {
+    id: usize,
+    job: Arc<JobSpec>,
+    progress: Arc<Progress>,
+    assembly: RefCell<Assembly>,
+    /// First error of each owned file whose ranges are still arriving.
+    errors: RefCell<std::collections::HashMap<FileId, FileError>>,
+    completed: local_channel::LocalSender<Completed>,
+}
+
+pub(crate) fn run(
+    id: usize,
+    job: Arc<JobSpec>,
+    mesh: MeshBuilder<ShardMsg, Full>,
+    progress: Arc<Progress>,
+) -> impl std::future::Future<Output = io::Result<(ShardReport, Finished)>> {
+    async move {
+        let shard_count = job.shard_count;
+        let (senders, mut receivers) = mesh.join().await.map_err(io::Error::from)?;
+        assert_eq!(senders.peer_id(), id, "mesh peer order follows shard order");
+
+        let (completed_tx, completed_rx) = local_channel::new_unbounded();
+        let shard = Rc::new(Shard {
+            id,
+            job: job.clone(),
+            progress,
+            assembly: RefCell::new(Assembly::new()),
+            errors: RefCell::new(Default::default()),
+            completed: completed_tx,
+        });
+
+        // Register owned files and list this shard's ranges. Planning is a pure function of
+        // the job, so every shard computes the same assignment without talking.
+        let mut owned = 0usize;
+        let mut work: Vec<(FileId, RangeSpan)> = Vec::new();
+        for (index, file) in job.files.iter().enumerate() {
+            let file_id = FileId(index as u32);
+            let plan = match ChunkPlan::new(file.size_bytes) {
+                Ok(plan) => plan,
+                // The planner rejects such files; a shard treats it as an invariant.
+                Err(e) => panic!("file over the size limit reached a shard: {e:?}"),
+            };
+            let own = owner(&file.rel, shard_count);
+            if own.0 as usize == id {
+                shard
+                    .assembly
+                    .borrow_mut()
+                    .expect(file_id, plan)
+                    .expect("each file registered once");
+                owned += 1;
+            }
+            for span in plan.ranges() {
+                if range_shard(own, span.index, shard_count).0 as usize == id {
+                    work.push((file_id, span));
+                }
+            }
+        }
+
+        // Reports from peers.
+        let mut listeners = Vec::new();
+        for (_, receiver) in receivers.streams() {
+            let shard = shard.clone();
+            listeners.push(glommio::spawn_local(async move {
+                while let Some(msg) = receiver.recv().await {
+                    match msg {
+                        ShardMsg::RangeDone {
+                            file,
+                            range,
+                            hashes,
+                        } => shard.range_done(file, range, Ok(hashes)),
+                        ShardMsg::RangeFailed { file, range, error } => {
+                            shard.range_done(file, range, Err(error))
+                        }
+                    }
+                }
+            }));
+        }
+
+        // Finalizer: commits owned files as they complete.
+        let finalizer = glommio::spawn_local(finalize_loop(shard.clone(), completed_rx, owned));
+
+        // Range work, a bounded number at a time.
+        let limit = Rc::new(Semaphore::new(RANGES_IN_FLIGHT_PER_SHARD as u64));
+        let senders = Rc::new(senders);
+        let mut ranges_done = 0u64;
+        let mut tasks = Vec::with_capacity(work.len().min(RANGES_IN_FLIGHT_PER_SHARD * 2));
+        for (file_id, span) in work {
+            let permit = limit
+                .clone()
+                .acquire_static_permit(1)
+                .await
+                .expect("semaphore never closed");
+            let shard = shard.clone();
+            let senders = senders.clone();
+            tasks.push(glommio::spawn_local(async move {
+                let result = shard.work_range(file_id, span).await;
+                drop(permit);
+                shard.report(&senders, file_id, span.index, result).await;
+            }));
+            ranges_done += 1;
+            if tasks.len() >= RANGES_IN_FLIGHT_PER_SHARD * 2 {
+                // Reap finished tasks so the handle list stays bounded.
+                for t in tasks.drain(..RANGES_IN_FLIGHT_PER_SHARD) {
+                    t.await;
+                }
+            }
+        }
+        for t in tasks {
+            t.await;
+        }
+        // No more reports from this shard: peers' listeners see the end of our stream.
+        senders.close();
+        let (finished, committed) = finalizer.await;
+        for l in listeners {
+            l.await;
+        }
+        let counters = &shard.progress.shards[id];
+        let report = ShardReport {
+            shard: id,
+            affinity: affinity_of_current_thread(),
+            bytes: counters.bytes.load(Ordering::Relaxed),
+            ranges: ranges_done,
+            files_committed: committed,
+        };
+        Ok((report, finished))
+    }
+}
+
+impl Shard {
+    fn file(&self, id: FileId) -> &JobFile {
+        &self.job.files[id.0 as usize]
+    }
+
+    /// Reads (and, for a copy, writes) one range; returns its chunk hashes.
+    async fn work_range(
+        &self,
+        file_id: FileId,
+        span: RangeSpan,
+    ) -> Result<Vec<ChunkHash>, FileError> {
+        let file = self.file(file_id);
+        let src = BufferedFile::open(&file.src)
+            .await
+            .map_err(|e| file_error(Stage::Read, &e.into()))?;
+        let dst = match &file.dst {
+            Some(dst) => Some(
+                // Every range opens the temporary file with O_CREAT and no O_TRUNC, so the
+                // shards writing ranges of one file need no ordering among themselves.
+                OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                    .buffered_open(&dst.tmp)
+                    .await
+                    .map_err(|e| file_error(Stage::Write, &e.into()))?,
+            ),
+            None => None,
+        };
+        let plan = ChunkPlan::new(file.size_bytes).expect("checked at registration");
+        let mut hashes = Vec::with_capacity(span.chunk_count as usize);
+        let counters = &self.progress.shards[self.id];
+        for chunk in span.first_chunk..span.first_chunk + span.chunk_count {
+            let (offset, len) = plan.chunk(chunk);
+            let data = read_exact_at(&src, offset, len as usize).await?;
+            hashes.push(ChunkHash::of(&data));
+            if let Some(dst) = &dst {
+                write_all_at(dst, data, offset).await?;
+            }
+            counters.bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        // A file that is one range is finished here, so its owner (this shard: range 0 is
+        // always the owner's) sets mode and times through this fd instead of opening it again.
+        if let (Some(out), Some(meta)) = (&dst, &file.dst) {
+            if plan.range_count() == 1 {
+                apply_metadata(out.as_raw_fd(), meta).map_err(|e| file_error(Stage::Write, &e))?;
+            }
+        }
+        let _ = src.close().await;
+        if let Some(dst) = dst {
+            dst.close()
+                .await
+                .map_err(|e| file_error(Stage::Write, &e.into()))?;
+        }
+        Ok(hashes)
+    }
+
+    async fn report(
+        &self,
+        senders: &Senders<ShardMsg>,
+        file: FileId,
+        range: u32,
+        result: Result<Vec<ChunkHash>, FileError>,
+    ) {
+        let own = owner(&self.file(file).rel, self.job.shard_count);
+        if own == ShardId(self.id as u16) {
+            // Fast path: the owner is this shard.
+            self.range_done(file, range, result);
+            return;
+        }
+        let msg = match result {
+            Ok(hashes) => ShardMsg::RangeDone {
+                file,
+                range,
+                hashes,
+            },
+            Err(error) => ShardMsg::RangeFailed { file, range, error },
+        };
+        if senders.send_to(own.0 as usize, msg).await.is_err() {
+            panic!(
+                "owner shard {} closed its mesh while a range was in flight",
+                own.0
+            );
+        }
+    }
+
+    fn range_done(&self, file: FileId, range: u32, result: Result<Vec<ChunkHash>, FileError>) {
+        let completed = match result {
+            Ok(hashes) => self.assembly.borrow_mut().range_done(file, range, &hashes),
+            Err(error) => {
+                let reason = error.message.clone();
+                self.errors.borrow_mut().entry(file).or_insert(error);
+                self.assembly.borrow_mut().range_failed(file, range, reason)
+            }
+        };
+        // Peers are the same process running the same plan: a bad report is a bug.
+        let completed = completed.unwrap_or_else(|e| panic!("inconsistent range report: {e}"));
+        if let Some(done) = completed {
+            self.completed
+                .try_send(done)
+                .unwrap_or_else(|_| panic!("finalizer stopped early"));
+        }
+    }
+}
+
+/// Commits owned files as they complete; returns their outcomes and how many were committed.
+async fn finalize_loop(
+    shard: Rc<Shard>,
+    completed: local_channel::LocalReceiver<Completed>,
+    owned: usize,
+) -> (Finished, u64) {
+    let mut finished: Finished = Vec::with_capacity(owned);
+    let mut batch: Vec<(FileId, tpc_core::FileDigest)> = Vec::new();
+    let mut batcher = CommitBatcher::default();
+    let mut committed = 0u64;
+    while finished.len() + batch.len() < owned {
+        let Some(done) = completed.recv().await else {
+            break;
+        };
+        match done {
+            Completed::Failed { file, .. } => {
+                let error = shard
+                    .errors
+                    .borrow_mut()
+                    .remove(&file)
+                    .expect("a failed file has its error recorded");
+                if let Some(dst) = &shard.file(file).dst {
+                    let _ = std::fs::remove_file(&dst.tmp);
+                }
+                finished.push((file, FileOutcome::Failed(error)));
+            }
+            Completed::Ok { file, digest } => {
+                let f = shard.file(file);
+                let Some(dst) = &f.dst else {
+                    finished.push((file, FileOutcome::Done(digest)));
+                    continue;
+                };
+                let plan = ChunkPlan::new(f.size_bytes).expect("checked");
+                if plan.range_count() > 1 {
+                    // Several shards wrote it; they have all closed their fds by now.
+                    if let Err(e) = apply_metadata_by_path(&dst.tmp, dst) {
+                        let _ = std::fs::remove_file(&dst.tmp);
+                        finished.push((file, FileOutcome::Failed(file_error(Stage::Write, &e))));
+                        continue;
+                    }
+                }
+                batch.push((file, digest));
+                let full = batcher.push(f.size_bytes);
+                if full || shard.job.durability == Durability::Never {
+                    committed += commit(&shard, &mut batch, &mut finished).await;
+                    batcher.reset();
+                }
+            }
+        }
+        shard.progress.shards[shard.id]
+            .files
+            .store((finished.len() + batch.len()) as u64, Ordering::Relaxed);
+    }
+    committed += commit(&shard, &mut batch, &mut finished).await;
+    shard.progress.shards[shard.id]
+        .files
+        .store(finished.len() as u64, Ordering::Relaxed);
+    (finished, committed)
+}
+
+/// Makes a batch of written files durable, renames them into place, syncs their
+/// directories. Returns how many were committed.
+async fn commit(
+    shard: &Shard,
+    batch: &mut Vec<(FileId, tpc_core::FileDigest)>,
+    finished: &mut Finished,
+) -> u64 {
+    if batch.is_empty() {
+        return 0;
+    }
+    let durable = shard.job.durability == Durability::Batch;
+    let dst_of = |file: FileId| shard.file(file).dst.as_ref().expect("copy job");
+    if durable {
+        // One syncfs makes every file of the batch durable with one journal commit,
+        // instead of one fsync per file. It blocks, so it runs off the executor thread.
+        let probe = dst_of(batch[0].0).tmp.clone();
+        if let Err(e) = run_blocking(move || syncfs_of(&probe)).await {
+            for (file, _) in batch.drain(..) {
+                let _ = std::fs::remove_file(&dst_of(file).tmp);
+                finished.push((file, FileOutcome::Failed(file_error(Stage::Commit, &e))));
+            }
+            return 0;
+        }
+    }
+    let mut dirs = BTreeSet::new();
+    let mut committed = 0;
+    for (file, digest) in batch.drain(..) {
+        let dst = dst_of(file);
+        match rename_no_replace_dir(&dst.tmp, &dst.path) {
+            Ok(()) => {
+                if durable {
+                    if let Some(parent) = dst.path.parent() {
+                        dirs.insert(parent.to_path_buf());
+                    }
+                }
+                committed += 1;
+                finished.push((file, FileOutcome::Done(digest)));
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&dst.tmp);
+                finished.push((file, FileOutcome::Failed(file_error(Stage::Commit, &e))));
+            }
+        }
+    }
+    if durable && !dirs.is_empty() {
+        // The renames themselves become durable when their directories are synced.
+        let result = run_blocking(move || {
+            for dir in dirs {
+                std::fs::File::open(&dir)?.sync_all()?;
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = result {
+            // The files are in place and complete; only their durability is in doubt.
+            eprintln!("tpc-xfer: warning: syncing directories failed: {e}");
+        }
+    }
+    committed
+}
+
+async fn run_blocking<F>(f: F) -> io::Result<()>
+where
+    F: FnOnce() -> io::Result<()> + Send + 'static,
+{
+    glommio::executor().spawn_blocking(f).await
+}
+
+fn syncfs_of(path: &Path) -> io::Result<()> {
+    let file = std::fs::File::open(path)?;
+    // SAFETY: a valid open fd.
+    if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Renames the finished temporary file over the destination. A directory in the way is
+/// not replaced (rename would fail with EISDIR anyway; the planner removes such entries).
+fn rename_no_replace_dir(tmp: &Path, path: &Path) -> io::Result<()> {
+    std::fs::rename(tmp, path)
+}
+
+async fn read_exact_at(file: &BufferedFile, offset: u64, len: usize) -> Result<Vec<u8>, FileError> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let got = file
+            .read_at(offset + buf.len() as u64, len - buf.len())
+            .await
+            .map_err(|e| file_error(Stage::Read, &e.into()))?;
+        if got.is_empty() {
+            return Err(FileError {
+                stage: Stage::Read,
+                errno: None,
+                message: "file shrank while it was being copied".into(),
+            });
+        }
+        buf.extend_from_slice(&got);
+    }
+    Ok(buf)
+}
+
+async fn write_all_at(file: &BufferedFile, data: Vec<u8>, offset: u64) -> Result<(), FileError> {
+    let len = data.len();
+    let written = file
+        .write_at(data, offset)
+        .await
+        .map_err(|e| file_error(Stage::Write, &e.into()))?;
+    if written != len {
+        // io_uring writes to a regular file are only short when the device or quota ran
+        // out mid-write; the next write would fail with ENOSPC, so report that now.
+        return Err(FileError {
+            stage: Stage::Write,
+            errno: Some(libc::ENOSPC),
+            message: format!("short write at offset {offset}: {written} of {len} bytes"),
+        });
+    }
+    Ok(())
+}
+
+/// Sets permission bits and times through an open fd.
+fn apply_metadata(fd: i32, meta: &Destination) -> io::Result<()> {
+    // SAFETY: fd is open for the whole call; the timespec array outlives it.
+    unsafe {
+        if libc::fchmod(fd, meta.mode as libc::mode_t) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let times = [timespec(meta.atime), timespec(meta.mtime)];
+        if libc::futimens(fd, times.as_ptr()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn apply_metadata_by_path(tmp: &Path, meta: &Destination) -> io::Result<()> {
+    let path = CString::new(tmp.as_os_str().as_bytes())?;
+    // SAFETY: valid C string; O_NOFOLLOW so a symlink swapped in is never followed.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let result = apply_metadata(fd, meta);
+    // SAFETY: fd was opened above.
+    unsafe { libc::close(fd) };
+    result
+}
+
+fn timespec((sec, nsec): (i64, u32)) -> libc::timespec {
+    libc::timespec {
+        tv_sec: sec as libc::time_t,
+        tv_nsec: nsec as libc::c_long,
+    }
+}

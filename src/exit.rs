@@ -1,0 +1,75 @@
+//! The single exit-code policy of the command line: every failure maps to one documented
+//! code, chosen from the most serious problem of a run.
+
+use std::io;
+
+/// Exit codes, documented in `--help` and the README.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Exit {
+    Ok = 0,
+    /// `check`: the trees differ.
+    Differ = 1,
+    /// Bad arguments (clap uses 2 as well).
+    Usage = 2,
+    /// A source is missing or could not be read; everything else was copied.
+    Source = 3,
+    /// The destination could not be written: read-only, permission denied, in the way.
+    Destination = 4,
+    /// The destination ran out of space or quota.
+    NoSpace = 5,
+    /// `--verify` found written content that does not match the source.
+    Verify = 6,
+    /// The engine could not start or stopped unexpectedly.
+    Engine = 7,
+}
+
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success (check: trees identical)
+  1  check: trees differ
+  2  usage error
+  3  a source is missing or unreadable (the rest was copied)
+  4  destination not writable (read-only, permission denied, or a directory in the way)
+  5  destination full (no space or quota left)
+  6  --verify found a mismatch
+  7  engine failure (io_uring unavailable, shard stopped)";
+
+impl Exit {
+    /// Classifies an error met while writing to the destination.
+    pub fn for_write(errno: Option<i32>) -> Exit {
+        match errno {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => Exit::NoSpace,
+            _ => Exit::Destination,
+        }
+    }
+
+    pub fn for_write_error(e: &io::Error) -> Exit {
+        Exit::for_write(e.raw_os_error())
+    }
+}
+
+/// Collects problems of a run; the worst one decides the exit code.
+#[derive(Default)]
+pub struct Problems {
+    worst: Option<Exit>,
+}
+
+impl Problems {
+    /// Prints a one-line error and records its class.
+    pub fn report(&mut self, exit: Exit, message: impl std::fmt::Display) {
+        eprintln!("tpc-xfer: {message}");
+        self.record(exit);
+    }
+
+    pub fn record(&mut self, exit: Exit) {
+        // Prefer the rarer, more specific classes: out of space over a generic failure.
+        self.worst = Some(match self.worst {
+            Some(w) if w >= exit => w,
+            _ => exit,
+        });
+    }
+
+    pub fn exit(&self) -> Exit {
+        self.worst.unwrap_or(Exit::Ok)
+    }
+}
