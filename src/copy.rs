@@ -479,19 +479,19 @@ fn plan_root(
             EntryKind::Dir => {
                 summary.dirs += 1;
                 match prepare_dir(&dst, before.as_ref()) {
-                    Ok(created) => {
-                        if created {
+                    Ok(DirState::Existing) => {
+                        remove_stale_temps(&dst);
+                        plan.dirs.push((dst, e.clone(), before.map(|b| b.meta)));
+                    }
+                    Ok(state) => {
+                        if state == DirState::Created {
                             fresh_dirs.insert(dst.clone());
                             mark_touched(&mut plan.touched, &dst);
                         } else {
                             remove_stale_temps(&dst);
                         }
-                        let before_meta = if created {
-                            None
-                        } else {
-                            before.map(|b| b.meta)
-                        };
-                        plan.dirs.push((dst, e.clone(), before_meta));
+                        // No "before": the final pass must set its mode and times.
+                        plan.dirs.push((dst, e.clone(), None));
                     }
                     Err(err) => {
                         problems.report(
@@ -581,8 +581,16 @@ fn plan_root(
     }
 }
 
-/// Makes `dst` a directory this run can write into. Returns whether it was created.
-fn prepare_dir(dst: &Path, before: Option<&Entry>) -> io::Result<bool> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DirState {
+    Created,
+    /// Existed, and was made writable for this run.
+    Unlocked,
+    Existing,
+}
+
+/// Makes `dst` a directory this run can write into.
+fn prepare_dir(dst: &Path, before: Option<&Entry>) -> io::Result<DirState> {
     match before.map(|b| b.meta.kind) {
         Some(EntryKind::Dir) => {
             let mode = before.expect("some").meta.mode;
@@ -590,18 +598,19 @@ fn prepare_dir(dst: &Path, before: Option<&Entry>) -> io::Result<bool> {
                 // Read-only at the destination (from an earlier copy): writable until the
                 // final metadata pass puts its mode back.
                 set_mode(dst, mode | 0o700)?;
+                return Ok(DirState::Unlocked);
             }
-            Ok(false)
+            Ok(DirState::Existing)
         }
         Some(EntryKind::File) | Some(EntryKind::Symlink) | Some(EntryKind::Special) => {
             // A non-directory is in the way: replace it, as rsync does.
             std::fs::remove_file(dst)?;
             mkdir(dst)?;
-            Ok(true)
+            Ok(DirState::Created)
         }
         None => {
             mkdir(dst)?;
-            Ok(true)
+            Ok(DirState::Created)
         }
     }
 }

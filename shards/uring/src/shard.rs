@@ -447,7 +447,10 @@ async fn write_all_at(file: &BufferedFile, data: Vec<u8>, offset: u64) -> Result
         return Err(FileError {
             stage: Stage::Write,
             errno: Some(libc::ENOSPC),
-            message: format!("short write at offset {offset}: {written} of {len} bytes"),
+            message: format!(
+                "{} (short write at offset {offset}: {written} of {len} bytes)",
+                io::Error::from_raw_os_error(libc::ENOSPC)
+            ),
         });
     }
     Ok(())

@@ -1,0 +1,216 @@
+//! Helpers for the end-to-end tests: scratch directories, running the real binary,
+//! building trees with exact metadata, and comparing trees independently of `check`.
+
+#![allow(dead_code)]
+
+use std::ffi::{CString, OsStr};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tpc-xfer")
+}
+
+/// A scratch directory removed when dropped (after making read-only dirs writable again).
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let base = std::env::var_os("TPC_TEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!("tpc-xfer-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = Command::new("chmod")
+            .arg("-R")
+            .arg("u+rwx")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn run(args: &[&OsStr]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+pub fn tpc<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    let args: Vec<&OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    run(&args)
+}
+
+pub fn code(out: &Output) -> i32 {
+    out.status.code().expect("exited, not killed")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "bad json ({e}): {} / {}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(out)
+        )
+    })
+}
+
+/// Deterministic pseudo-random bytes (BLAKE3 XOF of a seed): fast, and incompressible.
+pub fn random_file(path: &Path, size: u64, seed: u64) {
+    let mut xof = blake3::Hasher::new()
+        .update(&seed.to_le_bytes())
+        .finalize_xof();
+    let mut f = std::io::BufWriter::with_capacity(1 << 22, std::fs::File::create(path).unwrap());
+    let mut buf = vec![0u8; 1 << 22];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        xof.fill(&mut buf[..n]);
+        f.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    f.flush().unwrap();
+}
+
+pub fn set_mtime(path: &Path, sec: i64, nsec: i64) {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let times = [
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
+    ];
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(rc, 0, "utimensat {path:?}");
+}
+
+pub fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Asserts two trees are identical: our own `check`, `diff -r --no-dereference`, and a
+/// direct walk comparing type, mode, mtime (ns), size and link target.
+pub fn assert_identical(a: &Path, b: &Path) {
+    let out = tpc(&[OsStr::new("check"), a.as_os_str(), b.as_os_str()]);
+    assert_eq!(
+        code(&out),
+        0,
+        "check: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    let diff = Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    assert!(
+        diff.status.success(),
+        "diff -r: {}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+    let ea = list(a);
+    let eb = list(b);
+    assert_eq!(ea.len(), eb.len(), "entry counts");
+    for (x, y) in ea.iter().zip(&eb) {
+        assert_eq!(x, y);
+    }
+}
+
+/// (relative path, kind, mode, mtime s, mtime ns, size, link target) of every entry.
+pub fn list(root: &Path) -> Vec<(PathBuf, char, u32, i64, i64, u64, Option<PathBuf>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let p = if rel.as_os_str().is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&rel)
+        };
+        let md = std::fs::symlink_metadata(&p).unwrap();
+        let ft = md.file_type();
+        let kind = if ft.is_dir() {
+            'd'
+        } else if ft.is_symlink() {
+            'l'
+        } else if ft.is_file() {
+            'f'
+        } else {
+            's'
+        };
+        let target = if ft.is_symlink() {
+            Some(std::fs::read_link(&p).unwrap())
+        } else {
+            None
+        };
+        let mode = if ft.is_symlink() {
+            0
+        } else {
+            md.mode() & 0o7777
+        };
+        let size = if ft.is_file() { md.size() } else { 0 };
+        out.push((
+            rel.clone(),
+            kind,
+            mode,
+            md.mtime(),
+            md.mtime_nsec(),
+            size,
+            target,
+        ));
+        if ft.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(rel.join(e.unwrap().file_name()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Files whose name marks them as tpc-xfer temporaries, anywhere under `root`.
+pub fn temporaries(root: &Path) -> Vec<PathBuf> {
+    list(root)
+        .into_iter()
+        .filter(|e| {
+            e.0.file_name()
+                .is_some_and(|n| n.as_bytes().starts_with(b".tpcx."))
+        })
+        .map(|e| e.0)
+        .collect()
+}
+
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}

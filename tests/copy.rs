@@ -1,0 +1,506 @@
+//! End-to-end tests of `tpc-xfer copy` and `tpc-xfer check` on real files through the
+//! real binary: the edge-case tree, sharding, crash safety, change detection and errors.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const CHUNK: u64 = 4 * 1024 * 1024;
+
+/// Builds the edge-case tree of issue 2 under `root`.
+fn edge_case_tree(root: &Path, big_bytes: u64, small_files: usize) {
+    std::fs::create_dir_all(root).unwrap();
+    let f = |rel: &str, data: &[u8]| std::fs::write(root.join(rel), data).unwrap();
+    f("empty", b"");
+    f("another empty", b"");
+    random_file(&root.join("one-chunk"), CHUNK, 1);
+    random_file(&root.join("one-chunk-plus-one"), CHUNK + 1, 2);
+    random_file(&root.join("big.bin"), big_bytes, 3);
+    // Many small files in 100 directories.
+    for i in 0..small_files {
+        let dir = root.join(format!("small/d{:03}", i % 100));
+        if i < 100 {
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+        std::fs::write(
+            dir.join(format!("f{i}")),
+            format!("small file {i}\n").repeat(i % 7 + 1),
+        )
+        .unwrap();
+    }
+    // 100 levels of nesting.
+    let mut deep = root.join("deep");
+    for i in 0..100 {
+        deep = deep.join(format!("l{i}"));
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(deep.join("bottom"), b"at the bottom").unwrap();
+    // Awkward names.
+    f("name with spaces", b"spaces");
+    f("new\nline", b"newline");
+    f("ünïcødé-名前-🦀", b"unicode");
+    f("-leading-dash", b"dash");
+    f("--double-dash", b"dash dash");
+    // Symlinks: absolute, relative, dangling, and to a directory.
+    std::os::unix::fs::symlink("/etc/hostname", root.join("abs-link")).unwrap();
+    std::os::unix::fs::symlink("name with spaces", root.join("rel-link")).unwrap();
+    std::os::unix::fs::symlink("does/not/exist", root.join("dangling-link")).unwrap();
+    std::os::unix::fs::symlink("deep", root.join("dir-link")).unwrap();
+    // Empty directories.
+    std::fs::create_dir_all(root.join("empty-dir/nested-empty")).unwrap();
+    // Modes.
+    f("mode-0600", b"6");
+    chmod(&root.join("mode-0600"), 0o600);
+    f("mode-0755", b"7");
+    chmod(&root.join("mode-0755"), 0o755);
+    std::fs::create_dir(root.join("dir-0700")).unwrap();
+    f("dir-0700/inside", b"x");
+    chmod(&root.join("dir-0700"), 0o700);
+    // Mtimes in 1970 and with nanoseconds.
+    f("epoch", b"1970");
+    set_mtime(&root.join("epoch"), 1, 0);
+    f("nanos", b"ns");
+    set_mtime(&root.join("nanos"), 1_700_000_000, 123_456_789);
+    set_mtime(&root.join("rel-link"), 86_400, 999_999_999);
+    // A read-only directory with files inside, mtime set last.
+    std::fs::create_dir(root.join("read-only")).unwrap();
+    f("read-only/a", b"a");
+    f("read-only/b", b"b");
+    chmod(&root.join("read-only"), 0o555);
+    set_mtime(&root.join("read-only"), 12_345, 678);
+    set_mtime(&root.join("empty-dir"), 0, 1);
+}
+
+#[test]
+fn edge_case_tree_copies_exactly_and_reruns_as_a_no_op() {
+    let s = Scratch::new("edge");
+    let src = s.path("src");
+    edge_case_tree(&src, 1 << 30, 20_000);
+    let dst = s.path("dst");
+
+    let out = tpc(&[
+        OsStr::new("copy"),
+        OsStr::new("--json"),
+        src.as_os_str(),
+        dst.as_os_str(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let j = json(&out);
+    // `src` without a slash lands in dst/src.
+    assert_identical(&src, &dst.join("src"));
+    assert_eq!(j["failed"], 0);
+    assert_eq!(j["files_copied"], j["files"]);
+    assert!(temporaries(&dst).is_empty());
+
+    // Unchanged: nothing is written again.
+    let out = tpc(&[
+        OsStr::new("copy"),
+        OsStr::new("--json"),
+        src.as_os_str(),
+        dst.as_os_str(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let j = json(&out);
+    assert_eq!(j["files_copied"], 0);
+    assert_eq!(j["files_unchanged"], j["files"]);
+    assert_identical(&src, &dst.join("src"));
+}
+
+#[test]
+fn trailing_slash_copies_contents() {
+    let s = Scratch::new("slash");
+    let src = s.path("src");
+    edge_case_tree(&src, 3 * CHUNK, 50);
+    let mut with_slash = src.as_os_str().to_owned();
+    with_slash.push("/");
+    let dst = s.path("dst");
+    let out = tpc(&[
+        OsStr::new("copy"),
+        OsStr::new("-q"),
+        &with_slash,
+        dst.as_os_str(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_identical(&src, &dst);
+    assert!(!dst.join("src").exists());
+}
+
+#[test]
+fn one_large_file_is_processed_by_every_pinned_shard() {
+    let s = Scratch::new("shards");
+    let src = s.path("big");
+    random_file(&src, 256 << 20, 9);
+    let dst = s.path("out");
+    let out = tpc(&[
+        OsStr::new("copy"),
+        OsStr::new("--json"),
+        src.as_os_str(),
+        dst.as_os_str(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let j = json(&out);
+    let shards = j["shards"].as_u64().unwrap() as usize;
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(shards, cores, "one shard per usable core by default");
+    let per_shard = j["bytes_per_shard"].as_array().unwrap();
+    assert_eq!(per_shard.len(), shards);
+    assert!(
+        per_shard.iter().all(|b| b.as_u64().unwrap() > 0),
+        "every shard read the file: {per_shard:?}"
+    );
+    assert_eq!(
+        per_shard.iter().map(|b| b.as_u64().unwrap()).sum::<u64>(),
+        256 << 20
+    );
+    // Each executor is pinned to exactly one CPU, and no two share one.
+    let cpus: Vec<u64> = j["shard_cpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|set| {
+            let set = set.as_array().unwrap();
+            assert_eq!(set.len(), 1, "pinned to one CPU: {set:?}");
+            set[0].as_u64().unwrap()
+        })
+        .collect();
+    let mut unique = cpus.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), cpus.len(), "{cpus:?}");
+    assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
+
+    // --cores 1 runs a single shard that does everything.
+    let dst1 = s.path("out1");
+    let out = tpc(&[
+        OsStr::new("copy"),
+        OsStr::new("--json"),
+        OsStr::new("--cores"),
+        OsStr::new("1"),
+        src.as_os_str(),
+        dst1.as_os_str(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(json(&out)["bytes_per_shard"].as_array().unwrap().len(), 1);
+}
+
+/// SIGKILL while a large file replaces an older version: the final name holds the whole
+/// old or the whole new content, and the next run finishes and leaves no temporary file.
+#[test]
+fn sigkill_mid_copy_leaves_old_or_new_and_rerun_cleans_up() {
+    let s = Scratch::new("kill");
+    let size = 384u64 << 20;
+    let new = s.path("new.bin");
+    random_file(&new, size, 100);
+    let old = s.path("old.bin");
+    random_file(&old, size, 200);
+    let old_bytes = std::fs::read(&old).unwrap();
+    let new_bytes = std::fs::read(&new).unwrap();
+    let dst_dir = s.path("dst");
+    std::fs::create_dir(&dst_dir).unwrap();
+    let dst = dst_dir.join("file.bin");
+    std::fs::copy(&old, &dst).unwrap();
+
+    for delay_ms in [5u64, 40, 120, 300, 700] {
+        let mut child = Command::new(bin())
+            .arg("copy")
+            .arg("-q")
+            .arg(&new)
+            .arg(&dst)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let now = std::fs::read(&dst).unwrap();
+        assert!(
+            now == old_bytes || now == new_bytes,
+            "after kill at {delay_ms} ms: neither old nor new"
+        );
+        if now == new_bytes {
+            // Put the old version back so later rounds kill a real replacement.
+            std::fs::copy(&old, &dst).unwrap();
+        }
+    }
+    let out = tpc(&[OsStr::new("copy"), new.as_os_str(), dst.as_os_str()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(std::fs::read(&dst).unwrap(), new_bytes);
+    assert!(
+        temporaries(&dst_dir).is_empty(),
+        "left behind: {:?}",
+        temporaries(&dst_dir)
+    );
+}
+
+#[test]
+fn check_reports_every_kind_of_difference() {
+    let s = Scratch::new("check");
+    let a = s.path("a");
+    std::fs::create_dir(&a).unwrap();
+    for name in ["same", "content", "mode", "gone"] {
+        std::fs::write(a.join(name), b"0123456789").unwrap();
+        set_mtime(&a.join(name), 1000, 0);
+    }
+    let b = s.path("b");
+    let out = tpc(&[
+        OsStr::new("copy"),
+        OsStr::new("-q"),
+        &{
+            let mut x = a.as_os_str().to_owned();
+            x.push("/");
+            x
+        },
+        b.as_os_str(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_identical(&a, &b);
+
+    // Same size, same mtime, different bytes: only a content comparison sees it.
+    std::fs::write(b.join("content"), b"0123456780").unwrap();
+    set_mtime(&b.join("content"), 1000, 0);
+    chmod(&b.join("mode"), 0o600);
+    std::fs::remove_file(b.join("gone")).unwrap();
+    std::fs::write(b.join("new"), b"new").unwrap();
+    set_mtime(&b, 1, 0);
+    set_mtime(&a, 1, 0);
+    let out = tpc(&[OsStr::new("check"), a.as_os_str(), b.as_os_str()]);
+    assert_eq!(code(&out), 1);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("missing  'gone'"), "{text}");
+    assert!(text.contains("extra    'new'"), "{text}");
+    assert!(text.contains("differs  'content' (content)"), "{text}");
+    assert!(text.contains("differs  'mode' (mode)"), "{text}");
+    assert!(!text.contains("'same'"), "{text}");
+}
+
+#[test]
+fn checksum_finds_changes_that_size_and_mtime_miss() {
+    let s = Scratch::new("checksum");
+    let src = s.path("src");
+    std::fs::create_dir(&src).unwrap();
+    random_file(&src.join("f"), CHUNK * 20 + 7, 5);
+    let dst = s.path("dst");
+    let slash = |p: &Path| {
+        let mut x = p.as_os_str().to_owned();
+        x.push("/");
+        x
+    };
+    let out = tpc(&[
+        OsStr::new("copy"),
+        OsStr::new("-q"),
+        &slash(&src),
+        dst.as_os_str(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // Corrupt the copy in the middle, keeping size and mtime.
+    let md = std::fs::metadata(dst.join("f")).unwrap();
+    let mut bytes = std::fs::read(dst.join("f")).unwrap();
+    bytes[(CHUNK * 17) as usize] ^= 0xff;
+    std::fs::write(dst.join("f"), &bytes).unwrap();
+    set_mtime(&dst.join("f"), md.mtime(), md.mtime_nsec());
+
+    let out = tpc(&[
+        OsStr::new("copy"),
+        OsStr::new("--json"),
+        &slash(&src),
+        dst.as_os_str(),
+    ]);
+    assert_eq!(
+        json(&out)["files_copied"],
+        0,
+        "quick check trusts size and mtime"
+    );
+    let out = tpc(&[
+        OsStr::new("copy"),
+        OsStr::new("--json"),
+        OsStr::new("--checksum"),
+        OsStr::new("--verify"),
+        &slash(&src),
+        dst.as_os_str(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(json(&out)["files_copied"], 1);
+    assert_identical(&src, &dst);
+    let out = tpc(&[
+        OsStr::new("copy"),
+        OsStr::new("--json"),
+        OsStr::new("--checksum"),
+        &slash(&src),
+        dst.as_os_str(),
+    ]);
+    assert_eq!(json(&out)["files_copied"], 0);
+}
+
+#[test]
+fn special_files_are_skipped_by_name_and_hard_links_kept() {
+    let s = Scratch::new("special");
+    let src = s.path("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("a"), b"linked").unwrap();
+    std::fs::hard_link(src.join("a"), src.join("b")).unwrap();
+    let fifo = std::ffi::CString::new(src.join("pipe").as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let dst = s.path("dst");
+    let out = tpc(&[
+        OsStr::new("copy"),
+        OsStr::new("--json"),
+        src.as_os_str(),
+        dst.as_os_str(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("skipping FIFO") && stderr(&out).contains("pipe"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(json(&out)["skipped"], 1);
+    let (a, b) = (
+        std::fs::metadata(dst.join("src/a")).unwrap(),
+        std::fs::metadata(dst.join("src/b")).unwrap(),
+    );
+    assert_eq!(a.ino(), b.ino(), "hard link preserved");
+    assert!(!dst.join("src/pipe").exists());
+}
+
+#[test]
+fn missing_source_is_one_line_exit_3_and_other_sources_still_copy() {
+    let s = Scratch::new("missing");
+    std::fs::write(s.path("present"), b"here").unwrap();
+    let dst = s.path("dst");
+    let out = tpc(&[
+        OsStr::new("copy"),
+        s.path("absent").as_os_str(),
+        s.path("present").as_os_str(),
+        dst.as_os_str(),
+    ]);
+    assert_eq!(code(&out), 3);
+    let err = stderr(&out);
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("tpc-xfer:")).count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains("absent") && err.contains("No such file"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(dst.join("present")).unwrap(), b"here");
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    let out = tpc(&["copy", "--cores", "0", "a", "b"]);
+    assert_eq!(code(&out), 2);
+    let out = tpc(&["copy", "only-one"]);
+    assert_eq!(code(&out), 2);
+    let out = tpc(&["--help"]);
+    assert_eq!(code(&out), 0);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("Exit codes"), "{help}");
+}
+
+/// Mounts a small tmpfs for the duration of a test (needs root, as CI has).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: PathBuf, opts: &str) -> Tmpfs {
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount tmpfs (tests run as root in CI)");
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_destination_is_exit_5_and_leaves_no_partial_file() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let s = Scratch::new("full");
+    let src = s.path("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("small"), b"fits").unwrap();
+    random_file(&src.join("large"), 8 << 20, 1);
+    let mnt = Tmpfs::mount(s.path("mnt"), "size=2m");
+    let out = tpc(&[OsStr::new("copy"), src.as_os_str(), mnt.0.as_os_str()]);
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("large") && err.contains("No space left"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(mnt.0.join("src/small")).unwrap(), b"fits");
+    assert!(
+        !mnt.0.join("src/large").exists(),
+        "no partial file under the final name"
+    );
+    assert!(temporaries(&mnt.0).is_empty());
+}
+
+#[test]
+fn read_only_destination_is_exit_4() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let s = Scratch::new("rofs");
+    std::fs::write(s.path("f"), b"data").unwrap();
+    let mnt = Tmpfs::mount(s.path("mnt"), "size=1m,ro");
+    let out = tpc(&[
+        OsStr::new("copy"),
+        s.path("f").as_os_str(),
+        mnt.0.join("f").as_os_str(),
+    ]);
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Read-only file system"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn unreadable_file_is_exit_3_and_the_rest_is_copied() {
+    let s = Scratch::new("unreadable");
+    let src = s.path("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("ok"), b"fine").unwrap();
+    std::fs::write(src.join("secret"), b"no").unwrap();
+    chmod(&src.join("secret"), 0o000);
+    let dst = s.path("dst");
+    let mut cmd = Command::new(bin());
+    if is_root() {
+        // Root reads anything: run as nobody, on a tree nobody owns.
+        Command::new("chown")
+            .args(["-R", "nobody"])
+            .arg(&s.0)
+            .status()
+            .unwrap();
+        cmd = Command::new("setpriv");
+        cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", bin()]);
+    }
+    let out = cmd.arg("copy").arg(&src).arg(&dst).output().unwrap();
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("secret") && stderr(&out).contains("Permission denied"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read(dst.join("src/ok")).unwrap(), b"fine");
+    assert!(!dst.join("src/secret").exists());
+}
