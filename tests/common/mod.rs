@@ -148,8 +148,11 @@ pub fn assert_identical(a: &Path, b: &Path) {
     }
 }
 
-/// (relative path, kind, mode, mtime s, mtime ns, size, link target) of every entry.
-pub fn list(root: &Path) -> Vec<(PathBuf, char, u32, i64, i64, u64, Option<PathBuf>)> {
+/// (relative path, kind, mode, mtime s, mtime ns, size, link target) of one entry.
+pub type Listed = (PathBuf, char, u32, i64, i64, u64, Option<PathBuf>);
+
+/// Every entry under `root`, sorted by path.
+pub fn list(root: &Path) -> Vec<Listed> {
     let mut out = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {

@@ -16,7 +16,7 @@ use glommio::channels::local_channel;
 use glommio::io::{BufferedFile, OpenOptions};
 use glommio::sync::Semaphore;
 use tpc_core::assembly::{Assembly, Completed};
-use tpc_core::limits::RANGES_IN_FLIGHT_PER_SHARD;
+use tpc_core::limits::{CHUNK_SIZE_BYTES, RANGES_IN_FLIGHT_PER_SHARD};
 use tpc_core::plan::{owner, range_shard};
 use tpc_core::{ChunkHash, ChunkPlan, CommitBatcher, FileId, RangeSpan, ShardId};
 
@@ -49,122 +49,120 @@ struct Shard {
     completed: local_channel::LocalSender<Completed>,
 }
 
-pub(crate) fn run(
+pub(crate) async fn run(
     id: usize,
     job: Arc<JobSpec>,
     mesh: MeshBuilder<ShardMsg, Full>,
     progress: Arc<Progress>,
-) -> impl std::future::Future<Output = io::Result<(ShardReport, Finished)>> {
-    async move {
-        let shard_count = job.shard_count;
-        let (senders, mut receivers) = mesh.join().await.map_err(io::Error::from)?;
-        assert_eq!(senders.peer_id(), id, "mesh peer order follows shard order");
+) -> io::Result<(ShardReport, Finished)> {
+    let shard_count = job.shard_count;
+    let (senders, mut receivers) = mesh.join().await.map_err(io::Error::from)?;
+    assert_eq!(senders.peer_id(), id, "mesh peer order follows shard order");
 
-        let (completed_tx, completed_rx) = local_channel::new_unbounded();
-        let shard = Rc::new(Shard {
-            id,
-            job: job.clone(),
-            progress,
-            assembly: RefCell::new(Assembly::new()),
-            errors: RefCell::new(Default::default()),
-            completed: completed_tx,
-        });
+    let (completed_tx, completed_rx) = local_channel::new_unbounded();
+    let shard = Rc::new(Shard {
+        id,
+        job: job.clone(),
+        progress,
+        assembly: RefCell::new(Assembly::new()),
+        errors: RefCell::new(Default::default()),
+        completed: completed_tx,
+    });
 
-        // Register owned files and list this shard's ranges. Planning is a pure function of
-        // the job, so every shard computes the same assignment without talking.
-        let mut owned = 0usize;
-        let mut work: Vec<(FileId, RangeSpan)> = Vec::new();
-        for (index, file) in job.files.iter().enumerate() {
-            let file_id = FileId(index as u32);
-            let plan = match ChunkPlan::new(file.size_bytes) {
-                Ok(plan) => plan,
-                // The planner rejects such files; a shard treats it as an invariant.
-                Err(e) => panic!("file over the size limit reached a shard: {e:?}"),
-            };
-            let own = owner(&file.rel, shard_count);
-            if own.0 as usize == id {
-                shard
-                    .assembly
-                    .borrow_mut()
-                    .expect(file_id, plan)
-                    .expect("each file registered once");
-                owned += 1;
-            }
-            for span in plan.ranges() {
-                if range_shard(own, span.index, shard_count).0 as usize == id {
-                    work.push((file_id, span));
-                }
+    // Register owned files and list this shard's ranges. Planning is a pure function of
+    // the job, so every shard computes the same assignment without talking.
+    let mut owned = 0usize;
+    let mut work: Vec<(FileId, RangeSpan)> = Vec::new();
+    for (index, file) in job.files.iter().enumerate() {
+        let file_id = FileId(index as u32);
+        let plan = match ChunkPlan::new(file.size_bytes) {
+            Ok(plan) => plan,
+            // The planner rejects such files; a shard treats it as an invariant.
+            Err(e) => panic!("file over the size limit reached a shard: {e:?}"),
+        };
+        let own = owner(&file.rel, shard_count);
+        if own.0 as usize == id {
+            shard
+                .assembly
+                .borrow_mut()
+                .expect(file_id, plan)
+                .expect("each file registered once");
+            owned += 1;
+        }
+        for span in plan.ranges() {
+            if range_shard(own, span.index, shard_count).0 as usize == id {
+                work.push((file_id, span));
             }
         }
+    }
 
-        // Reports from peers.
-        let mut listeners = Vec::new();
-        for (_, receiver) in receivers.streams() {
-            let shard = shard.clone();
-            listeners.push(glommio::spawn_local(async move {
-                while let Some(msg) = receiver.recv().await {
-                    match msg {
-                        ShardMsg::RangeDone {
-                            file,
-                            range,
-                            hashes,
-                        } => shard.range_done(file, range, Ok(hashes)),
-                        ShardMsg::RangeFailed { file, range, error } => {
-                            shard.range_done(file, range, Err(error))
-                        }
+    // Reports from peers.
+    let mut listeners = Vec::new();
+    for (_, receiver) in receivers.streams() {
+        let shard = shard.clone();
+        listeners.push(glommio::spawn_local(async move {
+            while let Some(msg) = receiver.recv().await {
+                match msg {
+                    ShardMsg::RangeDone {
+                        file,
+                        range,
+                        hashes,
+                    } => shard.range_done(file, range, Ok(hashes)),
+                    ShardMsg::RangeFailed { file, range, error } => {
+                        shard.range_done(file, range, Err(error))
                     }
                 }
-            }));
-        }
+            }
+        }));
+    }
 
-        // Finalizer: commits owned files as they complete.
-        let finalizer = glommio::spawn_local(finalize_loop(shard.clone(), completed_rx, owned));
+    // Finalizer: commits owned files as they complete.
+    let finalizer = glommio::spawn_local(finalize_loop(shard.clone(), completed_rx, owned));
 
-        // Range work, a bounded number at a time.
-        let limit = Rc::new(Semaphore::new(RANGES_IN_FLIGHT_PER_SHARD as u64));
-        let senders = Rc::new(senders);
-        let mut ranges_done = 0u64;
-        let mut tasks = Vec::with_capacity(work.len().min(RANGES_IN_FLIGHT_PER_SHARD * 2));
-        for (file_id, span) in work {
-            let permit = limit
-                .clone()
-                .acquire_static_permit(1)
-                .await
-                .expect("semaphore never closed");
-            let shard = shard.clone();
-            let senders = senders.clone();
-            tasks.push(glommio::spawn_local(async move {
-                let result = shard.work_range(file_id, span).await;
-                drop(permit);
-                shard.report(&senders, file_id, span.index, result).await;
-            }));
-            ranges_done += 1;
-            if tasks.len() >= RANGES_IN_FLIGHT_PER_SHARD * 2 {
-                // Reap finished tasks so the handle list stays bounded.
-                for t in tasks.drain(..RANGES_IN_FLIGHT_PER_SHARD) {
-                    t.await;
-                }
+    // Range work, a bounded number at a time.
+    let limit = Rc::new(Semaphore::new(RANGES_IN_FLIGHT_PER_SHARD as u64));
+    let senders = Rc::new(senders);
+    let mut ranges_done = 0u64;
+    let mut tasks = Vec::with_capacity(work.len().min(RANGES_IN_FLIGHT_PER_SHARD * 2));
+    for (file_id, span) in work {
+        let permit = limit
+            .clone()
+            .acquire_static_permit(1)
+            .await
+            .expect("semaphore never closed");
+        let shard = shard.clone();
+        let senders = senders.clone();
+        tasks.push(glommio::spawn_local(async move {
+            let result = shard.work_range(file_id, span).await;
+            drop(permit);
+            shard.report(&senders, file_id, span.index, result).await;
+        }));
+        ranges_done += 1;
+        if tasks.len() >= RANGES_IN_FLIGHT_PER_SHARD * 2 {
+            // Reap finished tasks so the handle list stays bounded.
+            for t in tasks.drain(..RANGES_IN_FLIGHT_PER_SHARD) {
+                t.await;
             }
         }
-        for t in tasks {
-            t.await;
-        }
-        // No more reports from this shard: peers' listeners see the end of our stream.
-        senders.close();
-        let (finished, committed) = finalizer.await;
-        for l in listeners {
-            l.await;
-        }
-        let counters = &shard.progress.shards[id];
-        let report = ShardReport {
-            shard: id,
-            affinity: affinity_of_current_thread(),
-            bytes: counters.bytes.load(Ordering::Relaxed),
-            ranges: ranges_done,
-            files_committed: committed,
-        };
-        Ok((report, finished))
     }
+    for t in tasks {
+        t.await;
+    }
+    // No more reports from this shard: peers' listeners see the end of our stream.
+    senders.close();
+    let (finished, committed) = finalizer.await;
+    for l in listeners {
+        l.await;
+    }
+    let counters = &shard.progress.shards[id];
+    let report = ShardReport {
+        shard: id,
+        affinity: affinity_of_current_thread(),
+        bytes: counters.bytes.load(Ordering::Relaxed),
+        ranges: ranges_done,
+        files_committed: committed,
+    };
+    Ok((report, finished))
 }
 
 impl Shard {
@@ -198,6 +196,17 @@ impl Shard {
             None => None,
         };
         let plan = ChunkPlan::new(file.size_bytes).expect("checked at registration");
+        if let Some(out) = &dst {
+            if file.size_bytes > CHUNK_SIZE_BYTES {
+                // Allocating a large file's blocks in one call spares the filesystem an
+                // allocation per write, and a full disk is found before any data moves.
+                // Every range asks; after the first, the call finds nothing to do. Files
+                // of one chunk are written in one call anyway: there it only costs.
+                out.pre_allocate(file.size_bytes, false)
+                    .await
+                    .map_err(|e| file_error(Stage::Write, &e.into()))?;
+            }
+        }
         let mut hashes = Vec::with_capacity(span.chunk_count as usize);
         let counters = &self.progress.shards[self.id];
         for chunk in span.first_chunk..span.first_chunk + span.chunk_count {
@@ -364,9 +373,12 @@ async fn commit(
         match rename_no_replace_dir(&dst.tmp, &dst.path) {
             Ok(()) => {
                 if durable {
-                    if let Some(parent) = dst.path.parent() {
-                        dirs.insert(parent.to_path_buf());
-                    }
+                    // `Path::parent` of a bare name is "", which names no directory.
+                    let parent = match dst.path.parent() {
+                        Some(p) if !p.as_os_str().is_empty() => p,
+                        _ => Path::new("."),
+                    };
+                    dirs.insert(parent.to_path_buf());
                 }
                 committed += 1;
                 finished.push((file, FileOutcome::Done(digest)));
