@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs what the tests call (Debian packages,
+# rustfmt and clippy), then format check, lints, unit and end-to-end tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for tool in diff:diffutils mount:mount setpriv:util-linux; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need[@]}"
+fi
+if command -v rustup >/dev/null 2>&1; then
+  rustup component add rustfmt clippy >/dev/null 2>&1 || true
+fi
+
+cargo fmt --all -- --check
+cargo clippy --release --workspace --all-targets -- -D warnings
+# Release build: the end-to-end tests move a few GiB and must stay quick on 2 cores.
+cargo test --release --workspace
