@@ -74,6 +74,9 @@ struct Summary {
     shard_cpus: Vec<Vec<usize>>,
 }
 
+/// setuid and setgid: cleared on copied files.
+const SETID_BITS: u32 = 0o6000;
+
 /// Prefix and suffix of temporary files: `.tpcx.<pid>.<n>.tmp`.
 const TMP_PREFIX: &str = ".tpcx.";
 const TMP_SUFFIX: &str = ".tmp";
@@ -101,6 +104,13 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
                     );
                 }
                 root.entries = entries;
+                for e in &mut root.entries {
+                    if e.meta.kind == EntryKind::File {
+                        // Ownership is not copied, so a setuid/setgid file would gain the
+                        // privileges of whoever runs the copy (often root): never keep them.
+                        e.meta.mode &= !SETID_BITS;
+                    }
+                }
             }
             Err(e) => problems.report(
                 Exit::Source,

@@ -95,6 +95,7 @@ enum Fsync {
 }
 
 fn main() -> ExitCode {
+    keep_chunk_buffers_mapped();
     let cli = Cli::parse();
     let exit = match cli.command {
         Command::Copy {
@@ -114,6 +115,21 @@ fn main() -> ExitCode {
         },
     };
     ExitCode::from(exit as u8)
+}
+
+/// Chunk buffers are 4 MiB. By default glibc serves such sizes with a fresh mmap and
+/// unmaps them on free, so every chunk read page-faults its buffer in again (measured:
+/// the engine hashed at 0.9 GB/s per core against b3sum's 2.3). Serving them from the
+/// heap and not trimming it lets freed chunk buffers be reused as they are.
+fn keep_chunk_buffers_mapped() {
+    // glibc refuses thresholds above 32 MiB (HEAP_MAX_SIZE / 2 on 64-bit).
+    const MALLOC_MMAP_THRESHOLD_BYTES: libc::c_int = 32 << 20;
+    const MALLOC_TRIM_THRESHOLD_BYTES: libc::c_int = 1 << 30;
+    // SAFETY: mallopt only tunes the allocator; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD_BYTES);
+    }
 }
 
 fn options(

@@ -336,12 +336,14 @@ fn checksum_finds_changes_that_size_and_mtime_miss() {
 }
 
 #[test]
-fn special_files_are_skipped_by_name_and_hard_links_kept() {
+fn special_files_skipped_by_name_hard_links_kept_setid_cleared() {
     let s = Scratch::new("special");
     let src = s.path("src");
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("a"), b"linked").unwrap();
     std::fs::hard_link(src.join("a"), src.join("b")).unwrap();
+    std::fs::write(src.join("setuid"), b"#!/bin/sh\n").unwrap();
+    chmod(&src.join("setuid"), 0o6755);
     let fifo = std::ffi::CString::new(src.join("pipe").as_os_str().as_encoded_bytes()).unwrap();
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
     let dst = s.path("dst");
@@ -364,6 +366,9 @@ fn special_files_are_skipped_by_name_and_hard_links_kept() {
     );
     assert_eq!(a.ino(), b.ino(), "hard link preserved");
     assert!(!dst.join("src/pipe").exists());
+    // Ownership is not copied, so setuid/setgid must not be either.
+    let mode = std::fs::metadata(dst.join("src/setuid")).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o755);
 }
 
 #[test]

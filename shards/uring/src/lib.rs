@@ -205,6 +205,7 @@ pub fn run_job(spec: JobSpec, progress: Arc<Progress>) -> Result<JobReport, Engi
         shard_count,
         "progress sized for the job"
     );
+    raise_memlock_limit();
     let job = Arc::new(spec);
     let mesh = glommio::channels::channel_mesh::MeshBuilder::full(shard_count, 1024);
     let mut handles = Vec::with_capacity(shard_count);
@@ -240,6 +241,20 @@ pub fn run_job(spec: JobSpec, progress: Arc<Progress>) -> Result<JobReport, Engi
         .map(|o| o.expect("every file has an outcome from its owner"))
         .collect();
     Ok(JobReport { outcomes, shards })
+}
+
+/// glommio registers pinned memory for each ring and fails to start when
+/// RLIMIT_MEMLOCK is below it; raise the soft limit to the hard one, which needs no
+/// privilege, so that a low default soft limit does not stop the engine.
+fn raise_memlock_limit() {
+    // SAFETY: getrlimit/setrlimit with a valid, initialised struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim);
+        }
+    }
 }
 
 pub(crate) fn file_error(stage: Stage, err: &io::Error) -> FileError {

@@ -72,7 +72,10 @@ pub(crate) async fn run(
     // Register owned files and list this shard's ranges. Planning is a pure function of
     // the job, so every shard computes the same assignment without talking.
     let mut owned = 0usize;
-    let mut work: Vec<(FileId, RangeSpan)> = Vec::new();
+    // This shard's ranges, grouped by file: one task works a file's ranges in order, so
+    // a file never has two writers on one shard (ext4 serializes buffered writes to one
+    // inode, and concurrent writers only spin on its lock).
+    let mut work: Vec<(FileId, Vec<RangeSpan>)> = Vec::new();
     for (index, file) in job.files.iter().enumerate() {
         let file_id = FileId(index as u32);
         let plan = match ChunkPlan::new(file.size_bytes) {
@@ -89,10 +92,12 @@ pub(crate) async fn run(
                 .expect("each file registered once");
             owned += 1;
         }
-        for span in plan.ranges() {
-            if range_shard(own, span.index, shard_count).0 as usize == id {
-                work.push((file_id, span));
-            }
+        let mine: Vec<RangeSpan> = plan
+            .ranges()
+            .filter(|span| range_shard(own, span.index, shard_count).0 as usize == id)
+            .collect();
+        if !mine.is_empty() {
+            work.push((file_id, mine));
         }
     }
 
@@ -119,12 +124,12 @@ pub(crate) async fn run(
     // Finalizer: commits owned files as they complete.
     let finalizer = glommio::spawn_local(finalize_loop(shard.clone(), completed_rx, owned));
 
-    // Range work, a bounded number at a time.
+    // File work, a bounded number of files at a time.
     let limit = Rc::new(Semaphore::new(RANGES_IN_FLIGHT_PER_SHARD as u64));
     let senders = Rc::new(senders);
     let mut ranges_done = 0u64;
     let mut tasks = Vec::with_capacity(work.len().min(RANGES_IN_FLIGHT_PER_SHARD * 2));
-    for (file_id, span) in work {
+    for (file_id, spans) in work {
         let permit = limit
             .clone()
             .acquire_static_permit(1)
@@ -132,12 +137,11 @@ pub(crate) async fn run(
             .expect("semaphore never closed");
         let shard = shard.clone();
         let senders = senders.clone();
+        ranges_done += spans.len() as u64;
         tasks.push(glommio::spawn_local(async move {
-            let result = shard.work_range(file_id, span).await;
+            shard.work_file(&senders, file_id, &spans).await;
             drop(permit);
-            shard.report(&senders, file_id, span.index, result).await;
         }));
-        ranges_done += 1;
         if tasks.len() >= RANGES_IN_FLIGHT_PER_SHARD * 2 {
             // Reap finished tasks so the handle list stays bounded.
             for t in tasks.drain(..RANGES_IN_FLIGHT_PER_SHARD) {
@@ -170,66 +174,112 @@ impl Shard {
         &self.job.files[id.0 as usize]
     }
 
-    /// Reads (and, for a copy, writes) one range; returns its chunk hashes.
-    async fn work_range(
-        &self,
-        file_id: FileId,
-        span: RangeSpan,
-    ) -> Result<Vec<ChunkHash>, FileError> {
+    /// Works this shard's ranges of one file, in order, and reports each to the owner.
+    /// Every range is reported exactly once, as done or failed.
+    async fn work_file(&self, senders: &Senders<ShardMsg>, file_id: FileId, spans: &[RangeSpan]) {
         let file = self.file(file_id);
-        let src = BufferedFile::open(&file.src)
-            .await
-            .map_err(|e| file_error(Stage::Read, &e.into()))?;
-        let dst = match &file.dst {
-            Some(dst) => Some(
-                // Every range opens the temporary file with O_CREAT and no O_TRUNC, so the
-                // shards writing ranges of one file need no ordering among themselves.
-                OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .buffered_open(&dst.tmp)
-                    .await
-                    .map_err(|e| file_error(Stage::Write, &e.into()))?,
-            ),
-            None => None,
+        let (src, dst) = match self.open_pair(file).await {
+            Ok(pair) => pair,
+            Err(error) => {
+                for span in spans {
+                    self.report(senders, file_id, span.index, Err(error.clone()))
+                        .await;
+                }
+                return;
+            }
         };
         let plan = ChunkPlan::new(file.size_bytes).expect("checked at registration");
-        if let Some(out) = &dst {
-            if file.size_bytes > CHUNK_SIZE_BYTES {
-                // Allocating a large file's blocks in one call spares the filesystem an
-                // allocation per write, and a full disk is found before any data moves.
-                // Every range asks; after the first, the call finds nothing to do. Files
-                // of one chunk are written in one call anyway: there it only costs.
-                out.pre_allocate(file.size_bytes, false)
-                    .await
-                    .map_err(|e| file_error(Stage::Write, &e.into()))?;
+        let mut failed: Option<FileError> = None;
+        for span in spans {
+            let mut result = match &failed {
+                Some(error) => Err(error.clone()),
+                None => self.work_span(&plan, &src, dst.as_ref(), span).await,
+            };
+            // A file that is one range is complete now, and its owner is this shard (range
+            // 0 always is): set mode and times through this fd before the report lets the
+            // finalizer rename it, instead of opening it again there.
+            if let (Ok(_), Some(out), Some(meta)) = (&result, &dst, &file.dst) {
+                if plan.range_count() == 1 {
+                    if let Err(e) = apply_metadata(out.as_raw_fd(), meta) {
+                        result = Err(file_error(Stage::Write, &e));
+                    }
+                }
             }
-        }
-        let mut hashes = Vec::with_capacity(span.chunk_count as usize);
-        let counters = &self.progress.shards[self.id];
-        for chunk in span.first_chunk..span.first_chunk + span.chunk_count {
-            let (offset, len) = plan.chunk(chunk);
-            let data = read_exact_at(&src, offset, len as usize).await?;
-            hashes.push(ChunkHash::of(&data));
-            if let Some(dst) = &dst {
-                write_all_at(dst, data, offset).await?;
+            if let Err(error) = &result {
+                failed.get_or_insert_with(|| error.clone());
             }
-            counters.bytes.fetch_add(len, Ordering::Relaxed);
-        }
-        // A file that is one range is finished here, so its owner (this shard: range 0 is
-        // always the owner's) sets mode and times through this fd instead of opening it again.
-        if let (Some(out), Some(meta)) = (&dst, &file.dst) {
-            if plan.range_count() == 1 {
-                apply_metadata(out.as_raw_fd(), meta).map_err(|e| file_error(Stage::Write, &e))?;
-            }
+            self.report(senders, file_id, span.index, result).await;
         }
         let _ = src.close().await;
         if let Some(dst) = dst {
-            dst.close()
+            let _ = dst.close().await;
+        }
+    }
+
+    async fn open_pair(
+        &self,
+        file: &JobFile,
+    ) -> Result<(BufferedFile, Option<BufferedFile>), FileError> {
+        let src = BufferedFile::open(&file.src)
+            .await
+            .map_err(|e| glommio_error(Stage::Read, e))?;
+        let Some(meta) = &file.dst else {
+            return Ok((src, None));
+        };
+        // Every shard opens the temporary file with O_CREAT and no O_TRUNC, so the shards
+        // writing ranges of one file need no ordering among themselves.
+        let dst = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .buffered_open(&meta.tmp)
+            .await
+            .map_err(|e| glommio_error(Stage::Write, e))?;
+        if file.size_bytes > CHUNK_SIZE_BYTES {
+            // Allocating a large file's blocks in one call spares the filesystem an
+            // allocation per write, and a full disk is found before any data moves.
+            // Every shard asks; after the first, the call finds nothing to do. Files of
+            // one chunk are written in one call anyway: there it only costs.
+            dst.pre_allocate(file.size_bytes, false)
                 .await
-                .map_err(|e| file_error(Stage::Write, &e.into()))?;
+                .map_err(|e| glommio_error(Stage::Write, e))?;
+        }
+        Ok((src, Some(dst)))
+    }
+
+    /// Reads (and, for a copy, writes) one range; returns its chunk hashes. The write of
+    /// one chunk overlaps the read of the next.
+    async fn work_span(
+        &self,
+        plan: &ChunkPlan,
+        src: &BufferedFile,
+        dst: Option<&BufferedFile>,
+        span: &RangeSpan,
+    ) -> Result<Vec<ChunkHash>, FileError> {
+        let mut hashes = Vec::with_capacity(span.chunk_count as usize);
+        let counters = &self.progress.shards[self.id];
+        let mut unwritten: Option<(u64, Vec<u8>)> = None;
+        for chunk in span.first_chunk..span.first_chunk + span.chunk_count {
+            let (offset, len) = plan.chunk(chunk);
+            let read = read_exact_at(src, offset, len as usize);
+            let data = match (unwritten.take(), dst) {
+                (Some((at, bytes)), Some(out)) => {
+                    let (written, read) =
+                        futures_lite::future::zip(write_all_at(out, bytes, at), read).await;
+                    written?;
+                    read?
+                }
+                _ => read.await?,
+            };
+            hashes.push(ChunkHash::of(data.bytes()));
+            counters.bytes.fetch_add(len, Ordering::Relaxed);
+            if dst.is_some() {
+                unwritten = Some((offset, data.into_vec()));
+            }
+        }
+        if let (Some((at, bytes)), Some(out)) = (unwritten, dst) {
+            write_all_at(out, bytes, at).await?;
         }
         Ok(hashes)
     }
@@ -428,13 +478,34 @@ fn rename_no_replace_dir(tmp: &Path, path: &Path) -> io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-async fn read_exact_at(file: &BufferedFile, offset: u64, len: usize) -> Result<Vec<u8>, FileError> {
+/// A glommio error as a `FileError`: the OS error and its plain message, without
+/// glommio's decoration (operation, fd), so one-line reports stay readable and the errno
+/// survives for the exit-code policy.
+fn glommio_error(stage: Stage, e: glommio::GlommioError<()>) -> FileError {
+    match e {
+        glommio::GlommioError::IoError(source)
+        | glommio::GlommioError::EnhancedIoError { source, .. } => file_error(stage, &source),
+        other => file_error(stage, &io::Error::other(other.to_string())),
+    }
+}
+
+/// Reads exactly `len` bytes at `offset`: the bytes of one chunk.
+async fn read_exact_at(file: &BufferedFile, offset: u64, len: usize) -> Result<Chunk, FileError> {
+    let first = file
+        .read_at(offset, len)
+        .await
+        .map_err(|e| glommio_error(Stage::Read, e))?;
+    if first.len() == len {
+        // The common case: one read, and the buffer glommio filled is used as it is.
+        return Ok(Chunk::Read(first));
+    }
     let mut buf = Vec::with_capacity(len);
+    buf.extend_from_slice(&first);
     while buf.len() < len {
         let got = file
             .read_at(offset + buf.len() as u64, len - buf.len())
             .await
-            .map_err(|e| file_error(Stage::Read, &e.into()))?;
+            .map_err(|e| glommio_error(Stage::Read, e))?;
         if got.is_empty() {
             return Err(FileError {
                 stage: Stage::Read,
@@ -444,7 +515,30 @@ async fn read_exact_at(file: &BufferedFile, offset: u64, len: usize) -> Result<V
         }
         buf.extend_from_slice(&got);
     }
-    Ok(buf)
+    Ok(Chunk::Owned(buf))
+}
+
+/// A chunk's bytes: glommio's read buffer, or a buffer assembled from short reads.
+enum Chunk {
+    Read(glommio::io::ReadResult),
+    Owned(Vec<u8>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Read(r) => r,
+            Chunk::Owned(v) => v,
+        }
+    }
+
+    /// glommio's buffered write takes an owned `Vec`, so a read buffer is copied once.
+    fn into_vec(self) -> Vec<u8> {
+        match self {
+            Chunk::Read(r) => r.to_vec(),
+            Chunk::Owned(v) => v,
+        }
+    }
 }
 
 async fn write_all_at(file: &BufferedFile, data: Vec<u8>, offset: u64) -> Result<(), FileError> {
@@ -452,7 +546,7 @@ async fn write_all_at(file: &BufferedFile, data: Vec<u8>, offset: u64) -> Result
     let written = file
         .write_at(data, offset)
         .await
-        .map_err(|e| file_error(Stage::Write, &e.into()))?;
+        .map_err(|e| glommio_error(Stage::Write, e))?;
     if written != len {
         // io_uring writes to a regular file are only short when the device or quota ran
         // out mid-write; the next write would fail with ENOSPC, so report that now.
