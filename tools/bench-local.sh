@@ -9,9 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/tpc-bench}
-# Seconds to wait after deleting many inodes: ext4 without a journal (as here) skips
-# inodes freed in the last 60 s when it allocates, rescanning them for every new file; it
-# allocates new ones, which would charge one tool for the previous tool's cleanup.
+# Seconds to wait after deleting many inodes. ext4 without a journal (as on the dev VM)
+# skips inodes freed in the last 60 s when it allocates, rescanning them for every new
+# file; without the wait one tool would pay for the previous tool's cleanup.
 SETTLE=${SETTLE:-70}
 
 need=()
