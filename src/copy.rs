@@ -369,11 +369,7 @@ struct Plan {
 
 impl Plan {
     fn push_copy(&mut self, src: &Path, dst: &Path, e: &Entry, pid: u32) {
-        let seq = self.job.len();
-        let tmp = dst
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join(format!("{TMP_PREFIX}{pid}.{seq}{TMP_SUFFIX}"));
+        let tmp = temp_path(dst, pid, &self.job.len().to_string());
         self.job.push(JobFile {
             rel: e.rel.as_os_str().as_bytes().to_vec(),
             src: src.to_path_buf(),
@@ -649,10 +645,7 @@ fn copy_symlink(e: &Entry, dst: &Path, before: Option<&Entry>, pid: u32) -> io::
             return Ok(false);
         }
     }
-    let tmp = dst
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join(format!("{TMP_PREFIX}{pid}.l{TMP_SUFFIX}"));
+    let tmp = temp_path(dst, pid, "l");
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(walk::os(target), &tmp)?;
     if let Err(err) =
@@ -674,10 +667,7 @@ fn make_hard_link(first: &Path, other: &Path, pid: u32) -> io::Result<bool> {
             return Ok(false);
         }
     }
-    let tmp = other
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join(format!("{TMP_PREFIX}{pid}.h{TMP_SUFFIX}"));
+    let tmp = temp_path(other, pid, "h");
     let _ = std::fs::remove_file(&tmp);
     std::fs::hard_link(first, &tmp)?;
     if let Err(e) = std::fs::rename(&tmp, other) {
@@ -685,6 +675,14 @@ fn make_hard_link(first: &Path, other: &Path, pid: u32) -> io::Result<bool> {
         return Err(e);
     }
     Ok(true)
+}
+
+/// The temporary name, `.tpcx.<pid>.<tag>.tmp`, beside `dst` in its directory: the
+/// rename into place stays within one directory and one filesystem.
+fn temp_path(dst: &Path, pid: u32, tag: &str) -> PathBuf {
+    dst.parent()
+        .unwrap_or(Path::new("."))
+        .join(format!("{TMP_PREFIX}{pid}.{tag}{TMP_SUFFIX}"))
 }
 
 /// Removes temporary files that an interrupted run (whose process is gone) left in `dir`.
