@@ -60,7 +60,7 @@ fn assembly(c: &mut Criterion) {
         .collect();
     group.bench_function("assemble_100gib_file", |b| {
         b.iter(|| {
-            let mut a = Assembly::new();
+            let mut a = Assembly::<String>::new();
             a.expect(FileId(0), plan).unwrap();
             let n = plan.range_count();
             let mut done = None;

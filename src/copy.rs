@@ -121,8 +121,8 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
 
     let pid = std::process::id();
     let mut plan = Plan::default();
-    for (ri, root) in roots.iter().enumerate() {
-        plan_root(ri, root, opts, pid, &mut plan, &mut problems, &mut summary);
+    for root in &roots {
+        plan_root(root, opts, pid, &mut plan, &mut problems, &mut summary);
     }
 
     // --checksum: digests of both sides decide for files of equal size.
@@ -443,7 +443,6 @@ fn resolve_roots(sources: &[OsString], dest: &Path, problems: &mut Problems) -> 
 }
 
 fn plan_root(
-    _ri: usize,
     root: &Root,
     opts: &CopyOptions,
     pid: u32,

@@ -117,8 +117,7 @@ fn trailing_slash_copies_contents() {
     let s = Scratch::new("slash");
     let src = s.path("src");
     edge_case_tree(&src, 3 * CHUNK, 50);
-    let mut with_slash = src.as_os_str().to_owned();
-    with_slash.push("/");
+    let with_slash = with_slash(&src);
     let dst = s.path("dst");
     let out = tpc(&[
         OsStr::new("copy"),
@@ -249,11 +248,7 @@ fn check_reports_every_kind_of_difference() {
     let out = tpc(&[
         OsStr::new("copy"),
         OsStr::new("-q"),
-        &{
-            let mut x = a.as_os_str().to_owned();
-            x.push("/");
-            x
-        },
+        &with_slash(&a),
         b.as_os_str(),
     ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -284,15 +279,10 @@ fn checksum_finds_changes_that_size_and_mtime_miss() {
     std::fs::create_dir(&src).unwrap();
     random_file(&src.join("f"), CHUNK * 20 + 7, 5);
     let dst = s.path("dst");
-    let slash = |p: &Path| {
-        let mut x = p.as_os_str().to_owned();
-        x.push("/");
-        x
-    };
     let out = tpc(&[
         OsStr::new("copy"),
         OsStr::new("-q"),
-        &slash(&src),
+        &with_slash(&src),
         dst.as_os_str(),
     ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -306,7 +296,7 @@ fn checksum_finds_changes_that_size_and_mtime_miss() {
     let out = tpc(&[
         OsStr::new("copy"),
         OsStr::new("--json"),
-        &slash(&src),
+        &with_slash(&src),
         dst.as_os_str(),
     ]);
     assert_eq!(
@@ -319,7 +309,7 @@ fn checksum_finds_changes_that_size_and_mtime_miss() {
         OsStr::new("--json"),
         OsStr::new("--checksum"),
         OsStr::new("--verify"),
-        &slash(&src),
+        &with_slash(&src),
         dst.as_os_str(),
     ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -329,7 +319,7 @@ fn checksum_finds_changes_that_size_and_mtime_miss() {
         OsStr::new("copy"),
         OsStr::new("--json"),
         OsStr::new("--checksum"),
-        &slash(&src),
+        &with_slash(&src),
         dst.as_os_str(),
     ]);
     assert_eq!(json(&out)["files_copied"], 0);

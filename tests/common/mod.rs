@@ -90,6 +90,13 @@ pub fn random_file(path: &Path, size: u64, seed: u64) {
     f.flush().unwrap();
 }
 
+/// `path/`: the form that makes `copy` take a directory's contents (rsync's rule).
+pub fn with_slash(path: &Path) -> std::ffi::OsString {
+    let mut s = path.as_os_str().to_owned();
+    s.push("/");
+    s
+}
+
 pub fn set_mtime(path: &Path, sec: i64, nsec: i64) {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap();
     let times = [

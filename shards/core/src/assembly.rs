@@ -11,25 +11,33 @@ use std::collections::HashMap;
 use crate::digest::{ChunkHash, FileDigest};
 use crate::plan::{ChunkPlan, FileId};
 
-/// Files being assembled by one shard.
-#[derive(Default)]
-pub struct Assembly {
-    pending: HashMap<FileId, Pending>,
+/// Files being assembled by one shard. `F` is what a failed range reports (the driver's
+/// error type); the first failure of a file is kept and handed back when it completes.
+pub struct Assembly<F> {
+    pending: HashMap<FileId, Pending<F>>,
 }
 
-struct Pending {
+impl<F> Default for Assembly<F> {
+    fn default() -> Self {
+        Assembly {
+            pending: HashMap::new(),
+        }
+    }
+}
+
+struct Pending<F> {
     plan: ChunkPlan,
     chunks: Vec<ChunkHash>,
     range_seen: Vec<bool>,
     ranges_left: u32,
-    failure: Option<String>,
+    failure: Option<F>,
 }
 
 /// A file whose every range has been reported.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Completed {
+pub enum Completed<F> {
     Ok { file: FileId, digest: FileDigest },
-    Failed { file: FileId, reason: String },
+    Failed { file: FileId, failure: F },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -61,7 +69,7 @@ impl std::fmt::Display for AssemblyError {
 
 impl std::error::Error for AssemblyError {}
 
-impl Assembly {
+impl<F> Assembly<F> {
     pub fn new() -> Self {
         Self::default()
     }
@@ -96,7 +104,7 @@ impl Assembly {
         file: FileId,
         range: u32,
         hashes: &[ChunkHash],
-    ) -> Result<Option<Completed>, AssemblyError> {
+    ) -> Result<Option<Completed<F>>, AssemblyError> {
         let pending = self.claim(file, range)?;
         let span = pending.plan.range(range);
         if hashes.len() != span.chunk_count as usize {
@@ -123,14 +131,14 @@ impl Assembly {
         &mut self,
         file: FileId,
         range: u32,
-        reason: String,
-    ) -> Result<Option<Completed>, AssemblyError> {
+        failure: F,
+    ) -> Result<Option<Completed<F>>, AssemblyError> {
         let pending = self.claim(file, range)?;
-        pending.failure.get_or_insert(reason);
+        pending.failure.get_or_insert(failure);
         Ok(self.complete_if_done(file))
     }
 
-    fn claim(&mut self, file: FileId, range: u32) -> Result<&mut Pending, AssemblyError> {
+    fn claim(&mut self, file: FileId, range: u32) -> Result<&mut Pending<F>, AssemblyError> {
         let pending = self
             .pending
             .get_mut(&file)
@@ -150,7 +158,7 @@ impl Assembly {
         Ok(pending)
     }
 
-    fn complete_if_done(&mut self, file: FileId) -> Option<Completed> {
+    fn complete_if_done(&mut self, file: FileId) -> Option<Completed<F>> {
         if self.pending[&file].ranges_left > 0 {
             return None;
         }
@@ -160,7 +168,7 @@ impl Assembly {
             "completed with a range unseen"
         );
         Some(match done.failure {
-            Some(reason) => Completed::Failed { file, reason },
+            Some(failure) => Completed::Failed { file, failure },
             None => Completed::Ok {
                 file,
                 digest: FileDigest::from_chunks(done.plan.size_bytes(), &done.chunks),
@@ -188,7 +196,7 @@ mod tests {
         let flat: Vec<ChunkHash> = all.iter().flatten().copied().collect();
         let want = FileDigest::from_chunks(plan.size_bytes(), &flat);
 
-        let mut a = Assembly::new();
+        let mut a = Assembly::<String>::new();
         a.expect(FileId(7), plan).unwrap();
         for r in [3u32, 0, 2] {
             assert_eq!(a.range_done(FileId(7), r, &all[r as usize]).unwrap(), None);
@@ -207,7 +215,7 @@ mod tests {
     #[test]
     fn hostile_reports_are_typed_errors_and_change_nothing() {
         let plan = ChunkPlan::new(CHUNK_SIZE_BYTES * 2).unwrap();
-        let mut a = Assembly::new();
+        let mut a = Assembly::<String>::new();
         a.expect(FileId(1), plan).unwrap();
         assert_eq!(
             a.expect(FileId(1), plan),
@@ -243,7 +251,7 @@ mod tests {
     #[test]
     fn duplicate_range_is_refused() {
         let plan = ChunkPlan::new(2 * RANGE_SIZE_BYTES).unwrap();
-        let mut a = Assembly::new();
+        let mut a = Assembly::<String>::new();
         a.expect(FileId(0), plan).unwrap();
         a.range_done(FileId(0), 0, &hashes(16, 0)).unwrap();
         assert_eq!(
@@ -258,7 +266,7 @@ mod tests {
     #[test]
     fn failure_waits_for_every_range() {
         let plan = ChunkPlan::new(2 * RANGE_SIZE_BYTES).unwrap();
-        let mut a = Assembly::new();
+        let mut a = Assembly::<String>::new();
         a.expect(FileId(0), plan).unwrap();
         assert_eq!(a.range_failed(FileId(0), 1, "EIO".into()).unwrap(), None);
         let done = a.range_done(FileId(0), 0, &hashes(16, 0)).unwrap();
@@ -266,14 +274,14 @@ mod tests {
             done,
             Some(Completed::Failed {
                 file: FileId(0),
-                reason: "EIO".into()
+                failure: "EIO".into()
             })
         );
     }
 
     #[test]
     fn empty_file_completes_with_its_single_range() {
-        let mut a = Assembly::new();
+        let mut a = Assembly::<String>::new();
         a.expect(FileId(0), ChunkPlan::new(0).unwrap()).unwrap();
         let done = a.range_done(FileId(0), 0, &[]).unwrap();
         assert_eq!(

@@ -43,10 +43,8 @@ struct Shard {
     id: usize,
     job: Arc<JobSpec>,
     progress: Arc<Progress>,
-    assembly: RefCell<Assembly>,
-    /// First error of each owned file whose ranges are still arriving.
-    errors: RefCell<std::collections::HashMap<FileId, FileError>>,
-    completed: local_channel::LocalSender<Completed>,
+    assembly: RefCell<Assembly<FileError>>,
+    completed: local_channel::LocalSender<Completed<FileError>>,
 }
 
 pub(crate) async fn run(
@@ -65,7 +63,6 @@ pub(crate) async fn run(
         job: job.clone(),
         progress,
         assembly: RefCell::new(Assembly::new()),
-        errors: RefCell::new(Default::default()),
         completed: completed_tx,
     });
 
@@ -75,7 +72,8 @@ pub(crate) async fn run(
     // This shard's ranges, grouped by file: one task works a file's ranges in order, so
     // a file never has two writers on one shard (ext4 serializes buffered writes to one
     // inode, and concurrent writers only spin on its lock).
-    let mut work: Vec<(FileId, Vec<RangeSpan>)> = Vec::new();
+    // The owner is kept with the work so that reports need not hash the path again.
+    let mut work: Vec<(FileId, ShardId, Vec<RangeSpan>)> = Vec::new();
     for (index, file) in job.files.iter().enumerate() {
         let file_id = FileId(index as u32);
         let plan = match ChunkPlan::new(file.size_bytes) {
@@ -97,7 +95,7 @@ pub(crate) async fn run(
             .filter(|span| range_shard(own, span.index, shard_count).0 as usize == id)
             .collect();
         if !mine.is_empty() {
-            work.push((file_id, mine));
+            work.push((file_id, own, mine));
         }
     }
 
@@ -129,7 +127,7 @@ pub(crate) async fn run(
     let senders = Rc::new(senders);
     let mut ranges_done = 0u64;
     let mut tasks = Vec::with_capacity(work.len().min(RANGES_IN_FLIGHT_PER_SHARD * 2));
-    for (file_id, spans) in work {
+    for (file_id, own, spans) in work {
         let permit = limit
             .clone()
             .acquire_static_permit(1)
@@ -139,7 +137,7 @@ pub(crate) async fn run(
         let senders = senders.clone();
         ranges_done += spans.len() as u64;
         tasks.push(glommio::spawn_local(async move {
-            shard.work_file(&senders, file_id, &spans).await;
+            shard.work_file(&senders, file_id, own, &spans).await;
             drop(permit);
         }));
         if tasks.len() >= RANGES_IN_FLIGHT_PER_SHARD * 2 {
@@ -176,13 +174,19 @@ impl Shard {
 
     /// Works this shard's ranges of one file, in order, and reports each to the owner.
     /// Every range is reported exactly once, as done or failed.
-    async fn work_file(&self, senders: &Senders<ShardMsg>, file_id: FileId, spans: &[RangeSpan]) {
+    async fn work_file(
+        &self,
+        senders: &Senders<ShardMsg>,
+        file_id: FileId,
+        own: ShardId,
+        spans: &[RangeSpan],
+    ) {
         let file = self.file(file_id);
         let (src, dst) = match self.open_pair(file).await {
             Ok(pair) => pair,
             Err(error) => {
                 for span in spans {
-                    self.report(senders, file_id, span.index, Err(error.clone()))
+                    self.report(senders, own, file_id, span.index, Err(error.clone()))
                         .await;
                 }
                 return;
@@ -208,7 +212,7 @@ impl Shard {
             if let Err(error) = &result {
                 failed.get_or_insert_with(|| error.clone());
             }
-            self.report(senders, file_id, span.index, result).await;
+            self.report(senders, own, file_id, span.index, result).await;
         }
         let _ = src.close().await;
         if let Some(dst) = dst {
@@ -287,11 +291,11 @@ impl Shard {
     async fn report(
         &self,
         senders: &Senders<ShardMsg>,
+        own: ShardId,
         file: FileId,
         range: u32,
         result: Result<Vec<ChunkHash>, FileError>,
     ) {
-        let own = owner(&self.file(file).rel, self.job.shard_count);
         if own == ShardId(self.id as u16) {
             // Fast path: the owner is this shard.
             self.range_done(file, range, result);
@@ -316,11 +320,7 @@ impl Shard {
     fn range_done(&self, file: FileId, range: u32, result: Result<Vec<ChunkHash>, FileError>) {
         let completed = match result {
             Ok(hashes) => self.assembly.borrow_mut().range_done(file, range, &hashes),
-            Err(error) => {
-                let reason = error.message.clone();
-                self.errors.borrow_mut().entry(file).or_insert(error);
-                self.assembly.borrow_mut().range_failed(file, range, reason)
-            }
+            Err(error) => self.assembly.borrow_mut().range_failed(file, range, error),
         };
         // Peers are the same process running the same plan: a bad report is a bug.
         let completed = completed.unwrap_or_else(|e| panic!("inconsistent range report: {e}"));
@@ -335,7 +335,7 @@ impl Shard {
 /// Commits owned files as they complete; returns their outcomes and how many were committed.
 async fn finalize_loop(
     shard: Rc<Shard>,
-    completed: local_channel::LocalReceiver<Completed>,
+    completed: local_channel::LocalReceiver<Completed<FileError>>,
     owned: usize,
 ) -> (Finished, u64) {
     let mut finished: Finished = Vec::with_capacity(owned);
@@ -347,12 +347,10 @@ async fn finalize_loop(
             break;
         };
         match done {
-            Completed::Failed { file, .. } => {
-                let error = shard
-                    .errors
-                    .borrow_mut()
-                    .remove(&file)
-                    .expect("a failed file has its error recorded");
+            Completed::Failed {
+                file,
+                failure: error,
+            } => {
                 if let Some(dst) = &shard.file(file).dst {
                     let _ = std::fs::remove_file(&dst.tmp);
                 }
@@ -420,7 +418,7 @@ async fn commit(
     let mut committed = 0;
     for (file, digest) in batch.drain(..) {
         let dst = dst_of(file);
-        match rename_no_replace_dir(&dst.tmp, &dst.path) {
+        match std::fs::rename(&dst.tmp, &dst.path) {
             Ok(()) => {
                 if durable {
                     // `Path::parent` of a bare name is "", which names no directory.
@@ -470,12 +468,6 @@ fn syncfs_of(path: &Path) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Renames the finished temporary file over the destination. A directory in the way is
-/// not replaced (rename would fail with EISDIR anyway; the planner removes such entries).
-fn rename_no_replace_dir(tmp: &Path, path: &Path) -> io::Result<()> {
-    std::fs::rename(tmp, path)
 }
 
 /// A glommio error as a `FileError`: the OS error and its plain message, without
