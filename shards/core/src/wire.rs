@@ -1,0 +1,945 @@
+//! The tpc-xfer wire protocol, version 1: frames, their encoding, and the limits every
+//! field is checked against before anything is allocated. Specified in docs/PROTOCOL.md.
+//!
+//! Frames travel on QUIC bidirectional streams. Each frame is `type: u8`, `len: u32`
+//! (little endian, at most `FRAME_BYTES_MAX`), then `len` bytes of payload. A `Put` frame
+//! is followed on its stream by the raw bytes of the chunks it names, and a `Data` frame
+//! by the raw bytes that were asked for; those bytes are not framed because their length
+//! follows from the header, which keeps 4 MiB chunks out of frame buffers.
+//!
+//! Decoding never panics and never trusts a length: every count is checked against its
+//! named limit and against the bytes actually present before a vector is reserved.
+
+use crate::digest::ChunkHash;
+use crate::limits::{FILE_SIZE_BYTES_MAX, PATH_BYTES_MAX, RANGE_CHUNKS, SHARDS_MAX};
+
+/// ALPN of protocol version 1; a peer that speaks anything else fails the TLS handshake.
+pub const ALPN: &[u8] = b"tpc-xfer/1";
+
+/// Version carried in `Hello`; bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Bytes of a frame header: type (1) + payload length (4).
+pub const FRAME_HEADER_BYTES: usize = 5;
+
+/// Largest frame payload. Bounds what a peer can make us buffer for one frame; an
+/// `Entries` frame of `ENTRIES_PER_FRAME_MAX` entries with long names fits easily.
+pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Entries in one `Entries` frame.
+pub const ENTRIES_PER_FRAME_MAX: usize = 4096;
+
+/// Entries in a whole manifest. File indices are `u32`; 64 Mi entries keeps the
+/// receiver's per-entry state (a few hundred bytes each) within a few tens of GiB.
+pub const MANIFEST_ENTRIES_MAX: u64 = 64 * 1024 * 1024;
+
+/// Chunk hashes an entry of the manifest may carry (64 Ki x 4 MiB = 256 GiB). Larger
+/// files are announced without hashes, and the receiver asks for all of their chunks.
+pub const ENTRY_HASHES_MAX: usize = 64 * 1024;
+
+/// Items in one `Need` frame, and file indices in one `Commit` / `Committed` frame.
+pub const ITEMS_PER_FRAME_MAX: usize = 16 * 1024;
+
+/// Bytes of the human-readable message of an `Error` or `Failed` frame.
+pub const MESSAGE_BYTES_MAX: usize = 1024;
+
+/// Chunks one `Put` or `Get` may carry: one range, so that a stream's work is bounded.
+pub const STREAM_CHUNKS_MAX: u32 = RANGE_CHUNKS as u32;
+
+/// Frame type bytes. Gaps are reserved.
+mod kind {
+    pub const HELLO: u8 = 1;
+    pub const WELCOME: u8 = 2;
+    pub const ENTRIES: u8 = 3;
+    pub const ENTRIES_END: u8 = 4;
+    pub const NEED: u8 = 5;
+    pub const NEED_END: u8 = 6;
+    pub const PUT: u8 = 7;
+    pub const GET: u8 = 8;
+    pub const DATA: u8 = 9;
+    pub const RANGE_OK: u8 = 10;
+    pub const COMMIT: u8 = 11;
+    pub const COMMITTED: u8 = 12;
+    pub const FAILED: u8 = 13;
+    pub const FINISH: u8 = 14;
+    pub const DONE: u8 = 15;
+    pub const ERROR: u8 = 16;
+}
+
+/// What a client asks for in `Hello`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// The client sends a tree into `dest` (relative to the server root).
+    Push { dest: Vec<u8>, durable: bool },
+    /// The client fetches `src` (relative to the server root).
+    Pull { src: Vec<u8> },
+}
+
+/// What the destination of a push is on the server, so the client can apply the same
+/// trailing-slash and into-a-directory rules as a local copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DestKind {
+    Missing = 0,
+    Dir = 1,
+    Other = 2,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireKind {
+    File = 0,
+    Dir = 1,
+    Symlink = 2,
+}
+
+/// One manifest entry. `path` is relative to the transfer's base and validated by the
+/// receiver (`RelPath`); an empty path is the base itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: WireKind,
+    pub path: Vec<u8>,
+    pub size: u64,
+    /// Permission bits (`& 0o7777`).
+    pub mode: u32,
+    pub mtime: (i64, u32),
+    /// Symlink target, stored as given and never resolved.
+    pub target: Vec<u8>,
+    /// Chunk hashes, when the sender has them: empty, or exactly one per chunk.
+    pub hashes: Vec<ChunkHash>,
+}
+
+/// A run of chunks of one file that the receiver asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NeedItem {
+    pub file: u32,
+    pub chunk_first: u32,
+    pub chunk_count: u32,
+}
+
+/// Header of a data stream from client to server: these chunks of this file follow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Put {
+    pub session: u64,
+    pub file: u32,
+    /// Full path relative to the server root (the server checks it again).
+    pub path: Vec<u8>,
+    pub size: u64,
+    pub chunk_first: u32,
+    pub hashes: Vec<ChunkHash>,
+}
+
+/// Header of a data stream asking the server for chunks of a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Get {
+    pub session: u64,
+    pub file: u32,
+    pub path: Vec<u8>,
+    pub size: u64,
+    pub chunk_first: u32,
+    pub chunk_count: u32,
+}
+
+/// Why something failed, as seen by the peer. Stable numbers: they are on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// A frame could not be decoded or broke a limit.
+    Protocol = 1,
+    /// `Hello` carried a version this peer does not speak.
+    Version = 2,
+    /// A path was absolute, had `..`, a NUL, or went through a symlink.
+    PathRefused = 3,
+    NotFound = 4,
+    /// No space or quota left on the receiver.
+    NoSpace = 5,
+    /// The server is `--read-only`, or the destination is not writable.
+    NotWritable = 6,
+    Io = 7,
+    /// A source file changed size while it was being sent.
+    Changed = 8,
+    /// Received bytes did not match their chunk hash.
+    HashMismatch = 9,
+    /// The server is shutting down or over a limit of its own.
+    Busy = 10,
+}
+
+impl ErrorCode {
+    fn from_u16(v: u16) -> Option<ErrorCode> {
+        use ErrorCode::*;
+        Some(match v {
+            1 => Protocol,
+            2 => Version,
+            3 => PathRefused,
+            4 => NotFound,
+            5 => NoSpace,
+            6 => NotWritable,
+            7 => Io,
+            8 => Changed,
+            9 => HashMismatch,
+            10 => Busy,
+            _ => return None,
+        })
+    }
+
+    /// Classifies an errno met while writing on the receiver.
+    pub fn for_errno(errno: i32) -> ErrorCode {
+        match errno {
+            28 /* ENOSPC */ | 122 /* EDQUOT */ => ErrorCode::NoSpace,
+            2 /* ENOENT */ => ErrorCode::NotFound,
+            13 /* EACCES */ | 1 /* EPERM */ | 30 /* EROFS */ => ErrorCode::NotWritable,
+            40 /* ELOOP */ | 18 /* EXDEV */ => ErrorCode::PathRefused,
+            _ => ErrorCode::Io,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    Hello {
+        version: u16,
+        op: Op,
+    },
+    Welcome {
+        session: u64,
+        /// UDP port of each server shard, in shard order; data connections go there.
+        shard_ports: Vec<u16>,
+        dest: DestKind,
+    },
+    Entries(Vec<Entry>),
+    EntriesEnd {
+        count: u64,
+    },
+    Need(Vec<NeedItem>),
+    NeedEnd,
+    Put(Put),
+    Get(Get),
+    /// Answer to `Get`: the chunk hashes, then the raw bytes.
+    Data {
+        hashes: Vec<ChunkHash>,
+    },
+    /// Answer to `Put`: written and every chunk verified.
+    RangeOk,
+    Commit {
+        files: Vec<u32>,
+    },
+    /// These files are durable and in place.
+    Committed {
+        files: Vec<u32>,
+    },
+    /// One file failed; the session goes on.
+    Failed {
+        file: u32,
+        code: ErrorCode,
+        message: String,
+    },
+    Finish,
+    Done {
+        files: u64,
+        bytes: u64,
+    },
+    /// The session or stream failed as a whole.
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// Why a frame was refused. Carries what was wrong, for the one-line error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WireError {
+    /// The frame ended before a field did.
+    Truncated {
+        field: &'static str,
+    },
+    /// A length or count exceeded its named limit.
+    Limit {
+        field: &'static str,
+        value: u64,
+        max: u64,
+    },
+    UnknownFrame(u8),
+    BadValue {
+        field: &'static str,
+        value: u64,
+    },
+    /// Bytes were left after the last field.
+    Trailing {
+        frame: u8,
+        bytes: usize,
+    },
+    /// A frame arrived where the protocol does not allow it.
+    Unexpected {
+        expected: &'static str,
+        got: u8,
+    },
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::Truncated { field } => write!(f, "frame truncated in field {field}"),
+            WireError::Limit { field, value, max } => {
+                write!(f, "{field} is {value}, over the limit of {max}")
+            }
+            WireError::UnknownFrame(t) => write!(f, "unknown frame type {t}"),
+            WireError::BadValue { field, value } => write!(f, "bad value {value} for {field}"),
+            WireError::Trailing { frame, bytes } => {
+                write!(f, "{bytes} stray bytes after frame type {frame}")
+            }
+            WireError::Unexpected { expected, got } => {
+                write!(f, "expected {expected}, got frame type {got}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
+
+impl Frame {
+    /// Type byte of this frame.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Frame::Hello { .. } => kind::HELLO,
+            Frame::Welcome { .. } => kind::WELCOME,
+            Frame::Entries(_) => kind::ENTRIES,
+            Frame::EntriesEnd { .. } => kind::ENTRIES_END,
+            Frame::Need(_) => kind::NEED,
+            Frame::NeedEnd => kind::NEED_END,
+            Frame::Put(_) => kind::PUT,
+            Frame::Get(_) => kind::GET,
+            Frame::Data { .. } => kind::DATA,
+            Frame::RangeOk => kind::RANGE_OK,
+            Frame::Commit { .. } => kind::COMMIT,
+            Frame::Committed { .. } => kind::COMMITTED,
+            Frame::Failed { .. } => kind::FAILED,
+            Frame::Finish => kind::FINISH,
+            Frame::Done { .. } => kind::DONE,
+            Frame::Error { .. } => kind::ERROR,
+        }
+    }
+
+    /// Appends the encoded frame (header and payload) to `out`.
+    ///
+    /// Panics if the frame breaks a limit: we never send what we would refuse to receive,
+    /// so that is a bug on this side.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.push(self.kind());
+        out.extend_from_slice(&[0; 4]);
+        let mut w = Writer(out);
+        match self {
+            Frame::Hello { version, op } => {
+                w.u16(*version);
+                match op {
+                    Op::Push { dest, durable } => {
+                        w.u8(0);
+                        w.bytes(dest, PATH_BYTES_MAX);
+                        w.u8(*durable as u8);
+                    }
+                    Op::Pull { src } => {
+                        w.u8(1);
+                        w.bytes(src, PATH_BYTES_MAX);
+                    }
+                }
+            }
+            Frame::Welcome {
+                session,
+                shard_ports,
+                dest,
+            } => {
+                w.u64(*session);
+                w.count(shard_ports.len(), SHARDS_MAX);
+                for p in shard_ports {
+                    w.u16(*p);
+                }
+                w.u8(*dest as u8);
+            }
+            Frame::Entries(entries) => {
+                w.count(entries.len(), ENTRIES_PER_FRAME_MAX);
+                for e in entries {
+                    w.u8(e.kind as u8);
+                    w.bytes(&e.path, PATH_BYTES_MAX);
+                    w.u64(e.size);
+                    w.u32(e.mode);
+                    w.u64(e.mtime.0 as u64);
+                    w.u32(e.mtime.1);
+                    w.bytes(&e.target, PATH_BYTES_MAX);
+                    w.hashes(&e.hashes, ENTRY_HASHES_MAX);
+                }
+            }
+            Frame::EntriesEnd { count } => w.u64(*count),
+            Frame::Need(items) => {
+                w.count(items.len(), ITEMS_PER_FRAME_MAX);
+                for i in items {
+                    w.u32(i.file);
+                    w.u32(i.chunk_first);
+                    w.u32(i.chunk_count);
+                }
+            }
+            Frame::NeedEnd | Frame::RangeOk | Frame::Finish => {}
+            Frame::Put(p) => {
+                w.u64(p.session);
+                w.u32(p.file);
+                w.bytes(&p.path, PATH_BYTES_MAX);
+                w.u64(p.size);
+                w.u32(p.chunk_first);
+                w.hashes(&p.hashes, STREAM_CHUNKS_MAX as usize);
+            }
+            Frame::Get(g) => {
+                w.u64(g.session);
+                w.u32(g.file);
+                w.bytes(&g.path, PATH_BYTES_MAX);
+                w.u64(g.size);
+                w.u32(g.chunk_first);
+                w.u32(g.chunk_count);
+            }
+            Frame::Data { hashes } => w.hashes(hashes, STREAM_CHUNKS_MAX as usize),
+            Frame::Commit { files } | Frame::Committed { files } => {
+                w.count(files.len(), ITEMS_PER_FRAME_MAX);
+                for f in files {
+                    w.u32(*f);
+                }
+            }
+            Frame::Failed {
+                file,
+                code,
+                message,
+            } => {
+                w.u32(*file);
+                w.u16(*code as u16);
+                w.message(message);
+            }
+            Frame::Done { files, bytes } => {
+                w.u64(*files);
+                w.u64(*bytes);
+            }
+            Frame::Error { code, message } => {
+                w.u16(*code as u16);
+                w.message(message);
+            }
+        }
+        let len = out.len() - start - FRAME_HEADER_BYTES;
+        assert!(len <= FRAME_BYTES_MAX, "encoded frame over FRAME_BYTES_MAX");
+        out[start + 1..start + FRAME_HEADER_BYTES].copy_from_slice(&(len as u32).to_le_bytes());
+    }
+
+    /// Reads a frame header: the type and the payload length, checked against
+    /// `FRAME_BYTES_MAX` so the caller can size its buffer safely.
+    pub fn header(bytes: &[u8; FRAME_HEADER_BYTES]) -> Result<(u8, usize), WireError> {
+        let len = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        if len > FRAME_BYTES_MAX {
+            return Err(WireError::Limit {
+                field: "frame length",
+                value: len as u64,
+                max: FRAME_BYTES_MAX as u64,
+            });
+        }
+        Ok((bytes[0], len))
+    }
+
+    /// Decodes one frame's payload, given its type byte.
+    pub fn decode(kind_byte: u8, payload: &[u8]) -> Result<Frame, WireError> {
+        let mut r = Reader { buf: payload };
+        let frame = match kind_byte {
+            kind::HELLO => {
+                let version = r.u16("version")?;
+                let op = match r.u8("op")? {
+                    0 => Op::Push {
+                        dest: r.bytes("dest", PATH_BYTES_MAX)?,
+                        durable: r.bool("durable")?,
+                    },
+                    1 => Op::Pull {
+                        src: r.bytes("src", PATH_BYTES_MAX)?,
+                    },
+                    v => {
+                        return Err(WireError::BadValue {
+                            field: "op",
+                            value: v as u64,
+                        })
+                    }
+                };
+                Frame::Hello { version, op }
+            }
+            kind::WELCOME => {
+                let session = r.u64("session")?;
+                let n = r.count("shard_ports", SHARDS_MAX, 2)?;
+                let mut shard_ports = Vec::with_capacity(n);
+                for _ in 0..n {
+                    shard_ports.push(r.u16("shard port")?);
+                }
+                if n == 0 {
+                    return Err(WireError::BadValue {
+                        field: "shard_ports",
+                        value: 0,
+                    });
+                }
+                let dest = match r.u8("dest")? {
+                    0 => DestKind::Missing,
+                    1 => DestKind::Dir,
+                    2 => DestKind::Other,
+                    v => {
+                        return Err(WireError::BadValue {
+                            field: "dest",
+                            value: v as u64,
+                        })
+                    }
+                };
+                Frame::Welcome {
+                    session,
+                    shard_ports,
+                    dest,
+                }
+            }
+            kind::ENTRIES => {
+                // Smallest possible entry: kind, two empty byte strings, size, mode,
+                // mtime and an empty hash list.
+                let n = r.count("entries", ENTRIES_PER_FRAME_MAX, 1 + 4 + 8 + 4 + 12 + 4 + 4)?;
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let kind = match r.u8("entry kind")? {
+                        0 => WireKind::File,
+                        1 => WireKind::Dir,
+                        2 => WireKind::Symlink,
+                        v => {
+                            return Err(WireError::BadValue {
+                                field: "entry kind",
+                                value: v as u64,
+                            })
+                        }
+                    };
+                    let path = r.bytes("path", PATH_BYTES_MAX)?;
+                    let size = r.u64("size")?;
+                    if size > FILE_SIZE_BYTES_MAX {
+                        return Err(WireError::Limit {
+                            field: "size",
+                            value: size,
+                            max: FILE_SIZE_BYTES_MAX,
+                        });
+                    }
+                    let mode = r.u32("mode")?;
+                    if mode > 0o7777 {
+                        return Err(WireError::BadValue {
+                            field: "mode",
+                            value: mode as u64,
+                        });
+                    }
+                    let mtime = (r.u64("mtime")? as i64, r.u32("mtime ns")?);
+                    if mtime.1 >= 1_000_000_000 {
+                        return Err(WireError::BadValue {
+                            field: "mtime ns",
+                            value: mtime.1 as u64,
+                        });
+                    }
+                    let target = r.bytes("target", PATH_BYTES_MAX)?;
+                    let hashes = r.hashes("entry hashes", ENTRY_HASHES_MAX)?;
+                    entries.push(Entry {
+                        kind,
+                        path,
+                        size,
+                        mode,
+                        mtime,
+                        target,
+                        hashes,
+                    });
+                }
+                Frame::Entries(entries)
+            }
+            kind::ENTRIES_END => {
+                let count = r.u64("count")?;
+                if count > MANIFEST_ENTRIES_MAX {
+                    return Err(WireError::Limit {
+                        field: "manifest entries",
+                        value: count,
+                        max: MANIFEST_ENTRIES_MAX,
+                    });
+                }
+                Frame::EntriesEnd { count }
+            }
+            kind::NEED => {
+                let n = r.count("need items", ITEMS_PER_FRAME_MAX, 12)?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push(NeedItem {
+                        file: r.u32("file")?,
+                        chunk_first: r.u32("chunk_first")?,
+                        chunk_count: r.u32("chunk_count")?,
+                    });
+                }
+                Frame::Need(items)
+            }
+            kind::NEED_END => Frame::NeedEnd,
+            kind::PUT => Frame::Put(Put {
+                session: r.u64("session")?,
+                file: r.u32("file")?,
+                path: r.bytes("path", PATH_BYTES_MAX)?,
+                size: r.size()?,
+                chunk_first: r.u32("chunk_first")?,
+                hashes: r.hashes("put hashes", STREAM_CHUNKS_MAX as usize)?,
+            }),
+            kind::GET => {
+                let g = Get {
+                    session: r.u64("session")?,
+                    file: r.u32("file")?,
+                    path: r.bytes("path", PATH_BYTES_MAX)?,
+                    size: r.size()?,
+                    chunk_first: r.u32("chunk_first")?,
+                    chunk_count: r.u32("chunk_count")?,
+                };
+                if g.chunk_count > STREAM_CHUNKS_MAX {
+                    return Err(WireError::Limit {
+                        field: "get chunk_count",
+                        value: g.chunk_count as u64,
+                        max: STREAM_CHUNKS_MAX as u64,
+                    });
+                }
+                Frame::Get(g)
+            }
+            kind::DATA => Frame::Data {
+                hashes: r.hashes("data hashes", STREAM_CHUNKS_MAX as usize)?,
+            },
+            kind::RANGE_OK => Frame::RangeOk,
+            kind::COMMIT | kind::COMMITTED => {
+                let n = r.count("files", ITEMS_PER_FRAME_MAX, 4)?;
+                let mut files = Vec::with_capacity(n);
+                for _ in 0..n {
+                    files.push(r.u32("file")?);
+                }
+                if kind_byte == kind::COMMIT {
+                    Frame::Commit { files }
+                } else {
+                    Frame::Committed { files }
+                }
+            }
+            kind::FAILED => Frame::Failed {
+                file: r.u32("file")?,
+                code: r.code()?,
+                message: r.message()?,
+            },
+            kind::FINISH => Frame::Finish,
+            kind::DONE => Frame::Done {
+                files: r.u64("files")?,
+                bytes: r.u64("bytes")?,
+            },
+            kind::ERROR => Frame::Error {
+                code: r.code()?,
+                message: r.message()?,
+            },
+            other => return Err(WireError::UnknownFrame(other)),
+        };
+        if !r.buf.is_empty() {
+            return Err(WireError::Trailing {
+                frame: kind_byte,
+                bytes: r.buf.len(),
+            });
+        }
+        Ok(frame)
+    }
+}
+
+/// Bytes of the chunks `chunk_first .. chunk_first + chunk_count` of a file of `size`
+/// bytes, or `None` if the run is not inside the file. Both sides use it to know how many
+/// raw bytes follow a `Put` or `Data` header.
+pub fn run_bytes(size: u64, chunk_first: u32, chunk_count: u32) -> Option<(u64, u64)> {
+    let chunk = crate::limits::CHUNK_SIZE_BYTES;
+    let chunks = size.div_ceil(chunk).max(1);
+    let end_chunk = chunk_first as u64 + chunk_count as u64;
+    if chunk_count == 0 || end_chunk > chunks {
+        return None;
+    }
+    let start = chunk_first as u64 * chunk;
+    let end = (end_chunk * chunk).min(size);
+    Some((start, end - start))
+}
+
+struct Writer<'a>(&'a mut Vec<u8>);
+
+impl Writer<'_> {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn count(&mut self, n: usize, max: usize) {
+        assert!(n <= max, "count {n} over its limit {max}");
+        self.u32(n as u32);
+    }
+    fn bytes(&mut self, b: &[u8], max: usize) {
+        self.count(b.len(), max);
+        self.0.extend_from_slice(b);
+    }
+    fn hashes(&mut self, h: &[ChunkHash], max: usize) {
+        self.count(h.len(), max);
+        for x in h {
+            self.0.extend_from_slice(&x.0);
+        }
+    }
+    fn message(&mut self, m: &str) {
+        // Messages are for humans: cut at a char boundary rather than refuse to send.
+        let mut end = m.len().min(MESSAGE_BYTES_MAX);
+        while !m.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.bytes(&m.as_bytes()[..end], MESSAGE_BYTES_MAX);
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&[u8], WireError> {
+        if self.buf.len() < n {
+            return Err(WireError::Truncated { field });
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+    fn u8(&mut self, field: &'static str) -> Result<u8, WireError> {
+        Ok(self.take(1, field)?[0])
+    }
+    fn bool(&mut self, field: &'static str) -> Result<bool, WireError> {
+        match self.u8(field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(WireError::BadValue {
+                field,
+                value: v as u64,
+            }),
+        }
+    }
+    fn u16(&mut self, field: &'static str) -> Result<u16, WireError> {
+        let b = self.take(2, field)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self, field: &'static str) -> Result<u32, WireError> {
+        let b = self.take(4, field)?;
+        Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self, field: &'static str) -> Result<u64, WireError> {
+        let b = self.take(8, field)?;
+        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+    fn size(&mut self) -> Result<u64, WireError> {
+        let size = self.u64("size")?;
+        if size > FILE_SIZE_BYTES_MAX {
+            return Err(WireError::Limit {
+                field: "size",
+                value: size,
+                max: FILE_SIZE_BYTES_MAX,
+            });
+        }
+        Ok(size)
+    }
+    /// A count, checked against its limit and against the bytes left (each item takes at
+    /// least `item_bytes_min`), so a lying count cannot make us reserve memory.
+    fn count(
+        &mut self,
+        field: &'static str,
+        max: usize,
+        item_bytes_min: usize,
+    ) -> Result<usize, WireError> {
+        let n = self.u32(field)? as usize;
+        if n > max {
+            return Err(WireError::Limit {
+                field,
+                value: n as u64,
+                max: max as u64,
+            });
+        }
+        if n.saturating_mul(item_bytes_min) > self.buf.len() {
+            return Err(WireError::Truncated { field });
+        }
+        Ok(n)
+    }
+    fn bytes(&mut self, field: &'static str, max: usize) -> Result<Vec<u8>, WireError> {
+        let n = self.count(field, max, 1)?;
+        Ok(self.take(n, field)?.to_vec())
+    }
+    fn hashes(&mut self, field: &'static str, max: usize) -> Result<Vec<ChunkHash>, WireError> {
+        let n = self.count(field, max, 32)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let b = self.take(32, field)?;
+            out.push(ChunkHash(b.try_into().expect("32 bytes")));
+        }
+        Ok(out)
+    }
+    fn code(&mut self) -> Result<ErrorCode, WireError> {
+        let v = self.u16("error code")?;
+        // An unknown code from a newer peer is still an error: report it as Io.
+        Ok(ErrorCode::from_u16(v).unwrap_or(ErrorCode::Io))
+    }
+    fn message(&mut self) -> Result<String, WireError> {
+        let b = self.bytes("message", MESSAGE_BYTES_MAX)?;
+        Ok(String::from_utf8_lossy(&b).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(f: Frame) {
+        let mut buf = Vec::new();
+        f.encode(&mut buf);
+        let (k, len) = Frame::header(buf[..5].try_into().unwrap()).unwrap();
+        assert_eq!(len, buf.len() - 5);
+        assert_eq!(Frame::decode(k, &buf[5..]).unwrap(), f);
+        // Every strict prefix of the payload is refused, never a panic.
+        for cut in 0..len {
+            assert!(Frame::decode(k, &buf[5..5 + cut]).is_err(), "prefix {cut}");
+        }
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        let h = ChunkHash([7; 32]);
+        round_trip(Frame::Hello {
+            version: 1,
+            op: Op::Push {
+                dest: b"a/b".to_vec(),
+                durable: true,
+            },
+        });
+        round_trip(Frame::Hello {
+            version: 1,
+            op: Op::Pull { src: vec![] },
+        });
+        round_trip(Frame::Welcome {
+            session: 9,
+            shard_ports: vec![7440, 7441],
+            dest: DestKind::Dir,
+        });
+        round_trip(Frame::Entries(vec![
+            Entry {
+                kind: WireKind::File,
+                path: b"x\ny".to_vec(),
+                size: 5,
+                mode: 0o644,
+                mtime: (-1, 999_999_999),
+                target: vec![],
+                hashes: vec![h],
+            },
+            Entry {
+                kind: WireKind::Symlink,
+                path: b"l".to_vec(),
+                size: 0,
+                mode: 0o777,
+                mtime: (1, 0),
+                target: b"../t".to_vec(),
+                hashes: vec![],
+            },
+        ]));
+        round_trip(Frame::EntriesEnd { count: 2 });
+        round_trip(Frame::Need(vec![NeedItem {
+            file: 1,
+            chunk_first: 0,
+            chunk_count: 3,
+        }]));
+        round_trip(Frame::Put(Put {
+            session: 1,
+            file: 2,
+            path: b"p".to_vec(),
+            size: 10,
+            chunk_first: 0,
+            hashes: vec![h, h],
+        }));
+        round_trip(Frame::Get(Get {
+            session: 1,
+            file: 2,
+            path: b"p".to_vec(),
+            size: 10,
+            chunk_first: 0,
+            chunk_count: 1,
+        }));
+        round_trip(Frame::Data { hashes: vec![h] });
+        round_trip(Frame::Commit { files: vec![1, 2] });
+        round_trip(Frame::Committed { files: vec![3] });
+        round_trip(Frame::Failed {
+            file: 4,
+            code: ErrorCode::NoSpace,
+            message: "disk full".into(),
+        });
+        round_trip(Frame::Done { files: 1, bytes: 2 });
+        round_trip(Frame::Error {
+            code: ErrorCode::PathRefused,
+            message: "no".into(),
+        });
+    }
+
+    #[test]
+    fn lying_lengths_are_refused_before_allocation() {
+        // A frame header claiming more than the limit.
+        let mut h = [kind::ENTRIES, 0, 0, 0, 0];
+        h[1..].copy_from_slice(&((FRAME_BYTES_MAX as u32) + 1).to_le_bytes());
+        assert!(matches!(Frame::header(&h), Err(WireError::Limit { .. })));
+        // An entry count within the limit but larger than the bytes present.
+        let payload = 4000u32.to_le_bytes();
+        assert_eq!(
+            Frame::decode(kind::ENTRIES, &payload),
+            Err(WireError::Truncated { field: "entries" })
+        );
+        // A count over its limit.
+        let payload = ((ITEMS_PER_FRAME_MAX as u32) + 1).to_le_bytes();
+        assert!(matches!(
+            Frame::decode(kind::NEED, &payload),
+            Err(WireError::Limit { .. })
+        ));
+        // A path longer than PATH_BYTES_MAX.
+        let mut p = Vec::new();
+        p.extend_from_slice(&1u64.to_le_bytes());
+        p.extend_from_slice(&1u32.to_le_bytes());
+        p.extend_from_slice(&((PATH_BYTES_MAX as u32) + 1).to_le_bytes());
+        assert!(matches!(
+            Frame::decode(kind::PUT, &p),
+            Err(WireError::Limit { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_values_and_strays_are_refused() {
+        assert_eq!(Frame::decode(200, &[]), Err(WireError::UnknownFrame(200)));
+        assert!(matches!(
+            Frame::decode(kind::FINISH, &[1]),
+            Err(WireError::Trailing { .. })
+        ));
+        let mut buf = Vec::new();
+        Frame::Get(Get {
+            session: 1,
+            file: 0,
+            path: vec![],
+            size: 1,
+            chunk_first: 0,
+            chunk_count: 1,
+        })
+        .encode(&mut buf);
+        // Patch chunk_count over the per-stream limit.
+        let n = buf.len();
+        buf[n - 4..].copy_from_slice(&(STREAM_CHUNKS_MAX + 1).to_le_bytes());
+        assert!(matches!(
+            Frame::decode(kind::GET, &buf[5..]),
+            Err(WireError::Limit { .. })
+        ));
+    }
+
+    #[test]
+    fn run_bytes_stays_inside_the_file() {
+        let c = crate::limits::CHUNK_SIZE_BYTES;
+        assert_eq!(run_bytes(0, 0, 1), Some((0, 0)));
+        assert_eq!(run_bytes(c + 1, 1, 1), Some((c, 1)));
+        assert_eq!(run_bytes(c + 1, 0, 2), Some((0, c + 1)));
+        assert_eq!(run_bytes(c + 1, 1, 2), None);
+        assert_eq!(run_bytes(c, 0, 0), None);
+        assert_eq!(
+            run_bytes(crate::limits::FILE_SIZE_BYTES_MAX, u32::MAX, u32::MAX),
+            None
+        );
+    }
+}
