@@ -1,0 +1,557 @@
+#!/usr/bin/env bash
+# tools/bench-remote.sh — loopback remote-transfer benchmark: tpc-xfer push against scp,
+# rsync over ssh and the rsync daemon, all client and server on 127.0.0.1, side by side in
+# one run, with the iperf3 TCP figure as the ceiling. Median of N runs (hyperfine), page
+# cache warm, plus whole-machine CPU seconds per GiB (both ends share the machine). Prints
+# markdown tables ready for PERFORMANCE.md; raw hyperfine JSON goes to
+# $BENCH_DIR/results/<date>-<commit>/.
+#
+# Run as root on Debian (installs openssh-server, rsync, iperf3, hyperfine, ... if missing;
+# note that installing openssh-server may enable the system's own sshd on port 22 — this
+# harness never uses it, it starts a private one on SSH_PORT):
+#
+#   tools/bench-remote.sh                                  # everything, 5 runs each
+#   RUNS=7 PARTS="big" tools/bench-remote.sh               # only the 2 GiB file
+#   TOOLS="scp rsync-ssh rsyncd" tools/bench-remote.sh     # peers only, no tpc-xfer
+#   RUNS=1 BIG_MB=64 SMALL_COUNT=500 SETTLE=0 tools/bench-remote.sh   # smoke test
+#
+# Knobs (environment):
+#   RUNS=5            hyperfine --runs per tool
+#   BENCH_DIR=/var/tmp/tpc-bench-remote   datasets, destinations, results (no spaces)
+#   SETTLE=70         seconds to wait after mass deletes (see "ext4 without a journal" in
+#                     PERFORMANCE.md)
+#   PARTS="ceiling big small rerun"       ceiling = iperf3; big = one BIG_MB file;
+#                     small = SMALL_COUNT files of 8 KiB; rerun = unchanged small tree again
+#   TOOLS="tpc tpc-never scp rsync-ssh rsyncd"
+#   BIG_MB=2048  SMALL_COUNT=20000        dataset sizes (generated once, then reused)
+#   TPC=target/release/tpc-xfer           built with cargo only if missing
+#   SSH_PORT=2222 RSYNC_PORT=8873 IPERF_PORT=5299 TPC_PORT=7440
+#   IPERF_BYTES=2G    bytes per iperf3 run
+#
+# Takes roughly 15-25 minutes with the defaults on the 2-core dev VM, about 6 of them
+# SETTLE waits. Everything it starts is stopped and every destination removed when it exits
+# (also on error or Ctrl-C); the datasets under $BENCH_DIR/data are kept for the next run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS=${RUNS:-5}
+BENCH_DIR=${BENCH_DIR:-/var/tmp/tpc-bench-remote}
+SETTLE=${SETTLE:-70}
+PARTS=${PARTS:-ceiling big small rerun}
+TOOLS=${TOOLS:-tpc tpc-never scp rsync-ssh rsyncd}
+BIG_MB=${BIG_MB:-2048}
+SMALL_COUNT=${SMALL_COUNT:-20000}
+TPC=${TPC:-$PWD/target/release/tpc-xfer}
+SSH_PORT=${SSH_PORT:-2222}
+RSYNC_PORT=${RSYNC_PORT:-8873}
+IPERF_PORT=${IPERF_PORT:-5299}
+TPC_PORT=${TPC_PORT:-7440}
+IPERF_BYTES=${IPERF_BYTES:-2G}
+CIPHER=aes128-gcm@openssh.com # the fastest OpenSSH cipher with AES-NI: scp at its best
+
+SMALL_FILE_BYTES=8192
+SMALL_PER_DIR=100
+BIG_BYTES=$((BIG_MB * 1024 * 1024))
+SMALL_BYTES=$((SMALL_COUNT * SMALL_FILE_BYTES))
+
+die() { echo "bench-remote: $*" >&2; exit 1; }
+say() { echo "$*" >&2; }
+has() { [[ " $2 " == *" $1 "* ]]; } # has WORD "LIST"
+part_on() { has "$1" "$PARTS"; }
+tool_on() { has "$1" "$TOOLS"; }
+
+# ---------------------------------------------------------------------------------------
+# Preconditions and packages
+
+[ "$(id -u)" = 0 ] || die "run as root (it starts sshd and logs in as root over loopback)"
+[[ $BENCH_DIR != *[[:space:]]* ]] || die "BENCH_DIR must not contain spaces"
+
+install_missing() {
+  local need=() pair
+  for pair in /usr/sbin/sshd:openssh-server ssh:openssh-client scp:openssh-client \
+    rsync:rsync iperf3:iperf3 hyperfine:hyperfine python3:python3 ss:iproute2 \
+    cmp:diffutils diff:diffutils getconf:libc-bin; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    say "installing: ${need[*]}"
+    # noninteractive: iperf3's package would otherwise ask whether to run a daemon.
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+}
+install_missing
+
+# Build only when there is no binary: the machine is shared and a rebuild is not ours to
+# start. Check that this binary has the remote commands before spending any time.
+if tool_on tpc || tool_on tpc-never; then
+  [ -x "$TPC" ] || cargo build --release --quiet
+  "$TPC" serve --help >/dev/null 2>&1 ||
+    die "$TPC has no 'serve' command; rebuild it, or leave tpc and tpc-never out of TOOLS"
+fi
+
+DATA=$BENCH_DIR/data
+DST=$BENCH_DIR/dst # every server writes here: sshd, rsync daemon module, tpc-xfer root
+BIG=$DATA/big-${BIG_MB}M.bin
+SMALL=$DATA/small-$SMALL_COUNT
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+RES=$BENCH_DIR/results/$(date +%Y%m%d-%H%M%S)-$COMMIT
+mkdir -p "$DATA" "$RES"
+RUN=$(mktemp -d "$BENCH_DIR/run.XXXXXX") # keys, configs, pids, logs: removed on exit
+SEQ=$RUN/seq # last destination number handed out; see NEXT_NAME below
+echo 0 > "$SEQ"
+
+# ---------------------------------------------------------------------------------------
+# Cleanup: stop what we started (by pid), remove state and destinations.
+
+pids=()
+made_run_sshd=0
+cleanup() {
+  local rc=$? pid log
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ "$rc" != 0 ] && [ -d "$RUN" ]; then
+    for log in "$RUN"/*.log; do
+      [ -s "$log" ] && { say "--- tail of $log"; tail -n 5 "$log" >&2; }
+    done
+  fi
+  rm -rf "$RUN" "$DST"
+  [ "$made_run_sshd" = 1 ] && rmdir /run/sshd 2>/dev/null
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------------------------------
+# Disk space, destinations and the ext4 settle
+
+# ext4 without a journal (as on the dev VM) skips inodes freed in the last 60 s when it
+# allocates, rescanning them for every new file. So deletes never happen right before a
+# timed group: every run writes a fresh name, earlier destinations are deleted between
+# groups, and the next group first waits SETTLE seconds.
+dirty=0
+clear_dests() { # clear_dests GLOB...: delete earlier destinations (keeps disk bounded)
+  local g
+  # shellcheck disable=SC2086 # the glob is meant to expand
+  for g in "$@"; do rm -rf "${DST:?}"/$g; done
+  dirty=1
+}
+settle() {
+  [ "$dirty" = 1 ] || return 0
+  sync
+  say "  waiting ${SETTLE}s after deletes (ext4 inode reuse, see PERFORMANCE.md)"
+  sleep "$SETTLE"
+  dirty=0
+}
+
+# A destination left by a killed run: remove it, and let the first group settle.
+if [ -e "$DST" ]; then rm -rf "$DST"; dirty=1; fi
+mkdir -p "$DST"
+
+check_space() {
+  # Datasets + the destinations alive at once (two big files, RUNS+1 small trees) stay
+  # under 3x the dataset size; datasets already on disk count as available.
+  local need have=0 avail
+  need=$((3 * (BIG_BYTES + SMALL_BYTES)))
+  [ -f "$BIG" ] && have=$((have + $(stat -c %s "$BIG")))
+  [ -d "$SMALL" ] && have=$((have + $(du -sb "$SMALL" | cut -f1)))
+  avail=$(df -B1 --output=avail "$BENCH_DIR" | tail -n1)
+  have=$((have + avail))
+  [ "$have" -ge "$need" ] || die "need $((need >> 30)) GiB free under $BENCH_DIR, have \
+$((avail >> 30)) GiB; lower BIG_MB / SMALL_COUNT or set BENCH_DIR elsewhere"
+}
+check_space
+
+# ---------------------------------------------------------------------------------------
+# Datasets (generated once, reused; named by size so a smoke run never replaces them)
+
+make_datasets() {
+  if { part_on big; } && { [ ! -f "$BIG" ] || [ "$(stat -c %s "$BIG")" != "$BIG_BYTES" ]; }; then
+    say "generating $BIG_MB MiB random file"
+    head -c "$BIG_BYTES" /dev/urandom > "$BIG.tmp"
+    mv "$BIG.tmp" "$BIG"
+  fi
+  if { part_on small || part_on rerun; } && [ ! -f "$SMALL.complete" ]; then
+    say "generating $SMALL_COUNT files of 8 KiB"
+    [ -e "$SMALL" ] && { rm -rf "$SMALL"; dirty=1; }
+    python3 - "$SMALL" "$SMALL_COUNT" "$SMALL_PER_DIR" "$SMALL_FILE_BYTES" <<'PY'
+import os, sys, random
+root, count, per_dir, size = sys.argv[1], *map(int, sys.argv[2:])
+rng = random.Random(2026)
+for i in range(count):
+    d = f"{root}/d{i // per_dir:03}"
+    if i % per_dir == 0:
+        os.makedirs(d, exist_ok=True)
+    with open(f"{d}/f{i % per_dir:03}", "wb") as f:
+        f.write(rng.randbytes(size))
+PY
+    touch "$SMALL.complete"
+  fi
+}
+make_datasets
+
+# Read a dataset once so every tool starts with it in the page cache.
+warm() { if [ -d "$1" ]; then find "$1" -type f -exec cat {} + > /dev/null; else cat "$1" > /dev/null; fi; }
+
+# ---------------------------------------------------------------------------------------
+# Peers. Each daemon runs in the foreground of a background job so that $! is its pid.
+
+# wait_port tcp|udp PORT PID NAME: wait until the daemon's socket is bound (none of them
+# says reliably when it is ready), failing early if it died.
+wait_port() {
+  local proto=$1 port=$2 pid=$3 name=$4 i
+  for i in $(seq 200); do
+    [ -n "$(ss -Hln --"$proto" "sport = :$port")" ] && return 0
+    kill -0 "$pid" 2>/dev/null || die "$name exited at start (log in $RUN)"
+    sleep 0.1
+  done
+  die "$name did not bind port $port within 20 s"
+}
+port_free() { # port_free tcp|udp PORT KNOB
+  [ -z "$(ss -Hln --"$1" "sport = :$2")" ] || die "port $2 already in use; set $3"
+}
+
+start_sshd() {
+  port_free tcp "$SSH_PORT" SSH_PORT
+  ssh-keygen -q -t ed25519 -N '' -f "$RUN/host_key"
+  ssh-keygen -q -t ed25519 -N '' -f "$RUN/client_key"
+  cp "$RUN/client_key.pub" "$RUN/authorized_keys"
+  local sftp=/usr/lib/openssh/sftp-server # Debian's default; scp uses SFTP since 9.0
+  [ -x "$sftp" ] || sftp=internal-sftp
+  # StrictModes no: the key files sit under /var/tmp (world-writable), which strict mode
+  # refuses; this sshd only listens on 127.0.0.1 and only for the run.
+  cat > "$RUN/sshd_config" <<EOF
+Port $SSH_PORT
+ListenAddress 127.0.0.1
+HostKey $RUN/host_key
+PidFile $RUN/sshd.pid
+AuthorizedKeysFile $RUN/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PrintMotd no
+Subsystem sftp $sftp
+EOF
+  cat > "$RUN/ssh_config" <<EOF
+Host bench
+  HostName 127.0.0.1
+  Port $SSH_PORT
+  User root
+  IdentityFile $RUN/client_key
+  IdentitiesOnly yes
+  StrictHostKeyChecking no
+  UserKnownHostsFile /dev/null
+  BatchMode yes
+  LogLevel ERROR
+EOF
+  # sshd refuses to start without its privilege-separation directory.
+  [ -d /run/sshd ] || { mkdir -m 755 /run/sshd; made_run_sshd=1; }
+  /usr/sbin/sshd -D -e -f "$RUN/sshd_config" 2> "$RUN/sshd.log" &
+  pids+=($!)
+  wait_port tcp "$SSH_PORT" "$!" sshd
+  ssh -F "$RUN/ssh_config" bench true || die "cannot log in to the bench sshd"
+}
+
+start_rsyncd() {
+  port_free tcp "$RSYNC_PORT" RSYNC_PORT
+  cat > "$RUN/rsyncd.conf" <<EOF
+use chroot = no
+log file = $RUN/rsyncd.log
+[bench]
+  path = $DST
+  read only = no
+  uid = root
+  gid = root
+EOF
+  rsync --daemon --no-detach --config="$RUN/rsyncd.conf" --address=127.0.0.1 \
+    --port="$RSYNC_PORT" &
+  pids+=($!)
+  wait_port tcp "$RSYNC_PORT" "$!" "rsync daemon"
+}
+
+start_iperf3() {
+  port_free tcp "$IPERF_PORT" IPERF_PORT
+  iperf3 -s -B 127.0.0.1 -p "$IPERF_PORT" > "$RUN/iperf3.log" 2>&1 &
+  pids+=($!)
+  wait_port tcp "$IPERF_PORT" "$!" "iperf3 server"
+}
+
+TPC_SERVER=$RUN/tpc-server-state
+TPC_CLIENT=$RUN/tpc-client-state
+start_tpc() {
+  port_free udp "$TPC_PORT" TPC_PORT
+  mkdir -m 700 "$TPC_SERVER" # the client's state dir is made by `tpc-xfer id`
+  # Authorise the client before the server starts: its first line is the fingerprint.
+  local fp
+  fp=$("$TPC" id --state "$TPC_CLIENT")
+  fp=${fp%%$'\n'*}
+  [[ $fp == tpc1:* ]] || die "tpc-xfer id printed '$fp', expected a tpc1: fingerprint"
+  echo "$fp" >> "$TPC_SERVER/authorized-clients"
+  "$TPC" serve --root "$DST" --listen "127.0.0.1:$TPC_PORT" --state "$TPC_SERVER" \
+    2> "$RUN/tpc-serve.log" &
+  pids+=($!)
+  wait_port udp "$TPC_PORT" "$!" "tpc-xfer serve"
+  # Trust on first use, once and untimed, so the timed runs only ever see a known server.
+  echo probe > "$RUN/probe"
+  "$TPC" copy -q --accept-new --state "$TPC_CLIENT" "$RUN/probe" \
+    "tpc://127.0.0.1:$TPC_PORT/.probe"
+  cmp -s "$RUN/probe" "$DST/.probe" || die "tpc-xfer probe push did not arrive intact"
+  rm -f "$DST/.probe"
+}
+
+# ---------------------------------------------------------------------------------------
+# Measuring
+
+CLK_TCK=$(getconf CLK_TCK)
+# Busy ticks of the whole machine so far. guest time is already inside user; iowait and
+# idle are not work.
+busy_jiffies() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8; exit }' /proc/stat; }
+
+# cpu_run NAME CMD: run CMD once (sh, as hyperfine does) and write the machine's busy
+# ticks during it to $RES/NAME.cpu as "ticks CLK_TCK". Client and server share the
+# machine, so this is both ends together — and anything else running (keep it quiet).
+# Writeback the kernel does after CMD returns is not counted.
+cpu_run() {
+  local before after
+  before=$(busy_jiffies)
+  sh -c "$2"
+  after=$(busy_jiffies)
+  echo "$((after - before)) $CLK_TCK" > "$RES/$1.cpu"
+}
+
+# The CPU figures count everything the machine runs, so look first whether it is quiet.
+background_cores() {
+  local before after
+  before=$(busy_jiffies)
+  sleep 3
+  after=$(busy_jiffies)
+  awk -v t=$((after - before)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz / 3 }'
+}
+BACKGROUND=$(background_cores)
+awk -v b="$BACKGROUND" 'BEGIN { exit !(b > 0.2) }' &&
+  say "warning: $BACKGROUND cores busy before the run; times and CPU figures will be noisy"
+
+# push_cmd TOOL SRC NAME: the command that pushes SRC to NAME under the servers' DST
+# (rsync's trailing-slash rule everywhere: SRC/ copies a directory's contents).
+push_cmd() {
+  local tool=$1 src=$2 name=$3
+  case $tool in
+    scp) echo "scp -q -r -F $RUN/ssh_config -c $CIPHER $src bench:$DST/$name" ;;
+    rsync-ssh) echo "rsync -a -e 'ssh -F $RUN/ssh_config -c $CIPHER' $src bench:$DST/$name" ;;
+    rsyncd) echo "rsync -a $src rsync://127.0.0.1:$RSYNC_PORT/bench/$name" ;;
+    tpc) echo "$TPC copy -q --state $TPC_CLIENT $src tpc://127.0.0.1:$TPC_PORT/$name" ;;
+    tpc-never) echo "$TPC copy -q --fsync never --state $TPC_CLIENT $src tpc://127.0.0.1:$TPC_PORT/$name" ;;
+    *) die "unknown tool '$tool' in TOOLS" ;;
+  esac
+}
+
+# Fresh destination names: the prepare step bumps the counter in $SEQ, the timed command
+# reads it with the shell builtin `read` (no extra process inside the timed region) and
+# writes NAME.$n. sync first so no run pays for the previous run's writeback.
+NEXT_NAME="sync; read n < $SEQ; echo \$((n + 1)) > $SEQ"
+PICK="read n < $SEQ; "
+
+# verify SRC DEST: the copy must equal the source byte for byte — a benchmark of a wrong
+# copy is worthless. (Content only: scp keeps neither modes nor mtimes.)
+verify() {
+  if [ -d "$1" ]; then
+    diff -rq "$1" "$2" > "$RUN/diff.out" ||
+      die "$2 differs from $1: $(head -n 3 "$RUN/diff.out")"
+  else
+    cmp "$1" "$2" || die "$2 differs from $1"
+  fi
+}
+
+# measure PART TOOL SRC NAME PREPARE: one untimed run (checked for correctness; its CPU
+# time is the CPU figure), then RUNS timed runs. NAME may contain $n (fresh names).
+measure() {
+  local part=$1 tool=$2 src=$3 name=$4 prepare=$5 cmd
+  cmd=$(push_cmd "$tool" "$src" "$name")
+  # shellcheck disable=SC2016 # a literal $n, expanded by sh at run time
+  [[ $name == *'$n'* ]] && cmd=$PICK$cmd
+  warm "$src"
+  sh -c "$prepare"
+  cpu_run "$part-$tool" "$cmd"
+  # shellcheck disable=SC2016
+  verify "$src" "$DST/${name//'$n'/$(< "$SEQ")}"
+  hyperfine --style none --runs "$RUNS" --prepare "$prepare" --command-name "$tool" \
+    --export-json "$RES/$part-$tool.json" "$cmd" > /dev/null
+  say "  $tool: median $(python3 -c 'import json,sys; print("%.3f" % json.load(open(sys.argv[1]))["results"][0]["median"])' "$RES/$part-$tool.json") s"
+}
+
+# ---------------------------------------------------------------------------------------
+# Parts
+
+part_ceiling() {
+  say "== iperf3 TCP ceiling (one stream, $IPERF_BYTES)"
+  local i cmd=(iperf3 -c 127.0.0.1 -p "$IPERF_PORT" -n "$IPERF_BYTES" --json)
+  cpu_run iperf3 "${cmd[*]} > $RES/iperf3-cpu.json"
+  for i in $(seq "$RUNS"); do "${cmd[@]}" > "$RES/iperf3-$i.json"; done
+}
+
+part_big() {
+  say "== one $BIG_MB MiB file"
+  # One earlier file deleted per run: few inodes, so no settle needed.
+  local tool prepare="rm -rf $DST/big-* $DST/.big-*; $NEXT_NAME"
+  settle # only if a killed run's leftovers were just removed
+  for tool in $TOOLS; do measure big "$tool" "$BIG" "big-$tool.\$n" "$prepare"; done
+  rm -rf "${DST:?}"/big-*
+}
+
+part_small() {
+  say "== $SMALL_COUNT files of 8 KiB"
+  local tool
+  for tool in $TOOLS; do
+    settle
+    measure small "$tool" "$SMALL/" "small-$tool.\$n" "$NEXT_NAME"
+    clear_dests "small-*"
+  done
+}
+
+part_rerun() {
+  say "== rerun on the unchanged $SMALL_COUNT-file tree"
+  # No settle: a rerun allocates no inodes, so the small part's deletes cannot slow it.
+  sync
+  # Destinations that already hold the tree, made untimed: by tpc-xfer for tpc-xfer, by
+  # one rsync transport for both (the same tree and metadata either way).
+  local tool rsync_base=rsyncd
+  tool_on rsyncd || rsync_base=rsync-ssh
+  for tool in $TOOLS; do
+    case $tool in
+      tpc) sh -c "$(push_cmd tpc "$SMALL/" same-tpc)" ;;
+      rsyncd | rsync-ssh) [ -d "$DST/same-rsync" ] ||
+        sh -c "$(push_cmd "$rsync_base" "$SMALL/" same-rsync)" ;;
+    esac
+  done
+  for tool in $TOOLS; do
+    case $tool in
+      tpc) measure rerun tpc "$SMALL/" same-tpc sync ;;
+      rsyncd | rsync-ssh) measure rerun "$tool" "$SMALL/" same-rsync sync ;;
+      tpc-never) say "  tpc-never: no rerun (writes nothing, same as tpc)" ;;
+      *) say "  $tool: no rerun (cannot skip unchanged files)" ;;
+    esac
+  done
+  clear_dests "same-*"
+}
+
+# ---------------------------------------------------------------------------------------
+# Main
+
+part_on ceiling && start_iperf3
+if part_on big || part_on small || part_on rerun; then
+  { tool_on scp || tool_on rsync-ssh; } && start_sshd
+  tool_on rsyncd && start_rsyncd
+  { tool_on tpc || tool_on tpc-never; } && start_tpc
+fi
+
+part_on ceiling && part_ceiling
+part_on big && part_big
+part_on small && part_small
+part_on rerun && part_rerun
+
+# ---------------------------------------------------------------------------------------
+# Report (stdout, also saved as $RES/report.md)
+
+dirty_tree=""
+[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] &&
+  dirty_tree=" (working tree had uncommitted changes)"
+tpc_version="tpc-xfer not run"
+if tool_on tpc || tool_on tpc-never; then tpc_version=$("$TPC" --version); fi
+{
+  echo "## Loopback remote transfer"
+  echo
+  echo "Command: \`RUNS=$RUNS PARTS=\"$PARTS\" TOOLS=\"$TOOLS\" BIG_MB=$BIG_MB" \
+    "SMALL_COUNT=$SMALL_COUNT tools/bench-remote.sh\`"
+  echo "Commit $COMMIT$dirty_tree, $(date -u '+%Y-%m-%d %H:%M UTC'), nproc $(nproc)," \
+    "kernel $(uname -r). Client and server on 127.0.0.1 of the same machine;" \
+    "$BACKGROUND cores were busy with other work just before the run."
+  echo "Versions: $tpc_version; $(ssh -V 2>&1 | cut -d, -f1); $(rsync --version | head -n1 |
+    awk '{print "rsync " $3}'); $(iperf3 --version | head -n1 | awk '{print "iperf3 " $2}')."
+  python3 - "$RES" "$RUNS" "$BIG_BYTES" "$SMALL_BYTES" "$SMALL_COUNT" "$SMALL_PER_DIR" \
+    "$PARTS" "$TOOLS" <<'PY'
+import glob, json, os, statistics, sys
+
+R = sys.argv[1]
+runs, big_bytes, small_bytes, small_count, per_dir = map(int, sys.argv[2:7])
+parts, tools = sys.argv[7].split(), sys.argv[8].split()
+GIB = 1 << 30
+LABELS = {
+    "tpc": "tpc-xfer copy (durable, default)",
+    "tpc-never": "tpc-xfer copy --fsync never",
+    "scp": "scp -c aes128-gcm",
+    "rsync-ssh": "rsync -a over ssh -c aes128-gcm",
+    "rsyncd": "rsync -a to rsync daemon",
+}
+
+def cpu_seconds(name):
+    ticks, hz = open(f"{R}/{name}.cpu").read().split()
+    return int(ticks) / int(hz)
+
+def load(part, tool):
+    path = f"{R}/{part}-{tool}.json"
+    if not os.path.exists(path):
+        return None
+    t = json.load(open(path))["results"][0]["times"]
+    return {"med": statistics.median(t), "lo": min(t), "hi": max(t),
+            "cpu": cpu_seconds(f"{part}-{tool}")}
+
+def size(n):
+    return f"{n // GIB} GiB" if n % GIB == 0 else f"{n >> 20} MiB"
+
+def table(part, title, nbytes, refs, gbps, cpu_per_gib):
+    rows = [(t, load(part, t)) for t in tools]
+    rows = [(t, r) for t, r in rows if r]
+    if not rows:
+        return
+    ref = {name: load(part, t) for name, t in refs}
+    head = ["tool", "median s", "min s", "max s"]
+    head += ["GB/s"] if gbps else []
+    head += [f"vs {name}" for name, _ in refs]
+    head += ["CPU s/GiB" if cpu_per_gib else "CPU s"]
+    print(f"\n### {title}\n")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for tool, r in rows:
+        cells = [LABELS[tool], f"{r['med']:.3f}", f"{r['lo']:.3f}", f"{r['hi']:.3f}"]
+        if gbps:
+            cells.append(f"{nbytes / r['med'] / 1e9:.2f}")
+        for name, _ in refs:
+            cells.append(f"{ref[name]['med'] / r['med']:.2f}x" if ref[name] else "-")
+        cells.append(f"{r['cpu'] / (nbytes / GIB):.2f}" if cpu_per_gib else f"{r['cpu']:.2f}")
+        print("| " + " | ".join(cells) + " |")
+
+if "ceiling" in parts:
+    # Rate as the receiver saw it; size as sent (the receiver's count can end short).
+    ends = [json.load(open(f))["end"] for f in sorted(glob.glob(f"{R}/iperf3-[0-9]*.json"))]
+    gbit = statistics.median(e["sum_received"]["bits_per_second"] for e in ends) / 1e9
+    moved = json.load(open(f"{R}/iperf3-cpu.json"))["end"]["sum_sent"]["bytes"]
+    print(f"\n### Ceiling: iperf3 TCP, one stream, {size(moved)} per run\n")
+    print("| tool | Gbit/s (median) | GB/s | CPU s/GiB |")
+    print("|---|---|---|---|")
+    print(f"| iperf3 -c 127.0.0.1 -n | {gbit:.1f} | {gbit / 8:.2f} | "
+          f"{cpu_seconds('iperf3') / (moved / GIB):.2f} |")
+
+dirs = -(-small_count // per_dir)
+if "big" in parts:
+    table("big", f"One {size(big_bytes)} random file", big_bytes,
+          [("scp", "scp"), ("rsync daemon", "rsyncd")], True, True)
+if "small" in parts:
+    table("small", f"{small_count:,} files of 8 KiB in {dirs} directories", small_bytes,
+          [("rsync daemon", "rsyncd")], False, True)
+if "rerun" in parts:
+    table("rerun", f"Rerun on the unchanged {small_count:,}-file tree", small_bytes,
+          [("rsync daemon", "rsyncd")], False, False)
+
+print(f"""
+Median, min and max of {runs} runs (hyperfine), page cache warm, every run to a fresh
+destination name. "vs X" is X's median time divided by this tool's: above 1.00x is faster.
+CPU is the whole machine's busy time (user+nice+system+irq+softirq from /proc/stat) during
+one extra run, so both ends together, per GiB of data moved (for the rerun, per run).
+"durable" means tpc-xfer made every file durable before acknowledging it; scp, rsync and
+the rsync daemon do not sync, and neither does `--fsync never`. Rerun: the destination
+already holds the tree; scp has no way to skip unchanged files.""")
+PY
+} | tee "$RES/report.md"
+say "raw results: $RES"
