@@ -43,3 +43,6 @@ pub const PATH_BYTES_MAX: usize = 4096;
 
 /// Deepest directory nesting the walker descends into.
 pub const TREE_DEPTH_MAX: usize = 1024;
+
+/// Longest single name (path component), in bytes, accepted from a peer (Linux NAME_MAX).
+pub const NAME_BYTES_MAX: usize = 255;

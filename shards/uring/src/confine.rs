@@ -1,0 +1,1254 @@
+//! Path confinement for the server side of remote transfers: every create, write, read,
+//! rename and metadata change happens beneath one root directory and never follows a
+//! symlink.
+//!
+//! Paths come from a peer as `RelPath`s (already free of `..`, absolute paths and NULs).
+//! Each one is resolved by `openat2(2)` relative to the held root fd with
+//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`, so the kernel itself
+//! refuses a symlink anywhere on the way, even one swapped in by a concurrent writer after
+//! we looked. Operations on a final name (mkdir, rename, symlink, unlink, stat, utimes)
+//! resolve the *parent* that way and then act on the last component with the `*at` call,
+//! which never follows a final symlink: the link itself is what gets renamed, removed or
+//! stat'ed. Metadata of files and directories is applied through an open fd.
+//!
+//! Every call here is a blocking syscall; the server runs them on glommio's blocking pool.
+//! Linux 5.6 or later (openat2) is required; `Root::open_ambient` checks it once.
+
+use std::ffi::{CStr, CString};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use tpc_core::limits::{PATH_BYTES_MAX, TREE_DEPTH_MAX};
+use tpc_core::relpath::{PathError, RelPath};
+
+/// The directory a server serves; every path is resolved beneath it.
+#[derive(Debug)]
+pub struct Root {
+    dir: OwnedFd,
+}
+
+/// What a path turned out to be, or why it was refused.
+#[derive(Debug)]
+pub enum ConfineError {
+    /// The path itself is malformed.
+    Path(PathError),
+    /// Resolution would have left the root (EXDEV from `RESOLVE_BENEATH`).
+    Escapes {
+        rel: RelPath,
+    },
+    /// A symlink on the way, or as the final component where one is not acted on as a
+    /// link (ELOOP from `RESOLVE_NO_SYMLINKS` / `O_NOFOLLOW`, or `mkdir` finding one).
+    Symlink {
+        rel: RelPath,
+    },
+    NotFound {
+        rel: RelPath,
+    },
+    /// `open` is for regular files; this is a directory, FIFO, socket or device.
+    NotRegular {
+        rel: RelPath,
+    },
+    /// The operation needs a final name, and the root has none.
+    IsRoot {
+        op: &'static str,
+    },
+    /// A walk reached `TREE_DEPTH_MAX` at this directory; its entries are not listed.
+    TooDeep {
+        rel: RelPath,
+    },
+    /// A walk found more than `entries_max` entries beneath `rel`.
+    TooManyEntries {
+        rel: RelPath,
+        entries_max: usize,
+    },
+    /// A walk found an entry in `dir` whose path cannot be expressed as a `RelPath`
+    /// (longer than `PATH_BYTES_MAX`).
+    Child {
+        dir: RelPath,
+        error: PathError,
+    },
+    /// Any other failure of syscall `op` on `rel`.
+    Io {
+        op: &'static str,
+        rel: RelPath,
+        errno: i32,
+    },
+}
+
+/// What kind of entry a `Stat` describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    /// FIFO, socket or device.
+    Other,
+}
+
+/// Metadata of an entry itself (never of a symlink's target).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub kind: FileKind,
+    pub size_bytes: u64,
+    /// Permission bits, `st_mode & 0o7777`.
+    pub mode: u32,
+    /// (seconds, nanoseconds)
+    pub atime: (i64, u32),
+    pub mtime: (i64, u32),
+    pub ino: u64,
+    pub dev: u64,
+    pub nlink: u64,
+}
+
+/// Bytes read per `getdents64` call during a walk.
+const DIRENT_BUFFER_BYTES: usize = 32 * 1024;
+
+/// How often a resolution that the kernel could not vouch for (EAGAIN) is retried.
+const OPENAT2_EAGAIN_RETRIES: u32 = 8;
+
+impl Root {
+    /// Opens the served directory. The path is the operator's (the "ambient" filesystem,
+    /// as cap-std calls it), so it may go through symlinks; everything beneath it may not.
+    /// (Not `open`: that name is the method that opens files beneath the root.)
+    pub fn open_ambient(path: &Path) -> io::Result<Root> {
+        let c = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in root path"))?;
+        // SAFETY: `c` is a valid C string; the returned fd is checked before use.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by open(2) and is owned by nobody else.
+        let dir = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Find out now, not on the first client's file, whether openat2 exists (Linux 5.6,
+        // and not blocked by a seccomp profile).
+        openat2(dir.as_fd(), c".", libc::O_PATH | libc::O_DIRECTORY, 0).map_err(|errno| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "openat2 is unavailable (Linux 5.6 or later is needed to confine paths): {}",
+                    io::Error::from_raw_os_error(errno)
+                ),
+            )
+        })?;
+        Ok(Root { dir })
+    }
+
+    /// Opens a regular file beneath the root. `O_CLOEXEC | O_NOFOLLOW` are always added;
+    /// with `O_CREAT`, `mode & 0o777` is the creation mode (the final mode, setuid and all,
+    /// is applied through the fd with `set_file_meta`). Anything that is not a regular
+    /// file is refused with `NotRegular`, without blocking on a FIFO.
+    pub fn open(&self, rel: &RelPath, flags: i32, mode: u32) -> Result<OwnedFd, ConfineError> {
+        // O_CREAT|O_EXCL can only produce a new regular file. Anything else may find a FIFO
+        // or a device that a hostile peer (or local user) put there: open it non-blocking so
+        // that a FIFO without a writer cannot hang a blocking-pool thread, check its type,
+        // then restore blocking mode for the data path.
+        let creates_new = flags & libc::O_CREAT != 0 && flags & libc::O_EXCL != 0;
+        let guard = !creates_new && flags & libc::O_NONBLOCK == 0;
+        let mut open_flags = flags | libc::O_NOFOLLOW;
+        if guard {
+            open_flags |= libc::O_NONBLOCK;
+        }
+        let path = c_path(rel)?;
+        let fd = openat2(self.dir.as_fd(), &path, open_flags, mode & 0o777)
+            .map_err(|errno| resolve_error("open", rel, errno))?;
+        if !creates_new {
+            let st = fstat(fd.as_fd()).map_err(|errno| io_error("stat", rel, errno))?;
+            if st.kind != FileKind::File {
+                return Err(ConfineError::NotRegular { rel: rel.clone() });
+            }
+        }
+        if guard {
+            clear_nonblock(fd.as_fd()).map_err(|errno| io_error("fcntl", rel, errno))?;
+        }
+        Ok(fd)
+    }
+
+    /// Opens a directory beneath the root for reading (the root itself for the empty path).
+    pub fn open_dir(&self, rel: &RelPath) -> Result<OwnedFd, ConfineError> {
+        self.open_dir_with("open directory", rel, libc::O_RDONLY)
+    }
+
+    /// Creates directory `rel`. Succeeds if a real directory is already there; refuses a
+    /// symlink (even to a directory) or anything else in the way.
+    pub fn mkdir(&self, rel: &RelPath, mode: u32) -> Result<(), ConfineError> {
+        const OP: &str = "mkdir";
+        if rel.is_root() {
+            return Ok(());
+        }
+        let (parent, name) = self.parent_of(OP, rel)?;
+        // SAFETY: valid fd and C string.
+        let r = unsafe { libc::mkdirat(parent.as_fd().as_raw_fd(), name.as_ptr(), dir_mode(mode)) };
+        match cvt(r) {
+            Ok(_) => Ok(()),
+            Err(libc::EEXIST) => match stat_at(parent.as_fd(), &name) {
+                Ok(st) if st.kind == FileKind::Dir => Ok(()),
+                Ok(st) if st.kind == FileKind::Symlink => {
+                    Err(ConfineError::Symlink { rel: rel.clone() })
+                }
+                Ok(_) => Err(io_error(OP, rel, libc::EEXIST)),
+                Err(errno) => Err(at_error(OP, rel, errno)),
+            },
+            Err(errno) => Err(at_error(OP, rel, errno)),
+        }
+    }
+
+    /// Creates `rel` and every missing directory above it, each as `mkdir` would.
+    pub fn mkdir_all(&self, rel: &RelPath, mode: u32) -> Result<(), ConfineError> {
+        const OP: &str = "mkdir";
+        // Usually everything exists already: one resolution settles it.
+        if self.open_dir_with(OP, rel, libc::O_PATH).is_ok() {
+            return Ok(());
+        }
+        // Step down one name at a time on held directory fds, each step again through
+        // openat2, so a symlink met (or swapped in) on the way is refused, never followed.
+        let mut dir = DirFd::Root(self.dir.as_fd());
+        let mut prefix = RelPath::root();
+        for name in rel.components() {
+            prefix = prefix.join(name)?;
+            let c_name = c_name(name, &prefix)?;
+            // SAFETY: valid fd and C string.
+            let r =
+                unsafe { libc::mkdirat(dir.as_fd().as_raw_fd(), c_name.as_ptr(), dir_mode(mode)) };
+            match cvt(r) {
+                Ok(_) | Err(libc::EEXIST) => {}
+                Err(errno) => return Err(at_error(OP, &prefix, errno)),
+            }
+            let next = openat2(dir.as_fd(), &c_name, dir_flags(libc::O_PATH), 0)
+                .map_err(|errno| resolve_error(OP, &prefix, errno))?;
+            dir = DirFd::Owned(next);
+        }
+        Ok(())
+    }
+
+    /// Renames `from` to `to` (replacing `to` as rename(2) does). A symlink at either end
+    /// is renamed or replaced as a link; a symlink above either end is refused.
+    pub fn rename(&self, from: &RelPath, to: &RelPath) -> Result<(), ConfineError> {
+        const OP: &str = "rename";
+        let (from_dir, from_name) = self.parent_of(OP, from)?;
+        let (to_dir, to_name) = self.parent_of(OP, to)?;
+        // SAFETY: valid fds and C strings.
+        let r = unsafe {
+            libc::renameat(
+                from_dir.as_fd().as_raw_fd(),
+                from_name.as_ptr(),
+                to_dir.as_fd().as_raw_fd(),
+                to_name.as_ptr(),
+            )
+        };
+        match cvt(r) {
+            Ok(_) => Ok(()),
+            // The parents are open, so a missing name can only be the source.
+            Err(libc::ENOENT) => Err(ConfineError::NotFound { rel: from.clone() }),
+            Err(errno) => Err(io_error(OP, to, errno)),
+        }
+    }
+
+    /// Creates a symlink at `at` pointing to `target`. The target is stored as given and
+    /// never resolved here; it may point anywhere, because nothing here follows it.
+    pub fn symlink(&self, target: &[u8], at: &RelPath) -> Result<(), ConfineError> {
+        const OP: &str = "symlink";
+        let target = CString::new(target).map_err(|_| io_error(OP, at, libc::EINVAL))?;
+        let (parent, name) = self.parent_of(OP, at)?;
+        // SAFETY: valid fd and C strings.
+        let r =
+            unsafe { libc::symlinkat(target.as_ptr(), parent.as_fd().as_raw_fd(), name.as_ptr()) };
+        cvt(r).map(drop).map_err(|errno| at_error(OP, at, errno))
+    }
+
+    /// Removes a file or symlink (not a directory).
+    pub fn remove_file(&self, rel: &RelPath) -> Result<(), ConfineError> {
+        const OP: &str = "remove";
+        let (parent, name) = self.parent_of(OP, rel)?;
+        // SAFETY: valid fd and C string.
+        let r = unsafe { libc::unlinkat(parent.as_fd().as_raw_fd(), name.as_ptr(), 0) };
+        cvt(r).map(drop).map_err(|errno| at_error(OP, rel, errno))
+    }
+
+    /// Metadata of the entry itself; `None` if it (or a directory above it) does not exist.
+    pub fn lstat(&self, rel: &RelPath) -> Result<Option<Stat>, ConfineError> {
+        const OP: &str = "stat";
+        if rel.is_root() {
+            return fstat(self.dir.as_fd())
+                .map(Some)
+                .map_err(|errno| io_error(OP, rel, errno));
+        }
+        let (parent, name) = match self.parent_of(OP, rel) {
+            Ok(found) => found,
+            Err(ConfineError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match stat_at(parent.as_fd(), &name) {
+            Ok(st) => Ok(Some(st)),
+            Err(libc::ENOENT) => Ok(None),
+            Err(errno) => Err(io_error(OP, rel, errno)),
+        }
+    }
+
+    /// The target of symlink `rel`, as raw bytes.
+    pub fn read_link(&self, rel: &RelPath) -> Result<Vec<u8>, ConfineError> {
+        const OP: &str = "readlink";
+        let (parent, name) = self.parent_of(OP, rel)?;
+        // Linux targets are shorter than PATH_MAX; one byte more tells truncation apart.
+        let mut buf = vec![0u8; PATH_BYTES_MAX + 1];
+        // SAFETY: valid fd, C string and a buffer of the length passed.
+        let n = unsafe {
+            libc::readlinkat(
+                parent.as_fd().as_raw_fd(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(at_error(OP, rel, last_errno()));
+        }
+        let n = n as usize;
+        if n >= buf.len() {
+            return Err(io_error(OP, rel, libc::ENAMETOOLONG));
+        }
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// Sets the times of the entry itself (for a symlink: the link, not its target).
+    pub fn set_symlink_times(
+        &self,
+        rel: &RelPath,
+        atime: (i64, u32),
+        mtime: (i64, u32),
+    ) -> Result<(), ConfineError> {
+        const OP: &str = "set times of";
+        let (parent, name) = self.parent_of(OP, rel)?;
+        let times = [timespec(atime), timespec(mtime)];
+        // SAFETY: valid fd, C string and a two-element timespec array.
+        let r = unsafe {
+            libc::utimensat(
+                parent.as_fd().as_raw_fd(),
+                name.as_ptr(),
+                times.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        cvt(r).map(drop).map_err(|errno| at_error(OP, rel, errno))
+    }
+
+    /// Applies mode (setuid/setgid cleared, as for files) and times to directory `rel`
+    /// through an fd opened beneath the root. The directory is opened for reading, so call
+    /// this while its mode still allows that — after its children are written, before a
+    /// restrictive mode is in place, which is when the copy applies directory modes anyway.
+    pub fn set_dir_meta(
+        &self,
+        rel: &RelPath,
+        mode: u32,
+        atime: (i64, u32),
+        mtime: (i64, u32),
+    ) -> Result<(), ConfineError> {
+        let fd = self.open_dir_with("set metadata of", rel, libc::O_RDONLY)?;
+        set_file_meta(fd.as_fd(), mode, atime, mtime).map_err(|e| {
+            io_error(
+                "set metadata of",
+                rel,
+                e.raw_os_error().unwrap_or(libc::EIO),
+            )
+        })
+    }
+
+    /// Makes directory `rel`'s entries (names created, renamed, removed) durable.
+    pub fn fsync_dir(&self, rel: &RelPath) -> Result<(), ConfineError> {
+        let fd = self.open_dir_with("sync", rel, libc::O_RDONLY)?;
+        // SAFETY: valid fd.
+        let r = unsafe { libc::fsync(fd.as_raw_fd()) };
+        cvt(r)
+            .map(drop)
+            .map_err(|errno| io_error("sync", rel, errno))
+    }
+
+    /// Makes everything written to the root's filesystem durable (one call per batch).
+    pub fn syncfs(&self) -> Result<(), ConfineError> {
+        // SAFETY: valid fd.
+        let r = unsafe { libc::syncfs(self.dir.as_raw_fd()) };
+        cvt(r)
+            .map(drop)
+            .map_err(|errno| io_error("sync filesystem of", &RelPath::root(), errno))
+    }
+
+    /// Lists `rel` and, if it is a directory, everything beneath it in pre-order (a
+    /// directory before its children, children sorted by name), without following or
+    /// entering symlinks. The first entry is `rel` itself.
+    ///
+    /// Problems with single entries (an unreadable directory, a path too long to name,
+    /// nesting beyond `TREE_DEPTH_MAX`) are collected and the walk goes on; entries that
+    /// vanish while walking are left out. More than `entries_max` entries and errors in
+    /// all stop the walk with `TooManyEntries`, so a peer cannot make it allocate without
+    /// bound.
+    #[allow(clippy::type_complexity)]
+    pub fn walk(
+        &self,
+        rel: &RelPath,
+        entries_max: usize,
+    ) -> Result<(Vec<(RelPath, Stat)>, Vec<ConfineError>), ConfineError> {
+        let too_many = || ConfineError::TooManyEntries {
+            rel: rel.clone(),
+            entries_max,
+        };
+        let first = self
+            .lstat(rel)?
+            .ok_or_else(|| ConfineError::NotFound { rel: rel.clone() })?;
+        if entries_max == 0 {
+            return Err(too_many());
+        }
+        let is_dir = first.kind == FileKind::Dir;
+        let mut entries = vec![(rel.clone(), first)];
+        let mut errors = Vec::new();
+        if !is_dir {
+            return Ok((entries, errors));
+        }
+        let mut buffer = vec![0u8; DIRENT_BUFFER_BYTES];
+        let mut names = Vec::new();
+        // Explicit stack of (directory, depth): deep trees must not recurse on the stack.
+        let mut stack = vec![(rel.clone(), rel.depth())];
+        while let Some((dir_rel, depth)) = stack.pop() {
+            let room = entries_max.saturating_sub(entries.len() + errors.len());
+            if depth >= TREE_DEPTH_MAX {
+                if room == 0 {
+                    return Err(too_many());
+                }
+                errors.push(ConfineError::TooDeep { rel: dir_rel });
+                continue;
+            }
+            let dir = match self.open_dir_with("read directory", &dir_rel, libc::O_RDONLY) {
+                Ok(dir) => dir,
+                Err(e) => {
+                    if room == 0 {
+                        return Err(too_many());
+                    }
+                    errors.push(e);
+                    continue;
+                }
+            };
+            names.clear();
+            match read_names(dir.as_fd(), &mut buffer, &mut names, room) {
+                Ok(()) => {}
+                Err(ReadNamesError::TooMany) => return Err(too_many()),
+                Err(ReadNamesError::Errno(errno)) => {
+                    if room == 0 {
+                        return Err(too_many());
+                    }
+                    errors.push(io_error("read directory", &dir_rel, errno));
+                    continue;
+                }
+            }
+            names.sort_unstable();
+            let mut subdirs = Vec::new();
+            for name in &names {
+                if entries.len() + errors.len() >= entries_max {
+                    return Err(too_many());
+                }
+                let child = match dir_rel.join(name) {
+                    Ok(child) => child,
+                    Err(error) => {
+                        errors.push(ConfineError::Child {
+                            dir: dir_rel.clone(),
+                            error,
+                        });
+                        continue;
+                    }
+                };
+                let c_name = c_name(name, &child)?;
+                match stat_at(dir.as_fd(), &c_name) {
+                    Ok(st) => {
+                        if st.kind == FileKind::Dir {
+                            subdirs.push((child.clone(), depth + 1));
+                        }
+                        entries.push((child, st));
+                    }
+                    // Removed since the directory was read: not part of the tree any more.
+                    Err(libc::ENOENT) => {}
+                    Err(errno) => errors.push(io_error("stat", &child, errno)),
+                }
+            }
+            // Reverse so the stack pops them in name order: pre-order per subtree.
+            stack.extend(subdirs.into_iter().rev());
+        }
+        Ok((entries, errors))
+    }
+
+    /// openat2 of directory `rel` (the root for the empty path) with `access` (O_RDONLY
+    /// or O_PATH), never through or onto a symlink.
+    fn open_dir_with(
+        &self,
+        op: &'static str,
+        rel: &RelPath,
+        access: i32,
+    ) -> Result<OwnedFd, ConfineError> {
+        let path = c_path(rel)?;
+        openat2(self.dir.as_fd(), &path, dir_flags(access), 0)
+            .map_err(|errno| resolve_error(op, rel, errno))
+    }
+
+    /// The directory holding `rel`, resolved beneath the root, and `rel`'s last name.
+    fn parent_of(
+        &self,
+        op: &'static str,
+        rel: &RelPath,
+    ) -> Result<(DirFd<'_>, CString), ConfineError> {
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+            return Err(ConfineError::IsRoot { op });
+        };
+        let name = c_name(name, rel)?;
+        if parent.is_root() {
+            return Ok((DirFd::Root(self.dir.as_fd()), name));
+        }
+        // O_PATH: the *at calls need only a handle, not read permission on the directory.
+        let dir = self
+            .open_dir_with(op, &parent, libc::O_PATH)
+            .map_err(|e| match e {
+                // Report the path that was asked for, not just its parent.
+                ConfineError::Symlink { .. } => ConfineError::Symlink { rel: rel.clone() },
+                ConfineError::Escapes { .. } => ConfineError::Escapes { rel: rel.clone() },
+                ConfineError::NotFound { .. } => ConfineError::NotFound { rel: rel.clone() },
+                ConfineError::Io { op, errno, .. } => ConfineError::Io {
+                    op,
+                    rel: rel.clone(),
+                    errno,
+                },
+                other => other,
+            })?;
+        Ok((DirFd::Owned(dir), name))
+    }
+}
+
+impl AsFd for Root {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
+    }
+}
+
+/// Applies permission bits and times to an open file. Setuid and setgid are cleared
+/// (`mode & 0o1777`): ownership is not transferred, so the bits would grant a peer's
+/// privileges to whoever owns the file here.
+pub fn set_file_meta(
+    fd: BorrowedFd<'_>,
+    mode: u32,
+    atime: (i64, u32),
+    mtime: (i64, u32),
+) -> io::Result<()> {
+    // SAFETY: valid fd.
+    if unsafe { libc::fchmod(fd.as_raw_fd(), (mode & 0o1777) as libc::mode_t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let times = [timespec(atime), timespec(mtime)];
+    // SAFETY: valid fd and a two-element timespec array.
+    if unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl ConfineError {
+    /// The OS error this corresponds to, if any: the caller maps ENOSPC and EDQUOT to
+    /// "remote disk full", EACCES and EROFS to "not writable".
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            ConfineError::Io { errno, .. } => Some(*errno),
+            ConfineError::Escapes { .. } => Some(libc::EXDEV),
+            ConfineError::Symlink { .. } => Some(libc::ELOOP),
+            ConfineError::NotFound { .. } => Some(libc::ENOENT),
+            ConfineError::Path(_)
+            | ConfineError::NotRegular { .. }
+            | ConfineError::IsRoot { .. }
+            | ConfineError::TooDeep { .. }
+            | ConfineError::TooManyEntries { .. }
+            | ConfineError::Child { .. } => None,
+        }
+    }
+}
+
+impl From<PathError> for ConfineError {
+    fn from(e: PathError) -> Self {
+        ConfineError::Path(e)
+    }
+}
+
+impl fmt::Display for ConfineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfineError::Path(e) => write!(f, "refused path: {e}"),
+            ConfineError::Escapes { rel } => write!(f, "'{rel}' leads outside the served root"),
+            ConfineError::Symlink { rel } => {
+                write!(
+                    f,
+                    "'{rel}' is or goes through a symlink, which is never followed"
+                )
+            }
+            ConfineError::NotFound { rel } => write!(f, "'{rel}' does not exist"),
+            ConfineError::NotRegular { rel } => write!(f, "'{rel}' is not a regular file"),
+            ConfineError::IsRoot { op } => write!(f, "cannot {op} the served root itself"),
+            ConfineError::TooDeep { rel } => write!(
+                f,
+                "'{rel}' is nested {TREE_DEPTH_MAX} levels deep; its entries are not listed"
+            ),
+            ConfineError::TooManyEntries { rel, entries_max } => {
+                write!(f, "more than {entries_max} entries beneath '{rel}'")
+            }
+            ConfineError::Child { dir, error } => {
+                write!(f, "an entry of '{dir}' cannot be named: {error}")
+            }
+            ConfineError::Io { op, rel, errno } => write!(
+                f,
+                "cannot {op} '{rel}': {}",
+                io::Error::from_raw_os_error(*errno)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfineError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfineError::Path(e) | ConfineError::Child { error: e, .. } => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// The root fd (borrowed) or a parent directory opened beneath it.
+enum DirFd<'a> {
+    Root(BorrowedFd<'a>),
+    Owned(OwnedFd),
+}
+
+impl AsFd for DirFd<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            DirFd::Root(fd) => *fd,
+            DirFd::Owned(fd) => fd.as_fd(),
+        }
+    }
+}
+
+/// `rel` as a C string for openat2; the root is `.`.
+fn c_path(rel: &RelPath) -> Result<CString, ConfineError> {
+    if rel.is_root() {
+        return Ok(c".".to_owned());
+    }
+    CString::new(rel.as_bytes()).map_err(|e| {
+        ConfineError::Path(PathError::Nul {
+            offset: e.nul_position(),
+        })
+    })
+}
+
+/// One name as a C string. `RelPath` never holds a NUL, and a directory entry cannot.
+fn c_name(name: &[u8], rel: &RelPath) -> Result<CString, ConfineError> {
+    CString::new(name).map_err(|_| io_error("name", rel, libc::EINVAL))
+}
+
+/// openat2 relative to `dir`, confined beneath it and refusing every symlink.
+/// Returns the errno on failure.
+fn openat2(dir: BorrowedFd<'_>, path: &CStr, flags: i32, mode: u32) -> Result<OwnedFd, i32> {
+    // SAFETY: open_how is plain data (and non_exhaustive, so it cannot be built literally).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u32 as u64;
+    // openat2 refuses a mode unless the call can create a file.
+    if flags & libc::O_CREAT != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE {
+        how.mode = u64::from(mode);
+    }
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    let mut eagain_left = OPENAT2_EAGAIN_RETRIES;
+    loop {
+        // SAFETY: valid fd, C string and open_how of the size passed.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if r >= 0 {
+            // SAFETY: a new fd that nobody else owns.
+            return Ok(unsafe { OwnedFd::from_raw_fd(r as i32) });
+        }
+        match last_errno() {
+            libc::EINTR => {}
+            // RESOLVE_BENEATH gives EAGAIN when a concurrent rename kept the kernel from
+            // proving the result stays beneath; trying again is the documented answer.
+            libc::EAGAIN if eagain_left > 0 => eagain_left -= 1,
+            errno => return Err(errno),
+        }
+    }
+}
+
+fn fstat(fd: BorrowedFd<'_>) -> Result<Stat, i32> {
+    stat_flags(fd, c"", libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+}
+
+/// Metadata of `name` in `dir` itself, never of a symlink's target.
+fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<Stat, i32> {
+    stat_flags(dir, name, libc::AT_SYMLINK_NOFOLLOW)
+}
+
+fn stat_flags(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> Result<Stat, i32> {
+    // SAFETY: stat is plain data that fstatat fills.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd, C string and stat buffer.
+    let r = unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, flags) };
+    cvt(r)?;
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => FileKind::File,
+        libc::S_IFDIR => FileKind::Dir,
+        libc::S_IFLNK => FileKind::Symlink,
+        _ => FileKind::Other,
+    };
+    Ok(Stat {
+        kind,
+        size_bytes: st.st_size as u64,
+        mode: st.st_mode & 0o7777,
+        atime: (st.st_atime, st.st_atime_nsec as u32),
+        mtime: (st.st_mtime, st.st_mtime_nsec as u32),
+        ino: st.st_ino,
+        dev: st.st_dev,
+        #[allow(clippy::unnecessary_cast)] // nlink_t is u32 on some targets
+        nlink: st.st_nlink as u64,
+    })
+}
+
+fn clear_nonblock(fd: BorrowedFd<'_>) -> Result<(), i32> {
+    // SAFETY: valid fd; F_GETFL/F_SETFL take and return plain flags.
+    unsafe {
+        let flags = cvt(libc::fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
+        cvt(libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_SETFL,
+            flags & !libc::O_NONBLOCK,
+        ))?;
+    }
+    Ok(())
+}
+
+enum ReadNamesError {
+    /// More than the caller's room for entries.
+    TooMany,
+    Errno(i32),
+}
+
+/// Appends the names in `dir` (without `.` and `..`) to `names`, at most `names_max`.
+fn read_names(
+    dir: BorrowedFd<'_>,
+    buffer: &mut [u8],
+    names: &mut Vec<Vec<u8>>,
+    names_max: usize,
+) -> Result<(), ReadNamesError> {
+    // struct linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name[].
+    const RECLEN_OFFSET: usize = 16;
+    const NAME_OFFSET: usize = 19;
+    loop {
+        // SAFETY: valid fd and a writable buffer of the length passed.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                dir.as_raw_fd(),
+                buffer.as_mut_ptr(),
+                buffer.len(),
+            )
+        };
+        if n < 0 {
+            match last_errno() {
+                libc::EINTR => continue,
+                errno => return Err(ReadNamesError::Errno(errno)),
+            }
+        }
+        let filled = n as usize;
+        if filled == 0 {
+            return Ok(());
+        }
+        let mut at = 0;
+        while at < filled {
+            let Some(&[lo, hi]) = buffer.get(at + RECLEN_OFFSET..at + RECLEN_OFFSET + 2) else {
+                return Err(ReadNamesError::Errno(libc::EIO));
+            };
+            let reclen = usize::from(u16::from_ne_bytes([lo, hi]));
+            if reclen <= NAME_OFFSET || at + reclen > filled {
+                return Err(ReadNamesError::Errno(libc::EIO));
+            }
+            let field = &buffer[at + NAME_OFFSET..at + reclen];
+            let name = &field[..field.iter().position(|&b| b == 0).unwrap_or(field.len())];
+            if name != b"." && name != b".." {
+                if names.len() >= names_max {
+                    return Err(ReadNamesError::TooMany);
+                }
+                names.push(name.to_vec());
+            }
+            at += reclen;
+        }
+    }
+}
+
+/// Flags that open a directory and never a symlink. No `O_NOFOLLOW`: with `O_DIRECTORY`
+/// it turns a final symlink into ENOTDIR (and with `O_PATH` into an fd for the link),
+/// while without it `RESOLVE_NO_SYMLINKS` refuses a final symlink with ELOOP, as it does
+/// any symlink on the way, so the caller can tell "a symlink" from "not a directory".
+fn dir_flags(access: i32) -> i32 {
+    access | libc::O_DIRECTORY
+}
+
+fn timespec((sec, nsec): (i64, u32)) -> libc::timespec {
+    libc::timespec {
+        tv_sec: sec as libc::time_t,
+        tv_nsec: nsec as libc::c_long,
+    }
+}
+
+/// Directory creation mode: permission bits and sticky, never setgid (see `set_file_meta`).
+fn dir_mode(mode: u32) -> libc::mode_t {
+    (mode & 0o1777) as libc::mode_t
+}
+
+fn cvt(r: libc::c_int) -> Result<libc::c_int, i32> {
+    if r < 0 {
+        Err(last_errno())
+    } else {
+        Ok(r)
+    }
+}
+
+fn last_errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// Errors of an openat2 resolution beneath the root.
+fn resolve_error(op: &'static str, rel: &RelPath, errno: i32) -> ConfineError {
+    match errno {
+        libc::EXDEV => ConfineError::Escapes { rel: rel.clone() },
+        _ => at_error(op, rel, errno),
+    }
+}
+
+/// Errors of an *at call on a final name. (EXDEV from renameat is a cross-filesystem
+/// rename inside the root, not an escape, so it stays an `Io` error.)
+fn at_error(op: &'static str, rel: &RelPath, errno: i32) -> ConfineError {
+    match errno {
+        libc::ELOOP => ConfineError::Symlink { rel: rel.clone() },
+        libc::ENOENT => ConfineError::NotFound { rel: rel.clone() },
+        _ => io_error(op, rel, errno),
+    }
+}
+
+fn io_error(op: &'static str, rel: &RelPath, errno: i32) -> ConfineError {
+    ConfineError::Io {
+        op,
+        rel: rel.clone(),
+        errno,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::io::{Read, Write};
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// `base/root` is served, `base/outside` must stay untouched; removed on drop.
+    struct Scratch {
+        base: PathBuf,
+        root: PathBuf,
+        outside: PathBuf,
+    }
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let base = std::env::temp_dir().join(format!(
+                "tpcx-confine-{}-{}-{tag}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = fs::remove_dir_all(&base);
+            let root = base.join("root");
+            let outside = base.join("outside");
+            fs::create_dir_all(&root).unwrap();
+            fs::create_dir_all(&outside).unwrap();
+            Scratch {
+                base,
+                root,
+                outside,
+            }
+        }
+
+        fn open(&self) -> Root {
+            Root::open_ambient(&self.root).unwrap()
+        }
+
+        fn listing(dir: &Path) -> Vec<String> {
+            let mut names: Vec<String> = fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.base);
+        }
+    }
+
+    fn rel(s: &str) -> RelPath {
+        RelPath::parse(s.as_bytes()).unwrap()
+    }
+
+    const CREATE: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
+
+    #[track_caller]
+    fn assert_symlink<T: fmt::Debug>(r: Result<T, ConfineError>) {
+        match r {
+            Err(ConfineError::Symlink { .. }) => {}
+            other => panic!("expected a Symlink refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn symlinks_on_the_way_are_refused_and_nothing_escapes() {
+        let s = Scratch::new("escape");
+        fs::write(s.outside.join("secret"), b"keep").unwrap();
+        symlink(&s.outside, s.root.join("a")).unwrap();
+        symlink("..", s.root.join("b")).unwrap();
+        fs::write(s.root.join("f"), b"inside").unwrap();
+        fs::create_dir(s.root.join("dir")).unwrap();
+        let root = s.open();
+        let t = (1_000_000_000, 0);
+
+        assert_symlink(root.open(&rel("a/x"), CREATE, 0o644));
+        assert_symlink(root.open(&rel("b/x"), CREATE, 0o644));
+        assert_symlink(root.open(&rel("b/outside/x"), CREATE, 0o644));
+        assert_symlink(root.open(&rel("a/secret"), libc::O_RDONLY, 0));
+        assert_symlink(root.open(&rel("a/secret"), libc::O_WRONLY | libc::O_TRUNC, 0));
+        assert_symlink(root.open(&rel("b/outside/secret"), libc::O_RDONLY, 0));
+        assert_symlink(root.open_dir(&rel("a")));
+        assert_symlink(root.open_dir(&rel("b")));
+        assert_symlink(root.mkdir(&rel("a/d"), 0o755));
+        assert_symlink(root.mkdir(&rel("b/d"), 0o755));
+        assert_symlink(root.mkdir_all(&rel("a/d/e"), 0o755));
+        assert_symlink(root.mkdir_all(&rel("b/d/e"), 0o755));
+        assert_symlink(root.rename(&rel("f"), &rel("a/f")));
+        assert_symlink(root.rename(&rel("f"), &rel("b/f")));
+        assert_symlink(root.rename(&rel("a/secret"), &rel("stolen")));
+        assert_symlink(root.symlink(b"/etc/passwd", &rel("a/l")));
+        assert_symlink(root.symlink(b"x", &rel("b/l")));
+        assert_symlink(root.lstat(&rel("a/secret")));
+        assert_symlink(root.lstat(&rel("b/root")));
+        assert_symlink(root.remove_file(&rel("a/secret")));
+        assert_symlink(root.read_link(&rel("b/root")));
+        assert_symlink(root.set_symlink_times(&rel("a/secret"), t, t));
+        assert_symlink(root.set_dir_meta(&rel("a"), 0o777, t, t));
+        assert_symlink(root.set_dir_meta(&rel("b/outside"), 0o777, t, t));
+        assert_symlink(root.fsync_dir(&rel("a")));
+        assert_symlink(root.walk(&rel("a/x"), 100));
+        // A walk that starts at a symlink lists the link and does not enter it.
+        let (entries, errors) = root.walk(&rel("a"), 100).unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].1.kind, FileKind::Symlink);
+
+        assert_eq!(Scratch::listing(&s.outside), vec!["secret"]);
+        assert_eq!(fs::read(s.outside.join("secret")).unwrap(), b"keep");
+        assert_ne!(
+            fs::metadata(&s.outside).unwrap().permissions().mode() & 0o777,
+            0o777
+        );
+        assert_eq!(Scratch::listing(&s.base), vec!["outside", "root"]);
+        assert_eq!(Scratch::listing(&s.root), vec!["a", "b", "dir", "f"]);
+        assert_eq!(fs::read(s.root.join("f")).unwrap(), b"inside");
+    }
+
+    #[test]
+    fn a_final_symlink_is_never_followed() {
+        let s = Scratch::new("final");
+        fs::write(s.outside.join("secret"), b"keep").unwrap();
+        symlink(s.outside.join("new"), s.root.join("dangling")).unwrap();
+        symlink(s.outside.join("secret"), s.root.join("l")).unwrap();
+        symlink(&s.outside, s.root.join("a")).unwrap();
+        let root = s.open();
+
+        // Creating at an existing symlink is refused, dangling or not.
+        let flags = libc::O_CREAT | libc::O_WRONLY;
+        assert_symlink(root.open(&rel("dangling"), flags, 0o644));
+        assert_symlink(root.open(&rel("l"), flags | libc::O_TRUNC, 0o644));
+        match root.open(&rel("dangling"), CREATE, 0o644) {
+            Err(e @ ConfineError::Io { .. }) => assert_eq!(e.errno(), Some(libc::EEXIST)),
+            other => panic!("expected EEXIST, got {other:?}"),
+        }
+        // mkdir finds a symlink to a directory: not "already exists".
+        assert_symlink(root.mkdir(&rel("a"), 0o755));
+        assert_symlink(root.mkdir_all(&rel("a"), 0o755));
+        assert_symlink(root.fsync_dir(&rel("a")));
+
+        // The *at operations act on the link itself.
+        let st = root.lstat(&rel("a")).unwrap().unwrap();
+        assert_eq!(st.kind, FileKind::Symlink);
+        assert_eq!(
+            root.read_link(&rel("l")).unwrap(),
+            s.outside.join("secret").as_os_str().as_bytes()
+        );
+        let outside_mtime = fs::metadata(&s.outside).unwrap().modified().unwrap();
+        root.set_symlink_times(&rel("a"), (5, 6), (1_000_000_000, 7))
+            .unwrap();
+        let st = root.lstat(&rel("a")).unwrap().unwrap();
+        assert_eq!(st.mtime, (1_000_000_000, 7));
+        assert_eq!(
+            fs::metadata(&s.outside).unwrap().modified().unwrap(),
+            outside_mtime
+        );
+        root.rename(&rel("l"), &rel("l2")).unwrap();
+        assert_eq!(
+            root.lstat(&rel("l2")).unwrap().unwrap().kind,
+            FileKind::Symlink
+        );
+        root.remove_file(&rel("l2")).unwrap();
+        root.remove_file(&rel("a")).unwrap();
+
+        assert!(!s.outside.join("new").exists());
+        assert_eq!(Scratch::listing(&s.outside), vec!["secret"]);
+        assert_eq!(fs::read(s.outside.join("secret")).unwrap(), b"keep");
+        assert_eq!(Scratch::listing(&s.root), vec!["dangling"]);
+    }
+
+    #[test]
+    fn relpath_refuses_escapes_before_any_syscall() {
+        for bad in [&b"../x"[..], b"/etc/x", b"a\0b", b"a/../../x", b"./x"] {
+            assert!(RelPath::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let e: ConfineError = RelPath::parse(b"../x").unwrap_err().into();
+        assert!(matches!(
+            e,
+            ConfineError::Path(PathError::DotDot { offset: 0 })
+        ));
+    }
+
+    #[test]
+    fn create_write_rename_mkdir_all_and_walk() {
+        let s = Scratch::new("ordinary");
+        let root = s.open();
+        root.mkdir_all(&rel("x/y/z"), 0o755).unwrap();
+        root.mkdir_all(&rel("x/y/z"), 0o755).unwrap();
+        root.mkdir(&rel("x"), 0o755).unwrap();
+        root.mkdir(&RelPath::root(), 0o755).unwrap();
+        assert!(s.root.join("x/y/z").is_dir());
+
+        // Temp file: created exclusively, written by two openers, renamed into place.
+        let tmp = rel("x/y/.tpcx.1.0.tmp");
+        let fd = root.open(&tmp, CREATE, 0o600).unwrap();
+        assert!(matches!(
+            root.open(&tmp, CREATE, 0o600),
+            Err(ConfineError::Io {
+                errno: libc::EEXIST,
+                ..
+            })
+        ));
+        fs::File::from(fd).write_all(b"hello ").unwrap();
+        let mut again =
+            fs::File::from(root.open(&tmp, libc::O_WRONLY | libc::O_APPEND, 0).unwrap());
+        again.write_all(b"world").unwrap();
+        // Blocking mode was restored after the type check.
+        // SAFETY: valid fd.
+        let flags = unsafe { libc::fcntl(again.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_NONBLOCK, 0);
+        drop(again);
+        let done = rel("x/y/file name\n");
+        root.rename(&tmp, &done).unwrap();
+        assert_eq!(root.lstat(&tmp).unwrap(), None);
+        let mut text = String::new();
+        fs::File::from(root.open(&done, libc::O_RDONLY, 0).unwrap())
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "hello world");
+        assert!(matches!(
+            root.open(&rel("x/missing"), libc::O_RDONLY, 0),
+            Err(ConfineError::NotFound { .. })
+        ));
+        assert!(matches!(
+            root.open(&rel("x"), libc::O_RDONLY, 0),
+            Err(ConfineError::NotRegular { .. })
+        ));
+        // A file where a directory is wanted.
+        let e = root.mkdir(&done, 0o755).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::EEXIST), "{e}");
+        let e = root
+            .mkdir_all(&rel("x/y/file name\n/sub"), 0o755)
+            .unwrap_err();
+        assert_eq!(e.errno(), Some(libc::ENOTDIR), "{e}");
+
+        // Symlink targets are stored, never resolved.
+        root.symlink(b"../../..", &rel("x/up")).unwrap();
+        root.symlink(b"y", &rel("x/dirlink")).unwrap();
+        assert_eq!(root.read_link(&rel("x/up")).unwrap(), b"../../..");
+        assert!(matches!(
+            root.symlink(b"a\0b", &rel("x/nul")),
+            Err(ConfineError::Io {
+                errno: libc::EINVAL,
+                ..
+            })
+        ));
+
+        root.set_dir_meta(&rel("x/y/z"), 0o2750, (10, 0), (20, 30))
+            .unwrap();
+        let st = root.lstat(&rel("x/y/z")).unwrap().unwrap();
+        assert_eq!(
+            (st.kind, st.mode, st.mtime),
+            (FileKind::Dir, 0o750, (20, 30))
+        );
+        root.fsync_dir(&rel("x/y")).unwrap();
+        root.fsync_dir(&RelPath::root()).unwrap();
+        root.syncfs().unwrap();
+
+        let (entries, errors) = root.walk(&RelPath::root(), 100).unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        let listed: Vec<(String, FileKind)> = entries
+            .iter()
+            .map(|(p, st)| (p.to_string(), st.kind))
+            .collect();
+        let expected = [
+            (".", FileKind::Dir),
+            ("x", FileKind::Dir),
+            ("x/dirlink", FileKind::Symlink),
+            ("x/up", FileKind::Symlink),
+            ("x/y", FileKind::Dir),
+            ("x/y/file name\\n", FileKind::File),
+            ("x/y/z", FileKind::Dir),
+        ];
+        let expected: Vec<(String, FileKind)> =
+            expected.iter().map(|(p, k)| (p.to_string(), *k)).collect();
+        assert_eq!(listed, expected);
+        assert_eq!(entries[5].1.size_bytes, 11);
+        let (sub, _) = root.walk(&rel("x/y"), 100).unwrap();
+        assert_eq!(sub.len(), 3);
+        assert_eq!(sub[0].0, rel("x/y"));
+        let (file, _) = root.walk(&done, 1).unwrap();
+        assert_eq!(file.len(), 1);
+        assert!(matches!(
+            root.walk(&RelPath::root(), 4),
+            Err(ConfineError::TooManyEntries { entries_max: 4, .. })
+        ));
+        assert!(matches!(
+            root.walk(&rel("nope"), 4),
+            Err(ConfineError::NotFound { .. })
+        ));
+
+        root.remove_file(&done).unwrap();
+        assert!(matches!(
+            root.remove_file(&done),
+            Err(ConfineError::NotFound { .. })
+        ));
+        assert_eq!(root.lstat(&rel("no/such/thing")).unwrap(), None);
+        assert!(root.lstat(&RelPath::root()).unwrap().unwrap().kind == FileKind::Dir);
+    }
+
+    #[test]
+    fn set_file_meta_clears_setuid_and_setgid() {
+        let s = Scratch::new("setuid");
+        let root = s.open();
+        let path = rel("suid");
+        let fd = root.open(&path, CREATE, 0o755).unwrap();
+        set_file_meta(fd.as_fd(), 0o6755, (1, 2), (1_500_000_000, 123_456_789)).unwrap();
+        let st = root.lstat(&path).unwrap().unwrap();
+        assert_eq!(st.mode, 0o755);
+        assert_eq!(st.mtime, (1_500_000_000, 123_456_789));
+        set_file_meta(fd.as_fd(), 0o1640, (1, 2), (3, 4)).unwrap();
+        assert_eq!(root.lstat(&path).unwrap().unwrap().mode, 0o1640);
+    }
+
+    #[test]
+    fn open_refuses_a_fifo_without_blocking() {
+        let s = Scratch::new("fifo");
+        let fifo = CString::new(s.root.join("p").as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let root = s.open();
+        assert!(matches!(
+            root.open(&rel("p"), libc::O_RDONLY, 0),
+            Err(ConfineError::NotRegular { .. })
+        ));
+        // No reader: the non-blocking open itself fails (ENXIO) instead of waiting.
+        assert!(root.open(&rel("p"), libc::O_WRONLY, 0).is_err());
+        assert_eq!(
+            root.lstat(&rel("p")).unwrap().unwrap().kind,
+            FileKind::Other
+        );
+    }
+
+    #[test]
+    fn the_root_has_no_name_to_act_on() {
+        let s = Scratch::new("rootops");
+        let root = s.open();
+        let r = RelPath::root();
+        assert!(matches!(
+            root.rename(&r, &rel("x")),
+            Err(ConfineError::IsRoot { op: "rename" })
+        ));
+        assert!(matches!(
+            root.remove_file(&r),
+            Err(ConfineError::IsRoot { .. })
+        ));
+        assert!(matches!(
+            root.symlink(b"t", &r),
+            Err(ConfineError::IsRoot { .. })
+        ));
+        assert!(root.open_dir(&r).is_ok());
+        assert!(Root::open_ambient(&s.base.join("missing")).is_err());
+    }
+
+    #[test]
+    fn errors_are_one_line_and_carry_errno() {
+        let nl = RelPath::parse(b"bad\nname").unwrap();
+        let errors = [
+            ConfineError::Path(PathError::Absolute),
+            ConfineError::Escapes { rel: nl.clone() },
+            ConfineError::Symlink { rel: nl.clone() },
+            ConfineError::NotFound { rel: nl.clone() },
+            ConfineError::NotRegular { rel: nl.clone() },
+            ConfineError::IsRoot { op: "rename" },
+            ConfineError::TooDeep { rel: nl.clone() },
+            ConfineError::TooManyEntries {
+                rel: nl.clone(),
+                entries_max: 3,
+            },
+            ConfineError::Child {
+                dir: nl.clone(),
+                error: PathError::TooLong { path_bytes: 5000 },
+            },
+            ConfineError::Io {
+                op: "open",
+                rel: nl.clone(),
+                errno: libc::ENOSPC,
+            },
+        ];
+        for e in &errors {
+            let shown = e.to_string();
+            assert!(!shown.contains('\n'), "{shown:?}");
+        }
+        assert_eq!(errors[9].errno(), Some(libc::ENOSPC));
+        assert_eq!(errors[2].errno(), Some(libc::ELOOP));
+        assert_eq!(errors[0].errno(), None);
+        assert!(errors[9]
+            .to_string()
+            .starts_with("cannot open 'bad\\nname': "));
+    }
+}
