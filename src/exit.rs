@@ -21,6 +21,12 @@ pub enum Exit {
     Verify = 6,
     /// The engine could not start or stopped unexpectedly.
     Engine = 7,
+    /// The server could not be reached, or the connection to it was lost.
+    Network = 8,
+    /// Authentication failed: unknown or changed server key, client not authorized.
+    Auth = 9,
+    /// The peer broke the protocol (or speaks another version).
+    Protocol = 10,
 }
 
 pub const EXIT_CODES_HELP: &str = "\
@@ -32,7 +38,10 @@ Exit codes:
   4  destination not writable (read-only, permission denied, or a directory in the way)
   5  destination full (no space or quota left)
   6  --verify found a mismatch
-  7  engine failure (io_uring unavailable, shard stopped)";
+  7  engine failure (io_uring unavailable, shard stopped)
+  8  server unreachable, or the connection was lost
+  9  authentication failed (unknown or changed server key, client not authorized)
+  10 protocol error (the peer sent something invalid, or speaks another version)";
 
 impl Exit {
     /// Classifies an error met while writing to the destination.

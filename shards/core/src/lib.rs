@@ -12,9 +12,12 @@ pub mod compare;
 pub mod digest;
 pub mod limits;
 pub mod plan;
+pub mod relpath;
+pub mod wire;
 
 pub use assembly::{Assembly, AssemblyError, Completed};
 pub use commit::CommitBatcher;
 pub use compare::{Change, CheckedEntry, Difference, EntryKind, EntryMeta, SkipPolicy};
 pub use digest::{ChunkHash, FileDigest};
 pub use plan::{ChunkPlan, FileId, RangeSpan, ShardId};
+pub use relpath::{PathError, RelPath};

@@ -3,9 +3,10 @@
 //!
 //! Frames travel on QUIC bidirectional streams. Each frame is `type: u8`, `len: u32`
 //! (little endian, at most `FRAME_BYTES_MAX`), then `len` bytes of payload. A `Put` frame
-//! is followed on its stream by the raw bytes of the chunks it names, and a `Data` frame
-//! by the raw bytes that were asked for; those bytes are not framed because their length
-//! follows from the header, which keeps 4 MiB chunks out of frame buffers.
+//! (and a `Data` frame, the answer to a `Get`) is followed on its stream by each chunk it
+//! names: the chunk's raw bytes, then its 32-byte BLAKE3 hash. Those are not framed
+//! because their length follows from the header, which keeps 4 MiB chunks out of frame
+//! buffers; the hash comes after its chunk so the sender hashes as it reads, in one pass.
 //!
 //! Decoding never panics and never trusts a length: every count is checked against its
 //! named limit and against the bytes actually present before a vector is reserved.
@@ -115,7 +116,8 @@ pub struct NeedItem {
     pub chunk_count: u32,
 }
 
-/// Header of a data stream from client to server: these chunks of this file follow.
+/// Header of a data stream from client to server: these chunks of this file follow,
+/// each as its bytes and then its hash.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Put {
     pub session: u64,
@@ -124,7 +126,7 @@ pub struct Put {
     pub path: Vec<u8>,
     pub size: u64,
     pub chunk_first: u32,
-    pub hashes: Vec<ChunkHash>,
+    pub chunk_count: u32,
 }
 
 /// Header of a data stream asking the server for chunks of a file.
@@ -211,9 +213,9 @@ pub enum Frame {
     NeedEnd,
     Put(Put),
     Get(Get),
-    /// Answer to `Get`: the chunk hashes, then the raw bytes.
+    /// Answer to `Get`: each chunk follows as its bytes, then its hash.
     Data {
-        hashes: Vec<ChunkHash>,
+        chunk_count: u32,
     },
     /// Answer to `Put`: written and every chunk verified.
     RangeOk,
@@ -381,7 +383,7 @@ impl Frame {
                 w.bytes(&p.path, PATH_BYTES_MAX);
                 w.u64(p.size);
                 w.u32(p.chunk_first);
-                w.hashes(&p.hashes, STREAM_CHUNKS_MAX as usize);
+                w.u32(p.chunk_count);
             }
             Frame::Get(g) => {
                 w.u64(g.session);
@@ -391,7 +393,7 @@ impl Frame {
                 w.u32(g.chunk_first);
                 w.u32(g.chunk_count);
             }
-            Frame::Data { hashes } => w.hashes(hashes, STREAM_CHUNKS_MAX as usize),
+            Frame::Data { chunk_count } => w.u32(*chunk_count),
             Frame::Commit { files } | Frame::Committed { files } => {
                 w.count(files.len(), ITEMS_PER_FRAME_MAX);
                 for f in files {
@@ -566,14 +568,18 @@ impl Frame {
                 Frame::Need(items)
             }
             kind::NEED_END => Frame::NeedEnd,
-            kind::PUT => Frame::Put(Put {
-                session: r.u64("session")?,
-                file: r.u32("file")?,
-                path: r.bytes("path", PATH_BYTES_MAX)?,
-                size: r.size()?,
-                chunk_first: r.u32("chunk_first")?,
-                hashes: r.hashes("put hashes", STREAM_CHUNKS_MAX as usize)?,
-            }),
+            kind::PUT => {
+                let p = Put {
+                    session: r.u64("session")?,
+                    file: r.u32("file")?,
+                    path: r.bytes("path", PATH_BYTES_MAX)?,
+                    size: r.size()?,
+                    chunk_first: r.u32("chunk_first")?,
+                    chunk_count: r.u32("chunk_count")?,
+                };
+                stream_chunks(p.chunk_count)?;
+                Frame::Put(p)
+            }
             kind::GET => {
                 let g = Get {
                     session: r.u64("session")?,
@@ -583,18 +589,14 @@ impl Frame {
                     chunk_first: r.u32("chunk_first")?,
                     chunk_count: r.u32("chunk_count")?,
                 };
-                if g.chunk_count > STREAM_CHUNKS_MAX {
-                    return Err(WireError::Limit {
-                        field: "get chunk_count",
-                        value: g.chunk_count as u64,
-                        max: STREAM_CHUNKS_MAX as u64,
-                    });
-                }
+                stream_chunks(g.chunk_count)?;
                 Frame::Get(g)
             }
-            kind::DATA => Frame::Data {
-                hashes: r.hashes("data hashes", STREAM_CHUNKS_MAX as usize)?,
-            },
+            kind::DATA => {
+                let chunk_count = r.u32("chunk_count")?;
+                stream_chunks(chunk_count)?;
+                Frame::Data { chunk_count }
+            }
             kind::RANGE_OK => Frame::RangeOk,
             kind::COMMIT | kind::COMMITTED => {
                 let n = r.count("files", ITEMS_PER_FRAME_MAX, 4)?;
@@ -632,6 +634,17 @@ impl Frame {
         }
         Ok(frame)
     }
+}
+
+fn stream_chunks(n: u32) -> Result<(), WireError> {
+    if n > STREAM_CHUNKS_MAX {
+        return Err(WireError::Limit {
+            field: "chunk_count",
+            value: n as u64,
+            max: STREAM_CHUNKS_MAX as u64,
+        });
+    }
+    Ok(())
 }
 
 /// Bytes of the chunks `chunk_first .. chunk_first + chunk_count` of a file of `size`
@@ -849,7 +862,7 @@ mod tests {
             path: b"p".to_vec(),
             size: 10,
             chunk_first: 0,
-            hashes: vec![h, h],
+            chunk_count: 2,
         }));
         round_trip(Frame::Get(Get {
             session: 1,
@@ -859,7 +872,7 @@ mod tests {
             chunk_first: 0,
             chunk_count: 1,
         }));
-        round_trip(Frame::Data { hashes: vec![h] });
+        round_trip(Frame::Data { chunk_count: 1 });
         round_trip(Frame::Commit { files: vec![1, 2] });
         round_trip(Frame::Committed { files: vec![3] });
         round_trip(Frame::Failed {

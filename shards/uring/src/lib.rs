@@ -13,6 +13,8 @@
 //! Shards share nothing mutable. The job's file list is immutable and shared by `Arc`;
 //! progress counters are one cache line per shard, written only by that shard.
 
+pub mod confine;
+pub mod quic;
 mod shard;
 
 use std::io;
@@ -266,3 +268,55 @@ pub(crate) fn file_error(stage: Stage, err: &io::Error) -> FileError {
 }
 
 pub(crate) type Finished = Vec<(FileId, FileOutcome)>;
+
+/// What a shard started by [`run_shards`] gets: its index, its CPU, and its place in the
+/// channel mesh that connects all shards of the run.
+pub struct ShardContext<M: Send + 'static> {
+    pub shard: usize,
+    pub cpu: usize,
+    pub mesh:
+        glommio::channels::channel_mesh::MeshBuilder<M, glommio::channels::channel_mesh::Full>,
+}
+
+/// Runs `body` on `shard_count` pinned executors (one per usable CPU, in order), each with
+/// its own io_uring ring, and returns their results in shard order. The remote transfer
+/// code uses this to run its endpoints and data tasks; `run_job` is the same for the
+/// local copy with its shard logic built in.
+pub fn run_shards<M, R, F, Fut>(
+    shard_count: usize,
+    mesh_capacity: usize,
+    body: F,
+) -> Result<Vec<R>, EngineError>
+where
+    M: Send + 'static,
+    R: Send + 'static,
+    F: Fn(ShardContext<M>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = R> + 'static,
+{
+    let cpus = usable_cpus();
+    if shard_count == 0 || shard_count > cpus.len() || shard_count > SHARDS_MAX {
+        return Err(EngineError::TooManyShards {
+            requested: shard_count,
+            available: cpus.len().min(SHARDS_MAX),
+        });
+    }
+    raise_memlock_limit();
+    let body = Arc::new(body);
+    let mesh = glommio::channels::channel_mesh::MeshBuilder::full(shard_count, mesh_capacity);
+    let mut handles = Vec::with_capacity(shard_count);
+    for (shard, &cpu) in cpus.iter().enumerate().take(shard_count) {
+        let body = body.clone();
+        let mesh = mesh.clone();
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("tpc-shard-{shard}"))
+            .io_memory(512 << 10)
+            .spawn(move || async move { body(ShardContext { shard, cpu, mesh }).await })
+            .map_err(|e| EngineError::Start(e.to_string()))?;
+        handles.push(handle);
+    }
+    let mut out = Vec::with_capacity(shard_count);
+    for (i, handle) in handles.into_iter().enumerate() {
+        out.push(handle.join().map_err(|_| EngineError::ShardPanicked(i))?);
+    }
+    Ok(out)
+}

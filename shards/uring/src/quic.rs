@@ -1,0 +1,981 @@
+//! QUIC for one shard: a `quinn_proto::Endpoint` on a UDP socket that the shard owns,
+//! driven from the shard's glommio executor, with async streams for the shard's tasks.
+//!
+//! Why not glommio's own `UdpSocket`: it has no GSO, GRO or recvmmsg, and moving bulk
+//! data through QUIC is packet-rate bound (DESIGN.md §5 measured ~3x). So datagrams go
+//! through `quinn-udp` on a non-blocking socket, and the executor learns that the socket
+//! is readable from an io_uring one-byte `MSG_PEEK` on the same fd, which completes
+//! when a datagram is queued without consuming it.
+//!
+//! Everything here is single-threaded: the endpoint, its connections and the wakers of
+//! the tasks waiting on them live in one `Rc<RefCell<State>>`. A driver task does the
+//! I/O: it feeds received datagrams to the endpoint, fires timers, sends what the
+//! connections have to send, and wakes tasks whose streams became readable or writable.
+//! Stream operations change connection state directly and then nudge the driver.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::poll_fn;
+use std::io::{self, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use quinn_proto::{
+    ClientConfig, ConnectionError, ConnectionHandle, DatagramEvent, Dir, EndpointConfig, Event,
+    ServerConfig, StreamEvent, StreamId, Transmit, VarInt,
+};
+use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
+
+/// Largest UDP payload of one `sendmsg`: a GSO batch must fit, or the kernel refuses it
+/// with EMSGSIZE and quinn-udp drops the whole batch silently (DESIGN.md §5).
+const GSO_BATCH_BYTES_MAX: usize = 65507;
+
+/// Bytes of one receive buffer: the largest GRO-coalesced datagram train.
+const RECV_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Socket buffers. On loopback or a fast link a burst arrives faster than one executor
+/// turn; a kernel default of ~200 KiB drops it and the congestion controller collapses.
+pub const SOCKET_BUFFER_BYTES: usize = 16 * 1024 * 1024;
+
+/// Transmits the driver sends for one connection before it looks at the socket again,
+/// so a connection with much to send cannot starve receiving and acknowledgements.
+const TRANSMITS_PER_TURN_MAX: usize = 32;
+
+/// How long the driver waits before retrying a send that found the socket buffer full.
+/// glommio offers no writability wait; a full buffer drains in well under this.
+const SEND_RETRY_DELAY: Duration = Duration::from_micros(100);
+
+/// Why a stream or connection operation failed.
+#[derive(Clone, Debug)]
+pub enum QuicError {
+    /// The connection is gone; the reason says whether the peer closed it or it timed out.
+    Lost(ConnectionError),
+    /// The peer reset its sending side of the stream with this code.
+    Reset(u64),
+    /// The peer asked us to stop sending on this stream with this code.
+    Stopped(u64),
+    /// The stream was already finished or reset by us.
+    Closed,
+    Connect(String),
+}
+
+impl std::fmt::Display for QuicError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QuicError::Lost(e) => write!(f, "connection lost: {e}"),
+            QuicError::Reset(c) => write!(f, "stream reset by peer (code {c})"),
+            QuicError::Stopped(c) => write!(f, "stream stopped by peer (code {c})"),
+            QuicError::Closed => write!(f, "stream already closed"),
+            QuicError::Connect(e) => write!(f, "cannot connect: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for QuicError {}
+
+struct Conn {
+    conn: quinn_proto::Connection,
+    connected: bool,
+    lost: Option<ConnectionError>,
+    deadline: Option<Instant>,
+    /// Tasks waiting for the handshake, a new stream, or stream credit.
+    waiters: Vec<Waker>,
+    readable: HashMap<StreamId, Waker>,
+    writable: HashMap<StreamId, Waker>,
+    /// Server side: announced to `accept()` once the handshake is done.
+    announced: bool,
+}
+
+impl Conn {
+    fn wake_all(&mut self) {
+        for w in self.waiters.drain(..) {
+            w.wake();
+        }
+        for (_, w) in self.readable.drain() {
+            w.wake();
+        }
+        for (_, w) in self.writable.drain() {
+            w.wake();
+        }
+    }
+}
+
+struct State {
+    endpoint: quinn_proto::Endpoint,
+    socket: UdpSocket,
+    udp: UdpSocketState,
+    conns: HashMap<ConnectionHandle, Conn>,
+    /// Connections that need a turn of the driver (events, transmits, timers).
+    dirty: HashSet<ConnectionHandle>,
+    /// Server side: handshaken connections not yet taken by `accept()`.
+    accepted: VecDeque<ConnectionHandle>,
+    accept_waiter: Option<Waker>,
+    driver: Option<Waker>,
+    /// A transmit the kernel had no room for; sent before anything else.
+    pending: Option<(Transmit, Vec<u8>)>,
+    /// Makes the server's per-connection transport config (its MTU bound depends on
+    /// the route to the client).
+    server_config: Option<Box<dyn Fn(SocketAddr) -> Arc<ServerConfig>>>,
+    closing: bool,
+}
+
+/// One shard's QUIC endpoint. Cheap to clone; all clones share the same state.
+#[derive(Clone)]
+pub struct Endpoint {
+    state: Rc<RefCell<State>>,
+}
+
+impl Endpoint {
+    /// Takes a bound UDP socket (see [`bind_socket`]), sets up GSO/GRO through quinn-udp,
+    /// and starts the driver task on the current glommio executor. `server_config`, when
+    /// given, builds the config for a connection from a client at the given address;
+    /// without it incoming connections are refused.
+    pub fn new(
+        socket: UdpSocket,
+        server_config: Option<Box<dyn Fn(SocketAddr) -> Arc<ServerConfig>>>,
+    ) -> io::Result<Endpoint> {
+        let udp = UdpSocketState::new(UdpSockRef::from(&socket))?;
+        set_buffer_force(&socket, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF);
+        set_buffer_force(&socket, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF);
+        // quinn-proto only considers incoming connections when the endpoint has a server
+        // config; the per-client one (`accept`) then replaces it for each connection.
+        let default_server = server_config
+            .as_ref()
+            .map(|make| make(SocketAddr::from(([0, 0, 0, 0], 0))));
+        let mut endpoint_config = EndpointConfig::default();
+        // Advertise that we take datagrams up to the UDP maximum (quinn's default, 1480,
+        // would cap every path at Ethernet size); MTU discovery then finds what the path
+        // really carries.
+        endpoint_config
+            .max_udp_payload_size(65527)
+            .expect("65527 is a valid QUIC max_udp_payload_size");
+        let endpoint = quinn_proto::Endpoint::new(
+            Arc::new(endpoint_config),
+            default_server,
+            // quinn-udp sets IP_PMTUDISC_PROBE / IPV6_DONTFRAG, so probes are never
+            // fragmented and path MTU discovery is sound.
+            !udp.may_fragment(),
+            None,
+        );
+        let state = Rc::new(RefCell::new(State {
+            endpoint,
+            socket,
+            udp,
+            conns: HashMap::new(),
+            dirty: HashSet::new(),
+            accepted: VecDeque::new(),
+            accept_waiter: None,
+            driver: None,
+            pending: None,
+            server_config,
+            closing: false,
+        }));
+        let ep = Endpoint { state };
+        let driver = ep.clone();
+        glommio::spawn_local(async move { driver.drive().await }).detach();
+        Ok(ep)
+    }
+
+    /// Stops accepting connections; the driver ends once the existing ones have drained.
+    pub fn shutdown(&self) {
+        let mut st = self.state.borrow_mut();
+        st.closing = true;
+        if let Some(w) = st.accept_waiter.take() {
+            w.wake();
+        }
+        st.wake_driver();
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.state.borrow().socket.local_addr()
+    }
+
+    /// Connects and completes the handshake (including the server key check).
+    pub async fn connect(
+        &self,
+        config: ClientConfig,
+        remote: SocketAddr,
+        server_name: &str,
+    ) -> Result<Connection, QuicError> {
+        let handle = {
+            let mut st = self.state.borrow_mut();
+            let (handle, conn) = st
+                .endpoint
+                .connect(Instant::now(), config, remote, server_name)
+                .map_err(|e| QuicError::Connect(e.to_string()))?;
+            st.conns.insert(handle, new_conn(conn));
+            st.dirty.insert(handle);
+            st.wake_driver();
+            handle
+        };
+        let conn = Connection {
+            ep: self.clone(),
+            handle,
+        };
+        poll_fn(|cx| {
+            let mut st = self.state.borrow_mut();
+            let c = st
+                .conns
+                .get_mut(&handle)
+                .expect("connection outlives connect");
+            if let Some(e) = &c.lost {
+                return Poll::Ready(Err(QuicError::Lost(e.clone())));
+            }
+            if c.connected {
+                return Poll::Ready(Ok(()));
+            }
+            c.waiters.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await?;
+        Ok(conn)
+    }
+
+    /// The next connection whose handshake completed (client authenticated).
+    pub async fn accept(&self) -> Option<Connection> {
+        poll_fn(|cx| {
+            let mut st = self.state.borrow_mut();
+            if let Some(handle) = st.accepted.pop_front() {
+                return Poll::Ready(Some(Connection {
+                    ep: self.clone(),
+                    handle,
+                }));
+            }
+            if st.closing {
+                return Poll::Ready(None);
+            }
+            st.accept_waiter = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Waits until every connection has closed and drained (so the peer got our close).
+    pub async fn wait_idle(&self) {
+        poll_fn(|cx| {
+            let mut st = self.state.borrow_mut();
+            if st.conns.is_empty() {
+                return Poll::Ready(());
+            }
+            for c in st.conns.values_mut() {
+                c.waiters.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The driver: receive, time out, transmit, then sleep until the socket is readable,
+    /// a timer is due, or a task has given a connection something to send.
+    async fn drive(self) {
+        // A second handle on the same socket for glommio's io_uring readiness peek. It
+        // shares the file description; dup keeps the two owners' lifetimes independent.
+        let peek_socket = {
+            let st = self.state.borrow();
+            // SAFETY: dup returns a new fd that we own from here on.
+            let fd = unsafe { libc::dup(st.socket.as_raw_fd()) };
+            if fd < 0 {
+                eprintln!(
+                    "tpc-xfer: cannot dup UDP socket: {}",
+                    io::Error::last_os_error()
+                );
+                return;
+            }
+            // SAFETY: fd is a fresh, owned, valid socket descriptor.
+            unsafe { glommio::net::UdpSocket::from_raw_fd(fd) }
+        };
+        let mut recv_buf = vec![0u8; RECV_BUFFER_BYTES * quinn_udp::BATCH_SIZE];
+        let mut send_buf = Vec::with_capacity(GSO_BATCH_BYTES_MAX);
+        loop {
+            let (wait, send_blocked) = {
+                let mut st = self.state.borrow_mut();
+                let now = Instant::now();
+                st.receive(&mut recv_buf, now);
+                st.fire_timers(now);
+                let blocked = st.service(now, &mut send_buf);
+                if st.closing && st.conns.is_empty() {
+                    return;
+                }
+                let deadline = st.conns.values().filter_map(|c| c.deadline).min();
+                (deadline, blocked)
+            };
+            let now = Instant::now();
+            let mut sleep_for = wait.map(|d| d.saturating_duration_since(now));
+            if send_blocked {
+                sleep_for = Some(sleep_for.map_or(SEND_RETRY_DELAY, |d| d.min(SEND_RETRY_DELAY)));
+            }
+            if sleep_for == Some(Duration::ZERO) {
+                glommio::yield_if_needed().await;
+                continue;
+            }
+            let nudged = poll_fn(|cx| {
+                let mut st = self.state.borrow_mut();
+                if !st.dirty.is_empty() {
+                    return Poll::Ready(());
+                }
+                st.driver = Some(cx.waker().clone());
+                Poll::Pending
+            });
+            let readable = async {
+                // One byte, not zero: glommio cannot allocate a zero-length buffer for
+                // the operation. MSG_PEEK leaves the datagram queued either way.
+                let mut one = [0u8; 1];
+                let _ = peek_socket.peek_from(&mut one).await;
+            };
+            let timer = async {
+                match sleep_for {
+                    Some(d) => glommio::timer::sleep(d).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            futures_lite::future::or(nudged, futures_lite::future::or(readable, timer)).await;
+        }
+    }
+}
+
+impl State {
+    fn wake_driver(&mut self) {
+        if let Some(w) = self.driver.take() {
+            w.wake();
+        }
+    }
+
+    /// Reads every queued datagram (recvmmsg + GRO) and hands each to the endpoint.
+    fn receive(&mut self, buf: &mut [u8], now: Instant) {
+        let mut meta = [RecvMeta::default(); quinn_udp::BATCH_SIZE];
+        let mut response = Vec::new();
+        loop {
+            let n = {
+                let mut slices: Vec<IoSliceMut> = buf
+                    .chunks_mut(RECV_BUFFER_BYTES)
+                    .map(IoSliceMut::new)
+                    .collect();
+                match self
+                    .udp
+                    .recv(UdpSockRef::from(&self.socket), &mut slices, &mut meta)
+                {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    // ICMP errors (port unreachable) surface here; the connection's own
+                    // timers decide what they mean.
+                    Err(_) => return,
+                }
+            };
+            for (m, chunk) in meta.iter().zip(buf.chunks(RECV_BUFFER_BYTES)).take(n) {
+                let data = &chunk[..m.len];
+                let stride = m.stride.max(1);
+                for datagram in data.chunks(stride) {
+                    let ev = self.endpoint.handle(
+                        now,
+                        m.addr,
+                        m.dst_ip,
+                        m.ecn.map(ecn_to_proto),
+                        BytesMut::from(datagram),
+                        &mut response,
+                    );
+                    match ev {
+                        Some(DatagramEvent::ConnectionEvent(h, ev)) => {
+                            if let Some(c) = self.conns.get_mut(&h) {
+                                c.conn.handle_event(ev);
+                                self.dirty.insert(h);
+                            }
+                        }
+                        Some(DatagramEvent::NewConnection(incoming)) => {
+                            self.incoming(incoming, now, &mut response);
+                        }
+                        Some(DatagramEvent::Response(t)) => {
+                            let _ = self.send_now(&t, &response[..t.size]);
+                        }
+                        None => {}
+                    }
+                    response.clear();
+                }
+            }
+        }
+    }
+
+    fn incoming(&mut self, incoming: quinn_proto::Incoming, now: Instant, buf: &mut Vec<u8>) {
+        let Some(make) = &self.server_config else {
+            let t = self.endpoint.refuse(incoming, buf);
+            let _ = self.send_now(&t, &buf[..t.size]);
+            return;
+        };
+        if self.closing {
+            let t = self.endpoint.refuse(incoming, buf);
+            let _ = self.send_now(&t, &buf[..t.size]);
+            return;
+        }
+        let config = make(incoming.remote_address());
+        match self.endpoint.accept(incoming, now, buf, Some(config)) {
+            Ok((h, conn)) => {
+                let mut c = new_conn(conn);
+                c.announced = false;
+                self.conns.insert(h, c);
+                self.dirty.insert(h);
+            }
+            Err(e) => {
+                if let Some(t) = e.response {
+                    let _ = self.send_now(&t, &buf[..t.size]);
+                }
+            }
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        for (h, c) in self.conns.iter_mut() {
+            if c.deadline.is_some_and(|d| d <= now) {
+                c.deadline = None;
+                c.conn.handle_timeout(now);
+                self.dirty.insert(*h);
+            }
+        }
+    }
+
+    /// Gives every dirty connection its turn. Returns true if the socket was full.
+    fn service(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
+        if let Some((t, data)) = self.pending.take() {
+            match self.send_now(&t, &data) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.pending = Some((t, data));
+                    return true;
+                }
+                _ => {}
+            }
+        }
+        let dirty: Vec<ConnectionHandle> = self.dirty.drain().collect();
+        let max_gso = self.udp.max_gso_segments().max(1);
+        let mut blocked = false;
+        for h in dirty {
+            let Some(mut c) = self.conns.remove(&h) else {
+                continue;
+            };
+            let mut sent = 0;
+            while !blocked {
+                if sent == TRANSMITS_PER_TURN_MAX {
+                    // More to send: come back after looking at the socket.
+                    self.dirty.insert(h);
+                    break;
+                }
+                let mtu = c.conn.current_mtu() as usize;
+                let max_datagrams = max_gso.min(GSO_BATCH_BYTES_MAX / mtu).max(1);
+                buf.clear();
+                let Some(t) = c.conn.poll_transmit(now, max_datagrams, buf) else {
+                    break;
+                };
+                sent += 1;
+                if let Err(e) = self.send_now(&t, &buf[..t.size]) {
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        let data = buf[..t.size].to_vec();
+                        self.pending = Some((t, data));
+                        self.dirty.insert(h);
+                        blocked = true;
+                    }
+                    // Other send errors are like a lost packet; QUIC recovers.
+                }
+            }
+            while let Some(ev) = c.conn.poll_endpoint_events() {
+                if let Some(ev) = self.endpoint.handle_event(h, ev) {
+                    c.conn.handle_event(ev);
+                    self.dirty.insert(h);
+                }
+            }
+            while let Some(ev) = c.conn.poll() {
+                match ev {
+                    Event::Connected => {
+                        c.connected = true;
+                        c.wake_all();
+                        if !c.announced && c.conn.side().is_server() {
+                            c.announced = true;
+                            self.accepted.push_back(h);
+                            if let Some(w) = self.accept_waiter.take() {
+                                w.wake();
+                            }
+                        }
+                    }
+                    Event::ConnectionLost { reason } => {
+                        c.lost = Some(reason);
+                        c.wake_all();
+                    }
+                    Event::Stream(StreamEvent::Readable { id }) => {
+                        if let Some(w) = c.readable.remove(&id) {
+                            w.wake();
+                        }
+                    }
+                    Event::Stream(StreamEvent::Writable { id })
+                    | Event::Stream(StreamEvent::Finished { id })
+                    | Event::Stream(StreamEvent::Stopped { id, .. }) => {
+                        if let Some(w) = c.writable.remove(&id) {
+                            w.wake();
+                        }
+                        if let Some(w) = c.readable.remove(&id) {
+                            w.wake();
+                        }
+                    }
+                    Event::Stream(StreamEvent::Opened { .. })
+                    | Event::Stream(StreamEvent::Available { .. }) => {
+                        for w in c.waiters.drain(..) {
+                            w.wake();
+                        }
+                    }
+                    Event::HandshakeDataReady
+                    | Event::DatagramReceived
+                    | Event::DatagramsUnblocked => {}
+                }
+            }
+            c.deadline = c.conn.poll_timeout();
+            if c.conn.is_drained() {
+                c.lost.get_or_insert(ConnectionError::LocallyClosed);
+                c.wake_all();
+                continue;
+            }
+            self.conns.insert(h, c);
+        }
+        blocked
+    }
+
+    fn send_now(&self, t: &Transmit, data: &[u8]) -> io::Result<()> {
+        let transmit = quinn_udp::Transmit {
+            destination: t.destination,
+            ecn: t.ecn.map(ecn_from_proto),
+            contents: data,
+            segment_size: t.segment_size,
+            src_ip: t.src_ip,
+        };
+        self.udp.try_send(UdpSockRef::from(&self.socket), &transmit)
+    }
+}
+
+fn new_conn(conn: quinn_proto::Connection) -> Conn {
+    Conn {
+        conn,
+        connected: false,
+        lost: None,
+        deadline: None,
+        waiters: Vec::new(),
+        readable: HashMap::new(),
+        writable: HashMap::new(),
+        announced: true,
+    }
+}
+
+fn ecn_to_proto(e: quinn_udp::EcnCodepoint) -> quinn_proto::EcnCodepoint {
+    match e {
+        quinn_udp::EcnCodepoint::Ect0 => quinn_proto::EcnCodepoint::Ect0,
+        quinn_udp::EcnCodepoint::Ect1 => quinn_proto::EcnCodepoint::Ect1,
+        quinn_udp::EcnCodepoint::Ce => quinn_proto::EcnCodepoint::Ce,
+    }
+}
+
+fn ecn_from_proto(e: quinn_proto::EcnCodepoint) -> quinn_udp::EcnCodepoint {
+    match e {
+        quinn_proto::EcnCodepoint::Ect0 => quinn_udp::EcnCodepoint::Ect0,
+        quinn_proto::EcnCodepoint::Ect1 => quinn_udp::EcnCodepoint::Ect1,
+        quinn_proto::EcnCodepoint::Ce => quinn_udp::EcnCodepoint::Ce,
+    }
+}
+
+/// Sets a socket buffer size, beyond `rmem_max` when privileged (the FORCE variant), else
+/// as far as the kernel allows.
+fn set_buffer_force(socket: &UdpSocket, force: libc::c_int, plain: libc::c_int) {
+    let bytes = SOCKET_BUFFER_BYTES as libc::c_int;
+    for opt in [force, plain] {
+        // SAFETY: setsockopt with a valid fd and an int option value.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                &bytes as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
+}
+
+/// The path MTU the kernel knows for `remote` (the outgoing interface's MTU unless a
+/// smaller one was learned), as the largest UDP payload: QUIC's MTU discovery searches up
+/// to this, so loopback and jumbo-frame links get large packets and a 1500-byte link
+/// does not waste probes.
+pub fn udp_payload_max_towards(remote: SocketAddr) -> Option<u16> {
+    let bind: SocketAddr = if remote.is_ipv6() {
+        "[::]:0".parse().expect("literal")
+    } else {
+        "0.0.0.0:0".parse().expect("literal")
+    };
+    let sock = UdpSocket::bind(bind).ok()?;
+    sock.connect(remote).ok()?;
+    let (level, opt, overhead) = if remote.is_ipv6() {
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU, 48)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_MTU, 28)
+    };
+    let mut mtu: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `mtu`.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            level,
+            opt,
+            &mut mtu as *mut libc::c_int as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc != 0 || mtu <= overhead {
+        return None;
+    }
+    // quinn-proto caps UDP payloads at 65527.
+    Some((mtu - overhead).min(65527) as u16)
+}
+
+/// Binds a UDP socket for an endpoint. Done before the shards start, so that a port in use
+/// is reported once, up front, and the ports of all shards are known.
+pub fn bind_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let domain = if addr.is_ipv6() {
+        socket2::Domain::IPV6
+    } else {
+        socket2::Domain::IPV4
+    };
+    let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        // Listening on [::] takes IPv4 clients too, as users expect.
+        let _ = sock.set_only_v6(false);
+    }
+    sock.bind(&addr.into())?;
+    Ok(sock.into())
+}
+
+/// One QUIC connection of this shard.
+#[derive(Clone)]
+pub struct Connection {
+    ep: Endpoint,
+    handle: ConnectionHandle,
+}
+
+impl Connection {
+    fn with<R>(&self, f: impl FnOnce(&mut Conn) -> R) -> Option<R> {
+        let mut st = self.ep.state.borrow_mut();
+        let r = st.conns.get_mut(&self.handle).map(f);
+        st.dirty.insert(self.handle);
+        st.wake_driver();
+        r
+    }
+
+    pub fn remote_address(&self) -> Option<SocketAddr> {
+        self.with(|c| c.conn.remote_address())
+    }
+
+    /// The peer's certificate chain, for the caller's own identity checks.
+    pub fn peer_identity(&self) -> Option<Box<dyn std::any::Any>> {
+        self.with(|c| c.conn.crypto_session().peer_identity())
+            .flatten()
+    }
+
+    /// The largest UDP payload currently used on this path (after MTU discovery).
+    pub fn current_mtu(&self) -> u16 {
+        self.with(|c| c.conn.current_mtu()).unwrap_or(0)
+    }
+
+    pub fn lost_reason(&self) -> Option<ConnectionError> {
+        let st = self.ep.state.borrow();
+        match st.conns.get(&self.handle) {
+            Some(c) => c.lost.clone(),
+            None => Some(ConnectionError::LocallyClosed),
+        }
+    }
+
+    /// Opens a bidirectional stream, waiting for stream credit from the peer.
+    pub async fn open_bi(&self) -> Result<(SendStream, RecvStream), QuicError> {
+        let id = poll_fn(|cx| {
+            let mut st = self.ep.state.borrow_mut();
+            let Some(c) = st.conns.get_mut(&self.handle) else {
+                return Poll::Ready(Err(QuicError::Lost(ConnectionError::LocallyClosed)));
+            };
+            if let Some(e) = &c.lost {
+                return Poll::Ready(Err(QuicError::Lost(e.clone())));
+            }
+            if let Some(id) = c.conn.streams().open(Dir::Bi) {
+                return Poll::Ready(Ok(id));
+            }
+            c.waiters.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await?;
+        Ok(self.pair(id))
+    }
+
+    /// The next stream the peer opened, or `None` once the connection is gone.
+    pub async fn accept_bi(&self) -> Option<(SendStream, RecvStream)> {
+        let id = poll_fn(|cx| {
+            let mut st = self.ep.state.borrow_mut();
+            let handle = self.handle;
+            let Some(c) = st.conns.get_mut(&handle) else {
+                return Poll::Ready(None);
+            };
+            if let Some(id) = c.conn.streams().accept(Dir::Bi) {
+                // Accepting may raise the peer's stream limit: that must be sent.
+                st.dirty.insert(handle);
+                st.wake_driver();
+                return Poll::Ready(Some(id));
+            }
+            if c.lost.is_some() {
+                return Poll::Ready(None);
+            }
+            c.waiters.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await?;
+        Some(self.pair(id))
+    }
+
+    fn pair(&self, id: StreamId) -> (SendStream, RecvStream) {
+        (
+            SendStream {
+                conn: self.clone(),
+                id,
+                finished: false,
+            },
+            RecvStream {
+                conn: self.clone(),
+                id,
+                buffered: Bytes::new(),
+                finished: false,
+            },
+        )
+    }
+
+    /// Closes the connection with an application code and reason the peer will see.
+    pub fn close(&self, code: u32, reason: &[u8]) {
+        self.with(|c| {
+            c.conn.close(
+                Instant::now(),
+                VarInt::from_u32(code),
+                Bytes::copy_from_slice(reason),
+            )
+        });
+    }
+}
+
+/// The sending half of a bidirectional stream.
+pub struct SendStream {
+    conn: Connection,
+    id: StreamId,
+    finished: bool,
+}
+
+impl SendStream {
+    /// Writes all of `data`, waiting for flow-control credit as needed.
+    pub async fn write_all(&mut self, mut data: &[u8]) -> Result<(), QuicError> {
+        while !data.is_empty() {
+            let n = self.write_some(|s| s.write(data)).await?;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// Writes `data` without copying it (QUIC keeps the `Bytes` until acknowledged).
+    pub async fn write_bytes(&mut self, data: Bytes) -> Result<(), QuicError> {
+        let mut chunks = [data];
+        loop {
+            if chunks[0].is_empty() {
+                return Ok(());
+            }
+            self.write_some(|s| s.write_chunks(&mut chunks).map(|w| w.bytes))
+                .await?;
+        }
+    }
+
+    async fn write_some(
+        &mut self,
+        mut op: impl FnMut(&mut quinn_proto::SendStream<'_>) -> Result<usize, quinn_proto::WriteError>,
+    ) -> Result<usize, QuicError> {
+        let (handle, id) = (self.conn.handle, self.id);
+        poll_fn(|cx| {
+            let mut st = self.conn.ep.state.borrow_mut();
+            let Some(c) = st.conns.get_mut(&handle) else {
+                return Poll::Ready(Err(QuicError::Lost(ConnectionError::LocallyClosed)));
+            };
+            if let Some(e) = &c.lost {
+                return Poll::Ready(Err(QuicError::Lost(e.clone())));
+            }
+            let r = op(&mut c.conn.send_stream(id));
+            match r {
+                Ok(n) => {
+                    st.dirty.insert(handle);
+                    st.wake_driver();
+                    Poll::Ready(Ok(n))
+                }
+                Err(quinn_proto::WriteError::Blocked) => {
+                    c.writable.insert(id, cx.waker().clone());
+                    Poll::Pending
+                }
+                Err(quinn_proto::WriteError::Stopped(code)) => {
+                    Poll::Ready(Err(QuicError::Stopped(code.into_inner())))
+                }
+                Err(quinn_proto::WriteError::ClosedStream) => Poll::Ready(Err(QuicError::Closed)),
+            }
+        })
+        .await
+    }
+
+    /// Marks the end of the stream; the peer reads it as end of data.
+    pub fn finish(&mut self) -> Result<(), QuicError> {
+        self.finished = true;
+        self.conn
+            .with(|c| c.conn.send_stream(self.id).finish())
+            .ok_or(QuicError::Lost(ConnectionError::LocallyClosed))?
+            .map_err(|e| match e {
+                quinn_proto::FinishError::Stopped(code) => QuicError::Stopped(code.into_inner()),
+                quinn_proto::FinishError::ClosedStream => QuicError::Closed,
+            })
+    }
+
+    /// Abandons the stream with an error code.
+    pub fn reset(&mut self, code: u32) {
+        self.finished = true;
+        self.conn.with(|c| {
+            let _ = c.conn.send_stream(self.id).reset(VarInt::from_u32(code));
+        });
+    }
+}
+
+/// The receiving half of a bidirectional stream.
+pub struct RecvStream {
+    conn: Connection,
+    id: StreamId,
+    /// Bytes received but not yet handed out (from a chunk larger than asked for).
+    buffered: Bytes,
+    finished: bool,
+}
+
+impl RecvStream {
+    /// The next piece of the stream, at most `max` bytes, or `None` at its end.
+    pub async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, QuicError> {
+        assert!(max > 0, "read_chunk of zero bytes");
+        if !self.buffered.is_empty() {
+            let n = max.min(self.buffered.len());
+            return Ok(Some(self.buffered.split_to(n)));
+        }
+        if self.finished {
+            return Ok(None);
+        }
+        let (handle, id) = (self.conn.handle, self.id);
+        let got = poll_fn(|cx| {
+            let mut st = self.conn.ep.state.borrow_mut();
+            let Some(c) = st.conns.get_mut(&handle) else {
+                return Poll::Ready(Err(QuicError::Lost(ConnectionError::LocallyClosed)));
+            };
+            let mut stream = c.conn.recv_stream(id);
+            let mut chunks = match stream.read(true) {
+                Ok(chunks) => chunks,
+                Err(_) => return Poll::Ready(Ok(None)),
+            };
+            let r = chunks.next(usize::MAX);
+            // Finalizing may open flow-control credit for the peer: send it.
+            let _ = chunks.finalize();
+            let out = match r {
+                Ok(Some(chunk)) => Poll::Ready(Ok(Some(chunk.bytes))),
+                Ok(None) => Poll::Ready(Ok(None)),
+                Err(quinn_proto::ReadError::Blocked) => {
+                    if let Some(e) = &c.lost {
+                        return Poll::Ready(Err(QuicError::Lost(e.clone())));
+                    }
+                    c.readable.insert(id, cx.waker().clone());
+                    Poll::Pending
+                }
+                Err(quinn_proto::ReadError::Reset(code)) => {
+                    Poll::Ready(Err(QuicError::Reset(code.into_inner())))
+                }
+            };
+            st.dirty.insert(handle);
+            st.wake_driver();
+            out
+        })
+        .await?;
+        match got {
+            Some(mut bytes) => {
+                if bytes.len() > max {
+                    self.buffered = bytes.split_off(max);
+                }
+                Ok(Some(bytes))
+            }
+            None => {
+                self.finished = true;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Fills `out` exactly; `Ok(false)` if the stream ended before any byte of it, an
+    /// error if it ended part way.
+    pub async fn read_exact(&mut self, out: &mut [u8]) -> Result<bool, ReadExactError> {
+        let mut filled = 0;
+        while filled < out.len() {
+            match self.read_chunk(out.len() - filled).await? {
+                Some(b) => {
+                    out[filled..filled + b.len()].copy_from_slice(&b);
+                    filled += b.len();
+                }
+                None if filled == 0 => return Ok(false),
+                None => return Err(ReadExactError::Truncated),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Tells the peer to stop sending on this stream.
+    pub fn stop(&mut self, code: u32) {
+        self.finished = true;
+        self.conn.with(|c| {
+            let _ = c.conn.recv_stream(self.id).stop(VarInt::from_u32(code));
+        });
+    }
+}
+
+#[derive(Debug)]
+pub enum ReadExactError {
+    Quic(QuicError),
+    /// The stream ended in the middle of a value.
+    Truncated,
+}
+
+impl From<QuicError> for ReadExactError {
+    fn from(e: QuicError) -> Self {
+        ReadExactError::Quic(e)
+    }
+}
+
+impl std::fmt::Display for ReadExactError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadExactError::Quic(e) => e.fmt(f),
+            ReadExactError::Truncated => write!(f, "stream ended in the middle of a frame"),
+        }
+    }
+}
+
+impl Drop for SendStream {
+    fn drop(&mut self) {
+        // A stream dropped unfinished was abandoned (an error path): tell the peer, so it
+        // does not wait for bytes that will never come.
+        if !self.finished {
+            self.reset(0);
+        }
+    }
+}
+
+impl Drop for RecvStream {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.stop(0);
+        }
+    }
+}

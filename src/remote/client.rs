@@ -1,0 +1,1250 @@
+//! `tpc-xfer copy` with a `tpc://` side: push (local → server) and pull (server → local).
+//!
+//! Shard 0 dials the server, authenticates it, and runs the session's control stream: the
+//! manifest, the receiver's answer, commits, and the end. Every shard then opens its own
+//! connection to one server shard (client shard i → server shard i mod M, on that shard's
+//! port) and moves the chunk runs assigned to it — range r of a file goes to shard
+//! `range_shard(owner(path), r)`, as in a local copy — with many streams in flight. Range
+//! results travel back to shard 0 over the channel mesh; shard 0 commits a file once all
+//! its ranges are verified and written.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::executor;
+use serde::Serialize;
+use tpc_core::limits::RANGE_CHUNKS;
+use tpc_core::plan::{owner, range_shard};
+use tpc_core::relpath::RelPath;
+use tpc_core::wire::{
+    DestKind, Entry, ErrorCode, Frame, Get, NeedItem, Op, Put, WireKind, ENTRIES_PER_FRAME_MAX,
+    ITEMS_PER_FRAME_MAX, PROTOCOL_VERSION,
+};
+use tpc_core::EntryKind;
+use tpc_uring::confine::Root;
+use tpc_uring::quic::{bind_socket, udp_payload_max_towards, Connection, Endpoint, QuicError};
+use tpc_uring::Durability;
+
+use super::data::{receive_run, send_run, uring_file, DataError};
+use super::receiver::{full_path, temp_path, Failure, Receiver};
+use super::{
+    expect_frame, transport_config, write_frame, RemoteSpec, SessionError, CLOSE_DONE,
+    CONNECT_TIMEOUT, STREAMS_IN_FLIGHT_PER_SHARD,
+};
+use crate::auth::{self, Identity, KnownServers, ServerTrust};
+use crate::exit::{Exit, Problems};
+use crate::walk::{self, quote};
+
+pub struct RemoteOptions {
+    pub shard_count: usize,
+    pub durability: Durability,
+    pub quiet: bool,
+    pub json: bool,
+    pub state_dir: PathBuf,
+    pub accept_new: bool,
+}
+
+/// setuid and setgid are never sent as such: ownership is not transferred.
+const SETID_BITS: u32 = 0o6000;
+
+#[derive(Serialize, Default)]
+struct Summary {
+    direction: &'static str,
+    remote: String,
+    files: u64,
+    files_copied: u64,
+    files_unchanged: u64,
+    failed: u64,
+    bytes: u64,
+    seconds: f64,
+    throughput_bytes_per_sec: f64,
+    shards: usize,
+    server_shards: usize,
+    bytes_per_shard: Vec<u64>,
+    ranges_per_shard: Vec<u64>,
+    shard_cpus: Vec<usize>,
+    /// Largest UDP payload each shard's connection reached by path MTU discovery.
+    udp_payload_per_shard: Vec<u16>,
+}
+
+/// One file to move, as the data shards see it.
+struct WorkFile {
+    /// Path beneath the server root.
+    remote: Vec<u8>,
+    size: u64,
+    /// Push: the local source. Pull: the local temporary file beneath `Job::local_root`.
+    local_src: Option<PathBuf>,
+    local_tmp: Option<RelPath>,
+}
+
+#[derive(Clone, Copy)]
+struct RangeItem {
+    file: u32,
+    first: u32,
+    count: u32,
+}
+
+/// What shard 0 hands every shard once the receiver has answered.
+struct Work {
+    push: bool,
+    session: u64,
+    /// UDP port of each server shard.
+    ports: Vec<u16>,
+    files: Vec<WorkFile>,
+    /// Ranges per shard.
+    ranges: Vec<Vec<RangeItem>>,
+    local_root: Option<Arc<Root>>,
+}
+
+enum Msg {
+    Start(Arc<Work>),
+    Result {
+        file: u32,
+        result: Result<u64, Failure>,
+    },
+    Stop,
+}
+
+#[derive(Default)]
+struct ShardOut {
+    bytes: u64,
+    ranges: u64,
+    cpu: usize,
+    udp_payload: u16,
+    /// Only shard 0: the session's outcome.
+    summary: Option<(Summary, Problems)>,
+}
+
+/// Everything a shard needs to start; shared by all shards.
+struct Job {
+    remote: RemoteSpec,
+    server: SocketAddr,
+    client_config: quinn_proto::ClientConfig,
+    trust: ServerTrust,
+    state_dir: PathBuf,
+    opts_durable: bool,
+    quiet: bool,
+    plan: Mutex<Option<Plan>>,
+}
+
+enum Plan {
+    Push { sources: Vec<Source> },
+    Pull { dest: PathBuf },
+}
+
+/// One local source of a push, walked.
+struct Source {
+    arg: OsString,
+    path: PathBuf,
+    entries: Vec<walk::Entry>,
+}
+
+pub fn push(sources: &[OsString], remote: RemoteSpec, opts: &RemoteOptions) -> Exit {
+    let mut problems = Problems::default();
+    let mut walked = Vec::new();
+    for s in sources {
+        let path = PathBuf::from(s);
+        match walk::walk(&path) {
+            Ok((entries, errors)) => {
+                for e in errors {
+                    problems.report(
+                        Exit::Source,
+                        format!("cannot read {}: {}", quote(&e.path), e.error),
+                    );
+                }
+                walked.push(Source {
+                    arg: s.clone(),
+                    path,
+                    entries,
+                });
+            }
+            Err(e) => problems.report(Exit::Source, format!("source {}: {e}", quote(&path))),
+        }
+    }
+    if walked.is_empty() {
+        return problems.exit();
+    }
+    let exit = run(remote, opts, Plan::Push { sources: walked });
+    problems.record(exit);
+    problems.exit()
+}
+
+pub fn pull(remote: RemoteSpec, dest: &Path, opts: &RemoteOptions) -> Exit {
+    run(
+        remote,
+        opts,
+        Plan::Pull {
+            dest: dest.to_path_buf(),
+        },
+    )
+}
+
+fn run(remote: RemoteSpec, opts: &RemoteOptions, plan: Plan) -> Exit {
+    let started = Instant::now();
+    let server = match remote.resolve() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("tpc-xfer: {e}");
+            return Exit::Network;
+        }
+    };
+    let setup = (|| {
+        let identity = Identity::load_or_create(&opts.state_dir)?;
+        let known = KnownServers::load(&opts.state_dir)?;
+        let trust = ServerTrust::new(&known, &remote.authority, opts.accept_new)?;
+        let mut config = auth::quic_client_config(&identity, trust.clone())?;
+        config.transport_config(transport_config(
+            udp_payload_max_towards(server).unwrap_or(1452),
+        ));
+        Ok::<_, auth::AuthError>((config, trust))
+    })();
+    let (client_config, trust) = match setup {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("tpc-xfer: {e}");
+            return Exit::Auth;
+        }
+    };
+    let job = Arc::new(Job {
+        remote,
+        server,
+        client_config,
+        trust,
+        state_dir: opts.state_dir.clone(),
+        opts_durable: opts.durability == Durability::Batch,
+        quiet: opts.quiet,
+        plan: Mutex::new(Some(plan)),
+    });
+    let shard_count = opts.shard_count;
+    let outs = match tpc_uring::run_shards::<Msg, ShardOut, _, _>(shard_count, 1024, {
+        let job = job.clone();
+        move |ctx| shard_main(ctx.shard, ctx.cpu, shard_count, ctx.mesh, job.clone())
+    }) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("tpc-xfer: {e}");
+            return Exit::Engine;
+        }
+    };
+    let mut outs = outs;
+    let Some((mut summary, problems)) = outs[0].summary.take() else {
+        return Exit::Engine;
+    };
+    summary.shards = shard_count;
+    summary.bytes_per_shard = outs.iter().map(|o| o.bytes).collect();
+    summary.ranges_per_shard = outs.iter().map(|o| o.ranges).collect();
+    summary.shard_cpus = outs.iter().map(|o| o.cpu).collect();
+    summary.udp_payload_per_shard = outs.iter().map(|o| o.udp_payload).collect();
+    summary.seconds = started.elapsed().as_secs_f64();
+    summary.throughput_bytes_per_sec = summary.bytes as f64 / summary.seconds.max(1e-9);
+    if opts.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).expect("summary serializes")
+        );
+    } else if !opts.quiet {
+        eprintln!(
+            "tpc-xfer: {} {} of {} files ({} bytes) in {:.2} s, {} unchanged, {} failed",
+            summary.direction,
+            summary.files_copied,
+            summary.files,
+            summary.bytes,
+            summary.seconds,
+            summary.files_unchanged,
+            summary.failed
+        );
+    }
+    problems.exit()
+}
+
+fn unspecified_for(addr: SocketAddr) -> SocketAddr {
+    if addr.is_ipv6() {
+        "[::]:0".parse().expect("literal")
+    } else {
+        "0.0.0.0:0".parse().expect("literal")
+    }
+}
+
+async fn shard_main(
+    shard: usize,
+    cpu: usize,
+    shard_count: usize,
+    mesh: MeshBuilder<Msg, Full>,
+    job: Arc<Job>,
+) -> ShardOut {
+    let mut out = ShardOut {
+        cpu,
+        ..Default::default()
+    };
+    let (senders, mut receivers) = match mesh.join().await {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("tpc-xfer: shard {shard} cannot join the channel mesh: {e}");
+            return out;
+        }
+    };
+    let endpoint =
+        match bind_socket(unspecified_for(job.server)).and_then(|s| Endpoint::new(s, None)) {
+            Ok(ep) => ep,
+            Err(e) => {
+                eprintln!("tpc-xfer: cannot open a UDP socket: {e}");
+                if shard == 0 {
+                    let mut p = Problems::default();
+                    p.record(Exit::Engine);
+                    out.summary = Some((Summary::default(), p));
+                    for peer in 1..shard_count {
+                        let _ = senders.send_to(peer, Msg::Stop).await;
+                    }
+                }
+                return out;
+            }
+        };
+    if shard == 0 {
+        coordinator(
+            &job,
+            &endpoint,
+            &senders,
+            &mut receivers,
+            shard_count,
+            &mut out,
+        )
+        .await;
+    } else {
+        worker_shard(shard, &job, &endpoint, &senders, &mut receivers, &mut out).await;
+    }
+    endpoint.shutdown();
+    out
+}
+
+/// A shard other than 0: wait for the work, dial its server shard, move its ranges.
+async fn worker_shard(
+    shard: usize,
+    job: &Job,
+    endpoint: &Endpoint,
+    senders: &Senders<Msg>,
+    receivers: &mut Receivers<Msg>,
+    out: &mut ShardOut,
+) {
+    let work = match receivers.recv_from(0).await {
+        Ok(Some(Msg::Start(w))) => w,
+        _ => return,
+    };
+    let mut addr = job.server;
+    addr.set_port(work.ports[shard % work.ports.len()]);
+    let conn =
+        match tokio_free_timeout(endpoint.connect(job.client_config.clone(), addr, "tpc-xfer"))
+            .await
+        {
+            Some(Ok(c)) => Some(c),
+            Some(Err(e)) => {
+                eprintln!("tpc-xfer: shard {shard} cannot connect to {addr}: {e}");
+                None
+            }
+            None => {
+                eprintln!("tpc-xfer: shard {shard}: no answer from {addr}");
+                None
+            }
+        };
+    let (tx, rx) = local_channel::new_unbounded::<(u32, Result<u64, Failure>)>();
+    let forward = async {
+        while let Some((file, result)) = rx.recv().await {
+            if senders
+                .send_to(0, Msg::Result { file, result })
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let moved = run_ranges(shard, conn.clone(), work.clone(), tx);
+    let (stats, ()) = futures_lite::future::zip(moved, forward).await;
+    out.bytes = stats.0;
+    out.ranges = stats.1;
+    if let Some(c) = &conn {
+        out.udp_payload = c.current_mtu();
+    }
+    // Wait for shard 0 to finish the session before closing our connection.
+    let _ = receivers.recv_from(0).await;
+    if let Some(c) = conn {
+        c.close(CLOSE_DONE, b"done");
+    }
+    endpoint.wait_idle().await;
+}
+
+/// `CONNECT_TIMEOUT` around a connect: `None` if the server did not answer in time.
+async fn tokio_free_timeout<T>(f: impl std::future::Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(f.await) }, async {
+        glommio::timer::sleep(CONNECT_TIMEOUT).await;
+        None
+    })
+    .await
+}
+
+/// Moves this shard's ranges with `STREAMS_IN_FLIGHT_PER_SHARD` streams at once, sending
+/// each range's result to `results`. Returns (bytes, ranges) moved.
+async fn run_ranges(
+    shard: usize,
+    conn: Option<Connection>,
+    work: Arc<Work>,
+    results: LocalSender<(u32, Result<u64, Failure>)>,
+) -> (u64, u64) {
+    let queue: Rc<RefCell<VecDeque<RangeItem>>> = Rc::new(RefCell::new(
+        work.ranges.get(shard).cloned().unwrap_or_default().into(),
+    ));
+    let totals = Rc::new(RefCell::new((0u64, 0u64)));
+    let results = Rc::new(results);
+    let mut tasks = Vec::new();
+    for _ in 0..STREAMS_IN_FLIGHT_PER_SHARD {
+        let queue = queue.clone();
+        let totals = totals.clone();
+        let results = results.clone();
+        let conn = conn.clone();
+        let work = work.clone();
+        tasks.push(glommio::spawn_local(async move {
+            loop {
+                let Some(item) = queue.borrow_mut().pop_front() else {
+                    break;
+                };
+                let result = match &conn {
+                    Some(c) => move_range(c, &work, item).await,
+                    None => Err(Failure::new(ErrorCode::Io, "no connection to the server")),
+                };
+                if let Ok(n) = &result {
+                    let mut t = totals.borrow_mut();
+                    t.0 += n;
+                    t.1 += 1;
+                }
+                if results.send((item.file, result)).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await;
+    }
+    let t = *totals.borrow();
+    t
+}
+
+fn data_failure(e: DataError) -> Failure {
+    match e {
+        DataError::Local(f) => f,
+        DataError::Session(SessionError::Remote { code, message }) => Failure::new(code, message),
+        DataError::Session(e) => Failure::new(ErrorCode::Io, e.to_string()),
+    }
+}
+
+async fn move_range(conn: &Connection, work: &Work, item: RangeItem) -> Result<u64, Failure> {
+    let f = &work.files[item.file as usize];
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| Failure::new(ErrorCode::Io, e.to_string()))?;
+    let io = |e: SessionError| data_failure(DataError::Session(e));
+    if work.push {
+        let src = f.local_src.as_ref().expect("push has sources");
+        write_frame(
+            &mut send,
+            &Frame::Put(Put {
+                session: work.session,
+                file: item.file,
+                path: f.remote.clone(),
+                size: f.size,
+                chunk_first: item.first,
+                chunk_count: item.count,
+            }),
+        )
+        .await
+        .map_err(io)?;
+        let file = glommio::io::BufferedFile::open(src)
+            .await
+            .map_err(|e| Failure::new(ErrorCode::Io, format!("cannot open {}: {e}", quote(src))))?;
+        let what = quote(src);
+        let sent = send_run(&file, &what, f.size, item.first, item.count, &mut send).await;
+        let _ = file.close().await;
+        let n = sent.map_err(data_failure)?;
+        send.finish().map_err(|e| io(e.into()))?;
+        match expect_frame(&mut recv).await.map_err(io)? {
+            Frame::RangeOk => Ok(n),
+            other => Err(Failure::new(
+                ErrorCode::Protocol,
+                format!("server answered a range with frame type {}", other.kind()),
+            )),
+        }
+    } else {
+        write_frame(
+            &mut send,
+            &Frame::Get(Get {
+                session: work.session,
+                file: item.file,
+                path: f.remote.clone(),
+                size: f.size,
+                chunk_first: item.first,
+                chunk_count: item.count,
+            }),
+        )
+        .await
+        .map_err(io)?;
+        send.finish().map_err(|e| io(e.into()))?;
+        match expect_frame(&mut recv).await.map_err(io)? {
+            Frame::Data { chunk_count } if chunk_count == item.count => {}
+            other => {
+                return Err(Failure::new(
+                    ErrorCode::Protocol,
+                    format!("server answered a Get with frame type {}", other.kind()),
+                ))
+            }
+        }
+        let root = work.local_root.as_ref().expect("pull has a local root");
+        let tmp = f.local_tmp.as_ref().expect("pull has temporaries");
+        let fd = root
+            .open(tmp, libc::O_WRONLY, 0)
+            .map_err(|e| Failure::new(ErrorCode::Io, e.to_string()))?;
+        let file = uring_file(fd);
+        let what = tmp.to_string();
+        let got = receive_run(&mut recv, &file, &what, f.size, item.first, item.count).await;
+        let _ = file.close().await;
+        got.map_err(data_failure)
+    }
+}
+
+/// How shard 0 reports a failure that ends the session.
+fn fail_session(out: &mut ShardOut, exit: Exit, message: String, direction: &'static str) {
+    let mut p = Problems::default();
+    p.report(exit, message);
+    out.summary = Some((
+        Summary {
+            direction,
+            ..Default::default()
+        },
+        p,
+    ));
+}
+
+fn exit_for(code: ErrorCode, push: bool) -> Exit {
+    match code {
+        ErrorCode::NoSpace => Exit::NoSpace,
+        ErrorCode::NotWritable => Exit::Destination,
+        ErrorCode::NotFound | ErrorCode::PathRefused if !push => Exit::Source,
+        ErrorCode::NotFound | ErrorCode::PathRefused => Exit::Destination,
+        ErrorCode::HashMismatch => Exit::Verify,
+        ErrorCode::Protocol | ErrorCode::Version => Exit::Protocol,
+        ErrorCode::Changed => Exit::Source,
+        ErrorCode::Io | ErrorCode::Busy => {
+            if push {
+                Exit::Destination
+            } else {
+                Exit::Source
+            }
+        }
+    }
+}
+
+/// Explains a failed connect: the server's key (unknown or changed), this client refused
+/// by the server, or no server at all.
+fn connect_failure(job: &Job, e: &QuicError) -> (Exit, String) {
+    if let Some(auth) = job.trust.failure() {
+        return (Exit::Auth, auth.to_string());
+    }
+    if let QuicError::Lost(reason) = e {
+        if auth::quic_refused_by_server(reason) {
+            return (
+                Exit::Auth,
+                format!(
+                    "server {} refused this client: add this host's key (tpc-xfer id --state {}) to the server's authorized-clients",
+                    job.remote.authority,
+                    job.state_dir.display()
+                ),
+            );
+        }
+    }
+    (
+        Exit::Network,
+        format!("cannot connect to server {}: {e}", job.remote.authority),
+    )
+}
+
+/// Shard 0: authenticate, run the session's control stream, hand out work, commit.
+async fn coordinator(
+    job: &Job,
+    endpoint: &Endpoint,
+    senders: &Senders<Msg>,
+    receivers: &mut Receivers<Msg>,
+    shard_count: usize,
+    out: &mut ShardOut,
+) {
+    let plan = job
+        .plan
+        .lock()
+        .expect("not poisoned")
+        .take()
+        .expect("one coordinator");
+    let push = matches!(plan, Plan::Push { .. });
+    let direction = if push { "push" } else { "pull" };
+    let stop_peers = || async {
+        for peer in 1..shard_count {
+            let _ = senders.send_to(peer, Msg::Stop).await;
+        }
+    };
+    let conn = match tokio_free_timeout(endpoint.connect(
+        job.client_config.clone(),
+        job.server,
+        "tpc-xfer",
+    ))
+    .await
+    {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            let (exit, msg) = connect_failure(job, &e);
+            fail_session(out, exit, msg, direction);
+            stop_peers().await;
+            return;
+        }
+        None => {
+            fail_session(
+                out,
+                Exit::Network,
+                format!(
+                    "server {} unreachable: no answer within {} s",
+                    job.remote.authority,
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+                direction,
+            );
+            stop_peers().await;
+            return;
+        }
+    };
+    if let Some(fp) = job.trust.accepted_new() {
+        match KnownServers::record(&job.state_dir, &job.remote.authority, fp) {
+            Ok(()) => {
+                if !job.quiet {
+                    eprintln!(
+                        "tpc-xfer: trusting new server {} with key {fp} (recorded in known-servers)",
+                        job.remote.authority
+                    );
+                }
+            }
+            Err(e) => eprintln!("tpc-xfer: {e}"),
+        }
+    }
+    let result = session(job, &conn, plan, senders, receivers, shard_count, out).await;
+    if let Err((exit, msg)) = result {
+        let mut p = out.summary.take().map(|s| s.1).unwrap_or_default();
+        p.report(exit, msg);
+        let summary = Summary {
+            direction,
+            ..Default::default()
+        };
+        out.summary = Some((summary, p));
+    }
+    out.udp_payload = conn.current_mtu();
+    stop_peers().await;
+    conn.close(CLOSE_DONE, b"done");
+    endpoint.wait_idle().await;
+}
+
+type SessionResult = Result<(), (Exit, String)>;
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    job: &Job,
+    conn: &Connection,
+    plan: Plan,
+    senders: &Senders<Msg>,
+    receivers: &mut Receivers<Msg>,
+    shard_count: usize,
+    out: &mut ShardOut,
+) -> SessionResult {
+    let push = matches!(plan, Plan::Push { .. });
+    let lost = |e: SessionError| match e {
+        SessionError::Remote { code, message } => {
+            (exit_for(code, push), format!("server: {message}"))
+        }
+        SessionError::Wire(w) => (Exit::Protocol, format!("server sent an invalid frame: {w}")),
+        other => (
+            Exit::Network,
+            format!("connection to {} lost: {other}", job.remote.authority),
+        ),
+    };
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(e.into()))?;
+    let path = job.remote.path.clone();
+    let op = if push {
+        Op::Push {
+            dest: path.clone(),
+            durable: job.opts_durable,
+        }
+    } else {
+        Op::Pull { src: path.clone() }
+    };
+    write_frame(
+        &mut send,
+        &Frame::Hello {
+            version: PROTOCOL_VERSION,
+            op,
+        },
+    )
+    .await
+    .map_err(lost)?;
+    let (session, ports, dest_kind) = match expect_frame(&mut recv).await.map_err(lost)? {
+        Frame::Welcome {
+            session,
+            shard_ports,
+            dest,
+        } => (session, shard_ports, dest),
+        f => {
+            return Err((
+                Exit::Protocol,
+                format!("server answered Hello with frame type {}", f.kind()),
+            ))
+        }
+    };
+    let mut summary = Summary {
+        direction: if push { "push" } else { "pull" },
+        remote: job.remote.authority.clone(),
+        server_shards: ports.len(),
+        ..Default::default()
+    };
+    let mut problems = Problems::default();
+    let base_trimmed = path.strip_suffix(b"/").unwrap_or(&path).to_vec();
+
+    // The manifest, and the receiver's answer.
+    let mut files: Vec<WorkFile> = Vec::new();
+    let mut needs: Vec<NeedItem> = Vec::new();
+    let mut entry_paths: Vec<Vec<u8>> = Vec::new();
+    let mut local_receiver: Option<Receiver> = None;
+    let mut local_root = None;
+    match plan {
+        Plan::Push { sources } => {
+            let (entries, srcs) = push_manifest(&sources, &path, dest_kind);
+            summary.files = entries.len() as u64;
+            for batch in entries.chunks(ENTRIES_PER_FRAME_MAX) {
+                write_frame(&mut send, &Frame::Entries(batch.to_vec()))
+                    .await
+                    .map_err(lost)?;
+            }
+            write_frame(
+                &mut send,
+                &Frame::EntriesEnd {
+                    count: entries.len() as u64,
+                },
+            )
+            .await
+            .map_err(lost)?;
+            let base =
+                RelPath::parse(&base_trimmed).map_err(|e| (Exit::Destination, e.to_string()))?;
+            for (e, src) in entries.iter().zip(srcs) {
+                let remote = full_path(&base, &e.path)
+                    .map(|p| p.into_bytes())
+                    .unwrap_or_default();
+                files.push(WorkFile {
+                    remote,
+                    size: e.size,
+                    local_src: src,
+                    local_tmp: None,
+                });
+                entry_paths.push(e.path.clone());
+            }
+            loop {
+                match expect_frame(&mut recv).await.map_err(lost)? {
+                    Frame::Need(items) => needs.extend(items),
+                    Frame::Failed {
+                        file,
+                        code,
+                        message,
+                    } => {
+                        problems.report(exit_for(code, true), format!("server: {message}"));
+                        summary.failed += 1;
+                        let _ = file;
+                    }
+                    Frame::NeedEnd => break,
+                    f => {
+                        return Err((
+                            Exit::Protocol,
+                            format!("unexpected frame type {} before NeedEnd", f.kind()),
+                        ))
+                    }
+                }
+            }
+        }
+        Plan::Pull { dest } => {
+            let mut entries = Vec::new();
+            loop {
+                match expect_frame(&mut recv).await.map_err(lost)? {
+                    Frame::Entries(batch) => entries.extend(batch),
+                    Frame::EntriesEnd { count } if count == entries.len() as u64 => break,
+                    f => {
+                        return Err((
+                            Exit::Protocol,
+                            format!("unexpected frame type {} in the manifest", f.kind()),
+                        ))
+                    }
+                }
+            }
+            summary.files = entries.len() as u64;
+            let (root, base) = pull_target(&path, dest_kind, &dest)?;
+            let root = Arc::new(root);
+            let mut receiver = Receiver::new(root.clone(), base, session, job.opts_durable);
+            let src_base =
+                RelPath::parse(&base_trimmed).map_err(|e| (Exit::Source, e.to_string()))?;
+            for e in &entries {
+                let remote = full_path(&src_base, &e.path)
+                    .map(|p| p.into_bytes())
+                    .map_err(|f| (Exit::Protocol, f.message))?;
+                files.push(WorkFile {
+                    remote,
+                    size: e.size,
+                    local_src: None,
+                    local_tmp: None,
+                });
+                entry_paths.push(e.path.clone());
+            }
+            receiver.add(entries).map_err(|f| {
+                (
+                    Exit::Protocol,
+                    format!("server manifest refused: {}", f.message),
+                )
+            })?;
+            let (receiver, (n, failed)) = executor()
+                .spawn_blocking(move || {
+                    let plan = receiver.plan();
+                    (receiver, plan)
+                })
+                .await;
+            for (_, f) in failed {
+                problems.report(exit_for(f.code, true), f.message);
+                summary.failed += 1;
+            }
+            for item in &n {
+                if let Some((full, _)) = receiver.receiving(item.file) {
+                    files[item.file as usize].local_tmp =
+                        temp_path(&full, std::process::id(), session, item.file).ok();
+                }
+            }
+            needs = n;
+            local_receiver = Some(receiver);
+            local_root = Some(root);
+        }
+    }
+
+    // Ranges, assigned to shards as in a local copy.
+    let mut ranges: Vec<Vec<RangeItem>> = vec![Vec::new(); shard_count];
+    let mut remaining = vec![0u32; files.len()];
+    for n in &needs {
+        let Some(path) = entry_paths.get(n.file as usize) else {
+            return Err((
+                Exit::Protocol,
+                format!("receiver asked for unknown file {}", n.file),
+            ));
+        };
+        let o = owner(path, shard_count);
+        let mut first = n.chunk_first;
+        let end = n.chunk_first.saturating_add(n.chunk_count);
+        while first < end {
+            let count = (end - first).min(RANGE_CHUNKS as u32);
+            let s = range_shard(o, first / RANGE_CHUNKS as u32, shard_count).0 as usize;
+            ranges[s].push(RangeItem {
+                file: n.file,
+                first,
+                count,
+            });
+            remaining[n.file as usize] += 1;
+            first += count;
+        }
+    }
+    let to_move = needs.len() as u64;
+    summary.files_unchanged = summary.files.saturating_sub(to_move + summary.failed);
+    let work = Arc::new(Work {
+        push,
+        session,
+        ports: ports.clone(),
+        files,
+        ranges,
+        local_root,
+    });
+    for peer in 1..shard_count {
+        let _ = senders.send_to(peer, Msg::Start(work.clone())).await;
+    }
+
+    // Events: range results (this shard's and the peers'), and control frames.
+    enum Ev {
+        Range(u32, Result<u64, Failure>),
+        Frame(Result<Frame, SessionError>),
+    }
+    let (tx, rx) = local_channel::new_unbounded::<Ev>();
+    let (rtx, rrx) = local_channel::new_unbounded::<(u32, Result<u64, Failure>)>();
+    let own = run_ranges(0, Some(conn.clone()), work.clone(), rtx);
+    let tx = Rc::new(tx);
+    let relay_own = {
+        let tx = tx.clone();
+        async move {
+            while let Some((f, r)) = rrx.recv().await {
+                let _ = tx.send(Ev::Range(f, r)).await;
+            }
+        }
+    };
+    let mut peer_relays = Vec::new();
+    for (peer, stream) in receivers.streams() {
+        if peer == 0 {
+            continue;
+        }
+        let tx = tx.clone();
+        // Each peer's results arrive on its own mesh receiver.
+        peer_relays.push(glommio::spawn_local(async move {
+            use futures_lite::StreamExt;
+            let mut stream = stream;
+            while let Some(msg) = stream.next().await {
+                if let Msg::Result { file, result } = msg {
+                    if tx.send(Ev::Range(file, result)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    let control_reader = {
+        let tx = tx.clone();
+        glommio::spawn_local(async move {
+            loop {
+                let f = expect_frame(&mut recv).await;
+                let end = f.is_err();
+                if tx.send(Ev::Frame(f)).await.is_err() || end {
+                    break;
+                }
+            }
+            recv
+        })
+    };
+    let own_task = glommio::spawn_local(async move {
+        let (stats, ()) = futures_lite::future::zip(own, relay_own).await;
+        stats
+    });
+    drop(tx);
+
+    let mut unresolved: u64 = to_move;
+    let mut batch: Vec<u32> = Vec::new();
+    let mut in_commit: u64 = 0;
+    let mut session_error = None;
+    let mut failed_files = vec![false; remaining.len()];
+    while unresolved > 0 {
+        if push && in_commit == 0 && !batch.is_empty() {
+            let files: Vec<u32> = batch
+                .drain(..batch.len().min(ITEMS_PER_FRAME_MAX))
+                .collect();
+            in_commit = files.len() as u64;
+            if let Err(e) = write_frame(&mut send, &Frame::Commit { files }).await {
+                session_error = Some(lost(e));
+                break;
+            }
+        }
+        if !push && !batch.is_empty() {
+            let files = std::mem::take(&mut batch);
+            let mut r = local_receiver.take().expect("receiver is home");
+            let (r, (ok, failed)) = executor()
+                .spawn_blocking(move || {
+                    let out = r.commit(&files);
+                    (r, out)
+                })
+                .await;
+            local_receiver = Some(r);
+            summary.files_copied += ok.len() as u64;
+            unresolved -= ok.len() as u64;
+            for (_, f) in failed {
+                problems.report(exit_for(f.code, true), f.message);
+                summary.failed += 1;
+                unresolved -= 1;
+            }
+            continue;
+        }
+        let Some(ev) = rx.recv().await else {
+            break;
+        };
+        match ev {
+            Ev::Range(file, Ok(n)) => {
+                summary.bytes += n;
+                let i = file as usize;
+                remaining[i] -= 1;
+                if remaining[i] == 0 && !failed_files[i] {
+                    batch.push(file);
+                }
+            }
+            Ev::Range(file, Err(f)) => {
+                let i = file as usize;
+                remaining[i] -= 1;
+                if !failed_files[i] {
+                    failed_files[i] = true;
+                    problems.report(exit_for(f.code, push), f.message.clone());
+                    summary.failed += 1;
+                    unresolved -= 1;
+                    if let Some(r) = local_receiver.as_mut() {
+                        r.fail(file);
+                    }
+                }
+            }
+            Ev::Frame(Ok(Frame::Committed { files })) => {
+                summary.files_copied += files.len() as u64;
+                unresolved -= files.len() as u64;
+                in_commit = in_commit.saturating_sub(files.len() as u64);
+            }
+            Ev::Frame(Ok(Frame::Failed { code, message, .. })) => {
+                problems.report(exit_for(code, push), format!("server: {message}"));
+                summary.failed += 1;
+                unresolved -= 1;
+                in_commit = in_commit.saturating_sub(1);
+            }
+            Ev::Frame(Ok(f)) => {
+                session_error = Some((
+                    Exit::Protocol,
+                    format!("unexpected frame type {} from the server", f.kind()),
+                ));
+                break;
+            }
+            Ev::Frame(Err(e)) => {
+                session_error = Some(lost(e));
+                break;
+            }
+        }
+    }
+    let stats = own_task.await;
+    out.bytes = stats.0;
+    out.ranges = stats.1;
+    if let Some(e) = session_error {
+        out.summary = Some((summary, problems));
+        return Err(e);
+    }
+    // Symlinks and directory metadata, then the end of the session.
+    if let Some(mut r) = local_receiver.take() {
+        let (r, failed) = executor()
+            .spawn_blocking(move || {
+                let out = r.finish();
+                (r, out)
+            })
+            .await;
+        for (_, f) in failed {
+            problems.report(exit_for(f.code, true), f.message);
+            summary.failed += 1;
+        }
+        summary.files_copied = r.files_written;
+    }
+    if let Err(e) = write_frame(&mut send, &Frame::Finish).await {
+        out.summary = Some((summary, problems));
+        return Err(lost(e));
+    }
+    let _ = send.finish();
+    // The control reader goes on delivering frames: wait for the server's Done.
+    loop {
+        match rx.recv().await {
+            Some(Ev::Frame(Ok(Frame::Done { files, .. }))) => {
+                if push {
+                    summary.files_copied = files;
+                }
+                break;
+            }
+            Some(Ev::Frame(Ok(Frame::Failed { code, message, .. }))) => {
+                problems.report(exit_for(code, push), format!("server: {message}"));
+                summary.failed += 1;
+            }
+            Some(Ev::Frame(Ok(f))) => {
+                out.summary = Some((summary, problems));
+                return Err((
+                    Exit::Protocol,
+                    format!("unexpected frame type {} at the end", f.kind()),
+                ));
+            }
+            Some(Ev::Frame(Err(e))) => {
+                out.summary = Some((summary, problems));
+                return Err(lost(e));
+            }
+            Some(Ev::Range(..)) => {}
+            None => {
+                out.summary = Some((summary, problems));
+                return Err(lost(SessionError::Ended));
+            }
+        }
+    }
+    control_reader.cancel().await;
+    for r in peer_relays {
+        r.cancel().await;
+    }
+    out.summary = Some((summary, problems));
+    Ok(())
+}
+
+/// The manifest of a push: rsync's rules decide where each source lands beneath the
+/// remote destination (`src/` → its contents; `src` → `dest/src`; a single file onto a
+/// path that is not a directory → that path).
+fn push_manifest(
+    sources: &[Source],
+    dest: &[u8],
+    dest_kind: DestKind,
+) -> (Vec<Entry>, Vec<Option<PathBuf>>) {
+    let dest_says_dir = dest.ends_with(b"/") || dest.is_empty();
+    let into_dir = dest_kind == DestKind::Dir || dest_says_dir || sources.len() > 1;
+    let mut entries = Vec::new();
+    let mut srcs = Vec::new();
+    let mut has_base = false;
+    for s in sources {
+        let contents = s.arg.as_bytes().ends_with(b"/") || s.path.file_name().is_none();
+        let name = s
+            .path
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_default();
+        let is_dir = s
+            .entries
+            .first()
+            .is_some_and(|e| e.meta.kind == EntryKind::Dir);
+        let prefix: Vec<u8> = if is_dir {
+            if contents {
+                Vec::new()
+            } else {
+                name
+            }
+        } else if into_dir {
+            name
+        } else {
+            Vec::new()
+        };
+        for e in &s.entries {
+            let rel = e.rel.as_os_str().as_bytes();
+            let path = match (prefix.is_empty(), rel.is_empty()) {
+                (true, _) => rel.to_vec(),
+                (false, true) => prefix.clone(),
+                (false, false) => [&prefix[..], b"/", rel].concat(),
+            };
+            if path.is_empty() {
+                has_base = true;
+            }
+            let (kind, target, size, src) = match e.meta.kind {
+                EntryKind::File => (
+                    WireKind::File,
+                    Vec::new(),
+                    e.meta.size_bytes,
+                    Some(s.path.join(&e.rel)),
+                ),
+                EntryKind::Dir => (WireKind::Dir, Vec::new(), 0, None),
+                EntryKind::Symlink => (
+                    WireKind::Symlink,
+                    e.meta.link_target.clone().unwrap_or_default(),
+                    0,
+                    None,
+                ),
+                EntryKind::Special => {
+                    eprintln!(
+                        "tpc-xfer: skipping special file {}",
+                        quote(&s.path.join(&e.rel))
+                    );
+                    continue;
+                }
+            };
+            let src = src.map(|p| {
+                if e.rel.as_os_str().is_empty() {
+                    s.path.clone()
+                } else {
+                    p
+                }
+            });
+            entries.push(Entry {
+                kind,
+                path,
+                size,
+                mode: if kind == WireKind::File {
+                    e.meta.mode & !SETID_BITS
+                } else {
+                    e.meta.mode
+                } & 0o7777,
+                mtime: (e.meta.mtime_sec, e.meta.mtime_nsec),
+                target,
+                hashes: Vec::new(),
+            });
+            srcs.push(src);
+        }
+    }
+    if into_dir && !has_base && dest_kind == DestKind::Missing {
+        // The destination directory itself, created for several sources or `dest/`.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        entries.insert(
+            0,
+            Entry {
+                kind: WireKind::Dir,
+                path: Vec::new(),
+                size: 0,
+                mode: 0o755,
+                mtime: (now.as_secs() as i64, now.subsec_nanos()),
+                target: Vec::new(),
+                hashes: Vec::new(),
+            },
+        );
+        srcs.insert(0, None);
+    }
+    (entries, srcs)
+}
+
+/// Where a pull lands locally: the root the receiver is confined to and the base beneath
+/// it, by the same rules as a local copy.
+fn pull_target(
+    src: &[u8],
+    src_kind: DestKind,
+    dest: &Path,
+) -> Result<(Root, RelPath), (Exit, String)> {
+    let contents = src.ends_with(b"/") || src.is_empty();
+    let trimmed = src.strip_suffix(b"/").unwrap_or(src);
+    let name = trimmed
+        .rsplit(|&b| b == b'/')
+        .next()
+        .unwrap_or(b"")
+        .to_vec();
+    let dest_is_dir = std::fs::metadata(dest).map(|m| m.is_dir()).unwrap_or(false);
+    let dest_says_dir = dest.as_os_str().as_bytes().ends_with(b"/");
+    let open = |dir: &Path| -> Result<Root, (Exit, String)> {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                (
+                    Exit::for_write_error(&e),
+                    format!("cannot create {}: {e}", quote(dir)),
+                )
+            })?;
+        }
+        Root::open_ambient(dir).map_err(|e| {
+            (
+                Exit::for_write_error(&e),
+                format!("cannot open {}: {e}", quote(dir)),
+            )
+        })
+    };
+    let rel = |b: &[u8]| RelPath::parse(b).map_err(|e| (Exit::Protocol, e.to_string()));
+    if src_kind == DestKind::Dir {
+        let root = open(dest)?;
+        let base = if contents || name.is_empty() {
+            RelPath::root()
+        } else {
+            rel(&name)?
+        };
+        Ok((root, base))
+    } else if dest_is_dir || dest_says_dir {
+        Ok((open(dest)?, rel(&name)?))
+    } else {
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let file = dest
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .ok_or_else(|| (Exit::Usage, format!("bad destination {}", quote(dest))))?;
+        Ok((open(&parent)?, rel(&file)?))
+    }
+}

@@ -1,0 +1,167 @@
+//! The data path of a remote transfer, on a shard: read a run of chunks with io_uring,
+//! hash each with BLAKE3 and send it with its hash; or receive a run, verify every chunk
+//! against its hash, and only then write it with io_uring.
+
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+
+use glommio::io::BufferedFile;
+use tpc_core::limits::CHUNK_SIZE_BYTES;
+use tpc_core::wire::{run_bytes, ErrorCode};
+use tpc_uring::quic::{RecvStream, SendStream};
+
+use super::receiver::Failure;
+use super::SessionError;
+
+/// Why a run of chunks could not be moved.
+#[derive(Debug)]
+pub enum DataError {
+    /// The peer or the connection failed.
+    Session(SessionError),
+    /// Local I/O failed, or data did not verify; sent to the peer as this failure.
+    Local(Failure),
+}
+
+impl From<SessionError> for DataError {
+    fn from(e: SessionError) -> Self {
+        DataError::Session(e)
+    }
+}
+
+impl std::fmt::Display for DataError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DataError::Session(e) => e.fmt(f),
+            DataError::Local(x) => f.write_str(&x.message),
+        }
+    }
+}
+
+/// Wraps an fd opened (and confined) elsewhere so io_uring reads and writes go to it.
+pub fn uring_file(fd: OwnedFd) -> BufferedFile {
+    // SAFETY: we hand over ownership of a valid fd.
+    unsafe { BufferedFile::from_raw_fd(fd.into_raw_fd()) }
+}
+
+fn io_failure(what: &str, e: impl std::fmt::Display, errno: Option<i32>) -> DataError {
+    DataError::Local(Failure::new(
+        errno.map_or(ErrorCode::Io, ErrorCode::for_errno),
+        format!("{what}: {e}"),
+    ))
+}
+
+fn glommio_errno(e: &glommio::GlommioError<()>) -> Option<i32> {
+    match e {
+        glommio::GlommioError::IoError(io) => io.raw_os_error(),
+        glommio::GlommioError::EnhancedIoError { source, .. } => source.raw_os_error(),
+        _ => None,
+    }
+}
+
+/// Sends chunks `first .. first + count` of `file` (of `size` bytes): each chunk's bytes,
+/// then its BLAKE3 hash. Returns the bytes sent. A file that is shorter than announced
+/// (it changed since the manifest) fails with `Changed`.
+pub async fn send_run(
+    file: &BufferedFile,
+    what: &str,
+    size: u64,
+    first: u32,
+    count: u32,
+    send: &mut SendStream,
+) -> Result<u64, DataError> {
+    let (start, len) = run_bytes(size, first, count).ok_or_else(|| {
+        DataError::Local(Failure::new(
+            ErrorCode::Protocol,
+            "chunk run outside the file",
+        ))
+    })?;
+    let end = start + len;
+    let mut pos = start;
+    loop {
+        let n = (end - pos).min(CHUNK_SIZE_BYTES) as usize;
+        let data = if n > 0 {
+            let buf = file
+                .read_at(pos, n)
+                .await
+                .map_err(|e| io_failure(what, &e, glommio_errno(&e)))?;
+            if buf.len() != n {
+                return Err(DataError::Local(Failure::new(
+                    ErrorCode::Changed,
+                    format!("{what}: file shrank while being sent"),
+                )));
+            }
+            Some(buf)
+        } else {
+            None
+        };
+        let bytes: &[u8] = data.as_deref().unwrap_or(&[]);
+        let hash = blake3::hash(bytes);
+        send.write_all(bytes).await.map_err(SessionError::from)?;
+        send.write_all(hash.as_bytes())
+            .await
+            .map_err(SessionError::from)?;
+        pos += n as u64;
+        if pos >= end {
+            break;
+        }
+    }
+    Ok(len)
+}
+
+/// Receives chunks `first .. first + count` of a file of `size` bytes from `recv`,
+/// verifies each against the hash that follows it, and writes it at its offset in
+/// `file`. Nothing unverified is written. Returns the bytes written.
+pub async fn receive_run(
+    recv: &mut RecvStream,
+    file: &BufferedFile,
+    what: &str,
+    size: u64,
+    first: u32,
+    count: u32,
+) -> Result<u64, DataError> {
+    let (start, len) = run_bytes(size, first, count).ok_or_else(|| {
+        DataError::Local(Failure::new(
+            ErrorCode::Protocol,
+            "chunk run outside the file",
+        ))
+    })?;
+    let end = start + len;
+    let mut pos = start;
+    loop {
+        let n = (end - pos).min(CHUNK_SIZE_BYTES) as usize;
+        // One buffer per chunk, handed to the write: glommio's write_at takes a Vec.
+        let mut buf = vec![0u8; n];
+        let mut hash = [0u8; 32];
+        if (n > 0
+            && !recv
+                .read_exact(&mut buf)
+                .await
+                .map_err(SessionError::from)?)
+            || !recv
+                .read_exact(&mut hash)
+                .await
+                .map_err(SessionError::from)?
+        {
+            return Err(DataError::Session(SessionError::Ended));
+        }
+        if blake3::hash(&buf).as_bytes() != &hash {
+            return Err(DataError::Local(Failure::new(
+                ErrorCode::HashMismatch,
+                format!("{what}: chunk at offset {pos} does not match its BLAKE3 hash"),
+            )));
+        }
+        if n > 0 {
+            let written = file
+                .write_at(buf, pos)
+                .await
+                .map_err(|e| io_failure(what, &e, glommio_errno(&e)))?;
+            if written != n {
+                return Err(io_failure(what, "short write", None));
+            }
+        }
+        pos += n as u64;
+        if pos >= end {
+            break;
+        }
+    }
+    Ok(len)
+}

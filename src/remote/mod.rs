@@ -1,0 +1,275 @@
+//! Remote transfers over QUIC: `tpc://` addresses, the transport tuning, framed I/O on
+//! streams, and the pieces shared by `serve` and the push / pull client.
+//!
+//! Roles are symmetric: the side that has the files is the *sender* (the client in a push,
+//! the server in a pull); the other is the *receiver*. The receiver's logic
+//! (`receiver.rs`) works beneath a confined root in both cases, so a hostile server can no
+//! more write outside the client's destination than a hostile client can outside the
+//! server's root.
+
+pub mod client;
+pub mod data;
+pub mod receiver;
+pub mod server;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn_proto::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
+use tpc_core::wire::{Frame, WireError, FRAME_HEADER_BYTES};
+use tpc_uring::quic::{QuicError, ReadExactError, RecvStream, SendStream};
+
+/// Port `serve` listens on by default (shard 0; shard i listens on this + i).
+pub const DEFAULT_PORT: u16 = 7440;
+
+/// Bandwidth the flow-control windows are sized for: the 10-100 GbE links the product
+/// is for, at the low end, so memory per connection stays modest.
+const LINK_RATE_BITS_PER_SEC: u64 = 25_000_000_000;
+
+/// Round-trip time the windows cover: a campus or metro path. On longer paths the
+/// congestion window, not flow control, should be what limits.
+const LINK_RTT: Duration = Duration::from_millis(10);
+
+/// Bandwidth-delay product of the design link: the bytes in flight needed to fill it.
+const BDP_BYTES: u64 = LINK_RATE_BITS_PER_SEC / 8 * LINK_RTT.as_millis() as u64 / 1000;
+
+/// Streams a peer may have open towards us on one connection: the data streams of one
+/// shard (`STREAMS_IN_FLIGHT_PER_SHARD`) plus the control stream, with room to spare.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 64;
+
+/// Data streams (ranges) one client shard keeps in flight on its connection.
+pub const STREAMS_IN_FLIGHT_PER_SHARD: usize = 16;
+
+/// How long a client waits for a server's handshake before calling it unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Idle time after which a silent peer is considered gone.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Keep-alives let a long durability batch (syncfs of gigabytes) pass without the idle
+/// timer firing on the other side.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Application close codes (QUIC CONNECTION_CLOSE), seen by the peer.
+pub const CLOSE_DONE: u32 = 0;
+
+/// Transport parameters for a connection whose path carries UDP payloads up to
+/// `udp_payload_max` (from the route's MTU): windows from the bandwidth-delay product,
+/// not quinn's defaults (which are sized for ~100 Mbit/s x 100 ms per stream but only
+/// 1.25 MB per connection send window).
+pub fn transport_config(udp_payload_max: u16) -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    // One connection must be able to fill the link alone; a single stream a quarter of
+    // it, so a few ranges in flight do.
+    t.receive_window(VarInt::from_u64(2 * BDP_BYTES).expect("fits a varint"));
+    t.send_window(2 * BDP_BYTES);
+    t.stream_receive_window(VarInt::from_u64(BDP_BYTES / 4).expect("fits a varint"));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(STREAMS_PER_CONNECTION_MAX));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.max_idle_timeout(Some(
+        IdleTimeout::try_from(IDLE_TIMEOUT).expect("idle timeout fits"),
+    ));
+    t.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
+    let mut mtud = MtuDiscoveryConfig::default();
+    // Discovery searches from the 1200-byte QUIC minimum up to the link's limit.
+    mtud.upper_bound(udp_payload_max.max(1200));
+    t.mtu_discovery_config(Some(mtud));
+    Arc::new(t)
+}
+
+/// A remote location `tpc://HOST[:PORT]/PATH`. The path is relative to the server's root;
+/// the leading slash only separates it from the authority.
+#[derive(Clone, Debug)]
+pub struct RemoteSpec {
+    /// As written, for messages and the known-servers file (`HOST:PORT`).
+    pub authority: String,
+    pub host: String,
+    pub port: u16,
+    /// Path beneath the server root, without the leading slash; a trailing slash is kept
+    /// (it selects "the contents of" as in rsync).
+    pub path: Vec<u8>,
+}
+
+impl RemoteSpec {
+    /// Parses `tpc://...`; `None` if the argument is not a remote at all.
+    pub fn parse(arg: &[u8]) -> Option<Result<RemoteSpec, String>> {
+        let rest = arg.strip_prefix(b"tpc://")?;
+        Some(Self::parse_rest(rest))
+    }
+
+    fn parse_rest(rest: &[u8]) -> Result<RemoteSpec, String> {
+        let slash = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+        let authority =
+            std::str::from_utf8(&rest[..slash]).map_err(|_| "host is not UTF-8".to_string())?;
+        let path = rest.get(slash + 1..).unwrap_or(&[]).to_vec();
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let close = v6
+                .find(']')
+                .ok_or_else(|| format!("unclosed '[' in {authority:?}"))?;
+            let host = &v6[..close];
+            let port = match &v6[close + 1..] {
+                "" => DEFAULT_PORT,
+                p => parse_port(p.strip_prefix(':').ok_or("expected ':' after ']'")?)?,
+            };
+            (host.to_string(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), parse_port(p)?),
+                None => (authority.to_string(), DEFAULT_PORT),
+            }
+        };
+        if host.is_empty() {
+            return Err("missing host in tpc://HOST[:PORT]/PATH".into());
+        }
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        Ok(RemoteSpec {
+            authority,
+            host,
+            port,
+            path,
+        })
+    }
+
+    pub fn resolve(&self) -> Result<SocketAddr, String> {
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {}: {e}", self.host))?
+            .next()
+            .ok_or_else(|| format!("{} has no address", self.host))
+    }
+}
+
+fn parse_port(p: &str) -> Result<u16, String> {
+    p.parse::<u16>()
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| format!("bad port {p:?}"))
+}
+
+/// Why a session with a peer failed, for the one-line message and the exit code.
+#[derive(Debug)]
+pub enum SessionError {
+    Quic(QuicError),
+    /// The peer sent something we refuse (bad frame, broken limit, wrong order).
+    Wire(WireError),
+    /// The peer reported an error.
+    Remote {
+        code: tpc_core::wire::ErrorCode,
+        message: String,
+    },
+    /// The stream ended where a frame was due.
+    Ended,
+}
+
+impl std::fmt::Display for SessionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionError::Quic(e) => e.fmt(f),
+            SessionError::Wire(e) => write!(f, "protocol error: {e}"),
+            SessionError::Remote { message, .. } => write!(f, "{message}"),
+            SessionError::Ended => write!(f, "peer ended the stream early"),
+        }
+    }
+}
+
+impl From<QuicError> for SessionError {
+    fn from(e: QuicError) -> Self {
+        SessionError::Quic(e)
+    }
+}
+
+impl From<WireError> for SessionError {
+    fn from(e: WireError) -> Self {
+        SessionError::Wire(e)
+    }
+}
+
+impl From<ReadExactError> for SessionError {
+    fn from(e: ReadExactError) -> Self {
+        match e {
+            ReadExactError::Quic(q) => SessionError::Quic(q),
+            ReadExactError::Truncated => SessionError::Ended,
+        }
+    }
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream. The length is checked against
+/// `FRAME_BYTES_MAX` (in `Frame::header`) before the payload buffer is allocated.
+pub async fn read_frame(recv: &mut RecvStream) -> Result<Option<Frame>, SessionError> {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    if !recv.read_exact(&mut header).await? {
+        return Ok(None);
+    }
+    let (kind, len) = Frame::header(&header)?;
+    let mut payload = vec![0u8; len];
+    if !recv.read_exact(&mut payload).await? && len > 0 {
+        return Err(SessionError::Ended);
+    }
+    Ok(Some(Frame::decode(kind, &payload)?))
+}
+
+/// Reads a frame that must be there; an `Error` frame from the peer becomes `Remote`.
+pub async fn expect_frame(recv: &mut RecvStream) -> Result<Frame, SessionError> {
+    match read_frame(recv).await? {
+        Some(Frame::Error { code, message }) => Err(SessionError::Remote { code, message }),
+        Some(f) => Ok(f),
+        None => Err(SessionError::Ended),
+    }
+}
+
+pub async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<(), SessionError> {
+    let mut buf = Vec::new();
+    frame.encode(&mut buf);
+    send.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Prefix and suffix of temporary names; the same as the local copy's, so either one
+/// cleans up what the other left.
+pub const TMP_PREFIX: &str = ".tpcx.";
+pub const TMP_SUFFIX: &str = ".tmp";
+
+/// The temporary name of file `file` of session `session`, beside its final name:
+/// `.tpcx.<pid>.<session>-<file>.tmp`. Every shard of the receiving process derives the
+/// same name, so data streams on any shard find the file the control stream created.
+pub fn temp_name(pid: u32, session: u64, file: u32) -> Vec<u8> {
+    format!("{TMP_PREFIX}{pid}.{session:x}-{file}{TMP_SUFFIX}").into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_specs_parse() {
+        let r = RemoteSpec::parse(b"tpc://host/a/b").unwrap().unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.port, &r.path[..]),
+            ("host", DEFAULT_PORT, &b"a/b"[..])
+        );
+        let r = RemoteSpec::parse(b"tpc://[::1]:9/x/").unwrap().unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.port, &r.path[..]),
+            ("::1", 9, &b"x/"[..])
+        );
+        assert_eq!(r.authority, "[::1]:9");
+        let r = RemoteSpec::parse(b"tpc://10.0.0.1:7441").unwrap().unwrap();
+        assert_eq!((r.port, r.path.len()), (7441, 0));
+        assert!(RemoteSpec::parse(b"/local/path").is_none());
+        assert!(RemoteSpec::parse(b"tpc://:80/x").unwrap().is_err());
+        assert!(RemoteSpec::parse(b"tpc://h:0/x").unwrap().is_err());
+        assert!(RemoteSpec::parse(b"tpc://h:99999/x").unwrap().is_err());
+        assert!(RemoteSpec::parse(b"tpc://[::1/x").unwrap().is_err());
+    }
+
+    #[test]
+    fn windows_follow_the_bandwidth_delay_product() {
+        // 25 Gbit/s x 10 ms = 31.25 MB in flight.
+        assert_eq!(BDP_BYTES, 31_250_000);
+    }
+}

@@ -1,0 +1,532 @@
+//! The receiving side of a session, on the filesystem: checks each manifest entry's path,
+//! decides what it needs, creates temporary files, and commits files, symlinks and
+//! directory metadata — all beneath a confined root.
+//!
+//! The server runs this for a push (root = `--root`), the client for a pull (root = the
+//! local destination). Everything here is blocking filesystem work; the shards call it
+//! from glommio's blocking pool so their QUIC endpoints keep running meanwhile.
+
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use tpc_core::limits::CHUNK_SIZE_BYTES;
+use tpc_core::relpath::RelPath;
+use tpc_core::wire::{Entry, ErrorCode, NeedItem, WireKind};
+use tpc_uring::confine::{set_file_meta, ConfineError, FileKind, Root};
+
+use super::{temp_name, TMP_PREFIX, TMP_SUFFIX};
+
+/// A per-file or per-session failure, as sent to the peer.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn confine(e: &ConfineError) -> Failure {
+        let code = match e {
+            ConfineError::Path(_) | ConfineError::Escapes { .. } | ConfineError::Symlink { .. } => {
+                ErrorCode::PathRefused
+            }
+            _ => e.errno().map_or(ErrorCode::Io, ErrorCode::for_errno),
+        };
+        Failure::new(code, e.to_string())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FileState {
+    /// Nothing to do (a directory or symlink, or a file that is already up to date).
+    Idle,
+    /// A temporary file exists and receives data.
+    Receiving,
+    Committed,
+    Failed,
+}
+
+struct Planned {
+    entry: Entry,
+    /// Where the entry lands, relative to the root.
+    full: RelPath,
+    state: FileState,
+}
+
+/// One session's view of the destination.
+pub struct Receiver {
+    root: Arc<Root>,
+    base: RelPath,
+    session: u64,
+    pid: u32,
+    durable: bool,
+    planned: Vec<Planned>,
+    pub files_written: u64,
+    pub bytes_written: u64,
+}
+
+/// The path under the root where an entry with `path` (relative to `base`) lands.
+pub fn full_path(base: &RelPath, path: &[u8]) -> Result<RelPath, Failure> {
+    let joined = if base.is_root() {
+        path.to_vec()
+    } else if path.is_empty() {
+        base.as_bytes().to_vec()
+    } else {
+        [base.as_bytes(), b"/", path].concat()
+    };
+    RelPath::parse(&joined).map_err(|e| Failure::new(ErrorCode::PathRefused, e.to_string()))
+}
+
+/// The temporary name of file `file` of `session` beside `full`.
+pub fn temp_path(full: &RelPath, pid: u32, session: u64, file: u32) -> Result<RelPath, Failure> {
+    let name = temp_name(pid, session, file);
+    let parent = full.parent().unwrap_or_else(RelPath::root);
+    full_path(&parent, &name)
+}
+
+impl Receiver {
+    pub fn new(root: Arc<Root>, base: RelPath, session: u64, durable: bool) -> Receiver {
+        Receiver {
+            root,
+            base,
+            session,
+            pid: std::process::id(),
+            durable,
+            planned: Vec::new(),
+            files_written: 0,
+            bytes_written: 0,
+        }
+    }
+
+    pub fn entry_count(&self) -> usize {
+        self.planned.len()
+    }
+
+    /// Adds manifest entries, refusing the whole session on a path that is not confined:
+    /// a peer that sends `../x` or `/etc/x` is hostile or broken, not unlucky.
+    pub fn add(&mut self, entries: Vec<Entry>) -> Result<(), Failure> {
+        for entry in entries {
+            let full = full_path(&self.base, &entry.path)?;
+            if entry.kind == WireKind::File && !entry.hashes.is_empty() {
+                let chunks = entry.size.div_ceil(CHUNK_SIZE_BYTES).max(1);
+                if entry.hashes.len() as u64 != chunks {
+                    return Err(Failure::new(
+                        ErrorCode::Protocol,
+                        format!("{} hashes for {chunks} chunks", entry.hashes.len()),
+                    ));
+                }
+            }
+            self.planned.push(Planned {
+                entry,
+                full,
+                state: FileState::Idle,
+            });
+        }
+        Ok(())
+    }
+
+    /// Creates directories, decides which files are needed (quick check: size and mtime),
+    /// and creates their temporary files at full size. Returns what to ask the sender for
+    /// and which files failed already.
+    pub fn plan(&mut self) -> (Vec<NeedItem>, Vec<(u32, Failure)>) {
+        let mut needs = Vec::new();
+        let mut failed = Vec::new();
+        let mut dirs_seen = BTreeSet::new();
+        if let Some(parent) = self.base.parent() {
+            if let Err(e) = self.root.mkdir_all(&parent, 0o755) {
+                // Every entry lands beneath it; report once per file below.
+                let f = Failure::confine(&e);
+                for (i, p) in self.planned.iter_mut().enumerate() {
+                    p.state = FileState::Failed;
+                    failed.push((i as u32, f.clone()));
+                }
+                return (needs, failed);
+            }
+        }
+        for i in 0..self.planned.len() {
+            let index = i as u32;
+            let result = match self.planned[i].entry.kind {
+                WireKind::Dir => self.prepare_dir(i).map(|_| None),
+                WireKind::File => self.prepare_file(i, &mut dirs_seen),
+                WireKind::Symlink => Ok(None),
+            };
+            match result {
+                Ok(Some(chunks)) => needs.push(NeedItem {
+                    file: index,
+                    chunk_first: 0,
+                    chunk_count: chunks,
+                }),
+                Ok(None) => {}
+                Err(f) => {
+                    self.planned[i].state = FileState::Failed;
+                    failed.push((index, f));
+                }
+            }
+        }
+        (needs, failed)
+    }
+
+    fn prepare_dir(&mut self, i: usize) -> Result<(), Failure> {
+        let full = &self.planned[i].full;
+        match self.root.lstat(full).map_err(|e| Failure::confine(&e))? {
+            Some(st) if st.kind == FileKind::Dir => {
+                if st.mode & 0o700 != 0o700 {
+                    // Read-only from an earlier copy: writable until `finish` sets its mode.
+                    self.root
+                        .set_dir_meta(full, st.mode | 0o700, st.atime, st.mtime)
+                        .map_err(|e| Failure::confine(&e))?;
+                }
+                Ok(())
+            }
+            Some(_) => {
+                // A non-directory in the way is replaced, as rsync and the local copy do.
+                self.root
+                    .remove_file(full)
+                    .map_err(|e| Failure::confine(&e))?;
+                self.root
+                    .mkdir(full, 0o700)
+                    .map_err(|e| Failure::confine(&e))
+            }
+            None => self
+                .root
+                .mkdir_all(full, 0o700)
+                .map_err(|e| Failure::confine(&e)),
+        }
+    }
+
+    /// Returns the number of chunks needed, or `None` if the file is up to date.
+    fn prepare_file(
+        &mut self,
+        i: usize,
+        dirs_seen: &mut BTreeSet<Vec<u8>>,
+    ) -> Result<Option<u32>, Failure> {
+        let p = &self.planned[i];
+        let parent = p.full.parent().unwrap_or_else(RelPath::root);
+        if dirs_seen.insert(parent.as_bytes().to_vec()) {
+            self.remove_stale_temps(&parent);
+        }
+        match self.root.lstat(&p.full).map_err(|e| Failure::confine(&e))? {
+            Some(st) if st.kind == FileKind::Dir => {
+                return Err(Failure::new(
+                    ErrorCode::NotWritable,
+                    format!("{}: a directory is in the way", p.full),
+                ))
+            }
+            Some(st)
+                if st.kind == FileKind::File
+                    && st.size_bytes == p.entry.size
+                    && st.mtime == p.entry.mtime =>
+            {
+                if st.mode != p.entry.mode & 0o1777 {
+                    let fd = self
+                        .root
+                        .open(&p.full, libc::O_RDONLY, 0)
+                        .map_err(|e| Failure::confine(&e))?;
+                    set_file_meta(fd_ref(&fd), p.entry.mode, st.atime, st.mtime)
+                        .map_err(|e| io_failure(&p.full, &e))?;
+                }
+                return Ok(None);
+            }
+            _ => {}
+        }
+        let tmp = temp_path(&p.full, self.pid, self.session, i as u32)?;
+        let fd = match self
+            .root
+            .open(&tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)
+        {
+            Ok(fd) => fd,
+            Err(e) => return Err(Failure::confine(&e)),
+        };
+        if p.entry.size > 0 {
+            // Reserve the space now: a full disk fails here, before any byte is sent.
+            // SAFETY: valid fd.
+            let rc = unsafe { libc::posix_fallocate(fd.as_raw_fd(), 0, p.entry.size as i64) };
+            if rc != 0 {
+                let _ = self.root.remove_file(&tmp);
+                return Err(Failure::new(
+                    ErrorCode::for_errno(rc),
+                    format!(
+                        "cannot allocate {} bytes for {}: {}",
+                        p.entry.size,
+                        p.full,
+                        std::io::Error::from_raw_os_error(rc)
+                    ),
+                ));
+            }
+        }
+        let chunks = p.entry.size.div_ceil(CHUNK_SIZE_BYTES).max(1);
+        self.planned[i].state = FileState::Receiving;
+        Ok(Some(
+            u32::try_from(chunks).expect("FILE_CHUNKS_MAX fits u32"),
+        ))
+    }
+
+    /// Removes temporary files in `dir` left by a receiver process that is gone.
+    fn remove_stale_temps(&self, dir: &RelPath) {
+        let Ok(fd) = self.root.open_dir(dir) else {
+            return;
+        };
+        for name in list_names(&fd) {
+            let Some(pid) = stale_temp_pid(&name) else {
+                continue;
+            };
+            // SAFETY: kill with signal 0 only checks whether the process exists.
+            let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0
+                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+            if !alive {
+                if let Ok(c) = CString::new(name) {
+                    // SAFETY: valid dir fd and C string; unlinkat never follows.
+                    unsafe { libc::unlinkat(fd.as_raw_fd(), c.as_ptr(), 0) };
+                }
+            }
+        }
+    }
+
+    /// Makes files whose data all arrived durable and visible. Returns the committed
+    /// files and the ones that failed.
+    pub fn commit(&mut self, files: &[u32]) -> (Vec<u32>, Vec<(u32, Failure)>) {
+        let mut ready = Vec::new();
+        let mut failed = Vec::new();
+        for &f in files {
+            match self.planned.get(f as usize) {
+                Some(p) if p.state == FileState::Receiving => match self.finish_file(f) {
+                    Ok(tmp) => ready.push((f, tmp)),
+                    Err(e) => failed.push((f, e)),
+                },
+                _ => failed.push((
+                    f,
+                    Failure::new(
+                        ErrorCode::Protocol,
+                        format!("file {f} is not being received"),
+                    ),
+                )),
+            }
+        }
+        if self.durable && !ready.is_empty() {
+            // One syncfs for the batch: every temp file's data (written by any shard) is on
+            // disk before any of them takes its final name.
+            if let Err(e) = self.root.syncfs() {
+                let f = Failure::confine(&e);
+                for (i, _) in ready.drain(..) {
+                    failed.push((i, f.clone()));
+                }
+            }
+        }
+        let mut committed = Vec::new();
+        let mut dirs = BTreeSet::new();
+        for (f, tmp) in ready {
+            let p = &mut self.planned[f as usize];
+            match self.root.rename(&tmp, &p.full) {
+                Ok(()) => {
+                    p.state = FileState::Committed;
+                    self.files_written += 1;
+                    self.bytes_written += p.entry.size;
+                    dirs.insert(p.full.parent().unwrap_or_else(RelPath::root));
+                    committed.push(f);
+                }
+                Err(e) => {
+                    p.state = FileState::Failed;
+                    let _ = self.root.remove_file(&tmp);
+                    failed.push((f, Failure::confine(&e)));
+                }
+            }
+        }
+        if self.durable {
+            for d in &dirs {
+                if let Err(e) = self.root.fsync_dir(d) {
+                    eprintln!("tpc-xfer: {e}");
+                }
+            }
+        }
+        for (f, _) in &failed {
+            if let Some(p) = self.planned.get_mut(*f as usize) {
+                p.state = FileState::Failed;
+            }
+        }
+        (committed, failed)
+    }
+
+    /// Applies mode and times through the temporary file's fd; returns its path.
+    fn finish_file(&self, f: u32) -> Result<RelPath, Failure> {
+        let p = &self.planned[f as usize];
+        let tmp = temp_path(&p.full, self.pid, self.session, f)?;
+        let fd = self
+            .root
+            .open(&tmp, libc::O_WRONLY, 0)
+            .map_err(|e| Failure::confine(&e))?;
+        set_file_meta(fd_ref(&fd), p.entry.mode, p.entry.mtime, p.entry.mtime)
+            .map_err(|e| io_failure(&tmp, &e))?;
+        Ok(tmp)
+    }
+
+    /// Marks a file failed (its data did not arrive intact) and removes its temp file.
+    pub fn fail(&mut self, f: u32) {
+        if let Some(p) = self.planned.get_mut(f as usize) {
+            if p.state == FileState::Receiving {
+                p.state = FileState::Failed;
+                if let Ok(tmp) = temp_path(&p.full, self.pid, self.session, f) {
+                    let _ = self.root.remove_file(&tmp);
+                }
+            }
+        }
+    }
+
+    /// Symlinks (made under a temporary name, renamed into place), then directory modes
+    /// and times, deepest first so that a read-only directory is locked only after its
+    /// children are in place. Returns per-entry failures.
+    pub fn finish(&mut self) -> Vec<(u32, Failure)> {
+        let mut failed = Vec::new();
+        let mut dirs = BTreeSet::new();
+        for i in 0..self.planned.len() {
+            if self.planned[i].entry.kind != WireKind::Symlink {
+                continue;
+            }
+            match self.place_symlink(i) {
+                Ok(Some(dir)) => {
+                    dirs.insert(dir);
+                }
+                Ok(None) => {}
+                Err(f) => failed.push((i as u32, f)),
+            }
+        }
+        let mut order: Vec<usize> = (0..self.planned.len())
+            .filter(|&i| self.planned[i].entry.kind == WireKind::Dir)
+            .collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(self.planned[i].full.depth()));
+        for i in order {
+            let p = &self.planned[i];
+            if let Err(e) =
+                self.root
+                    .set_dir_meta(&p.full, p.entry.mode, p.entry.mtime, p.entry.mtime)
+            {
+                failed.push((i as u32, Failure::confine(&e)));
+            }
+        }
+        if self.durable {
+            for d in &dirs {
+                let _ = self.root.fsync_dir(d);
+            }
+            let _ = self.root.syncfs();
+        }
+        failed
+    }
+
+    fn place_symlink(&mut self, i: usize) -> Result<Option<RelPath>, Failure> {
+        let p = &self.planned[i];
+        let before = self.root.lstat(&p.full).map_err(|e| Failure::confine(&e))?;
+        match before {
+            Some(st) if st.kind == FileKind::Dir => {
+                return Err(Failure::new(
+                    ErrorCode::NotWritable,
+                    format!("{}: a directory is in the way", p.full),
+                ))
+            }
+            Some(st) if st.kind == FileKind::Symlink => {
+                let target = self
+                    .root
+                    .read_link(&p.full)
+                    .map_err(|e| Failure::confine(&e))?;
+                if target == p.entry.target {
+                    if st.mtime != p.entry.mtime {
+                        self.root
+                            .set_symlink_times(&p.full, p.entry.mtime, p.entry.mtime)
+                            .map_err(|e| Failure::confine(&e))?;
+                    }
+                    return Ok(None);
+                }
+            }
+            _ => {}
+        }
+        let tmp = temp_path(&p.full, self.pid, self.session, i as u32)?;
+        let _ = self.root.remove_file(&tmp);
+        let placed = self
+            .root
+            .symlink(&p.entry.target, &tmp)
+            .and_then(|_| {
+                self.root
+                    .set_symlink_times(&tmp, p.entry.mtime, p.entry.mtime)
+            })
+            .and_then(|_| self.root.rename(&tmp, &p.full));
+        if let Err(e) = placed {
+            let _ = self.root.remove_file(&tmp);
+            return Err(Failure::confine(&e));
+        }
+        self.files_written += 1;
+        Ok(Some(p.full.parent().unwrap_or_else(RelPath::root)))
+    }
+
+    /// Removes the temporary files of files that never committed (the peer went away).
+    pub fn abort(&mut self) {
+        for i in 0..self.planned.len() {
+            self.fail(i as u32);
+        }
+    }
+
+    /// Where file `f` lands and its size, for a data stream; `None` if the file is not
+    /// being received in this session.
+    pub fn receiving(&self, f: u32) -> Option<(RelPath, u64)> {
+        let p = self.planned.get(f as usize)?;
+        (p.state == FileState::Receiving).then(|| (p.full.clone(), p.entry.size))
+    }
+}
+
+fn fd_ref(fd: &OwnedFd) -> BorrowedFd<'_> {
+    use std::os::fd::AsFd;
+    fd.as_fd()
+}
+
+fn io_failure(rel: &RelPath, e: &std::io::Error) -> Failure {
+    Failure::new(
+        e.raw_os_error().map_or(ErrorCode::Io, ErrorCode::for_errno),
+        format!("{rel}: {e}"),
+    )
+}
+
+/// The pid in a temporary file name `.tpcx.<pid>.<tag>.tmp`, if it is one.
+pub fn stale_temp_pid(name: &[u8]) -> Option<u32> {
+    let rest = name
+        .strip_prefix(TMP_PREFIX.as_bytes())?
+        .strip_suffix(TMP_SUFFIX.as_bytes())?;
+    let dot = rest.iter().position(|&b| b == b'.')?;
+    std::str::from_utf8(&rest[..dot]).ok()?.parse().ok()
+}
+
+/// Names in the directory open at `fd` (not `.` or `..`).
+fn list_names(fd: &OwnedFd) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    // SAFETY: dup gives fdopendir its own fd, which closedir closes.
+    let dup = unsafe { libc::dup(fd.as_raw_fd()) };
+    if dup < 0 {
+        return out;
+    }
+    // SAFETY: dup is a valid directory fd we own.
+    let dir = unsafe { libc::fdopendir(dup) };
+    if dir.is_null() {
+        // SAFETY: fdopendir failed, so we still own dup.
+        drop(unsafe { OwnedFd::from_raw_fd(dup) });
+        return out;
+    }
+    loop {
+        // SAFETY: dir is a valid DIR*; readdir's result lives until the next call.
+        let ent = unsafe { libc::readdir(dir) };
+        if ent.is_null() {
+            break;
+        }
+        // SAFETY: d_name is NUL-terminated.
+        let name = unsafe { std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()) }.to_bytes();
+        if name != b"." && name != b".." {
+            out.push(name.to_vec());
+        }
+    }
+    // SAFETY: dir came from fdopendir.
+    unsafe { libc::closedir(dir) };
+    out
+}

@@ -1,0 +1,599 @@
+//! `tpc-xfer serve`: one QUIC endpoint per shard (shard i on port PORT + i), each
+//! accepting authenticated clients and serving their streams — control sessions, and
+//! data streams that write (push) or read (pull) chunk runs beneath the root.
+//!
+//! A session's control stream lives on whichever shard its connection reached (the one
+//! the client dialled first, shard 0's port). Data streams need no session state: the
+//! temporary name of a file follows from its path, the session id and the file index, so
+//! any shard can write a run into the file the control stream created. A failing client
+//! or stream only ever ends its own stream or connection; the server keeps serving.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+use glommio::executor;
+use tpc_core::relpath::RelPath;
+use tpc_core::wire::{
+    DestKind, Entry, ErrorCode, Frame, Get, Op, Put, WireKind, ENTRIES_PER_FRAME_MAX,
+    ITEMS_PER_FRAME_MAX, MANIFEST_ENTRIES_MAX, PROTOCOL_VERSION,
+};
+use tpc_uring::confine::{ConfineError, FileKind, Root};
+use tpc_uring::quic::{
+    bind_socket, udp_payload_max_towards, Connection, Endpoint, RecvStream, SendStream,
+};
+
+use super::data::{receive_run, send_run, uring_file, DataError};
+use super::receiver::{temp_path, Failure, Receiver};
+use super::{expect_frame, read_frame, transport_config, write_frame, SessionError};
+use crate::auth::{self, AuthorizedClients, Identity};
+use crate::exit::Exit;
+
+pub struct ServeOptions {
+    pub root: PathBuf,
+    pub listen: SocketAddr,
+    pub shard_count: usize,
+    pub read_only: bool,
+    pub state_dir: PathBuf,
+}
+
+struct Shared {
+    root: Arc<Root>,
+    ports: Vec<u16>,
+    read_only: bool,
+}
+
+pub fn run(opts: ServeOptions) -> Exit {
+    let root = match Root::open_ambient(&opts.root) {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            eprintln!("tpc-xfer: cannot serve {}: {e}", opts.root.display());
+            return Exit::Source;
+        }
+    };
+    let identity = match Identity::load_or_create(&opts.state_dir) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("tpc-xfer: {e}");
+            return Exit::Auth;
+        }
+    };
+    let authorized = match AuthorizedClients::load(&opts.state_dir) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("tpc-xfer: {e}");
+            return Exit::Auth;
+        }
+    };
+    if authorized.is_empty() {
+        eprintln!(
+            "tpc-xfer: warning: {} lists no client; every client will be refused",
+            opts.state_dir.join("authorized-clients").display()
+        );
+    }
+    let crypto = match auth::quic_server_config(&identity, authorized) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tpc-xfer: {e}");
+            return Exit::Auth;
+        }
+    };
+    let mut sockets = Vec::with_capacity(opts.shard_count);
+    for i in 0..opts.shard_count {
+        let mut addr = opts.listen;
+        if addr.port() != 0 {
+            addr.set_port(match addr.port().checked_add(i as u16) {
+                Some(p) => p,
+                None => {
+                    eprintln!(
+                        "tpc-xfer: port {} + {i} is out of range",
+                        opts.listen.port()
+                    );
+                    return Exit::Usage;
+                }
+            });
+        }
+        match bind_socket(addr) {
+            Ok(s) => sockets.push(Some(s)),
+            Err(e) => {
+                eprintln!("tpc-xfer: cannot listen on UDP {addr}: {e}");
+                return Exit::Usage;
+            }
+        }
+    }
+    let ports: Vec<u16> = sockets
+        .iter()
+        .map(|s| {
+            s.as_ref()
+                .and_then(|s| s.local_addr().ok())
+                .map_or(0, |a| a.port())
+        })
+        .collect();
+    let first = sockets[0].as_ref().and_then(|s| s.local_addr().ok());
+    eprintln!(
+        "tpc-xfer: serving {} on {} ({} shards, UDP ports {}); server key {}",
+        opts.root.display(),
+        first.map_or_else(String::new, |a| a.to_string()),
+        opts.shard_count,
+        ports
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        identity.fingerprint()
+    );
+    let sockets = Arc::new(Mutex::new(sockets));
+    let crypto = Arc::new(crypto);
+    let read_only = opts.read_only;
+    let result = tpc_uring::run_shards::<(), (), _, _>(opts.shard_count, 1, move |ctx| {
+        let socket = sockets.lock().expect("not poisoned")[ctx.shard]
+            .take()
+            .expect("each shard takes its own socket");
+        let shared = Rc::new(Shared {
+            root: root.clone(),
+            ports: ports.clone(),
+            read_only,
+        });
+        let crypto = crypto.clone();
+        async move {
+            drop(ctx.mesh);
+            let make = move |remote: SocketAddr| {
+                let mut c = (*crypto).clone();
+                c.transport_config(transport_config(
+                    udp_payload_max_towards(remote).unwrap_or(1452),
+                ));
+                Arc::new(c)
+            };
+            let ep = match Endpoint::new(socket, Some(Box::new(make))) {
+                Ok(ep) => ep,
+                Err(e) => {
+                    eprintln!("tpc-xfer: shard cannot start its endpoint: {e}");
+                    return;
+                }
+            };
+            while let Some(conn) = ep.accept().await {
+                glommio::spawn_local(serve_connection(conn, shared.clone())).detach();
+            }
+        }
+    });
+    match result {
+        Ok(_) => Exit::Ok,
+        Err(e) => {
+            eprintln!("tpc-xfer: {e}");
+            Exit::Engine
+        }
+    }
+}
+
+async fn serve_connection(conn: Connection, shared: Rc<Shared>) {
+    while let Some((send, recv)) = conn.accept_bi().await {
+        glommio::spawn_local(serve_stream(send, recv, shared.clone())).detach();
+    }
+}
+
+async fn serve_stream(mut send: SendStream, mut recv: RecvStream, shared: Rc<Shared>) {
+    let result = match read_frame(&mut recv).await {
+        Ok(Some(Frame::Hello { version, op })) => {
+            if version != PROTOCOL_VERSION {
+                Err(Failure::new(
+                    ErrorCode::Version,
+                    format!("protocol version {version} is not spoken here (this server speaks {PROTOCOL_VERSION})"),
+                ))
+            } else {
+                match op {
+                    Op::Push { dest, durable } => {
+                        control_push(&mut send, &mut recv, &shared, dest, durable).await
+                    }
+                    Op::Pull { src } => control_pull(&mut send, &mut recv, &shared, src).await,
+                }
+            }
+        }
+        Ok(Some(Frame::Put(p))) => put(&mut send, &mut recv, &shared, p).await,
+        Ok(Some(Frame::Get(g))) => get(&mut send, &shared, g).await,
+        Ok(Some(f)) => Err(Failure::new(
+            ErrorCode::Protocol,
+            format!("a stream cannot start with frame type {}", f.kind()),
+        )),
+        Ok(None) => Ok(()),
+        Err(SessionError::Wire(e)) => Err(Failure::new(ErrorCode::Protocol, e.to_string())),
+        Err(_) => return,
+    };
+    match result {
+        Ok(()) => {
+            let _ = send.finish();
+        }
+        Err(f) => {
+            // The client hears why; the operator sees it too. Nothing else is affected.
+            eprintln!("tpc-xfer: refused: {}", f.message);
+            let _ = write_frame(
+                &mut send,
+                &Frame::Error {
+                    code: f.code,
+                    message: f.message,
+                },
+            )
+            .await;
+            let _ = send.finish();
+        }
+    }
+}
+
+fn session_failure(e: SessionError) -> Failure {
+    match e {
+        SessionError::Remote { code, message } => Failure::new(code, message),
+        other => Failure::new(ErrorCode::Protocol, other.to_string()),
+    }
+}
+
+fn parse_path(bytes: &[u8]) -> Result<RelPath, Failure> {
+    // A trailing slash only says "a directory" to the client's rules.
+    let trimmed = bytes.strip_suffix(b"/").unwrap_or(bytes);
+    RelPath::parse(trimmed).map_err(|e| Failure::new(ErrorCode::PathRefused, e.to_string()))
+}
+
+fn new_session_id() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most 8 bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 8, 0) };
+    if n != 8 {
+        // Session ids only need to be distinct between this process's sessions.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        return t ^ (std::process::id() as u64) << 32;
+    }
+    u64::from_le_bytes(b)
+}
+
+/// Runs blocking filesystem work on glommio's blocking pool, so this shard's endpoint
+/// keeps answering packets meanwhile.
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    executor().spawn_blocking(f).await
+}
+
+fn confine_failure(e: &ConfineError) -> Failure {
+    let code = match e {
+        ConfineError::Path(_) | ConfineError::Escapes { .. } | ConfineError::Symlink { .. } => {
+            ErrorCode::PathRefused
+        }
+        ConfineError::NotFound { .. } => ErrorCode::NotFound,
+        _ => e.errno().map_or(ErrorCode::Io, ErrorCode::for_errno),
+    };
+    Failure::new(code, e.to_string())
+}
+
+async fn control_push(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    shared: &Shared,
+    dest: Vec<u8>,
+    durable: bool,
+) -> Result<(), Failure> {
+    if shared.read_only {
+        return Err(Failure::new(
+            ErrorCode::NotWritable,
+            "this server is --read-only",
+        ));
+    }
+    let base = parse_path(&dest)?;
+    let root = shared.root.clone();
+    let lookup = base.clone();
+    let kind = blocking(move || root.lstat(&lookup))
+        .await
+        .map_err(|e| confine_failure(&e))?;
+    let dest_kind = match kind {
+        None => DestKind::Missing,
+        Some(s) if s.kind == FileKind::Dir => DestKind::Dir,
+        Some(_) => DestKind::Other,
+    };
+    let session = new_session_id();
+    write_frame(
+        send,
+        &Frame::Welcome {
+            session,
+            shard_ports: shared.ports.clone(),
+            dest: dest_kind,
+        },
+    )
+    .await
+    .map_err(session_failure)?;
+    let mut receiver = Receiver::new(shared.root.clone(), base, session, durable);
+    loop {
+        match expect_frame(recv).await.map_err(session_failure)? {
+            Frame::Entries(entries) => {
+                if receiver.entry_count() as u64 + entries.len() as u64 > MANIFEST_ENTRIES_MAX {
+                    return Err(Failure::new(
+                        ErrorCode::Protocol,
+                        format!("manifest over {MANIFEST_ENTRIES_MAX} entries"),
+                    ));
+                }
+                receiver.add(entries)?;
+            }
+            Frame::EntriesEnd { count } if count == receiver.entry_count() as u64 => break,
+            Frame::EntriesEnd { count } => {
+                return Err(Failure::new(
+                    ErrorCode::Protocol,
+                    format!(
+                        "manifest ended at {} entries, announced {count}",
+                        receiver.entry_count()
+                    ),
+                ))
+            }
+            f => {
+                return Err(Failure::new(
+                    ErrorCode::Protocol,
+                    format!("frame type {} inside the manifest", f.kind()),
+                ))
+            }
+        }
+    }
+    let (receiver, (needs, failed)) = blocking(move || {
+        let plan = receiver.plan();
+        (receiver, plan)
+    })
+    .await;
+    let (receiver, outcome) = push_session(send, recv, receiver, needs, failed).await;
+    if outcome.is_err() {
+        // The client went away or broke the protocol: leave no temporary file behind.
+        let mut receiver = receiver;
+        blocking(move || receiver.abort()).await;
+    }
+    outcome
+}
+
+/// The rest of a push after planning. The receiver moves to the blocking pool and back for
+/// each batch, and is handed back at the end so the caller can clean up after a failure.
+async fn push_session(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    receiver: Receiver,
+    needs: Vec<tpc_core::wire::NeedItem>,
+    failed: Vec<(u32, Failure)>,
+) -> (Receiver, Result<(), Failure>) {
+    let mut r = receiver;
+    macro_rules! attempt {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(f) => return (r, Err(f)),
+            }
+        };
+    }
+    for (file, f) in failed {
+        attempt!(send_failed(send, file, f).await);
+    }
+    for batch in needs.chunks(ITEMS_PER_FRAME_MAX) {
+        attempt!(write_frame(send, &Frame::Need(batch.to_vec()))
+            .await
+            .map_err(session_failure));
+    }
+    attempt!(write_frame(send, &Frame::NeedEnd)
+        .await
+        .map_err(session_failure));
+    loop {
+        match attempt!(expect_frame(recv).await.map_err(session_failure)) {
+            Frame::Commit { files } => {
+                let (back, (ok, failed)) = blocking(move || {
+                    let out = r.commit(&files);
+                    (r, out)
+                })
+                .await;
+                r = back;
+                for (file, f) in failed {
+                    attempt!(send_failed(send, file, f).await);
+                }
+                attempt!(write_frame(send, &Frame::Committed { files: ok })
+                    .await
+                    .map_err(session_failure));
+            }
+            Frame::Finish => {
+                let (back, failed) = blocking(move || {
+                    let out = r.finish();
+                    (r, out)
+                })
+                .await;
+                r = back;
+                for (file, f) in failed {
+                    attempt!(send_failed(send, file, f).await);
+                }
+                let done = Frame::Done {
+                    files: r.files_written,
+                    bytes: r.bytes_written,
+                };
+                attempt!(write_frame(send, &done).await.map_err(session_failure));
+                return (r, Ok(()));
+            }
+            f => {
+                let err = Failure::new(
+                    ErrorCode::Protocol,
+                    format!("unexpected frame type {} in a push", f.kind()),
+                );
+                return (r, Err(err));
+            }
+        }
+    }
+}
+
+async fn send_failed(send: &mut SendStream, file: u32, f: Failure) -> Result<(), Failure> {
+    write_frame(
+        send,
+        &Frame::Failed {
+            file,
+            code: f.code,
+            message: f.message,
+        },
+    )
+    .await
+    .map_err(session_failure)
+}
+
+/// A data stream of a push: verify and write one run of chunks into the temporary file
+/// that the session's control stream created.
+async fn put(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    shared: &Shared,
+    p: Put,
+) -> Result<(), Failure> {
+    if shared.read_only {
+        return Err(Failure::new(
+            ErrorCode::NotWritable,
+            "this server is --read-only",
+        ));
+    }
+    let full = parse_path(&p.path)?;
+    let tmp = temp_path(&full, std::process::id(), p.session, p.file)?;
+    // Only a temporary file the control stream created can be written: no O_CREAT.
+    let fd = shared
+        .root
+        .open(&tmp, libc::O_WRONLY, 0)
+        .map_err(|e| confine_failure(&e))?;
+    // The announced size must be the planned one, or a run could extend the file.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and stat buffer.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 || st.st_size as u64 != p.size {
+        return Err(Failure::new(
+            ErrorCode::Protocol,
+            format!("{full}: size {} does not match the manifest", p.size),
+        ));
+    }
+    let file = uring_file(fd);
+    let what = full.to_string();
+    let result = receive_run(recv, &file, &what, p.size, p.chunk_first, p.chunk_count).await;
+    let _ = file.close().await;
+    match result {
+        Ok(_) => write_frame(send, &Frame::RangeOk)
+            .await
+            .map_err(session_failure),
+        Err(DataError::Local(f)) => Err(f),
+        Err(DataError::Session(e)) => Err(session_failure(e)),
+    }
+}
+
+/// A data stream of a pull: read one run of chunks of a file beneath the root and send
+/// it, each chunk followed by its hash.
+async fn get(send: &mut SendStream, shared: &Shared, g: Get) -> Result<(), Failure> {
+    let full = parse_path(&g.path)?;
+    let fd = shared
+        .root
+        .open(&full, libc::O_RDONLY, 0)
+        .map_err(|e| confine_failure(&e))?;
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and stat buffer.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 || st.st_size as u64 != g.size {
+        return Err(Failure::new(
+            ErrorCode::Changed,
+            format!("{full} changed size since the manifest"),
+        ));
+    }
+    write_frame(
+        send,
+        &Frame::Data {
+            chunk_count: g.chunk_count,
+        },
+    )
+    .await
+    .map_err(session_failure)?;
+    let file = uring_file(fd);
+    let what = full.to_string();
+    let result = send_run(&file, &what, g.size, g.chunk_first, g.chunk_count, send).await;
+    let _ = file.close().await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(DataError::Local(f)) => Err(f),
+        Err(DataError::Session(e)) => Err(session_failure(e)),
+    }
+}
+
+/// The control stream of a pull: walk the source beneath the root and send the manifest;
+/// the client then fetches what it needs with `Get` streams and says `Finish`.
+async fn control_pull(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    shared: &Shared,
+    src: Vec<u8>,
+) -> Result<(), Failure> {
+    let base = parse_path(&src)?;
+    let root = shared.root.clone();
+    let walked = base.clone();
+    let (entries, errors) = blocking(move || root.walk(&walked, MANIFEST_ENTRIES_MAX as usize))
+        .await
+        .map_err(|e| confine_failure(&e))?;
+    for e in &errors {
+        eprintln!("tpc-xfer: pull of {base}: {e}");
+    }
+    let dest = if entries
+        .first()
+        .is_some_and(|(_, s)| s.kind == FileKind::Dir)
+    {
+        DestKind::Dir
+    } else {
+        DestKind::Other
+    };
+    write_frame(
+        send,
+        &Frame::Welcome {
+            session: new_session_id(),
+            shard_ports: shared.ports.clone(),
+            dest,
+        },
+    )
+    .await
+    .map_err(session_failure)?;
+    let mut wire = Vec::with_capacity(entries.len());
+    for (rel, st) in entries {
+        let path = rel.as_bytes()[base.as_bytes().len()..]
+            .strip_prefix(b"/")
+            .unwrap_or(&rel.as_bytes()[base.as_bytes().len()..])
+            .to_vec();
+        let (kind, target) = match st.kind {
+            FileKind::File => (WireKind::File, Vec::new()),
+            FileKind::Dir => (WireKind::Dir, Vec::new()),
+            FileKind::Symlink => {
+                let root = shared.root.clone();
+                let r = rel.clone();
+                match blocking(move || root.read_link(&r)).await {
+                    Ok(t) => (WireKind::Symlink, t),
+                    Err(e) => {
+                        eprintln!("tpc-xfer: {e}");
+                        continue;
+                    }
+                }
+            }
+            FileKind::Other => continue,
+        };
+        wire.push(Entry {
+            kind,
+            path,
+            size: if kind == WireKind::File {
+                st.size_bytes
+            } else {
+                0
+            },
+            mode: st.mode & 0o7777,
+            mtime: st.mtime,
+            target,
+            hashes: Vec::new(),
+        });
+    }
+    let count = wire.len() as u64;
+    for batch in wire.chunks(ENTRIES_PER_FRAME_MAX) {
+        write_frame(send, &Frame::Entries(batch.to_vec()))
+            .await
+            .map_err(session_failure)?;
+    }
+    write_frame(send, &Frame::EntriesEnd { count })
+        .await
+        .map_err(session_failure)?;
+    match expect_frame(recv).await.map_err(session_failure)? {
+        Frame::Finish => write_frame(send, &Frame::Done { files: 0, bytes: 0 })
+            .await
+            .map_err(session_failure),
+        f => Err(Failure::new(
+            ErrorCode::Protocol,
+            format!("unexpected frame type {} in a pull", f.kind()),
+        )),
+    }
+}
