@@ -472,9 +472,14 @@ async fn move_range(conn: &Connection, work: &Work, item: RangeItem) -> Result<u
             .map_err(|e| Failure::new(ErrorCode::Io, format!("cannot open {}: {e}", quote(src))))?;
         let what = quote(src);
         let sent = send_run(&file, &what, f.size, item.first, item.count, &mut send).await;
+        // End the stream before anything else can yield: the server stops reading once
+        // the run is complete, and a finish after that would be refused.
+        let finished = sent.is_ok().then(|| send.finish());
         let _ = file.close().await;
         let n = sent.map_err(data_failure)?;
-        send.finish().map_err(|e| io(e.into()))?;
+        if let Some(Err(e)) = finished {
+            return Err(io(e.into()));
+        }
         match expect_frame(&mut recv).await.map_err(io)? {
             Frame::RangeOk => Ok(n),
             other => Err(Failure::new(

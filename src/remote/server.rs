@@ -461,7 +461,20 @@ async fn put(
     }
     let file = uring_file(fd);
     let what = full.to_string();
-    let result = receive_run(recv, &file, &what, p.size, p.chunk_first, p.chunk_count).await;
+    let mut result = receive_run(recv, &file, &what, p.size, p.chunk_first, p.chunk_count).await;
+    if result.is_ok() {
+        // The run must be all the stream carries: read its end before acknowledging.
+        match recv.read_chunk(1).await {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                result = Err(DataError::Local(Failure::new(
+                    ErrorCode::Protocol,
+                    format!("{full}: bytes after the announced chunks"),
+                )))
+            }
+            Err(e) => result = Err(DataError::Session(e.into())),
+        }
+    }
     let _ = file.close().await;
     match result {
         Ok(_) => write_frame(send, &Frame::RangeOk)

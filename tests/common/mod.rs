@@ -224,3 +224,70 @@ pub fn temporaries(root: &Path) -> Vec<PathBuf> {
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Bytes of one chunk (tpc_core::limits::CHUNK_SIZE_BYTES).
+pub const CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Builds the edge-case tree of issue 2 under `root`.
+pub fn edge_case_tree(root: &Path, big_bytes: u64, small_files: usize) {
+    std::fs::create_dir_all(root).unwrap();
+    let f = |rel: &str, data: &[u8]| std::fs::write(root.join(rel), data).unwrap();
+    f("empty", b"");
+    f("another empty", b"");
+    random_file(&root.join("one-chunk"), CHUNK_BYTES, 1);
+    random_file(&root.join("one-chunk-plus-one"), CHUNK_BYTES + 1, 2);
+    random_file(&root.join("big.bin"), big_bytes, 3);
+    // Many small files in 100 directories.
+    for i in 0..small_files {
+        let dir = root.join(format!("small/d{:03}", i % 100));
+        if i < 100 {
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+        std::fs::write(
+            dir.join(format!("f{i}")),
+            format!("small file {i}\n").repeat(i % 7 + 1),
+        )
+        .unwrap();
+    }
+    // 100 levels of nesting.
+    let mut deep = root.join("deep");
+    for i in 0..100 {
+        deep = deep.join(format!("l{i}"));
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(deep.join("bottom"), b"at the bottom").unwrap();
+    // Awkward names.
+    f("name with spaces", b"spaces");
+    f("new\nline", b"newline");
+    f("ünïcødé-名前-🦀", b"unicode");
+    f("-leading-dash", b"dash");
+    f("--double-dash", b"dash dash");
+    // Symlinks: absolute, relative, dangling, and to a directory.
+    std::os::unix::fs::symlink("/etc/hostname", root.join("abs-link")).unwrap();
+    std::os::unix::fs::symlink("name with spaces", root.join("rel-link")).unwrap();
+    std::os::unix::fs::symlink("does/not/exist", root.join("dangling-link")).unwrap();
+    std::os::unix::fs::symlink("deep", root.join("dir-link")).unwrap();
+    // Empty directories.
+    std::fs::create_dir_all(root.join("empty-dir/nested-empty")).unwrap();
+    // Modes.
+    f("mode-0600", b"6");
+    chmod(&root.join("mode-0600"), 0o600);
+    f("mode-0755", b"7");
+    chmod(&root.join("mode-0755"), 0o755);
+    std::fs::create_dir(root.join("dir-0700")).unwrap();
+    f("dir-0700/inside", b"x");
+    chmod(&root.join("dir-0700"), 0o700);
+    // Mtimes in 1970 and with nanoseconds.
+    f("epoch", b"1970");
+    set_mtime(&root.join("epoch"), 1, 0);
+    f("nanos", b"ns");
+    set_mtime(&root.join("nanos"), 1_700_000_000, 123_456_789);
+    set_mtime(&root.join("rel-link"), 86_400, 999_999_999);
+    // A read-only directory with files inside, mtime set last.
+    std::fs::create_dir(root.join("read-only")).unwrap();
+    f("read-only/a", b"a");
+    f("read-only/b", b"b");
+    chmod(&root.join("read-only"), 0o555);
+    set_mtime(&root.join("read-only"), 12_345, 678);
+    set_mtime(&root.join("empty-dir"), 0, 1);
+}
