@@ -78,8 +78,8 @@ struct Summary {
 const SETID_BITS: u32 = 0o6000;
 
 /// Prefix and suffix of temporary files: `.tpcx.<pid>.<n>.tmp`.
-const TMP_PREFIX: &str = ".tpcx.";
-const TMP_SUFFIX: &str = ".tmp";
+pub(crate) const TMP_PREFIX: &str = ".tpcx.";
+pub(crate) const TMP_SUFFIX: &str = ".tmp";
 
 pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
     let started = Instant::now();
@@ -704,7 +704,7 @@ fn remove_stale_temps(dir: &Path) {
 }
 
 /// The pid in a temporary file name `.tpcx.<pid>.<tag>.tmp`, if it is one.
-fn stale_temp_pid(name: &[u8]) -> Option<u32> {
+pub(crate) fn stale_temp_pid(name: &[u8]) -> Option<u32> {
     let rest = name
         .strip_prefix(TMP_PREFIX.as_bytes())?
         .strip_suffix(TMP_SUFFIX.as_bytes())?;

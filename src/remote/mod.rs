@@ -20,6 +20,9 @@ use quinn_proto::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
 use tpc_core::wire::{Frame, WireError, FRAME_HEADER_BYTES};
 use tpc_uring::quic::{QuicError, ReadExactError, RecvStream, SendStream};
 
+// The local copy's temporary-name scheme: either one cleans up what the other left.
+use crate::copy::{TMP_PREFIX, TMP_SUFFIX};
+
 /// Port `serve` listens on by default (shard 0; shard i listens on this + i).
 pub const DEFAULT_PORT: u16 = 7440;
 
@@ -228,11 +231,6 @@ pub async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<(), Ses
     send.write_all(&buf).await?;
     Ok(())
 }
-
-/// Prefix and suffix of temporary names; the same as the local copy's, so either one
-/// cleans up what the other left.
-pub const TMP_PREFIX: &str = ".tpcx.";
-pub const TMP_SUFFIX: &str = ".tmp";
 
 /// The temporary name of file `file` of session `session`, beside its final name:
 /// `.tpcx.<pid>.<session>-<file>.tmp`. Every shard of the receiving process derives the

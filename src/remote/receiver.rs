@@ -16,7 +16,8 @@ use tpc_core::relpath::RelPath;
 use tpc_core::wire::{Entry, ErrorCode, NeedItem, WireKind};
 use tpc_uring::confine::{set_file_meta, ConfineError, FileKind, Root};
 
-use super::{temp_name, TMP_PREFIX, TMP_SUFFIX};
+use super::temp_name;
+use crate::copy::stale_temp_pid;
 
 /// A per-file or per-session failure, as sent to the peer.
 #[derive(Clone, Debug)]
@@ -33,7 +34,7 @@ impl Failure {
         }
     }
 
-    fn confine(e: &ConfineError) -> Failure {
+    pub fn confine(e: &ConfineError) -> Failure {
         let code = match e {
             ConfineError::Path(_) | ConfineError::Escapes { .. } | ConfineError::Symlink { .. } => {
                 ErrorCode::PathRefused
@@ -488,15 +489,6 @@ fn io_failure(rel: &RelPath, e: &std::io::Error) -> Failure {
         e.raw_os_error().map_or(ErrorCode::Io, ErrorCode::for_errno),
         format!("{rel}: {e}"),
     )
-}
-
-/// The pid in a temporary file name `.tpcx.<pid>.<tag>.tmp`, if it is one.
-pub fn stale_temp_pid(name: &[u8]) -> Option<u32> {
-    let rest = name
-        .strip_prefix(TMP_PREFIX.as_bytes())?
-        .strip_suffix(TMP_SUFFIX.as_bytes())?;
-    let dot = rest.iter().position(|&b| b == b'.')?;
-    std::str::from_utf8(&rest[..dot]).ok()?.parse().ok()
 }
 
 /// Names in the directory open at `fd` (not `.` or `..`).

@@ -20,7 +20,7 @@ use tpc_core::wire::{
     DestKind, Entry, ErrorCode, Frame, Get, Op, Put, WireKind, ENTRIES_PER_FRAME_MAX,
     ITEMS_PER_FRAME_MAX, MANIFEST_ENTRIES_MAX, PROTOCOL_VERSION,
 };
-use tpc_uring::confine::{ConfineError, FileKind, Root};
+use tpc_uring::confine::{FileKind, Root};
 use tpc_uring::quic::{
     bind_socket, udp_payload_max_towards, Connection, Endpoint, RecvStream, SendStream,
 };
@@ -253,17 +253,6 @@ async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> 
     executor().spawn_blocking(f).await
 }
 
-fn confine_failure(e: &ConfineError) -> Failure {
-    let code = match e {
-        ConfineError::Path(_) | ConfineError::Escapes { .. } | ConfineError::Symlink { .. } => {
-            ErrorCode::PathRefused
-        }
-        ConfineError::NotFound { .. } => ErrorCode::NotFound,
-        _ => e.errno().map_or(ErrorCode::Io, ErrorCode::for_errno),
-    };
-    Failure::new(code, e.to_string())
-}
-
 async fn control_push(
     send: &mut SendStream,
     recv: &mut RecvStream,
@@ -282,7 +271,7 @@ async fn control_push(
     let lookup = base.clone();
     let kind = blocking(move || root.lstat(&lookup))
         .await
-        .map_err(|e| confine_failure(&e))?;
+        .map_err(|e| Failure::confine(&e))?;
     let dest_kind = match kind {
         None => DestKind::Missing,
         Some(s) if s.kind == FileKind::Dir => DestKind::Dir,
@@ -449,7 +438,7 @@ async fn put(
     let fd = shared
         .root
         .open(&tmp, libc::O_WRONLY, 0)
-        .map_err(|e| confine_failure(&e))?;
+        .map_err(|e| Failure::confine(&e))?;
     // The announced size must be the planned one, or a run could extend the file.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: valid fd and stat buffer.
@@ -492,7 +481,7 @@ async fn get(send: &mut SendStream, shared: &Shared, g: Get) -> Result<(), Failu
     let fd = shared
         .root
         .open(&full, libc::O_RDONLY, 0)
-        .map_err(|e| confine_failure(&e))?;
+        .map_err(|e| Failure::confine(&e))?;
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: valid fd and stat buffer.
     if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 || st.st_size as u64 != g.size {
@@ -533,7 +522,7 @@ async fn control_pull(
     let walked = base.clone();
     let (entries, errors) = blocking(move || root.walk(&walked, MANIFEST_ENTRIES_MAX as usize))
         .await
-        .map_err(|e| confine_failure(&e))?;
+        .map_err(|e| Failure::confine(&e))?;
     for e in &errors {
         eprintln!("tpc-xfer: pull of {base}: {e}");
     }
