@@ -37,7 +37,7 @@ use tpc_uring::Durability;
 use super::data::{receive_run, send_run, uring_file, DataError};
 use super::receiver::{full_path, temp_path, Failure, Receiver};
 use super::{
-    expect_frame, transport_config, write_frame, RemoteSpec, SessionError, CLOSE_DONE,
+    expect_end, expect_frame, transport_config, write_frame, RemoteSpec, SessionError, CLOSE_DONE,
     CONNECT_TIMEOUT, STREAMS_IN_FLIGHT_PER_SHARD,
 };
 use crate::auth::{self, Identity, KnownServers, ServerTrust};
@@ -481,7 +481,10 @@ async fn move_range(conn: &Connection, work: &Work, item: RangeItem) -> Result<u
             return Err(io(e.into()));
         }
         match expect_frame(&mut recv).await.map_err(io)? {
-            Frame::RangeOk => Ok(n),
+            Frame::RangeOk => {
+                expect_end(&mut recv).await.map_err(io)?;
+                Ok(n)
+            }
             other => Err(Failure::new(
                 ErrorCode::Protocol,
                 format!("server answered a range with frame type {}", other.kind()),
@@ -730,10 +733,13 @@ async fn session(
     let mut entry_paths: Vec<Vec<u8>> = Vec::new();
     let mut local_receiver: Option<Receiver> = None;
     let mut local_root = None;
+    // Which entries are regular files: the summary counts files, as a local copy does.
+    let is_file: Vec<bool>;
+    let mut plan_failed_files = 0u64;
     match plan {
         Plan::Push { sources } => {
             let (entries, srcs) = push_manifest(&sources, &path, dest_kind);
-            summary.files = entries.len() as u64;
+            is_file = entries.iter().map(|e| e.kind == WireKind::File).collect();
             for batch in entries.chunks(ENTRIES_PER_FRAME_MAX) {
                 write_frame(&mut send, &Frame::Entries(batch.to_vec()))
                     .await
@@ -771,7 +777,7 @@ async fn session(
                     } => {
                         problems.report(exit_for(code, true), format!("server: {message}"));
                         summary.failed += 1;
-                        let _ = file;
+                        plan_failed_files += u64::from(is_file.get(file as usize) == Some(&true));
                     }
                     Frame::NeedEnd => break,
                     f => {
@@ -797,7 +803,7 @@ async fn session(
                     }
                 }
             }
-            summary.files = entries.len() as u64;
+            is_file = entries.iter().map(|e| e.kind == WireKind::File).collect();
             let (root, base) = pull_target(&path, dest_kind, &dest)?;
             let root = Arc::new(root);
             let mut receiver = Receiver::new(root.clone(), base, session, job.opts_durable);
@@ -827,9 +833,10 @@ async fn session(
                     (receiver, plan)
                 })
                 .await;
-            for (_, f) in failed {
+            for (file, f) in failed {
                 problems.report(exit_for(f.code, true), f.message);
                 summary.failed += 1;
+                plan_failed_files += u64::from(is_file.get(file as usize) == Some(&true));
             }
             for item in &n {
                 if let Some((full, _)) = receiver.receiving(item.file) {
@@ -869,7 +876,8 @@ async fn session(
         }
     }
     let to_move = needs.len() as u64;
-    summary.files_unchanged = summary.files.saturating_sub(to_move + summary.failed);
+    summary.files = is_file.iter().filter(|&&f| f).count() as u64;
+    summary.files_unchanged = summary.files.saturating_sub(to_move + plan_failed_files);
     let work = Arc::new(Work {
         push,
         session,

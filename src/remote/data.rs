@@ -10,7 +10,7 @@ use tpc_core::wire::{run_bytes, ErrorCode};
 use tpc_uring::quic::{RecvStream, SendStream};
 
 use super::receiver::Failure;
-use super::SessionError;
+use super::{expect_end, SessionError};
 
 /// Why a run of chunks could not be moved.
 #[derive(Debug)]
@@ -109,7 +109,8 @@ pub async fn send_run(
 
 /// Receives chunks `first .. first + count` of a file of `size` bytes from `recv`,
 /// verifies each against the hash that follows it, and writes it at its offset in
-/// `file`. Nothing unverified is written. Returns the bytes written.
+/// `file`. Nothing unverified is written. The run must be all the stream carries: its end
+/// is read too. Returns the bytes written.
 pub async fn receive_run(
     recv: &mut RecvStream,
     file: &BufferedFile,
@@ -163,5 +164,12 @@ pub async fn receive_run(
             break;
         }
     }
+    expect_end(recv).await.map_err(|e| match e {
+        SessionError::Trailing => DataError::Local(Failure::new(
+            ErrorCode::Protocol,
+            format!("{what}: bytes after the announced chunks"),
+        )),
+        e => DataError::Session(e),
+    })?;
     Ok(len)
 }

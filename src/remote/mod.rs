@@ -167,6 +167,8 @@ pub enum SessionError {
     },
     /// The stream ended where a frame was due.
     Ended,
+    /// The stream carried bytes after its last frame or run.
+    Trailing,
 }
 
 impl std::fmt::Display for SessionError {
@@ -176,6 +178,7 @@ impl std::fmt::Display for SessionError {
             SessionError::Wire(e) => write!(f, "protocol error: {e}"),
             SessionError::Remote { message, .. } => write!(f, "{message}"),
             SessionError::Ended => write!(f, "peer ended the stream early"),
+            SessionError::Trailing => write!(f, "peer sent bytes after the end of a stream"),
         }
     }
 }
@@ -222,6 +225,16 @@ pub async fn expect_frame(recv: &mut RecvStream) -> Result<Frame, SessionError> 
         Some(Frame::Error { code, message }) => Err(SessionError::Remote { code, message }),
         Some(f) => Ok(f),
         None => Err(SessionError::Ended),
+    }
+}
+
+/// Reads the end of a stream whose last frame or run has been read. Every stream is read
+/// to its end rather than stopped: a stop can race the peer's finish, and a stream whose
+/// finish was refused holds one of the connection's stream credits until it is reset.
+pub async fn expect_end(recv: &mut RecvStream) -> Result<(), SessionError> {
+    match recv.read_chunk(1).await? {
+        None => Ok(()),
+        Some(_) => Err(SessionError::Trailing),
     }
 }
 

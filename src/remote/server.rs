@@ -27,7 +27,7 @@ use tpc_uring::quic::{
 
 use super::data::{receive_run, send_run, uring_file, DataError};
 use super::receiver::{temp_path, Failure, Receiver};
-use super::{expect_frame, read_frame, transport_config, write_frame, SessionError};
+use super::{expect_end, expect_frame, read_frame, transport_config, write_frame, SessionError};
 use crate::auth::{self, AuthorizedClients, Identity};
 use crate::exit::Exit;
 
@@ -191,7 +191,11 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream, shared: Rc<Sha
             }
         }
         Ok(Some(Frame::Put(p))) => put(&mut send, &mut recv, &shared, p).await,
-        Ok(Some(Frame::Get(g))) => get(&mut send, &shared, g).await,
+        Ok(Some(Frame::Get(g))) => match expect_end(&mut recv).await {
+            // A Get is the whole request.
+            Ok(()) => get(&mut send, &shared, g).await,
+            Err(e) => Err(session_failure(e)),
+        },
         Ok(Some(f)) => Err(Failure::new(
             ErrorCode::Protocol,
             format!("a stream cannot start with frame type {}", f.kind()),
@@ -450,20 +454,7 @@ async fn put(
     }
     let file = uring_file(fd);
     let what = full.to_string();
-    let mut result = receive_run(recv, &file, &what, p.size, p.chunk_first, p.chunk_count).await;
-    if result.is_ok() {
-        // The run must be all the stream carries: read its end before acknowledging.
-        match recv.read_chunk(1).await {
-            Ok(None) => {}
-            Ok(Some(_)) => {
-                result = Err(DataError::Local(Failure::new(
-                    ErrorCode::Protocol,
-                    format!("{full}: bytes after the announced chunks"),
-                )))
-            }
-            Err(e) => result = Err(DataError::Session(e.into())),
-        }
-    }
+    let result = receive_run(recv, &file, &what, p.size, p.chunk_first, p.chunk_count).await;
     let _ = file.close().await;
     match result {
         Ok(_) => write_frame(send, &Frame::RangeOk)
@@ -501,7 +492,12 @@ async fn get(send: &mut SendStream, shared: &Shared, g: Get) -> Result<(), Failu
     let file = uring_file(fd);
     let what = full.to_string();
     let result = send_run(&file, &what, g.size, g.chunk_first, g.chunk_count, send).await;
+    // End the stream before anything else can yield: the client is waiting for its end.
+    let finished = result.is_ok().then(|| send.finish());
     let _ = file.close().await;
+    if let Some(Err(e)) = finished {
+        return Err(session_failure(e.into()));
+    }
     match result {
         Ok(_) => Ok(()),
         Err(DataError::Local(f)) => Err(f),

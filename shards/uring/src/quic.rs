@@ -478,6 +478,11 @@ impl State {
                     // Other send errors are like a lost packet; QUIC recovers.
                 }
             }
+            if blocked {
+                // The socket filled (on this or an earlier connection): this one may have
+                // more to send once it drains.
+                self.dirty.insert(h);
+            }
             while let Some(ev) = c.conn.poll_endpoint_events() {
                 if let Some(ev) = self.endpoint.handle_event(h, ev) {
                     c.conn.handle_event(ev);
@@ -818,6 +823,10 @@ impl SendStream {
                     Poll::Pending
                 }
                 Err(quinn_proto::WriteError::Stopped(code)) => {
+                    // As in `finish`: a stopped stream is released by resetting it.
+                    let _ = c.conn.send_stream(id).reset(VarInt::from_u32(0));
+                    st.dirty.insert(handle);
+                    st.wake_driver();
                     Poll::Ready(Err(QuicError::Stopped(code.into_inner())))
                 }
                 Err(quinn_proto::WriteError::ClosedStream) => Poll::Ready(Err(QuicError::Closed)),
@@ -826,16 +835,27 @@ impl SendStream {
         .await
     }
 
-    /// Marks the end of the stream; the peer reads it as end of data.
+    /// Marks the end of the stream; the peer reads it as end of data. Finishing twice is
+    /// harmless.
     pub fn finish(&mut self) -> Result<(), QuicError> {
+        if self.finished {
+            return Ok(());
+        }
         self.finished = true;
-        self.conn
+        let r = self
+            .conn
             .with(|c| c.conn.send_stream(self.id).finish())
-            .ok_or(QuicError::Lost(ConnectionError::LocallyClosed))?
-            .map_err(|e| match e {
-                quinn_proto::FinishError::Stopped(code) => QuicError::Stopped(code.into_inner()),
-                quinn_proto::FinishError::ClosedStream => QuicError::Closed,
-            })
+            .ok_or(QuicError::Lost(ConnectionError::LocallyClosed))?;
+        match r {
+            Ok(()) => Ok(()),
+            Err(quinn_proto::FinishError::Stopped(code)) => {
+                // quinn-proto keeps a stopped stream that was never finished or reset, and
+                // it holds one of the peer's stream credits until then: release it.
+                self.reset(0);
+                Err(QuicError::Stopped(code.into_inner()))
+            }
+            Err(quinn_proto::FinishError::ClosedStream) => Err(QuicError::Closed),
+        }
     }
 
     /// Abandons the stream with an error code.
