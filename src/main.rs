@@ -1,16 +1,6 @@
 //! The `tpc-xfer` command line: parses flags, starts the shards, maps every outcome to one
 //! documented exit code.
 
-// Not wired into a command yet (remote transfers are a later issue).
-#[allow(dead_code)]
-mod auth;
-mod check;
-mod copy;
-mod exit;
-mod progress;
-mod remote;
-mod walk;
-
 use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -20,7 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tpc_core::SkipPolicy;
 use tpc_uring::Durability;
 
-use crate::exit::{Exit, EXIT_CODES_HELP};
+use tpc_xfer::exit::{Exit, EXIT_CODES_HELP};
+use tpc_xfer::{auth, check, copy, remote};
 
 /// Thread-per-core file transfer: every chunk hashed with BLAKE3, every file written
 /// atomically and durably.

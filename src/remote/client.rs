@@ -565,22 +565,29 @@ fn connect_failure(job: &Job, e: &QuicError) -> (Exit, String) {
     if let Some(auth) = job.trust.failure() {
         return (Exit::Auth, auth.to_string());
     }
-    if let QuicError::Lost(reason) = e {
-        if auth::quic_refused_by_server(reason) {
-            return (
-                Exit::Auth,
-                format!(
-                    "server {} refused this client: add this host's key (tpc-xfer id --state {}) to the server's authorized-clients",
-                    job.remote.authority,
-                    job.state_dir.display()
-                ),
-            );
-        }
+    refused(job, e).unwrap_or_else(|| {
+        (
+            Exit::Network,
+            format!("cannot connect to server {}: {e}", job.remote.authority),
+        )
+    })
+}
+
+/// The server refused this client's key. In TLS 1.3 the client's handshake completes before
+/// the server has checked the client's certificate, so the refusal can arrive at connect
+/// or at the first stream.
+fn refused(job: &Job, e: &QuicError) -> Option<(Exit, String)> {
+    match e {
+        QuicError::Lost(reason) if auth::quic_refused_by_server(reason) => Some((
+            Exit::Auth,
+            format!(
+                "server {} refused this client: add this host's key (tpc-xfer id --state {}) to the server's authorized-clients",
+                job.remote.authority,
+                job.state_dir.display()
+            ),
+        )),
+        _ => None,
     }
-    (
-        Exit::Network,
-        format!("cannot connect to server {}: {e}", job.remote.authority),
-    )
 }
 
 /// Shard 0: authenticate, run the session's control stream, hand out work, commit.
@@ -681,6 +688,9 @@ async fn session(
             (exit_for(code, push), format!("server: {message}"))
         }
         SessionError::Wire(w) => (Exit::Protocol, format!("server sent an invalid frame: {w}")),
+        SessionError::Quic(q) if refused(job, &q).is_some() => {
+            refused(job, &q).expect("just matched")
+        }
         other => (
             Exit::Network,
             format!("connection to {} lost: {other}", job.remote.authority),

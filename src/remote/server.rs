@@ -13,6 +13,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use glommio::executor;
 use tpc_core::relpath::RelPath;
@@ -30,6 +31,15 @@ use super::receiver::{temp_path, Failure, Receiver};
 use super::{expect_end, expect_frame, read_frame, transport_config, write_frame, SessionError};
 use crate::auth::{self, AuthorizedClients, Identity};
 use crate::exit::Exit;
+
+/// A line for the operator on stderr. A server outlives the terminal it started from: a
+/// closed stderr must not take it down, as `eprintln!` would by panicking.
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 pub struct ServeOptions {
     pub root: PathBuf,
@@ -49,26 +59,26 @@ pub fn run(opts: ServeOptions) -> Exit {
     let root = match Root::open_ambient(&opts.root) {
         Ok(r) => Arc::new(r),
         Err(e) => {
-            eprintln!("tpc-xfer: cannot serve {}: {e}", opts.root.display());
+            log!("tpc-xfer: cannot serve {}: {e}", opts.root.display());
             return Exit::Source;
         }
     };
     let identity = match Identity::load_or_create(&opts.state_dir) {
         Ok(i) => i,
         Err(e) => {
-            eprintln!("tpc-xfer: {e}");
+            log!("tpc-xfer: {e}");
             return Exit::Auth;
         }
     };
     let authorized = match AuthorizedClients::load(&opts.state_dir) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("tpc-xfer: {e}");
+            log!("tpc-xfer: {e}");
             return Exit::Auth;
         }
     };
     if authorized.is_empty() {
-        eprintln!(
+        log!(
             "tpc-xfer: warning: {} lists no client; every client will be refused",
             opts.state_dir.join("authorized-clients").display()
         );
@@ -76,7 +86,7 @@ pub fn run(opts: ServeOptions) -> Exit {
     let crypto = match auth::quic_server_config(&identity, authorized) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("tpc-xfer: {e}");
+            log!("tpc-xfer: {e}");
             return Exit::Auth;
         }
     };
@@ -87,7 +97,7 @@ pub fn run(opts: ServeOptions) -> Exit {
             addr.set_port(match addr.port().checked_add(i as u16) {
                 Some(p) => p,
                 None => {
-                    eprintln!(
+                    log!(
                         "tpc-xfer: port {} + {i} is out of range",
                         opts.listen.port()
                     );
@@ -95,10 +105,10 @@ pub fn run(opts: ServeOptions) -> Exit {
                 }
             });
         }
-        match bind_socket(addr) {
+        match bind_retrying(addr) {
             Ok(s) => sockets.push(Some(s)),
             Err(e) => {
-                eprintln!("tpc-xfer: cannot listen on UDP {addr}: {e}");
+                log!("tpc-xfer: cannot listen on UDP {addr}: {e}");
                 return Exit::Usage;
             }
         }
@@ -112,7 +122,7 @@ pub fn run(opts: ServeOptions) -> Exit {
         })
         .collect();
     let first = sockets[0].as_ref().and_then(|s| s.local_addr().ok());
-    eprintln!(
+    log!(
         "tpc-xfer: serving {} on {} ({} shards, UDP ports {}); server key {}",
         opts.root.display(),
         first.map_or_else(String::new, |a| a.to_string()),
@@ -149,7 +159,7 @@ pub fn run(opts: ServeOptions) -> Exit {
             let ep = match Endpoint::new(socket, Some(Box::new(make))) {
                 Ok(ep) => ep,
                 Err(e) => {
-                    eprintln!("tpc-xfer: shard cannot start its endpoint: {e}");
+                    log!("tpc-xfer: shard cannot start its endpoint: {e}");
                     return;
                 }
             };
@@ -161,8 +171,28 @@ pub fn run(opts: ServeOptions) -> Exit {
     match result {
         Ok(_) => Exit::Ok,
         Err(e) => {
-            eprintln!("tpc-xfer: {e}");
+            log!("tpc-xfer: {e}");
             Exit::Engine
+        }
+    }
+}
+
+/// How long a listen address that is in use is retried before giving up.
+const BIND_RETRY: Duration = Duration::from_secs(3);
+
+/// Binds `addr`, retrying for `BIND_RETRY` while it is in use: a server restarted right
+/// after being killed finds its ports still held for a moment, because the kernel tears
+/// down the dead process's io_uring (which holds the sockets) asynchronously.
+fn bind_retrying(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let started = Instant::now();
+    loop {
+        match bind_socket(addr) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse && started.elapsed() < BIND_RETRY =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r,
         }
     }
 }
@@ -210,7 +240,7 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream, shared: Rc<Sha
         }
         Err(f) => {
             // The client hears why; the operator sees it too. Nothing else is affected.
-            eprintln!("tpc-xfer: refused: {}", f.message);
+            log!("tpc-xfer: refused: {}", f.message);
             let _ = write_frame(
                 &mut send,
                 &Frame::Error {
@@ -520,7 +550,7 @@ async fn control_pull(
         .await
         .map_err(|e| Failure::confine(&e))?;
     for e in &errors {
-        eprintln!("tpc-xfer: pull of {base}: {e}");
+        log!("tpc-xfer: pull of {base}: {e}");
     }
     let dest = if entries
         .first()
@@ -555,7 +585,7 @@ async fn control_pull(
                 match blocking(move || root.read_link(&r)).await {
                     Ok(t) => (WireKind::Symlink, t),
                     Err(e) => {
-                        eprintln!("tpc-xfer: {e}");
+                        log!("tpc-xfer: {e}");
                         continue;
                     }
                 }

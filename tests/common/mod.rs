@@ -5,10 +5,12 @@
 
 use std::ffi::{CString, OsStr};
 use std::io::Write;
+use std::io::{BufRead, BufReader};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tpc-xfer")
@@ -290,4 +292,96 @@ pub fn edge_case_tree(root: &Path, big_bytes: u64, small_files: usize) {
     chmod(&root.join("read-only"), 0o555);
     set_mtime(&root.join("read-only"), 12_345, 678);
     set_mtime(&root.join("empty-dir"), 0, 1);
+}
+
+/// A server on 127.0.0.1 with ephemeral ports, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    pub fn start(root: &Path, state: &Path) -> Server {
+        Server::start_on(root, state, "127.0.0.1:0")
+    }
+
+    /// A server listening on `listen` (127.0.0.1 only).
+    pub fn start_on(root: &Path, state: &Path, listen: &str) -> Server {
+        std::fs::create_dir_all(root).unwrap();
+        let mut child = Command::new(bin())
+            .args(["serve", "--listen", listen, "--root"])
+            .arg(root)
+            .arg("--state")
+            .arg(state)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("server starts");
+        // The first line names the address: "... on 127.0.0.1:PORT (N shards, ...".
+        let mut line = String::new();
+        let mut reader = BufReader::new(child.stderr.take().unwrap());
+        reader.read_line(&mut line).unwrap();
+        // The rest of the server's log is collected for the tests to read.
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for l in reader.lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&(l + "\n"));
+            }
+        });
+        let port = line
+            .split("127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        assert!(line.contains("serving"), "server did not start: {line}");
+        Server { child, port, log }
+    }
+
+    /// What the server has written to stderr since its first line.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("tpc://127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Client and server state directories, the client authorized by the server.
+pub fn keys(s: &Scratch) -> (PathBuf, PathBuf) {
+    let (cs, ss) = (s.path("client-state"), s.path("server-state"));
+    let out = tpc(&[os("id"), os("--state"), cs.as_os_str().into()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    std::fs::create_dir_all(&ss).unwrap();
+    chmod(&ss, 0o700);
+    std::fs::write(ss.join("authorized-clients"), &out.stdout).unwrap();
+    (cs, ss)
+}
+
+pub fn os(s: &str) -> std::ffi::OsString {
+    s.into()
+}
+
+pub fn copy(
+    state: &Path,
+    from: impl AsRef<std::ffi::OsStr>,
+    to: impl AsRef<std::ffi::OsStr>,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args: Vec<std::ffi::OsString> = vec!["copy".into(), "-q".into()];
+    args.extend(extra.iter().map(|a| a.into()));
+    args.push("--state".into());
+    args.push(state.into());
+    args.push(from.as_ref().into());
+    args.push(to.as_ref().into());
+    tpc(&args)
 }

@@ -1,0 +1,243 @@
+//! A hostile client against a real `tpc-xfer serve`: it speaks the wire protocol directly
+//! (the command line would never send these) and tries `../x`, `/etc/x`, and paths through
+//! a symlink that points out of the root. Nothing may appear outside the root, each try
+//! gets a typed error, and the server goes on serving.
+
+mod common;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use common::*;
+use tpc_core::wire::{Entry, ErrorCode, Frame, Get, Op, Put, WireKind, PROTOCOL_VERSION};
+use tpc_uring::quic::{bind_socket, Connection, Endpoint};
+use tpc_xfer::auth::{quic_client_config, Identity, KnownServers, ServerTrust};
+use tpc_xfer::remote::{read_frame, transport_config, write_frame};
+
+/// Runs `body` on a glommio executor with a QUIC connection to the server on `port`,
+/// authenticated with the client key in `state`.
+fn with_connection<F, Fut>(state: &Path, port: u16, body: F)
+where
+    F: FnOnce(Connection) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let state = state.to_path_buf();
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(move || async move {
+            let server: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let identity = Identity::load_or_create(&state).unwrap();
+            let known = KnownServers::load(&state).unwrap();
+            let trust = ServerTrust::new(&known, &server.to_string(), true).unwrap();
+            let mut config = quic_client_config(&identity, trust).unwrap();
+            config.transport_config(transport_config(1452));
+            let endpoint =
+                Endpoint::new(bind_socket("127.0.0.1:0".parse().unwrap()).unwrap(), None).unwrap();
+            let conn = endpoint.connect(config, server, "tpc-xfer").await.unwrap();
+            body(conn.clone()).await;
+            conn.close(0, b"done");
+            endpoint.shutdown();
+            endpoint.wait_idle().await;
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+/// Sends `frames` on a new stream and returns every frame the server answers with.
+async fn exchange(conn: &Connection, frames: &[Frame]) -> Vec<Frame> {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    for f in frames {
+        write_frame(&mut send, f).await.unwrap();
+    }
+    let _ = send.finish();
+    let mut answers = Vec::new();
+    while let Ok(Some(f)) = read_frame(&mut recv).await {
+        answers.push(f);
+    }
+    answers
+}
+
+fn push(dest: &[u8]) -> Frame {
+    Frame::Hello {
+        version: PROTOCOL_VERSION,
+        op: Op::Push {
+            dest: dest.to_vec(),
+            durable: false,
+        },
+    }
+}
+
+fn file(path: &[u8]) -> Entry {
+    Entry {
+        kind: WireKind::File,
+        path: path.to_vec(),
+        size: 5,
+        mode: 0o644,
+        mtime: (1_700_000_000, 0),
+        target: Vec::new(),
+        hashes: Vec::new(),
+    }
+}
+
+/// The code of the `Error` or `Failed` frame among `answers`.
+fn refusal(answers: &[Frame]) -> Option<ErrorCode> {
+    answers.iter().find_map(|f| match f {
+        Frame::Error { code, .. } | Frame::Failed { code, .. } => Some(*code),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_hostile_client_cannot_write_outside_the_root_and_the_server_keeps_serving() {
+    let s = Scratch::new("hostile");
+    let (cs, ss) = keys(&s);
+    let root = s.path("root");
+    let outside = s.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret"), b"secret").unwrap();
+    std::fs::create_dir_all(&root).unwrap();
+    // A symlink inside the root that leads out of it.
+    std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+    let server = Server::start(&root, &ss);
+
+    let outside_bytes = outside.as_os_str().as_encoded_bytes().to_vec();
+    let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = answers.clone();
+    with_connection(&cs, server.port, move |conn| async move {
+        let record = |name: &str, a: Vec<Frame>| {
+            out.lock().unwrap().push((name.to_string(), refusal(&a)));
+        };
+        // Destinations that climb out, are absolute, or pass through the symlink.
+        for dest in [&b"../x"[..], b"/etc/x", b"a/../../x", b"link/x", b"x\0y"] {
+            let a = exchange(&conn, &[push(dest)]).await;
+            record(&format!("push to {}", String::from_utf8_lossy(dest)), a);
+        }
+        // A fine destination, then manifest entries that climb out or are absolute.
+        for path in [&b"../x"[..], b"/etc/x", b"d/../../x"] {
+            let entries = vec![file(path)];
+            let a = exchange(
+                &conn,
+                &[
+                    push(b"ok"),
+                    Frame::Entries(entries),
+                    Frame::EntriesEnd { count: 1 },
+                ],
+            )
+            .await;
+            record(&format!("entry {}", String::from_utf8_lossy(path)), a);
+        }
+        // Data streams aimed outside: no session makes them legitimate.
+        for path in [&b"../x"[..], b"/etc/x", b"link/x"] {
+            let put = Frame::Put(Put {
+                session: 1,
+                file: 0,
+                path: path.to_vec(),
+                size: 5,
+                chunk_first: 0,
+                chunk_count: 1,
+            });
+            let a = exchange(&conn, &[put]).await;
+            record(&format!("put {}", String::from_utf8_lossy(path)), a);
+        }
+        // A pull through the symlink.
+        let pull = Frame::Hello {
+            version: PROTOCOL_VERSION,
+            op: Op::Pull {
+                src: b"link/".to_vec(),
+            },
+        };
+        let a = exchange(&conn, &[pull]).await;
+        // Served as what it is, a symlink, never followed: nothing beneath it is listed.
+        let listed: Vec<Vec<u8>> = a
+            .iter()
+            .flat_map(|f| match f {
+                Frame::Entries(e) => e.iter().map(|e| e.path.clone()).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert!(
+            listed.iter().all(|p| p.is_empty()),
+            "pull of link/ listed {listed:?}"
+        );
+        // Reading through the symlink.
+        let get = Frame::Get(Get {
+            session: 1,
+            file: 0,
+            path: b"link/secret".to_vec(),
+            size: 6,
+            chunk_first: 0,
+            chunk_count: 1,
+        });
+        let a = exchange(&conn, &[get]).await;
+        assert!(
+            !a.iter().any(|f| matches!(f, Frame::Data { .. })),
+            "link/secret was served"
+        );
+        record("get link/secret", a);
+        // Manifests that are not refused but must not escape either: a symlink to the
+        // outside, then a file through it; and the symlink's name as a directory (it is
+        // replaced by a directory, as rsync does).
+        let outside_target = outside_bytes.clone();
+        let _ = exchange(
+            &conn,
+            &[
+                push(b"ok2"),
+                Frame::Entries(vec![
+                    Entry {
+                        kind: WireKind::Symlink,
+                        target: outside_target,
+                        size: 0,
+                        ..file(b"s")
+                    },
+                    file(b"s/x"),
+                ]),
+                Frame::EntriesEnd { count: 2 },
+                Frame::Commit { files: vec![1] },
+                Frame::Finish,
+            ],
+        )
+        .await;
+        let dir = Entry {
+            kind: WireKind::Dir,
+            size: 0,
+            ..file(b"")
+        };
+        let _ = exchange(
+            &conn,
+            &[
+                push(b"link"),
+                Frame::Entries(vec![dir, file(b"x")]),
+                Frame::EntriesEnd { count: 2 },
+                Frame::Finish,
+            ],
+        )
+        .await;
+    });
+
+    for (name, code) in answers.lock().unwrap().iter() {
+        assert!(
+            *code == Some(ErrorCode::PathRefused),
+            "{name}: answered {code:?}, want a refusal"
+        );
+    }
+    let outside_now: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        outside_now,
+        ["secret"],
+        "something was written outside the root"
+    );
+    assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"secret");
+    assert!(!s.path("x").exists() && !s.0.parent().unwrap().join("x").exists());
+    assert!(server.log().contains("refused"), "{}", server.log());
+
+    // The server still serves an honest client.
+    let src = s.path("f");
+    random_file(&src, 10_000, 4);
+    let out = copy(&cs, &src, server.url("f"), &["--accept-new"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_identical(&src, &root.join("f"));
+}
