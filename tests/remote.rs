@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -129,4 +131,87 @@ fn pulling_a_missing_remote_path_is_exit_3_and_the_server_keeps_serving() {
     let out = copy(&cs, &src, server.url("f"), &[]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_identical(&src, &s.path("root/f"));
+}
+
+/// Reads a whole file.
+fn bytes(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn killing_the_server_mid_push_leaves_old_or_new_files_and_a_rerun_completes() {
+    let s = Scratch::new("remote-kill");
+    let (cs, ss) = keys(&s);
+    let src = s.path("src");
+    let root = s.path("root");
+    let small = 300;
+    let names: Vec<String> = (0..small).map(|i| format!("small/f{i}")).collect();
+    // Version A, pushed completely.
+    std::fs::create_dir_all(src.join("small")).unwrap();
+    random_file(&src.join("big.bin"), 64 * CHUNK_BYTES, 1);
+    for (i, n) in names.iter().enumerate() {
+        std::fs::write(src.join(n), format!("old {i}\n").repeat(i % 50 + 1)).unwrap();
+    }
+    let server = Server::start(&root, &ss);
+    let port = server.port;
+    let out = copy(&cs, with_slash(&src), server.url("tree"), &["--accept-new"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let old: Vec<Vec<u8>> = names.iter().map(|n| bytes(&src.join(n))).collect();
+    let old_big = bytes(&src.join("big.bin"));
+
+    // Version B: every file changes.
+    random_file(&src.join("big.bin"), 64 * CHUNK_BYTES, 2);
+    for (i, n) in names.iter().enumerate() {
+        std::fs::write(src.join(n), format!("new {i}\n").repeat(i % 40 + 2)).unwrap();
+    }
+    let new: Vec<Vec<u8>> = names.iter().map(|n| bytes(&src.join(n))).collect();
+    let new_big = bytes(&src.join("big.bin"));
+
+    // Push B and kill the server once its temporaries exist.
+    let client = Command::new(bin())
+        .args(["copy", "-q", "--state"])
+        .arg(&cs)
+        .arg(with_slash(&src))
+        .arg(server.url("tree"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while temporaries(&root).is_empty() && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    drop(server);
+    let out = client.wait_with_output().unwrap();
+    assert_eq!(code(&out), 8, "{}", stderr(&out));
+
+    // Every file is complete: the old version or the new one, never a mix or a part.
+    let tree = root.join("tree");
+    let mut olds = 0;
+    for (i, n) in names.iter().enumerate() {
+        let got = bytes(&tree.join(n));
+        assert!(got == old[i] || got == new[i], "{n} is neither version");
+        olds += usize::from(got == old[i]);
+    }
+    let big = bytes(&tree.join("big.bin"));
+    assert!(
+        big == old_big || big == new_big,
+        "big.bin is neither version"
+    );
+    assert!(
+        olds > 0 || big == old_big,
+        "the kill came after the push completed: the test proved nothing"
+    );
+    // Temporaries are hidden (dot names) and belong to the dead server.
+    for t in temporaries(&root) {
+        let name = t.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with(".tpcx."), "{name}");
+    }
+
+    // A restarted server and a rerun complete the push and leave no temporary.
+    let server = Server::start_on(&root, &ss, &format!("127.0.0.1:{port}"));
+    let out = copy(&cs, with_slash(&src), server.url("tree"), &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_identical(&src, &tree);
+    assert_eq!(temporaries(&root), Vec::<PathBuf>::new());
 }

@@ -47,12 +47,14 @@ pub const STREAMS_IN_FLIGHT_PER_SHARD: usize = 16;
 /// How long a client waits for a server's handshake before calling it unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Idle time after which a silent peer is considered gone.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle time after which a silent peer is considered gone: a server that died mid-transfer
+/// is reported this long after its last packet. Both ends send keep-alives far more often,
+/// and a shard's endpoint answers packets while its blocking pool runs a long syncfs, so
+/// only a dead or unreachable peer stays silent this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Keep-alives let a long durability batch (syncfs of gigabytes) pass without the idle
-/// timer firing on the other side.
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Keep-alives: several fit in one idle timeout, so a few lost ones do not end a transfer.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Application close codes (QUIC CONNECTION_CLOSE), seen by the peer.
 pub const CLOSE_DONE: u32 = 0;
