@@ -445,6 +445,8 @@ pub struct ServerTrust {
     accept_new: bool,
     known_servers: PathBuf,
     outcome: Arc<Mutex<Option<ServerCheck>>>,
+    /// The key accepted on first use, shared by every clone of this trust.
+    first_use: Arc<Mutex<Option<Fingerprint>>>,
 }
 
 /// What the client's verifier decided about the server's key.
@@ -483,6 +485,7 @@ impl ServerTrust {
             accept_new,
             known_servers: known.path().to_path_buf(),
             outcome: Arc::new(Mutex::new(None)),
+            first_use: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -509,11 +512,22 @@ impl ServerTrust {
     }
 
     fn check(&self, seen: Fingerprint) -> Result<(), AuthError> {
-        let check = match self.expected {
-            Some(expected) if expected == seen => ServerCheck::Known(seen),
-            Some(expected) => ServerCheck::Changed { expected, seen },
-            None if self.accept_new => ServerCheck::AcceptedNew(seen),
-            None => ServerCheck::Unknown(seen),
+        // A key accepted on first use binds this trust's later handshakes (a transfer's
+        // other connections) to the same key: another key on them is a change.
+        let first_use = *lock(&self.first_use);
+        let check = match (self.expected, first_use) {
+            (Some(expected), _) if expected == seen => ServerCheck::Known(seen),
+            (Some(expected), _) => ServerCheck::Changed { expected, seen },
+            (None, Some(first)) if first == seen => ServerCheck::AcceptedNew(seen),
+            (None, Some(first)) => ServerCheck::Changed {
+                expected: first,
+                seen,
+            },
+            (None, None) if self.accept_new => {
+                *lock(&self.first_use) = Some(seen);
+                ServerCheck::AcceptedNew(seen)
+            }
+            (None, None) => ServerCheck::Unknown(seen),
         };
         *lock(&self.outcome) = Some(check);
         match self.refusal(check) {
@@ -1983,6 +1997,42 @@ mod tests {
                 p.server.fingerprint()
             );
             assert!(message.starts_with(&expected), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_key_accepted_on_first_use_binds_the_transfers_other_connections() {
+        let p = peers("tls-first-use");
+        let mallory = Identity::load_or_create(&p._temp.state("mallory")).unwrap();
+        let known = KnownServers::load(&p.client_dir).unwrap();
+        let authorized = || AuthorizedClients::from_fingerprints([p.client.fingerprint()]);
+        let trust = ServerTrust::new(&known, HOST_PORT, true).unwrap();
+        let config = client_crypto(&p.client, trust.clone()).unwrap();
+        // The first connection accepts the server's key; a second connection of the same
+        // transfer with the same key is fine.
+        for _ in 0..2 {
+            handshake(
+                config.clone(),
+                server_crypto(&p.server, authorized()).unwrap(),
+            )
+            .assert_ok();
+            assert_eq!(trust.accepted_new(), Some(p.server.fingerprint()));
+        }
+        // Another key on a later connection is a change, even under --accept-new, and
+        // stays refused afterwards.
+        for _ in 0..2 {
+            let run = handshake(
+                config.clone(),
+                server_crypto(&mallory, authorized()).unwrap(),
+            );
+            assert!(run.client_error.is_some());
+            assert_eq!(
+                trust.outcome(),
+                Some(ServerCheck::Changed {
+                    expected: p.server.fingerprint(),
+                    seen: mallory.fingerprint()
+                })
+            );
         }
     }
 

@@ -22,12 +22,12 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::executor;
 use serde::Serialize;
-use tpc_core::limits::RANGE_CHUNKS;
+use tpc_core::limits::{CHUNK_SIZE_BYTES, RANGE_CHUNKS};
 use tpc_core::plan::{owner, range_shard};
 use tpc_core::relpath::RelPath;
 use tpc_core::wire::{
-    DestKind, Entry, ErrorCode, Frame, Get, NeedItem, Op, Put, WireKind, ENTRIES_PER_FRAME_MAX,
-    ITEMS_PER_FRAME_MAX, PROTOCOL_VERSION,
+    entry_frames, DestKind, Entry, ErrorCode, Frame, Get, NeedItem, Op, Put, WireKind,
+    ITEMS_PER_FRAME_MAX, MANIFEST_ENTRIES_MAX, PROTOCOL_VERSION,
 };
 use tpc_core::EntryKind;
 use tpc_uring::confine::Root;
@@ -441,6 +441,13 @@ fn data_failure(e: DataError) -> Failure {
     match e {
         DataError::Local(f) => f,
         DataError::Session(SessionError::Remote { code, message }) => Failure::new(code, message),
+        // The server failed part way through a run it was sending (see server::get).
+        DataError::Session(SessionError::Quic(QuicError::Reset(code))) => {
+            match u16::try_from(code).ok().and_then(ErrorCode::from_u16) {
+                Some(code) => Failure::new(code, format!("server failed while sending: {code:?}")),
+                None => Failure::new(ErrorCode::Io, "server abandoned a data stream"),
+            }
+        }
         DataError::Session(e) => Failure::new(ErrorCode::Io, e.to_string()),
     }
 }
@@ -476,7 +483,19 @@ async fn move_range(conn: &Connection, work: &Work, item: RangeItem) -> Result<u
         // the run is complete, and a finish after that would be refused.
         let finished = sent.is_ok().then(|| send.finish());
         let _ = file.close().await;
-        let n = sent.map_err(data_failure)?;
+        let n = match sent {
+            // The server refused the run part way and stopped reading: its answer says why.
+            Err(DataError::Session(SessionError::Quic(QuicError::Stopped(_)))) => {
+                return Err(match expect_frame(&mut recv).await {
+                    Err(e) => io(e),
+                    Ok(f) => Failure::new(
+                        ErrorCode::Protocol,
+                        format!("server answered a range with frame type {}", f.kind()),
+                    ),
+                });
+            }
+            other => other.map_err(data_failure)?,
+        };
         if let Some(Err(e)) = finished {
             return Err(io(e.into()));
         }
@@ -750,7 +769,7 @@ async fn session(
         Plan::Push { sources } => {
             let (entries, srcs) = push_manifest(&sources, &path, dest_kind);
             is_file = entries.iter().map(|e| e.kind == WireKind::File).collect();
-            for batch in entries.chunks(ENTRIES_PER_FRAME_MAX) {
+            for batch in entry_frames(&entries) {
                 write_frame(&mut send, &Frame::Entries(batch.to_vec()))
                     .await
                     .map_err(lost)?;
@@ -803,7 +822,15 @@ async fn session(
             let mut entries = Vec::new();
             loop {
                 match expect_frame(&mut recv).await.map_err(lost)? {
-                    Frame::Entries(batch) => entries.extend(batch),
+                    Frame::Entries(batch) => {
+                        if (entries.len() + batch.len()) as u64 > MANIFEST_ENTRIES_MAX {
+                            return Err((
+                                Exit::Protocol,
+                                format!("server manifest over {MANIFEST_ENTRIES_MAX} entries"),
+                            ));
+                        }
+                        entries.extend(batch)
+                    }
                     Frame::EntriesEnd { count } if count == entries.len() as u64 => break,
                     f => {
                         return Err((
@@ -863,16 +890,33 @@ async fn session(
     // Ranges, assigned to shards as in a local copy.
     let mut ranges: Vec<Vec<RangeItem>> = vec![Vec::new(); shard_count];
     let mut remaining = vec![0u32; files.len()];
+    let mut needed = vec![false; files.len()];
     for n in &needs {
-        let Some(path) = entry_paths.get(n.file as usize) else {
+        // The receiver's answer is checked like any peer input: a file of the manifest,
+        // a run inside it, each chunk asked for at most once.
+        let i = n.file as usize;
+        let (Some(path), Some(true), Some(f)) = (entry_paths.get(i), is_file.get(i), files.get(i))
+        else {
             return Err((
                 Exit::Protocol,
-                format!("receiver asked for unknown file {}", n.file),
+                format!("receiver asked for entry {} which is not a file", n.file),
             ));
         };
+        let chunks = f.size.div_ceil(CHUNK_SIZE_BYTES).max(1);
+        let end = u64::from(n.chunk_first) + u64::from(n.chunk_count);
+        if n.chunk_count == 0 || end > chunks || needed[i] {
+            return Err((
+                Exit::Protocol,
+                format!(
+                    "receiver asked for chunks {}..{end} of file {} ({chunks} chunks), or twice",
+                    n.chunk_first, n.file
+                ),
+            ));
+        }
+        needed[i] = true;
         let o = owner(path, shard_count);
         let mut first = n.chunk_first;
-        let end = n.chunk_first.saturating_add(n.chunk_count);
+        let end = end as u32;
         while first < end {
             let count = (end - first).min(RANGE_CHUNKS as u32);
             let s = range_shard(o, first / RANGE_CHUNKS as u32, shard_count).0 as usize;
@@ -881,11 +925,11 @@ async fn session(
                 first,
                 count,
             });
-            remaining[n.file as usize] += 1;
+            remaining[i] += 1;
             first += count;
         }
     }
-    let to_move = needs.len() as u64;
+    let to_move = needed.iter().filter(|&&n| n).count() as u64;
     summary.files = is_file.iter().filter(|&&f| f).count() as u64;
     summary.files_unchanged = summary.files.saturating_sub(to_move + plan_failed_files);
     let work = Arc::new(Work {

@@ -343,7 +343,16 @@ impl Receiver {
         if self.durable {
             for d in &dirs {
                 if let Err(e) = self.root.fsync_dir(d) {
-                    eprintln!("tpc-xfer: {e}");
+                    // In place but not known durable: not acknowledged as committed.
+                    let f = Failure::confine(&e);
+                    committed.retain(|&c| {
+                        let p = &self.planned[c as usize];
+                        let in_d = p.full.parent().unwrap_or_else(RelPath::root) == *d;
+                        if in_d {
+                            failed.push((c, f.clone()));
+                        }
+                        !in_d
+                    });
                 }
             }
         }
@@ -384,6 +393,9 @@ impl Receiver {
     /// and times, deepest first so that a read-only directory is locked only after its
     /// children are in place. Returns per-entry failures.
     pub fn finish(&mut self) -> Vec<(u32, Failure)> {
+        // Files never committed (a range failed, or the sender gave up on them) leave
+        // no temporary behind.
+        self.abort();
         let mut failed = Vec::new();
         let mut dirs = BTreeSet::new();
         for i in 0..self.planned.len() {

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use glommio::executor;
 use tpc_core::relpath::RelPath;
 use tpc_core::wire::{
-    DestKind, Entry, ErrorCode, Frame, Get, Op, Put, WireKind, ENTRIES_PER_FRAME_MAX,
-    ITEMS_PER_FRAME_MAX, MANIFEST_ENTRIES_MAX, PROTOCOL_VERSION,
+    entry_frames, DestKind, Entry, ErrorCode, Frame, Get, Op, Put, WireKind, ITEMS_PER_FRAME_MAX,
+    MANIFEST_ENTRIES_MAX, PROTOCOL_VERSION,
 };
 use tpc_uring::confine::{FileKind, Root};
 use tpc_uring::quic::{
@@ -530,7 +530,13 @@ async fn get(send: &mut SendStream, shared: &Shared, g: Get) -> Result<(), Failu
     }
     match result {
         Ok(_) => Ok(()),
-        Err(DataError::Local(f)) => Err(f),
+        Err(DataError::Local(f)) => {
+            // Chunk bytes are already on the stream, so a frame cannot follow them: the
+            // stream is reset with the error's code, which the client reads as the cause.
+            log!("tpc-xfer: refused: {}", f.message);
+            send.reset(f.code as u32);
+            Ok(())
+        }
         Err(DataError::Session(e)) => Err(session_failure(e)),
     }
 }
@@ -607,7 +613,7 @@ async fn control_pull(
         });
     }
     let count = wire.len() as u64;
-    for batch in wire.chunks(ENTRIES_PER_FRAME_MAX) {
+    for batch in entry_frames(&wire) {
         write_frame(send, &Frame::Entries(batch.to_vec()))
             .await
             .map_err(session_failure)?;

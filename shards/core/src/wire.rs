@@ -23,8 +23,8 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// Bytes of a frame header: type (1) + payload length (4).
 pub const FRAME_HEADER_BYTES: usize = 5;
 
-/// Largest frame payload. Bounds what a peer can make us buffer for one frame; an
-/// `Entries` frame of `ENTRIES_PER_FRAME_MAX` entries with long names fits easily.
+/// Largest frame payload. Bounds what a peer can make us buffer for one frame. Senders
+/// split a manifest with `entry_frames`, which keeps each `Entries` frame under it.
 pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Entries in one `Entries` frame.
@@ -108,6 +108,40 @@ pub struct Entry {
     pub hashes: Vec<ChunkHash>,
 }
 
+impl Entry {
+    /// Bytes of this entry inside an `Entries` frame.
+    pub fn encoded_bytes(&self) -> usize {
+        1 + (4 + self.path.len())
+            + 8
+            + 4
+            + 8
+            + 4
+            + (4 + self.target.len())
+            + 4
+            + 32 * self.hashes.len()
+    }
+}
+
+/// Splits a manifest into the runs that each fit one `Entries` frame: at most
+/// `ENTRIES_PER_FRAME_MAX` entries and `FRAME_BYTES_MAX` bytes (long paths or many hashes
+/// fill a frame before the count does).
+pub fn entry_frames(entries: &[Entry]) -> Vec<&[Entry]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 4);
+    for (i, e) in entries.iter().enumerate() {
+        let n = e.encoded_bytes();
+        if i > start && (i - start == ENTRIES_PER_FRAME_MAX || bytes + n > FRAME_BYTES_MAX) {
+            out.push(&entries[start..i]);
+            (start, bytes) = (i, 4);
+        }
+        bytes += n;
+    }
+    if start < entries.len() {
+        out.push(&entries[start..]);
+    }
+    out
+}
+
 /// A run of chunks of one file that the receiver asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NeedItem {
@@ -164,7 +198,8 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    fn from_u16(v: u16) -> Option<ErrorCode> {
+    /// The code with this number; also how a stream reset's application code is read.
+    pub fn from_u16(v: u16) -> Option<ErrorCode> {
         use ErrorCode::*;
         Some(match v {
             1 => Protocol,
@@ -798,6 +833,41 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_paths_split_a_manifest_into_frames_that_encode() {
+        let e = |i: usize, len: usize| Entry {
+            kind: WireKind::File,
+            path: vec![b'a' + (i % 26) as u8; len],
+            size: 1,
+            mode: 0o644,
+            mtime: (0, 0),
+            target: vec![b'b'; len / 2],
+            hashes: Vec::new(),
+        };
+        // Long names: bytes bound the frame before the count does.
+        let long: Vec<Entry> = (0..ENTRIES_PER_FRAME_MAX).map(|i| e(i, 4000)).collect();
+        // Short names: the count bounds it.
+        let short: Vec<Entry> = (0..ENTRIES_PER_FRAME_MAX * 2 + 1)
+            .map(|i| e(i, 10))
+            .collect();
+        for (entries, frames_at_least) in [(&long, 2), (&short, 3)] {
+            let frames = entry_frames(entries);
+            assert!(frames.len() >= frames_at_least, "{} frames", frames.len());
+            assert_eq!(frames.iter().map(|f| f.len()).sum::<usize>(), entries.len());
+            for f in frames {
+                let mut buf = Vec::new();
+                Frame::Entries(f.to_vec()).encode(&mut buf);
+                let (k, len) = Frame::header(buf[..5].try_into().unwrap()).unwrap();
+                assert_eq!(len, buf.len() - 5);
+                assert_eq!(
+                    Frame::decode(k, &buf[5..]).unwrap(),
+                    Frame::Entries(f.to_vec())
+                );
+            }
+        }
+        assert!(entry_frames(&[]).is_empty());
+    }
 
     fn round_trip(f: Frame) {
         let mut buf = Vec::new();
