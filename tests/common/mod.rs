@@ -294,22 +294,43 @@ pub fn edge_case_tree(root: &Path, big_bytes: u64, small_files: usize) {
     set_mtime(&root.join("empty-dir"), 0, 1);
 }
 
-/// A server on 127.0.0.1 with ephemeral ports, killed when dropped.
+/// A real `tpc-xfer serve`, killed when dropped.
 pub struct Server {
     pub child: Child,
+    /// The address it listens on, as a client writes it in a URL.
+    pub host: String,
     pub port: u16,
     log: Arc<Mutex<String>>,
 }
 
+/// `tpc-xfer` itself, or run inside network namespace `netns` (`ip netns exec`, which
+/// execs it: the child is the tpc-xfer process).
+pub fn command_in(netns: Option<&str>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, bin()]);
+            c
+        }
+        None => Command::new(bin()),
+    }
+}
+
 impl Server {
+    /// On 127.0.0.1 with ephemeral ports.
     pub fn start(root: &Path, state: &Path) -> Server {
         Server::start_on(root, state, "127.0.0.1:0")
     }
 
-    /// A server listening on `listen` (127.0.0.1 only).
+    /// Listening on `listen`.
     pub fn start_on(root: &Path, state: &Path, listen: &str) -> Server {
+        Server::start_in(None, root, state, listen)
+    }
+
+    /// Listening on `listen` (an IPv4 address and port), inside `netns` if given.
+    pub fn start_in(netns: Option<&str>, root: &Path, state: &Path, listen: &str) -> Server {
         std::fs::create_dir_all(root).unwrap();
-        let mut child = Command::new(bin())
+        let mut child = command_in(netns)
             .args(["serve", "--listen", listen, "--root"])
             .arg(root)
             .arg("--state")
@@ -317,7 +338,7 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .expect("server starts");
-        // The first line names the address: "... on 127.0.0.1:PORT (N shards, ...".
+        // The first line names the address: "... on HOST:PORT (N shards, ...".
         let mut line = String::new();
         let mut reader = BufReader::new(child.stderr.take().unwrap());
         reader.read_line(&mut line).unwrap();
@@ -329,14 +350,20 @@ impl Server {
                 sink.lock().unwrap().push_str(&(l + "\n"));
             }
         });
+        assert!(line.contains("serving"), "server did not start: {line}");
+        let host = listen.rsplit_once(':').expect("HOST:PORT").0.to_string();
         let port = line
-            .split("127.0.0.1:")
+            .split(&format!("{host}:"))
             .nth(1)
             .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("no port in {line:?}"));
-        assert!(line.contains("serving"), "server did not start: {line}");
-        Server { child, port, log }
+        Server {
+            child,
+            host,
+            port,
+            log,
+        }
     }
 
     /// What the server has written to stderr since its first line.
@@ -345,7 +372,7 @@ impl Server {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("tpc://127.0.0.1:{}/{path}", self.port)
+        format!("tpc://{}:{}/{path}", self.host, self.port)
     }
 }
 
@@ -377,11 +404,24 @@ pub fn copy(
     to: impl AsRef<std::ffi::OsStr>,
     extra: &[&str],
 ) -> std::process::Output {
-    let mut args: Vec<std::ffi::OsString> = vec!["copy".into(), "-q".into()];
-    args.extend(extra.iter().map(|a| a.into()));
-    args.push("--state".into());
-    args.push(state.into());
-    args.push(from.as_ref().into());
-    args.push(to.as_ref().into());
-    tpc(&args)
+    copy_in(None, state, from, to, extra)
+}
+
+/// `tpc-xfer copy -q EXTRA --state STATE FROM TO`, inside `netns` if given.
+pub fn copy_in(
+    netns: Option<&str>,
+    state: &Path,
+    from: impl AsRef<std::ffi::OsStr>,
+    to: impl AsRef<std::ffi::OsStr>,
+    extra: &[&str],
+) -> std::process::Output {
+    command_in(netns)
+        .args(["copy", "-q"])
+        .args(extra)
+        .arg("--state")
+        .arg(state)
+        .arg(from)
+        .arg(to)
+        .output()
+        .expect("tpc-xfer runs")
 }
