@@ -7,6 +7,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Chunk buffers are 4 MiB, allocated and freed per chunk. glibc returns such blocks to the
+/// kernel, so every chunk's buffer page-faulted in again: measured on 2 GiB, `check` spent
+/// 4.6 s in the kernel against mimalloc's 0.7 s, a local copy 8.6 s against 2.2 s, and a
+/// push took 280,000 page faults against 17,000. (mallopt thresholds did not hold under
+/// glommio's aligned allocations.) mimalloc keeps freed blocks mapped for reuse.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tpc_core::SkipPolicy;
 use tpc_uring::Durability;
 
@@ -147,7 +155,6 @@ enum Fsync {
 }
 
 fn main() -> ExitCode {
-    keep_chunk_buffers_mapped();
     let cli = Cli::parse();
     let exit = match cli.command {
         Command::Copy {
@@ -251,21 +258,6 @@ fn copy_any(
             eprintln!("tpc-xfer: a copy is local, a push (remote DEST) or a pull (one remote SOURCE); remote-to-remote and mixed sources are not supported");
             Exit::Usage
         }
-    }
-}
-
-/// Chunk buffers are 4 MiB. By default glibc serves such sizes with a fresh mmap and
-/// unmaps them on free, so every chunk read page-faults its buffer in again (measured:
-/// the engine hashed at 0.9 GB/s per core against b3sum's 2.3). Serving them from the
-/// heap and not trimming it lets freed chunk buffers be reused as they are.
-fn keep_chunk_buffers_mapped() {
-    // glibc refuses thresholds above 32 MiB (HEAP_MAX_SIZE / 2 on 64-bit).
-    const MALLOC_MMAP_THRESHOLD_BYTES: libc::c_int = 32 << 20;
-    const MALLOC_TRIM_THRESHOLD_BYTES: libc::c_int = 1 << 30;
-    // SAFETY: mallopt only tunes the allocator; called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD_BYTES);
     }
 }
 
