@@ -38,6 +38,8 @@ fn push_and_pull_the_edge_case_tree_on_loopback() {
     let out = copy(&cs, with_slash(&src), server.url("tree"), &["--json"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(json(&out)["files_copied"], 0);
+    // It left every mode and mtime as it was, directories' too.
+    assert_identical(&src, &s.path("root/tree"));
 
     // Pull it back into a fresh directory.
     let back = s.path("back");

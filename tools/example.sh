@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Runs the main job on a small built-in example: builds tpc-xfer, makes a sample tree
 # (files of several sizes, a symlink, an empty directory, odd names), copies it, copies it
-# again (nothing changes), and proves the copy identical with `tpc-xfer check`.
+# again (nothing changes), and proves the copy identical with `tpc-xfer check`. Then the
+# same over QUIC on loopback: a server with its own keys, a push, a rerun, a pull back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 bin=target/release/tpc-xfer
 work=$(mktemp -d "${TMPDIR:-/tmp}/tpc-xfer-example.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+server_pid=
+cleanup() {
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
 
 src=$work/sample
 mkdir -p "$src/docs/nested" "$src/empty dir"
@@ -27,3 +33,22 @@ echo "== check"
 "$bin" check "$src" "$work/copy"
 echo "== summary as JSON"
 "$bin" copy --json --verify "$src/" "$work/copy-json" | head -40
+
+echo "== remote: a server on 127.0.0.1, this client's key authorized"
+mkdir -p "$work/served" "$work/server-state"
+chmod 700 "$work/server-state"
+"$bin" id --state "$work/client-state" > "$work/server-state/authorized-clients"
+"$bin" serve --root "$work/served" --listen 127.0.0.1:0 --state "$work/server-state" \
+  2> "$work/server.log" &
+server_pid=$!
+for _ in $(seq 100); do grep -q serving "$work/server.log" 2>/dev/null && break; sleep 0.05; done
+cat "$work/server.log"
+port=$(sed -n 's/.* on 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$work/server.log" | head -1)
+url=tpc://127.0.0.1:$port
+echo "== push $src/ -> $url/sample (first contact: --accept-new records the server's key)"
+"$bin" copy --accept-new --state "$work/client-state" "$src/" "$url/sample"
+echo "== push again (unchanged files are skipped)"
+"$bin" copy --state "$work/client-state" "$src/" "$url/sample"
+echo "== pull $url/sample/ -> $work/pulled, and check"
+"$bin" copy --state "$work/client-state" "$url/sample/" "$work/pulled"
+"$bin" check "$src" "$work/pulled"

@@ -60,6 +60,8 @@ struct Planned {
     /// Where the entry lands, relative to the root.
     full: RelPath,
     state: FileState,
+    /// A directory that already had this entry's mode and mtime when planned.
+    meta_ok: bool,
 }
 
 /// One session's view of the destination.
@@ -72,6 +74,9 @@ pub struct Receiver {
     planned: Vec<Planned>,
     pub files_written: u64,
     pub bytes_written: u64,
+    /// Whether this session changed anything beneath the root (a directory's entries, so
+    /// its mtime, or any file's data).
+    changed: bool,
 }
 
 /// The path under the root where an entry with `path` (relative to `base`) lands.
@@ -104,6 +109,7 @@ impl Receiver {
             planned: Vec::new(),
             files_written: 0,
             bytes_written: 0,
+            changed: false,
         }
     }
 
@@ -129,6 +135,7 @@ impl Receiver {
                 entry,
                 full,
                 state: FileState::Idle,
+                meta_ok: false,
             });
         }
         Ok(())
@@ -159,6 +166,7 @@ impl Receiver {
                 WireKind::File => self.prepare_file(i, &mut dirs_seen),
                 WireKind::Symlink => Ok(None),
             };
+            self.changed |= !matches!(result, Ok(None));
             match result {
                 Ok(Some(chunks)) => needs.push(NeedItem {
                     file: index,
@@ -176,7 +184,8 @@ impl Receiver {
     }
 
     fn prepare_dir(&mut self, i: usize) -> Result<(), Failure> {
-        let full = &self.planned[i].full;
+        let p = &self.planned[i];
+        let full = &p.full;
         match self.root.lstat(full).map_err(|e| Failure::confine(&e))? {
             Some(st) if st.kind == FileKind::Dir => {
                 if st.mode & 0o700 != 0o700 {
@@ -184,11 +193,15 @@ impl Receiver {
                     self.root
                         .set_dir_meta(full, st.mode | 0o700, st.atime, st.mtime)
                         .map_err(|e| Failure::confine(&e))?;
+                } else {
+                    self.planned[i].meta_ok =
+                        st.mode == p.entry.mode & 0o7777 && st.mtime == p.entry.mtime;
                 }
                 Ok(())
             }
             Some(_) => {
                 // A non-directory in the way is replaced, as rsync and the local copy do.
+                self.changed = true;
                 self.root
                     .remove_file(full)
                     .map_err(|e| Failure::confine(&e))?;
@@ -196,10 +209,12 @@ impl Receiver {
                     .mkdir(full, 0o700)
                     .map_err(|e| Failure::confine(&e))
             }
-            None => self
-                .root
-                .mkdir_all(full, 0o700)
-                .map_err(|e| Failure::confine(&e)),
+            None => {
+                self.changed = true;
+                self.root
+                    .mkdir_all(full, 0o700)
+                    .map_err(|e| Failure::confine(&e))
+            }
         }
     }
 
@@ -209,11 +224,11 @@ impl Receiver {
         i: usize,
         dirs_seen: &mut BTreeSet<Vec<u8>>,
     ) -> Result<Option<u32>, Failure> {
-        let p = &self.planned[i];
-        let parent = p.full.parent().unwrap_or_else(RelPath::root);
+        let parent = self.planned[i].full.parent().unwrap_or_else(RelPath::root);
         if dirs_seen.insert(parent.as_bytes().to_vec()) {
             self.remove_stale_temps(&parent);
         }
+        let p = &self.planned[i];
         match self.root.lstat(&p.full).map_err(|e| Failure::confine(&e))? {
             Some(st) if st.kind == FileKind::Dir => {
                 return Err(Failure::new(
@@ -271,7 +286,7 @@ impl Receiver {
     }
 
     /// Removes temporary files in `dir` left by a receiver process that is gone.
-    fn remove_stale_temps(&self, dir: &RelPath) {
+    fn remove_stale_temps(&mut self, dir: &RelPath) {
         let Ok(fd) = self.root.open_dir(dir) else {
             return;
         };
@@ -286,6 +301,7 @@ impl Receiver {
                 if let Ok(c) = CString::new(name) {
                     // SAFETY: valid dir fd and C string; unlinkat never follows.
                     unsafe { libc::unlinkat(fd.as_raw_fd(), c.as_ptr(), 0) };
+                    self.changed = true;
                 }
             }
         }
@@ -404,16 +420,21 @@ impl Receiver {
             }
             match self.place_symlink(i) {
                 Ok(Some(dir)) => {
+                    self.changed = true;
                     dirs.insert(dir);
                 }
                 Ok(None) => {}
                 Err(f) => failed.push((i as u32, f)),
             }
         }
+        // A session that changed nothing leaves directories that already matched alone:
+        // a rerun of an unchanged tree touches no metadata and syncs nothing.
         let mut order: Vec<usize> = (0..self.planned.len())
             .filter(|&i| self.planned[i].entry.kind == WireKind::Dir)
+            .filter(|&i| self.changed || !self.planned[i].meta_ok)
             .collect();
         order.sort_by_key(|&i| std::cmp::Reverse(self.planned[i].full.depth()));
+        let touched = !order.is_empty();
         for i in order {
             let p = &self.planned[i];
             if let Err(e) =
@@ -423,7 +444,7 @@ impl Receiver {
                 failed.push((i as u32, Failure::confine(&e)));
             }
         }
-        if self.durable {
+        if self.durable && (self.changed || touched) {
             for d in &dirs {
                 let _ = self.root.fsync_dir(d);
             }
