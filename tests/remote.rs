@@ -27,6 +27,7 @@ fn push_and_pull_the_edge_case_tree_on_loopback() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let summary = json(&out);
     assert_identical(&src, &s.path("root/tree"));
+    assert_eq!(summary["files_copied"], summary["files"], "{summary}");
     // Every client shard carried traffic, over its own connection.
     let per_shard = summary["bytes_per_shard"].as_array().unwrap();
     assert!(

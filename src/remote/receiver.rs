@@ -72,6 +72,8 @@ pub struct Receiver {
     pid: u32,
     durable: bool,
     planned: Vec<Planned>,
+    /// Regular files committed (symlinks and directories are not counted, as in a local
+    /// copy's summary).
     pub files_written: u64,
     pub bytes_written: u64,
     /// Whether this session changed anything beneath the root (a directory's entries, so
@@ -493,7 +495,6 @@ impl Receiver {
             let _ = self.root.remove_file(&tmp);
             return Err(Failure::confine(&e));
         }
-        self.files_written += 1;
         Ok(Some(p.full.parent().unwrap_or_else(RelPath::root)))
     }
 
