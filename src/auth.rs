@@ -514,8 +514,9 @@ impl ServerTrust {
     fn check(&self, seen: Fingerprint) -> Result<(), AuthError> {
         // A key accepted on first use binds this trust's later handshakes (a transfer's
         // other connections) to the same key: another key on them is a change.
-        let first_use = *lock(&self.first_use);
-        let check = match (self.expected, first_use) {
+        // One guard over the check and the set: two first handshakes cannot both win.
+        let mut first_use = lock(&self.first_use);
+        let check = match (self.expected, *first_use) {
             (Some(expected), _) if expected == seen => ServerCheck::Known(seen),
             (Some(expected), _) => ServerCheck::Changed { expected, seen },
             (None, Some(first)) if first == seen => ServerCheck::AcceptedNew(seen),
@@ -524,11 +525,12 @@ impl ServerTrust {
                 seen,
             },
             (None, None) if self.accept_new => {
-                *lock(&self.first_use) = Some(seen);
+                *first_use = Some(seen);
                 ServerCheck::AcceptedNew(seen)
             }
             (None, None) => ServerCheck::Unknown(seen),
         };
+        drop(first_use);
         *lock(&self.outcome) = Some(check);
         match self.refusal(check) {
             Some(error) => Err(error),

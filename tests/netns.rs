@@ -102,7 +102,9 @@ fn tree_over_veth(tag: &str, mtu: u32) {
     let summary = json(&out);
     // IPv4 (20) and UDP (8) headers come off the link MTU.
     let payload_max = u64::from(mtu) - 28;
-    for p in summary["udp_payload_per_shard"].as_array().unwrap() {
+    let payloads = summary["udp_payload_per_shard"].as_array().unwrap();
+    assert_eq!(payloads.len() as u64, summary["shards"].as_u64().unwrap());
+    for p in payloads {
         let p = p.as_u64().unwrap();
         // At most the link allows, and within the last step of the search below it.
         assert!(

@@ -367,14 +367,22 @@ async fn worker_shard(
         }
     };
     let moved = run_ranges(shard, conn.clone(), work.clone(), tx);
-    let (stats, ()) = futures_lite::future::zip(moved, forward).await;
-    out.bytes = stats.0;
-    out.ranges = stats.1;
+    let finished = async { Some(futures_lite::future::zip(moved, forward).await.0) };
+    // Shard 0 says Stop when the session is over, which may be before our ranges are (it
+    // failed, and the server may never answer them): then they are abandoned.
+    let stopped = async {
+        let _ = receivers.recv_from(0).await;
+        None
+    };
+    if let Some(stats) = futures_lite::future::or(finished, stopped).await {
+        out.bytes = stats.0;
+        out.ranges = stats.1;
+        // Wait for shard 0 to finish the session before closing our connection.
+        let _ = receivers.recv_from(0).await;
+    }
     if let Some(c) = &conn {
         out.udp_payload = c.current_mtu();
     }
-    // Wait for shard 0 to finish the session before closing our connection.
-    let _ = receivers.recv_from(0).await;
     if let Some(c) = conn {
         c.close(CLOSE_DONE, b"done");
     }
@@ -544,6 +552,25 @@ async fn move_range(conn: &Connection, work: &Work, item: RangeItem) -> Result<u
         let _ = file.close().await;
         got.map_err(data_failure)
     }
+}
+
+/// Marks file `f` of the Commit in flight as answered; false if it was not in it (or was
+/// answered already): a server answering for other files breaks the protocol.
+fn settle(committing: &mut [bool], f: u32) -> bool {
+    match committing.get_mut(f as usize) {
+        Some(c) if *c => {
+            *c = false;
+            true
+        }
+        _ => false,
+    }
+}
+
+fn uncommitted(f: u32) -> (Exit, String) {
+    (
+        Exit::Protocol,
+        format!("server answered for file {f}, which is not being committed"),
+    )
 }
 
 /// How shard 0 reports a failure that ends the session.
@@ -798,7 +825,16 @@ async fn session(
             }
             loop {
                 match expect_frame(&mut recv).await.map_err(lost)? {
-                    Frame::Need(items) => needs.extend(items),
+                    Frame::Need(items) => {
+                        // At most one item per file of the manifest (checked in full below).
+                        if needs.len() + items.len() > files.len() {
+                            return Err((
+                                Exit::Protocol,
+                                "server asked for more runs than the manifest has files".into(),
+                            ));
+                        }
+                        needs.extend(items)
+                    }
                     Frame::Failed {
                         file,
                         code,
@@ -904,11 +940,17 @@ async fn session(
         };
         let chunks = f.size.div_ceil(CHUNK_SIZE_BYTES).max(1);
         let end = u64::from(n.chunk_first) + u64::from(n.chunk_count);
-        if n.chunk_count == 0 || end > chunks || needed[i] {
+        if needed[i] {
+            return Err((
+                Exit::Protocol,
+                format!("receiver asked for file {} twice", n.file),
+            ));
+        }
+        if n.chunk_count == 0 || end > chunks {
             return Err((
                 Exit::Protocol,
                 format!(
-                    "receiver asked for chunks {}..{end} of file {} ({chunks} chunks), or twice",
+                    "receiver asked for chunks {}..{end} of file {}, which has {chunks}",
                     n.chunk_first, n.file
                 ),
             ));
@@ -1004,12 +1046,17 @@ async fn session(
     let mut in_commit: u64 = 0;
     let mut session_error = None;
     let mut failed_files = vec![false; remaining.len()];
+    // Files of the Commit in flight: the server may answer only for those, once each.
+    let mut committing = vec![false; remaining.len()];
     while unresolved > 0 {
         if push && in_commit == 0 && !batch.is_empty() {
             let files: Vec<u32> = batch
                 .drain(..batch.len().min(ITEMS_PER_FRAME_MAX))
                 .collect();
             in_commit = files.len() as u64;
+            for &f in &files {
+                committing[f as usize] = true;
+            }
             if let Err(e) = write_frame(&mut send, &Frame::Commit { files }).await {
                 session_error = Some(lost(e));
                 break;
@@ -1060,14 +1107,26 @@ async fn session(
                 }
             }
             Ev::Frame(Ok(Frame::Committed { files })) => {
+                if let Some(bad) = files.iter().find(|&&f| !settle(&mut committing, f)) {
+                    session_error = Some(uncommitted(*bad));
+                    break;
+                }
                 summary.files_copied += files.len() as u64;
-                unresolved -= files.len() as u64;
+                unresolved = unresolved.saturating_sub(files.len() as u64);
                 in_commit = in_commit.saturating_sub(files.len() as u64);
             }
-            Ev::Frame(Ok(Frame::Failed { code, message, .. })) => {
+            Ev::Frame(Ok(Frame::Failed {
+                file,
+                code,
+                message,
+            })) => {
+                if !settle(&mut committing, file) {
+                    session_error = Some(uncommitted(file));
+                    break;
+                }
                 problems.report(exit_for(code, push), format!("server: {message}"));
                 summary.failed += 1;
-                unresolved -= 1;
+                unresolved = unresolved.saturating_sub(1);
                 in_commit = in_commit.saturating_sub(1);
             }
             Ev::Frame(Ok(f)) => {
@@ -1083,7 +1142,12 @@ async fn session(
             }
         }
     }
-    let stats = own_task.await;
+    let stats = if session_error.is_some() {
+        // The server may never answer the ranges still in flight: abandon them.
+        own_task.cancel().await.unwrap_or_default()
+    } else {
+        own_task.await
+    };
     out.bytes = stats.0;
     out.ranges = stats.1;
     if let Some(e) = session_error {

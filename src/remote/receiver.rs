@@ -196,8 +196,9 @@ impl Receiver {
                         .set_dir_meta(full, st.mode | 0o700, st.atime, st.mtime)
                         .map_err(|e| Failure::confine(&e))?;
                 } else {
+                    // set_dir_meta clears setuid/setgid, as for files: compare likewise.
                     self.planned[i].meta_ok =
-                        st.mode == p.entry.mode & 0o7777 && st.mtime == p.entry.mtime;
+                        st.mode == p.entry.mode & 0o1777 && st.mtime == p.entry.mtime;
                 }
                 Ok(())
             }
@@ -426,17 +427,20 @@ impl Receiver {
                     dirs.insert(dir);
                 }
                 Ok(None) => {}
-                Err(f) => failed.push((i as u32, f)),
+                Err(f) => {
+                    // A temporary link may have come and gone: the directory's mtime moved.
+                    self.changed = true;
+                    failed.push((i as u32, f));
+                }
             }
         }
-        // A session that changed nothing leaves directories that already matched alone:
-        // a rerun of an unchanged tree touches no metadata and syncs nothing.
+        // A session that changed no directory's entries leaves directories that already
+        // matched alone: a rerun of an unchanged tree rewrites no directory metadata.
         let mut order: Vec<usize> = (0..self.planned.len())
             .filter(|&i| self.planned[i].entry.kind == WireKind::Dir)
             .filter(|&i| self.changed || !self.planned[i].meta_ok)
             .collect();
         order.sort_by_key(|&i| std::cmp::Reverse(self.planned[i].full.depth()));
-        let touched = !order.is_empty();
         for i in order {
             let p = &self.planned[i];
             if let Err(e) =
@@ -446,7 +450,9 @@ impl Receiver {
                 failed.push((i as u32, Failure::confine(&e)));
             }
         }
-        if self.durable && (self.changed || touched) {
+        // Durability is synced whatever this session did: an earlier session may have left
+        // metadata or data unsynced (`--fsync never`, or killed before its syncfs).
+        if self.durable {
             for d in &dirs {
                 let _ = self.root.fsync_dir(d);
             }

@@ -170,7 +170,12 @@ pub fn list(root: &Path) -> Vec<Listed> {
         } else {
             root.join(&rel)
         };
-        let md = std::fs::symlink_metadata(&p).unwrap();
+        // Entries may vanish while a live server works in the tree (temporaries renamed).
+        let md = match std::fs::symlink_metadata(&p) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("{}: {e}", p.display()),
+        };
         let ft = md.file_type();
         let kind = if ft.is_dir() {
             'd'
@@ -202,8 +207,11 @@ pub fn list(root: &Path) -> Vec<Listed> {
             target,
         ));
         if ft.is_dir() {
-            for e in std::fs::read_dir(&p).unwrap() {
-                stack.push(rel.join(e.unwrap().file_name()));
+            let Ok(entries) = std::fs::read_dir(&p) else {
+                continue;
+            };
+            for e in entries.map_while(Result::ok) {
+                stack.push(rel.join(e.file_name()));
             }
         }
     }
@@ -327,11 +335,28 @@ impl Server {
         Server::start_in(None, root, state, listen)
     }
 
+    /// Listening on `listen` with `cores` shards (ports `PORT .. PORT + cores`).
+    pub fn start_on_cores(root: &Path, state: &Path, listen: &str, cores: usize) -> Server {
+        Server::start_with(None, root, state, listen, &["--cores", &cores.to_string()])
+    }
+
     /// Listening on `listen` (an IPv4 address and port), inside `netns` if given.
     pub fn start_in(netns: Option<&str>, root: &Path, state: &Path, listen: &str) -> Server {
+        Server::start_with(netns, root, state, listen, &[])
+    }
+
+    fn start_with(
+        netns: Option<&str>,
+        root: &Path,
+        state: &Path,
+        listen: &str,
+        extra: &[&str],
+    ) -> Server {
         std::fs::create_dir_all(root).unwrap();
         let mut child = command_in(netns)
-            .args(["serve", "--listen", listen, "--root"])
+            .args(["serve", "--listen", listen])
+            .args(extra)
+            .arg("--root")
             .arg(root)
             .arg("--state")
             .arg(state)

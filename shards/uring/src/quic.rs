@@ -314,6 +314,11 @@ impl Endpoint {
                 continue;
             }
             let nudged = poll_fn(|cx| {
+                if send_blocked {
+                    // The blocked connections stay dirty: waiting on that would spin. The
+                    // retry timer below comes back for them.
+                    return Poll::Pending;
+                }
                 let mut st = self.state.borrow_mut();
                 if !st.dirty.is_empty() {
                     return Poll::Ready(());
@@ -637,8 +642,11 @@ pub fn udp_payload_max_towards(remote: SocketAddr) -> Option<u16> {
     if rc != 0 || mtu <= overhead {
         return None;
     }
-    // quinn-proto caps UDP payloads at 65527.
-    Some((mtu - overhead).min(65527) as u16)
+    // A UDP payload is at most 65,535 bytes less the UDP header (and, in IPv4, the IP
+    // header inside the same 16-bit length): 65,507 for IPv4, 65,527 for IPv6 (which is
+    // also quinn-proto's cap). Loopback's 65,536-byte MTU would otherwise name 65,508.
+    let max = if remote.is_ipv6() { 65527 } else { 65507 };
+    Some((mtu - overhead).min(max) as u16)
 }
 
 /// Binds a UDP socket for an endpoint. Done before the shards start, so that a port in use

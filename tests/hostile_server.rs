@@ -1,0 +1,162 @@
+//! A hostile server against the real `tpc-xfer copy` client: it speaks the wire protocol
+//! directly and answers a push with what no honest server sends (runs of files that do
+//! not exist or are not files, empty or overlong runs, more runs than files, commits of
+//! files never committed). The client must stop with exit 10 (protocol) and a one-line
+//! reason, never panic or hang.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::*;
+use tpc_core::wire::{DestKind, Frame, NeedItem};
+use tpc_uring::quic::{bind_socket, Endpoint};
+use tpc_xfer::auth::{quic_server_config, AuthorizedClients, Identity};
+use tpc_xfer::remote::{read_frame, transport_config, write_frame};
+
+/// What the fake server answers once it has read the client's manifest.
+#[derive(Clone)]
+enum Lie {
+    /// These Need frames, then NeedEnd.
+    Needs(Vec<Vec<NeedItem>>),
+    /// An honest Need for every file, then `Committed` for a file the client never sent a
+    /// Commit for.
+    CommittedUnasked(u32),
+}
+
+/// Serves one connection on 127.0.0.1 with the server key in `state`, answering the push
+/// with `lie`, while the real client pushes `src`. Returns the client's output.
+fn push_to_liar(state: &Path, client_state: &Path, src: &Path, lie: Lie) -> std::process::Output {
+    let socket = bind_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let state = state.to_path_buf();
+    let server = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(move || async move {
+            let identity = Identity::load_or_create(&state).unwrap();
+            let authorized = AuthorizedClients::load(&state).unwrap();
+            let crypto = Arc::new(quic_server_config(&identity, authorized).unwrap());
+            let make = move |_: SocketAddr| {
+                let mut c = (*crypto).clone();
+                c.transport_config(transport_config(1452));
+                Arc::new(c)
+            };
+            let endpoint = Endpoint::new(socket, Some(Box::new(make))).unwrap();
+            let conn = endpoint.accept().await.unwrap();
+            let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+            let hello = read_frame(&mut recv).await.unwrap().unwrap();
+            assert!(matches!(hello, Frame::Hello { .. }), "{hello:?}");
+            write_frame(
+                &mut send,
+                &Frame::Welcome {
+                    session: 7,
+                    shard_ports: vec![port],
+                    dest: DestKind::Missing,
+                },
+            )
+            .await
+            .unwrap();
+            let mut files = 0u32;
+            loop {
+                match read_frame(&mut recv).await.unwrap().unwrap() {
+                    Frame::Entries(e) => files += e.len() as u32,
+                    Frame::EntriesEnd { .. } => break,
+                    f => panic!("unexpected {f:?}"),
+                }
+            }
+            let needs = match &lie {
+                Lie::Needs(frames) => frames.clone(),
+                // Entry 0 is the directory itself.
+                Lie::CommittedUnasked(_) => vec![(1..files)
+                    .map(|file| NeedItem {
+                        file,
+                        chunk_first: 0,
+                        chunk_count: 1,
+                    })
+                    .collect()],
+            };
+            for items in needs {
+                write_frame(&mut send, &Frame::Need(items)).await.unwrap();
+            }
+            write_frame(&mut send, &Frame::NeedEnd).await.unwrap();
+            if let Lie::CommittedUnasked(file) = lie {
+                let _ = write_frame(&mut send, &Frame::Committed { files: vec![file] }).await;
+            }
+            // Until the client gives up on us.
+            while let Ok(Some(_)) = read_frame(&mut recv).await {}
+            conn.close(0, b"done");
+            endpoint.shutdown();
+            endpoint.wait_idle().await;
+        })
+        .unwrap();
+    let out = copy(
+        client_state,
+        src,
+        format!("tpc://127.0.0.1:{port}/dest"),
+        &["--accept-new"],
+    );
+    // A server stuck waiting would hang here; the client's exit closed its connection.
+    server.join().unwrap();
+    out
+}
+
+#[test]
+fn the_client_refuses_a_server_that_lies_about_what_it_needs() {
+    let s = Scratch::new("hostile-server");
+    let (cs, ss) = keys(&s);
+    // Entry 0 is the directory itself, entries 1 and 2 are one-chunk files.
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    random_file(&src.join("a"), 1000, 1);
+    random_file(&src.join("b"), 2000, 2);
+    let item = |file, chunk_first, chunk_count| NeedItem {
+        file,
+        chunk_first,
+        chunk_count,
+    };
+    let lies = [
+        (
+            "a file index outside the manifest",
+            Lie::Needs(vec![vec![item(99, 0, 1)]]),
+        ),
+        ("the directory entry", Lie::Needs(vec![vec![item(0, 0, 1)]])),
+        ("an empty run", Lie::Needs(vec![vec![item(1, 0, 0)]])),
+        (
+            "a run past the last chunk",
+            Lie::Needs(vec![vec![item(1, 0, 2)]]),
+        ),
+        (
+            "a run far past the last chunk",
+            Lie::Needs(vec![vec![item(1, u32::MAX, 1)]]),
+        ),
+        (
+            "the same file twice",
+            Lie::Needs(vec![vec![item(1, 0, 1)], vec![item(1, 0, 1)]]),
+        ),
+        (
+            "more runs than files",
+            Lie::Needs(vec![vec![item(1, 0, 1); 4], vec![item(2, 0, 1)]]),
+        ),
+        ("a commit never asked for", Lie::CommittedUnasked(2)),
+    ];
+    for (what, lie) in lies {
+        let out = push_to_liar(&ss, &cs, &with_slash_path(&src), lie);
+        assert_eq!(code(&out), 10, "{what}: {}", stderr(&out));
+        let reason = if what.starts_with("a commit") {
+            "not being committed"
+        } else {
+            "asked for"
+        };
+        assert!(stderr(&out).contains(reason), "{what}: {}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("panicked"),
+            "{what}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+fn with_slash_path(p: &Path) -> std::path::PathBuf {
+    with_slash(p).into()
+}
