@@ -24,6 +24,8 @@ enum Lie {
     /// An honest Need for every file, then `Committed` for a file the client never sent a
     /// Commit for.
     CommittedUnasked(u32),
+    /// A second server shard whose port never answers, then an honest Need.
+    DeadShard,
 }
 
 /// Serves one connection on 127.0.0.1 with the server key in `state`, answering the push
@@ -31,6 +33,13 @@ enum Lie {
 fn push_to_liar(state: &Path, client_state: &Path, src: &Path, lie: Lie) -> std::process::Output {
     let socket = bind_socket("127.0.0.1:0".parse().unwrap()).unwrap();
     let port = socket.local_addr().unwrap().port();
+    // Bound, so nothing else takes the port, and never read.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    let shard_ports = match lie {
+        Lie::DeadShard => vec![port, dead_port],
+        _ => vec![port],
+    };
     let state = state.to_path_buf();
     let server = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .spawn(move || async move {
@@ -51,7 +60,7 @@ fn push_to_liar(state: &Path, client_state: &Path, src: &Path, lie: Lie) -> std:
                 &mut send,
                 &Frame::Welcome {
                     session: 7,
-                    shard_ports: vec![port],
+                    shard_ports,
                     dest: DestKind::Missing,
                 },
             )
@@ -68,7 +77,7 @@ fn push_to_liar(state: &Path, client_state: &Path, src: &Path, lie: Lie) -> std:
             let needs = match &lie {
                 Lie::Needs(frames) => frames.clone(),
                 // Entry 0 is the directory itself.
-                Lie::CommittedUnasked(_) => vec![(1..files)
+                Lie::CommittedUnasked(_) | Lie::DeadShard => vec![(1..files)
                     .map(|file| NeedItem {
                         file,
                         chunk_first: 0,
@@ -98,6 +107,7 @@ fn push_to_liar(state: &Path, client_state: &Path, src: &Path, lie: Lie) -> std:
     );
     // A server stuck waiting would hang here; the client's exit closed its connection.
     server.join().unwrap();
+    drop(dead);
     out
 }
 
@@ -159,4 +169,23 @@ fn the_client_refuses_a_server_that_lies_about_what_it_needs() {
 
 fn with_slash_path(p: &Path) -> std::path::PathBuf {
     with_slash(p).into()
+}
+
+#[test]
+fn a_server_shard_that_never_answers_ends_the_push_as_a_network_error() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores < 2 {
+        eprintln!("skipped: needs two client shards, this machine has one core");
+        return;
+    }
+    let s = Scratch::new("hostile-server-dead-shard");
+    let (cs, ss) = keys(&s);
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    random_file(&src.join("a"), 1000, 1);
+    // Client shard 1 dials the second port, which never answers: exit 8 after the connect
+    // timeout, with shard 0's ranges (never answered either) abandoned, not waited for.
+    let out = push_to_liar(&ss, &cs, &with_slash_path(&src), Lie::DeadShard);
+    assert_eq!(code(&out), 8, "{}", stderr(&out));
+    assert!(stderr(&out).contains("did not answer"), "{}", stderr(&out));
 }

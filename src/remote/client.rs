@@ -111,6 +111,8 @@ enum Msg {
         file: u32,
         result: Result<u64, Failure>,
     },
+    /// A shard could not connect to its server shard: the session cannot complete.
+    Lost(Exit, String),
     Stop,
 }
 
@@ -344,16 +346,30 @@ async fn worker_shard(
         match tokio_free_timeout(endpoint.connect(job.client_config.clone(), addr, "tpc-xfer"))
             .await
         {
-            Some(Ok(c)) => Some(c),
-            Some(Err(e)) => {
-                eprintln!("tpc-xfer: shard {shard} cannot connect to {addr}: {e}");
-                None
-            }
-            None => {
-                eprintln!("tpc-xfer: shard {shard}: no answer from {addr}");
-                None
+            Some(Ok(c)) => c,
+            failed => {
+                // Its ranges cannot move: the whole session fails, for the reason this
+                // connect failed (a key that changed, a port that does not answer).
+                let (exit, message) = match failed {
+                    Some(Err(e)) => {
+                        let (exit, why) = connect_failure(job, &e);
+                        (exit, format!("shard {shard} ({addr}): {why}"))
+                    }
+                    _ => (
+                        Exit::Network,
+                        format!(
+                            "server shard at {addr} did not answer within {} s",
+                            CONNECT_TIMEOUT.as_secs()
+                        ),
+                    ),
+                };
+                let _ = senders.send_to(0, Msg::Lost(exit, message)).await;
+                let _ = receivers.recv_from(0).await;
+                endpoint.wait_idle().await;
+                return;
             }
         };
+    let conn = Some(conn);
     let (tx, rx) = local_channel::new_unbounded::<(u32, Result<u64, Failure>)>();
     let forward = async {
         while let Some((file, result)) = rx.recv().await {
@@ -990,6 +1006,7 @@ async fn session(
     enum Ev {
         Range(u32, Result<u64, Failure>),
         Frame(Result<Frame, SessionError>),
+        Lost(Exit, String),
     }
     let (tx, rx) = local_channel::new_unbounded::<Ev>();
     let (rtx, rrx) = local_channel::new_unbounded::<(u32, Result<u64, Failure>)>();
@@ -1014,10 +1031,13 @@ async fn session(
             use futures_lite::StreamExt;
             let mut stream = stream;
             while let Some(msg) = stream.next().await {
-                if let Msg::Result { file, result } = msg {
-                    if tx.send(Ev::Range(file, result)).await.is_err() {
-                        break;
-                    }
+                let ev = match msg {
+                    Msg::Result { file, result } => Ev::Range(file, result),
+                    Msg::Lost(exit, message) => Ev::Lost(exit, message),
+                    _ => continue,
+                };
+                if tx.send(ev).await.is_err() {
+                    break;
                 }
             }
         }));
@@ -1140,6 +1160,10 @@ async fn session(
                 session_error = Some(lost(e));
                 break;
             }
+            Ev::Lost(exit, message) => {
+                session_error = Some((exit, message));
+                break;
+            }
         }
     }
     let stats = if session_error.is_some() {
@@ -1197,7 +1221,7 @@ async fn session(
                 out.summary = Some((summary, problems));
                 return Err(lost(e));
             }
-            Some(Ev::Range(..)) => {}
+            Some(Ev::Range(..)) | Some(Ev::Lost(..)) => {}
             None => {
                 out.summary = Some((summary, problems));
                 return Err(lost(SessionError::Ended));
