@@ -26,8 +26,8 @@ use tpc_core::limits::{CHUNK_SIZE_BYTES, RANGE_CHUNKS};
 use tpc_core::plan::{owner, range_shard};
 use tpc_core::relpath::RelPath;
 use tpc_core::wire::{
-    entry_frames, DestKind, Entry, ErrorCode, Frame, Get, NeedItem, Op, Put, WireKind,
-    ITEMS_PER_FRAME_MAX, MANIFEST_ENTRIES_MAX, PROTOCOL_VERSION,
+    entry_frames, DestKind, Entry, ErrorCode, Frame, Get, ManifestBudget, NeedItem, Op, Put,
+    WireKind, ITEMS_PER_FRAME_MAX, PROTOCOL_VERSION,
 };
 use tpc_core::EntryKind;
 use tpc_uring::confine::Root;
@@ -872,15 +872,13 @@ async fn session(
         }
         Plan::Pull { dest } => {
             let mut entries = Vec::new();
+            let mut budget = ManifestBudget::default();
             loop {
                 match expect_frame(&mut recv).await.map_err(lost)? {
                     Frame::Entries(batch) => {
-                        if (entries.len() + batch.len()) as u64 > MANIFEST_ENTRIES_MAX {
-                            return Err((
-                                Exit::Protocol,
-                                format!("server manifest over {MANIFEST_ENTRIES_MAX} entries"),
-                            ));
-                        }
+                        budget.take(&batch).map_err(|e| {
+                            (Exit::Protocol, format!("server manifest refused: {e}"))
+                        })?;
                         entries.extend(batch)
                     }
                     Frame::EntriesEnd { count } if count == entries.len() as u64 => break,

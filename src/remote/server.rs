@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use glommio::executor;
 use tpc_core::relpath::RelPath;
 use tpc_core::wire::{
-    entry_frames, DestKind, Entry, ErrorCode, Frame, Get, Op, Put, WireKind, ITEMS_PER_FRAME_MAX,
-    MANIFEST_ENTRIES_MAX, PROTOCOL_VERSION,
+    entry_frames, DestKind, Entry, ErrorCode, Frame, Get, ManifestBudget, Op, Put, WireKind,
+    ITEMS_PER_FRAME_MAX, MANIFEST_ENTRIES_MAX, PROTOCOL_VERSION,
 };
 use tpc_uring::confine::{FileKind, Root};
 use tpc_uring::quic::{
@@ -323,15 +323,13 @@ async fn control_push(
     .await
     .map_err(session_failure)?;
     let mut receiver = Receiver::new(shared.root.clone(), base, session, durable);
+    let mut budget = ManifestBudget::default();
     loop {
         match expect_frame(recv).await.map_err(session_failure)? {
             Frame::Entries(entries) => {
-                if receiver.entry_count() as u64 + entries.len() as u64 > MANIFEST_ENTRIES_MAX {
-                    return Err(Failure::new(
-                        ErrorCode::Protocol,
-                        format!("manifest over {MANIFEST_ENTRIES_MAX} entries"),
-                    ));
-                }
+                budget
+                    .take(&entries)
+                    .map_err(|e| Failure::new(ErrorCode::Protocol, e.to_string()))?;
                 receiver.add(entries)?;
             }
             Frame::EntriesEnd { count } if count == receiver.entry_count() as u64 => break,

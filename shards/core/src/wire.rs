@@ -34,6 +34,12 @@ pub const ENTRIES_PER_FRAME_MAX: usize = 4096;
 /// receiver's per-entry state (a few hundred bytes each) within a few tens of GiB.
 pub const MANIFEST_ENTRIES_MAX: u64 = 64 * 1024 * 1024;
 
+/// Encoded bytes of a whole manifest (all of its `Entries` frames). With
+/// `MANIFEST_ENTRIES_MAX` it bounds what one peer's manifest makes the receiver hold:
+/// 64 Mi entries with paths of about 200 bytes fit, 64 Mi entries of 4 KiB paths (or of
+/// hashes) do not.
+pub const MANIFEST_BYTES_MAX: u64 = 16 * 1024 * 1024 * 1024;
+
 /// Chunk hashes an entry of the manifest may carry (64 Ki x 4 MiB = 256 GiB). Larger
 /// files are announced without hashes, and the receiver asks for all of their chunks.
 pub const ENTRY_HASHES_MAX: usize = 64 * 1024;
@@ -140,6 +146,37 @@ pub fn entry_frames(entries: &[Entry]) -> Vec<&[Entry]> {
         out.push(&entries[start..]);
     }
     out
+}
+
+/// What a manifest being received has used of its limits, `Entries` frame by frame.
+#[derive(Debug, Default)]
+pub struct ManifestBudget {
+    entries: u64,
+    bytes: u64,
+}
+
+impl ManifestBudget {
+    /// Counts one `Entries` frame against `MANIFEST_ENTRIES_MAX` and `MANIFEST_BYTES_MAX`.
+    pub fn take(&mut self, batch: &[Entry]) -> Result<(), WireError> {
+        let entries = self.entries + batch.len() as u64;
+        if entries > MANIFEST_ENTRIES_MAX {
+            return Err(WireError::Limit {
+                field: "manifest entries",
+                value: entries,
+                max: MANIFEST_ENTRIES_MAX,
+            });
+        }
+        let bytes = self.bytes + batch.iter().map(|e| e.encoded_bytes() as u64).sum::<u64>();
+        if bytes > MANIFEST_BYTES_MAX {
+            return Err(WireError::Limit {
+                field: "manifest bytes",
+                value: bytes,
+                max: MANIFEST_BYTES_MAX,
+            });
+        }
+        (self.entries, self.bytes) = (entries, bytes);
+        Ok(())
+    }
 }
 
 /// A run of chunks of one file that the receiver asks for.
@@ -833,6 +870,50 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manifest_budget_refuses_past_either_limit() {
+        let e = |len: usize| Entry {
+            kind: WireKind::File,
+            path: vec![b'p'; len],
+            size: 1,
+            mode: 0o644,
+            mtime: (0, 0),
+            target: Vec::new(),
+            hashes: Vec::new(),
+        };
+        let mut b = ManifestBudget::default();
+        b.take(&[e(10), e(20)]).unwrap();
+        assert_eq!(
+            (b.entries, b.bytes),
+            (2, (e(10).encoded_bytes() + e(20).encoded_bytes()) as u64)
+        );
+        // Just under the byte limit, then one byte-heavy frame too many.
+        b.bytes = MANIFEST_BYTES_MAX - e(4000).encoded_bytes() as u64;
+        b.take(&[e(4000)]).unwrap();
+        assert!(matches!(
+            b.take(&[e(1)]),
+            Err(WireError::Limit {
+                field: "manifest bytes",
+                ..
+            })
+        ));
+        // The entry count, whatever the bytes.
+        let mut b = ManifestBudget {
+            entries: MANIFEST_ENTRIES_MAX - 1,
+            bytes: 0,
+        };
+        b.take(&[e(1)]).unwrap();
+        assert!(matches!(
+            b.take(&[e(1)]),
+            Err(WireError::Limit {
+                field: "manifest entries",
+                ..
+            })
+        ));
+        // A refused frame leaves the budget as it was.
+        assert_eq!(b.entries, MANIFEST_ENTRIES_MAX);
+    }
 
     #[test]
     fn long_paths_split_a_manifest_into_frames_that_encode() {
