@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use common::*;
-use tpc_core::wire::{Entry, ErrorCode, Frame, Get, Op, Put, WireKind, PROTOCOL_VERSION};
+use tpc_core::wire::{Entry, ErrorCode, Frame, Op, Run, WireKind, PROTOCOL_VERSION};
 use tpc_uring::quic::{bind_socket, Connection, Endpoint};
 use tpc_xfer::auth::{quic_client_config, Identity, KnownServers, ServerTrust};
 use tpc_xfer::remote::{read_frame, transport_config, write_frame};
@@ -129,7 +129,7 @@ fn a_hostile_client_cannot_write_outside_the_root_and_the_server_keeps_serving()
         }
         // Data streams aimed outside: no session makes them legitimate.
         for path in [&b"../x"[..], b"/etc/x", b"link/x"] {
-            let put = Frame::Put(Put {
+            let put = Frame::Put(Run {
                 session: 1,
                 file: 0,
                 path: path.to_vec(),
@@ -161,7 +161,7 @@ fn a_hostile_client_cannot_write_outside_the_root_and_the_server_keeps_serving()
             "pull of link/ listed {listed:?}"
         );
         // Reading through the symlink.
-        let get = Frame::Get(Get {
+        let get = Frame::Get(Run {
             session: 1,
             file: 0,
             path: b"link/secret".to_vec(),

@@ -26,8 +26,8 @@ use tpc_core::limits::{CHUNK_SIZE_BYTES, RANGE_CHUNKS};
 use tpc_core::plan::{owner, range_shard};
 use tpc_core::relpath::RelPath;
 use tpc_core::wire::{
-    entry_frames, DestKind, Entry, ErrorCode, Frame, Get, ManifestBudget, NeedItem, Op, Put,
-    WireKind, ITEMS_PER_FRAME_MAX, PROTOCOL_VERSION,
+    entry_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, NeedItem, Op, Run, WireKind,
+    ITEMS_PER_FRAME_MAX, PROTOCOL_VERSION,
 };
 use tpc_core::EntryKind;
 use tpc_uring::confine::Root;
@@ -483,21 +483,22 @@ async fn move_range(conn: &Connection, work: &Work, item: RangeItem) -> Result<u
         .await
         .map_err(|e| Failure::new(ErrorCode::Io, e.to_string()))?;
     let io = |e: SessionError| data_failure(DataError::Session(e));
+    let run = Run {
+        session: work.session,
+        file: item.file,
+        path: f.remote.clone(),
+        size: f.size,
+        chunk_first: item.first,
+        chunk_count: item.count,
+    };
+    let header = if work.push {
+        Frame::Put(run)
+    } else {
+        Frame::Get(run)
+    };
+    write_frame(&mut send, &header).await.map_err(io)?;
     if work.push {
         let src = f.local_src.as_ref().expect("push has sources");
-        write_frame(
-            &mut send,
-            &Frame::Put(Put {
-                session: work.session,
-                file: item.file,
-                path: f.remote.clone(),
-                size: f.size,
-                chunk_first: item.first,
-                chunk_count: item.count,
-            }),
-        )
-        .await
-        .map_err(io)?;
         let file = glommio::io::BufferedFile::open(src)
             .await
             .map_err(|e| Failure::new(ErrorCode::Io, format!("cannot open {}: {e}", quote(src))))?;
@@ -534,19 +535,6 @@ async fn move_range(conn: &Connection, work: &Work, item: RangeItem) -> Result<u
             )),
         }
     } else {
-        write_frame(
-            &mut send,
-            &Frame::Get(Get {
-                session: work.session,
-                file: item.file,
-                path: f.remote.clone(),
-                size: f.size,
-                chunk_first: item.first,
-                chunk_count: item.count,
-            }),
-        )
-        .await
-        .map_err(io)?;
         send.finish().map_err(|e| io(e.into()))?;
         match expect_frame(&mut recv).await.map_err(io)? {
             Frame::Data { chunk_count } if chunk_count == item.count => {}

@@ -57,6 +57,26 @@ fn glommio_errno(e: &glommio::GlommioError<()>) -> Option<i32> {
     }
 }
 
+/// The chunks of run `first .. first + count` of a file of `size` bytes, as (offset,
+/// length), and the run's length. An empty file is one empty chunk: its hash still travels.
+fn chunk_spans(
+    size: u64,
+    first: u32,
+    count: u32,
+) -> Result<(impl Iterator<Item = (u64, usize)>, u64), DataError> {
+    let (start, len) = run_bytes(size, first, count).ok_or_else(|| {
+        DataError::Local(Failure::new(
+            ErrorCode::Protocol,
+            "chunk run outside the file",
+        ))
+    })?;
+    let spans = (0..len.div_ceil(CHUNK_SIZE_BYTES).max(1)).map(move |i| {
+        let pos = start + i * CHUNK_SIZE_BYTES;
+        (pos, (start + len - pos).min(CHUNK_SIZE_BYTES) as usize)
+    });
+    Ok((spans, len))
+}
+
 /// Bytes hashed and handed to QUIC at a time: small enough to stay in L2 between the two.
 const HASH_PIECE_BYTES: usize = 256 * 1024;
 
@@ -71,16 +91,8 @@ pub async fn send_run(
     count: u32,
     send: &mut SendStream,
 ) -> Result<u64, DataError> {
-    let (start, len) = run_bytes(size, first, count).ok_or_else(|| {
-        DataError::Local(Failure::new(
-            ErrorCode::Protocol,
-            "chunk run outside the file",
-        ))
-    })?;
-    let end = start + len;
-    let mut pos = start;
-    loop {
-        let n = (end - pos).min(CHUNK_SIZE_BYTES) as usize;
+    let (spans, len) = chunk_spans(size, first, count)?;
+    for (pos, n) in spans {
         let data = if n > 0 {
             let buf = file
                 .read_at(pos, n)
@@ -107,10 +119,6 @@ pub async fn send_run(
         send.write_all(hasher.finalize().as_bytes())
             .await
             .map_err(SessionError::from)?;
-        pos += n as u64;
-        if pos >= end {
-            break;
-        }
     }
     Ok(len)
 }
@@ -127,16 +135,8 @@ pub async fn receive_run(
     first: u32,
     count: u32,
 ) -> Result<u64, DataError> {
-    let (start, len) = run_bytes(size, first, count).ok_or_else(|| {
-        DataError::Local(Failure::new(
-            ErrorCode::Protocol,
-            "chunk run outside the file",
-        ))
-    })?;
-    let end = start + len;
-    let mut pos = start;
-    loop {
-        let n = (end - pos).min(CHUNK_SIZE_BYTES) as usize;
+    let (spans, len) = chunk_spans(size, first, count)?;
+    for (pos, n) in spans {
         // One buffer per chunk, handed to the write: glommio's write_at takes a Vec. It
         // is filled without zeroing it first, and hashed a window at a time while the
         // window is still in cache. (Stream frames are as small as the path MTU allows,
@@ -181,10 +181,6 @@ pub async fn receive_run(
             if written != n {
                 return Err(io_failure(what, "short write", None));
             }
-        }
-        pos += n as u64;
-        if pos >= end {
-            break;
         }
     }
     expect_end(recv).await.map_err(|e| match e {

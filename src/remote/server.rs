@@ -9,7 +9,7 @@
 //! or stream only ever ends its own stream or connection; the server keeps serving.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use glommio::executor;
 use tpc_core::relpath::RelPath;
 use tpc_core::wire::{
-    entry_frames, DestKind, Entry, ErrorCode, Frame, Get, ManifestBudget, Op, Put, WireKind,
+    entry_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, Op, Run, WireKind,
     ITEMS_PER_FRAME_MAX, MANIFEST_ENTRIES_MAX, PROTOCOL_VERSION,
 };
-use tpc_uring::confine::{FileKind, Root};
+use tpc_uring::confine::{fstat, FileKind, Root};
 use tpc_uring::quic::{
     bind_socket, udp_payload_max_towards, Connection, Endpoint, RecvStream, SendStream,
 };
@@ -456,7 +456,7 @@ async fn put(
     send: &mut SendStream,
     recv: &mut RecvStream,
     shared: &Shared,
-    p: Put,
+    p: Run,
 ) -> Result<(), Failure> {
     if shared.read_only {
         return Err(Failure::new(
@@ -472,9 +472,7 @@ async fn put(
         .open(&tmp, libc::O_WRONLY, 0)
         .map_err(|e| Failure::confine(&e))?;
     // The announced size must be the planned one, or a run could extend the file.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: valid fd and stat buffer.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 || st.st_size as u64 != p.size {
+    if fstat(fd.as_fd()).map(|st| st.size_bytes) != Ok(p.size) {
         return Err(Failure::new(
             ErrorCode::Protocol,
             format!("{full}: size {} does not match the manifest", p.size),
@@ -495,15 +493,13 @@ async fn put(
 
 /// A data stream of a pull: read one run of chunks of a file beneath the root and send
 /// it, each chunk followed by its hash.
-async fn get(send: &mut SendStream, shared: &Shared, g: Get) -> Result<(), Failure> {
+async fn get(send: &mut SendStream, shared: &Shared, g: Run) -> Result<(), Failure> {
     let full = parse_path(&g.path)?;
     let fd = shared
         .root
         .open(&full, libc::O_RDONLY, 0)
         .map_err(|e| Failure::confine(&e))?;
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: valid fd and stat buffer.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 || st.st_size as u64 != g.size {
+    if fstat(fd.as_fd()).map(|st| st.size_bytes) != Ok(g.size) {
         return Err(Failure::new(
             ErrorCode::Changed,
             format!("{full} changed size since the manifest"),

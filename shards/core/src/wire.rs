@@ -187,24 +187,14 @@ pub struct NeedItem {
     pub chunk_count: u32,
 }
 
-/// Header of a data stream from client to server: these chunks of this file follow,
-/// each as its bytes and then its hash.
+/// Header of a data stream: a run of chunks of one file. After `Put` the chunks follow
+/// from client to server; a `Get` asks the server for them, and it answers `Data` and
+/// then the chunks. Each chunk travels as its bytes and then its hash.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Put {
+pub struct Run {
     pub session: u64,
     pub file: u32,
     /// Full path relative to the server root (the server checks it again).
-    pub path: Vec<u8>,
-    pub size: u64,
-    pub chunk_first: u32,
-    pub chunk_count: u32,
-}
-
-/// Header of a data stream asking the server for chunks of a file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Get {
-    pub session: u64,
-    pub file: u32,
     pub path: Vec<u8>,
     pub size: u64,
     pub chunk_first: u32,
@@ -283,8 +273,8 @@ pub enum Frame {
     },
     Need(Vec<NeedItem>),
     NeedEnd,
-    Put(Put),
-    Get(Get),
+    Put(Run),
+    Get(Run),
     /// Answer to `Get`: each chunk follows as its bytes, then its hash.
     Data {
         chunk_count: u32,
@@ -449,21 +439,13 @@ impl Frame {
                 }
             }
             Frame::NeedEnd | Frame::RangeOk | Frame::Finish => {}
-            Frame::Put(p) => {
-                w.u64(p.session);
-                w.u32(p.file);
-                w.bytes(&p.path, PATH_BYTES_MAX);
-                w.u64(p.size);
-                w.u32(p.chunk_first);
-                w.u32(p.chunk_count);
-            }
-            Frame::Get(g) => {
-                w.u64(g.session);
-                w.u32(g.file);
-                w.bytes(&g.path, PATH_BYTES_MAX);
-                w.u64(g.size);
-                w.u32(g.chunk_first);
-                w.u32(g.chunk_count);
+            Frame::Put(run) | Frame::Get(run) => {
+                w.u64(run.session);
+                w.u32(run.file);
+                w.bytes(&run.path, PATH_BYTES_MAX);
+                w.u64(run.size);
+                w.u32(run.chunk_first);
+                w.u32(run.chunk_count);
             }
             Frame::Data { chunk_count } => w.u32(*chunk_count),
             Frame::Commit { files } | Frame::Committed { files } => {
@@ -640,8 +622,8 @@ impl Frame {
                 Frame::Need(items)
             }
             kind::NEED_END => Frame::NeedEnd,
-            kind::PUT => {
-                let p = Put {
+            kind::PUT | kind::GET => {
+                let run = Run {
                     session: r.u64("session")?,
                     file: r.u32("file")?,
                     path: r.bytes("path", PATH_BYTES_MAX)?,
@@ -649,20 +631,12 @@ impl Frame {
                     chunk_first: r.u32("chunk_first")?,
                     chunk_count: r.u32("chunk_count")?,
                 };
-                stream_chunks(p.chunk_count)?;
-                Frame::Put(p)
-            }
-            kind::GET => {
-                let g = Get {
-                    session: r.u64("session")?,
-                    file: r.u32("file")?,
-                    path: r.bytes("path", PATH_BYTES_MAX)?,
-                    size: r.size()?,
-                    chunk_first: r.u32("chunk_first")?,
-                    chunk_count: r.u32("chunk_count")?,
-                };
-                stream_chunks(g.chunk_count)?;
-                Frame::Get(g)
+                stream_chunks(run.chunk_count)?;
+                if kind_byte == kind::PUT {
+                    Frame::Put(run)
+                } else {
+                    Frame::Get(run)
+                }
             }
             kind::DATA => {
                 let chunk_count = r.u32("chunk_count")?;
@@ -1007,7 +981,7 @@ mod tests {
             chunk_first: 0,
             chunk_count: 3,
         }]));
-        round_trip(Frame::Put(Put {
+        round_trip(Frame::Put(Run {
             session: 1,
             file: 2,
             path: b"p".to_vec(),
@@ -1015,7 +989,7 @@ mod tests {
             chunk_first: 0,
             chunk_count: 2,
         }));
-        round_trip(Frame::Get(Get {
+        round_trip(Frame::Get(Run {
             session: 1,
             file: 2,
             path: b"p".to_vec(),
@@ -1075,7 +1049,7 @@ mod tests {
             Err(WireError::Trailing { .. })
         ));
         let mut buf = Vec::new();
-        Frame::Get(Get {
+        Frame::Get(Run {
             session: 1,
             file: 0,
             path: vec![],

@@ -690,7 +690,8 @@ fn openat2(dir: BorrowedFd<'_>, path: &CStr, flags: i32, mode: u32) -> Result<Ow
     }
 }
 
-fn fstat(fd: BorrowedFd<'_>) -> Result<Stat, i32> {
+/// Metadata of an open file (never of a symlink's target); the error is the errno.
+pub fn fstat(fd: BorrowedFd<'_>) -> Result<Stat, i32> {
     stat_flags(fd, c"", libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
 }
 
