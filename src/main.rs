@@ -34,6 +34,7 @@ use tpc_uring::Durability;
 
 use tpc_xfer::exit::{Exit, EXIT_CODES_HELP};
 use tpc_xfer::{auth, check, copy, remote};
+use tpc_xfer::remote::congestion::Congestion;
 
 /// Thread-per-core file transfer: every chunk hashed with BLAKE3, every file written
 /// atomically and durably.
@@ -75,6 +76,10 @@ enum Command {
         /// Trust a server whose key is not yet in known-servers, and record it there.
         #[arg(long)]
         accept_new: bool,
+        /// Congestion control of the data this end sends over QUIC (`tolerant` keeps
+        /// long paths with random loss full; `cubic` and `bbr` are quinn-proto's own).
+        #[arg(long, value_enum, default_value_t = Congestion::Tolerant)]
+        congestion: Congestion,
         #[command(flatten)]
         state: StateArg,
         #[command(flatten)]
@@ -98,6 +103,10 @@ enum Command {
         /// Refuse pushes; serve pulls only.
         #[arg(long)]
         read_only: bool,
+        /// Congestion control of the data this end sends over QUIC (`tolerant` keeps
+        /// long paths with random loss full; `cubic` and `bbr` are quinn-proto's own).
+        #[arg(long, value_enum, default_value_t = Congestion::Tolerant)]
+        congestion: Congestion,
         #[command(flatten)]
         state: StateArg,
         #[command(flatten)]
@@ -179,16 +188,18 @@ fn main() -> ExitCode {
             verify,
             fsync,
             accept_new,
+            congestion,
             state,
             common,
         } => match options(&common, checksum, verify, fsync) {
-            Ok(opts) => copy_any(&sources, &dest, &opts, accept_new, &state),
+            Ok(opts) => copy_any(&sources, &dest, &opts, accept_new, congestion, &state),
             Err(e) => e,
         },
         Command::Serve {
             root,
             listen,
             read_only,
+            congestion,
             state,
             common,
         } => match (options(&common, false, false, Fsync::Batch), state.dir()) {
@@ -198,6 +209,7 @@ fn main() -> ExitCode {
                 shard_count: opts.shard_count,
                 read_only,
                 state_dir,
+                congestion,
             }),
             (Err(e), _) | (_, Err(e)) => e,
         },
@@ -229,6 +241,7 @@ fn copy_any(
     dest: &std::path::Path,
     opts: &copy::CopyOptions,
     accept_new: bool,
+    congestion: Congestion,
     state: &StateArg,
 ) -> Exit {
     use std::os::unix::ffi::OsStrExt;
@@ -255,6 +268,7 @@ fn copy_any(
         json: opts.json,
         state_dir,
         accept_new,
+        congestion,
     };
     match (remote_dest, remote_srcs.len(), sources.len()) {
         (Some(Ok(spec)), 0, _) => remote::client::push(sources, spec, &ropts),

@@ -30,7 +30,7 @@ where
             let known = KnownServers::load(&state).unwrap();
             let trust = ServerTrust::new(&known, &server.to_string(), true).unwrap();
             let mut config = quic_client_config(&identity, trust).unwrap();
-            config.transport_config(transport_config(1452));
+            config.transport_config(transport_config(1452, Default::default()));
             let endpoint =
                 Endpoint::new(bind_socket("127.0.0.1:0".parse().unwrap()).unwrap(), None).unwrap();
             let conn = endpoint.connect(config, server, "tpc-xfer").await.unwrap();

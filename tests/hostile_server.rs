@@ -48,7 +48,7 @@ fn push_to_liar(state: &Path, client_state: &Path, src: &Path, lie: Lie) -> std:
             let crypto = Arc::new(quic_server_config(&identity, authorized).unwrap());
             let make = move |_: SocketAddr| {
                 let mut c = (*crypto).clone();
-                c.transport_config(transport_config(1452));
+                c.transport_config(transport_config(1452, Default::default()));
                 Arc::new(c)
             };
             let endpoint = Endpoint::new(socket, Some(Box::new(make))).unwrap();

@@ -37,7 +37,7 @@ use tpc_uring::Durability;
 use super::data::{receive_run, send_run, uring_file, DataError};
 use super::receiver::{full_path, temp_path, Failure, Receiver};
 use super::{
-    expect_end, expect_frame, transport_config, write_frame, RemoteSpec, SessionError, CLOSE_DONE,
+    congestion::Congestion, expect_end, expect_frame, transport_config, write_frame, RemoteSpec, SessionError, CLOSE_DONE,
     CONNECT_TIMEOUT, STREAMS_IN_FLIGHT_PER_SHARD,
 };
 use crate::auth::{self, Identity, KnownServers, ServerTrust};
@@ -51,6 +51,8 @@ pub struct RemoteOptions {
     pub json: bool,
     pub state_dir: PathBuf,
     pub accept_new: bool,
+    /// Congestion controller of this end's sending direction (the data of a push).
+    pub congestion: Congestion,
 }
 
 /// setuid and setgid are never sent as such: ownership is not transferred.
@@ -74,6 +76,30 @@ struct Summary {
     shard_cpus: Vec<usize>,
     /// Largest UDP payload each shard's connection reached by path MTU discovery.
     udp_payload_per_shard: Vec<u16>,
+    /// What each shard's connection saw of the path, at the end of the transfer.
+    path_per_shard: Vec<PathSummary>,
+}
+
+/// One connection's view of its path, from quinn-proto's counters.
+#[derive(Serialize, Default, Clone)]
+struct PathSummary {
+    rtt_us: u64,
+    congestion_window_bytes: u64,
+    sent_packets: u64,
+    lost_packets: u64,
+    congestion_events: u64,
+}
+
+impl PathSummary {
+    fn of(conn: &Connection) -> Self {
+        conn.stats().map_or_else(Self::default, |s| Self {
+            rtt_us: s.path.rtt.as_micros() as u64,
+            congestion_window_bytes: s.path.cwnd,
+            sent_packets: s.path.sent_packets,
+            lost_packets: s.path.lost_packets,
+            congestion_events: s.path.congestion_events,
+        })
+    }
 }
 
 /// One file to move, as the data shards see it.
@@ -122,6 +148,7 @@ struct ShardOut {
     ranges: u64,
     cpu: usize,
     udp_payload: u16,
+    path: PathSummary,
     /// Only shard 0: the session's outcome.
     summary: Option<(Summary, Problems)>,
 }
@@ -206,6 +233,7 @@ fn run(remote: RemoteSpec, opts: &RemoteOptions, plan: Plan) -> Exit {
         let mut config = auth::quic_client_config(&identity, trust.clone())?;
         config.transport_config(transport_config(
             udp_payload_max_towards(server).unwrap_or(1452),
+            opts.congestion,
         ));
         Ok::<_, auth::AuthError>((config, trust))
     })();
@@ -246,6 +274,7 @@ fn run(remote: RemoteSpec, opts: &RemoteOptions, plan: Plan) -> Exit {
     summary.ranges_per_shard = outs.iter().map(|o| o.ranges).collect();
     summary.shard_cpus = outs.iter().map(|o| o.cpu).collect();
     summary.udp_payload_per_shard = outs.iter().map(|o| o.udp_payload).collect();
+    summary.path_per_shard = outs.iter().map(|o| o.path.clone()).collect();
     summary.seconds = started.elapsed().as_secs_f64();
     summary.throughput_bytes_per_sec = summary.bytes as f64 / summary.seconds.max(1e-9);
     if opts.json {
@@ -398,6 +427,7 @@ async fn worker_shard(
     }
     if let Some(c) = &conn {
         out.udp_payload = c.current_mtu();
+        out.path = PathSummary::of(c);
     }
     if let Some(c) = conn {
         c.close(CLOSE_DONE, b"done");
@@ -715,6 +745,7 @@ async fn coordinator(
         out.summary = Some((summary, p));
     }
     out.udp_payload = conn.current_mtu();
+    out.path = PathSummary::of(&conn);
     stop_peers().await;
     conn.close(CLOSE_DONE, b"done");
     endpoint.wait_idle().await;

@@ -8,6 +8,7 @@
 //! server's root.
 
 pub mod client;
+pub mod congestion;
 pub mod data;
 pub mod receiver;
 pub mod server;
@@ -16,6 +17,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
+use congestion::Congestion;
 use quinn_proto::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
 use tpc_core::wire::{Frame, WireError, FRAME_HEADER_BYTES};
 use tpc_uring::quic::{QuicError, ReadExactError, RecvStream, SendStream};
@@ -63,8 +65,9 @@ pub const CLOSE_DONE: u32 = 0;
 /// `udp_payload_max` (from the route's MTU): windows from the bandwidth-delay product,
 /// not quinn's defaults (which are sized for ~100 Mbit/s x 100 ms per stream but only
 /// 1.25 MB per connection send window).
-pub fn transport_config(udp_payload_max: u16) -> Arc<TransportConfig> {
+pub fn transport_config(udp_payload_max: u16, congestion: Congestion) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
+    t.congestion_controller_factory(congestion.factory());
     // One connection must be able to fill the link alone; a single stream a quarter of
     // it, so a few ranges in flight do.
     t.receive_window(VarInt::from_u64(2 * BDP_BYTES).expect("fits a varint"));

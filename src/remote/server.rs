@@ -28,6 +28,7 @@ use tpc_uring::quic::{
 
 use super::data::{receive_run, send_run, uring_file, DataError};
 use super::receiver::{temp_path, Failure, Receiver};
+use super::congestion::Congestion;
 use super::{expect_end, expect_frame, read_frame, transport_config, write_frame, SessionError};
 use crate::auth::{self, AuthorizedClients, Identity};
 use crate::exit::Exit;
@@ -47,6 +48,8 @@ pub struct ServeOptions {
     pub shard_count: usize,
     pub read_only: bool,
     pub state_dir: PathBuf,
+    /// Congestion controller of the server's sending direction (the data of a pull).
+    pub congestion: Congestion,
 }
 
 struct Shared {
@@ -137,6 +140,7 @@ pub fn run(opts: ServeOptions) -> Exit {
     let sockets = Arc::new(Mutex::new(sockets));
     let crypto = Arc::new(crypto);
     let read_only = opts.read_only;
+    let congestion = opts.congestion;
     let result = tpc_uring::run_shards::<(), (), _, _>(opts.shard_count, 1, move |ctx| {
         let socket = sockets.lock().expect("not poisoned")[ctx.shard]
             .take()
@@ -153,6 +157,7 @@ pub fn run(opts: ServeOptions) -> Exit {
                 let mut c = (*crypto).clone();
                 c.transport_config(transport_config(
                     udp_payload_max_towards(remote).unwrap_or(1452),
+                    congestion,
                 ));
                 Arc::new(c)
             };

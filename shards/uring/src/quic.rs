@@ -697,6 +697,12 @@ impl Connection {
         self.with(|c| c.conn.current_mtu()).unwrap_or(0)
     }
 
+    /// quinn-proto's counters for this connection (RTT, window, packets sent and lost,
+    /// congestion events), for summaries and benchmarks.
+    pub fn stats(&self) -> Option<quinn_proto::ConnectionStats> {
+        self.with(|c| c.conn.stats())
+    }
+
     pub fn lost_reason(&self) -> Option<ConnectionError> {
         let st = self.ep.state.borrow();
         match st.conns.get(&self.handle) {
