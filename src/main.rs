@@ -33,8 +33,8 @@ use tpc_core::SkipPolicy;
 use tpc_uring::Durability;
 
 use tpc_xfer::exit::{Exit, EXIT_CODES_HELP};
-use tpc_xfer::{auth, check, copy, remote};
 use tpc_xfer::remote::congestion::Congestion;
+use tpc_xfer::{auth, check, copy, remote};
 
 /// Thread-per-core file transfer: every chunk hashed with BLAKE3, every file written
 /// atomically and durably.

@@ -26,7 +26,15 @@
 #   BIG_MB=2048  SMALL_COUNT=20000        dataset sizes (generated once, then reused)
 #   TPC=target/release/tpc-xfer           built with cargo only if missing
 #   SSH_PORT=2222 RSYNC_PORT=8873 IPERF_PORT=5299 TPC_PORT=7440
-#   IPERF_BYTES=2G    bytes per iperf3 run
+#   IPERF_BYTES=2G    bytes per iperf3 run (loopback)
+#   NET=loopback      loopback: client and server on 127.0.0.1.
+#                     lan: two network namespaces joined by a veth pair (MTU 9000, no
+#                     impairment); wan: two namespaces joined by tools/delayline with
+#                     DELAY_MS one-way delay (RTT = 2x), LOSS_PCT random loss and RATE_MBIT
+#                     rate limit each way, at MTU (default 1500). Servers run in the B
+#                     namespace, clients in A. The report then starts with the path's
+#                     calibration (ping RTT, iperf3 rate at zero loss, loss applied).
+#   DELAY_MS=25 LOSS_PCT=0 RATE_MBIT=1000 MTU=1500 IPERF_SECONDS=10   (lan/wan)
 #
 # Takes roughly 15-25 minutes with the defaults on the 2-core dev VM, about 6 of them
 # SETTLE waits. Everything it starts is stopped and every destination removed when it exits
@@ -47,6 +55,21 @@ RSYNC_PORT=${RSYNC_PORT:-8873}
 IPERF_PORT=${IPERF_PORT:-5299}
 TPC_PORT=${TPC_PORT:-7440}
 IPERF_BYTES=${IPERF_BYTES:-2G}
+NET=${NET:-loopback}
+DELAY_MS=${DELAY_MS:-25}
+LOSS_PCT=${LOSS_PCT:-0}
+RATE_MBIT=${RATE_MBIT:-1000}
+MTU=${MTU:-1500}
+IPERF_SECONDS=${IPERF_SECONDS:-10}
+# Where the servers listen, and the prefixes that put a server or client command into its
+# namespace (empty on loopback).
+HOST=127.0.0.1 SRV="" CLI=""
+NS_A=tpcwan-a NS_B=tpcwan-b
+case $NET in
+  loopback) ;;
+  lan | wan) HOST=10.199.0.2 SRV="ip netns exec $NS_B" CLI="ip netns exec $NS_A" ;;
+  *) echo "bench-remote: NET must be loopback, lan or wan" >&2; exit 1 ;;
+esac
 CIPHER=aes128-gcm@openssh.com # the fastest OpenSSH cipher with AES-NI: scp at its best
 
 SMALL_FILE_BYTES=8192
@@ -115,6 +138,7 @@ cleanup() {
       [ -s "$log" ] && { say "--- tail of $log"; tail -n 5 "$log" >&2; }
     done
   fi
+  [ "$NET" = lan ] && { ip netns del "$NS_A" 2>/dev/null; ip netns del "$NS_B" 2>/dev/null; }
   rm -rf "$RUN" "$DST"
   [ "$made_run_sshd" = 1 ] && rmdir /run/sshd 2>/dev/null
   exit "$rc"
@@ -201,14 +225,14 @@ warm() { if [ -d "$1" ]; then find "$1" -type f -exec cat {} + > /dev/null; else
 wait_port() {
   local proto=$1 port=$2 pid=$3 name=$4 i
   for i in $(seq 200); do
-    [ -n "$(ss -Hln --"$proto" "sport = :$port")" ] && return 0
+    [ -n "$($SRV ss -Hln --"$proto" "sport = :$port")" ] && return 0
     kill -0 "$pid" 2>/dev/null || die "$name exited at start (log in $RUN)"
     sleep 0.1
   done
   die "$name did not bind port $port within 20 s"
 }
 port_free() { # port_free tcp|udp PORT KNOB
-  [ -z "$(ss -Hln --"$1" "sport = :$2")" ] || die "port $2 already in use; set $3"
+  [ -z "$($SRV ss -Hln --"$1" "sport = :$2")" ] || die "port $2 already in use; set $3"
 }
 
 start_sshd() {
@@ -222,7 +246,7 @@ start_sshd() {
   # refuses; this sshd only listens on 127.0.0.1 and only for the run.
   cat > "$RUN/sshd_config" <<EOF
 Port $SSH_PORT
-ListenAddress 127.0.0.1
+ListenAddress $HOST
 HostKey $RUN/host_key
 PidFile $RUN/sshd.pid
 AuthorizedKeysFile $RUN/authorized_keys
@@ -236,7 +260,7 @@ Subsystem sftp $sftp
 EOF
   cat > "$RUN/ssh_config" <<EOF
 Host bench
-  HostName 127.0.0.1
+  HostName $HOST
   Port $SSH_PORT
   User root
   IdentityFile $RUN/client_key
@@ -248,10 +272,10 @@ Host bench
 EOF
   # sshd refuses to start without its privilege-separation directory.
   [ -d /run/sshd ] || { mkdir -m 755 /run/sshd; made_run_sshd=1; }
-  /usr/sbin/sshd -D -e -f "$RUN/sshd_config" 2> "$RUN/sshd.log" &
+  $SRV /usr/sbin/sshd -D -e -f "$RUN/sshd_config" 2> "$RUN/sshd.log" &
   pids+=($!)
   wait_port tcp "$SSH_PORT" "$!" sshd
-  ssh -F "$RUN/ssh_config" bench true || die "cannot log in to the bench sshd"
+  $CLI ssh -F "$RUN/ssh_config" bench true || die "cannot log in to the bench sshd"
 }
 
 start_rsyncd() {
@@ -265,7 +289,7 @@ log file = $RUN/rsyncd.log
   uid = root
   gid = root
 EOF
-  rsync --daemon --no-detach --config="$RUN/rsyncd.conf" --address=127.0.0.1 \
+  $SRV rsync --daemon --no-detach --config="$RUN/rsyncd.conf" --address=$HOST \
     --port="$RSYNC_PORT" &
   pids+=($!)
   wait_port tcp "$RSYNC_PORT" "$!" "rsync daemon"
@@ -273,7 +297,7 @@ EOF
 
 start_iperf3() {
   port_free tcp "$IPERF_PORT" IPERF_PORT
-  iperf3 -s -B 127.0.0.1 -p "$IPERF_PORT" > "$RUN/iperf3.log" 2>&1 &
+  $SRV iperf3 -s -B $HOST -p "$IPERF_PORT" > "$RUN/iperf3.log" 2>&1 &
   pids+=($!)
   wait_port tcp "$IPERF_PORT" "$!" "iperf3 server"
 }
@@ -289,14 +313,14 @@ start_tpc() {
   fp=${fp%%$'\n'*}
   [[ $fp == tpc1:* ]] || die "tpc-xfer id printed '$fp', expected a tpc1: fingerprint"
   echo "$fp" >> "$TPC_SERVER/authorized-clients"
-  "$TPC" serve --root "$DST" --listen "127.0.0.1:$TPC_PORT" --state "$TPC_SERVER" \
+  $SRV "$TPC" serve --root "$DST" --listen "$HOST:$TPC_PORT" --state "$TPC_SERVER" \
     2> "$RUN/tpc-serve.log" &
   pids+=($!)
   wait_port udp "$TPC_PORT" "$!" "tpc-xfer serve"
   # Trust on first use, once and untimed, so the timed runs only ever see a known server.
   echo probe > "$RUN/probe"
-  "$TPC" copy -q --accept-new --state "$TPC_CLIENT" "$RUN/probe" \
-    "tpc://127.0.0.1:$TPC_PORT/.probe"
+  $CLI "$TPC" copy -q --accept-new --state "$TPC_CLIENT" "$RUN/probe" \
+    "tpc://$HOST:$TPC_PORT/.probe"
   cmp -s "$RUN/probe" "$DST/.probe" || die "tpc-xfer probe push did not arrive intact"
   rm -f "$DST/.probe"
 }
@@ -338,11 +362,13 @@ awk -v b="$BACKGROUND" 'BEGIN { exit !(b > 0.2) }' &&
 push_cmd() {
   local tool=$1 src=$2 name=$3
   case $tool in
-    scp) echo "scp -q -r -F $RUN/ssh_config -c $CIPHER $src bench:$DST/$name" ;;
-    rsync-ssh) echo "rsync -a -e 'ssh -F $RUN/ssh_config -c $CIPHER' $src bench:$DST/$name" ;;
-    rsyncd) echo "rsync -a $src rsync://127.0.0.1:$RSYNC_PORT/bench/$name" ;;
-    tpc) echo "$TPC copy -q --state $TPC_CLIENT $src tpc://127.0.0.1:$TPC_PORT/$name" ;;
-    tpc-never) echo "$TPC copy -q --fsync never --state $TPC_CLIENT $src tpc://127.0.0.1:$TPC_PORT/$name" ;;
+    scp) echo "$CLI scp -q -r -F $RUN/ssh_config -c $CIPHER $src bench:$DST/$name" ;;
+    rsync-ssh) echo "$CLI rsync -a -e 'ssh -F $RUN/ssh_config -c $CIPHER' $src bench:$DST/$name" ;;
+    rsyncd) echo "$CLI rsync -a $src rsync://$HOST:$RSYNC_PORT/bench/$name" ;;
+    tpc) echo "$CLI $TPC copy -q --state $TPC_CLIENT $src tpc://$HOST:$TPC_PORT/$name" ;;
+    tpc-never) echo "$CLI $TPC copy -q --fsync never --state $TPC_CLIENT $src tpc://$HOST:$TPC_PORT/$name" ;;
+    # quinn-proto's Cubic instead of the default controller, to show the difference.
+    tpc-cubic) echo "$CLI $TPC copy -q --fsync never --congestion cubic --state $TPC_CLIENT $src tpc://$HOST:$TPC_PORT/$name" ;;
     *) die "unknown tool '$tool' in TOOLS" ;;
   esac
 }
@@ -385,10 +411,79 @@ measure() {
 # Parts
 
 part_ceiling() {
-  say "== iperf3 TCP ceiling (one stream, $IPERF_BYTES)"
-  local i cmd=(iperf3 -c 127.0.0.1 -p "$IPERF_PORT" -n "$IPERF_BYTES" --json)
-  cpu_run iperf3 "${cmd[*]} > $RES/iperf3-cpu.json"
-  for i in $(seq "$RUNS"); do "${cmd[@]}" > "$RES/iperf3-$i.json"; done
+  local i cc cmd
+  if [ "$NET" = loopback ]; then
+    say "== iperf3 TCP ceiling (one stream, $IPERF_BYTES)"
+    cmd=(iperf3 -c 127.0.0.1 -p "$IPERF_PORT" -n "$IPERF_BYTES" --json)
+    cpu_run iperf3 "${cmd[*]} > $RES/iperf3-cpu.json"
+    for i in $(seq "$RUNS"); do "${cmd[@]}" > "$RES/iperf3-$i.json"; done
+    return
+  fi
+  # On an emulated path, what TCP gets with each congestion control: timed, not sized,
+  # since Cubic under loss may move little.
+  for cc in cubic bbr; do
+    say "== iperf3 TCP $cc, one stream, ${IPERF_SECONDS}s"
+    for i in $(seq "$RUNS"); do
+      $CLI iperf3 -c "$HOST" -p "$IPERF_PORT" -t "$IPERF_SECONDS" -C "$cc" --json \
+        > "$RES/iperf3-$cc-$i.json"
+    done
+  done
+}
+
+# ---------------------------------------------------------------------------------------
+# The path: namespaces joined by a veth pair (lan) or by tools/delayline (wan)
+
+DELAYLINE=${DELAYLINE:-$PWD/target/release/tpc-delayline}
+delayline_pid=""
+# start_delayline LOSS: the wan path with the given loss, up once its stats file appears.
+start_delayline() {
+  rm -f "$RUN/delayline.json"
+  "$DELAYLINE" --ns-a "$NS_A" --ns-b "$NS_B" --addr-b "$HOST" --delay-ms "$DELAY_MS" \
+    --loss-pct "$1" --rate-mbit "$RATE_MBIT" --mtu "$MTU" --stats "$RUN/delayline.json" \
+    2> "$RUN/delayline.log" &
+  delayline_pid=$!
+  pids+=("$delayline_pid")
+  local i
+  for i in $(seq 100); do
+    [ -f "$RUN/delayline.json" ] && return 0
+    kill -0 "$delayline_pid" 2>/dev/null || die "tpc-delayline failed: $(cat "$RUN/delayline.log")"
+    sleep 0.1
+  done
+  die "tpc-delayline did not come up"
+}
+stop_delayline() {
+  kill "$delayline_pid"
+  wait "$delayline_pid" || true
+}
+
+make_lan() {
+  local ns
+  for ns in "$NS_A" "$NS_B"; do
+    ip netns del "$ns" 2>/dev/null || true
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+  done
+  ip link add tpcwan-va netns "$NS_A" mtu 9000 type veth peer name tpcwan-vb netns "$NS_B" mtu 9000
+  ip -n "$NS_A" addr add 10.199.0.1/24 dev tpcwan-va
+  ip -n "$NS_B" addr add "$HOST/24" dev tpcwan-vb
+  ip -n "$NS_A" link set tpcwan-va up
+  ip -n "$NS_B" link set tpcwan-vb up
+}
+
+# calibrate: what the path really does, measured with ping and iperf3 at zero loss (the
+# delay line is restarted without loss for it), printed beside every table.
+calibrate() {
+  say "== calibrating the path"
+  [ "$NET" = wan ] && start_delayline 0
+  $CLI ping -q -c 20 -i 0.05 "$HOST" > "$RUN/ping.txt"
+  $SRV iperf3 -s -1 -B "$HOST" -p "$IPERF_PORT" > /dev/null 2>&1 &
+  local srv=$!
+  wait_port tcp "$IPERF_PORT" "$srv" "iperf3 calibration server"
+  $CLI iperf3 -c "$HOST" -p "$IPERF_PORT" -t "$IPERF_SECONDS" -O 2 --json > "$RES/calibration-iperf3.json"
+  wait "$srv" || true
+  cp "$RUN/ping.txt" "$RES/calibration-ping.txt"
+  [ "$NET" = wan ] && stop_delayline
+  return 0
 }
 
 part_big() {
@@ -439,6 +534,14 @@ part_rerun() {
 # ---------------------------------------------------------------------------------------
 # Main
 
+if [ "$NET" = wan ]; then
+  [ -x "$DELAYLINE" ] || cargo build --release --quiet -p tpc-delayline
+  calibrate
+  start_delayline "$LOSS_PCT"
+elif [ "$NET" = lan ]; then
+  make_lan
+  calibrate
+fi
 part_on ceiling && start_iperf3
 if part_on big || part_on small || part_on rerun; then
   { tool_on scp || tool_on rsync-ssh; } && start_sshd
@@ -450,6 +553,10 @@ part_on ceiling && part_ceiling
 part_on big && part_big
 part_on small && part_small
 part_on rerun && part_rerun
+if [ "$NET" = wan ]; then
+  stop_delayline # its last counters: the loss it applied during the whole run
+  cp "$RUN/delayline.json" "$RES/delayline.json"
+fi
 
 # ---------------------------------------------------------------------------------------
 # Report (stdout, also saved as $RES/report.md)
@@ -460,26 +567,34 @@ dirty_tree=""
 tpc_version="tpc-xfer not run"
 if tool_on tpc || tool_on tpc-never; then tpc_version=$("$TPC" --version); fi
 {
-  echo "## Loopback remote transfer"
+  case $NET in
+    loopback) echo "## Loopback remote transfer"; netenv="" ;;
+    lan) echo "## LAN: veth pair, MTU 9000, no impairment"; netenv="NET=lan " ;;
+    wan) echo "## WAN: ${RATE_MBIT} Mbit/s, $((2 * DELAY_MS)) ms RTT, ${LOSS_PCT}% loss, MTU $MTU"
+      netenv="NET=wan DELAY_MS=$DELAY_MS LOSS_PCT=$LOSS_PCT RATE_MBIT=$RATE_MBIT MTU=$MTU " ;;
+  esac
   echo
-  echo "Command: \`RUNS=$RUNS PARTS=\"$PARTS\" TOOLS=\"$TOOLS\" BIG_MB=$BIG_MB" \
+  echo "Command: \`${netenv}RUNS=$RUNS PARTS=\"$PARTS\" TOOLS=\"$TOOLS\" BIG_MB=$BIG_MB" \
     "SMALL_COUNT=$SMALL_COUNT tools/bench-remote.sh\`"
   echo "Commit $COMMIT$dirty_tree, $(date -u '+%Y-%m-%d %H:%M UTC'), nproc $(nproc)," \
-    "kernel $(uname -r). Client and server on 127.0.0.1 of the same machine;" \
+    "kernel $(uname -r). Client and server on the same machine ($NET: servers on $HOST);" \
     "$BACKGROUND cores were busy with other work just before the run."
   echo "Versions: $tpc_version; $(ssh -V 2>&1 | cut -d, -f1); $(rsync --version | head -n1 |
     awk '{print "rsync " $3}'); $(iperf3 --version | head -n1 | awk '{print "iperf3 " $2}')."
-  python3 - "$RES" "$RUNS" "$BIG_BYTES" "$SMALL_BYTES" "$SMALL_COUNT" "$SMALL_PER_DIR" \
-    "$PARTS" "$TOOLS" <<'PY'
+  DELAY_MS=$DELAY_MS python3 - "$RES" "$RUNS" "$BIG_BYTES" "$SMALL_BYTES" "$SMALL_COUNT" "$SMALL_PER_DIR" \
+    "$PARTS" "$TOOLS" "$NET" "$RATE_MBIT" <<'PY'
 import glob, json, os, statistics, sys
 
 R = sys.argv[1]
 runs, big_bytes, small_bytes, small_count, per_dir = map(int, sys.argv[2:7])
 parts, tools = sys.argv[7].split(), sys.argv[8].split()
+net, rate_mbit = sys.argv[9], float(sys.argv[10])
+report = {"net": net, "runs": runs, "tables": {}}
 GIB = 1 << 30
 LABELS = {
     "tpc": "tpc-xfer copy (durable, default)",
     "tpc-never": "tpc-xfer copy --fsync never",
+    "tpc-cubic": "tpc-xfer copy --fsync never --congestion cubic",
     "scp": "scp -c aes128-gcm",
     "rsync-ssh": "rsync -a over ssh -c aes128-gcm",
     "rsyncd": "rsync -a to rsync daemon",
@@ -510,11 +625,21 @@ def table(part, title, nbytes, refs, gbps, cpu_per_gib):
     head += ["GB/s"] if gbps else []
     head += [f"vs {name}" for name, _ in refs]
     head += ["CPU s/GiB" if cpu_per_gib else "CPU s"]
+    report["tables"][part] = {t: dict(r, bytes=nbytes) for t, r in rows}
+    if net != "loopback":
+        head.insert(4, "Mbit/s")
+        if net == "wan":
+            head.insert(5, "of rate")
     print(f"\n### {title}\n")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for tool, r in rows:
         cells = [LABELS[tool], f"{r['med']:.3f}", f"{r['lo']:.3f}", f"{r['hi']:.3f}"]
+        if net != "loopback":
+            mbit = nbytes * 8 / r["med"] / 1e6
+            cells.append(f"{mbit:.0f}")
+            if net == "wan":
+                cells.append(f"{mbit / rate_mbit:.0%}")
         if gbps:
             cells.append(f"{nbytes / r['med'] / 1e9:.2f}")
         for name, _ in refs:
@@ -522,7 +647,44 @@ def table(part, title, nbytes, refs, gbps, cpu_per_gib):
         cells.append(f"{r['cpu'] / (nbytes / GIB):.2f}" if cpu_per_gib else f"{r['cpu']:.2f}")
         print("| " + " | ".join(cells) + " |")
 
-if "ceiling" in parts:
+if net != "loopback":
+    ping = open(f"{R}/calibration-ping.txt").read()
+    rtt = [l for l in ping.splitlines() if "min/avg/max" in l][0].split("=")[1].split("/")
+    cal = json.load(open(f"{R}/calibration-iperf3.json"))["end"]["sum_received"]
+    cal_mbit = cal["bits_per_second"] / 1e6
+    report["calibration"] = {"ping_rtt_ms_avg": float(rtt[1]), "ping_rtt_ms_min": float(rtt[0]),
+                             "ping_rtt_ms_max": float(rtt[2]), "iperf3_mbit_zero_loss": cal_mbit}
+    print("\n### Calibration of the path\n")
+    print(f"- ping RTT (20 pings): avg {float(rtt[1]):.2f} ms, min {float(rtt[0]):.2f}, max {float(rtt[2]):.2f}")
+    line = f"- iperf3 TCP at zero loss (10 s after 2 s omitted): {cal_mbit:.0f} Mbit/s"
+    if net == "wan":
+        line += f", {cal_mbit / rate_mbit:.0%} of the {rate_mbit:.0f} Mbit/s limit"
+    print(line)
+    if net == "wan" and os.path.exists(f"{R}/delayline.json"):
+        d = json.load(open(f"{R}/delayline.json"))
+        for k in ("a_to_b", "b_to_a"):
+            c = d[k]
+            applied = c["lost"] / max(1, c["packets_in"])
+            report["calibration"][f"loss_applied_{k}"] = applied
+            report["calibration"][f"queue_drops_{k}"] = c["queue_drops"]
+            print(f"- loss applied {k.replace('_', ' ')} over the whole run: {applied:.3%} of "
+                  f"{c['packets_in']:,} packets (set {d['loss_pct']}%); bottleneck queue drops: "
+                  f"{c['queue_drops']:,}; mean delivery lateness {c['late_us_mean']:.0f} µs")
+    cal_ok = abs(float(rtt[1]) - 2 * float(os.environ.get("DELAY_MS", "0"))) <= 0.1 * 2 * float(os.environ.get("DELAY_MS", "0")) if net == "wan" else True
+    if net == "wan":
+        print(f"- within 10%: RTT {'yes' if cal_ok else 'NO'}, rate "
+              f"{'yes' if abs(cal_mbit - rate_mbit) <= 0.1 * rate_mbit else 'NO'}")
+
+if "ceiling" in parts and net != "loopback":
+    print("\n### What TCP gets: iperf3, one stream\n")
+    print("| congestion control | median Mbit/s | min | max |")
+    print("|---|---|---|---|")
+    for cc in ("cubic", "bbr"):
+        v = [json.load(open(f))["end"]["sum_received"]["bits_per_second"] / 1e6
+             for f in sorted(glob.glob(f"{R}/iperf3-{cc}-[0-9]*.json"))]
+        report.setdefault("iperf3_mbit", {})[cc] = v
+        print(f"| iperf3 -C {cc} | {statistics.median(v):.0f} | {min(v):.0f} | {max(v):.0f} |")
+elif "ceiling" in parts:
     # Rate as the receiver saw it; size as sent (the receiver's count can end short).
     ends = [json.load(open(f))["end"] for f in sorted(glob.glob(f"{R}/iperf3-[0-9]*.json"))]
     gbit = statistics.median(e["sum_received"]["bits_per_second"] for e in ends) / 1e9
@@ -552,6 +714,7 @@ one extra run, so both ends together, per GiB of data moved (for the rerun, per 
 "durable" means tpc-xfer made every file durable before acknowledging it; scp, rsync and
 the rsync daemon do not sync, and neither does `--fsync never`. Rerun: the destination
 already holds the tree; scp has no way to skip unchanged files.""")
+json.dump(report, open(f"{R}/report.json", "w"), indent=1)
 PY
 } | tee "$RES/report.md"
 say "raw results: $RES"

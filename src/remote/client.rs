@@ -37,8 +37,8 @@ use tpc_uring::Durability;
 use super::data::{receive_run, send_run, uring_file, DataError};
 use super::receiver::{full_path, temp_path, Failure, Receiver};
 use super::{
-    congestion::Congestion, expect_end, expect_frame, transport_config, write_frame, RemoteSpec, SessionError, CLOSE_DONE,
-    CONNECT_TIMEOUT, STREAMS_IN_FLIGHT_PER_SHARD,
+    congestion::Congestion, expect_end, expect_frame, transport_config, write_frame, RemoteSpec,
+    SessionError, CLOSE_DONE, CONNECT_TIMEOUT, STREAMS_IN_FLIGHT_PER_SHARD,
 };
 use crate::auth::{self, Identity, KnownServers, ServerTrust};
 use crate::exit::{Exit, Problems};

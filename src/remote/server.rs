@@ -26,9 +26,9 @@ use tpc_uring::quic::{
     bind_socket, udp_payload_max_towards, Connection, Endpoint, RecvStream, SendStream,
 };
 
+use super::congestion::Congestion;
 use super::data::{receive_run, send_run, uring_file, DataError};
 use super::receiver::{temp_path, Failure, Receiver};
-use super::congestion::Congestion;
 use super::{expect_end, expect_frame, read_frame, transport_config, write_frame, SessionError};
 use crate::auth::{self, AuthorizedClients, Identity};
 use crate::exit::Exit;
