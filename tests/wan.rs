@@ -29,6 +29,7 @@ fn delayline() -> PathBuf {
 /// A running delay line; stopped (SIGTERM) and waited for when dropped.
 struct Wan {
     child: Child,
+    stopped: bool,
     client_ns: String,
     server_ns: String,
 }
@@ -48,12 +49,14 @@ impl Wan {
             .expect("tpc-delayline starts");
         let mut wan = Wan {
             child,
+            stopped: false,
             client_ns,
             server_ns,
         };
         let until = Instant::now() + Duration::from_secs(20);
         while !stats.exists() {
             if let Some(status) = wan.child.try_wait().unwrap() {
+                wan.stopped = true;
                 panic!("tpc-delayline exited at start: {status}");
             }
             assert!(Instant::now() < until, "tpc-delayline did not come up");
@@ -63,7 +66,10 @@ impl Wan {
     }
 
     fn stop(&mut self) {
-        // SAFETY: kill with a pid we own and have not waited for yet.
+        if std::mem::replace(&mut self.stopped, true) {
+            return;
+        }
+        // SAFETY: kill with the pid of our child, not yet waited for (so not reused).
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
     }

@@ -107,7 +107,8 @@ install_missing
 
 # Build only when there is no binary: the machine is shared and a rebuild is not ours to
 # start. Check that this binary has the remote commands before spending any time.
-if tool_on tpc || tool_on tpc-never; then
+tpc_on() { tool_on tpc || tool_on tpc-never || tool_on tpc-cubic; }
+if tpc_on; then
   [ -x "$TPC" ] || cargo build --release --quiet
   "$TPC" serve --help >/dev/null 2>&1 ||
     die "$TPC has no 'serve' command; rebuild it, or leave tpc and tpc-never out of TOOLS"
@@ -115,7 +116,7 @@ fi
 
 DATA=$BENCH_DIR/data
 DST=$BENCH_DIR/dst # every server writes here: sshd, rsync daemon module, tpc-xfer root
-BIG=$DATA/big-${BIG_MB}M.bin
+BIG=$DATA/random-${BIG_MB}m
 SMALL=$DATA/small-$SMALL_COUNT
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 RES=$BENCH_DIR/results/$(date +%Y%m%d-%H%M%S)-$COMMIT
@@ -190,27 +191,13 @@ check_space
 # Datasets (generated once, reused; named by size so a smoke run never replaces them)
 
 make_datasets() {
-  if { part_on big; } && { [ ! -f "$BIG" ] || [ "$(stat -c %s "$BIG")" != "$BIG_BYTES" ]; }; then
-    say "generating $BIG_MB MiB random file"
-    head -c "$BIG_BYTES" /dev/urandom > "$BIG.tmp"
-    mv "$BIG.tmp" "$BIG"
-  fi
-  if { part_on small || part_on rerun; } && [ ! -f "$SMALL.complete" ]; then
-    say "generating $SMALL_COUNT files of 8 KiB"
-    [ -e "$SMALL" ] && { rm -rf "$SMALL"; dirty=1; }
-    python3 - "$SMALL" "$SMALL_COUNT" "$SMALL_PER_DIR" "$SMALL_FILE_BYTES" <<'PY'
-import os, sys, random
-root, count, per_dir, size = sys.argv[1], *map(int, sys.argv[2:])
-rng = random.Random(2026)
-for i in range(count):
-    d = f"{root}/d{i // per_dir:03}"
-    if i % per_dir == 0:
-        os.makedirs(d, exist_ok=True)
-    with open(f"{d}/f{i % per_dir:03}", "wb") as f:
-        f.write(rng.randbytes(size))
-PY
-    touch "$SMALL.complete"
-  fi
+  # tools/gen-dataset.py: deterministic bytes from a seed, kept once complete.
+  local want=()
+  part_on big && want+=("random-${BIG_MB}m")
+  { part_on small || part_on rerun; } && want+=("small-$SMALL_COUNT")
+  [ ${#want[@]} -gt 0 ] || return 0
+  [ -e "$SMALL" ] && [ ! -f "$SMALL.complete" ] && dirty=1 # a half-made tree goes
+  python3 tools/gen-dataset.py "$DATA" "${want[@]}"
 }
 make_datasets
 
@@ -454,6 +441,7 @@ start_delayline() {
 stop_delayline() {
   kill "$delayline_pid"
   wait "$delayline_pid" || true
+  pids=("${pids[@]/$delayline_pid/}") # reaped: cleanup must not signal its pid again
 }
 
 make_lan() {
@@ -546,7 +534,7 @@ part_on ceiling && start_iperf3
 if part_on big || part_on small || part_on rerun; then
   { tool_on scp || tool_on rsync-ssh; } && start_sshd
   tool_on rsyncd && start_rsyncd
-  { tool_on tpc || tool_on tpc-never; } && start_tpc
+  tpc_on && start_tpc
 fi
 
 part_on ceiling && part_ceiling
@@ -565,7 +553,7 @@ dirty_tree=""
 [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] &&
   dirty_tree=" (working tree had uncommitted changes)"
 tpc_version="tpc-xfer not run"
-if tool_on tpc || tool_on tpc-never; then tpc_version=$("$TPC" --version); fi
+if tpc_on; then tpc_version=$("$TPC" --version); fi
 {
   case $NET in
     loopback) echo "## Loopback remote transfer"; netenv="" ;;

@@ -54,17 +54,18 @@ impl Congestion {
 /// windows per smoothed RTT, so the window, not a pacing gain, decides how much queue
 /// the sender keeps: 1.5 keeps the pipe full through delayed and bunched acks and lets
 /// rate samples above the estimate appear (the probe for more bandwidth), with a standing
-/// queue of half a BDP at most (BBR's 2 overflowed a one-BDP buffer: 4% queue drops).
+/// queue of half a BDP plus `HOST_DELAY_ALLOWANCE` at most (BBR's 2 overflowed a
+/// one-BDP buffer: 4% queue drops).
 const CWND_GAIN: f64 = 1.5;
 
 /// Round trips the bottleneck rate is the maximum over: long enough to ride out a few
 /// slow rounds, short enough to follow a path that got slower.
 const BW_WINDOW_ROUNDS: usize = 10;
 
-/// Delay the end hosts add to each round trip (scheduling, batched acks, a busy
-/// receiver), covered by the window at the measured rate. On a LAN or loopback the
-/// minimum RTT (tens of µs) is far below what the hosts add, and a window of two
-/// BDPs alone would starve the path.
+/// Delay the end hosts add to a round trip now and then (scheduling, batched acks, a
+/// receiver busy writing), covered by the window at the measured rate so the pipe stays
+/// full through it. On the 2-core dev VM, with both ends and the delay line sharing it,
+/// deliveries ran up to 20 ms late; the minimum RTT never sees that.
 const HOST_DELAY_ALLOWANCE: Duration = Duration::from_millis(8);
 
 /// Shortest interval a rate sample is measured over, for the same reason.
@@ -144,7 +145,11 @@ impl Controller for Tolerant {
         app_limited: bool,
         rtt: &RttEstimator,
     ) {
-        self.model.on_ack(now, sent, bytes, app_limited, rtt.min());
+        // quinn-proto updates its RTT estimate after calling on_ack, so this ack's own
+        // sample is not in rtt.min() yet (and before the first sample, min() is the
+        // 333 ms initial guess): the ack's own round trip bounds it.
+        let min_rtt = rtt.min().min(now.saturating_duration_since(sent));
+        self.model.on_ack(now, sent, bytes, app_limited, min_rtt);
         self.cubic.on_ack(now, sent, bytes, app_limited, rtt);
     }
 
@@ -311,7 +316,9 @@ impl Model {
         }
         self.round += 1;
         self.rates[self.round % BW_WINDOW_ROUNDS] = rate;
-        if let Some(cap) = self.cap {
+        // The cap lifts only after a round free of heavy loss.
+        let backed_off_last_round = self.backoff_round.is_some_and(|r| r + 1 == self.round);
+        if let Some(cap) = self.cap.filter(|_| !backed_off_last_round) {
             let lifted = cap + (cap as f64 * CAP_GROWTH_PER_ROUND) as u64;
             self.cap = (lifted < self.model_window()).then_some(lifted);
         }
@@ -468,7 +475,7 @@ mod tests {
         for _ in 0..50 {
             assert_eq!(p.round(&mut m), bdp, "the pipe stays full");
         }
-        // Two BDPs plus the host allowance: bounded, not growing without end.
+        // 1.5 BDPs plus the host allowance: bounded, not growing without end.
         assert!(m.window() < 3 * bdp, "window {}", m.window());
     }
 
@@ -547,19 +554,16 @@ mod tests {
     }
 
     #[test]
-    fn a_short_path_gets_a_window_that_covers_host_delay() {
-        // Loopback-like: 50 µs minimum RTT at 2 GB/s; the hosts add about a millisecond.
-        let mut p = path(16_000.0, Duration::from_micros(50), None);
-        p.rtt = Duration::from_micros(1000);
+    fn the_window_covers_host_delay_on_top_of_the_path() {
+        let mut p = path(1000.0, 10 * MS, None);
         let mut m = Model::new(MTU);
         for _ in 0..100 {
             p.round(&mut m);
         }
-        // Measured through the 1 ms real round trip, with a 50 µs minimum.
-        m.min_rtt = Duration::from_micros(50);
-        let bytes_per_ms = 2e9 / 1e3;
+        let bw = m.bw_bytes_per_sec();
+        let wanted = bw * (CWND_GAIN * 0.010 + HOST_DELAY_ALLOWANCE.as_secs_f64());
         assert!(
-            m.window() as f64 >= 2.0 * bytes_per_ms,
+            (m.window() as f64 - wanted).abs() < wanted * 0.01,
             "window {}",
             m.window()
         );

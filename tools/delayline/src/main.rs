@@ -29,6 +29,9 @@ const READ_BATCH_PACKETS_MAX: usize = 64;
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// Smallest bottleneck queue when none is given (a few jumbo frames).
 const QUEUE_BYTES_MIN: u64 = 64 * 1024;
+/// Highest rate limit accepted: 1 Tbit/s, far above what a userspace line can carry,
+/// and low enough that no size computed from it overflows.
+const RATE_MBIT_MAX: u64 = 1_000_000;
 
 /// Two namespaces joined by an emulated WAN path. Settings apply to each direction.
 #[derive(Parser, Debug)]
@@ -73,16 +76,22 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    if let Err(e) = run(&args) {
+    // Namespaces this run made: the only ones it may remove, on success or failure.
+    let mut made = Vec::new();
+    let outcome = run(&args, &mut made);
+    for ns in &made {
+        remove_namespace(ns);
+    }
+    if let Err(e) = outcome {
         eprintln!("tpc-delayline: {e}");
-        // Leave nothing half made behind.
-        remove_namespace(&args.ns_a);
-        remove_namespace(&args.ns_b);
         std::process::exit(1);
     }
 }
 
-fn run(args: &Args) -> Result<(), String> {
+fn run(args: &Args, made: &mut Vec<String>) -> Result<(), String> {
+    if args.ns_a == args.ns_b {
+        return Err("--ns-a and --ns-b must differ".into());
+    }
     if !(0.0..=100.0).contains(&args.loss_pct) {
         return Err(format!("--loss-pct {} is not within 0..100", args.loss_pct));
     }
@@ -92,8 +101,11 @@ fn run(args: &Args) -> Result<(), String> {
             args.delay_ms
         ));
     }
-    if args.rate_mbit == Some(0) {
-        return Err("--rate-mbit must be above 0".into());
+    if args
+        .rate_mbit
+        .is_some_and(|r| !(1..=RATE_MBIT_MAX).contains(&r))
+    {
+        return Err(format!("--rate-mbit must be within 1..{RATE_MBIT_MAX}"));
     }
     if !(576..=65_535).contains(&args.mtu) {
         return Err(format!("--mtu {} is not within 576..65535", args.mtu));
@@ -101,7 +113,10 @@ fn run(args: &Args) -> Result<(), String> {
     let delay = (args.delay_ms * 1e6) as Nanos;
     let rate_bits_per_sec = args.rate_mbit.map(|m| m * 1_000_000);
     let queue_bytes_max = args.queue_bytes.unwrap_or_else(|| match rate_bits_per_sec {
-        Some(rate) => (rate / 8 * 2 * delay / 1_000_000_000).max(QUEUE_BYTES_MIN),
+        // u128: rate and delay are bounded, but their product is not small.
+        Some(rate) => {
+            ((rate as u128 / 8 * 2 * delay as u128 / 1_000_000_000) as u64).max(QUEUE_BYTES_MIN)
+        }
         None => u64::MAX,
     });
 
@@ -111,12 +126,16 @@ fn run(args: &Args) -> Result<(), String> {
     // SAFETY: prctl with integer arguments only.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        // A parent that died before the prctl: init (or a subreaper) adopted us already.
+        if libc::getppid() == 1 {
+            return Err("the parent process is gone".into());
+        }
         // Default timer slack (50 µs) would add up to that much to every delivery.
         libc::prctl(libc::PR_SET_TIMERSLACK, 1000);
     }
 
-    let tun_a = make_side(&args.ns_a, &args.addr_a, args.mtu)?;
-    let tun_b = make_side(&args.ns_b, &args.addr_b, args.mtu)?;
+    let tun_a = make_side(&args.ns_a, &args.addr_a, args.mtu, made)?;
+    let tun_b = make_side(&args.ns_b, &args.addr_b, args.mtu, made)?;
     let tun_a = Arc::new(tun_a);
     let tun_b = Arc::new(tun_b);
 
@@ -192,9 +211,8 @@ fn run(args: &Args) -> Result<(), String> {
         }
     }
     write_stats(true);
+    // The devices go with their fds; main removes the namespaces.
     drop((tun_a, tun_b));
-    remove_namespace(&args.ns_a);
-    remove_namespace(&args.ns_b);
     if failed {
         return Err("forwarding failed".into());
     }
@@ -326,12 +344,14 @@ fn wait_readable(fd: &OwnedFd, wait: Duration) -> Result<bool, String> {
 /// Makes namespace `ns` (replacing a stale one of that name) with its loopback up and a
 /// TUN device `wan0` at `addr`/24, and returns the device's fd. The device is created
 /// from inside the namespace, so it lives there while this process holds its fd.
-fn make_side(ns: &str, addr: &str, mtu: u32) -> Result<OwnedFd, String> {
+fn make_side(ns: &str, addr: &str, mtu: u32, made: &mut Vec<String>) -> Result<OwnedFd, String> {
     if std::path::Path::new("/run/netns").join(ns).exists() {
+        // Left by a run that was killed outright (SIGKILL gives no chance to clean up).
         eprintln!("tpc-delayline: replacing the existing namespace {ns}");
         remove_namespace(ns);
     }
     ip(&["netns", "add", ns])?;
+    made.push(ns.to_string());
     let home = open_ns("/proc/self/ns/net")?;
     let there = open_ns(&format!("/run/netns/{ns}"))?;
     enter_ns(&there)?;
