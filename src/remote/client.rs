@@ -21,6 +21,7 @@ use std::time::Instant;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::executor;
+use hdrhistogram::Histogram;
 use serde::Serialize;
 use tpc_core::limits::{CHUNK_SIZE_BYTES, RANGE_CHUNKS};
 use tpc_core::plan::{owner, range_shard};
@@ -78,6 +79,37 @@ struct Summary {
     udp_payload_per_shard: Vec<u16>,
     /// What each shard's connection saw of the path, at the end of the transfer.
     path_per_shard: Vec<PathSummary>,
+    /// Per-chunk latency over all shards (hdrhistogram).
+    chunk_latency_us: LatencySummary,
+}
+
+/// Percentiles of the per-chunk latency, in µs.
+#[derive(Serialize, Default)]
+struct LatencySummary {
+    /// What is timed: see `move_range`.
+    measures: &'static str,
+    chunks: u64,
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+}
+
+impl LatencySummary {
+    fn of(h: &Histogram<u64>, push: bool) -> Self {
+        Self {
+            measures: if push {
+                "from a chunk read off disk until the server confirmed its range verified and written"
+            } else {
+                "from the request for a range until the chunk was verified and written here"
+            },
+            chunks: h.len(),
+            p50: h.value_at_quantile(0.5),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
 }
 
 /// One connection's view of its path, from quinn-proto's counters.
@@ -149,6 +181,8 @@ struct ShardOut {
     cpu: usize,
     udp_payload: u16,
     path: PathSummary,
+    /// This shard's per-chunk latencies (see `move_range`).
+    chunk_latency: Option<Histogram<u64>>,
     /// Only shard 0: the session's outcome.
     summary: Option<(Summary, Problems)>,
 }
@@ -275,6 +309,12 @@ fn run(remote: RemoteSpec, opts: &RemoteOptions, plan: Plan) -> Exit {
     summary.shard_cpus = outs.iter().map(|o| o.cpu).collect();
     summary.udp_payload_per_shard = outs.iter().map(|o| o.udp_payload).collect();
     summary.path_per_shard = outs.iter().map(|o| o.path.clone()).collect();
+    let mut latency = latency_histogram();
+    for h in outs.iter().filter_map(|o| o.chunk_latency.as_ref()) {
+        // Same bounds everywhere, so adding cannot fail.
+        let _ = latency.add(h);
+    }
+    summary.chunk_latency_us = LatencySummary::of(&latency, summary.direction == "push");
     summary.seconds = started.elapsed().as_secs_f64();
     summary.throughput_bytes_per_sec = summary.bytes as f64 / summary.seconds.max(1e-9);
     if opts.json {
@@ -411,7 +451,8 @@ async fn worker_shard(
             }
         }
     };
-    let moved = run_ranges(shard, conn.clone(), work.clone(), tx);
+    let latency = Rc::new(RefCell::new(latency_histogram()));
+    let moved = run_ranges(shard, conn.clone(), work.clone(), tx, latency.clone());
     let finished = async { Some(futures_lite::future::zip(moved, forward).await.0) };
     // Shard 0 says Stop when the session is over, which may be before our ranges are (it
     // failed, and the server may never answer them): then they are abandoned.
@@ -422,6 +463,7 @@ async fn worker_shard(
     if let Some(stats) = futures_lite::future::or(finished, stopped).await {
         out.bytes = stats.0;
         out.ranges = stats.1;
+        out.chunk_latency = Some(latency.borrow().clone());
         // Wait for shard 0 to finish the session before closing our connection.
         let _ = receivers.recv_from(0).await;
     }
@@ -451,6 +493,7 @@ async fn run_ranges(
     conn: Option<Connection>,
     work: Arc<Work>,
     results: LocalSender<(u32, Result<u64, Failure>)>,
+    latency: Rc<RefCell<Histogram<u64>>>,
 ) -> (u64, u64) {
     let queue: Rc<RefCell<VecDeque<RangeItem>>> = Rc::new(RefCell::new(
         work.ranges.get(shard).cloned().unwrap_or_default().into(),
@@ -464,13 +507,14 @@ async fn run_ranges(
         let results = results.clone();
         let conn = conn.clone();
         let work = work.clone();
+        let latency = latency.clone();
         tasks.push(glommio::spawn_local(async move {
             loop {
                 let Some(item) = queue.borrow_mut().pop_front() else {
                     break;
                 };
                 let result = match &conn {
-                    Some(c) => move_range(c, &work, item).await,
+                    Some(c) => move_range(c, &work, item, &latency).await,
                     None => Err(Failure::new(ErrorCode::Io, "no connection to the server")),
                 };
                 if let Ok(n) = &result {
@@ -506,7 +550,38 @@ fn data_failure(e: DataError) -> Failure {
     }
 }
 
-async fn move_range(conn: &Connection, work: &Work, item: RangeItem) -> Result<u64, Failure> {
+/// Per-chunk latency in µs, up to an hour, to three significant digits.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Records `to - from` for every `from`, in µs (clamped into the histogram's range).
+fn record_latencies(h: &RefCell<Histogram<u64>>, from: &[Instant], to: Instant) {
+    let mut h = h.borrow_mut();
+    for t in from {
+        let us = to.saturating_duration_since(*t).as_micros() as u64;
+        h.saturating_record(us.max(1));
+    }
+}
+
+fn record_since(h: &RefCell<Histogram<u64>>, from: Instant, to: &[Instant]) {
+    let mut h = h.borrow_mut();
+    for t in to {
+        let us = t.saturating_duration_since(from).as_micros() as u64;
+        h.saturating_record(us.max(1));
+    }
+}
+
+/// Moves one range over its own stream. Per-chunk latency goes to `latency`: for a push,
+/// from the chunk read off disk until the server's RangeOk (its range verified and
+/// written there); for a pull, from the Get sent until the chunk is verified and written
+/// here.
+async fn move_range(
+    conn: &Connection,
+    work: &Work,
+    item: RangeItem,
+    latency: &RefCell<Histogram<u64>>,
+) -> Result<u64, Failure> {
     let f = &work.files[item.file as usize];
     let (mut send, mut recv) = conn
         .open_bi()
@@ -533,7 +608,11 @@ async fn move_range(conn: &Connection, work: &Work, item: RangeItem) -> Result<u
             .await
             .map_err(|e| Failure::new(ErrorCode::Io, format!("cannot open {}: {e}", quote(src))))?;
         let what = quote(src);
-        let sent = send_run(&file, &what, f.size, item.first, item.count, &mut send).await;
+        let mut ready = Vec::with_capacity(item.count as usize);
+        let sent = send_run(
+            &file, &what, f.size, item.first, item.count, &mut send, &mut ready,
+        )
+        .await;
         // End the stream before anything else can yield: the server stops reading once
         // the run is complete, and a finish after that would be refused.
         let finished = sent.is_ok().then(|| send.finish());
@@ -556,6 +635,7 @@ async fn move_range(conn: &Connection, work: &Work, item: RangeItem) -> Result<u
         }
         match expect_frame(&mut recv).await.map_err(io)? {
             Frame::RangeOk => {
+                record_latencies(latency, &ready, Instant::now());
                 expect_end(&mut recv).await.map_err(io)?;
                 Ok(n)
             }
@@ -565,6 +645,7 @@ async fn move_range(conn: &Connection, work: &Work, item: RangeItem) -> Result<u
             )),
         }
     } else {
+        let asked = Instant::now();
         send.finish().map_err(|e| io(e.into()))?;
         match expect_frame(&mut recv).await.map_err(io)? {
             Frame::Data { chunk_count } if chunk_count == item.count => {}
@@ -582,8 +663,19 @@ async fn move_range(conn: &Connection, work: &Work, item: RangeItem) -> Result<u
             .map_err(|e| Failure::new(ErrorCode::Io, e.to_string()))?;
         let file = uring_file(fd);
         let what = tmp.to_string();
-        let got = receive_run(&mut recv, &file, &what, f.size, item.first, item.count).await;
+        let mut written = Vec::with_capacity(item.count as usize);
+        let got = receive_run(
+            &mut recv,
+            &file,
+            &what,
+            f.size,
+            item.first,
+            item.count,
+            &mut written,
+        )
+        .await;
         let _ = file.close().await;
+        record_since(latency, asked, &written);
         got.map_err(data_failure)
     }
 }
@@ -1027,7 +1119,8 @@ async fn session(
     }
     let (tx, rx) = local_channel::new_unbounded::<Ev>();
     let (rtx, rrx) = local_channel::new_unbounded::<(u32, Result<u64, Failure>)>();
-    let own = run_ranges(0, Some(conn.clone()), work.clone(), rtx);
+    let latency = Rc::new(RefCell::new(latency_histogram()));
+    let own = run_ranges(0, Some(conn.clone()), work.clone(), rtx, latency.clone());
     let tx = Rc::new(tx);
     let relay_own = {
         let tx = tx.clone();
@@ -1191,6 +1284,7 @@ async fn session(
     };
     out.bytes = stats.0;
     out.ranges = stats.1;
+    out.chunk_latency = Some(latency.borrow().clone());
     if let Some(e) = session_error {
         out.summary = Some((summary, problems));
         return Err(e);

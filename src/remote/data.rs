@@ -3,6 +3,7 @@
 //! against its hash, and only then write it with io_uring.
 
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::time::Instant;
 
 use glommio::io::BufferedFile;
 use tpc_core::limits::CHUNK_SIZE_BYTES;
@@ -90,6 +91,7 @@ pub async fn send_run(
     first: u32,
     count: u32,
     send: &mut SendStream,
+    ready: &mut Vec<Instant>,
 ) -> Result<u64, DataError> {
     let (spans, len) = chunk_spans(size, first, count)?;
     for (pos, n) in spans {
@@ -108,6 +110,7 @@ pub async fn send_run(
         } else {
             None
         };
+        ready.push(Instant::now());
         let bytes: &[u8] = data.as_deref().unwrap_or(&[]);
         // Hash each piece just before QUIC copies it: it is read from cache once for
         // both, not twice from memory.
@@ -134,6 +137,7 @@ pub async fn receive_run(
     size: u64,
     first: u32,
     count: u32,
+    written: &mut Vec<Instant>,
 ) -> Result<u64, DataError> {
     let (spans, len) = chunk_spans(size, first, count)?;
     for (pos, n) in spans {
@@ -174,14 +178,15 @@ pub async fn receive_run(
             )));
         }
         if n > 0 {
-            let written = file
+            let wrote = file
                 .write_at(buf, pos)
                 .await
                 .map_err(|e| io_failure(what, &e, glommio_errno(&e)))?;
-            if written != n {
+            if wrote != n {
                 return Err(io_failure(what, "short write", None));
             }
         }
+        written.push(Instant::now());
     }
     expect_end(recv).await.map_err(|e| match e {
         SessionError::Trailing => DataError::Local(Failure::new(

@@ -485,7 +485,17 @@ async fn put(
     }
     let file = uring_file(fd);
     let what = full.to_string();
-    let result = receive_run(recv, &file, &what, p.size, p.chunk_first, p.chunk_count).await;
+    let mut written = Vec::new(); // per-chunk timing is the client's to report
+    let result = receive_run(
+        recv,
+        &file,
+        &what,
+        p.size,
+        p.chunk_first,
+        p.chunk_count,
+        &mut written,
+    )
+    .await;
     let _ = file.close().await;
     match result {
         Ok(_) => write_frame(send, &Frame::RangeOk)
@@ -520,7 +530,17 @@ async fn get(send: &mut SendStream, shared: &Shared, g: Run) -> Result<(), Failu
     .map_err(session_failure)?;
     let file = uring_file(fd);
     let what = full.to_string();
-    let result = send_run(&file, &what, g.size, g.chunk_first, g.chunk_count, send).await;
+    let mut ready = Vec::new(); // per-chunk timing is the client's to report
+    let result = send_run(
+        &file,
+        &what,
+        g.size,
+        g.chunk_first,
+        g.chunk_count,
+        send,
+        &mut ready,
+    )
+    .await;
     // End the stream before anything else can yield: the client is waiting for its end.
     let finished = result.is_ok().then(|| send.finish());
     let _ = file.close().await;
