@@ -386,7 +386,12 @@ measure() {
   [[ $name == *'$n'* ]] && cmd=$PICK$cmd
   warm "$src"
   sh -c "$prepare"
-  cpu_run "$part-$tool" "$cmd"
+  if [[ $tool == tpc* ]]; then
+    # The untimed run also keeps tpc-xfer's --json summary: per-chunk latency, path.
+    cpu_run "$part-$tool" "${cmd/copy -q/copy -q --json} > $RES/$part-$tool.summary.json"
+  else
+    cpu_run "$part-$tool" "$cmd"
+  fi
   # shellcheck disable=SC2016
   verify "$src" "$DST/${name//'$n'/$(< "$SEQ")}"
   hyperfine --style none --runs "$RUNS" --prepare "$prepare" --command-name "$tool" \
@@ -634,6 +639,20 @@ def table(part, title, nbytes, refs, gbps, cpu_per_gib):
             cells.append(f"{ref[name]['med'] / r['med']:.2f}x" if ref[name] else "-")
         cells.append(f"{r['cpu'] / (nbytes / GIB):.2f}" if cpu_per_gib else f"{r['cpu']:.2f}")
         print("| " + " | ".join(cells) + " |")
+    for tool, r in rows:
+        path = f"{R}/{part}-{tool}.summary.json"
+        if not os.path.exists(path):
+            continue
+        s = json.load(open(path))
+        lat = s["chunk_latency_us"]
+        report["tables"][part][tool]["chunk_latency_us"] = lat
+        report["tables"][part][tool]["path_per_shard"] = s.get("path_per_shard")
+        if lat["chunks"]:
+            lost = sum(p["lost_packets"] for p in s["path_per_shard"])
+            sent = sum(p["sent_packets"] for p in s["path_per_shard"])
+            print(f"\n{LABELS[tool]}, untimed run: per-chunk latency ({lat['chunks']} chunks, "
+                  f"{lat['measures']}) p50 {lat['p50'] / 1e3:.0f} ms, p99 {lat['p99'] / 1e3:.0f} ms, "
+                  f"p999 {lat['p999'] / 1e3:.0f} ms; QUIC packets lost {lost:,} of {sent:,}.")
 
 if net != "loopback":
     ping = open(f"{R}/calibration-ping.txt").read()
