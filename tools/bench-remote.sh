@@ -22,7 +22,8 @@
 #                     PERFORMANCE.md)
 #   PARTS="ceiling big small rerun"       ceiling = iperf3; big = one BIG_MB file;
 #                     small = SMALL_COUNT files of 8 KiB; rerun = unchanged small tree again
-#   TOOLS="tpc tpc-never scp rsync-ssh rsyncd"
+#   TOOLS="tpc tpc-never scp rsync-ssh rsyncd"   (also: tpc-cubic, tpc-bbr: tpc-xfer with
+#                     quinn-proto's own congestion controllers instead of the default)
 #   BIG_MB=2048  SMALL_COUNT=20000        dataset sizes (generated once, then reused)
 #   TPC=target/release/tpc-xfer           built with cargo only if missing
 #   SSH_PORT=2222 RSYNC_PORT=8873 IPERF_PORT=5299 TPC_PORT=7440
@@ -107,7 +108,7 @@ install_missing
 
 # Build only when there is no binary: the machine is shared and a rebuild is not ours to
 # start. Check that this binary has the remote commands before spending any time.
-tpc_on() { tool_on tpc || tool_on tpc-never || tool_on tpc-cubic; }
+tpc_on() { tool_on tpc || tool_on tpc-never || tool_on tpc-cubic || tool_on tpc-bbr; }
 if tpc_on; then
   [ -x "$TPC" ] || cargo build --release --quiet
   "$TPC" serve --help >/dev/null 2>&1 ||
@@ -356,6 +357,7 @@ push_cmd() {
     tpc-never) echo "$CLI $TPC copy -q --fsync never --state $TPC_CLIENT $src tpc://$HOST:$TPC_PORT/$name" ;;
     # quinn-proto's Cubic instead of the default controller, to show the difference.
     tpc-cubic) echo "$CLI $TPC copy -q --fsync never --congestion cubic --state $TPC_CLIENT $src tpc://$HOST:$TPC_PORT/$name" ;;
+    tpc-bbr) echo "$CLI $TPC copy -q --fsync never --congestion bbr --state $TPC_CLIENT $src tpc://$HOST:$TPC_PORT/$name" ;;
     *) die "unknown tool '$tool' in TOOLS" ;;
   esac
 }
@@ -588,6 +590,7 @@ LABELS = {
     "tpc": "tpc-xfer copy (durable, default)",
     "tpc-never": "tpc-xfer copy --fsync never",
     "tpc-cubic": "tpc-xfer copy --fsync never --congestion cubic",
+    "tpc-bbr": "tpc-xfer copy --fsync never --congestion bbr",
     "scp": "scp -c aes128-gcm",
     "rsync-ssh": "rsync -a over ssh -c aes128-gcm",
     "rsyncd": "rsync -a to rsync daemon",
