@@ -555,19 +555,14 @@ fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
-/// Records `to - from` for every `from`, in µs (clamped into the histogram's range).
-fn record_latencies(h: &RefCell<Histogram<u64>>, from: &[Instant], to: Instant) {
+/// Records each (start, end) span in µs (at least 1, clamped into the histogram's range).
+fn record_latencies(
+    h: &RefCell<Histogram<u64>>,
+    spans: impl IntoIterator<Item = (Instant, Instant)>,
+) {
     let mut h = h.borrow_mut();
-    for t in from {
-        let us = to.saturating_duration_since(*t).as_micros() as u64;
-        h.saturating_record(us.max(1));
-    }
-}
-
-fn record_since(h: &RefCell<Histogram<u64>>, from: Instant, to: &[Instant]) {
-    let mut h = h.borrow_mut();
-    for t in to {
-        let us = t.saturating_duration_since(from).as_micros() as u64;
+    for (start, end) in spans {
+        let us = end.saturating_duration_since(start).as_micros() as u64;
         h.saturating_record(us.max(1));
     }
 }
@@ -635,7 +630,8 @@ async fn move_range(
         }
         match expect_frame(&mut recv).await.map_err(io)? {
             Frame::RangeOk => {
-                record_latencies(latency, &ready, Instant::now());
+                let ok = Instant::now();
+                record_latencies(latency, ready.iter().map(|&t| (t, ok)));
                 expect_end(&mut recv).await.map_err(io)?;
                 Ok(n)
             }
@@ -675,7 +671,7 @@ async fn move_range(
         )
         .await;
         let _ = file.close().await;
-        record_since(latency, asked, &written);
+        record_latencies(latency, written.iter().map(|&t| (asked, t)));
         got.map_err(data_failure)
     }
 }
