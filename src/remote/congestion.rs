@@ -459,6 +459,16 @@ mod tests {
         }
     }
 
+    /// A model that has run `rounds` round trips on a clean path: past start-up.
+    fn warmed(rate_mbit: f64, rtt: Duration, rounds: usize) -> (Path, Model) {
+        let mut p = path(rate_mbit, rtt, None);
+        let mut m = Model::new(MTU);
+        for _ in 0..rounds {
+            p.round(&mut m);
+        }
+        (p, m)
+    }
+
     #[test]
     fn start_up_fills_a_long_fat_pipe_and_stops_growing() {
         let mut p = path(1000.0, 50 * MS, None);
@@ -530,11 +540,7 @@ mod tests {
 
     #[test]
     fn persistent_congestion_starts_over() {
-        let mut p = path(1000.0, 50 * MS, None);
-        let mut m = Model::new(MTU);
-        for _ in 0..30 {
-            p.round(&mut m);
-        }
+        let (p, mut m) = warmed(1000.0, 50 * MS, 30);
         assert!(m.window() > 1_000_000);
         m.on_loss(p.now, 1472, true);
         assert!(m.in_startup());
@@ -543,11 +549,7 @@ mod tests {
 
     #[test]
     fn an_ecn_mark_is_congestion() {
-        let mut p = path(1000.0, 50 * MS, None);
-        let mut m = Model::new(MTU);
-        for _ in 0..30 {
-            p.round(&mut m);
-        }
+        let (p, mut m) = warmed(1000.0, 50 * MS, 30);
         let before = m.window();
         m.on_loss(p.now, 0, false);
         assert!(m.window() < before);
@@ -555,11 +557,7 @@ mod tests {
 
     #[test]
     fn the_window_covers_host_delay_on_top_of_the_path() {
-        let mut p = path(1000.0, 10 * MS, None);
-        let mut m = Model::new(MTU);
-        for _ in 0..100 {
-            p.round(&mut m);
-        }
+        let (_, m) = warmed(1000.0, 10 * MS, 100);
         let bw = m.bw_bytes_per_sec();
         let wanted = bw * (CWND_GAIN * 0.010 + HOST_DELAY_ALLOWANCE.as_secs_f64());
         assert!(
