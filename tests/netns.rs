@@ -90,16 +90,7 @@ fn tree_over_veth(tag: &str, mtu: u32) {
     );
     let ns = Some(link.client_ns.as_str());
 
-    let out = copy_in(
-        ns,
-        &cs,
-        with_slash(&src),
-        server.url("tree"),
-        &["--accept-new", "--json"],
-    );
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_identical(&src, &s.path("root/tree"));
-    let summary = json(&out);
+    let summary = push_and_pull_back(ns, &cs, &src, &server, &s.path("root"), &s.path("back"));
     // IPv4 (20) and UDP (8) headers come off the link MTU.
     let payload_max = u64::from(mtu) - 28;
     let payloads = summary["udp_payload_per_shard"].as_array().unwrap();
@@ -112,13 +103,6 @@ fn tree_over_veth(tag: &str, mtu: u32) {
             "UDP payload {p}, link allows {payload_max}: {summary}"
         );
     }
-
-    let back = s.path("back");
-    let out = copy_in(ns, &cs, server.url("tree/"), &back, &[]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_identical(&src, &back);
-    let out = tpc(&[os("check"), src.into(), back.into()]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
     drop(server);
 }
 

@@ -109,17 +109,8 @@ fn a_tree_crosses_a_lossy_delayed_path_intact() {
     );
     let ns = Some(wan.client_ns.as_str());
 
-    let out = copy_in(
-        ns,
-        &cs,
-        with_slash(&src),
-        server.url("tree"),
-        &["--accept-new", "--json"],
-    );
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_identical(&src, &s.path("root/tree"));
+    let summary = push_and_pull_back(ns, &cs, &src, &server, &s.path("root"), &s.path("back"));
     // The path really lost packets, and QUIC recovered every one of them.
-    let summary = json(&out);
     let lost: u64 = summary["path_per_shard"]
         .as_array()
         .unwrap()
@@ -127,12 +118,6 @@ fn a_tree_crosses_a_lossy_delayed_path_intact() {
         .map(|p| p["lost_packets"].as_u64().unwrap())
         .sum();
     assert!(lost > 0, "no packet was lost on a 2% loss path: {summary}");
-
-    let back = s.path("back");
-    let out = copy_in(ns, &cs, server.url("tree/"), &back, &[]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let out = tpc(&[os("check"), src.into(), back.into()]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
 
     drop(server);
     let (client_ns, server_ns) = (wan.client_ns.clone(), wan.server_ns.clone());

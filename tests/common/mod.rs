@@ -450,3 +450,33 @@ pub fn copy_in(
         .output()
         .expect("tpc-xfer runs")
 }
+
+/// Pushes the tree `src` from `netns` to `server` as `tree` (accepting the server's key on
+/// first use), checks it arrived identical under `root`, pulls it back into `back` and
+/// checks that copy too, with `tpc-xfer check` as well. Returns the push's `--json`
+/// summary.
+pub fn push_and_pull_back(
+    netns: Option<&str>,
+    state: &Path,
+    src: &Path,
+    server: &Server,
+    root: &Path,
+    back: &Path,
+) -> serde_json::Value {
+    let out = copy_in(
+        netns,
+        state,
+        with_slash(src),
+        server.url("tree"),
+        &["--accept-new", "--json"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_identical(src, &root.join("tree"));
+    let summary = json(&out);
+    let out = copy_in(netns, state, server.url("tree/"), back, &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_identical(src, back);
+    let out = tpc(&[os("check"), src.into(), back.into()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    summary
+}
