@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Serialize;
 use tpc_core::compare::{diff_trees, CheckedEntry, Difference};
 use tpc_core::EntryKind;
-use tpc_uring::JobFile;
+use tpc_engine::JobFile;
 
 use crate::copy::{hash_job, CopyOptions};
 use crate::exit::{Exit, Problems};

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tpc_core::compare::{file_change, file_change_by_digest};
 use tpc_core::limits::FILE_SIZE_BYTES_MAX;
 use tpc_core::{Change, EntryKind, EntryMeta, FileDigest, SkipPolicy};
-use tpc_uring::{Destination, Durability, FileOutcome, JobFile, JobSpec, Progress, Stage};
+use tpc_engine::{Destination, Driver, Durability, FileOutcome, JobFile, JobSpec, Progress, Stage};
 
 use crate::exit::{Exit, Problems};
 use crate::progress::{human_bytes, Reporter};
@@ -27,6 +27,8 @@ pub struct CopyOptions {
     pub progress: bool,
     pub quiet: bool,
     pub json: bool,
+    /// The driver the shards run on (`--io`).
+    pub driver: Driver,
 }
 
 /// One source resolved to where it lands.
@@ -72,6 +74,8 @@ struct Summary {
     bytes_per_shard: Vec<u64>,
     ranges_per_shard: Vec<u64>,
     shard_cpus: Vec<Vec<usize>>,
+    /// The driver the shards ran on: "uring" or "portable".
+    io: &'static str,
 }
 
 /// setuid and setgid: cleared on copied files.
@@ -87,6 +91,7 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
     let mut summary = Summary {
         shards: opts.shard_count,
         verified: opts.verify,
+        io: opts.driver.name(),
         ..Default::default()
     };
 
@@ -199,9 +204,10 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
         files: std::mem::take(&mut plan.job),
         shard_count: opts.shard_count,
         durability: opts.durability,
+        driver: opts.driver,
     };
     let files = spec.files.clone();
-    let report = tpc_uring::run_job(spec, progress);
+    let report = tpc_engine::run_job(spec, progress);
     reporter.finish();
     let report = match report {
         Ok(r) => r,
@@ -762,16 +768,17 @@ fn sync_filesystem_of(path: &Path) -> io::Result<()> {
 pub fn hash_job(
     files: Vec<JobFile>,
     opts: &CopyOptions,
-) -> Result<Vec<Result<FileDigest, String>>, tpc_uring::EngineError> {
+) -> Result<Vec<Result<FileDigest, String>>, tpc_engine::EngineError> {
     let total: u64 = files.iter().map(|f| f.size_bytes).sum();
     let count = files.len() as u64;
     let progress = Progress::new(opts.shard_count);
     let reporter = Reporter::start(opts.progress, progress.clone(), total, count, "hash");
-    let report = tpc_uring::run_job(
+    let report = tpc_engine::run_job(
         JobSpec {
             files,
             shard_count: opts.shard_count,
             durability: Durability::Never,
+            driver: opts.driver,
         },
         progress,
     );

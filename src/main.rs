@@ -30,8 +30,9 @@ fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 use tpc_core::SkipPolicy;
-use tpc_uring::Durability;
+use tpc_engine::Durability;
 
+use tpc_engine::rt::IoChoice;
 use tpc_xfer::exit::{Exit, EXIT_CODES_HELP};
 use tpc_xfer::remote::congestion::Congestion;
 use tpc_xfer::{auth, check, copy, remote};
@@ -166,6 +167,18 @@ struct Common {
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
     json: bool,
+    /// How shards do I/O: `uring` (io_uring, Linux), `portable` (epoll / kqueue / IOCP
+    /// with positional file I/O), or `auto`: io_uring where it works, else portable with
+    /// a one-line notice.
+    #[arg(long, value_enum, value_name = "DRIVER", env = "TPC_XFER_IO", default_value_t = Io::Auto)]
+    io: Io,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Io {
+    Auto,
+    Uring,
+    Portable,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -210,6 +223,7 @@ fn main() -> ExitCode {
                 read_only,
                 state_dir,
                 congestion,
+                driver: opts.driver,
             }),
             (Err(e), _) | (_, Err(e)) => e,
         },
@@ -269,6 +283,7 @@ fn copy_any(
         state_dir,
         accept_new,
         congestion,
+        driver: opts.driver,
     };
     match (remote_dest, remote_srcs.len(), sources.len()) {
         (Some(Ok(spec)), 0, _) => remote::client::push(sources, spec, &ropts),
@@ -296,7 +311,7 @@ fn options(
     verify: bool,
     fsync: Fsync,
 ) -> Result<copy::CopyOptions, Exit> {
-    let usable = tpc_uring::usable_cpus().len().max(1);
+    let usable = tpc_engine::usable_cpus().len().max(1);
     let shard_count = common.cores.unwrap_or(usable);
     if shard_count == 0 || shard_count > usable {
         eprintln!(
@@ -304,7 +319,25 @@ fn options(
         );
         return Err(Exit::Usage);
     }
+    let choice = match common.io {
+        Io::Auto => IoChoice::Auto,
+        Io::Uring => IoChoice::Uring,
+        Io::Portable => IoChoice::Portable,
+    };
+    let driver = match tpc_engine::rt::select(choice) {
+        Ok((driver, notice)) => {
+            if let (Some(notice), false) = (notice, common.quiet) {
+                eprintln!("tpc-xfer: {notice}");
+            }
+            driver
+        }
+        Err(e) => {
+            eprintln!("tpc-xfer: {e}");
+            return Err(Exit::Engine);
+        }
+    };
     Ok(copy::CopyOptions {
+        driver,
         shard_count,
         policy: if checksum {
             SkipPolicy::Checksum

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tpc_uring::Progress;
+use tpc_engine::Progress;
 
 pub struct Reporter {
     stop: Arc<AtomicBool>,

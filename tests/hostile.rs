@@ -11,11 +11,11 @@ use std::path::Path;
 
 use common::*;
 use tpc_core::wire::{Entry, ErrorCode, Frame, Op, Run, WireKind, PROTOCOL_VERSION};
-use tpc_uring::quic::{bind_socket, Connection, Endpoint};
+use tpc_engine::quic::{bind_socket, Connection, Endpoint};
 use tpc_xfer::auth::{quic_client_config, Identity, KnownServers, ServerTrust};
 use tpc_xfer::remote::{read_frame, transport_config, write_frame};
 
-/// Runs `body` on a glommio executor with a QUIC connection to the server on `port`,
+/// Runs `body` on a shard of the suite's driver with a QUIC connection to the server on `port`,
 /// authenticated with the client key in `state`.
 fn with_connection<F, Fut>(state: &Path, port: u16, body: F)
 where
@@ -23,25 +23,23 @@ where
     Fut: Future<Output = ()>,
 {
     let state = state.to_path_buf();
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .spawn(move || async move {
-            let server: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            let identity = Identity::load_or_create(&state).unwrap();
-            let known = KnownServers::load(&state).unwrap();
-            let trust = ServerTrust::new(&known, &server.to_string(), true).unwrap();
-            let mut config = quic_client_config(&identity, trust).unwrap();
-            config.transport_config(transport_config(1452, Default::default()));
-            let endpoint =
-                Endpoint::new(bind_socket("127.0.0.1:0".parse().unwrap()).unwrap(), None).unwrap();
-            let conn = endpoint.connect(config, server, "tpc-xfer").await.unwrap();
-            body(conn.clone()).await;
-            conn.close(0, b"done");
-            endpoint.shutdown();
-            endpoint.wait_idle().await;
-        })
-        .unwrap()
-        .join()
-        .unwrap();
+    spawn_shard(move || async move {
+        let server: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let identity = Identity::load_or_create(&state).unwrap();
+        let known = KnownServers::load(&state).unwrap();
+        let trust = ServerTrust::new(&known, &server.to_string(), true).unwrap();
+        let mut config = quic_client_config(&identity, trust).unwrap();
+        config.transport_config(transport_config(1452, Default::default()));
+        let endpoint =
+            Endpoint::new(bind_socket("127.0.0.1:0".parse().unwrap()).unwrap(), None).unwrap();
+        let conn = endpoint.connect(config, server, "tpc-xfer").await.unwrap();
+        body(conn.clone()).await;
+        conn.close(0, b"done");
+        endpoint.shutdown();
+        endpoint.wait_idle().await;
+    })
+    .join()
+    .unwrap();
 }
 
 /// Sends `frames` on a new stream and returns every frame the server answers with.

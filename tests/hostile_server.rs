@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use common::*;
 use tpc_core::wire::{DestKind, Frame, NeedItem};
-use tpc_uring::quic::{bind_socket, Endpoint};
+use tpc_engine::quic::{bind_socket, Endpoint};
 use tpc_xfer::auth::{quic_server_config, AuthorizedClients, Identity};
 use tpc_xfer::remote::{read_frame, transport_config, write_frame};
 
@@ -41,64 +41,62 @@ fn push_to_liar(state: &Path, client_state: &Path, src: &Path, lie: Lie) -> std:
         _ => vec![port],
     };
     let state = state.to_path_buf();
-    let server = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .spawn(move || async move {
-            let identity = Identity::load_or_create(&state).unwrap();
-            let authorized = AuthorizedClients::load(&state).unwrap();
-            let crypto = Arc::new(quic_server_config(&identity, authorized).unwrap());
-            let make = move |_: SocketAddr| {
-                let mut c = (*crypto).clone();
-                c.transport_config(transport_config(1452, Default::default()));
-                Arc::new(c)
-            };
-            let endpoint = Endpoint::new(socket, Some(Box::new(make))).unwrap();
-            let conn = endpoint.accept().await.unwrap();
-            let (mut send, mut recv) = conn.accept_bi().await.unwrap();
-            let hello = read_frame(&mut recv).await.unwrap().unwrap();
-            assert!(matches!(hello, Frame::Hello { .. }), "{hello:?}");
-            write_frame(
-                &mut send,
-                &Frame::Welcome {
-                    session: 7,
-                    shard_ports,
-                    dest: DestKind::Missing,
-                },
-            )
-            .await
-            .unwrap();
-            let mut files = 0u32;
-            loop {
-                match read_frame(&mut recv).await.unwrap().unwrap() {
-                    Frame::Entries(e) => files += e.len() as u32,
-                    Frame::EntriesEnd { .. } => break,
-                    f => panic!("unexpected {f:?}"),
-                }
-            }
-            let needs = match &lie {
-                Lie::Needs(frames) => frames.clone(),
-                // Entry 0 is the directory itself.
-                Lie::CommittedUnasked(_) | Lie::DeadShard => vec![(1..files)
-                    .map(|file| NeedItem {
-                        file,
-                        chunk_first: 0,
-                        chunk_count: 1,
-                    })
-                    .collect()],
-            };
-            for items in needs {
-                write_frame(&mut send, &Frame::Need(items)).await.unwrap();
-            }
-            write_frame(&mut send, &Frame::NeedEnd).await.unwrap();
-            if let Lie::CommittedUnasked(file) = lie {
-                let _ = write_frame(&mut send, &Frame::Committed { files: vec![file] }).await;
-            }
-            // Until the client gives up on us.
-            while let Ok(Some(_)) = read_frame(&mut recv).await {}
-            conn.close(0, b"done");
-            endpoint.shutdown();
-            endpoint.wait_idle().await;
-        })
+    let server = spawn_shard(move || async move {
+        let identity = Identity::load_or_create(&state).unwrap();
+        let authorized = AuthorizedClients::load(&state).unwrap();
+        let crypto = Arc::new(quic_server_config(&identity, authorized).unwrap());
+        let make = move |_: SocketAddr| {
+            let mut c = (*crypto).clone();
+            c.transport_config(transport_config(1452, Default::default()));
+            Arc::new(c)
+        };
+        let endpoint = Endpoint::new(socket, Some(Box::new(make))).unwrap();
+        let conn = endpoint.accept().await.unwrap();
+        let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+        let hello = read_frame(&mut recv).await.unwrap().unwrap();
+        assert!(matches!(hello, Frame::Hello { .. }), "{hello:?}");
+        write_frame(
+            &mut send,
+            &Frame::Welcome {
+                session: 7,
+                shard_ports,
+                dest: DestKind::Missing,
+            },
+        )
+        .await
         .unwrap();
+        let mut files = 0u32;
+        loop {
+            match read_frame(&mut recv).await.unwrap().unwrap() {
+                Frame::Entries(e) => files += e.len() as u32,
+                Frame::EntriesEnd { .. } => break,
+                f => panic!("unexpected {f:?}"),
+            }
+        }
+        let needs = match &lie {
+            Lie::Needs(frames) => frames.clone(),
+            // Entry 0 is the directory itself.
+            Lie::CommittedUnasked(_) | Lie::DeadShard => vec![(1..files)
+                .map(|file| NeedItem {
+                    file,
+                    chunk_first: 0,
+                    chunk_count: 1,
+                })
+                .collect()],
+        };
+        for items in needs {
+            write_frame(&mut send, &Frame::Need(items)).await.unwrap();
+        }
+        write_frame(&mut send, &Frame::NeedEnd).await.unwrap();
+        if let Lie::CommittedUnasked(file) = lie {
+            let _ = write_frame(&mut send, &Frame::Committed { files: vec![file] }).await;
+        }
+        // Until the client gives up on us.
+        while let Ok(Some(_)) = read_frame(&mut recv).await {}
+        conn.close(0, b"done");
+        endpoint.shutdown();
+        endpoint.wait_idle().await;
+    });
     let out = copy(
         client_state,
         src,

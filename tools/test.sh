@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests call (Debian packages,
-# rustfmt and clippy), then format check, lints, unit and end-to-end tests.
+# rustfmt and clippy), then format check, lints, unit and end-to-end tests; the
+# end-to-end tests run twice, on the io_uring driver and on the portable one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,5 +19,12 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
+# The portable driver builds (and lints clean) with the io_uring driver compiled out.
+cargo clippy --release -p tpc-xfer --no-default-features --all-targets -- -D warnings
 # Release build: the end-to-end tests move a few GiB and must stay quick on 2 cores.
+# `--io` defaults to auto, which is io_uring here.
 cargo test --release --workspace
+# The end-to-end suite again, every shard on the portable driver (the binary and the
+# tests' own shards read TPC_XFER_IO). tests/io.rs mixes the drivers itself.
+TPC_XFER_IO=portable cargo test --release -p tpc-xfer \
+  --test copy --test remote --test hostile --test hostile_server --test netns --test wan

@@ -18,9 +18,6 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
-use glommio::channels::local_channel::{self, LocalSender};
-use glommio::executor;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tpc_core::limits::{CHUNK_SIZE_BYTES, RANGE_CHUNKS};
@@ -31,11 +28,13 @@ use tpc_core::wire::{
     ITEMS_PER_FRAME_MAX, PROTOCOL_VERSION,
 };
 use tpc_core::EntryKind;
-use tpc_uring::confine::Root;
-use tpc_uring::quic::{bind_socket, udp_payload_max_towards, Connection, Endpoint, QuicError};
-use tpc_uring::Durability;
+use tpc_engine::confine::Root;
+use tpc_engine::mesh::{MeshPeer, Receivers, Senders};
+use tpc_engine::quic::{bind_socket, udp_payload_max_towards, Connection, Endpoint, QuicError};
+use tpc_engine::rt::{self, File};
+use tpc_engine::{Driver, Durability};
 
-use super::data::{receive_run, send_run, uring_file, DataError};
+use super::data::{receive_run, send_run, DataError};
 use super::receiver::{full_path, temp_path, Failure, Receiver};
 use super::{
     congestion::Congestion, expect_end, expect_frame, transport_config, write_frame, RemoteSpec,
@@ -54,6 +53,8 @@ pub struct RemoteOptions {
     pub accept_new: bool,
     /// Congestion controller of this end's sending direction (the data of a push).
     pub congestion: Congestion,
+    /// The driver the shards run on (`--io`).
+    pub driver: Driver,
 }
 
 /// setuid and setgid are never sent as such: ownership is not transferred.
@@ -81,6 +82,8 @@ struct Summary {
     path_per_shard: Vec<PathSummary>,
     /// Per-chunk latency over all shards (hdrhistogram).
     chunk_latency_us: LatencySummary,
+    /// The driver this end's shards ran on: "uring" or "portable".
+    io: &'static str,
 }
 
 /// Percentiles of the per-chunk latency, in µs.
@@ -289,21 +292,23 @@ fn run(remote: RemoteSpec, opts: &RemoteOptions, plan: Plan) -> Exit {
         plan: Mutex::new(Some(plan)),
     });
     let shard_count = opts.shard_count;
-    let outs = match tpc_uring::run_shards::<Msg, ShardOut, _, _>(shard_count, 1024, {
-        let job = job.clone();
-        move |ctx| shard_main(ctx.shard, ctx.cpu, shard_count, ctx.mesh, job.clone())
-    }) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("tpc-xfer: {e}");
-            return Exit::Engine;
-        }
-    };
+    let outs =
+        match tpc_engine::run_shards::<Msg, ShardOut, _, _>(opts.driver, shard_count, 1024, {
+            let job = job.clone();
+            move |ctx| shard_main(ctx.shard, ctx.cpu, shard_count, ctx.mesh, job.clone())
+        }) {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("tpc-xfer: {e}");
+                return Exit::Engine;
+            }
+        };
     let mut outs = outs;
     let Some((mut summary, problems)) = outs[0].summary.take() else {
         return Exit::Engine;
     };
     summary.shards = shard_count;
+    summary.io = opts.driver.name();
     summary.bytes_per_shard = outs.iter().map(|o| o.bytes).collect();
     summary.ranges_per_shard = outs.iter().map(|o| o.ranges).collect();
     summary.shard_cpus = outs.iter().map(|o| o.cpu).collect();
@@ -349,20 +354,17 @@ async fn shard_main(
     shard: usize,
     cpu: usize,
     shard_count: usize,
-    mesh: MeshBuilder<Msg, Full>,
+    mesh: MeshPeer<Msg>,
     job: Arc<Job>,
 ) -> ShardOut {
     let mut out = ShardOut {
         cpu,
         ..Default::default()
     };
-    let (senders, mut receivers) = match mesh.join().await {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("tpc-xfer: shard {shard} cannot join the channel mesh: {e}");
-            return out;
-        }
-    };
+    let MeshPeer {
+        senders,
+        mut receivers,
+    } = mesh;
     let endpoint =
         match bind_socket(unspecified_for(job.server)).and_then(|s| Endpoint::new(s, None)) {
             Ok(ep) => ep,
@@ -406,7 +408,7 @@ async fn worker_shard(
     out: &mut ShardOut,
 ) {
     let work = match receivers.recv_from(0).await {
-        Ok(Some(Msg::Start(w))) => w,
+        Some(Msg::Start(w)) => w,
         _ => return,
     };
     let mut addr = job.server;
@@ -439,9 +441,9 @@ async fn worker_shard(
             }
         };
     let conn = Some(conn);
-    let (tx, rx) = local_channel::new_unbounded::<(u32, Result<u64, Failure>)>();
+    let (tx, rx) = async_channel::unbounded::<(u32, Result<u64, Failure>)>();
     let forward = async {
-        while let Some((file, result)) = rx.recv().await {
+        while let Ok((file, result)) = rx.recv().await {
             if senders
                 .send_to(0, Msg::Result { file, result })
                 .await
@@ -480,7 +482,7 @@ async fn worker_shard(
 /// `CONNECT_TIMEOUT` around a connect: `None` if the server did not answer in time.
 async fn tokio_free_timeout<T>(f: impl std::future::Future<Output = T>) -> Option<T> {
     futures_lite::future::or(async { Some(f.await) }, async {
-        glommio::timer::sleep(CONNECT_TIMEOUT).await;
+        rt::sleep(CONNECT_TIMEOUT).await;
         None
     })
     .await
@@ -492,7 +494,7 @@ async fn run_ranges(
     shard: usize,
     conn: Option<Connection>,
     work: Arc<Work>,
-    results: LocalSender<(u32, Result<u64, Failure>)>,
+    results: async_channel::Sender<(u32, Result<u64, Failure>)>,
     latency: Rc<RefCell<Histogram<u64>>>,
 ) -> (u64, u64) {
     let queue: Rc<RefCell<VecDeque<RangeItem>>> = Rc::new(RefCell::new(
@@ -508,7 +510,7 @@ async fn run_ranges(
         let conn = conn.clone();
         let work = work.clone();
         let latency = latency.clone();
-        tasks.push(glommio::spawn_local(async move {
+        tasks.push(rt::spawn_local(async move {
             loop {
                 let Some(item) = queue.borrow_mut().pop_front() else {
                     break;
@@ -599,7 +601,7 @@ async fn move_range(
     write_frame(&mut send, &header).await.map_err(io)?;
     if work.push {
         let src = f.local_src.as_ref().expect("push has sources");
-        let file = glommio::io::BufferedFile::open(src)
+        let file = File::open(src)
             .await
             .map_err(|e| Failure::new(ErrorCode::Io, format!("cannot open {}: {e}", quote(src))))?;
         let what = quote(src);
@@ -657,7 +659,7 @@ async fn move_range(
         let fd = root
             .open(tmp, libc::O_WRONLY, 0)
             .map_err(|e| Failure::new(ErrorCode::Io, e.to_string()))?;
-        let file = uring_file(fd);
+        let file = File::from_fd(fd);
         let what = tmp.to_string();
         let mut written = Vec::with_capacity(item.count as usize);
         let got = receive_run(
@@ -1021,12 +1023,11 @@ async fn session(
                     format!("server manifest refused: {}", f.message),
                 )
             })?;
-            let (receiver, (n, failed)) = executor()
-                .spawn_blocking(move || {
-                    let plan = receiver.plan();
-                    (receiver, plan)
-                })
-                .await;
+            let (receiver, (n, failed)) = rt::spawn_blocking(move || {
+                let plan = receiver.plan();
+                (receiver, plan)
+            })
+            .await;
             for (file, f) in failed {
                 problems.report(exit_for(f.code, true), f.message);
                 summary.failed += 1;
@@ -1113,15 +1114,15 @@ async fn session(
         Frame(Result<Frame, SessionError>),
         Lost(Exit, String),
     }
-    let (tx, rx) = local_channel::new_unbounded::<Ev>();
-    let (rtx, rrx) = local_channel::new_unbounded::<(u32, Result<u64, Failure>)>();
+    let (tx, rx) = async_channel::unbounded::<Ev>();
+    let (rtx, rrx) = async_channel::unbounded::<(u32, Result<u64, Failure>)>();
     let latency = Rc::new(RefCell::new(latency_histogram()));
     let own = run_ranges(0, Some(conn.clone()), work.clone(), rtx, latency.clone());
     let tx = Rc::new(tx);
     let relay_own = {
         let tx = tx.clone();
         async move {
-            while let Some((f, r)) = rrx.recv().await {
+            while let Ok((f, r)) = rrx.recv().await {
                 let _ = tx.send(Ev::Range(f, r)).await;
             }
         }
@@ -1133,10 +1134,8 @@ async fn session(
         }
         let tx = tx.clone();
         // Each peer's results arrive on its own mesh receiver.
-        peer_relays.push(glommio::spawn_local(async move {
-            use futures_lite::StreamExt;
-            let mut stream = stream;
-            while let Some(msg) = stream.next().await {
+        peer_relays.push(rt::spawn_local(async move {
+            while let Ok(msg) = stream.recv().await {
                 let ev = match msg {
                     Msg::Result { file, result } => Ev::Range(file, result),
                     Msg::Lost(exit, message) => Ev::Lost(exit, message),
@@ -1150,7 +1149,7 @@ async fn session(
     }
     let control_reader = {
         let tx = tx.clone();
-        glommio::spawn_local(async move {
+        rt::spawn_local(async move {
             loop {
                 let f = expect_frame(&mut recv).await;
                 let end = f.is_err();
@@ -1161,7 +1160,7 @@ async fn session(
             recv
         })
     };
-    let own_task = glommio::spawn_local(async move {
+    let own_task = rt::spawn_local(async move {
         let (stats, ()) = futures_lite::future::zip(own, relay_own).await;
         stats
     });
@@ -1191,12 +1190,11 @@ async fn session(
         if !push && !batch.is_empty() {
             let files = std::mem::take(&mut batch);
             let mut r = local_receiver.take().expect("receiver is home");
-            let (r, (ok, failed)) = executor()
-                .spawn_blocking(move || {
-                    let out = r.commit(&files);
-                    (r, out)
-                })
-                .await;
+            let (r, (ok, failed)) = rt::spawn_blocking(move || {
+                let out = r.commit(&files);
+                (r, out)
+            })
+            .await;
             local_receiver = Some(r);
             summary.files_copied += ok.len() as u64;
             unresolved -= ok.len() as u64;
@@ -1207,7 +1205,7 @@ async fn session(
             }
             continue;
         }
-        let Some(ev) = rx.recv().await else {
+        let Ok(ev) = rx.recv().await else {
             break;
         };
         match ev {
@@ -1287,12 +1285,11 @@ async fn session(
     }
     // Symlinks and directory metadata, then the end of the session.
     if let Some(mut r) = local_receiver.take() {
-        let (r, failed) = executor()
-            .spawn_blocking(move || {
-                let out = r.finish();
-                (r, out)
-            })
-            .await;
+        let (r, failed) = rt::spawn_blocking(move || {
+            let out = r.finish();
+            (r, out)
+        })
+        .await;
         for (_, f) in failed {
             problems.report(exit_for(f.code, true), f.message);
             summary.failed += 1;
@@ -1306,7 +1303,7 @@ async fn session(
     let _ = send.finish();
     // The control reader goes on delivering frames: wait for the server's Done.
     loop {
-        match rx.recv().await {
+        match rx.recv().await.ok() {
             Some(Ev::Frame(Ok(Frame::Done { files, .. }))) => {
                 if push {
                     summary.files_copied = files;

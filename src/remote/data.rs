@@ -1,14 +1,13 @@
-//! The data path of a remote transfer, on a shard: read a run of chunks with io_uring,
-//! hash each with BLAKE3 and send it with its hash; or receive a run, verify every chunk
-//! against its hash, and only then write it with io_uring.
+//! The data path of a remote transfer, on a shard: read a run of chunks through the
+//! shard's driver (io_uring or portable), hash each with BLAKE3 and send it with its
+//! hash; or receive a run, verify every chunk against its hash, and only then write it.
 
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::time::Instant;
 
-use glommio::io::BufferedFile;
 use tpc_core::limits::CHUNK_SIZE_BYTES;
 use tpc_core::wire::{run_bytes, ErrorCode};
-use tpc_uring::quic::{RecvStream, SendStream};
+use tpc_engine::quic::{RecvStream, SendStream};
+use tpc_engine::rt::File;
 
 use super::receiver::Failure;
 use super::{expect_end, SessionError};
@@ -37,25 +36,11 @@ impl std::fmt::Display for DataError {
     }
 }
 
-/// Wraps an fd opened (and confined) elsewhere so io_uring reads and writes go to it.
-pub fn uring_file(fd: OwnedFd) -> BufferedFile {
-    // SAFETY: we hand over ownership of a valid fd.
-    unsafe { BufferedFile::from_raw_fd(fd.into_raw_fd()) }
-}
-
 fn io_failure(what: &str, e: impl std::fmt::Display, errno: Option<i32>) -> DataError {
     DataError::Local(Failure::new(
         errno.map_or(ErrorCode::Io, ErrorCode::for_errno),
         format!("{what}: {e}"),
     ))
-}
-
-fn glommio_errno(e: &glommio::GlommioError<()>) -> Option<i32> {
-    match e {
-        glommio::GlommioError::IoError(io) => io.raw_os_error(),
-        glommio::GlommioError::EnhancedIoError { source, .. } => source.raw_os_error(),
-        _ => None,
-    }
 }
 
 /// The chunks of run `first .. first + count` of a file of `size` bytes, as (offset,
@@ -85,7 +70,7 @@ const HASH_PIECE_BYTES: usize = 256 * 1024;
 /// then its BLAKE3 hash. Returns the bytes sent. A file that is shorter than announced
 /// (it changed since the manifest) fails with `Changed`.
 pub async fn send_run(
-    file: &BufferedFile,
+    file: &File,
     what: &str,
     size: u64,
     first: u32,
@@ -99,7 +84,7 @@ pub async fn send_run(
             let buf = file
                 .read_at(pos, n)
                 .await
-                .map_err(|e| io_failure(what, &e, glommio_errno(&e)))?;
+                .map_err(|e| io_failure(what, &e, e.raw_os_error()))?;
             if buf.len() != n {
                 return Err(DataError::Local(Failure::new(
                     ErrorCode::Changed,
@@ -132,7 +117,7 @@ pub async fn send_run(
 /// is read too. Returns the bytes written.
 pub async fn receive_run(
     recv: &mut RecvStream,
-    file: &BufferedFile,
+    file: &File,
     what: &str,
     size: u64,
     first: u32,
@@ -141,7 +126,7 @@ pub async fn receive_run(
 ) -> Result<u64, DataError> {
     let (spans, len) = chunk_spans(size, first, count)?;
     for (pos, n) in spans {
-        // One buffer per chunk, handed to the write: glommio's write_at takes a Vec. It
+        // One buffer per chunk, handed to the write: the drivers' write_at takes a Vec. It
         // is filled without zeroing it first, and hashed a window at a time while the
         // window is still in cache. (Stream frames are as small as the path MTU allows,
         // 1.2 KB on a standard link: too short for BLAKE3's SIMD path one by one.)
@@ -181,7 +166,7 @@ pub async fn receive_run(
             let wrote = file
                 .write_at(buf, pos)
                 .await
-                .map_err(|e| io_failure(what, &e, glommio_errno(&e)))?;
+                .map_err(|e| io_failure(what, &e, e.raw_os_error()))?;
             if wrote != n {
                 return Err(io_failure(what, "short write", None));
             }

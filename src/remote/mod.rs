@@ -20,7 +20,7 @@ use std::time::Duration;
 use congestion::Congestion;
 use quinn_proto::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
 use tpc_core::wire::{Frame, WireError, FRAME_HEADER_BYTES};
-use tpc_uring::quic::{QuicError, ReadExactError, RecvStream, SendStream};
+use tpc_engine::quic::{QuicError, ReadExactError, RecvStream, SendStream};
 
 // The local copy's temporary-name scheme: either one cleans up what the other left.
 use crate::copy::{TMP_PREFIX, TMP_SUFFIX};

@@ -4,7 +4,7 @@
 //!
 //! The server runs this for a push (root = `--root`), the client for a pull (root = the
 //! local destination). Everything here is blocking filesystem work; the shards call it
-//! from glommio's blocking pool so their QUIC endpoints keep running meanwhile.
+//! off their threads (`rt::spawn_blocking`) so their QUIC endpoints keep running meanwhile.
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tpc_core::limits::CHUNK_SIZE_BYTES;
 use tpc_core::relpath::RelPath;
 use tpc_core::wire::{Entry, ErrorCode, NeedItem, WireKind};
-use tpc_uring::confine::{set_file_meta, ConfineError, FileKind, Root};
+use tpc_engine::confine::{set_file_meta, ConfineError, FileKind, Root};
 
 use super::temp_name;
 use crate::copy::stale_temp_pid;

@@ -15,19 +15,19 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use glommio::executor;
 use tpc_core::relpath::RelPath;
 use tpc_core::wire::{
     entry_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, Op, Run, WireKind,
     ITEMS_PER_FRAME_MAX, MANIFEST_ENTRIES_MAX, PROTOCOL_VERSION,
 };
-use tpc_uring::confine::{fstat, FileKind, Root};
-use tpc_uring::quic::{
+use tpc_engine::confine::{fstat, FileKind, Root};
+use tpc_engine::quic::{
     bind_socket, udp_payload_max_towards, Connection, Endpoint, RecvStream, SendStream,
 };
+use tpc_engine::rt::{self, File};
 
 use super::congestion::Congestion;
-use super::data::{receive_run, send_run, uring_file, DataError};
+use super::data::{receive_run, send_run, DataError};
 use super::receiver::{temp_path, Failure, Receiver};
 use super::{expect_end, expect_frame, read_frame, transport_config, write_frame, SessionError};
 use crate::auth::{self, AuthorizedClients, Identity};
@@ -50,6 +50,8 @@ pub struct ServeOptions {
     pub state_dir: PathBuf,
     /// Congestion controller of the server's sending direction (the data of a pull).
     pub congestion: Congestion,
+    /// The driver the shards run on (`--io`).
+    pub driver: tpc_engine::Driver,
 }
 
 struct Shared {
@@ -141,38 +143,39 @@ pub fn run(opts: ServeOptions) -> Exit {
     let crypto = Arc::new(crypto);
     let read_only = opts.read_only;
     let congestion = opts.congestion;
-    let result = tpc_uring::run_shards::<(), (), _, _>(opts.shard_count, 1, move |ctx| {
-        let socket = sockets.lock().expect("not poisoned")[ctx.shard]
-            .take()
-            .expect("each shard takes its own socket");
-        let shared = Rc::new(Shared {
-            root: root.clone(),
-            ports: ports.clone(),
-            read_only,
-        });
-        let crypto = crypto.clone();
-        async move {
-            drop(ctx.mesh);
-            let make = move |remote: SocketAddr| {
-                let mut c = (*crypto).clone();
-                c.transport_config(transport_config(
-                    udp_payload_max_towards(remote).unwrap_or(1452),
-                    congestion,
-                ));
-                Arc::new(c)
-            };
-            let ep = match Endpoint::new(socket, Some(Box::new(make))) {
-                Ok(ep) => ep,
-                Err(e) => {
-                    log!("tpc-xfer: shard cannot start its endpoint: {e}");
-                    return;
+    let result =
+        tpc_engine::run_shards::<(), (), _, _>(opts.driver, opts.shard_count, 1, move |ctx| {
+            let socket = sockets.lock().expect("not poisoned")[ctx.shard]
+                .take()
+                .expect("each shard takes its own socket");
+            let shared = Rc::new(Shared {
+                root: root.clone(),
+                ports: ports.clone(),
+                read_only,
+            });
+            let crypto = crypto.clone();
+            async move {
+                drop(ctx.mesh);
+                let make = move |remote: SocketAddr| {
+                    let mut c = (*crypto).clone();
+                    c.transport_config(transport_config(
+                        udp_payload_max_towards(remote).unwrap_or(1452),
+                        congestion,
+                    ));
+                    Arc::new(c)
+                };
+                let ep = match Endpoint::new(socket, Some(Box::new(make))) {
+                    Ok(ep) => ep,
+                    Err(e) => {
+                        log!("tpc-xfer: shard cannot start its endpoint: {e}");
+                        return;
+                    }
+                };
+                while let Some(conn) = ep.accept().await {
+                    rt::spawn_local(serve_connection(conn, shared.clone())).detach();
                 }
-            };
-            while let Some(conn) = ep.accept().await {
-                glommio::spawn_local(serve_connection(conn, shared.clone())).detach();
             }
-        }
-    });
+        });
     match result {
         Ok(_) => Exit::Ok,
         Err(e) => {
@@ -204,7 +207,7 @@ fn bind_retrying(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 
 async fn serve_connection(conn: Connection, shared: Rc<Shared>) {
     while let Some((send, recv)) = conn.accept_bi().await {
-        glommio::spawn_local(serve_stream(send, recv, shared.clone())).detach();
+        rt::spawn_local(serve_stream(send, recv, shared.clone())).detach();
     }
 }
 
@@ -286,10 +289,10 @@ fn new_session_id() -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// Runs blocking filesystem work on glommio's blocking pool, so this shard's endpoint
-/// keeps answering packets meanwhile.
+/// Runs blocking filesystem work off the shard's thread, so its endpoint keeps answering
+/// packets meanwhile.
 async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
-    executor().spawn_blocking(f).await
+    rt::spawn_blocking(f).await
 }
 
 async fn control_push(
@@ -483,7 +486,7 @@ async fn put(
             format!("{full}: size {} does not match the manifest", p.size),
         ));
     }
-    let file = uring_file(fd);
+    let file = File::from_fd(fd);
     let what = full.to_string();
     let mut written = Vec::new(); // per-chunk timing is the client's to report
     let result = receive_run(
@@ -528,7 +531,7 @@ async fn get(send: &mut SendStream, shared: &Shared, g: Run) -> Result<(), Failu
     )
     .await
     .map_err(session_failure)?;
-    let file = uring_file(fd);
+    let file = File::from_fd(fd);
     let what = full.to_string();
     let mut ready = Vec::new(); // per-chunk timing is the client's to report
     let result = send_run(

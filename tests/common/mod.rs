@@ -65,14 +65,22 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The `--json` summary on stdout. When the suite runs on a chosen driver
+/// (`TPC_XFER_IO`), it also checks the binary really ran on it.
 pub fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "bad json ({e}): {} / {}",
             String::from_utf8_lossy(&out.stdout),
             stderr(out)
         )
-    })
+    });
+    if let (Ok(want), Some(ran)) = (std::env::var("TPC_XFER_IO"), v["io"].as_str()) {
+        if want != "auto" {
+            assert_eq!(ran, want, "the suite asked for --io {want}");
+        }
+    }
+    v
 }
 
 /// Deterministic pseudo-random bytes (BLAKE3 XOF of a seed): fast, and incompressible.
@@ -345,7 +353,7 @@ impl Server {
         Server::start_with(netns, root, state, listen, &[])
     }
 
-    fn start_with(
+    pub fn start_with(
         netns: Option<&str>,
         root: &Path,
         state: &Path,
@@ -479,4 +487,29 @@ pub fn push_and_pull_back(
     let out = tpc(&[os("check"), src.into(), back.into()]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     summary
+}
+
+/// The driver in-process test shards run on: the one the suite was asked for with
+/// `TPC_XFER_IO` (which the binary reads too), io_uring otherwise.
+pub fn test_driver() -> tpc_engine::Driver {
+    match std::env::var("TPC_XFER_IO").as_deref() {
+        Ok("portable") => tpc_engine::Driver::Portable,
+        #[cfg(feature = "uring")]
+        _ => tpc_engine::Driver::Uring,
+        #[cfg(not(feature = "uring"))]
+        _ => tpc_engine::Driver::Portable,
+    }
+}
+
+/// Runs `body` as a shard of the suite's driver on a new thread.
+pub fn spawn_shard<R, F, Fut>(body: F) -> std::thread::JoinHandle<R>
+where
+    R: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = R>,
+{
+    let driver = test_driver();
+    std::thread::spawn(move || {
+        tpc_engine::rt::run_here(driver, None, body()).expect("test shard starts")
+    })
 }

@@ -1,322 +1,170 @@
-//! glommio / io_uring driver of the tpc-xfer shard logic: one pinned executor per core,
-//! each reading, hashing and writing the ranges assigned to it, and finalizing the files
-//! it owns.
+//! glommio / io_uring driver of the tpc-xfer shard logic (Linux): one executor per core,
+//! each owning an io_uring ring through which its file reads and writes go.
 //!
-//! A job is a list of files. Every file has an owner shard (`tpc_core::plan::owner`) and
-//! is cut into ranges (`ChunkPlan`), each worked on by `range_shard`. A shard reads its
-//! ranges through io_uring, hashes each chunk with BLAKE3 and, for a copy, writes it to
-//! the file's temporary name. It then reports the chunk hashes to the owner — directly
-//! when it is the owner, otherwise as a `ShardMsg` over the glommio channel mesh. The
-//! owner feeds the reports to its `Assembly`; when a file is complete it applies mode and
-//! times through the open fd, and commits it: durable in batches, then renamed into place.
-//!
-//! Shards share nothing mutable. The job's file list is immutable and shared by `Arc`;
-//! progress counters are one cache line per shard, written only by that shard.
+//! It offers the same primitives as `tpc-portable` (spawn, sleep, yield, blocking work,
+//! files, socket readability); `tpc-engine` chooses one of the two per run, and the
+//! shard logic above them is the same code. glommio's own errors are turned into
+//! `io::Error`s that keep the OS error, so callers classify failures the same way on
+//! both drivers.
 
-pub mod confine;
-pub mod quic;
-mod shard;
-
+use std::future::Future;
 use std::io;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::net::UdpSocket;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
 
+use glommio::io::{BufferedFile, OpenOptions};
 use glommio::{LocalExecutorBuilder, Placement};
-use tpc_core::limits::{JOB_FILES_MAX, SHARDS_MAX};
-use tpc_core::{FileDigest, FileId};
 
-/// One file of a job.
-#[derive(Clone, Debug)]
-pub struct JobFile {
-    /// Path relative to the transfer root; decides the owner shard.
-    pub rel: Vec<u8>,
-    /// Where to read.
-    pub src: PathBuf,
-    /// For a copy: where to write and commit. `None` for a hash-only job.
-    pub dst: Option<Destination>,
-    pub size_bytes: u64,
+pub use glommio::io::ReadResult;
+pub use glommio::Task;
+
+/// Pinned memory registered per ring. Registered buffers are for O_DIRECT; this driver
+/// reads and writes buffered, so keep it small to fit a default RLIMIT_MEMLOCK of 8 MiB.
+pub const IO_MEMORY_BYTES: usize = 512 << 10;
+
+/// Runs `fut` to completion on this thread as an io_uring shard, pinned to `cpu` if
+/// given. Fails if the ring cannot be set up (seccomp, RLIMIT_MEMLOCK, old kernel).
+pub fn run_here<R>(cpu: Option<usize>, fut: impl Future<Output = R>) -> io::Result<R> {
+    let placement = match cpu {
+        Some(cpu) => Placement::Fixed(cpu),
+        None => Placement::Unbound,
+    };
+    let executor = LocalExecutorBuilder::new(placement)
+        .io_memory(IO_MEMORY_BYTES)
+        .make()
+        .map_err(to_io)?;
+    Ok(executor.run(fut))
 }
 
-/// Where a copied file is written and what it looks like when done.
-#[derive(Clone, Debug)]
-pub struct Destination {
-    /// Temporary name in the destination directory; written, then renamed.
-    pub tmp: PathBuf,
-    pub path: PathBuf,
-    /// Permission bits to set (`mode & 0o7777`).
-    pub mode: u32,
-    pub atime: (i64, u32),
-    pub mtime: (i64, u32),
+/// Sets up and tears down one small io_uring ring, to learn whether this process may use
+/// io_uring at all. glommio panics where io_uring_setup fails, so this is asked first.
+pub fn probe_ring() -> io::Result<()> {
+    // io_uring_params is 120 bytes of plain data that the kernel fills in; zeroed is a
+    // valid request for defaults.
+    let mut params = [0u64; 15];
+    // SAFETY: io_uring_setup(entries, params) with a writable, correctly sized params.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 2u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is the ring we just created and own.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
 }
 
-/// How copied files are made durable before they are renamed into place.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Durability {
-    /// Batches of files are synced together (`syncfs`), then renamed, then their
-    /// directories are synced. A file is never visible under its name before it is durable.
-    Batch,
-    /// Rename as soon as written; the kernel writes back when it likes.
-    Never,
+pub fn spawn_local<F>(fut: F) -> Task<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    glommio::spawn_local(fut)
 }
 
-#[derive(Clone, Debug)]
-pub struct JobSpec {
-    pub files: Vec<JobFile>,
-    pub shard_count: usize,
-    pub durability: Durability,
+pub async fn sleep(d: Duration) {
+    glommio::timer::sleep(d).await;
 }
 
-/// What happened to one file.
-#[derive(Clone, Debug)]
-pub enum FileOutcome {
-    /// Read, hashed and (for a copy) written, durable as requested and in place.
-    Done(FileDigest),
-    Failed(FileError),
+/// Lets the other tasks of this shard run if this one has used up its time slice.
+pub async fn yield_now() {
+    glommio::yield_if_needed().await;
 }
 
-/// Why a file failed: which stage, and the OS error.
-#[derive(Clone, Debug)]
-pub struct FileError {
-    pub stage: Stage,
-    pub errno: Option<i32>,
-    pub message: String,
+/// Runs blocking work on glommio's blocking pool, so this shard keeps serving meanwhile.
+pub async fn spawn_blocking<R, F>(f: F) -> R
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    glommio::executor().spawn_blocking(f).await
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
-    Read,
-    Write,
-    Commit,
+/// A glommio error as an `io::Error`: the OS error and its plain message, without
+/// glommio's decoration (operation, fd), so one-line reports stay readable and the errno
+/// survives for the exit-code policy.
+fn to_io<T>(e: glommio::GlommioError<T>) -> io::Error {
+    match e {
+        glommio::GlommioError::IoError(source)
+        | glommio::GlommioError::EnhancedIoError { source, .. } => source,
+        other => io::Error::other(other.to_string()),
+    }
 }
 
-/// Per-shard figures for the summary.
-#[derive(Clone, Debug, Default)]
-pub struct ShardReport {
-    pub shard: usize,
-    /// CPUs this executor's thread may run on, read back from the kernel.
-    pub affinity: Vec<usize>,
-    pub bytes: u64,
-    pub ranges: u64,
-    pub files_committed: u64,
+/// A file whose reads and writes go through this shard's io_uring ring.
+pub struct File {
+    file: BufferedFile,
 }
 
-pub struct JobReport {
-    pub outcomes: Vec<FileOutcome>,
-    pub shards: Vec<ShardReport>,
-}
+impl File {
+    pub fn from_fd(fd: OwnedFd) -> File {
+        // SAFETY: ownership of a valid fd is handed over.
+        File {
+            file: unsafe { BufferedFile::from_raw_fd(fd.into_raw_fd()) },
+        }
+    }
 
-/// Live counters for progress display: one cache line per shard, one writer each.
-#[derive(Default)]
-#[repr(align(128))]
-pub struct ShardCounters {
-    pub bytes: AtomicU64,
-    pub files: AtomicU64,
-}
-
-pub struct Progress {
-    pub shards: Vec<ShardCounters>,
-}
-
-impl Progress {
-    pub fn new(shard_count: usize) -> Arc<Self> {
-        Arc::new(Progress {
-            shards: (0..shard_count).map(|_| ShardCounters::default()).collect(),
+    pub async fn open(path: &Path) -> io::Result<File> {
+        Ok(File {
+            file: BufferedFile::open(path).await.map_err(to_io)?,
         })
     }
 
-    pub fn bytes(&self) -> u64 {
-        self.shards
-            .iter()
-            .map(|s| s.bytes.load(Ordering::Relaxed))
-            .sum()
+    /// Opens for writing, creating it with `mode` if missing, never truncating; `flags`
+    /// are added to the open flags (O_NOFOLLOW, O_CLOEXEC).
+    pub async fn open_write(path: &Path, mode: u32, flags: i32) -> io::Result<File> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .mode(mode)
+            .custom_flags(flags)
+            .buffered_open(path)
+            .await
+            .map_err(to_io)?;
+        Ok(File { file })
     }
 
-    pub fn files(&self) -> u64 {
-        self.shards
-            .iter()
-            .map(|s| s.files.load(Ordering::Relaxed))
-            .sum()
+    /// Reads up to `len` bytes at `offset`, into a buffer glommio owns.
+    pub async fn read_at(&self, offset: u64, len: usize) -> io::Result<ReadResult> {
+        self.file.read_at(offset, len).await.map_err(to_io)
+    }
+
+    pub async fn write_at(&self, data: Vec<u8>, offset: u64) -> io::Result<usize> {
+        self.file.write_at(data, offset).await.map_err(to_io)
+    }
+
+    pub async fn pre_allocate(&self, size: u64) -> io::Result<()> {
+        self.file.pre_allocate(size, false).await.map_err(to_io)
+    }
+
+    pub async fn close(self) -> io::Result<()> {
+        self.file.close().await.map_err(to_io)
+    }
+
+    pub fn as_raw_fd(&self) -> i32 {
+        self.file.as_raw_fd()
     }
 }
 
-#[derive(Debug)]
-pub enum EngineError {
-    TooManyShards {
-        requested: usize,
-        available: usize,
-    },
-    TooManyFiles(usize),
-    /// io_uring or the executor could not start (seccomp, RLIMIT_MEMLOCK, old kernel).
-    Start(String),
-    ShardPanicked(usize),
+/// Tells a task when a UDP socket has a datagram queued, without consuming it: glommio
+/// has no readiness wait, so an io_uring one-byte `MSG_PEEK` on a second handle of the
+/// socket stands in for one (it completes when a datagram is queued and leaves it there).
+pub struct Readable {
+    peek: glommio::net::UdpSocket,
 }
 
-impl std::fmt::Display for EngineError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            EngineError::TooManyShards {
-                requested,
-                available,
-            } => write!(
-                f,
-                "--cores {requested} asks for more cores than the {available} this process may use"
-            ),
-            EngineError::TooManyFiles(n) => write!(f, "{n} files exceed the per-job limit"),
-            EngineError::Start(e) => write!(f, "cannot start io_uring shard: {e}"),
-            EngineError::ShardPanicked(i) => write!(f, "shard {i} stopped unexpectedly"),
-        }
+impl Readable {
+    pub fn new(socket: &UdpSocket) -> io::Result<Readable> {
+        let fd = socket.try_clone()?.into_raw_fd();
+        // SAFETY: fd is a fresh, owned, valid socket descriptor.
+        let peek = unsafe { glommio::net::UdpSocket::from_raw_fd(fd) };
+        Ok(Readable { peek })
     }
-}
 
-impl std::error::Error for EngineError {}
-
-/// CPUs this process may run on, in order (respects `taskset` and cgroup cpusets).
-pub fn usable_cpus() -> Vec<usize> {
-    affinity_of_current_thread()
-}
-
-fn affinity_of_current_thread() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return vec![];
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
+    pub async fn wait(&self) {
+        // One byte, not zero: glommio cannot allocate a zero-length buffer for the
+        // operation. MSG_PEEK leaves the datagram queued either way.
+        let mut one = [0u8; 1];
+        let _ = self.peek.peek_from(&mut one).await;
     }
-}
-
-/// Runs a job on `spec.shard_count` pinned executors and waits for it.
-pub fn run_job(spec: JobSpec, progress: Arc<Progress>) -> Result<JobReport, EngineError> {
-    let cpus = usable_cpus();
-    let shard_count = spec.shard_count;
-    if shard_count == 0 || shard_count > cpus.len() || shard_count > SHARDS_MAX {
-        return Err(EngineError::TooManyShards {
-            requested: shard_count,
-            available: cpus.len().min(SHARDS_MAX),
-        });
-    }
-    if spec.files.len() > JOB_FILES_MAX {
-        return Err(EngineError::TooManyFiles(spec.files.len()));
-    }
-    assert_eq!(
-        progress.shards.len(),
-        shard_count,
-        "progress sized for the job"
-    );
-    raise_memlock_limit();
-    let job = Arc::new(spec);
-    let mesh = glommio::channels::channel_mesh::MeshBuilder::full(shard_count, 1024);
-    let mut handles = Vec::with_capacity(shard_count);
-    for (shard, &cpu) in cpus.iter().enumerate().take(shard_count) {
-        let job = job.clone();
-        let mesh = mesh.clone();
-        let progress = progress.clone();
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
-            .name(&format!("tpc-shard-{shard}"))
-            // Registered buffers are for O_DIRECT; this driver reads and writes buffered,
-            // so keep the pinned memory small to fit a default RLIMIT_MEMLOCK of 8 MiB.
-            .io_memory(512 << 10)
-            .spawn(move || shard::run(shard, job, mesh, progress))
-            .map_err(|e| EngineError::Start(e.to_string()))?;
-        handles.push(handle);
-    }
-    let mut outcomes: Vec<Option<FileOutcome>> = vec![None; job.files.len()];
-    let mut shards = Vec::with_capacity(shard_count);
-    for (i, handle) in handles.into_iter().enumerate() {
-        let (report, finished) = handle
-            .join()
-            .map_err(|_| EngineError::ShardPanicked(i))?
-            .map_err(|e| EngineError::Start(format!("shard {i}: {e}")))?;
-        for (file, outcome) in finished {
-            let slot = &mut outcomes[file.0 as usize];
-            assert!(slot.is_none(), "file finalized by two shards");
-            *slot = Some(outcome);
-        }
-        shards.push(report);
-    }
-    let outcomes = outcomes
-        .into_iter()
-        .map(|o| o.expect("every file has an outcome from its owner"))
-        .collect();
-    Ok(JobReport { outcomes, shards })
-}
-
-/// glommio registers pinned memory for each ring and fails to start when
-/// RLIMIT_MEMLOCK is below it; raise the soft limit to the hard one, which needs no
-/// privilege, so that a low default soft limit does not stop the engine.
-fn raise_memlock_limit() {
-    // SAFETY: getrlimit/setrlimit with a valid, initialised struct.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim);
-        }
-    }
-}
-
-pub(crate) fn file_error(stage: Stage, err: &io::Error) -> FileError {
-    FileError {
-        stage,
-        errno: err.raw_os_error(),
-        message: err.to_string(),
-    }
-}
-
-pub(crate) type Finished = Vec<(FileId, FileOutcome)>;
-
-/// What a shard started by [`run_shards`] gets: its index, its CPU, and its place in the
-/// channel mesh that connects all shards of the run.
-pub struct ShardContext<M: Send + 'static> {
-    pub shard: usize,
-    pub cpu: usize,
-    pub mesh:
-        glommio::channels::channel_mesh::MeshBuilder<M, glommio::channels::channel_mesh::Full>,
-}
-
-/// Runs `body` on `shard_count` pinned executors (one per usable CPU, in order), each with
-/// its own io_uring ring, and returns their results in shard order. The remote transfer
-/// code uses this to run its endpoints and data tasks; `run_job` is the same for the
-/// local copy with its shard logic built in.
-pub fn run_shards<M, R, F, Fut>(
-    shard_count: usize,
-    mesh_capacity: usize,
-    body: F,
-) -> Result<Vec<R>, EngineError>
-where
-    M: Send + 'static,
-    R: Send + 'static,
-    F: Fn(ShardContext<M>) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = R> + 'static,
-{
-    let cpus = usable_cpus();
-    if shard_count == 0 || shard_count > cpus.len() || shard_count > SHARDS_MAX {
-        return Err(EngineError::TooManyShards {
-            requested: shard_count,
-            available: cpus.len().min(SHARDS_MAX),
-        });
-    }
-    raise_memlock_limit();
-    let body = Arc::new(body);
-    let mesh = glommio::channels::channel_mesh::MeshBuilder::full(shard_count, mesh_capacity);
-    let mut handles = Vec::with_capacity(shard_count);
-    for (shard, &cpu) in cpus.iter().enumerate().take(shard_count) {
-        let body = body.clone();
-        let mesh = mesh.clone();
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
-            .name(&format!("tpc-shard-{shard}"))
-            .io_memory(512 << 10)
-            .spawn(move || async move { body(ShardContext { shard, cpu, mesh }).await })
-            .map_err(|e| EngineError::Start(e.to_string()))?;
-        handles.push(handle);
-    }
-    let mut out = Vec::with_capacity(shard_count);
-    for (i, handle) in handles.into_iter().enumerate() {
-        out.push(handle.join().map_err(|_| EngineError::ShardPanicked(i))?);
-    }
-    Ok(out)
 }

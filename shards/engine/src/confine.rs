@@ -11,7 +11,8 @@
 //! which never follows a final symlink: the link itself is what gets renamed, removed or
 //! stat'ed. Metadata of files and directories is applied through an open fd.
 //!
-//! Every call here is a blocking syscall; the server runs them on glommio's blocking pool.
+//! Every call here is a blocking syscall; the server runs them off its shard threads
+//! (`rt::spawn_blocking`).
 //! Linux 5.6 or later (openat2) is required; `Root::open_ambient` checks it once.
 
 use std::ffi::{CStr, CString};

@@ -1,11 +1,10 @@
 //! QUIC for one shard: a `quinn_proto::Endpoint` on a UDP socket that the shard owns,
-//! driven from the shard's glommio executor, with async streams for the shard's tasks.
+//! driven from the shard's executor, with async streams for the shard's tasks.
 //!
 //! Why not glommio's own `UdpSocket`: it has no GSO, GRO or recvmmsg, and moving bulk
 //! data through QUIC is packet-rate bound (DESIGN.md §5 measured ~3x). So datagrams go
-//! through `quinn-udp` on a non-blocking socket, and the executor learns that the socket
-//! is readable from an io_uring one-byte `MSG_PEEK` on the same fd, which completes
-//! when a datagram is queued without consuming it.
+//! through `quinn-udp` on a non-blocking socket on either driver, and the driver only
+//! says when the socket is readable (`rt::Readable`).
 //!
 //! Everything here is single-threaded: the endpoint, its connections and the wakers of
 //! the tasks waiting on them live in one `Rc<RefCell<State>>`. A driver task does the
@@ -18,7 +17,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -47,7 +46,8 @@ pub const SOCKET_BUFFER_BYTES: usize = 16 * 1024 * 1024;
 const TRANSMITS_PER_TURN_MAX: usize = 32;
 
 /// How long the driver waits before retrying a send that found the socket buffer full.
-/// glommio offers no writability wait; a full buffer drains in well under this.
+/// glommio offers no writability wait; a full buffer drains in well under this (the
+/// portable driver could wait for writability, but one rule for both keeps them alike).
 const SEND_RETRY_DELAY: Duration = Duration::from_micros(100);
 
 /// Why a stream or connection operation failed.
@@ -132,7 +132,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Takes a bound UDP socket (see [`bind_socket`]), sets up GSO/GRO through quinn-udp,
-    /// and starts the driver task on the current glommio executor. `server_config`, when
+    /// and starts the driver task on the current shard. `server_config`, when
     /// given, builds the config for a connection from a client at the given address;
     /// without it incoming connections are refused.
     pub fn new(
@@ -177,7 +177,7 @@ impl Endpoint {
         }));
         let ep = Endpoint { state };
         let driver = ep.clone();
-        glommio::spawn_local(async move { driver.drive().await }).detach();
+        crate::rt::spawn_local(async move { driver.drive().await }).detach();
         Ok(ep)
     }
 
@@ -273,21 +273,14 @@ impl Endpoint {
     /// The driver: receive, time out, transmit, then sleep until the socket is readable,
     /// a timer is due, or a task has given a connection something to send.
     async fn drive(self) {
-        // A second handle on the same socket for glommio's io_uring readiness peek. It
-        // shares the file description; dup keeps the two owners' lifetimes independent.
-        let peek_socket = {
-            let st = self.state.borrow();
-            // SAFETY: dup returns a new fd that we own from here on.
-            let fd = unsafe { libc::dup(st.socket.as_raw_fd()) };
-            if fd < 0 {
-                eprintln!(
-                    "tpc-xfer: cannot dup UDP socket: {}",
-                    io::Error::last_os_error()
-                );
+        // Readiness comes through a second handle on the same socket, so its owner's
+        // lifetime is independent of the state's.
+        let readiness = match crate::rt::Readable::new(&self.state.borrow().socket) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("tpc-xfer: cannot watch the UDP socket: {e}");
                 return;
             }
-            // SAFETY: fd is a fresh, owned, valid socket descriptor.
-            unsafe { glommio::net::UdpSocket::from_raw_fd(fd) }
         };
         let mut recv_buf = vec![0u8; RECV_BUFFER_BYTES * quinn_udp::BATCH_SIZE];
         let mut send_buf = Vec::with_capacity(GSO_BATCH_BYTES_MAX);
@@ -310,7 +303,7 @@ impl Endpoint {
                 sleep_for = Some(sleep_for.map_or(SEND_RETRY_DELAY, |d| d.min(SEND_RETRY_DELAY)));
             }
             if sleep_for == Some(Duration::ZERO) {
-                glommio::yield_if_needed().await;
+                crate::rt::yield_now().await;
                 continue;
             }
             let nudged = poll_fn(|cx| {
@@ -326,15 +319,10 @@ impl Endpoint {
                 st.driver = Some(cx.waker().clone());
                 Poll::Pending
             });
-            let readable = async {
-                // One byte, not zero: glommio cannot allocate a zero-length buffer for
-                // the operation. MSG_PEEK leaves the datagram queued either way.
-                let mut one = [0u8; 1];
-                let _ = peek_socket.peek_from(&mut one).await;
-            };
+            let readable = readiness.wait();
             let timer = async {
                 match sleep_for {
-                    Some(d) => glommio::timer::sleep(d).await,
+                    Some(d) => crate::rt::sleep(d).await,
                     None => std::future::pending::<()>().await,
                 }
             };

@@ -11,15 +11,15 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
-use glommio::channels::local_channel;
-use glommio::io::{BufferedFile, OpenOptions};
-use glommio::sync::Semaphore;
+use async_channel::{Receiver, Sender};
+use async_lock::Semaphore;
 use tpc_core::assembly::{Assembly, Completed};
 use tpc_core::limits::{CHUNK_SIZE_BYTES, RANGES_IN_FLIGHT_PER_SHARD};
 use tpc_core::plan::{owner, range_shard};
 use tpc_core::{ChunkHash, ChunkPlan, CommitBatcher, FileId, RangeSpan, ShardId};
 
+use crate::mesh::{MeshPeer, Senders};
+use crate::rt::{self, File, ReadBuf};
 use crate::{
     affinity_of_current_thread, file_error, Destination, Durability, FileError, FileOutcome,
     Finished, JobFile, JobSpec, Progress, ShardReport, Stage,
@@ -44,20 +44,23 @@ struct Shard {
     job: Arc<JobSpec>,
     progress: Arc<Progress>,
     assembly: RefCell<Assembly<FileError>>,
-    completed: local_channel::LocalSender<Completed<FileError>>,
+    completed: Sender<Completed<FileError>>,
 }
 
 pub(crate) async fn run(
     id: usize,
     job: Arc<JobSpec>,
-    mesh: MeshBuilder<ShardMsg, Full>,
+    mesh: MeshPeer<ShardMsg>,
     progress: Arc<Progress>,
-) -> io::Result<(ShardReport, Finished)> {
+) -> (ShardReport, Finished) {
     let shard_count = job.shard_count;
-    let (senders, mut receivers) = mesh.join().await.map_err(io::Error::from)?;
+    let MeshPeer {
+        senders,
+        mut receivers,
+    } = mesh;
     assert_eq!(senders.peer_id(), id, "mesh peer order follows shard order");
 
-    let (completed_tx, completed_rx) = local_channel::new_unbounded();
+    let (completed_tx, completed_rx) = async_channel::unbounded();
     let shard = Rc::new(Shard {
         id,
         job: job.clone(),
@@ -103,8 +106,8 @@ pub(crate) async fn run(
     let mut listeners = Vec::new();
     for (_, receiver) in receivers.streams() {
         let shard = shard.clone();
-        listeners.push(glommio::spawn_local(async move {
-            while let Some(msg) = receiver.recv().await {
+        listeners.push(rt::spawn_local(async move {
+            while let Ok(msg) = receiver.recv().await {
                 match msg {
                     ShardMsg::RangeDone {
                         file,
@@ -120,23 +123,19 @@ pub(crate) async fn run(
     }
 
     // Finalizer: commits owned files as they complete.
-    let finalizer = glommio::spawn_local(finalize_loop(shard.clone(), completed_rx, owned));
+    let finalizer = rt::spawn_local(finalize_loop(shard.clone(), completed_rx, owned));
 
     // File work, a bounded number of files at a time.
-    let limit = Rc::new(Semaphore::new(RANGES_IN_FLIGHT_PER_SHARD as u64));
+    let limit = Arc::new(Semaphore::new(RANGES_IN_FLIGHT_PER_SHARD));
     let senders = Rc::new(senders);
     let mut ranges_done = 0u64;
     let mut tasks = Vec::with_capacity(work.len().min(RANGES_IN_FLIGHT_PER_SHARD * 2));
     for (file_id, own, spans) in work {
-        let permit = limit
-            .clone()
-            .acquire_static_permit(1)
-            .await
-            .expect("semaphore never closed");
+        let permit = limit.acquire_arc().await;
         let shard = shard.clone();
         let senders = senders.clone();
         ranges_done += spans.len() as u64;
-        tasks.push(glommio::spawn_local(async move {
+        tasks.push(rt::spawn_local(async move {
             shard.work_file(&senders, file_id, own, &spans).await;
             drop(permit);
         }));
@@ -164,7 +163,7 @@ pub(crate) async fn run(
         ranges: ranges_done,
         files_committed: committed,
     };
-    Ok((report, finished))
+    (report, finished)
 }
 
 impl Shard {
@@ -220,34 +219,26 @@ impl Shard {
         }
     }
 
-    async fn open_pair(
-        &self,
-        file: &JobFile,
-    ) -> Result<(BufferedFile, Option<BufferedFile>), FileError> {
-        let src = BufferedFile::open(&file.src)
+    async fn open_pair(&self, file: &JobFile) -> Result<(File, Option<File>), FileError> {
+        let src = File::open(&file.src)
             .await
-            .map_err(|e| glommio_error(Stage::Read, e))?;
+            .map_err(|e| file_error(Stage::Read, &e))?;
         let Some(meta) = &file.dst else {
             return Ok((src, None));
         };
         // Every shard opens the temporary file with O_CREAT and no O_TRUNC, so the shards
         // writing ranges of one file need no ordering among themselves.
-        let dst = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .buffered_open(&meta.tmp)
+        let dst = File::open_write(&meta.tmp, 0o600, libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .await
-            .map_err(|e| glommio_error(Stage::Write, e))?;
+            .map_err(|e| file_error(Stage::Write, &e))?;
         if file.size_bytes > CHUNK_SIZE_BYTES {
             // Allocating a large file's blocks in one call spares the filesystem an
             // allocation per write, and a full disk is found before any data moves.
             // Every shard asks; after the first, the call finds nothing to do. Files of
             // one chunk are written in one call anyway: there it only costs.
-            dst.pre_allocate(file.size_bytes, false)
+            dst.pre_allocate(file.size_bytes)
                 .await
-                .map_err(|e| glommio_error(Stage::Write, e))?;
+                .map_err(|e| file_error(Stage::Write, &e))?;
         }
         Ok((src, Some(dst)))
     }
@@ -257,8 +248,8 @@ impl Shard {
     async fn work_span(
         &self,
         plan: &ChunkPlan,
-        src: &BufferedFile,
-        dst: Option<&BufferedFile>,
+        src: &File,
+        dst: Option<&File>,
         span: &RangeSpan,
     ) -> Result<Vec<ChunkHash>, FileError> {
         let mut hashes = Vec::with_capacity(span.chunk_count as usize);
@@ -335,7 +326,7 @@ impl Shard {
 /// Commits owned files as they complete; returns their outcomes and how many were committed.
 async fn finalize_loop(
     shard: Rc<Shard>,
-    completed: local_channel::LocalReceiver<Completed<FileError>>,
+    completed: Receiver<Completed<FileError>>,
     owned: usize,
 ) -> (Finished, u64) {
     let mut finished: Finished = Vec::with_capacity(owned);
@@ -343,7 +334,7 @@ async fn finalize_loop(
     let mut batcher = CommitBatcher::default();
     let mut committed = 0u64;
     while finished.len() + batch.len() < owned {
-        let Some(done) = completed.recv().await else {
+        let Ok(done) = completed.recv().await else {
             break;
         };
         match done {
@@ -458,7 +449,7 @@ async fn run_blocking<F>(f: F) -> io::Result<()>
 where
     F: FnOnce() -> io::Result<()> + Send + 'static,
 {
-    glommio::executor().spawn_blocking(f).await
+    rt::spawn_blocking(f).await
 }
 
 fn syncfs_of(path: &Path) -> io::Result<()> {
@@ -470,25 +461,14 @@ fn syncfs_of(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// A glommio error as a `FileError`: the OS error and its plain message, without
-/// glommio's decoration (operation, fd), so one-line reports stay readable and the errno
-/// survives for the exit-code policy.
-fn glommio_error(stage: Stage, e: glommio::GlommioError<()>) -> FileError {
-    match e {
-        glommio::GlommioError::IoError(source)
-        | glommio::GlommioError::EnhancedIoError { source, .. } => file_error(stage, &source),
-        other => file_error(stage, &io::Error::other(other.to_string())),
-    }
-}
-
 /// Reads exactly `len` bytes at `offset`: the bytes of one chunk.
-async fn read_exact_at(file: &BufferedFile, offset: u64, len: usize) -> Result<Chunk, FileError> {
+async fn read_exact_at(file: &File, offset: u64, len: usize) -> Result<Chunk, FileError> {
     let first = file
         .read_at(offset, len)
         .await
-        .map_err(|e| glommio_error(Stage::Read, e))?;
+        .map_err(|e| file_error(Stage::Read, &e))?;
     if first.len() == len {
-        // The common case: one read, and the buffer glommio filled is used as it is.
+        // The common case: one read, and the buffer the driver filled is used as it is.
         return Ok(Chunk::Read(first));
     }
     let mut buf = Vec::with_capacity(len);
@@ -497,7 +477,7 @@ async fn read_exact_at(file: &BufferedFile, offset: u64, len: usize) -> Result<C
         let got = file
             .read_at(offset + buf.len() as u64, len - buf.len())
             .await
-            .map_err(|e| glommio_error(Stage::Read, e))?;
+            .map_err(|e| file_error(Stage::Read, &e))?;
         if got.is_empty() {
             return Err(FileError {
                 stage: Stage::Read,
@@ -510,9 +490,9 @@ async fn read_exact_at(file: &BufferedFile, offset: u64, len: usize) -> Result<C
     Ok(Chunk::Owned(buf))
 }
 
-/// A chunk's bytes: glommio's read buffer, or a buffer assembled from short reads.
+/// A chunk's bytes: the driver's read buffer, or a buffer assembled from short reads.
 enum Chunk {
-    Read(glommio::io::ReadResult),
+    Read(ReadBuf),
     Owned(Vec<u8>),
 }
 
@@ -524,23 +504,23 @@ impl Chunk {
         }
     }
 
-    /// glommio's buffered write takes an owned `Vec`, so a read buffer is copied once.
+    /// Writes take an owned `Vec`, so a glommio read buffer is copied once.
     fn into_vec(self) -> Vec<u8> {
         match self {
-            Chunk::Read(r) => r.to_vec(),
+            Chunk::Read(r) => r.into_vec(),
             Chunk::Owned(v) => v,
         }
     }
 }
 
-async fn write_all_at(file: &BufferedFile, data: Vec<u8>, offset: u64) -> Result<(), FileError> {
+async fn write_all_at(file: &File, data: Vec<u8>, offset: u64) -> Result<(), FileError> {
     let len = data.len();
     let written = file
         .write_at(data, offset)
         .await
-        .map_err(|e| glommio_error(Stage::Write, e))?;
+        .map_err(|e| file_error(Stage::Write, &e))?;
     if written != len {
-        // io_uring writes to a regular file are only short when the device or quota ran
+        // Writes to a regular file are only short when the device or quota ran
         // out mid-write; the next write would fail with ENOSPC, so report that now.
         return Err(FileError {
             stage: Stage::Write,

@@ -1,0 +1,326 @@
+//! The tpc-xfer shard logic on a driver: one pinned shard per core, each reading, hashing
+//! and writing the ranges assigned to it, and finalizing the files it owns; and the QUIC
+//! endpoints and path confinement that remote transfers run on the same shards.
+//!
+//! Every shard runs on one driver, chosen per run (`rt::Driver`): glommio over io_uring,
+//! or the portable readiness loop. The logic here is written once against `rt`.
+//!
+//! A job is a list of files. Every file has an owner shard (`tpc_core::plan::owner`) and
+//! is cut into ranges (`ChunkPlan`), each worked on by `range_shard`. A shard reads its
+//! ranges through its driver, hashes each chunk with BLAKE3 and, for a copy, writes it to
+//! the file's temporary name. It then reports the chunk hashes to the owner — directly
+//! when it is the owner, otherwise as a `ShardMsg` over the channel mesh. The
+//! owner feeds the reports to its `Assembly`; when a file is complete it applies mode and
+//! times through the open fd, and commits it: durable in batches, then renamed into place.
+//!
+//! Shards share nothing mutable. The job's file list is immutable and shared by `Arc`;
+//! progress counters are one cache line per shard, written only by that shard.
+
+pub mod confine;
+pub mod mesh;
+pub mod quic;
+pub mod rt;
+mod shard;
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub use rt::Driver;
+use tpc_core::limits::{JOB_FILES_MAX, SHARDS_MAX};
+use tpc_core::{FileDigest, FileId};
+
+/// One file of a job.
+#[derive(Clone, Debug)]
+pub struct JobFile {
+    /// Path relative to the transfer root; decides the owner shard.
+    pub rel: Vec<u8>,
+    /// Where to read.
+    pub src: PathBuf,
+    /// For a copy: where to write and commit. `None` for a hash-only job.
+    pub dst: Option<Destination>,
+    pub size_bytes: u64,
+}
+
+/// Where a copied file is written and what it looks like when done.
+#[derive(Clone, Debug)]
+pub struct Destination {
+    /// Temporary name in the destination directory; written, then renamed.
+    pub tmp: PathBuf,
+    pub path: PathBuf,
+    /// Permission bits to set (`mode & 0o7777`).
+    pub mode: u32,
+    pub atime: (i64, u32),
+    pub mtime: (i64, u32),
+}
+
+/// How copied files are made durable before they are renamed into place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Batches of files are synced together (`syncfs`), then renamed, then their
+    /// directories are synced. A file is never visible under its name before it is durable.
+    Batch,
+    /// Rename as soon as written; the kernel writes back when it likes.
+    Never,
+}
+
+#[derive(Clone, Debug)]
+pub struct JobSpec {
+    pub files: Vec<JobFile>,
+    pub shard_count: usize,
+    pub durability: Durability,
+    pub driver: Driver,
+}
+
+/// What happened to one file.
+#[derive(Clone, Debug)]
+pub enum FileOutcome {
+    /// Read, hashed and (for a copy) written, durable as requested and in place.
+    Done(FileDigest),
+    Failed(FileError),
+}
+
+/// Why a file failed: which stage, and the OS error.
+#[derive(Clone, Debug)]
+pub struct FileError {
+    pub stage: Stage,
+    pub errno: Option<i32>,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Read,
+    Write,
+    Commit,
+}
+
+/// Per-shard figures for the summary.
+#[derive(Clone, Debug, Default)]
+pub struct ShardReport {
+    pub shard: usize,
+    /// CPUs this executor's thread may run on, read back from the kernel.
+    pub affinity: Vec<usize>,
+    pub bytes: u64,
+    pub ranges: u64,
+    pub files_committed: u64,
+}
+
+pub struct JobReport {
+    pub outcomes: Vec<FileOutcome>,
+    pub shards: Vec<ShardReport>,
+}
+
+/// Live counters for progress display: one cache line per shard, one writer each.
+#[derive(Default)]
+#[repr(align(128))]
+pub struct ShardCounters {
+    pub bytes: AtomicU64,
+    pub files: AtomicU64,
+}
+
+pub struct Progress {
+    pub shards: Vec<ShardCounters>,
+}
+
+impl Progress {
+    pub fn new(shard_count: usize) -> Arc<Self> {
+        Arc::new(Progress {
+            shards: (0..shard_count).map(|_| ShardCounters::default()).collect(),
+        })
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.bytes.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub fn files(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.files.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+#[derive(Debug)]
+pub enum EngineError {
+    TooManyShards {
+        requested: usize,
+        available: usize,
+    },
+    TooManyFiles(usize),
+    /// io_uring or the executor could not start (seccomp, RLIMIT_MEMLOCK, old kernel).
+    Start(String),
+    ShardPanicked(usize),
+}
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineError::TooManyShards {
+                requested,
+                available,
+            } => write!(
+                f,
+                "--cores {requested} asks for more cores than the {available} this process may use"
+            ),
+            EngineError::TooManyFiles(n) => write!(f, "{n} files exceed the per-job limit"),
+            EngineError::Start(e) => write!(f, "cannot start a shard: {e}"),
+            EngineError::ShardPanicked(i) => write!(f, "shard {i} stopped unexpectedly"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+/// CPUs this process may run on, in order (respects `taskset` and cgroup cpusets).
+pub fn usable_cpus() -> Vec<usize> {
+    affinity_of_current_thread()
+}
+
+fn affinity_of_current_thread() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return vec![];
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Runs a job on `spec.shard_count` pinned shards and waits for it.
+pub fn run_job(spec: JobSpec, progress: Arc<Progress>) -> Result<JobReport, EngineError> {
+    if spec.files.len() > JOB_FILES_MAX {
+        return Err(EngineError::TooManyFiles(spec.files.len()));
+    }
+    assert_eq!(
+        progress.shards.len(),
+        spec.shard_count,
+        "progress sized for the job"
+    );
+    let job = Arc::new(spec);
+    let file_count = job.files.len();
+    let results =
+        run_shards::<shard::ShardMsg, _, _, _>(job.driver, job.shard_count, 1024, move |ctx| {
+            shard::run(ctx.shard, job.clone(), ctx.mesh, progress.clone())
+        })?;
+    let mut outcomes: Vec<Option<FileOutcome>> = vec![None; file_count];
+    let mut shards = Vec::with_capacity(results.len());
+    for (report, finished) in results {
+        for (file, outcome) in finished {
+            let slot = &mut outcomes[file.0 as usize];
+            assert!(slot.is_none(), "file finalized by two shards");
+            *slot = Some(outcome);
+        }
+        shards.push(report);
+    }
+    let outcomes = outcomes
+        .into_iter()
+        .map(|o| o.expect("every file has an outcome from its owner"))
+        .collect();
+    Ok(JobReport { outcomes, shards })
+}
+
+/// glommio registers pinned memory for each ring and fails to start when
+/// RLIMIT_MEMLOCK is below it; raise the soft limit to the hard one, which needs no
+/// privilege, so that a low default soft limit does not stop the engine.
+#[cfg(feature = "uring")]
+pub fn raise_memlock_limit() {
+    // SAFETY: getrlimit/setrlimit with a valid, initialised struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim);
+        }
+    }
+}
+
+pub(crate) fn file_error(stage: Stage, err: &io::Error) -> FileError {
+    FileError {
+        stage,
+        errno: err.raw_os_error(),
+        message: err.to_string(),
+    }
+}
+
+pub(crate) type Finished = Vec<(FileId, FileOutcome)>;
+
+/// What a shard started by [`run_shards`] gets: its index, its CPU, and its place in the
+/// channel mesh that connects all shards of the run.
+pub struct ShardContext<M: Send + 'static> {
+    pub shard: usize,
+    pub cpu: usize,
+    pub mesh: mesh::MeshPeer<M>,
+}
+
+/// Runs `body` on `shard_count` shards of `driver`, one pinned to each usable CPU in
+/// order, and returns their results in shard order. The remote transfer code uses this
+/// to run its endpoints and data tasks; `run_job` is the same for the local copy with
+/// its shard logic built in.
+pub fn run_shards<M, R, F, Fut>(
+    driver: Driver,
+    shard_count: usize,
+    mesh_capacity: usize,
+    body: F,
+) -> Result<Vec<R>, EngineError>
+where
+    M: Send + 'static,
+    R: Send + 'static,
+    F: Fn(ShardContext<M>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = R> + 'static,
+{
+    let cpus = usable_cpus();
+    if shard_count == 0 || shard_count > cpus.len() || shard_count > SHARDS_MAX {
+        return Err(EngineError::TooManyShards {
+            requested: shard_count,
+            available: cpus.len().min(SHARDS_MAX),
+        });
+    }
+    #[cfg(feature = "uring")]
+    if driver == Driver::Uring {
+        raise_memlock_limit();
+    }
+    let body = Arc::new(body);
+    let mut handles = Vec::with_capacity(shard_count);
+    for ((shard, &cpu), mesh) in cpus
+        .iter()
+        .enumerate()
+        .zip(mesh::full::<M>(shard_count, mesh_capacity))
+    {
+        let body = body.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("tpc-shard-{shard}"))
+            .spawn(move || {
+                rt::run_here(driver, Some(cpu), async move {
+                    body(ShardContext { shard, cpu, mesh }).await
+                })
+            })
+            .map_err(|e| EngineError::Start(e.to_string()))?;
+        handles.push(handle);
+    }
+    // Join every thread before reporting, so that none is left running on an error. A
+    // shard that cannot start drops its mesh ends, and its peers see it gone.
+    let joined: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+    let mut out = Vec::with_capacity(shard_count);
+    for (i, result) in joined.into_iter().enumerate() {
+        match result {
+            Err(_) => return Err(EngineError::ShardPanicked(i)),
+            Ok(Err(e)) => {
+                return Err(EngineError::Start(format!(
+                    "{} shard {i}: {e}",
+                    driver.name()
+                )))
+            }
+            Ok(Ok(r)) => out.push(r),
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,417 @@
+//! The runtime a shard runs on: the io_uring driver (`tpc-uring`) or the portable one
+//! (`tpc-portable`), chosen per run. The shard logic calls these functions and types and
+//! never a driver directly, so both drivers run the same code.
+//!
+//! Which driver a thread belongs to is set once when its shard starts (`run_here`) and
+//! read by every call; a call from a thread that is no shard is a bug and panics.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::net::UdpSocket;
+use std::ops::Deref;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// Which driver runs the shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    /// glommio executors over io_uring (Linux).
+    #[cfg(feature = "uring")]
+    Uring,
+    /// A readiness loop (epoll / kqueue / IOCP) with std file I/O.
+    Portable,
+}
+
+impl Driver {
+    pub fn name(self) -> &'static str {
+        match self {
+            #[cfg(feature = "uring")]
+            Driver::Uring => "uring",
+            Driver::Portable => "portable",
+        }
+    }
+}
+
+thread_local! {
+    static DRIVER: Cell<Option<Driver>> = const { Cell::new(None) };
+}
+
+/// The driver of the shard on this thread.
+pub fn driver() -> Driver {
+    DRIVER
+        .with(|d| d.get())
+        .expect("runtime calls are made on a shard thread")
+}
+
+/// Runs `fut` to completion on this thread as a shard of `driver`, pinned to `cpu` if
+/// given. Fails if the driver cannot start here.
+pub fn run_here<R>(
+    driver: Driver,
+    cpu: Option<usize>,
+    fut: impl Future<Output = R>,
+) -> io::Result<R> {
+    let previous = DRIVER.with(|d| d.replace(Some(driver)));
+    assert!(previous.is_none(), "one shard per thread");
+    let out = match driver {
+        #[cfg(feature = "uring")]
+        Driver::Uring => tpc_uring::run_here(cpu, fut),
+        Driver::Portable => tpc_portable::run_here(cpu, fut),
+    };
+    DRIVER.with(|d| d.set(None));
+    out
+}
+
+/// Runs `fut` as a shard of `driver` on a new, unpinned thread and waits for it: for
+/// tests and tools that need one endpoint outside a job.
+pub fn run_thread<R, F, Fut>(driver: Driver, body: F) -> io::Result<R>
+where
+    R: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = R>,
+{
+    std::thread::Builder::new()
+        .name("tpc-shard".into())
+        .spawn(move || run_here(driver, None, body()))?
+        .join()
+        .map_err(|_| io::Error::other("shard thread panicked"))?
+}
+
+/// A spawned task: await it for its output, or detach it to let it run on its own.
+pub enum Task<T> {
+    #[cfg(feature = "uring")]
+    Uring(tpc_uring::Task<T>),
+    Portable(tpc_portable::Task<T>),
+}
+
+impl<T> Task<T> {
+    pub fn detach(self) {
+        match self {
+            #[cfg(feature = "uring")]
+            Task::Uring(t) => {
+                t.detach();
+            }
+            Task::Portable(t) => t.detach(),
+        }
+    }
+
+    /// Stops the task; its output if it had already finished.
+    pub async fn cancel(self) -> Option<T> {
+        match self {
+            #[cfg(feature = "uring")]
+            Task::Uring(t) => t.cancel().await,
+            Task::Portable(t) => t.cancel().await,
+        }
+    }
+}
+
+impl<T> Future for Task<T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        // Both task types are Unpin handles.
+        match self.get_mut() {
+            #[cfg(feature = "uring")]
+            Task::Uring(t) => Pin::new(t).poll(cx),
+            Task::Portable(t) => Pin::new(t).poll(cx),
+        }
+    }
+}
+
+/// Spawns a task on this thread's shard.
+pub fn spawn_local<F>(fut: F) -> Task<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    match driver() {
+        #[cfg(feature = "uring")]
+        Driver::Uring => Task::Uring(tpc_uring::spawn_local(fut)),
+        Driver::Portable => Task::Portable(tpc_portable::spawn_local(fut)),
+    }
+}
+
+pub async fn sleep(d: Duration) {
+    match driver() {
+        #[cfg(feature = "uring")]
+        Driver::Uring => tpc_uring::sleep(d).await,
+        Driver::Portable => tpc_portable::sleep(d).await,
+    }
+}
+
+/// Lets the shard's other tasks run (at once on the portable driver, once this task's
+/// time slice is used up on io_uring).
+pub async fn yield_now() {
+    match driver() {
+        #[cfg(feature = "uring")]
+        Driver::Uring => tpc_uring::yield_now().await,
+        Driver::Portable => tpc_portable::yield_now().await,
+    }
+}
+
+/// Runs blocking work off the shard's thread, so its network keeps being served.
+pub async fn spawn_blocking<R, F>(f: F) -> R
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    match driver() {
+        #[cfg(feature = "uring")]
+        Driver::Uring => tpc_uring::spawn_blocking(f).await,
+        Driver::Portable => tpc_portable::spawn_blocking(f).await,
+    }
+}
+
+/// A file for positional reads and writes through the shard's driver.
+pub enum File {
+    #[cfg(feature = "uring")]
+    Uring(tpc_uring::File),
+    Portable(tpc_portable::File),
+}
+
+/// Bytes read from a file: the driver's own buffer, used as it is.
+pub enum ReadBuf {
+    #[cfg(feature = "uring")]
+    Uring(tpc_uring::ReadResult),
+    Portable(Vec<u8>),
+}
+
+impl Deref for ReadBuf {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            #[cfg(feature = "uring")]
+            ReadBuf::Uring(r) => r,
+            ReadBuf::Portable(v) => v,
+        }
+    }
+}
+
+impl ReadBuf {
+    /// The bytes as an owned `Vec`; the portable driver's already is one.
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            #[cfg(feature = "uring")]
+            ReadBuf::Uring(r) => r.to_vec(),
+            ReadBuf::Portable(v) => v,
+        }
+    }
+}
+
+impl File {
+    /// Wraps an fd opened (and confined) elsewhere.
+    pub fn from_fd(fd: OwnedFd) -> File {
+        match driver() {
+            #[cfg(feature = "uring")]
+            Driver::Uring => File::Uring(tpc_uring::File::from_fd(fd)),
+            Driver::Portable => File::Portable(tpc_portable::File::from_std(fd.into())),
+        }
+    }
+
+    pub async fn open(path: &Path) -> io::Result<File> {
+        Ok(match driver() {
+            #[cfg(feature = "uring")]
+            Driver::Uring => File::Uring(tpc_uring::File::open(path).await?),
+            Driver::Portable => File::Portable(tpc_portable::File::open(path).await?),
+        })
+    }
+
+    /// Opens for writing, creating it with `mode` if missing, never truncating; `flags`
+    /// are added to the open flags (O_NOFOLLOW, O_CLOEXEC).
+    pub async fn open_write(path: &Path, mode: u32, flags: i32) -> io::Result<File> {
+        Ok(match driver() {
+            #[cfg(feature = "uring")]
+            Driver::Uring => File::Uring(tpc_uring::File::open_write(path, mode, flags).await?),
+            Driver::Portable => {
+                File::Portable(tpc_portable::File::open_write(path, mode, flags).await?)
+            }
+        })
+    }
+
+    /// Reads up to `len` bytes at `offset`; fewer only at the end of the file.
+    pub async fn read_at(&self, offset: u64, len: usize) -> io::Result<ReadBuf> {
+        Ok(match self {
+            #[cfg(feature = "uring")]
+            File::Uring(f) => ReadBuf::Uring(f.read_at(offset, len).await?),
+            File::Portable(f) => ReadBuf::Portable(f.read_at(offset, len).await?),
+        })
+    }
+
+    /// Writes `data` at `offset`; returns the bytes written (short only when the device
+    /// or quota ran out).
+    pub async fn write_at(&self, data: Vec<u8>, offset: u64) -> io::Result<usize> {
+        match self {
+            #[cfg(feature = "uring")]
+            File::Uring(f) => f.write_at(data, offset).await,
+            File::Portable(f) => f.write_at(data, offset).await,
+        }
+    }
+
+    /// Reserves the blocks of a file of `size` bytes.
+    pub async fn pre_allocate(&self, size: u64) -> io::Result<()> {
+        match self {
+            #[cfg(feature = "uring")]
+            File::Uring(f) => f.pre_allocate(size).await,
+            File::Portable(f) => f.pre_allocate(size).await,
+        }
+    }
+
+    pub async fn close(self) -> io::Result<()> {
+        match self {
+            #[cfg(feature = "uring")]
+            File::Uring(f) => f.close().await,
+            File::Portable(f) => f.close().await,
+        }
+    }
+
+    pub fn as_raw_fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        match self {
+            #[cfg(feature = "uring")]
+            File::Uring(f) => f.as_raw_fd(),
+            File::Portable(f) => f.as_std().as_raw_fd(),
+        }
+    }
+}
+
+/// Tells a task when a UDP socket has a datagram queued, without consuming it.
+pub enum Readable {
+    #[cfg(feature = "uring")]
+    Uring(tpc_uring::Readable),
+    Portable(tpc_portable::Readable),
+}
+
+impl Readable {
+    pub fn new(socket: &UdpSocket) -> io::Result<Readable> {
+        Ok(match driver() {
+            #[cfg(feature = "uring")]
+            Driver::Uring => Readable::Uring(tpc_uring::Readable::new(socket)?),
+            Driver::Portable => Readable::Portable(tpc_portable::Readable::new(socket)?),
+        })
+    }
+
+    pub async fn wait(&self) {
+        match self {
+            #[cfg(feature = "uring")]
+            Readable::Uring(r) => r.wait().await,
+            Readable::Portable(r) => r.wait().await,
+        }
+    }
+}
+
+/// What the user asked for with `--io`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoChoice {
+    /// io_uring where it works, else the portable driver (with a notice).
+    Auto,
+    Uring,
+    Portable,
+}
+
+/// The driver for `choice`, and for `Auto` a one-line notice when it fell back to the
+/// portable driver. An explicit `Uring` that cannot run is an error with the reason.
+pub fn select(choice: IoChoice) -> Result<(Driver, Option<String>), String> {
+    match choice {
+        IoChoice::Portable => Ok((Driver::Portable, None)),
+        IoChoice::Uring => match uring_unusable() {
+            None => Ok((uring_driver(), None)),
+            Some(why) => Err(format!("--io uring: io_uring cannot be used here: {why}")),
+        },
+        IoChoice::Auto => match uring_unusable() {
+            None => Ok((uring_driver(), None)),
+            Some(why) => Ok((
+                Driver::Portable,
+                Some(format!(
+                    "io_uring cannot be used here ({why}); using the portable driver"
+                )),
+            )),
+        },
+    }
+}
+
+#[cfg(feature = "uring")]
+fn uring_driver() -> Driver {
+    Driver::Uring
+}
+
+#[cfg(not(feature = "uring"))]
+fn uring_driver() -> Driver {
+    unreachable!("uring_unusable always answers without the uring feature")
+}
+
+/// Why io_uring shards cannot start here, or `None` if they can. In order: the
+/// `kernel.io_uring_disabled` sysctl; one bare ring (io_uring_setup fails with EPERM
+/// under seccomp, as in Docker's default profile, and with ENOSYS on kernels without it;
+/// glommio would panic there rather than return an error); RLIMIT_MEMLOCK against what
+/// glommio registers; and last a real shard started and stopped, for anything else.
+fn uring_unusable() -> Option<String> {
+    #[cfg(not(feature = "uring"))]
+    {
+        Some("this tpc-xfer was built without the io_uring driver".to_string())
+    }
+    #[cfg(feature = "uring")]
+    {
+        if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+            if v.trim() == "2" {
+                return Some("kernel.io_uring_disabled = 2".to_string());
+            }
+        }
+        if let Err(e) = tpc_uring::probe_ring() {
+            return Some(describe_start_error(&e));
+        }
+        crate::raise_memlock_limit();
+        let memlock = memlock_limit();
+        if memlock < tpc_uring::IO_MEMORY_BYTES as u64 {
+            return Some(format!(
+                "RLIMIT_MEMLOCK is {} KiB; io_uring shards need at least {} KiB",
+                memlock / 1024,
+                tpc_uring::IO_MEMORY_BYTES / 1024
+            ));
+        }
+        let trial = std::thread::Builder::new()
+            .name("tpc-uring-probe".into())
+            .spawn(|| tpc_uring::run_here(None, async {}))
+            .map_err(|e| e.to_string())
+            .and_then(|h| {
+                h.join()
+                    .map_err(|_| "the io_uring probe panicked".to_string())
+            });
+        match trial {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(describe_start_error(&e)),
+            Err(e) => Some(e),
+        }
+    }
+}
+
+/// The start error of an io_uring shard, with the likely cause.
+#[cfg(feature = "uring")]
+fn describe_start_error(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPERM) => {
+            format!("{e}: blocked by a seccomp profile or kernel.io_uring_disabled")
+        }
+        Some(libc::ENOSYS) => format!("{e}: this kernel has no io_uring"),
+        _ => e.to_string(),
+    }
+}
+
+/// The soft RLIMIT_MEMLOCK in bytes (`u64::MAX` when unlimited).
+#[cfg(feature = "uring")]
+fn memlock_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0
+        || lim.rlim_cur == libc::RLIM_INFINITY
+    {
+        return u64::MAX;
+    }
+    lim.rlim_cur
+}

@@ -1,0 +1,232 @@
+//! Portable driver of the tpc-xfer shard logic: one thread per core, each running its
+//! tasks on a local executor over a readiness loop (`async-io`, which is the `polling`
+//! crate: epoll on Linux, kqueue on macOS and the BSDs, IOCP on Windows), with
+//! positional file I/O through std.
+//!
+//! It offers the same primitives as `tpc-uring` (spawn, sleep, yield, blocking work,
+//! files, socket readability); `tpc-engine` chooses one of the two per run, and the
+//! shard logic above them is the same code.
+//!
+//! File I/O here blocks the shard's thread for the length of one `pread` / `pwrite`. That
+//! is the price of portability: the page cache answers most of them quickly, and what
+//! blocks longer (fsync, syncfs) goes through `spawn_blocking`.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::net::UdpSocket;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::Duration;
+
+use async_executor::LocalExecutor;
+
+pub use async_executor::Task;
+
+thread_local! {
+    /// The executor of the shard running on this thread, while it runs.
+    static EXECUTOR: RefCell<Option<Rc<LocalExecutor<'static>>>> = const { RefCell::new(None) };
+}
+
+/// Runs `fut` to completion on this thread as a portable shard, pinned to `cpu` where the
+/// OS allows it; tasks it spawns run on the same thread.
+pub fn run_here<R>(cpu: Option<usize>, fut: impl Future<Output = R>) -> io::Result<R> {
+    if let Some(cpu) = cpu {
+        pin_to(cpu)?;
+    }
+    let executor = Rc::new(LocalExecutor::new());
+    let previous = EXECUTOR.with(|e| e.borrow_mut().replace(executor.clone()));
+    assert!(previous.is_none(), "one portable shard per thread");
+    let out = async_io::block_on(executor.run(fut));
+    EXECUTOR.with(|e| e.borrow_mut().take());
+    Ok(out)
+}
+
+fn executor() -> Rc<LocalExecutor<'static>> {
+    EXECUTOR.with(|e| {
+        e.borrow()
+            .clone()
+            .expect("portable primitives are used on a portable shard thread")
+    })
+}
+
+/// Spawns a task on this thread's shard.
+pub fn spawn_local<F>(fut: F) -> Task<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    executor().spawn(fut)
+}
+
+pub async fn sleep(d: Duration) {
+    async_io::Timer::after(d).await;
+}
+
+/// Lets the other tasks of this shard run before continuing.
+pub async fn yield_now() {
+    futures_lite::future::yield_now().await;
+}
+
+/// Runs blocking work (fsync, syncfs, directory walks) on its own thread, so this shard's
+/// network keeps being served meanwhile.
+pub async fn spawn_blocking<R, F>(f: F) -> R
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let (tx, rx) = async_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("tpc-blocking".into())
+        .spawn(move || {
+            let _ = tx.send_blocking(f());
+        })
+        .expect("cannot start a thread for blocking work");
+    rx.recv()
+        .await
+        .expect("blocking work panicked; its thread ended without a result")
+}
+
+/// A file for positional reads and writes.
+pub struct File {
+    file: std::fs::File,
+}
+
+impl File {
+    pub fn from_std(file: std::fs::File) -> File {
+        File { file }
+    }
+
+    pub async fn open(path: &Path) -> io::Result<File> {
+        Ok(File::from_std(std::fs::File::open(path)?))
+    }
+
+    /// Opens for writing, creating it with `mode` if missing, never truncating; `flags`
+    /// are added to the open flags (O_NOFOLLOW, O_CLOEXEC).
+    pub async fn open_write(path: &Path, mode: u32, flags: i32) -> io::Result<File> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(mode).custom_flags(flags);
+        }
+        #[cfg(not(unix))]
+        let _ = (mode, flags);
+        Ok(File::from_std(options.open(path)?))
+    }
+
+    /// Reads up to `len` bytes at `offset`; fewer only at the end of the file.
+    pub async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            match read_at(&self.file, &mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    /// Writes all of `data` at `offset`; returns the bytes written.
+    pub async fn write_at(&self, data: Vec<u8>, offset: u64) -> io::Result<usize> {
+        let mut done = 0;
+        while done < data.len() {
+            match write_at(&self.file, &data[done..], offset + done as u64) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Reserves the blocks of a file of `size` bytes, so a full disk shows up before the
+    /// data moves; where the OS cannot reserve, the file is only extended.
+    pub async fn pre_allocate(&self, size: u64) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a valid open fd; fallocate only reads its arguments.
+            if unsafe { libc::fallocate(self.file.as_raw_fd(), 0, 0, size as libc::off_t) } == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                return Err(e);
+            }
+        }
+        if self.file.metadata()?.len() < size {
+            self.file.set_len(size)?;
+        }
+        Ok(())
+    }
+
+    pub async fn close(self) -> io::Result<()> {
+        drop(self.file);
+        Ok(())
+    }
+
+    pub fn as_std(&self) -> &std::fs::File {
+        &self.file
+    }
+}
+
+#[cfg(unix)]
+fn read_at(f: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(f, buf, offset)
+}
+
+#[cfg(unix)]
+fn write_at(f: &std::fs::File, buf: &[u8], offset: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::write_at(f, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_at(f: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(f, buf, offset)
+}
+
+#[cfg(windows)]
+fn write_at(f: &std::fs::File, buf: &[u8], offset: u64) -> io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_write(f, buf, offset)
+}
+
+/// Tells a task when a UDP socket has a datagram queued, without consuming it.
+pub struct Readable {
+    socket: async_io::Async<UdpSocket>,
+}
+
+impl Readable {
+    /// Watches `socket` through a second handle on it, so the caller keeps its own.
+    pub fn new(socket: &UdpSocket) -> io::Result<Readable> {
+        Ok(Readable {
+            socket: async_io::Async::new(socket.try_clone()?)?,
+        })
+    }
+
+    pub async fn wait(&self) {
+        let _ = self.socket.readable().await;
+    }
+}
+
+/// Pins this thread to `cpu` (Linux); elsewhere the OS schedules it.
+fn pin_to(cpu: usize) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    // SAFETY: cpu_set_t is plain data; sched_setaffinity reads it for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cpu;
+    Ok(())
+}
