@@ -118,17 +118,16 @@ impl File {
 
     /// Reads up to `len` bytes at `offset`; fewer only at the end of the file.
     pub async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        let mut buf = vec![0u8; len];
-        let mut got = 0;
-        while got < len {
-            match read_at(&self.file, &mut buf[got..], offset + got as u64) {
+        let mut buf = Vec::with_capacity(len);
+        while buf.len() < len {
+            let at = offset + buf.len() as u64;
+            match read_into_spare(&self.file, &mut buf, at) {
                 Ok(0) => break,
-                Ok(n) => got += n,
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        buf.truncate(got);
         Ok(buf)
     }
 
@@ -177,9 +176,31 @@ impl File {
     }
 }
 
+/// One positional read into `buf`'s spare capacity, which grows `buf` by what was read.
+/// On Unix it reads into the uninitialised capacity directly: zeroing a 4 MiB chunk
+/// first would cost a fifth of the read itself.
 #[cfg(unix)]
-fn read_at(f: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    std::os::unix::fs::FileExt::read_at(f, buf, offset)
+fn read_into_spare(f: &std::fs::File, buf: &mut Vec<u8>, offset: u64) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: pread writes at most spare.len() bytes into memory we own; set_len then
+    // covers only bytes it reported written.
+    let n = unsafe {
+        libc::pread(
+            f.as_raw_fd(),
+            spare.as_mut_ptr().cast(),
+            spare.len(),
+            offset as libc::off_t,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    assert!(n <= spare.len(), "pread reads no more than asked");
+    // SAFETY: the first n bytes of the spare capacity were initialised by pread.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
 }
 
 #[cfg(unix)]
@@ -188,8 +209,12 @@ fn write_at(f: &std::fs::File, buf: &[u8], offset: u64) -> io::Result<usize> {
 }
 
 #[cfg(windows)]
-fn read_at(f: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    std::os::windows::fs::FileExt::seek_read(f, buf, offset)
+fn read_into_spare(f: &std::fs::File, buf: &mut Vec<u8>, offset: u64) -> io::Result<usize> {
+    let at = buf.len();
+    buf.resize(buf.capacity(), 0);
+    let r = std::os::windows::fs::FileExt::seek_read(f, &mut buf[at..], offset);
+    buf.truncate(at + *r.as_ref().unwrap_or(&0));
+    r
 }
 
 #[cfg(windows)]
