@@ -38,7 +38,7 @@ Exit codes:
   4  destination not writable (read-only, permission denied, or a directory in the way)
   5  destination full (no space or quota left)
   6  --verify found a mismatch
-  7  engine failure (io_uring unavailable, shard stopped)
+  7  engine failure (--io uring where io_uring cannot be used, shard stopped)
   8  server unreachable, or the connection was lost
   9  authentication failed (unknown or changed server key, client not authorized)
   10 protocol error (the peer sent something invalid, or speaks another version)";

@@ -231,7 +231,7 @@ pub fn run_job(spec: JobSpec, progress: Arc<Progress>) -> Result<JobReport, Engi
 /// glommio registers pinned memory for each ring and fails to start when
 /// RLIMIT_MEMLOCK is below it; raise the soft limit to the hard one, which needs no
 /// privilege, so that a low default soft limit does not stop the engine.
-#[cfg(feature = "uring")]
+#[cfg(uring)]
 pub fn raise_memlock_limit() {
     // SAFETY: getrlimit/setrlimit with a valid, initialised struct.
     unsafe {
@@ -284,11 +284,12 @@ where
             available: cpus.len().min(SHARDS_MAX),
         });
     }
-    #[cfg(feature = "uring")]
+    #[cfg(uring)]
     if driver == Driver::Uring {
         raise_memlock_limit();
     }
     let body = Arc::new(body);
+    let gate = Arc::new(StartGate::new(shard_count));
     let mut handles = Vec::with_capacity(shard_count);
     for ((shard, &cpu), mesh) in cpus
         .iter()
@@ -296,31 +297,193 @@ where
         .zip(mesh::full::<M>(shard_count, mesh_capacity))
     {
         let body = body.clone();
-        let handle = std::thread::Builder::new()
+        let pass = GatePass {
+            gate: gate.clone(),
+            arrived: false,
+        };
+        let spawned = std::thread::Builder::new()
             .name(format!("tpc-shard-{shard}"))
             .spawn(move || {
+                let mut pass = pass;
                 rt::run_here(driver, Some(cpu), async move {
-                    body(ShardContext { shard, cpu, mesh }).await
+                    if !pass.arrive() {
+                        return None;
+                    }
+                    Some(body(ShardContext { shard, cpu, mesh }).await)
                 })
-            })
-            .map_err(|e| EngineError::Start(e.to_string()))?;
-        handles.push(handle);
+            });
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                // The closure, and with it this shard's pass, is gone: the gate counted it
+                // as failed. Count the shards never spawned too, so the ones already
+                // started stop waiting and return at once.
+                for _ in handles.len() + 1..shard_count {
+                    gate.arrive(false, false);
+                }
+                for h in handles {
+                    let _ = h.join();
+                }
+                return Err(EngineError::Start(e.to_string()));
+            }
+        }
     }
-    // Join every thread before reporting, so that none is left running on an error. A
-    // shard that cannot start drops its mesh ends, and its peers see it gone.
+    // Join every thread before reporting, so that none is left running on an error.
     let joined: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
     let mut out = Vec::with_capacity(shard_count);
+    let mut panicked = None;
     for (i, result) in joined.into_iter().enumerate() {
         match result {
-            Err(_) => return Err(EngineError::ShardPanicked(i)),
+            Err(_) => panicked = panicked.or(Some(i)),
             Ok(Err(e)) => {
                 return Err(EngineError::Start(format!(
                     "{} shard {i}: {e}",
                     driver.name()
                 )))
             }
-            Ok(Ok(r)) => out.push(r),
+            // This one started, and stopped because another did not: that one's
+            // result says why.
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(r))) => out.push(r),
         }
     }
-    Ok(out)
+    match panicked {
+        Some(i) => Err(EngineError::ShardPanicked(i)),
+        None => {
+            assert_eq!(
+                out.len(),
+                shard_count,
+                "every shard ran or one says why not"
+            );
+            Ok(out)
+        }
+    }
+}
+
+/// Lets shards run their bodies only once every shard of the run has started, so a shard
+/// that cannot start (its driver failed on that CPU, or it panicked first) stops the run
+/// at once, instead of leaving its peers waiting for it on the mesh for ever.
+struct StartGate {
+    count: usize,
+    /// (shards arrived, all of them started)
+    state: std::sync::Mutex<(usize, bool)>,
+    all_arrived: std::sync::Condvar,
+}
+
+impl StartGate {
+    fn new(count: usize) -> StartGate {
+        StartGate {
+            count,
+            state: std::sync::Mutex::new((0, true)),
+            all_arrived: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Records one shard's start (or failure); with `wait`, waits for the rest and says
+    /// whether every shard started.
+    fn arrive(&self, started: bool, wait: bool) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.0 += 1;
+        st.1 &= started;
+        assert!(st.0 <= self.count, "each shard arrives once");
+        if st.0 == self.count {
+            self.all_arrived.notify_all();
+        }
+        while wait && st.0 < self.count {
+            st = self.all_arrived.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.1
+    }
+}
+
+/// One shard's place at the gate: it arrives as started from inside its executor, or, if
+/// dropped first (the executor never ran it, or the thread unwound), as failed.
+struct GatePass {
+    gate: Arc<StartGate>,
+    arrived: bool,
+}
+
+impl GatePass {
+    /// Blocks this shard's thread until all have arrived. Nothing else runs on it yet.
+    fn arrive(&mut self) -> bool {
+        self.arrived = true;
+        self.gate.arrive(true, true)
+    }
+}
+
+impl Drop for GatePass {
+    fn drop(&mut self) {
+        if !self.arrived {
+            self.gate.arrive(false, false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_gate_opens_only_when_every_shard_started() {
+        let gate = Arc::new(StartGate::new(3));
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let mut pass = GatePass {
+                    gate: gate.clone(),
+                    arrived: false,
+                };
+                std::thread::spawn(move || pass.arrive())
+            })
+            .collect();
+        // The third shard never runs: its pass is dropped, and that counts as failed.
+        drop(GatePass {
+            gate: gate.clone(),
+            arrived: false,
+        });
+        for w in waiters {
+            assert!(!w.join().unwrap(), "a started shard learns a peer did not");
+        }
+    }
+
+    #[test]
+    fn the_start_gate_opens_when_all_arrive() {
+        let gate = Arc::new(StartGate::new(2));
+        let other = {
+            let mut pass = GatePass {
+                gate: gate.clone(),
+                arrived: false,
+            };
+            std::thread::spawn(move || pass.arrive())
+        };
+        let mut pass = GatePass {
+            gate,
+            arrived: false,
+        };
+        assert!(pass.arrive());
+        assert!(other.join().unwrap());
+    }
+
+    #[test]
+    fn run_shards_runs_every_shard_on_the_portable_driver() {
+        let n = usable_cpus().len().min(2);
+        let out = run_shards::<u32, _, _, _>(Driver::Portable, n, 4, move |ctx| async move {
+            assert_eq!(rt::driver(), Driver::Portable);
+            // Each shard sends its index round the ring and gets its predecessor's.
+            let next = (ctx.shard + 1) % n;
+            let prev = (ctx.shard + n - 1) % n;
+            if n > 1 {
+                ctx.mesh
+                    .senders
+                    .send_to(next, ctx.shard as u32)
+                    .await
+                    .unwrap();
+                ctx.mesh.receivers.recv_from(prev).await.unwrap() as usize
+            } else {
+                ctx.shard
+            }
+        })
+        .unwrap();
+        let expect: Vec<usize> = (0..n).map(|i| (i + n - 1) % n).collect();
+        assert_eq!(out, expect);
+    }
 }

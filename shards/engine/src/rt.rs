@@ -20,7 +20,7 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Driver {
     /// glommio executors over io_uring (Linux).
-    #[cfg(feature = "uring")]
+    #[cfg(uring)]
     Uring,
     /// A readiness loop (epoll / kqueue / IOCP) with std file I/O.
     Portable,
@@ -29,7 +29,7 @@ pub enum Driver {
 impl Driver {
     pub fn name(self) -> &'static str {
         match self {
-            #[cfg(feature = "uring")]
+            #[cfg(uring)]
             Driver::Uring => "uring",
             Driver::Portable => "portable",
         }
@@ -57,7 +57,7 @@ pub fn run_here<R>(
     let previous = DRIVER.with(|d| d.replace(Some(driver)));
     assert!(previous.is_none(), "one shard per thread");
     let out = match driver {
-        #[cfg(feature = "uring")]
+        #[cfg(uring)]
         Driver::Uring => tpc_uring::run_here(cpu, fut),
         Driver::Portable => tpc_portable::run_here(cpu, fut),
     };
@@ -82,7 +82,7 @@ where
 
 /// A spawned task: await it for its output, or detach it to let it run on its own.
 pub enum Task<T> {
-    #[cfg(feature = "uring")]
+    #[cfg(uring)]
     Uring(tpc_uring::Task<T>),
     Portable(tpc_portable::Task<T>),
 }
@@ -90,7 +90,7 @@ pub enum Task<T> {
 impl<T> Task<T> {
     pub fn detach(self) {
         match self {
-            #[cfg(feature = "uring")]
+            #[cfg(uring)]
             Task::Uring(t) => {
                 t.detach();
             }
@@ -101,7 +101,7 @@ impl<T> Task<T> {
     /// Stops the task; its output if it had already finished.
     pub async fn cancel(self) -> Option<T> {
         match self {
-            #[cfg(feature = "uring")]
+            #[cfg(uring)]
             Task::Uring(t) => t.cancel().await,
             Task::Portable(t) => t.cancel().await,
         }
@@ -114,7 +114,7 @@ impl<T> Future for Task<T> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
         // Both task types are Unpin handles.
         match self.get_mut() {
-            #[cfg(feature = "uring")]
+            #[cfg(uring)]
             Task::Uring(t) => Pin::new(t).poll(cx),
             Task::Portable(t) => Pin::new(t).poll(cx),
         }
@@ -128,7 +128,7 @@ where
     F::Output: 'static,
 {
     match driver() {
-        #[cfg(feature = "uring")]
+        #[cfg(uring)]
         Driver::Uring => Task::Uring(tpc_uring::spawn_local(fut)),
         Driver::Portable => Task::Portable(tpc_portable::spawn_local(fut)),
     }
@@ -136,7 +136,7 @@ where
 
 pub async fn sleep(d: Duration) {
     match driver() {
-        #[cfg(feature = "uring")]
+        #[cfg(uring)]
         Driver::Uring => tpc_uring::sleep(d).await,
         Driver::Portable => tpc_portable::sleep(d).await,
     }
@@ -146,7 +146,7 @@ pub async fn sleep(d: Duration) {
 /// time slice is used up on io_uring).
 pub async fn yield_now() {
     match driver() {
-        #[cfg(feature = "uring")]
+        #[cfg(uring)]
         Driver::Uring => tpc_uring::yield_now().await,
         Driver::Portable => tpc_portable::yield_now().await,
     }
@@ -159,7 +159,7 @@ where
     R: Send + 'static,
 {
     match driver() {
-        #[cfg(feature = "uring")]
+        #[cfg(uring)]
         Driver::Uring => tpc_uring::spawn_blocking(f).await,
         Driver::Portable => tpc_portable::spawn_blocking(f).await,
     }
@@ -167,14 +167,14 @@ where
 
 /// A file for positional reads and writes through the shard's driver.
 pub enum File {
-    #[cfg(feature = "uring")]
+    #[cfg(uring)]
     Uring(tpc_uring::File),
     Portable(tpc_portable::File),
 }
 
 /// Bytes read from a file: the driver's own buffer, used as it is.
 pub enum ReadBuf {
-    #[cfg(feature = "uring")]
+    #[cfg(uring)]
     Uring(tpc_uring::ReadResult),
     Portable(Vec<u8>),
 }
@@ -184,7 +184,7 @@ impl Deref for ReadBuf {
 
     fn deref(&self) -> &[u8] {
         match self {
-            #[cfg(feature = "uring")]
+            #[cfg(uring)]
             ReadBuf::Uring(r) => r,
             ReadBuf::Portable(v) => v,
         }
@@ -195,7 +195,7 @@ impl ReadBuf {
     /// The bytes as an owned `Vec`; the portable driver's already is one.
     pub fn into_vec(self) -> Vec<u8> {
         match self {
-            #[cfg(feature = "uring")]
+            #[cfg(uring)]
             ReadBuf::Uring(r) => r.to_vec(),
             ReadBuf::Portable(v) => v,
         }
@@ -206,7 +206,7 @@ impl File {
     /// Wraps an fd opened (and confined) elsewhere.
     pub fn from_fd(fd: OwnedFd) -> File {
         match driver() {
-            #[cfg(feature = "uring")]
+            #[cfg(uring)]
             Driver::Uring => File::Uring(tpc_uring::File::from_fd(fd)),
             Driver::Portable => File::Portable(tpc_portable::File::from_std(fd.into())),
         }
@@ -214,7 +214,7 @@ impl File {
 
     pub async fn open(path: &Path) -> io::Result<File> {
         Ok(match driver() {
-            #[cfg(feature = "uring")]
+            #[cfg(uring)]
             Driver::Uring => File::Uring(tpc_uring::File::open(path).await?),
             Driver::Portable => File::Portable(tpc_portable::File::open(path).await?),
         })
@@ -224,7 +224,7 @@ impl File {
     /// are added to the open flags (O_NOFOLLOW, O_CLOEXEC).
     pub async fn open_write(path: &Path, mode: u32, flags: i32) -> io::Result<File> {
         Ok(match driver() {
-            #[cfg(feature = "uring")]
+            #[cfg(uring)]
             Driver::Uring => File::Uring(tpc_uring::File::open_write(path, mode, flags).await?),
             Driver::Portable => {
                 File::Portable(tpc_portable::File::open_write(path, mode, flags).await?)
@@ -235,7 +235,7 @@ impl File {
     /// Reads up to `len` bytes at `offset`; fewer only at the end of the file.
     pub async fn read_at(&self, offset: u64, len: usize) -> io::Result<ReadBuf> {
         Ok(match self {
-            #[cfg(feature = "uring")]
+            #[cfg(uring)]
             File::Uring(f) => ReadBuf::Uring(f.read_at(offset, len).await?),
             File::Portable(f) => ReadBuf::Portable(f.read_at(offset, len).await?),
         })
@@ -245,7 +245,7 @@ impl File {
     /// or quota ran out).
     pub async fn write_at(&self, data: Vec<u8>, offset: u64) -> io::Result<usize> {
         match self {
-            #[cfg(feature = "uring")]
+            #[cfg(uring)]
             File::Uring(f) => f.write_at(data, offset).await,
             File::Portable(f) => f.write_at(data, offset).await,
         }
@@ -254,7 +254,7 @@ impl File {
     /// Reserves the blocks of a file of `size` bytes.
     pub async fn pre_allocate(&self, size: u64) -> io::Result<()> {
         match self {
-            #[cfg(feature = "uring")]
+            #[cfg(uring)]
             File::Uring(f) => f.pre_allocate(size).await,
             File::Portable(f) => f.pre_allocate(size).await,
         }
@@ -262,7 +262,7 @@ impl File {
 
     pub async fn close(self) -> io::Result<()> {
         match self {
-            #[cfg(feature = "uring")]
+            #[cfg(uring)]
             File::Uring(f) => f.close().await,
             File::Portable(f) => f.close().await,
         }
@@ -271,7 +271,7 @@ impl File {
     pub fn as_raw_fd(&self) -> i32 {
         use std::os::fd::AsRawFd;
         match self {
-            #[cfg(feature = "uring")]
+            #[cfg(uring)]
             File::Uring(f) => f.as_raw_fd(),
             File::Portable(f) => f.as_std().as_raw_fd(),
         }
@@ -280,7 +280,7 @@ impl File {
 
 /// Tells a task when a UDP socket has a datagram queued, without consuming it.
 pub enum Readable {
-    #[cfg(feature = "uring")]
+    #[cfg(uring)]
     Uring(tpc_uring::Readable),
     Portable(tpc_portable::Readable),
 }
@@ -288,7 +288,7 @@ pub enum Readable {
 impl Readable {
     pub fn new(socket: &UdpSocket) -> io::Result<Readable> {
         Ok(match driver() {
-            #[cfg(feature = "uring")]
+            #[cfg(uring)]
             Driver::Uring => Readable::Uring(tpc_uring::Readable::new(socket)?),
             Driver::Portable => Readable::Portable(tpc_portable::Readable::new(socket)?),
         })
@@ -296,7 +296,7 @@ impl Readable {
 
     pub async fn wait(&self) {
         match self {
-            #[cfg(feature = "uring")]
+            #[cfg(uring)]
             Readable::Uring(r) => r.wait().await,
             Readable::Portable(r) => r.wait().await,
         }
@@ -333,12 +333,12 @@ pub fn select(choice: IoChoice) -> Result<(Driver, Option<String>), String> {
     }
 }
 
-#[cfg(feature = "uring")]
+#[cfg(uring)]
 fn uring_driver() -> Driver {
     Driver::Uring
 }
 
-#[cfg(not(feature = "uring"))]
+#[cfg(not(uring))]
 fn uring_driver() -> Driver {
     unreachable!("uring_unusable always answers without the uring feature")
 }
@@ -349,11 +349,11 @@ fn uring_driver() -> Driver {
 /// glommio would panic there rather than return an error); RLIMIT_MEMLOCK against what
 /// glommio registers; and last a real shard started and stopped, for anything else.
 fn uring_unusable() -> Option<String> {
-    #[cfg(not(feature = "uring"))]
+    #[cfg(not(uring))]
     {
         Some("this tpc-xfer was built without the io_uring driver".to_string())
     }
-    #[cfg(feature = "uring")]
+    #[cfg(uring)]
     {
         if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
             if v.trim() == "2" {
@@ -365,21 +365,26 @@ fn uring_unusable() -> Option<String> {
         }
         crate::raise_memlock_limit();
         let memlock = memlock_limit();
-        if memlock < tpc_uring::IO_MEMORY_BYTES as u64 {
+        if memlock < tpc_uring::MEMLOCK_MIN_BYTES {
             return Some(format!(
                 "RLIMIT_MEMLOCK is {} KiB; io_uring shards need at least {} KiB",
                 memlock / 1024,
-                tpc_uring::IO_MEMORY_BYTES / 1024
+                tpc_uring::MEMLOCK_MIN_BYTES / 1024
             ));
         }
+        // glommio reports some start failures by panicking; keep the default hook from
+        // printing a backtrace where one line of notice is due. Nothing else runs yet.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
         let trial = std::thread::Builder::new()
             .name("tpc-uring-probe".into())
             .spawn(|| tpc_uring::run_here(None, async {}))
             .map_err(|e| e.to_string())
             .and_then(|h| {
                 h.join()
-                    .map_err(|_| "the io_uring probe panicked".to_string())
+                    .map_err(|_| "glommio could not start an executor".to_string())
             });
+        std::panic::set_hook(hook);
         match trial {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(describe_start_error(&e)),
@@ -389,7 +394,7 @@ fn uring_unusable() -> Option<String> {
 }
 
 /// The start error of an io_uring shard, with the likely cause.
-#[cfg(feature = "uring")]
+#[cfg(uring)]
 fn describe_start_error(e: &io::Error) -> String {
     match e.raw_os_error() {
         Some(libc::EPERM) => {
@@ -401,7 +406,7 @@ fn describe_start_error(e: &io::Error) -> String {
 }
 
 /// The soft RLIMIT_MEMLOCK in bytes (`u64::MAX` when unlimited).
-#[cfg(feature = "uring")]
+#[cfg(uring)]
 fn memlock_limit() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

@@ -7,6 +7,10 @@
 //! files, socket readability); `tpc-engine` chooses one of the two per run, and the
 //! shard logic above them is the same code.
 //!
+//! One compromise on shared-nothing: async-io has one reactor per process, so the
+//! shards' sockets share one epoll set, and whichever shard is idle polls it and wakes
+//! the others' tasks. Each shard still runs its own tasks on its own thread.
+//!
 //! File I/O here blocks the shard's thread for the length of one `pread` / `pwrite`. That
 //! is the price of portability: the page cache answers most of them quickly, and what
 //! blocks longer (fsync, syncfs) goes through `spawn_blocking`.
@@ -68,23 +72,14 @@ pub async fn yield_now() {
     futures_lite::future::yield_now().await;
 }
 
-/// Runs blocking work (fsync, syncfs, directory walks) on its own thread, so this shard's
-/// network keeps being served meanwhile.
+/// Runs blocking work (fsync, syncfs, directory walks) on the `blocking` crate's thread
+/// pool, so this shard's network keeps being served meanwhile.
 pub async fn spawn_blocking<R, F>(f: F) -> R
 where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    let (tx, rx) = async_channel::bounded(1);
-    std::thread::Builder::new()
-        .name("tpc-blocking".into())
-        .spawn(move || {
-            let _ = tx.send_blocking(f());
-        })
-        .expect("cannot start a thread for blocking work");
-    rx.recv()
-        .await
-        .expect("blocking work panicked; its thread ended without a result")
+    blocking::unblock(f).await
 }
 
 /// A file for positional reads and writes.
@@ -121,7 +116,8 @@ impl File {
         let mut buf = Vec::with_capacity(len);
         while buf.len() < len {
             let at = offset + buf.len() as u64;
-            match read_into_spare(&self.file, &mut buf, at) {
+            let want = len - buf.len();
+            match read_into_spare(&self.file, &mut buf, want, at) {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -146,24 +142,27 @@ impl File {
     }
 
     /// Reserves the blocks of a file of `size` bytes, so a full disk shows up before the
-    /// data moves; where the OS cannot reserve, the file is only extended.
+    /// data moves: fallocate on Linux, failing as the io_uring driver's does; elsewhere
+    /// the file is only extended (sparse), which is all std offers.
     pub async fn pre_allocate(&self, size: u64) -> io::Result<()> {
         #[cfg(target_os = "linux")]
         {
             use std::os::fd::AsRawFd;
+            let len = libc::off_t::try_from(size)
+                .map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
             // SAFETY: a valid open fd; fallocate only reads its arguments.
-            if unsafe { libc::fallocate(self.file.as_raw_fd(), 0, 0, size as libc::off_t) } == 0 {
-                return Ok(());
+            if unsafe { libc::fallocate(self.file.as_raw_fd(), 0, 0, len) } != 0 {
+                return Err(io::Error::last_os_error());
             }
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
-                return Err(e);
+            Ok(())
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            if self.file.metadata()?.len() < size {
+                self.file.set_len(size)?;
             }
+            Ok(())
         }
-        if self.file.metadata()?.len() < size {
-            self.file.set_len(size)?;
-        }
-        Ok(())
     }
 
     pub async fn close(self) -> io::Result<()> {
@@ -176,28 +175,29 @@ impl File {
     }
 }
 
-/// One positional read into `buf`'s spare capacity, which grows `buf` by what was read.
-/// On Unix it reads into the uninitialised capacity directly: zeroing a 4 MiB chunk
-/// first would cost a fifth of the read itself.
+/// One positional read of at most `want` bytes into `buf`'s spare capacity (which must
+/// hold them), growing `buf` by what was read. On Unix it reads into the uninitialised
+/// capacity directly: zeroing a 4 MiB chunk first would cost a fifth of the read itself.
 #[cfg(unix)]
-fn read_into_spare(f: &std::fs::File, buf: &mut Vec<u8>, offset: u64) -> io::Result<usize> {
+fn read_into_spare(
+    f: &std::fs::File,
+    buf: &mut Vec<u8>,
+    want: usize,
+    offset: u64,
+) -> io::Result<usize> {
     use std::os::fd::AsRawFd;
+    let offset =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
     let spare = buf.spare_capacity_mut();
-    // SAFETY: pread writes at most spare.len() bytes into memory we own; set_len then
-    // covers only bytes it reported written.
-    let n = unsafe {
-        libc::pread(
-            f.as_raw_fd(),
-            spare.as_mut_ptr().cast(),
-            spare.len(),
-            offset as libc::off_t,
-        )
-    };
+    assert!(want <= spare.len(), "the buffer holds what is asked");
+    // SAFETY: pread writes at most `want` bytes into memory we own; set_len then covers
+    // only bytes it reported written.
+    let n = unsafe { libc::pread(f.as_raw_fd(), spare.as_mut_ptr().cast(), want, offset) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
     let n = n as usize;
-    assert!(n <= spare.len(), "pread reads no more than asked");
+    assert!(n <= want, "pread reads no more than asked");
     // SAFETY: the first n bytes of the spare capacity were initialised by pread.
     unsafe { buf.set_len(buf.len() + n) };
     Ok(n)
@@ -209,9 +209,14 @@ fn write_at(f: &std::fs::File, buf: &[u8], offset: u64) -> io::Result<usize> {
 }
 
 #[cfg(windows)]
-fn read_into_spare(f: &std::fs::File, buf: &mut Vec<u8>, offset: u64) -> io::Result<usize> {
+fn read_into_spare(
+    f: &std::fs::File,
+    buf: &mut Vec<u8>,
+    want: usize,
+    offset: u64,
+) -> io::Result<usize> {
     let at = buf.len();
-    buf.resize(buf.capacity(), 0);
+    buf.resize(at + want, 0);
     let r = std::os::windows::fs::FileExt::seek_read(f, &mut buf[at..], offset);
     buf.truncate(at + *r.as_ref().unwrap_or(&0));
     r

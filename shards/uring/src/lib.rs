@@ -24,6 +24,10 @@ pub use glommio::Task;
 /// reads and writes buffered, so keep it small to fit a default RLIMIT_MEMLOCK of 8 MiB.
 pub const IO_MEMORY_BYTES: usize = 512 << 10;
 
+/// The RLIMIT_MEMLOCK below which glommio refuses to start an executor (its own check,
+/// independent of `IO_MEMORY_BYTES`).
+pub const MEMLOCK_MIN_BYTES: u64 = 512 << 10;
+
 /// Runs `fut` to completion on this thread as an io_uring shard, pinned to `cpu` if
 /// given. Fails if the ring cannot be set up (seccomp, RLIMIT_MEMLOCK, old kernel).
 pub fn run_here<R>(cpu: Option<usize>, fut: impl Future<Output = R>) -> io::Result<R> {
