@@ -2,14 +2,14 @@
 # The portable driver against the io_uring driver, side by side in one run (issue 5):
 # a local copy and a push over QUIC on loopback of the 2 GiB random file and of the
 # 20,000-file tree, median of RUNS with a warm page cache, durable (the default --fsync).
-# Prints a markdown table (as quoted in PERFORMANCE.md) and writes it, with hyperfine's
-# JSON, under $BENCH_DIR/results/drivers-DATE-COMMIT/.
+# Prints a markdown table (as quoted in PERFORMANCE.md) and writes it, with every run's
+# figures (runs.tsv) and JSON, under $BENCH_DIR/results/drivers-DATE-COMMIT/.
 #
 #   tools/bench-drivers.sh               # 5 runs each
 #   RUNS=3 BIG_MB=256 SMALL_COUNT=2000 tools/bench-drivers.sh    # a quick look
 #
-# CPU seconds are the client's (hyperfine) plus, for a push, the server's, read from
-# /proc before and after; both are per run.
+# CPU seconds are the client's (GNU time) plus, for a push, the server's (read from
+# /proc before and after); the table gives the median per run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
@@ -21,7 +21,7 @@ BENCH_DIR=${BENCH_DIR:-/var/tmp/tpc-bench-remote}
 SETTLE=${SETTLE:-70}
 
 need=()
-for tool in hyperfine:hyperfine python3:python3; do
+for tool in python3:python3 bc:bc /usr/bin/time:time; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -73,54 +73,62 @@ done
 warm() { find "$BIG" "$SMALL" -type f -exec cat {} + >/dev/null; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
-
-# bench NAME IO CMD PREPARE: hyperfine over RUNS; the server's CPU of a push is added.
-bench() {
-  local name=$1 io=$2 cmd=$3 prepare=$4 before after
-  warm
-  before=$(ticks "${PID[$io]}")
-  hyperfine --style none --runs "$RUNS" --prepare "$prepare" \
-    --export-json "$RES/$name.json" "$cmd" >/dev/null
-  after=$(ticks "${PID[$io]}")
-  echo "$(( after - before ))" >"$RES/$name.server-ticks"
-}
 settle() { sync; sleep "$SETTLE"; }
 
-for io in uring portable; do
-  echo "== $io: 2 GiB file, local copy" >&2
-  bench "big-local-$io" "$io" "$TPC copy -q --io $io $BIG $RUN/out/big" \
-    "rm -rf $RUN/out; mkdir -p $RUN/out; sync"
-  echo "== $io: 2 GiB file, push on loopback" >&2
-  bench "big-push-$io" "$io" \
-    "$TPC copy -q --io $io --state $RUN/client-state $BIG tpc://127.0.0.1:${PORT[$io]}/big" \
-    "rm -rf $RUN/root-$io/*; sync"
-done
-rm -rf "$RUN/out" "$RUN"/root-*/*
-settle
-for io in uring portable; do
-  echo "== $io: $SMALL_COUNT files, local copy" >&2
-  # A fresh destination per run; none deleted in between, so no run pays for deletes.
-  bench "small-local-$io" "$io" \
-    "d=\$(mktemp -d -p $RUN/out); $TPC copy -q --io $io $SMALL/ \$d" "mkdir -p $RUN/out; sync"
-  rm -rf "$RUN/out"
-  settle
-  echo "== $io: $SMALL_COUNT files, push on loopback" >&2
-  bench "small-push-$io" "$io" \
-    "$TPC copy -q --io $io --state $RUN/client-state $SMALL/ tpc://127.0.0.1:${PORT[$io]}/small-\$(date +%s%N)" \
-    "sync"
-  rm -rf "$RUN/root-$io"/*
-  settle
-done
+# pair CASE PREPARE: RUNS rounds; each round runs the case once on each driver, the
+# order alternating, so that both meet the same filesystem state (after deleting many
+# files, ext4 here stays slow for longer than any settle: measured, both drivers alike).
+# The command is case_cmd CASE IO. Appends "case io wall user sys server_s" to runs.tsv.
+pair() {
+  local case=$1 prepare=$2 round io order t0 t1 before after
+  warm
+  for round in $(seq 1 "$RUNS"); do
+    if [ $((round % 2)) = 1 ]; then order="uring portable"; else order="portable uring"; fi
+    for io in $order; do
+      sh -c "$prepare"
+      before=$(ticks "${PID[$io]}")
+      t0=$(date +%s.%N)
+      /usr/bin/time -f "%U %S" -o "$RUN/cpu" sh -c "$(case_cmd "$case" "$io")"
+      t1=$(date +%s.%N)
+      after=$(ticks "${PID[$io]}")
+      echo "$case $io $(echo "$t1 - $t0" | bc) $(cat "$RUN/cpu") $(echo "scale=3; ($after - $before) / $HZ" | bc)" >>"$RES/runs.tsv"
+    done
+  done
+}
 
-python3 - "$RES" "$HZ" "$BIG_MB" "$SMALL_COUNT" "$RUNS" "$COMMIT" <<'PY' | tee "$RES/report.md"
-import json, statistics, sys
-res, hz, big_mb, small, runs, commit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
-def t(name):
-    r = json.load(open(f"{res}/{name}.json"))["results"][0]
-    ticks = int(open(f"{res}/{name}.server-ticks").read())
-    cpu = (r["user"] + r["system"]) + (ticks / hz / runs if "push" in name else 0)
-    return statistics.median(r["times"]), min(r["times"]), max(r["times"]), cpu
-print(f"### Drivers side by side (commit {commit}, median of {runs})\n")
+case_cmd() {
+  local case=$1 io=$2 push="$TPC copy -q --io $2 --state $RUN/client-state"
+  case $case in
+    big-local) echo "$TPC copy -q --io $io $BIG $RUN/out/big-$io" ;;
+    big-push) echo "$push $BIG tpc://127.0.0.1:${PORT[$io]}/big" ;;
+    # A fresh destination per run; none deleted in between, so no run pays for deletes.
+    small-local) echo "$TPC copy -q --io $io $SMALL/ \$(mktemp -d -p $RUN/out)" ;;
+    small-push) echo "$push $SMALL/ tpc://127.0.0.1:${PORT[$io]}/small-\$(date +%s%N)" ;;
+  esac
+}
+
+mkdir -p "$RUN/out"
+echo "== 2 GiB file, local copy" >&2
+pair big-local "rm -rf $RUN/out/big-*; sync"
+echo "== 2 GiB file, push on loopback" >&2
+pair big-push "rm -rf $RUN/root-uring/* $RUN/root-portable/*; sync"
+rm -rf "$RUN/out"/* "$RUN"/root-*/*
+settle
+echo "== $SMALL_COUNT files, local copy" >&2
+pair small-local "sync"
+rm -rf "$RUN/out"/*
+settle
+echo "== $SMALL_COUNT files, push on loopback" >&2
+pair small-push "sync"
+
+python3 - "$RES" "$BIG_MB" "$SMALL_COUNT" "$RUNS" "$COMMIT" <<'PY' | tee "$RES/report.md"
+import collections, json, statistics, sys
+res, big_mb, small, runs, commit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+rows = collections.defaultdict(list)
+for line in open(f"{res}/runs.tsv"):
+    case, io, wall, user, sys_, server = line.split()
+    rows[(case, io)].append((float(wall), float(user) + float(sys_) + float(server)))
+print(f"### Drivers side by side (commit {commit}, median of {runs}, drivers alternating)\n")
 print("| case | driver | median s | min s | max s | GB/s | CPU s per run | portable / uring time |")
 print("|---|---|---|---|---|---|---|---|")
 out = {}
@@ -128,12 +136,14 @@ for case, label, nbytes in [("big-local", f"{big_mb} MiB file, local copy", big_
                             ("big-push", f"{big_mb} MiB file, push on loopback", big_mb << 20),
                             ("small-local", f"{small} files of 8 KiB, local copy", small * 8192),
                             ("small-push", f"{small} files of 8 KiB, push on loopback", small * 8192)]:
-    u = t(f"{case}-uring")
+    med_u = statistics.median(w for w, _ in rows[(case, "uring")])
     for io in ("uring", "portable"):
-        med, lo, hi, cpu = t(f"{case}-{io}")
-        ratio = f"{med / u[0]:.2f}x" if io == "portable" else ""
-        print(f"| {label} | {io} | {med:.3f} | {lo:.3f} | {hi:.3f} | {nbytes / med / 1e9:.2f} | {cpu:.2f} | {ratio} |")
-        out[f"{case}-{io}"] = {"median_s": med, "min_s": lo, "max_s": hi, "cpu_s": cpu, "bytes": nbytes}
+        walls = [w for w, _ in rows[(case, io)]]
+        cpu = statistics.median(c for _, c in rows[(case, io)])
+        med = statistics.median(walls)
+        ratio = f"{med / med_u:.2f}x" if io == "portable" else ""
+        print(f"| {label} | {io} | {med:.3f} | {min(walls):.3f} | {max(walls):.3f} | {nbytes / med / 1e9:.2f} | {cpu:.2f} | {ratio} |")
+        out[f"{case}-{io}"] = {"median_s": med, "min_s": min(walls), "max_s": max(walls), "runs_s": walls, "cpu_s": cpu, "bytes": nbytes}
 json.dump(out, open(f"{res}/report.json", "w"), indent=1)
 PY
 echo "Command: \`RUNS=$RUNS BIG_MB=$BIG_MB SMALL_COUNT=$SMALL_COUNT tools/bench-drivers.sh\`" | tee -a "$RES/report.md"

@@ -1,0 +1,198 @@
+//! Set-up shared by the engine benchmarks: scratch files, the drivers to compare, shard
+//! threads that time their own work, and an authenticated QUIC client and server on
+//! loopback, each on its own shard thread, as in a real transfer.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tpc_engine::quic::{bind_socket, Connection, Endpoint, RecvStream, SendStream};
+use tpc_engine::rt::{self, Driver, IoChoice};
+use tpc_xfer::auth::{
+    quic_client_config, quic_server_config, AuthorizedClients, Identity, KnownServers, ServerTrust,
+};
+use tpc_xfer::remote::transport_config;
+
+/// The drivers that run here: io_uring where this host allows it, and portable.
+pub fn drivers() -> Vec<Driver> {
+    let mut d = Vec::new();
+    if let Ok((driver, None)) = rt::select(IoChoice::Uring) {
+        d.push(driver);
+    }
+    d.push(Driver::Portable);
+    d
+}
+
+/// A scratch directory under the system temp dir, removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("tpc-bench-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A file of `size` incompressible bytes (BLAKE3 XOF of a seed), read once so that the
+/// benchmarks measure the engine, not the disk.
+pub fn random_file(path: &Path, size: u64) {
+    use std::io::{Read, Write};
+    let mut xof = blake3::Hasher::new().update(b"tpc-bench").finalize_xof();
+    let mut out = std::fs::File::create(path).expect("create");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        xof.fill(&mut buf[..n]);
+        out.write_all(&buf[..n]).expect("write");
+        left -= n as u64;
+    }
+    out.sync_all().expect("sync");
+    let mut sink = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut sink))
+        .expect("read back");
+}
+
+/// Runs `iters` repetitions of `work` on a fresh shard of `driver` and returns the time
+/// they took, measured on the shard (thread and executor start-up excluded): the shape
+/// criterion's `iter_custom` wants.
+pub fn timed_on<F, Fut>(driver: Driver, iters: u64, work: F) -> Duration
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()>,
+{
+    rt::run_thread(driver, move || async move {
+        let start = Instant::now();
+        for _ in 0..iters {
+            work().await;
+        }
+        start.elapsed()
+    })
+    .expect("bench shard runs")
+}
+
+/// What the client of a [`QuicPair`] is asked to do; it answers with the time it took.
+pub type Job = Box<dyn FnOnce(Connection) -> std::pin::Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+/// A QUIC server and client on loopback, each on its own shard thread of `driver`,
+/// connected once. The server answers every stream with `serve`; the client runs each
+/// [`Job`] given to `run` and reports how long it took.
+pub struct QuicPair {
+    /// Key pairs and known-servers of both ends, for the connection's lifetime.
+    _keys: Scratch,
+    jobs: async_channel::Sender<(Job, std::sync::mpsc::Sender<Duration>)>,
+    client: Option<std::thread::JoinHandle<()>>,
+    server: Option<std::thread::JoinHandle<()>>,
+}
+
+impl QuicPair {
+    pub fn start<S, SFut>(driver: Driver, serve: S) -> QuicPair
+    where
+        S: Fn(SendStream, RecvStream) -> SFut + Send + Sync + 'static,
+        SFut: Future<Output = ()> + 'static,
+    {
+        let keys = Scratch::new("quic-keys");
+        let server_id = Identity::load_or_create(&keys.path("server")).expect("server key");
+        let client_id = Identity::load_or_create(&keys.path("client")).expect("client key");
+        std::fs::write(
+            keys.path("server/authorized-clients"),
+            format!("{}\n", client_id.fingerprint()),
+        )
+        .expect("authorize");
+        let authorized = AuthorizedClients::load(&keys.path("server")).expect("authorized");
+        let crypto = Arc::new(quic_server_config(&server_id, authorized).expect("server tls"));
+        let socket = bind_socket("127.0.0.1:0".parse().unwrap()).expect("bind");
+        let addr: SocketAddr = socket.local_addr().unwrap();
+        // Loopback carries 64 KiB datagrams, as in a real transfer on this host.
+        let udp_payload = 65507;
+        let server = std::thread::spawn(move || {
+            rt::run_here(driver, None, async move {
+                let make = move |_: SocketAddr| {
+                    let mut c = (*crypto).clone();
+                    c.transport_config(transport_config(udp_payload, Default::default()));
+                    Arc::new(c)
+                };
+                let endpoint = Endpoint::new(socket, Some(Box::new(make))).expect("endpoint");
+                let serve = Rc::new(serve);
+                let Some(conn) = endpoint.accept().await else {
+                    return;
+                };
+                while let Some((send, recv)) = conn.accept_bi().await {
+                    let serve = serve.clone();
+                    rt::spawn_local(async move { serve(send, recv).await }).detach();
+                }
+                endpoint.shutdown();
+                endpoint.wait_idle().await;
+            })
+            .expect("server shard")
+        });
+        let known = KnownServers::load(&keys.path("client")).expect("known servers");
+        let trust = ServerTrust::new(&known, &addr.to_string(), true).expect("trust");
+        let mut config = quic_client_config(&client_id, trust).expect("client tls");
+        config.transport_config(transport_config(udp_payload, Default::default()));
+        let (jobs, job_rx) = async_channel::unbounded::<(Job, std::sync::mpsc::Sender<Duration>)>();
+        let client = std::thread::spawn(move || {
+            rt::run_here(driver, None, async move {
+                let endpoint =
+                    Endpoint::new(bind_socket("127.0.0.1:0".parse().unwrap()).unwrap(), None)
+                        .expect("endpoint");
+                let conn = endpoint
+                    .connect(config, addr, "tpc-xfer")
+                    .await
+                    .expect("connect");
+                while let Ok((job, done)) = job_rx.recv().await {
+                    let start = Instant::now();
+                    job(conn.clone()).await;
+                    let _ = done.send(start.elapsed());
+                }
+                conn.close(0, b"done");
+                endpoint.shutdown();
+                endpoint.wait_idle().await;
+            })
+            .expect("client shard")
+        });
+        QuicPair {
+            _keys: keys,
+            jobs,
+            client: Some(client),
+            server: Some(server),
+        }
+    }
+
+    /// Runs `job` on the client's connection; returns how long it took there.
+    pub fn run(&self, job: Job) -> Duration {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.jobs.send_blocking((job, tx)).expect("client running");
+        rx.recv().expect("client answers")
+    }
+}
+
+impl Drop for QuicPair {
+    fn drop(&mut self) {
+        self.jobs.close();
+        if let Some(c) = self.client.take() {
+            let _ = c.join();
+        }
+        if let Some(s) = self.server.take() {
+            let _ = s.join();
+        }
+    }
+}
