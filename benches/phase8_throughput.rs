@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ const FILE_BYTES: u64 = 256 << 20;
 const CHUNKS_PER_STREAM: u32 = 16;
 const CHUNK_BYTES: u64 = tpc_core::limits::CHUNK_SIZE_BYTES;
 
-fn local_copy(c: &mut Criterion, src: &PathBuf, out: &Scratch) {
+fn local_copy(c: &mut Criterion, src: &Path, out: &Scratch) {
     let mut group = c.benchmark_group("phase8_throughput/local_copy");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(8));
@@ -38,7 +38,7 @@ fn local_copy(c: &mut Criterion, src: &PathBuf, out: &Scratch) {
                     let spec = JobSpec {
                         files: vec![JobFile {
                             rel: b"copy".to_vec(),
-                            src: src.clone(),
+                            src: src.to_path_buf(),
                             dst: Some(Destination {
                                 tmp: out.path(".copy.tmp"),
                                 path: dst.clone(),
@@ -103,12 +103,12 @@ fn push(src: Arc<PathBuf>) -> Job {
     })
 }
 
-fn quic_push(c: &mut Criterion, src: &PathBuf, out: &Scratch) {
+fn quic_push(c: &mut Criterion, src: &Path, out: &Scratch) {
     let mut group = c.benchmark_group("phase8_throughput/quic_push");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(10));
     group.throughput(Throughput::Bytes(FILE_BYTES));
-    let src = Arc::new(src.clone());
+    let src = Arc::new(src.to_path_buf());
     for driver in drivers() {
         let dst = out.path(&format!("pushed-{}", driver.name()));
         let dst_server = dst.clone();

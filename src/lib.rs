@@ -2,6 +2,7 @@
 //! end-to-end tests reach the protocol directly (a hostile client is built from these
 //! parts, not from the command line, which would never send what it must refuse).
 
+pub mod alloc;
 pub mod auth;
 pub mod check;
 pub mod copy;

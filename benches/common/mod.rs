@@ -18,8 +18,10 @@ use tpc_xfer::auth::{
 };
 use tpc_xfer::remote::transport_config;
 
-/// The drivers that run here: io_uring where this host allows it, and portable.
+/// The drivers that run here: io_uring where this host allows it, and portable. Called
+/// first by every benchmark, so it also sets the allocator up as tpc-xfer's `main` does.
 pub fn drivers() -> Vec<Driver> {
+    tpc_xfer::alloc::keep_freed_memory();
     let mut d = Vec::new();
     if let Ok((driver, None)) = rt::select(IoChoice::Uring) {
         d.push(driver);
