@@ -754,6 +754,16 @@ fn set_metadata(path: &Path, meta: &EntryMeta, atime: (i64, u32), is_link: bool)
     Ok(())
 }
 
+/// Makes what was written to `path`'s filesystem durable: syncfs on Linux. Elsewhere a
+/// best effort (`sync`); file data itself is synced file by file there by the shards.
+#[cfg(not(target_os = "linux"))]
+fn sync_filesystem_of(_path: &Path) -> io::Result<()> {
+    // SAFETY: sync takes nothing and cannot fail.
+    unsafe { libc::sync() };
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
 fn sync_filesystem_of(path: &Path) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let f = std::fs::File::open(path)?;

@@ -3,7 +3,7 @@
 //! filter refusing io_uring_setup as Docker's default profile does), and the copy still
 //! succeeds; `--io uring` there fails with the reason; and a client on one driver moves
 //! the edge-case tree through a server on the other.
-#![cfg(feature = "uring")]
+#![cfg(all(feature = "uring", target_os = "linux"))]
 
 mod common;
 

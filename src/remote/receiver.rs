@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use tpc_core::limits::CHUNK_SIZE_BYTES;
@@ -266,8 +266,7 @@ impl Receiver {
         };
         if p.entry.size > 0 {
             // Reserve the space now: a full disk fails here, before any byte is sent.
-            // SAFETY: valid fd.
-            let rc = unsafe { libc::posix_fallocate(fd.as_raw_fd(), 0, p.entry.size as i64) };
+            let rc = reserve(fd.as_fd(), p.entry.size);
             if rc != 0 {
                 let _ = self.root.remove_file(&tmp);
                 return Err(Failure::new(
@@ -331,9 +330,10 @@ impl Receiver {
             }
         }
         if self.durable && !ready.is_empty() {
-            // One syncfs for the batch: every temp file's data (written by any shard) is on
-            // disk before any of them takes its final name.
-            if let Err(e) = self.root.syncfs() {
+            // One syncfs for the batch (an fsync each off Linux): every temp file's data
+            // (written by any shard) is on disk before any of them takes its final name.
+            let tmps: Vec<RelPath> = ready.iter().map(|(_, tmp)| tmp.clone()).collect();
+            if let Err(e) = self.root.sync_files(&tmps) {
                 let f = Failure::confine(&e);
                 for (i, _) in ready.drain(..) {
                     failed.push((i, f.clone()));
@@ -561,4 +561,25 @@ fn list_names(fd: &OwnedFd) -> Vec<Vec<u8>> {
     // SAFETY: dir came from fdopendir.
     unsafe { libc::closedir(dir) };
     out
+}
+
+/// Reserves `size` bytes for a file; the errno on failure. posix_fallocate on Linux.
+/// macOS has no posix_fallocate: the file is only extended there (sparse), so a full
+/// disk shows up on a write instead of here.
+fn reserve(fd: BorrowedFd<'_>, size: u64) -> i32 {
+    let Ok(len) = libc::off_t::try_from(size) else {
+        return libc::EFBIG;
+    };
+    #[cfg(target_os = "linux")]
+    // SAFETY: valid fd.
+    let rc = unsafe { libc::posix_fallocate(fd.as_raw_fd(), 0, len) };
+    #[cfg(not(target_os = "linux"))]
+    // SAFETY: valid fd.
+    let rc = match unsafe { libc::ftruncate(fd.as_raw_fd(), len) } {
+        0 => 0,
+        _ => std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO),
+    };
+    rc
 }

@@ -277,9 +277,13 @@ fn parse_path(bytes: &[u8]) -> Result<RelPath, Failure> {
 
 fn new_session_id() -> u64 {
     let mut b = [0u8; 8];
+    #[cfg(target_os = "linux")]
     // SAFETY: getrandom writes at most 8 bytes into b.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 8, 0) };
-    if n != 8 {
+    let ok = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 8, 0) } == 8;
+    #[cfg(not(target_os = "linux"))]
+    // SAFETY: getentropy writes exactly 8 bytes into b, or fails.
+    let ok = unsafe { libc::getentropy(b.as_mut_ptr().cast(), 8) } == 0;
+    if !ok {
         // Session ids only need to be distinct between this process's sessions.
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

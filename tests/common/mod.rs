@@ -490,15 +490,15 @@ pub fn push_and_pull_back(
 }
 
 /// The driver in-process test shards run on: the one the suite was asked for with
-/// `TPC_XFER_IO` (which the binary reads too), io_uring otherwise.
+/// `TPC_XFER_IO` (which the binary reads too), else what `--io auto` picks.
 pub fn test_driver() -> tpc_engine::Driver {
-    match std::env::var("TPC_XFER_IO").as_deref() {
-        Ok("portable") => tpc_engine::Driver::Portable,
-        #[cfg(feature = "uring")]
-        _ => tpc_engine::Driver::Uring,
-        #[cfg(not(feature = "uring"))]
-        _ => tpc_engine::Driver::Portable,
-    }
+    use tpc_engine::rt::{select, IoChoice};
+    let choice = match std::env::var("TPC_XFER_IO").as_deref() {
+        Ok("portable") => IoChoice::Portable,
+        Ok("uring") => IoChoice::Uring,
+        _ => IoChoice::Auto,
+    };
+    select(choice).expect("the suite's driver runs here").0
 }
 
 /// Runs `body` as a shard of the suite's driver on a new thread.

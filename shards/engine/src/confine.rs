@@ -108,6 +108,7 @@ pub struct Stat {
 const DIRENT_BUFFER_BYTES: usize = 32 * 1024;
 
 /// How often a resolution that the kernel could not vouch for (EAGAIN) is retried.
+#[cfg(target_os = "linux")]
 const OPENAT2_EAGAIN_RETRIES: u32 = 8;
 
 impl Root {
@@ -131,7 +132,8 @@ impl Root {
         let dir = unsafe { OwnedFd::from_raw_fd(fd) };
         // Find out now, not on the first client's file, whether openat2 exists (Linux 5.6,
         // and not blocked by a seccomp profile).
-        openat2(dir.as_fd(), c".", libc::O_PATH | libc::O_DIRECTORY, 0).map_err(|errno| {
+        #[cfg(target_os = "linux")]
+        openat2(dir.as_fd(), c".", DIR_HANDLE | libc::O_DIRECTORY, 0).map_err(|errno| {
             io::Error::new(
                 io::ErrorKind::Unsupported,
                 format!(
@@ -206,7 +208,7 @@ impl Root {
     pub fn mkdir_all(&self, rel: &RelPath, mode: u32) -> Result<(), ConfineError> {
         const OP: &str = "mkdir";
         // Usually everything exists already: one resolution settles it.
-        if self.open_dir_with(OP, rel, libc::O_PATH).is_ok() {
+        if self.open_dir_with(OP, rel, DIR_HANDLE).is_ok() {
             return Ok(());
         }
         // Step down one name at a time on held directory fds, each step again through
@@ -223,7 +225,7 @@ impl Root {
                 Ok(_) | Err(libc::EEXIST) => {}
                 Err(errno) => return Err(at_error(OP, &prefix, errno)),
             }
-            let next = openat2(dir.as_fd(), &c_name, dir_flags(libc::O_PATH), 0)
+            let next = openat2(dir.as_fd(), &c_name, dir_flags(DIR_HANDLE), 0)
                 .map_err(|errno| resolve_error(OP, &prefix, errno))?;
             dir = DirFd::Owned(next);
         }
@@ -374,12 +376,37 @@ impl Root {
     }
 
     /// Makes everything written to the root's filesystem durable (one call per batch).
+    /// Off Linux there is no syncfs and this is a best effort (`sync`); what must be
+    /// durable goes through [`Root::sync_files`].
     pub fn syncfs(&self) -> Result<(), ConfineError> {
+        #[cfg(target_os = "linux")]
         // SAFETY: valid fd.
         let r = unsafe { libc::syncfs(self.dir.as_raw_fd()) };
+        #[cfg(not(target_os = "linux"))]
+        // SAFETY: sync takes nothing and cannot fail.
+        let r = unsafe {
+            libc::sync();
+            0
+        };
         cvt(r)
             .map(drop)
             .map_err(|errno| io_error("sync filesystem of", &RelPath::root(), errno))
+    }
+
+    /// Makes the data of `files` durable: on Linux one syncfs covers them all (one
+    /// journal commit); elsewhere each is opened (confined) and synced, which on macOS
+    /// is F_FULLFSYNC (std's `sync_all`).
+    pub fn sync_files(&self, files: &[RelPath]) -> Result<(), ConfineError> {
+        if cfg!(target_os = "linux") {
+            return self.syncfs();
+        }
+        for rel in files {
+            let fd = self.open(rel, libc::O_RDONLY, 0)?;
+            std::fs::File::from(fd)
+                .sync_all()
+                .map_err(|e| io_error("sync", rel, e.raw_os_error().unwrap_or(libc::EIO)))?;
+        }
+        Ok(())
     }
 
     /// Lists `rel` and, if it is a directory, everything beneath it in pre-order (a
@@ -511,7 +538,7 @@ impl Root {
         }
         // O_PATH: the *at calls need only a handle, not read permission on the directory.
         let dir = self
-            .open_dir_with(op, &parent, libc::O_PATH)
+            .open_dir_with(op, &parent, DIR_HANDLE)
             .map_err(|e| match e {
                 // Report the path that was asked for, not just its parent.
                 ConfineError::Symlink { .. } => ConfineError::Symlink { rel: rel.clone() },
@@ -654,8 +681,91 @@ fn c_name(name: &[u8], rel: &RelPath) -> Result<CString, ConfineError> {
     CString::new(name).map_err(|_| io_error("name", rel, libc::EINVAL))
 }
 
+/// Flags of a directory handle that the `*at` calls work from: `O_PATH` on Linux (no
+/// read permission needed), a read-only open elsewhere.
+#[cfg(target_os = "linux")]
+const DIR_HANDLE: i32 = libc::O_PATH;
+#[cfg(not(target_os = "linux"))]
+const DIR_HANDLE: i32 = libc::O_RDONLY;
+
+/// Without openat2 (off Linux): the same confinement by walking `path` one name at a
+/// time from `dir`, each step an `openat` with `O_NOFOLLOW` on the directory fd the last
+/// step returned. Every name is resolved relative to a directory already proven inside,
+/// `RelPath` holds no `..`, and a symlink anywhere fails the step (ELOOP, or ENOTDIR
+/// for a directory step, which is mapped to ELOOP when the name is a symlink), so a
+/// symlink swapped in by a concurrent writer is refused as openat2 would refuse it.
+#[cfg(not(target_os = "linux"))]
+fn openat2(dir: BorrowedFd<'_>, path: &CStr, flags: i32, mode: u32) -> Result<OwnedFd, i32> {
+    walk_open(dir, path, flags, mode)
+}
+
+/// The walk behind [`openat2`] off Linux; compiled on Linux too for its tests, which
+/// hold it to openat2's answers.
+#[cfg(any(not(target_os = "linux"), test))]
+fn walk_open(dir: BorrowedFd<'_>, path: &CStr, flags: i32, mode: u32) -> Result<OwnedFd, i32> {
+    let bytes = path.to_bytes();
+    let names: Vec<&[u8]> = if bytes == b"." {
+        Vec::new()
+    } else {
+        bytes.split(|&b| b == b'/').collect()
+    };
+    let Some((last, above)) = names.split_last() else {
+        return open_at(dir, c".", flags, mode);
+    };
+    let mut held: Option<OwnedFd> = None;
+    for name in above {
+        let c = CString::new(*name).map_err(|_| libc::EINVAL)?;
+        let at = held.as_ref().map_or(dir, |f| f.as_fd());
+        let next = open_at(at, &c, DIR_HANDLE | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)
+            .map_err(|errno| symlink_errno(at, &c, errno))?;
+        held = Some(next);
+    }
+    let c = CString::new(*last).map_err(|_| libc::EINVAL)?;
+    let at = held.as_ref().map_or(dir, |f| f.as_fd());
+    open_at(at, &c, flags | libc::O_NOFOLLOW, mode).map_err(|errno| symlink_errno(at, &c, errno))
+}
+
+/// openat(2), retried on EINTR; the errno on failure.
+#[cfg(any(not(target_os = "linux"), test))]
+fn open_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> Result<OwnedFd, i32> {
+    loop {
+        // SAFETY: valid fd and C string; the mode is read only with O_CREAT.
+        let r = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                flags | libc::O_CLOEXEC,
+                mode as libc::c_uint,
+            )
+        };
+        if r >= 0 {
+            // SAFETY: a new fd that nobody else owns.
+            return Ok(unsafe { OwnedFd::from_raw_fd(r) });
+        }
+        match last_errno() {
+            libc::EINTR => {}
+            errno => return Err(errno),
+        }
+    }
+}
+
+/// ENOTDIR from a step whose name is a symlink means "a symlink on the way", as
+/// openat2's ELOOP does on Linux.
+#[cfg(any(not(target_os = "linux"), test))]
+fn symlink_errno(dir: BorrowedFd<'_>, name: &CStr, errno: i32) -> i32 {
+    if errno == libc::ENOTDIR || errno == libc::EMLINK {
+        if let Ok(st) = stat_at(dir, name) {
+            if st.kind == FileKind::Symlink {
+                return libc::ELOOP;
+            }
+        }
+    }
+    errno
+}
+
 /// openat2 relative to `dir`, confined beneath it and refusing every symlink.
 /// Returns the errno on failure.
+#[cfg(target_os = "linux")]
 fn openat2(dir: BorrowedFd<'_>, path: &CStr, flags: i32, mode: u32) -> Result<OwnedFd, i32> {
     // SAFETY: open_how is plain data (and non_exhaustive, so it cannot be built literally).
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
@@ -693,7 +803,18 @@ fn openat2(dir: BorrowedFd<'_>, path: &CStr, flags: i32, mode: u32) -> Result<Ow
 
 /// Metadata of an open file (never of a symlink's target); the error is the errno.
 pub fn fstat(fd: BorrowedFd<'_>) -> Result<Stat, i32> {
-    stat_flags(fd, c"", libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+    #[cfg(target_os = "linux")]
+    return stat_flags(fd, c"", libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW);
+    // Without AT_EMPTY_PATH, fstatat of "." would name a directory fd's own directory
+    // but not a file; fstat is the call for an fd.
+    #[cfg(not(target_os = "linux"))]
+    {
+        // SAFETY: stat is plain data that fstat fills.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid fd and stat buffer.
+        cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+        Ok(stat_of(&st))
+    }
 }
 
 /// Metadata of `name` in `dir` itself, never of a symlink's target.
@@ -707,23 +828,28 @@ fn stat_flags(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> Result<Stat, i32>
     // SAFETY: valid fd, C string and stat buffer.
     let r = unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, flags) };
     cvt(r)?;
+    Ok(stat_of(&st))
+}
+
+// The widths of stat's fields differ by OS (mode_t is u16 on macOS, dev_t i32).
+#[allow(clippy::unnecessary_cast)]
+fn stat_of(st: &libc::stat) -> Stat {
     let kind = match st.st_mode & libc::S_IFMT {
         libc::S_IFREG => FileKind::File,
         libc::S_IFDIR => FileKind::Dir,
         libc::S_IFLNK => FileKind::Symlink,
         _ => FileKind::Other,
     };
-    Ok(Stat {
+    Stat {
         kind,
         size_bytes: st.st_size as u64,
-        mode: st.st_mode & 0o7777,
-        atime: (st.st_atime, st.st_atime_nsec as u32),
-        mtime: (st.st_mtime, st.st_mtime_nsec as u32),
-        ino: st.st_ino,
-        dev: st.st_dev,
-        #[allow(clippy::unnecessary_cast)] // nlink_t is u32 on some targets
+        mode: (st.st_mode & 0o7777) as u32,
+        atime: (st.st_atime as i64, st.st_atime_nsec as u32),
+        mtime: (st.st_mtime as i64, st.st_mtime_nsec as u32),
+        ino: st.st_ino as u64,
+        dev: st.st_dev as u64,
         nlink: st.st_nlink as u64,
-    })
+    }
 }
 
 fn clear_nonblock(fd: BorrowedFd<'_>) -> Result<(), i32> {
@@ -746,6 +872,67 @@ enum ReadNamesError {
 }
 
 /// Appends the names in `dir` (without `.` and `..`) to `names`, at most `names_max`.
+/// Off Linux there is no getdents64: readdir on a duplicate of the fd.
+#[cfg(not(target_os = "linux"))]
+fn read_names(
+    dir: BorrowedFd<'_>,
+    _buffer: &mut [u8],
+    names: &mut Vec<Vec<u8>>,
+    names_max: usize,
+) -> Result<(), ReadNamesError> {
+    // SAFETY: dup of a valid fd; fdopendir takes ownership of the duplicate.
+    let fd = unsafe { libc::dup(dir.as_raw_fd()) };
+    if fd < 0 {
+        return Err(ReadNamesError::Errno(last_errno()));
+    }
+    // SAFETY: fd is ours; on failure it is closed here.
+    let stream = unsafe { libc::fdopendir(fd) };
+    if stream.is_null() {
+        let errno = last_errno();
+        // SAFETY: fd is still ours.
+        unsafe { libc::close(fd) };
+        return Err(ReadNamesError::Errno(errno));
+    }
+    // The duplicate shares the directory offset: start from the beginning.
+    // SAFETY: a valid directory stream.
+    unsafe { libc::rewinddir(stream) };
+    let result = loop {
+        clear_errno();
+        // SAFETY: a valid directory stream; the entry lives until the next readdir.
+        let entry = unsafe { libc::readdir(stream) };
+        if entry.is_null() {
+            break match last_errno() {
+                0 => Ok(()),
+                errno => Err(ReadNamesError::Errno(errno)),
+            };
+        }
+        // SAFETY: d_name is NUL-terminated within the entry.
+        let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) }.to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        if names.len() >= names_max {
+            break Err(ReadNamesError::TooMany);
+        }
+        names.push(name.to_vec());
+    };
+    // SAFETY: closes the stream and the duplicate fd it owns.
+    unsafe { libc::closedir(stream) };
+    result
+}
+
+/// readdir signals an error only through errno, so it is cleared before each call.
+#[cfg(not(target_os = "linux"))]
+fn clear_errno() {
+    #[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]
+    // SAFETY: __error returns this thread's errno location.
+    unsafe {
+        *libc::__error() = 0
+    };
+}
+
+/// Appends the names in `dir` (without `.` and `..`) to `names`, at most `names_max`.
+#[cfg(target_os = "linux")]
 fn read_names(
     dir: BorrowedFd<'_>,
     buffer: &mut [u8],
@@ -1252,5 +1439,42 @@ mod tests {
         assert!(errors[9]
             .to_string()
             .starts_with("cannot open 'bad\\nname': "));
+    }
+
+    #[test]
+    fn the_walk_used_without_openat2_refuses_what_openat2_refuses() {
+        let s = Scratch::new("walk");
+        fs::create_dir_all(s.root.join("a/b")).unwrap();
+        fs::write(s.root.join("a/b/file"), b"x").unwrap();
+        symlink("a", s.root.join("dirlink")).unwrap();
+        symlink("b/file", s.root.join("a/filelink")).unwrap();
+        symlink(&s.outside, s.root.join("out")).unwrap();
+        let root = Root::open_ambient(&s.root).unwrap();
+        let at = root.dir.as_fd();
+        let read = libc::O_RDONLY;
+        for (path, want) in [
+            (c"a/b/file", Ok(())),
+            (c"a/b", Ok(())),
+            (c".", Ok(())),
+            (c"dirlink/b/file", Err(libc::ELOOP)),
+            (c"a/filelink", Err(libc::ELOOP)),
+            (c"out/x", Err(libc::ELOOP)),
+            (c"a/missing", Err(libc::ENOENT)),
+            (c"a/b/file/x", Err(libc::ENOTDIR)),
+        ] {
+            let walked = walk_open(at, path, read, 0).map(drop);
+            assert_eq!(walked, want, "walk of {path:?}");
+            let kernel = openat2(at, path, read, 0).map(drop);
+            assert_eq!(walked, kernel, "walk and openat2 agree on {path:?}");
+        }
+        // Creating through the walk lands inside, and never through a link.
+        let fd = walk_open(at, c"a/b/new", libc::O_CREAT | libc::O_WRONLY, 0o600).unwrap();
+        drop(fd);
+        assert!(s.root.join("a/b/new").is_file());
+        assert_eq!(
+            walk_open(at, c"out/new", libc::O_CREAT | libc::O_WRONLY, 0o600).map(drop),
+            Err(libc::ELOOP)
+        );
+        assert!(!s.outside.join("new").exists());
     }
 }

@@ -182,6 +182,14 @@ pub fn usable_cpus() -> Vec<usize> {
     affinity_of_current_thread()
 }
 
+/// The CPUs this thread may run on. Off Linux there is no affinity to read: every CPU
+/// the OS reports (the portable driver leaves placement to the scheduler there).
+#[cfg(not(target_os = "linux"))]
+fn affinity_of_current_thread() -> Vec<usize> {
+    (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+}
+
+#[cfg(target_os = "linux")]
 fn affinity_of_current_thread() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this thread.
     unsafe {

@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
+#[cfg(target_os = "linux")]
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -140,8 +141,7 @@ impl Endpoint {
         server_config: Option<Box<dyn Fn(SocketAddr) -> Arc<ServerConfig>>>,
     ) -> io::Result<Endpoint> {
         let udp = UdpSocketState::new(UdpSockRef::from(&socket))?;
-        set_buffer_force(&socket, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF);
-        set_buffer_force(&socket, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF);
+        set_socket_buffers(&socket);
         // quinn-proto only considers incoming connections when the endpoint has a server
         // config; the per-client one (`accept`) then replaces it for each connection.
         let default_server = server_config
@@ -577,8 +577,23 @@ fn ecn_from_proto(e: quinn_proto::EcnCodepoint) -> quinn_udp::EcnCodepoint {
     }
 }
 
-/// Sets a socket buffer size, beyond `rmem_max` when privileged (the FORCE variant), else
-/// as far as the kernel allows.
+/// Sets both socket buffers to `SOCKET_BUFFER_BYTES`: on Linux beyond `rmem_max` when
+/// privileged (the FORCE variants), else (and elsewhere) as far as the OS allows.
+fn set_socket_buffers(socket: &UdpSocket) {
+    #[cfg(target_os = "linux")]
+    {
+        set_buffer_force(socket, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF);
+        set_buffer_force(socket, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF);
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let s = socket2::SockRef::from(socket);
+        let _ = s.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+        let _ = s.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    }
+}
+
+#[cfg(target_os = "linux")]
 fn set_buffer_force(socket: &UdpSocket, force: libc::c_int, plain: libc::c_int) {
     let bytes = SOCKET_BUFFER_BYTES as libc::c_int;
     for opt in [force, plain] {
@@ -601,8 +616,20 @@ fn set_buffer_force(socket: &UdpSocket, force: libc::c_int, plain: libc::c_int) 
 /// The path MTU the kernel knows for `remote` (the outgoing interface's MTU unless a
 /// smaller one was learned), as the largest UDP payload: QUIC's MTU discovery searches up
 /// to this, so loopback and jumbo-frame links get large packets and a 1500-byte link
-/// does not waste probes.
+/// does not waste probes. Off Linux (no IP_MTU) it is not asked: discovery starts from
+/// QUIC's default and climbs as far as the path carries.
 pub fn udp_payload_max_towards(remote: SocketAddr) -> Option<u16> {
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = remote;
+        None
+    }
+    #[cfg(target_os = "linux")]
+    path_mtu_payload(remote)
+}
+
+#[cfg(target_os = "linux")]
+fn path_mtu_payload(remote: SocketAddr) -> Option<u16> {
     let bind: SocketAddr = if remote.is_ipv6() {
         "[::]:0".parse().expect("literal")
     } else {

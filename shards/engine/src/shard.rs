@@ -4,7 +4,6 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::rc::Rc;
@@ -396,8 +395,8 @@ async fn commit(
     if durable {
         // One syncfs makes every file of the batch durable with one journal commit,
         // instead of one fsync per file. It blocks, so it runs off the executor thread.
-        let probe = dst_of(batch[0].0).tmp.clone();
-        if let Err(e) = run_blocking(move || syncfs_of(&probe)).await {
+        let tmps: Vec<_> = batch.iter().map(|(f, _)| dst_of(*f).tmp.clone()).collect();
+        if let Err(e) = run_blocking(move || sync_batch(&tmps)).await {
             for (file, _) in batch.drain(..) {
                 let _ = std::fs::remove_file(&dst_of(file).tmp);
                 finished.push((file, FileOutcome::Failed(file_error(Stage::Commit, &e))));
@@ -452,7 +451,26 @@ where
     rt::spawn_blocking(f).await
 }
 
+/// Makes the files at `paths` durable: one syncfs of their filesystem on Linux (they
+/// share it: one destination); elsewhere an fsync each (F_FULLFSYNC on macOS, via std).
+fn sync_batch(paths: &[std::path::PathBuf]) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    return match paths.first() {
+        Some(p) => syncfs_of(p),
+        None => Ok(()),
+    };
+    #[cfg(not(target_os = "linux"))]
+    {
+        for p in paths {
+            std::fs::File::open(p)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(target_os = "linux")]
 fn syncfs_of(path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
     let file = std::fs::File::open(path)?;
     // SAFETY: a valid open fd.
     if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
