@@ -754,13 +754,14 @@ fn set_metadata(path: &Path, meta: &EntryMeta, atime: (i64, u32), is_link: bool)
     Ok(())
 }
 
-/// Makes what was written to `path`'s filesystem durable: syncfs on Linux. Elsewhere a
-/// best effort (`sync`); file data itself is synced file by file there by the shards.
+/// Makes what was written to `path`'s filesystem durable: syncfs on Linux. Elsewhere
+/// file data is synced file by file by the shards, and this syncs `path` itself (on
+/// macOS F_FULLFSYNC, which flushes the drive's cache): directory metadata and
+/// symlinks there are a best effort.
 #[cfg(not(target_os = "linux"))]
-fn sync_filesystem_of(_path: &Path) -> io::Result<()> {
-    // SAFETY: sync takes nothing and cannot fail.
-    unsafe { libc::sync() };
-    Ok(())
+fn sync_filesystem_of(path: &Path) -> io::Result<()> {
+    use std::os::fd::AsFd;
+    tpc_engine::confine::sync_fd(std::fs::File::open(path)?.as_fd())
 }
 
 #[cfg(target_os = "linux")]

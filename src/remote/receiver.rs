@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tpc_core::limits::CHUNK_SIZE_BYTES;
 use tpc_core::relpath::RelPath;
 use tpc_core::wire::{Entry, ErrorCode, NeedItem, WireKind};
-use tpc_engine::confine::{set_file_meta, ConfineError, FileKind, Root};
+use tpc_engine::confine::{set_file_meta, sync_fd, ConfineError, FileKind, Root};
 
 use super::temp_name;
 use crate::copy::stale_temp_pid;
@@ -330,10 +330,10 @@ impl Receiver {
             }
         }
         if self.durable && !ready.is_empty() {
-            // One syncfs for the batch (an fsync each off Linux): every temp file's data
-            // (written by any shard) is on disk before any of them takes its final name.
-            let tmps: Vec<RelPath> = ready.iter().map(|(_, tmp)| tmp.clone()).collect();
-            if let Err(e) = self.root.sync_files(&tmps) {
+            // One syncfs for the batch: every temp file's data (written by any shard) is on
+            // disk before any of them takes its final name. (Off Linux each file was
+            // synced in finish_file, and this syncs the root as a barrier.)
+            if let Err(e) = self.root.syncfs() {
                 let f = Failure::confine(&e);
                 for (i, _) in ready.drain(..) {
                     failed.push((i, f.clone()));
@@ -393,6 +393,11 @@ impl Receiver {
             .map_err(|e| Failure::confine(&e))?;
         set_file_meta(fd_ref(&fd), p.entry.mode, p.entry.mtime, p.entry.mtime)
             .map_err(|e| io_failure(&tmp, &e))?;
+        if self.durable && !cfg!(target_os = "linux") {
+            // No syncfs for the batch off Linux: sync through this fd, the one sure way
+            // in once the final mode is set.
+            sync_fd(fd_ref(&fd)).map_err(|e| io_failure(&tmp, &e))?;
+        }
         Ok(tmp)
     }
 

@@ -13,7 +13,10 @@
 //!
 //! Every call here is a blocking syscall; the server runs them off its shard threads
 //! (`rt::spawn_blocking`).
-//! Linux 5.6 or later (openat2) is required; `Root::open_ambient` checks it once.
+//! On Linux, 5.6 or later (openat2) is required; `Root::open_ambient` checks it once.
+//! Elsewhere (no openat2) the same rules hold by walking one name at a time with
+//! `openat(O_NOFOLLOW)` from held directory fds (`walk_open`); directory handles there
+//! are read-only opens, so every directory on the way must also be readable.
 
 use std::ffi::{CStr, CString};
 use std::fmt;
@@ -368,45 +371,21 @@ impl Root {
     /// Makes directory `rel`'s entries (names created, renamed, removed) durable.
     pub fn fsync_dir(&self, rel: &RelPath) -> Result<(), ConfineError> {
         let fd = self.open_dir_with("sync", rel, libc::O_RDONLY)?;
-        // SAFETY: valid fd.
-        let r = unsafe { libc::fsync(fd.as_raw_fd()) };
-        cvt(r)
-            .map(drop)
-            .map_err(|errno| io_error("sync", rel, errno))
+        sync_fd(fd.as_fd())
+            .map_err(|e| io_error("sync", rel, e.raw_os_error().unwrap_or(libc::EIO)))
     }
 
     /// Makes everything written to the root's filesystem durable (one call per batch).
-    /// Off Linux there is no syncfs and this is a best effort (`sync`); what must be
-    /// durable goes through [`Root::sync_files`].
+    /// Off Linux there is no syncfs: files are synced through their own fds as they are
+    /// finished, and this only syncs the root directory (F_FULLFSYNC on macOS, which
+    /// also flushes the drive's cache for what was written before).
     pub fn syncfs(&self) -> Result<(), ConfineError> {
         #[cfg(target_os = "linux")]
         // SAFETY: valid fd.
-        let r = unsafe { libc::syncfs(self.dir.as_raw_fd()) };
+        let r = cvt(unsafe { libc::syncfs(self.dir.as_raw_fd()) }).map(drop);
         #[cfg(not(target_os = "linux"))]
-        // SAFETY: sync takes nothing and cannot fail.
-        let r = unsafe {
-            libc::sync();
-            0
-        };
-        cvt(r)
-            .map(drop)
-            .map_err(|errno| io_error("sync filesystem of", &RelPath::root(), errno))
-    }
-
-    /// Makes the data of `files` durable: on Linux one syncfs covers them all (one
-    /// journal commit); elsewhere each is opened (confined) and synced, which on macOS
-    /// is F_FULLFSYNC (std's `sync_all`).
-    pub fn sync_files(&self, files: &[RelPath]) -> Result<(), ConfineError> {
-        if cfg!(target_os = "linux") {
-            return self.syncfs();
-        }
-        for rel in files {
-            let fd = self.open(rel, libc::O_RDONLY, 0)?;
-            std::fs::File::from(fd)
-                .sync_all()
-                .map_err(|e| io_error("sync", rel, e.raw_os_error().unwrap_or(libc::EIO)))?;
-        }
-        Ok(())
+        let r = sync_fd(self.dir.as_fd()).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
+        r.map_err(|errno| io_error("sync filesystem of", &RelPath::root(), errno))
     }
 
     /// Lists `rel` and, if it is a directory, everything beneath it in pre-order (a
@@ -681,6 +660,22 @@ fn c_name(name: &[u8], rel: &RelPath) -> Result<CString, ConfineError> {
     CString::new(name).map_err(|_| io_error("name", rel, libc::EINVAL))
 }
 
+/// Makes what was written through `fd` durable: fsync, or on macOS F_FULLFSYNC, since
+/// its fsync leaves the data in the drive's cache (falling back to fsync where the
+/// filesystem does not support it).
+pub fn sync_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
+    #[cfg(any(target_os = "macos", target_os = "ios"))]
+    // SAFETY: valid fd; F_FULLFSYNC takes no argument.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_FULLFSYNC) } == 0 {
+        return Ok(());
+    }
+    // SAFETY: valid fd.
+    if unsafe { libc::fsync(fd.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Flags of a directory handle that the `*at` calls work from: `O_PATH` on Linux (no
 /// read permission needed), a read-only open elsewhere.
 #[cfg(target_os = "linux")]
@@ -712,6 +707,13 @@ fn walk_open(dir: BorrowedFd<'_>, path: &CStr, flags: i32, mode: u32) -> Result<
     let Some((last, above)) = names.split_last() else {
         return open_at(dir, c".", flags, mode);
     };
+    if names
+        .iter()
+        .any(|n| n.is_empty() || *n == b"." || *n == b"..")
+    {
+        // RelPath never holds these; refuse rather than trust that here.
+        return Err(libc::EINVAL);
+    }
     let mut held: Option<OwnedFd> = None;
     for name in above {
         let c = CString::new(*name).map_err(|_| libc::EINVAL)?;
@@ -922,6 +924,14 @@ fn read_names(
 }
 
 /// readdir signals an error only through errno, so it is cleared before each call.
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd"
+)))]
+compile_error!("clear_errno needs this target's errno location");
+
 #[cfg(not(target_os = "linux"))]
 fn clear_errno() {
     #[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]

@@ -58,8 +58,9 @@ pub struct Destination {
 /// How copied files are made durable before they are renamed into place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
-    /// Batches of files are synced together (`syncfs`), then renamed, then their
-    /// directories are synced. A file is never visible under its name before it is durable.
+    /// Batches of files are synced together (`syncfs`; off Linux each through its own
+    /// fd), then renamed, then their directories are synced. A file is never visible
+    /// under its name before it is durable.
     Batch,
     /// Rename as soon as written; the kernel writes back when it likes.
     Never,

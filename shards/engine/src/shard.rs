@@ -166,6 +166,10 @@ pub(crate) async fn run(
 }
 
 impl Shard {
+    fn durable(&self) -> bool {
+        self.job.durability == Durability::Batch
+    }
+
     fn file(&self, id: FileId) -> &JobFile {
         &self.job.files[id.0 as usize]
     }
@@ -202,7 +206,7 @@ impl Shard {
             // finalizer rename it, instead of opening it again there.
             if let (Ok(_), Some(out), Some(meta)) = (&result, &dst, &file.dst) {
                 if plan.range_count() == 1 {
-                    if let Err(e) = apply_metadata(out.as_raw_fd(), meta) {
+                    if let Err(e) = apply_metadata(out.as_raw_fd(), meta, self.durable()) {
                         result = Err(file_error(Stage::Write, &e));
                     }
                 }
@@ -355,7 +359,7 @@ async fn finalize_loop(
                 let plan = ChunkPlan::new(f.size_bytes).expect("checked");
                 if plan.range_count() > 1 {
                     // Several shards wrote it; they have all closed their fds by now.
-                    if let Err(e) = apply_metadata_by_path(&dst.tmp, dst) {
+                    if let Err(e) = apply_metadata_by_path(&dst.tmp, dst, shard.durable()) {
                         let _ = std::fs::remove_file(&dst.tmp);
                         finished.push((file, FileOutcome::Failed(file_error(Stage::Write, &e))));
                         continue;
@@ -452,19 +456,21 @@ where
 }
 
 /// Makes the files at `paths` durable: one syncfs of their filesystem on Linux (they
-/// share it: one destination); elsewhere an fsync each (F_FULLFSYNC on macOS, via std).
+/// share it: one destination). Elsewhere each was synced through its own fd when its
+/// metadata was applied (`apply_metadata`); what is left is their directory, as a
+/// barrier before the renames.
 fn sync_batch(paths: &[std::path::PathBuf]) -> io::Result<()> {
-    #[cfg(target_os = "linux")]
-    return match paths.first() {
-        Some(p) => syncfs_of(p),
-        None => Ok(()),
+    let Some(first) = paths.first() else {
+        return Ok(());
     };
+    #[cfg(target_os = "linux")]
+    return syncfs_of(first);
     #[cfg(not(target_os = "linux"))]
     {
-        for p in paths {
-            std::fs::File::open(p)?.sync_all()?;
-        }
-        Ok(())
+        use std::os::fd::AsFd;
+        let dir = first.parent().filter(|p| !p.as_os_str().is_empty());
+        let dir = std::fs::File::open(dir.unwrap_or(Path::new(".")))?;
+        crate::confine::sync_fd(dir.as_fd())
     }
 }
 
@@ -552,8 +558,10 @@ async fn write_all_at(file: &File, data: Vec<u8>, offset: u64) -> Result<(), Fil
     Ok(())
 }
 
-/// Sets permission bits and times through an open fd.
-fn apply_metadata(fd: i32, meta: &Destination) -> io::Result<()> {
+/// Sets permission bits and times through an open fd. Off Linux, for a durable copy,
+/// also syncs the file through it: there is no syncfs to do it for the whole batch, and
+/// once its final mode is set the file may not be openable again.
+fn apply_metadata(fd: i32, meta: &Destination, durable: bool) -> io::Result<()> {
     // SAFETY: fd is open for the whole call; the timespec array outlives it.
     unsafe {
         if libc::fchmod(fd, meta.mode as libc::mode_t) != 0 {
@@ -564,10 +572,14 @@ fn apply_metadata(fd: i32, meta: &Destination) -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
     }
+    if durable && !cfg!(target_os = "linux") {
+        // SAFETY: fd stays open for the whole call.
+        crate::confine::sync_fd(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })?;
+    }
     Ok(())
 }
 
-fn apply_metadata_by_path(tmp: &Path, meta: &Destination) -> io::Result<()> {
+fn apply_metadata_by_path(tmp: &Path, meta: &Destination, durable: bool) -> io::Result<()> {
     let path = CString::new(tmp.as_os_str().as_bytes())?;
     // SAFETY: valid C string; O_NOFOLLOW so a symlink swapped in is never followed.
     let fd = unsafe {
@@ -579,7 +591,7 @@ fn apply_metadata_by_path(tmp: &Path, meta: &Destination) -> io::Result<()> {
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
-    let result = apply_metadata(fd, meta);
+    let result = apply_metadata(fd, meta, durable);
     // SAFETY: fd was opened above.
     unsafe { libc::close(fd) };
     result
