@@ -330,7 +330,7 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
     if opts.durability == Durability::Batch && (!plan.touched.is_empty() || !plan.dirs.is_empty()) {
         // Directory metadata and symlinks are small; one syncfs covers them all.
         if let Some(root) = roots.first() {
-            let _ = sync_filesystem_of(&root.dst);
+            let _ = tpc_engine::confine::sync_filesystem_of(&root.dst);
         }
     }
 
@@ -749,27 +749,6 @@ fn set_metadata(path: &Path, meta: &EntryMeta, atime: (i64, u32), is_link: bool)
         )
     } != 0
     {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Makes what was written to `path`'s filesystem durable: syncfs on Linux. Elsewhere
-/// file data is synced file by file by the shards, and this syncs `path` itself (on
-/// macOS F_FULLFSYNC, which flushes the drive's cache): directory metadata and
-/// symlinks there are a best effort.
-#[cfg(not(target_os = "linux"))]
-fn sync_filesystem_of(path: &Path) -> io::Result<()> {
-    use std::os::fd::AsFd;
-    tpc_engine::confine::sync_fd(std::fs::File::open(path)?.as_fd())
-}
-
-#[cfg(target_os = "linux")]
-fn sync_filesystem_of(path: &Path) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(path)?;
-    // SAFETY: valid fd.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

@@ -676,6 +676,21 @@ pub fn sync_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes what was written to `path`'s filesystem durable: one syncfs on Linux. Elsewhere
+/// there is none: files are synced through their own fds as they are finished, and this
+/// syncs `path` itself (a directory, as a barrier; F_FULLFSYNC on macOS).
+pub fn sync_filesystem_of(path: &Path) -> io::Result<()> {
+    let file = std::fs::File::open(path)?;
+    #[cfg(target_os = "linux")]
+    // SAFETY: valid fd.
+    if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[cfg(not(target_os = "linux"))]
+    sync_fd(file.as_fd())?;
+    Ok(())
+}
+
 /// Flags of a directory handle that the `*at` calls work from: `O_PATH` on Linux (no
 /// read permission needed), a read-only open elsewhere.
 #[cfg(target_os = "linux")]

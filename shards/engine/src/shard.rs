@@ -463,26 +463,11 @@ fn sync_batch(paths: &[std::path::PathBuf]) -> io::Result<()> {
     let Some(first) = paths.first() else {
         return Ok(());
     };
-    #[cfg(target_os = "linux")]
-    return syncfs_of(first);
-    #[cfg(not(target_os = "linux"))]
-    {
-        use std::os::fd::AsFd;
-        let dir = first.parent().filter(|p| !p.as_os_str().is_empty());
-        let dir = std::fs::File::open(dir.unwrap_or(Path::new(".")))?;
-        crate::confine::sync_fd(dir.as_fd())
+    if cfg!(target_os = "linux") {
+        return crate::confine::sync_filesystem_of(first);
     }
-}
-
-#[cfg(target_os = "linux")]
-fn syncfs_of(path: &Path) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::File::open(path)?;
-    // SAFETY: a valid open fd.
-    if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    let dir = first.parent().filter(|p| !p.as_os_str().is_empty());
+    crate::confine::sync_filesystem_of(dir.unwrap_or(Path::new(".")))
 }
 
 /// Reads exactly `len` bytes at `offset`: the bytes of one chunk.
