@@ -321,6 +321,8 @@ pub fn select(choice: IoChoice) -> Result<(Driver, Option<String>), String> {
             None => Ok((uring_driver(), None)),
             Some(why) => Err(format!("--io uring: io_uring cannot be used here: {why}")),
         },
+        // A build without the io_uring driver has nothing to fall back from: no notice.
+        IoChoice::Auto if cfg!(not(uring)) => Ok((Driver::Portable, None)),
         IoChoice::Auto => match uring_unusable() {
             None => Ok((uring_driver(), None)),
             Some(why) => Ok((
