@@ -20,14 +20,8 @@ BENCH_DIR=${BENCH_DIR:-/var/tmp/tpc-bench-remote}
 # allocates; after deleting a tree, wait so one case does not pay for another's cleanup.
 SETTLE=${SETTLE:-70}
 
-need=()
-for tool in python3:python3 bc:bc /usr/bin/time:time; do
-  command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need[@]}"
-fi
+. tools/need.sh
+install_missing python3:python3 bc:bc /usr/bin/time:time
 cargo build --release --quiet
 TPC=$PWD/target/release/tpc-xfer
 DATA=$BENCH_DIR/data

@@ -14,14 +14,8 @@ BENCH_DIR=${BENCH_DIR:-/var/tmp/tpc-bench}
 # file; without the wait one tool would pay for the previous tool's cleanup.
 SETTLE=${SETTLE:-70}
 
-need=()
-for tool in rsync:rsync rclone:rclone b3sum:b3sum hyperfine:hyperfine python3:python3; do
-  command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need[@]}"
-fi
+. tools/need.sh
+install_missing rsync:rsync rclone:rclone b3sum:b3sum hyperfine:hyperfine python3:python3
 cargo build --release --quiet
 TPC=$PWD/target/release/tpc-xfer
 
