@@ -197,6 +197,9 @@ impl Controller for Tolerant {
         let mut m = ControllerMetrics::default();
         m.congestion_window = self.window();
         m.pacing_rate = Some((self.model.bw_bytes_per_sec() * 8.0) as u64);
+        // The loss cap bounds the window from above as Cubic's ssthresh bounds its slow
+        // start; reporting it there lets a trace tell a capped window from a small model.
+        m.ssthresh = self.model.cap;
         m
     }
 

@@ -51,6 +51,72 @@ const TRANSMITS_PER_TURN_MAX: usize = 32;
 /// portable driver could wait for writability, but one rule for both keeps them alike).
 const SEND_RETRY_DELAY: Duration = Duration::from_micros(100);
 
+/// Environment variable that turns on a periodic trace of every connection's path state
+/// (RTT, window, pacing rate, losses, flow-control frames) on stderr, every so many
+/// seconds: what `--json` shows only once the transfer is over, while it runs.
+pub const TRACE_ENV: &str = "TPC_XFER_TRACE_QUIC";
+
+/// Longest trace interval accepted, in seconds; beyond it a typo is more likely than intent.
+const TRACE_INTERVAL_MAX_SECS: f64 = 3600.0;
+
+/// The trace interval `TRACE_ENV` asks for, if it names a number of seconds.
+fn trace_interval() -> Option<Duration> {
+    let v = std::env::var(TRACE_ENV).ok()?;
+    match v.trim().parse::<f64>() {
+        Ok(s) if s > 0.0 && s <= TRACE_INTERVAL_MAX_SECS => Some(Duration::from_secs_f64(s)),
+        _ => {
+            eprintln!(
+                "tpc-xfer: {TRACE_ENV}={v:?} ignored: give seconds between traces \
+                 (above 0, at most {TRACE_INTERVAL_MAX_SECS})"
+            );
+            None
+        }
+    }
+}
+
+/// One trace line of a connection: cumulative counters, so two lines give rates.
+fn trace_line(local: Option<SocketAddr>, c: &quinn_proto::Connection) -> String {
+    let s = c.stats();
+    let m = c.congestion_state().metrics();
+    let side = if c.side().is_server() {
+        "server"
+    } else {
+        "client"
+    };
+    let mbit = |bytes_per_sec_bits: Option<u64>| {
+        bytes_per_sec_bits.map_or_else(|| "-".into(), |b| format!("{:.1}", b as f64 / 1e6))
+    };
+    format!(
+        "tpc-xfer trace: {side} {} -> {} rtt_ms={:.1} min_rtt_ms={:.1} cwnd={} \
+         cap={} pacing_mbit={} mtu={} sent_pkts={} lost_pkts={} congestion_events={} \
+         black_holes={} tx[stream={} max_data={} max_stream_data={} data_blocked={} \
+         stream_data_blocked={}] rx[stream={} max_data={} max_stream_data={} \
+         data_blocked={} stream_data_blocked={}]",
+        local.map_or_else(|| "?".into(), |a| a.to_string()),
+        c.remote_address(),
+        s.path.rtt.as_secs_f64() * 1e3,
+        s.path.min_rtt.as_secs_f64() * 1e3,
+        s.path.cwnd,
+        m.ssthresh.map_or_else(|| "-".into(), |t| t.to_string()),
+        mbit(m.pacing_rate),
+        s.path.current_mtu,
+        s.path.sent_packets,
+        s.path.lost_packets,
+        s.path.congestion_events,
+        s.path.black_holes_detected,
+        s.frame_tx.stream,
+        s.frame_tx.max_data,
+        s.frame_tx.max_stream_data,
+        s.frame_tx.data_blocked,
+        s.frame_tx.stream_data_blocked,
+        s.frame_rx.stream,
+        s.frame_rx.max_data,
+        s.frame_rx.max_stream_data,
+        s.frame_rx.data_blocked,
+        s.frame_rx.stream_data_blocked,
+    )
+}
+
 /// Why a stream or connection operation failed.
 #[derive(Clone, Debug)]
 pub enum QuicError {
@@ -284,13 +350,25 @@ impl Endpoint {
         };
         let mut recv_buf = vec![0u8; RECV_BUFFER_BYTES * quinn_udp::BATCH_SIZE];
         let mut send_buf = Vec::with_capacity(GSO_BATCH_BYTES_MAX);
+        let trace_every = trace_interval();
+        let mut next_trace = Instant::now();
         loop {
             let (wait, send_blocked) = {
                 let mut st = self.state.borrow_mut();
+                // Each step reads the clock afresh: receiving a burst can take
+                // milliseconds, and a packet stamped with a time from before it arrived
+                // makes RTT samples (and the congestion model's minimum RTT) too short.
+                st.receive(&mut recv_buf);
                 let now = Instant::now();
-                st.receive(&mut recv_buf, now);
                 st.fire_timers(now);
-                let blocked = st.service(now, &mut send_buf);
+                let blocked = st.service(&mut send_buf);
+                if let Some(every) = trace_every.filter(|_| now >= next_trace) {
+                    next_trace = now + every;
+                    let local = st.socket.local_addr().ok();
+                    for c in st.conns.values() {
+                        eprintln!("{}", trace_line(local, &c.conn));
+                    }
+                }
                 if st.closing && st.conns.is_empty() {
                     return;
                 }
@@ -339,7 +417,7 @@ impl State {
     }
 
     /// Reads every queued datagram (recvmmsg + GRO) and hands each to the endpoint.
-    fn receive(&mut self, buf: &mut [u8], now: Instant) {
+    fn receive(&mut self, buf: &mut [u8]) {
         let mut meta = [RecvMeta::default(); quinn_udp::BATCH_SIZE];
         let mut response = Vec::new();
         loop {
@@ -359,6 +437,7 @@ impl State {
                     Err(_) => return,
                 }
             };
+            let now = Instant::now();
             for (m, chunk) in meta.iter().zip(buf.chunks(RECV_BUFFER_BYTES)).take(n) {
                 let data = &chunk[..m.len];
                 let stride = m.stride.max(1);
@@ -430,7 +509,7 @@ impl State {
     }
 
     /// Gives every dirty connection its turn. Returns true if the socket was full.
-    fn service(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
+    fn service(&mut self, buf: &mut Vec<u8>) -> bool {
         if let Some((t, data)) = self.pending.take() {
             match self.send_now(&t, &data) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -457,6 +536,8 @@ impl State {
                 let mtu = c.conn.current_mtu() as usize;
                 let max_datagrams = max_gso.min(GSO_BATCH_BYTES_MAX / mtu).max(1);
                 buf.clear();
+                // The send time quinn-proto records is when the packet really left.
+                let now = Instant::now();
                 let Some(t) = c.conn.poll_transmit(now, max_datagrams, buf) else {
                     break;
                 };
