@@ -39,8 +39,9 @@ use rustls::{
     SignatureScheme,
 };
 
-/// ALPN protocol id of version 1 of the tpc-xfer protocol; both ends require it.
-pub const ALPN: &[u8] = b"tpc-xfer/1";
+/// ALPN protocol id of the tpc-xfer protocol version this build speaks; both ends
+/// require it.
+pub use tpc_core::wire::ALPN;
 
 /// Name in every certificate and the name clients pass to `connect` (it becomes SNI). It is
 /// never checked: peers are identified by key fingerprint, not by name.
@@ -556,7 +557,7 @@ impl ServerTrust {
     }
 }
 
-/// Server TLS config: TLS 1.3 only, ALPN `tpc-xfer/1`, a client certificate required and
+/// Server TLS config: TLS 1.3 only, ALPN `tpc-xfer/2`, a client certificate required and
 /// admitted iff its key is in `authorized`. A refused client receives the `access_denied`
 /// alert (see [`refused_by_server`]).
 pub fn server_crypto(
@@ -569,7 +570,7 @@ pub fn server_crypto(
     Ok(finish_server_config(config))
 }
 
-/// Client TLS config: TLS 1.3 only, ALPN `tpc-xfer/1`, presents this identity's
+/// Client TLS config: TLS 1.3 only, ALPN `tpc-xfer/2`, presents this identity's
 /// certificate and accepts the server per `server` (known key, or trust on first use).
 pub fn client_crypto(
     identity: &Identity,
@@ -617,6 +618,18 @@ pub fn quic_refused_by_server(error: &quinn_proto::ConnectionError) -> bool {
             close.error_code
                 == quinn_proto::TransportErrorCode::crypto(AlertDescription::AccessDenied.into())
         }
+        _ => false,
+    }
+}
+
+/// Whether a QUIC connection failed because the peer offered no protocol version this
+/// end speaks (TLS `no_application_protocol`: an older or newer tpc-xfer at the far end).
+pub fn quic_protocol_mismatch(error: &quinn_proto::ConnectionError) -> bool {
+    let code =
+        quinn_proto::TransportErrorCode::crypto(AlertDescription::NoApplicationProtocol.into());
+    match error {
+        quinn_proto::ConnectionError::ConnectionClosed(close) => close.error_code == code,
+        quinn_proto::ConnectionError::TransportError(e) => e.code == code,
         _ => false,
     }
 }
@@ -2162,11 +2175,33 @@ mod tests {
                 datagram.clear();
                 match server_endpoint.handle(now, client_addr, None, None, data, &mut response) {
                     Some(DatagramEvent::NewConnection(incoming)) => {
-                        let (handle, connection) = server_endpoint
-                            .accept(incoming, now, &mut response, None)
-                            .unwrap();
-                        server_handle = Some(handle);
-                        run.server = Some(connection);
+                        match server_endpoint.accept(incoming, now, &mut response, None) {
+                            Ok((handle, connection)) => {
+                                server_handle = Some(handle);
+                                run.server = Some(connection);
+                            }
+                            // Refused during the first flight (no common ALPN): the
+                            // server's close goes back to the client.
+                            Err(e) => {
+                                if let Some(t) = e.response {
+                                    let data = bytes::BytesMut::from(&response[..t.size]);
+                                    let mut ignored = Vec::new();
+                                    if let Some(DatagramEvent::ConnectionEvent(_, event)) =
+                                        client_endpoint.handle(
+                                            now,
+                                            server_addr,
+                                            None,
+                                            None,
+                                            data,
+                                            &mut ignored,
+                                        )
+                                    {
+                                        run.client.handle_event(event);
+                                    }
+                                }
+                            }
+                        }
+                        response.clear();
                     }
                     Some(DatagramEvent::ConnectionEvent(_, event)) => {
                         run.server.as_mut().unwrap().handle_event(event)
@@ -2283,5 +2318,32 @@ mod tests {
             })
             .unwrap_or_else(|| panic!("client not refused: {:?}", run.client_events));
         assert!(quic_refused_by_server(reason), "{reason:?}");
+        assert!(!quic_protocol_mismatch(reason), "{reason:?}");
+    }
+
+    #[test]
+    fn another_protocol_version_is_recognised_by_the_client() {
+        let p = peers("quic-version");
+        let known = known_with(&p.client_dir, p.server.fingerprint());
+        let trust = ServerTrust::new(&known, HOST_PORT, false).unwrap();
+        // A client of protocol version 1, as an older release would be.
+        let mut old = (*client_crypto(&p.client, trust).unwrap()).clone();
+        old.alpn_protocols = vec![b"tpc-xfer/1".to_vec()];
+        let crypto = QuicClientConfig::try_from(Arc::new(old)).unwrap();
+        let authorized = AuthorizedClients::from_fingerprints([p.client.fingerprint()]);
+        let run = quic_connect(
+            quinn_proto::ClientConfig::new(Arc::new(crypto)),
+            quic_server_config(&p.server, authorized).unwrap(),
+        );
+        let reason = run
+            .client_events
+            .iter()
+            .find_map(|e| match e {
+                quinn_proto::Event::ConnectionLost { reason } => Some(reason),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("old client not refused: {:?}", run.client_events));
+        assert!(quic_protocol_mismatch(reason), "{reason:?}");
+        assert!(!quic_refused_by_server(reason), "{reason:?}");
     }
 }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use tpc_core::codec::Compression;
 use tpc_core::SkipPolicy;
 use tpc_engine::rt::IoChoice;
 use tpc_engine::Durability;
@@ -59,6 +60,14 @@ enum Command {
         /// long paths with random loss full; `cubic` and `bbr` are quinn-proto's own).
         #[arg(long, value_enum, default_value_t = Congestion::Tolerant)]
         congestion: Congestion,
+        /// Which chunks of a remote transfer travel zstd-compressed: `auto` those whose
+        /// sample compresses well (text, logs, sparse images; not random or already
+        /// compressed data) when the path is slower than zstd on this machine (a WAN;
+        /// not loopback or a fast LAN), `never`, or `always` (every chunk tried; still
+        /// sent raw when that is not smaller). Every chunk is verified by the BLAKE3 hash of its
+        /// plain bytes either way. For a pull, `never` asks the server not to compress.
+        #[arg(long, value_name = "WHEN", default_value = "auto", value_parser = compression_parser())]
+        compress: Compression,
         #[command(flatten)]
         state: StateArg,
         #[command(flatten)]
@@ -180,10 +189,18 @@ fn main() -> ExitCode {
             fsync,
             accept_new,
             congestion,
+            compress,
             state,
             common,
         } => match options(&common, checksum, verify, fsync) {
-            Ok(opts) => copy_any(&sources, &dest, &opts, accept_new, congestion, &state),
+            Ok(opts) => {
+                let remote = RemoteArgs {
+                    accept_new,
+                    congestion,
+                    compress,
+                };
+                copy_any(&sources, &dest, &opts, &remote, &state)
+            }
             Err(e) => e,
         },
         Command::Serve {
@@ -228,12 +245,30 @@ fn main() -> ExitCode {
 
 /// A copy where one side may be `tpc://HOST[:PORT]/PATH`: a push if the destination is
 /// remote, a pull if the (single) source is.
+/// The options of `copy` that only a remote transfer uses.
+struct RemoteArgs {
+    accept_new: bool,
+    congestion: Congestion,
+    compress: Compression,
+}
+
+/// `--compress` values, listed in `--help`.
+fn compression_parser() -> impl clap::builder::TypedValueParser<Value = Compression> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["auto", "never", "always"]).map(|s| {
+        match s.as_str() {
+            "never" => Compression::Never,
+            "always" => Compression::Always,
+            _ => Compression::Auto,
+        }
+    })
+}
+
 fn copy_any(
     sources: &[OsString],
     dest: &std::path::Path,
     opts: &copy::CopyOptions,
-    accept_new: bool,
-    congestion: Congestion,
+    remote_args: &RemoteArgs,
     state: &StateArg,
 ) -> Exit {
     use std::os::unix::ffi::OsStrExt;
@@ -259,9 +294,10 @@ fn copy_any(
         quiet: opts.quiet,
         json: opts.json,
         state_dir,
-        accept_new,
-        congestion,
+        accept_new: remote_args.accept_new,
+        congestion: remote_args.congestion,
         driver: opts.driver,
+        compression: remote_args.compress,
     };
     match (remote_dest, remote_srcs.len(), sources.len()) {
         (Some(Ok(spec)), 0, _) => remote::client::push(sources, spec, &ropts),

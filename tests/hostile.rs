@@ -1,7 +1,9 @@
 //! A hostile client against a real `tpc-xfer serve`: it speaks the wire protocol directly
 //! (the command line would never send these) and tries `../x`, `/etc/x`, and paths through
-//! a symlink that points out of the root. Nothing may appear outside the root, each try
-//! gets a typed error, and the server goes on serving.
+//! a symlink that points out of the root, and compressed chunks that lie about their
+//! length, decode to more or less than the chunk, or use a codec the run did not allow.
+//! Nothing may appear outside the root or unverified, each try gets a typed error, and the
+//! server goes on serving.
 
 mod common;
 
@@ -10,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use common::*;
+use tpc_core::codec::{CODECS_ZSTD, CODEC_RAW, CODEC_ZSTD};
 use tpc_core::wire::{Entry, ErrorCode, Frame, Op, Run, WireKind, PROTOCOL_VERSION};
 use tpc_engine::quic::{bind_socket, Connection, Endpoint};
 use tpc_xfer::auth::{quic_client_config, Identity, KnownServers, ServerTrust};
@@ -134,6 +137,7 @@ fn a_hostile_client_cannot_write_outside_the_root_and_the_server_keeps_serving()
                 size: 5,
                 chunk_first: 0,
                 chunk_count: 1,
+                codecs: 0,
             });
             let a = exchange(&conn, &[put]).await;
             record(&format!("put {}", String::from_utf8_lossy(path)), a);
@@ -166,6 +170,7 @@ fn a_hostile_client_cannot_write_outside_the_root_and_the_server_keeps_serving()
             size: 6,
             chunk_first: 0,
             chunk_count: 1,
+            codecs: 0,
         });
         let a = exchange(&conn, &[get]).await;
         assert!(
@@ -244,4 +249,161 @@ fn a_hostile_client_cannot_write_outside_the_root_and_the_server_keeps_serving()
     let out = copy(&cs, &src, server.url("f"), &["--accept-new"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_identical(&src, &root.join("f"));
+}
+
+/// One data stream of a hostile push: `Put` with `codecs`, then `body` as the run's bytes.
+/// Returns what the server answered on the stream.
+async fn put_raw(
+    conn: &Connection,
+    session: u64,
+    size: u64,
+    codecs: u8,
+    body: &[u8],
+) -> Vec<Frame> {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let put = Frame::Put(Run {
+        session,
+        file: 0,
+        path: b"z".to_vec(),
+        size,
+        chunk_first: 0,
+        chunk_count: 1,
+        codecs,
+    });
+    write_frame(&mut send, &put).await.unwrap();
+    // The server may refuse part way and stop reading: later writes may fail.
+    let _ = send.write_all(body).await;
+    let _ = send.finish();
+    let mut answers = Vec::new();
+    while let Ok(Some(f)) = read_frame(&mut recv).await {
+        answers.push(f);
+    }
+    answers
+}
+
+/// A compressed chunk as the wire carries it: codec byte, length, frames, hash.
+fn zstd_chunk(frames: &[u8], plain: &[u8]) -> Vec<u8> {
+    let mut out = vec![CODEC_ZSTD];
+    out.extend_from_slice(&(frames.len() as u32).to_le_bytes());
+    out.extend_from_slice(frames);
+    out.extend_from_slice(blake3::hash(plain).as_bytes());
+    out
+}
+
+#[test]
+fn lying_compressed_chunks_are_refused_and_nothing_unverified_is_written() {
+    let s = Scratch::new("hostile-zstd");
+    let (cs, ss) = keys(&s);
+    let root = s.path("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let server = Server::start(&root, &ss);
+    let plain: Vec<u8> = b"compressible text, line after line of it\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(100_000)
+        .collect();
+    let size = plain.len() as u64;
+    let results = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = results.clone();
+    let plain_c = plain.clone();
+    with_connection(&cs, server.port, move |conn| async move {
+        let plain = plain_c;
+        // A session with one file, `z`, so that Put streams have a temporary file.
+        let (mut ctl, mut ctl_recv) = conn.open_bi().await.unwrap();
+        write_frame(&mut ctl, &push(b"z")).await.unwrap();
+        let entry = Entry { size, ..file(b"") };
+        write_frame(&mut ctl, &Frame::Entries(vec![entry]))
+            .await
+            .unwrap();
+        write_frame(&mut ctl, &Frame::EntriesEnd { count: 1 })
+            .await
+            .unwrap();
+        let mut session = None;
+        loop {
+            match read_frame(&mut ctl_recv).await.unwrap() {
+                Some(Frame::Welcome { session: id, .. }) => session = Some(id),
+                Some(Frame::NeedEnd) | None => break,
+                Some(_) => {}
+            }
+        }
+        let session = session.expect("welcomed");
+        let frames = zstd::bulk::compress(&plain, 1).unwrap();
+        let bomb = zstd::bulk::compress(&vec![b'a'; 8 << 20], 1).unwrap();
+        let short = zstd::bulk::compress(&plain[..50_000], 1).unwrap();
+        let mut oversized = vec![CODEC_ZSTD];
+        oversized.extend_from_slice(&(size as u32).to_le_bytes());
+        let cases: Vec<(&str, u8, Vec<u8>)> = vec![
+            (
+                "zstd chunk in a run that allows none",
+                0,
+                zstd_chunk(&frames, &plain),
+            ),
+            ("unknown codec byte", CODECS_ZSTD, vec![9u8; 64]),
+            (
+                "compressed length not below the chunk's",
+                CODECS_ZSTD,
+                oversized,
+            ),
+            (
+                "frames that decode past the chunk (a bomb)",
+                CODECS_ZSTD,
+                zstd_chunk(&bomb, &plain),
+            ),
+            (
+                "frames that decode short of the chunk",
+                CODECS_ZSTD,
+                zstd_chunk(&short, &plain),
+            ),
+            (
+                "garbage frames",
+                CODECS_ZSTD,
+                zstd_chunk(&[0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3], &plain),
+            ),
+        ];
+        for (name, codecs, body) in cases {
+            let a = put_raw(&conn, session, size, codecs, &body).await;
+            out.lock().unwrap().push((name.to_string(), refusal(&a)));
+        }
+        // A raw chunk whose hash is wrong is still refused as a mismatch.
+        let mut wrong = vec![CODEC_RAW];
+        wrong.extend_from_slice(&plain);
+        wrong.extend_from_slice(&[0u8; 32]);
+        let a = put_raw(&conn, session, size, CODECS_ZSTD, &wrong).await;
+        assert_eq!(refusal(&a), Some(ErrorCode::HashMismatch), "{a:?}");
+        // The honest compressed chunk lands, and the session commits it.
+        let a = put_raw(
+            &conn,
+            session,
+            size,
+            CODECS_ZSTD,
+            &zstd_chunk(&frames, &plain),
+        )
+        .await;
+        assert!(a.contains(&Frame::RangeOk), "honest chunk: {a:?}");
+        write_frame(&mut ctl, &Frame::Commit { files: vec![0] })
+            .await
+            .unwrap();
+        write_frame(&mut ctl, &Frame::Finish).await.unwrap();
+        let _ = ctl.finish();
+        let mut done = Vec::new();
+        while let Ok(Some(f)) = read_frame(&mut ctl_recv).await {
+            done.push(f);
+        }
+        assert!(
+            done.iter()
+                .any(|f| matches!(f, Frame::Committed { files } if files == &[0])),
+            "{done:?}"
+        );
+    });
+    for (name, code) in results.lock().unwrap().iter() {
+        assert_eq!(*code, Some(ErrorCode::Protocol), "{name}");
+    }
+    assert_eq!(std::fs::read(root.join("z")).unwrap(), plain);
+    // The server still serves an honest client, compressing as it goes.
+    let src = s.path("t");
+    std::fs::write(&src, &plain).unwrap();
+    let out = copy(&cs, &src, server.url("t"), &["--accept-new"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_identical(&src, &root.join("t"));
 }

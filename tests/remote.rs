@@ -52,6 +52,69 @@ fn push_and_pull_the_edge_case_tree_on_loopback() {
 }
 
 #[test]
+fn compressible_chunks_travel_compressed_both_ways_and_arrive_intact() {
+    let s = Scratch::new("remote-zstd");
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // Three whole chunks of text and a tail of one byte, random data beside them (which
+    // must go raw), and a small text file.
+    text_file(&src.join("log.txt"), 3 * CHUNK_BYTES as usize + 1);
+    random_file(&src.join("random.bin"), 2 * CHUNK_BYTES, 9);
+    text_file(&src.join("small.txt"), 10_000);
+    let (cs, ss) = keys(&s);
+    let server = Server::start(&s.path("root"), &ss);
+    let compressed = |summary: &serde_json::Value| {
+        (
+            summary["compressed_chunks"].as_u64().unwrap(),
+            summary["bytes_saved_by_compression"].as_u64().unwrap(),
+        )
+    };
+
+    let out = copy(
+        &cs,
+        with_slash(&src),
+        server.url("auto"),
+        &["--accept-new", "--json"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let summary = json(&out);
+    let (chunks, saved) = compressed(&summary);
+    // The three text chunks and the small file; never the random chunks, and never the
+    // one-byte tail (nothing to gain).
+    assert_eq!(chunks, 4, "{summary}");
+    assert!(saved > 3 * CHUNK_BYTES / 2, "{summary}");
+    assert_identical(&src, &s.path("root/auto"));
+
+    let out = copy(
+        &cs,
+        with_slash(&src),
+        server.url("never"),
+        &["--json", "--compress", "never"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(compressed(&json(&out)), (0, 0));
+    assert_identical(&src, &s.path("root/never"));
+
+    // Pulls: the server decides as `auto` does (its first text chunk, which measures
+    // zstd, goes compressed), unless the client says never.
+    let back = s.path("back");
+    let out = copy(&cs, server.url("auto/"), &back, &["--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(compressed(&json(&out)).0 >= 1);
+    assert_identical(&src, &back);
+    let back_raw = s.path("back-raw");
+    let out = copy(
+        &cs,
+        server.url("auto/"),
+        &back_raw,
+        &["--json", "--compress", "never"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(compressed(&json(&out)), (0, 0));
+    assert_identical(&src, &back_raw);
+}
+
+#[test]
 fn unknown_changed_and_unauthorized_keys_are_refused() {
     let s = Scratch::new("remote-auth");
     let src = s.path("f");

@@ -1,7 +1,8 @@
 //! Remote transfers across an emulated WAN: two namespaces joined by tools/delayline with
 //! delay, random loss and a rate limit. The edge-case tree must arrive intact through a
 //! path that loses packets (the loss-tolerant controller runs here: the RTT is above its
-//! long-path threshold), and the emulator must remove its namespaces when stopped. Needs
+//! long-path threshold), text must travel compressed there, and the emulator must remove
+//! its namespaces when stopped. Needs
 //! root; CI runs as root, and elsewhere the test says it was skipped.
 
 mod common;
@@ -118,6 +119,19 @@ fn a_tree_crosses_a_lossy_delayed_path_intact() {
         .map(|p| p["lost_packets"].as_u64().unwrap())
         .sum();
     assert!(lost > 0, "no packet was lost on a 2% loss path: {summary}");
+
+    // Text on a path slower than zstd travels compressed (`--compress auto`), and intact.
+    let text = s.path("text");
+    std::fs::create_dir_all(&text).unwrap();
+    text_file(&text.join("log.txt"), 2 * CHUNK_BYTES as usize);
+    let out = copy_in(ns, &cs, with_slash(&text), server.url("text"), &["--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let summary = json(&out);
+    assert!(
+        summary["compressed_chunks"].as_u64().unwrap() >= 1,
+        "{summary}"
+    );
+    assert_identical(&text, &s.path("root/text"));
 
     drop(server);
     let (client_ns, server_ns) = (wan.client_ns.clone(), wan.server_ns.clone());

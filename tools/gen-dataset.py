@@ -11,6 +11,8 @@ Datasets (the seeds' benchmark notes):
   random-1g     one 1 GiB file of pseudo-random bytes (incompressible)
   random-10g    one 10 GiB file of pseudo-random bytes
   text-1g       one 1 GiB file of base64 text (compressible: zstd -1 takes it to ~75%)
+  logs-SIZE     one file of SIZE of service-log lines (timestamps, hosts, paths, counters;
+                zstd -1 takes it to about a fifth), e.g. logs-512m
   small-100k    100,000 files of 10 KiB in 1,000 directories
   random-SIZE   one file of SIZE (e.g. random-2048m, random-64m), for quick runs
   small-N       N files of 8 KiB, 100 per directory (e.g. small-20000)
@@ -48,6 +50,8 @@ def spec(name):
         return ("small", int(m.group(1)), 8 * 1024, 100)
     if m := re.fullmatch(r"text-(\w+)", name):
         return ("text", parse_size(m.group(1)))
+    if m := re.fullmatch(r"logs-(\w+)", name):
+        return ("logs", parse_size(m.group(1)))
     if m := re.fullmatch(r"random-(\w+)", name):
         return ("random", parse_size(m.group(1)))
     raise ValueError(f"unknown dataset '{name}' (see --help)")
@@ -73,6 +77,31 @@ def write_text(path, size, rng):
         left = size
         while left:
             raw = base64.encodebytes(rng.randbytes(57 * 1024))
+            n = min(left, len(raw))
+            f.write(raw[:n])
+            left -= n
+
+
+def write_logs(path, size, rng):
+    # Lines as a busy service writes them: a rising timestamp, a few hosts and pids,
+    # paths and verbs from small vocabularies, and counters that vary.
+    verbs = ["verified", "written", "queued", "sent", "retried", "skipped"]
+    dirs = ["data", "logs", "scratch", "archive", "images"]
+    t = 1_763_700_000_000
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            lines = []
+            for _ in range(4096):
+                t += rng.randrange(5000)
+                lines.append(
+                    f"{t // 1000}.{t % 1000:03} host-{rng.randrange(24):02} "
+                    f"tpc-xfer[{1000 + rng.randrange(64)}]: chunk {rng.randrange(100000):06} "
+                    f"of /{rng.choice(dirs)}/set-{rng.randrange(50)}/part-{rng.randrange(2000):04}.bin "
+                    f"{rng.choice(verbs)} in {rng.randrange(100000)} us "
+                    f"({4194304 - rng.randrange(3) * 65536} bytes)\n"
+                )
+            raw = "".join(lines).encode()
             n = min(left, len(raw))
             f.write(raw[:n])
             left -= n
@@ -110,6 +139,8 @@ def generate(out_dir, name, seed):
         write_random(tmp, params[0], rng)
     elif kind == "text":
         write_text(tmp, params[0], rng)
+    elif kind == "logs":
+        write_logs(tmp, params[0], rng)
     else:
         write_small(tmp, *params, rng)
     os.rename(tmp, final)

@@ -4,12 +4,15 @@
 # the QUIC path trace on (TPC_XFER_TRACE_QUIC) at both ends, a push that passes the
 # deadline is stopped and counted as stalled, and the traces of every push are kept.
 # Run as root. Prints one line per push and a summary; exits 1 if any push stalled.
+# Each push's stdout (its `--json` summary, given COPY_ARGS=--json) goes to push-N.out.
 #
 #   tools/soak-wan.sh                               # 20 pushes of 1 GiB, 50 ms, 0.1% loss
 #   PUSHES=50 LOSS_PCT=1 SIZE_MB=256 tools/soak-wan.sh
+#   SRC=/var/tmp/logs COPY_ARGS="--compress never" PUSHES=3 tools/soak-wan.sh
 #
-# Settings (environment): PUSHES=20 SIZE_MB=1024 DELAY_MS=25 (one way) LOSS_PCT=0.1
-# RATE_MBIT=1000 MTU=1500 DEADLINE_S=120 TRACE_S=1 OUT=/var/tmp/tpc-soak/<date>
+# Settings (environment): PUSHES=20 SIZE_MB=1024 (of random data, unless SRC names a
+# file to push) DELAY_MS=25 (one way) LOSS_PCT=0.1 RATE_MBIT=1000 MTU=1500 DEADLINE_S=120
+# TRACE_S=1 COPY_ARGS="" (more `tpc-xfer copy` flags) OUT=/var/tmp/tpc-soak/<date>
 # TPC=target/release/tpc-xfer DELAYLINE=target/release/tpc-delayline
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,8 +44,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-src=$OUT/src.bin
-head -c "$((SIZE_MB << 20))" /dev/urandom > "$src"
+if [ -n "${SRC:-}" ]; then
+  src=$SRC
+  [ -f "$src" ] || die "SRC=$src is not a file"
+  SIZE_MB=$(( $(stat -c %s "$src") >> 20 ))
+else
+  src=$OUT/src.bin
+  head -c "$((SIZE_MB << 20))" /dev/urandom > "$src"
+fi
 
 # The delay line makes both namespaces (replacing any left over) and removes them on exit.
 "$DELAYLINE" --ns-a "$NS_A" --ns-b "$NS_B" --addr-a 10.198.0.1 --addr-b "$HOST" --delay-ms "$DELAY_MS" \
@@ -69,8 +78,8 @@ for i in $(seq "$PUSHES"); do
   mark=$(wc -l < "$OUT/server.log")
   set +e
   TPC_XFER_TRACE_QUIC=$TRACE_S timeout -s KILL "$DEADLINE_S" ip netns exec "$NS_A" \
-    "$TPC" copy -q --fsync never --state "$OUT/client-state" "$src" "tpc://$HOST:$PORT/big" \
-    2> "$OUT/push-$i.client.log"
+    "$TPC" copy -q --fsync never ${COPY_ARGS:-} --state "$OUT/client-state" "$src" "tpc://$HOST:$PORT/big" \
+    > "$OUT/push-$i.out" 2> "$OUT/push-$i.client.log"
   rc=$?
   set -e
   secs=$(echo "$(date +%s.%N) - $start" | bc)

@@ -11,11 +11,15 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tpc_core::codec::{Compression, CODECS_ZSTD};
+use tpc_core::wire::Run;
 use tpc_engine::quic::{bind_socket, Connection, Endpoint, RecvStream, SendStream};
+use tpc_engine::rt::File;
 use tpc_engine::rt::{self, Driver, IoChoice};
 use tpc_xfer::auth::{
     quic_client_config, quic_server_config, AuthorizedClients, Identity, KnownServers, ServerTrust,
 };
+use tpc_xfer::remote::data::{receive_run, send_run, RunLog};
 use tpc_xfer::remote::transport_config;
 
 /// The drivers that run here: io_uring where this host allows it, and portable. Called
@@ -71,6 +75,53 @@ pub fn random_file(path: &Path, size: u64) {
     std::fs::File::open(path)
         .and_then(|mut f| f.read_to_end(&mut sink))
         .expect("read back");
+}
+
+/// `size` bytes of log-like text, deterministic: lines of timestamps, hosts, paths and
+/// counters drawn from small vocabularies by a seeded generator, about as compressible
+/// as a real service log (neither random nor one repeated line).
+pub fn text_bytes(size: usize, seed: u64) -> Vec<u8> {
+    use std::io::Write;
+    const VERBS: [&str; 6] = [
+        "verified", "written", "queued", "sent", "retried", "skipped",
+    ];
+    const DIRS: [&str; 5] = ["data", "logs", "scratch", "archive", "images"];
+    let mut x = seed | 1;
+    let mut next = move || {
+        // xorshift64*: fast and good enough to vary the fields.
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let mut out = Vec::with_capacity(size + 256);
+    let mut t = 1_763_700_000_000u64;
+    while out.len() < size {
+        t += next() % 5000;
+        let r = next();
+        let _ = writeln!(
+            out,
+            "{}.{:03} host-{:02} tpc-xfer[{}]: chunk {:06} of /{}/set-{}/part-{:04}.bin {} in {} us ({} bytes)",
+            t / 1000,
+            t % 1000,
+            r % 24,
+            1000 + (r >> 8) % 64,
+            (r >> 16) % 100_000,
+            DIRS[((r >> 20) % 5) as usize],
+            (r >> 24) % 50,
+            (r >> 32) % 2000,
+            VERBS[((r >> 40) % 6) as usize],
+            next() % 100_000,
+            4_194_304 - (r >> 48) % 3 * 65_536,
+        );
+    }
+    out.truncate(size);
+    out
+}
+
+/// A file of `size` bytes of [`text_bytes`], read once so it sits in the page cache.
+pub fn text_file(path: &Path, size: u64) {
+    std::fs::write(path, text_bytes(size as usize, 7)).expect("write text");
 }
 
 /// Runs `iters` repetitions of `work` on a fresh shard of `driver` and returns the time
@@ -197,4 +248,87 @@ impl Drop for QuicPair {
             let _ = s.join();
         }
     }
+}
+
+/// The run header a bench stream carries in place of a `Put` frame: first chunk, chunk
+/// count, codecs (9 bytes).
+fn bench_run(size: u64, first: u32, count: u32, codecs: u8) -> Run {
+    Run {
+        session: 0,
+        file: 0,
+        path: Vec::new(),
+        size,
+        chunk_first: first,
+        chunk_count: count,
+        codecs,
+    }
+}
+
+/// The client side of one push of `src` (`size` bytes) as the product's data path does
+/// it: runs of `chunks_per_stream` chunks over concurrent streams of one connection, each
+/// read, hashed (and compressed, as `compression` decides) by `send_run`, each
+/// acknowledged once the server has verified and written it.
+pub fn push_runs(
+    src: Arc<PathBuf>,
+    size: u64,
+    chunks_per_stream: u32,
+    compression: Compression,
+) -> Job {
+    Box::new(move |conn| {
+        Box::pin(async move {
+            let chunks = size.div_ceil(tpc_core::limits::CHUNK_SIZE_BYTES) as u32;
+            let codecs = if compression == Compression::Never {
+                0
+            } else {
+                CODECS_ZSTD
+            };
+            let mut tasks = Vec::new();
+            for first in (0..chunks).step_by(chunks_per_stream as usize) {
+                let count = chunks_per_stream.min(chunks - first);
+                let conn = conn.clone();
+                let src = src.clone();
+                tasks.push(rt::spawn_local(async move {
+                    let file = File::open(&src).await.expect("source opens");
+                    let (mut send, mut recv) = conn.open_bi().await.expect("stream opens");
+                    let mut header = [0u8; 9];
+                    header[..4].copy_from_slice(&first.to_le_bytes());
+                    header[4..8].copy_from_slice(&count.to_le_bytes());
+                    header[8] = codecs;
+                    send.write_all(&header).await.expect("header sent");
+                    let run = bench_run(size, first, count, codecs);
+                    let mut log = RunLog::default();
+                    send_run(&file, "bench", &run, compression, &mut send, &mut log)
+                        .await
+                        .expect("run sent");
+                    send.finish().expect("finished");
+                    let mut ack = [0u8; 1];
+                    assert!(recv.read_exact(&mut ack).await.expect("acknowledged"));
+                    let _ = file.close().await;
+                }));
+            }
+            for t in tasks {
+                t.await;
+            }
+        })
+    })
+}
+
+/// The server side of [`push_runs`]: verifies one stream's run and writes it into `dst`
+/// (a file of `size` bytes), then acknowledges it.
+pub async fn serve_run(mut send: SendStream, mut recv: RecvStream, dst: PathBuf, size: u64) {
+    let mut header = [0u8; 9];
+    assert!(recv.read_exact(&mut header).await.expect("header"));
+    let first = u32::from_le_bytes(header[..4].try_into().unwrap());
+    let count = u32::from_le_bytes(header[4..8].try_into().unwrap());
+    let run = bench_run(size, first, count, header[8]);
+    let file = File::open_write(&dst, 0o600, libc::O_CLOEXEC)
+        .await
+        .expect("destination opens");
+    let mut log = RunLog::default();
+    receive_run(&mut recv, &file, "bench", &run, &mut log)
+        .await
+        .expect("run verified and written");
+    let _ = file.close().await;
+    let _ = send.write_all(b"k").await;
+    let _ = send.finish();
 }

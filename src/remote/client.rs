@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use tpc_core::codec::{Compression, CODECS_ZSTD};
 use tpc_core::limits::{CHUNK_SIZE_BYTES, RANGE_CHUNKS};
 use tpc_core::plan::{owner, range_shard};
 use tpc_core::relpath::RelPath;
@@ -34,7 +35,7 @@ use tpc_engine::quic::{bind_socket, udp_payload_max_towards, Connection, Endpoin
 use tpc_engine::rt::{self, File};
 use tpc_engine::{Driver, Durability};
 
-use super::data::{receive_run, send_run, DataError};
+use super::data::{receive_run, send_run, Compressed, DataError, RunLog};
 use super::receiver::{full_path, temp_path, Failure, Receiver};
 use super::{
     congestion::Congestion, expect_end, expect_frame, transport_config, write_frame, RemoteSpec,
@@ -55,6 +56,9 @@ pub struct RemoteOptions {
     pub congestion: Congestion,
     /// The driver the shards run on (`--io`).
     pub driver: Driver,
+    /// Which chunks this end compresses when it sends (a push); `Never` also asks the
+    /// server not to compress what it sends (a pull).
+    pub compression: Compression,
 }
 
 /// setuid and setgid are never sent as such: ownership is not transferred.
@@ -84,6 +88,9 @@ struct Summary {
     chunk_latency_us: LatencySummary,
     /// The driver this end's shards ran on: "uring" or "portable".
     io: &'static str,
+    /// Chunks that travelled zstd-compressed (`--compress`), and the bytes that saved.
+    compressed_chunks: u64,
+    bytes_saved_by_compression: u64,
 }
 
 /// Percentiles of the per-chunk latency, in µs.
@@ -164,6 +171,7 @@ struct Work {
     /// Ranges per shard.
     ranges: Vec<Vec<RangeItem>>,
     local_root: Option<Arc<Root>>,
+    compression: Compression,
 }
 
 enum Msg {
@@ -181,6 +189,7 @@ enum Msg {
 struct ShardOut {
     bytes: u64,
     ranges: u64,
+    compressed: Compressed,
     cpu: usize,
     udp_payload: u16,
     path: PathSummary,
@@ -199,6 +208,7 @@ struct Job {
     state_dir: PathBuf,
     opts_durable: bool,
     quiet: bool,
+    compression: Compression,
     plan: Mutex<Option<Plan>>,
 }
 
@@ -289,6 +299,7 @@ fn run(remote: RemoteSpec, opts: &RemoteOptions, plan: Plan) -> Exit {
         state_dir: opts.state_dir.clone(),
         opts_durable: opts.durability == Durability::Batch,
         quiet: opts.quiet,
+        compression: opts.compression,
         plan: Mutex::new(Some(plan)),
     });
     let shard_count = opts.shard_count;
@@ -310,6 +321,12 @@ fn run(remote: RemoteSpec, opts: &RemoteOptions, plan: Plan) -> Exit {
     summary.shards = shard_count;
     summary.io = opts.driver.name();
     summary.bytes_per_shard = outs.iter().map(|o| o.bytes).collect();
+    let mut compressed = Compressed::default();
+    for o in &outs {
+        compressed.add(o.compressed);
+    }
+    summary.compressed_chunks = compressed.chunks;
+    summary.bytes_saved_by_compression = compressed.saved_bytes;
     summary.ranges_per_shard = outs.iter().map(|o| o.ranges).collect();
     summary.shard_cpus = outs.iter().map(|o| o.cpu).collect();
     summary.udp_payload_per_shard = outs.iter().map(|o| o.udp_payload).collect();
@@ -465,6 +482,7 @@ async fn worker_shard(
     if let Some(stats) = futures_lite::future::or(finished, stopped).await {
         out.bytes = stats.0;
         out.ranges = stats.1;
+        out.compressed = stats.2;
         out.chunk_latency = Some(latency.borrow().clone());
         // Wait for shard 0 to finish the session before closing our connection.
         let _ = receivers.recv_from(0).await;
@@ -489,18 +507,19 @@ async fn tokio_free_timeout<T>(f: impl std::future::Future<Output = T>) -> Optio
 }
 
 /// Moves this shard's ranges with `STREAMS_IN_FLIGHT_PER_SHARD` streams at once, sending
-/// each range's result to `results`. Returns (bytes, ranges) moved.
+/// each range's result to `results`. Returns (bytes, ranges) moved and how compression
+/// fared.
 async fn run_ranges(
     shard: usize,
     conn: Option<Connection>,
     work: Arc<Work>,
     results: async_channel::Sender<(u32, Result<u64, Failure>)>,
     latency: Rc<RefCell<Histogram<u64>>>,
-) -> (u64, u64) {
+) -> (u64, u64, Compressed) {
     let queue: Rc<RefCell<VecDeque<RangeItem>>> = Rc::new(RefCell::new(
         work.ranges.get(shard).cloned().unwrap_or_default().into(),
     ));
-    let totals = Rc::new(RefCell::new((0u64, 0u64)));
+    let totals = Rc::new(RefCell::new((0u64, 0u64, Compressed::default())));
     let results = Rc::new(results);
     let mut tasks = Vec::new();
     for _ in 0..STREAMS_IN_FLIGHT_PER_SHARD {
@@ -519,11 +538,13 @@ async fn run_ranges(
                     Some(c) => move_range(c, &work, item, &latency).await,
                     None => Err(Failure::new(ErrorCode::Io, "no connection to the server")),
                 };
-                if let Ok(n) = &result {
+                if let Ok((n, compressed)) = &result {
                     let mut t = totals.borrow_mut();
                     t.0 += n;
                     t.1 += 1;
+                    t.2.add(*compressed);
                 }
+                let result = result.map(|(n, _)| n);
                 if results.send((item.file, result)).await.is_err() {
                     break;
                 }
@@ -578,7 +599,7 @@ async fn move_range(
     work: &Work,
     item: RangeItem,
     latency: &RefCell<Histogram<u64>>,
-) -> Result<u64, Failure> {
+) -> Result<(u64, Compressed), Failure> {
     let f = &work.files[item.file as usize];
     let (mut send, mut recv) = conn
         .open_bi()
@@ -592,11 +613,16 @@ async fn move_range(
         size: f.size,
         chunk_first: item.first,
         chunk_count: item.count,
+        // Push: what this end may send. Pull: what it takes from the server.
+        codecs: match work.compression {
+            Compression::Never => 0,
+            Compression::Auto | Compression::Always => CODECS_ZSTD,
+        },
     };
     let header = if work.push {
-        Frame::Put(run)
+        Frame::Put(run.clone())
     } else {
-        Frame::Get(run)
+        Frame::Get(run.clone())
     };
     write_frame(&mut send, &header).await.map_err(io)?;
     if work.push {
@@ -605,11 +631,8 @@ async fn move_range(
             .await
             .map_err(|e| Failure::new(ErrorCode::Io, format!("cannot open {}: {e}", quote(src))))?;
         let what = quote(src);
-        let mut ready = Vec::with_capacity(item.count as usize);
-        let sent = send_run(
-            &file, &what, f.size, item.first, item.count, &mut send, &mut ready,
-        )
-        .await;
+        let mut log = RunLog::default();
+        let sent = send_run(&file, &what, &run, work.compression, &mut send, &mut log).await;
         // End the stream before anything else can yield: the server stops reading once
         // the run is complete, and a finish after that would be refused.
         let finished = sent.is_ok().then(|| send.finish());
@@ -633,9 +656,9 @@ async fn move_range(
         match expect_frame(&mut recv).await.map_err(io)? {
             Frame::RangeOk => {
                 let ok = Instant::now();
-                record_latencies(latency, ready.iter().map(|&t| (t, ok)));
+                record_latencies(latency, log.times.iter().map(|&t| (t, ok)));
                 expect_end(&mut recv).await.map_err(io)?;
-                Ok(n)
+                Ok((n, log.compressed))
             }
             other => Err(Failure::new(
                 ErrorCode::Protocol,
@@ -661,20 +684,11 @@ async fn move_range(
             .map_err(|e| Failure::new(ErrorCode::Io, e.to_string()))?;
         let file = File::from_fd(fd);
         let what = tmp.to_string();
-        let mut written = Vec::with_capacity(item.count as usize);
-        let got = receive_run(
-            &mut recv,
-            &file,
-            &what,
-            f.size,
-            item.first,
-            item.count,
-            &mut written,
-        )
-        .await;
+        let mut log = RunLog::default();
+        let got = receive_run(&mut recv, &file, &what, &run, &mut log).await;
         let _ = file.close().await;
-        record_latencies(latency, written.iter().map(|&t| (asked, t)));
-        got.map_err(data_failure)
+        record_latencies(latency, log.times.iter().map(|&t| (asked, t)));
+        got.map(|n| (n, log.compressed)).map_err(data_failure)
     }
 }
 
@@ -743,11 +757,19 @@ fn connect_failure(job: &Job, e: &QuicError) -> (Exit, String) {
     })
 }
 
-/// The server refused this client's key. In TLS 1.3 the client's handshake completes before
-/// the server has checked the client's certificate, so the refusal can arrive at connect
-/// or at the first stream.
+/// The server refused this client's key, or speaks another protocol version. In TLS 1.3
+/// the client's handshake completes before the server has checked the client's
+/// certificate, so a refusal can arrive at connect or at the first stream.
 fn refused(job: &Job, e: &QuicError) -> Option<(Exit, String)> {
     match e {
+        QuicError::Lost(reason) if auth::quic_protocol_mismatch(reason) => Some((
+            Exit::Protocol,
+            format!(
+                "server {} speaks another version of the tpc-xfer protocol than this client ({}): run the same release at both ends",
+                job.remote.authority,
+                String::from_utf8_lossy(auth::ALPN)
+            ),
+        )),
         QuicError::Lost(reason) if auth::quic_refused_by_server(reason) => Some((
             Exit::Auth,
             format!(
@@ -1103,6 +1125,7 @@ async fn session(
         files,
         ranges,
         local_root,
+        compression: job.compression,
     });
     for peer in 1..shard_count {
         let _ = senders.send_to(peer, Msg::Start(work.clone())).await;
@@ -1278,6 +1301,7 @@ async fn session(
     };
     out.bytes = stats.0;
     out.ranges = stats.1;
+    out.compressed = stats.2;
     out.chunk_latency = Some(latency.borrow().clone());
     if let Some(e) = session_error {
         out.summary = Some((summary, problems));

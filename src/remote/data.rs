@@ -1,11 +1,16 @@
 //! The data path of a remote transfer, on a shard: read a run of chunks through the
-//! shard's driver (io_uring or portable), hash each with BLAKE3 and send it with its
-//! hash; or receive a run, verify every chunk against its hash, and only then write it.
+//! shard's driver (io_uring or portable), hash each with BLAKE3, compress it where that
+//! pays, and send it with its hash; or receive a run, decode and verify every chunk
+//! against its hash, and only then write it.
 
 use std::time::Instant;
 
+use tpc_core::codec::{
+    check_codec, check_compressed_len, Compression, Decoder, Encoder, CODECS_ZSTD, CODEC_RAW,
+    CODEC_ZSTD, FRAME_PLAIN_BYTES,
+};
 use tpc_core::limits::CHUNK_SIZE_BYTES;
-use tpc_core::wire::{run_bytes, ErrorCode};
+use tpc_core::wire::{run_bytes, ErrorCode, Run};
 use tpc_engine::quic::{RecvStream, SendStream};
 use tpc_engine::rt::File;
 
@@ -66,19 +71,68 @@ fn chunk_spans(
 /// Bytes hashed and handed to QUIC at a time: small enough to stay in L2 between the two.
 const HASH_PIECE_BYTES: usize = 256 * 1024;
 
-/// Sends chunks `first .. first + count` of `file` (of `size` bytes): each chunk's bytes,
-/// then its BLAKE3 hash. Returns the bytes sent. A file that is shorter than announced
-/// (it changed since the manifest) fails with `Changed`.
+/// How compression fared over some runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Compressed {
+    /// Chunks that travelled zstd-compressed.
+    pub chunks: u64,
+    /// Bytes those chunks saved on the wire (plain minus compressed).
+    pub saved_bytes: u64,
+}
+
+impl Compressed {
+    pub fn add(&mut self, other: Compressed) {
+        self.chunks += other.chunks;
+        self.saved_bytes += other.saved_bytes;
+    }
+}
+
+thread_local! {
+    /// How fast zstd compresses on this shard's core, carried from one run's encoder to
+    /// the next so that each run need not measure it again (shards are threads).
+    static ZSTD_SPEED: std::cell::Cell<Option<f64>> = const { std::cell::Cell::new(None) };
+}
+
+/// What one run did, for the transfer's summary.
+#[derive(Debug, Default)]
+pub struct RunLog {
+    /// When each chunk was read off disk (sender) or verified and written (receiver).
+    pub times: Vec<Instant>,
+    pub compressed: Compressed,
+}
+
+fn protocol_failure(what: &str, e: impl std::fmt::Display) -> DataError {
+    DataError::Local(Failure::new(ErrorCode::Protocol, format!("{what}: {e}")))
+}
+
+/// Sends the chunks `run` names of `file`: each as its codec byte, its bytes (raw, or
+/// zstd frames after their length where `compression` finds it pays and `run.codecs`
+/// allows it), then the BLAKE3 hash of its plain bytes. Returns the plain bytes sent. A
+/// file that is shorter than announced (it changed since the manifest) fails with
+/// `Changed`.
 pub async fn send_run(
     file: &File,
     what: &str,
-    size: u64,
-    first: u32,
-    count: u32,
+    run: &Run,
+    compression: Compression,
     send: &mut SendStream,
-    ready: &mut Vec<Instant>,
+    log: &mut RunLog,
 ) -> Result<u64, DataError> {
-    let (spans, len) = chunk_spans(size, first, count)?;
+    let (spans, len) = chunk_spans(run.size, run.chunk_first, run.chunk_count)?;
+    let compression = if run.codecs & CODECS_ZSTD == 0 {
+        Compression::Never
+    } else {
+        compression
+    };
+    let mut encoder = match compression {
+        Compression::Never => None,
+        mode => Some(
+            Encoder::new(mode)
+                .map_err(|e| io_failure("zstd", &e, None))?
+                .with_speed(ZSTD_SPEED.get()),
+        ),
+    };
+    let mut frames = Vec::new();
     for (pos, n) in spans {
         let data = if n > 0 {
             let buf = file
@@ -95,11 +149,54 @@ pub async fn send_run(
         } else {
             None
         };
-        ready.push(Instant::now());
+        log.times.push(Instant::now());
         let bytes: &[u8] = data.as_deref().unwrap_or(&[]);
+        let mut hasher = blake3::Hasher::new();
+        let path_rate = send.connection().send_rate_estimate();
+        let try_zstd = encoder
+            .as_mut()
+            .is_some_and(|e| e.worth_trying(bytes, path_rate));
+        if let Some(enc) = encoder.as_mut().filter(|_| try_zstd) {
+            // Frame by frame, hashing each frame's plain bytes while they are in cache,
+            // and letting the shard's other tasks (its QUIC driver above all) run in
+            // between: a whole chunk would hold the core for milliseconds.
+            frames.clear();
+            let mut kept = true;
+            for piece in bytes.chunks(FRAME_PLAIN_BYTES) {
+                hasher.update(piece);
+                let started = Instant::now();
+                enc.compress_frame(piece, &mut frames)
+                    .map_err(|e| io_failure("zstd", &e, None))?;
+                enc.observe(piece.len(), started.elapsed().as_secs_f64());
+                ZSTD_SPEED.set(enc.speed());
+                if !Encoder::keep(frames.len(), n) {
+                    kept = false;
+                    break;
+                }
+                tpc_engine::rt::yield_now().await;
+            }
+            if kept {
+                let mut header = [0u8; 5];
+                header[0] = CODEC_ZSTD;
+                header[1..].copy_from_slice(&(frames.len() as u32).to_le_bytes());
+                send.write_all(&header).await.map_err(SessionError::from)?;
+                send.write_all(&frames).await.map_err(SessionError::from)?;
+                send.write_all(hasher.finalize().as_bytes())
+                    .await
+                    .map_err(SessionError::from)?;
+                log.compressed.add(Compressed {
+                    chunks: 1,
+                    saved_bytes: (n - frames.len()) as u64,
+                });
+                continue;
+            }
+            hasher = blake3::Hasher::new();
+        }
+        send.write_all(&[CODEC_RAW])
+            .await
+            .map_err(SessionError::from)?;
         // Hash each piece just before QUIC copies it: it is read from cache once for
         // both, not twice from memory.
-        let mut hasher = blake3::Hasher::new();
         for piece in bytes.chunks(HASH_PIECE_BYTES) {
             hasher.update(piece);
             send.write_all(piece).await.map_err(SessionError::from)?;
@@ -111,43 +208,99 @@ pub async fn send_run(
     Ok(len)
 }
 
-/// Receives chunks `first .. first + count` of a file of `size` bytes from `recv`,
-/// verifies each against the hash that follows it, and writes it at its offset in
-/// `file`. Nothing unverified is written. The run must be all the stream carries: its end
-/// is read too. Returns the bytes written.
+/// Reads exactly `n` bytes into `buf` (empty, with room for them), hashing them, if
+/// asked, a window at a time while the window is still in cache. (Stream frames are as
+/// small as the path MTU allows, 1.2 KB on a standard link: too short for BLAKE3's SIMD
+/// path one by one.)
+async fn read_exactly(
+    recv: &mut RecvStream,
+    n: usize,
+    buf: &mut Vec<u8>,
+    mut hasher: Option<&mut blake3::Hasher>,
+) -> Result<(), DataError> {
+    let mut hashed = 0;
+    while buf.len() < n {
+        match recv
+            .read_chunk(n - buf.len())
+            .await
+            .map_err(SessionError::from)?
+        {
+            Some(piece) => buf.extend_from_slice(&piece),
+            None => return Err(DataError::Session(SessionError::Ended)),
+        }
+        if let Some(h) = hasher.as_deref_mut() {
+            while buf.len() - hashed >= HASH_PIECE_BYTES {
+                h.update(&buf[hashed..hashed + HASH_PIECE_BYTES]);
+                hashed += HASH_PIECE_BYTES;
+            }
+        }
+    }
+    if let Some(h) = hasher {
+        h.update(&buf[hashed..]);
+    }
+    Ok(())
+}
+
+/// Receives the chunks `run` names from `recv`, decodes each (refusing a codec the run
+/// did not allow, and a compressed chunk that is not smaller than the chunk or does not
+/// decode to exactly its length), verifies it against the hash that follows it, and
+/// writes it at its offset in `file`. Nothing unverified is written. The run must be all
+/// the stream carries: its end is read too. Returns the bytes written.
 pub async fn receive_run(
     recv: &mut RecvStream,
     file: &File,
     what: &str,
-    size: u64,
-    first: u32,
-    count: u32,
-    written: &mut Vec<Instant>,
+    run: &Run,
+    log: &mut RunLog,
 ) -> Result<u64, DataError> {
-    let (spans, len) = chunk_spans(size, first, count)?;
+    let (spans, len) = chunk_spans(run.size, run.chunk_first, run.chunk_count)?;
+    let mut decoder: Option<Decoder> = None;
+    let mut frames = Vec::new();
     for (pos, n) in spans {
-        // One buffer per chunk, handed to the write: the drivers' write_at takes a Vec. It
-        // is filled without zeroing it first, and hashed a window at a time while the
-        // window is still in cache. (Stream frames are as small as the path MTU allows,
-        // 1.2 KB on a standard link: too short for BLAKE3's SIMD path one by one.)
+        // One buffer per chunk, handed to the write: the drivers' write_at takes a Vec.
         let mut buf = Vec::with_capacity(n);
         let mut hasher = blake3::Hasher::new();
-        let mut hashed = 0;
-        while buf.len() < n {
-            match recv
-                .read_chunk(n - buf.len())
+        let mut codec = [0u8; 1];
+        if !recv
+            .read_exact(&mut codec)
+            .await
+            .map_err(SessionError::from)?
+        {
+            return Err(DataError::Session(SessionError::Ended));
+        }
+        check_codec(codec[0], run.codecs).map_err(|e| protocol_failure(what, e))?;
+        if codec[0] == CODEC_ZSTD {
+            let mut zlen = [0u8; 4];
+            if !recv
+                .read_exact(&mut zlen)
                 .await
                 .map_err(SessionError::from)?
             {
-                Some(piece) => buf.extend_from_slice(&piece),
-                None => return Err(DataError::Session(SessionError::Ended)),
+                return Err(DataError::Session(SessionError::Ended));
             }
-            while buf.len() - hashed >= HASH_PIECE_BYTES {
-                hasher.update(&buf[hashed..hashed + HASH_PIECE_BYTES]);
-                hashed += HASH_PIECE_BYTES;
+            let zlen = u32::from_le_bytes(zlen);
+            // Bounded by the chunk's own length before a byte of it is buffered.
+            check_compressed_len(u64::from(zlen), n as u64)
+                .map_err(|e| protocol_failure(what, e))?;
+            frames.clear();
+            frames.reserve(zlen as usize);
+            read_exactly(recv, zlen as usize, &mut frames, None).await?;
+            let dec = match decoder.as_mut() {
+                Some(d) => d,
+                None => decoder.insert(Decoder::new().map_err(|e| io_failure("zstd", &e, None))?),
+            };
+            dec.decompress(&frames, n, &mut buf)
+                .map_err(|e| protocol_failure(what, format!("chunk at offset {pos}: {e}")))?;
+            for piece in buf.chunks(HASH_PIECE_BYTES) {
+                hasher.update(piece);
             }
+            log.compressed.add(Compressed {
+                chunks: 1,
+                saved_bytes: u64::from(n as u32 - zlen),
+            });
+        } else {
+            read_exactly(recv, n, &mut buf, Some(&mut hasher)).await?;
         }
-        hasher.update(&buf[hashed..]);
         let mut hash = [0u8; 32];
         if !recv
             .read_exact(&mut hash)
@@ -171,7 +324,7 @@ pub async fn receive_run(
                 return Err(io_failure(what, "short write", None));
             }
         }
-        written.push(Instant::now());
+        log.times.push(Instant::now());
     }
     expect_end(recv).await.map_err(|e| match e {
         SessionError::Trailing => DataError::Local(Failure::new(

@@ -15,6 +15,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tpc_core::codec::Compression;
 use tpc_core::relpath::RelPath;
 use tpc_core::wire::{
     entry_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, Op, Run, WireKind,
@@ -27,7 +28,7 @@ use tpc_engine::quic::{
 use tpc_engine::rt::{self, File};
 
 use super::congestion::Congestion;
-use super::data::{receive_run, send_run, DataError};
+use super::data::{receive_run, send_run, DataError, RunLog};
 use super::receiver::{temp_path, Failure, Receiver};
 use super::{expect_end, expect_frame, read_frame, transport_config, write_frame, SessionError};
 use crate::auth::{self, AuthorizedClients, Identity};
@@ -492,17 +493,8 @@ async fn put(
     }
     let file = File::from_fd(fd);
     let what = full.to_string();
-    let mut written = Vec::new(); // per-chunk timing is the client's to report
-    let result = receive_run(
-        recv,
-        &file,
-        &what,
-        p.size,
-        p.chunk_first,
-        p.chunk_count,
-        &mut written,
-    )
-    .await;
+    let mut log = RunLog::default(); // per-chunk timing is the client's to report
+    let result = receive_run(recv, &file, &what, &p, &mut log).await;
     let _ = file.close().await;
     match result {
         Ok(_) => write_frame(send, &Frame::RangeOk)
@@ -537,17 +529,10 @@ async fn get(send: &mut SendStream, shared: &Shared, g: Run) -> Result<(), Failu
     .map_err(session_failure)?;
     let file = File::from_fd(fd);
     let what = full.to_string();
-    let mut ready = Vec::new(); // per-chunk timing is the client's to report
-    let result = send_run(
-        &file,
-        &what,
-        g.size,
-        g.chunk_first,
-        g.chunk_count,
-        send,
-        &mut ready,
-    )
-    .await;
+    let mut log = RunLog::default(); // per-chunk timing is the client's to report
+                                     // The client's `codecs` say whether it takes compressed chunks; which ones pay is
+                                     // decided here, chunk by chunk.
+    let result = send_run(&file, &what, &g, Compression::Auto, send, &mut log).await;
     // End the stream before anything else can yield: the client is waiting for its end.
     let finished = result.is_ok().then(|| send.finish());
     let _ = file.close().await;

@@ -459,6 +459,24 @@ pub fn copy_in(
         .expect("tpc-xfer runs")
 }
 
+/// `size` bytes of log-like text: it compresses well, but is not one repeated line.
+pub fn text_file(path: &Path, size: usize) {
+    let mut out = String::with_capacity(size + 100);
+    let mut i = 0u64;
+    while out.len() < size {
+        out.push_str(&format!(
+            "{} host-{} chunk {} verified in {} us\n",
+            1_763_700_000 + i,
+            i % 17,
+            i * 7919 % 100_000,
+            i * 104_729 % 5000
+        ));
+        i += 1;
+    }
+    out.truncate(size);
+    std::fs::write(path, out).unwrap();
+}
+
 /// Pushes the tree `src` from `netns` to `server` as `tree` (accepting the server's key on
 /// first use), checks it arrived identical under `root`, pulls it back into `back` and
 /// checks that copy too, with `tpc-xfer check` as well. Returns the push's `--json`

@@ -7,6 +7,7 @@
 //! decides. That keeps the decisions deterministic and testable without any I/O.
 
 pub mod assembly;
+pub mod codec;
 pub mod commit;
 pub mod compare;
 pub mod digest;

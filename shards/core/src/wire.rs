@@ -1,10 +1,11 @@
-//! The tpc-xfer wire protocol, version 1: frames, their encoding, and the limits every
+//! The tpc-xfer wire protocol, version 2: frames, their encoding, and the limits every
 //! field is checked against before anything is allocated. Specified in docs/PROTOCOL.md.
 //!
 //! Frames travel on QUIC bidirectional streams. Each frame is `type: u8`, `len: u32`
 //! (little endian, at most `FRAME_BYTES_MAX`), then `len` bytes of payload. A `Put` frame
 //! (and a `Data` frame, the answer to a `Get`) is followed on its stream by each chunk it
-//! names: the chunk's raw bytes, then its 32-byte BLAKE3 hash. Those are not framed
+//! names: a codec byte, the chunk's bytes (raw, or zstd frames after their length; see
+//! `codec`), then the 32-byte BLAKE3 hash of the plain bytes. Those are not framed
 //! because their length follows from the header, which keeps 4 MiB chunks out of frame
 //! buffers; the hash comes after its chunk so the sender hashes as it reads, in one pass.
 //!
@@ -14,11 +15,12 @@
 use crate::digest::ChunkHash;
 use crate::limits::{FILE_SIZE_BYTES_MAX, PATH_BYTES_MAX, RANGE_CHUNKS, SHARDS_MAX};
 
-/// ALPN of protocol version 1; a peer that speaks anything else fails the TLS handshake.
-pub const ALPN: &[u8] = b"tpc-xfer/1";
+/// ALPN of protocol version 2; a peer that speaks anything else fails the TLS handshake.
+pub const ALPN: &[u8] = b"tpc-xfer/2";
 
-/// Version carried in `Hello`; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version carried in `Hello`; bumped on any incompatible change. Version 2 added the
+/// per-chunk codec byte (zstd) and the run header's `codecs`.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Bytes of a frame header: type (1) + payload length (4).
 pub const FRAME_HEADER_BYTES: usize = 5;
@@ -189,7 +191,7 @@ pub struct NeedItem {
 
 /// Header of a data stream: a run of chunks of one file. After `Put` the chunks follow
 /// from client to server; a `Get` asks the server for them, and it answers `Data` and
-/// then the chunks. Each chunk travels as its bytes and then its hash.
+/// then the chunks. Each chunk travels as its codec byte, its bytes and then its hash.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Run {
     pub session: u64,
@@ -199,6 +201,9 @@ pub struct Run {
     pub size: u64,
     pub chunk_first: u32,
     pub chunk_count: u32,
+    /// Codecs the run's chunks may use besides raw (`codec::CODECS_*` bits): in a `Put`
+    /// the ones the client will use, in a `Get` the ones it accepts.
+    pub codecs: u8,
 }
 
 /// Why something failed, as seen by the peer. Stable numbers: they are on the wire.
@@ -446,6 +451,7 @@ impl Frame {
                 w.u64(run.size);
                 w.u32(run.chunk_first);
                 w.u32(run.chunk_count);
+                w.u8(run.codecs);
             }
             Frame::Data { chunk_count } => w.u32(*chunk_count),
             Frame::Commit { files } | Frame::Committed { files } => {
@@ -630,8 +636,15 @@ impl Frame {
                     size: r.size()?,
                     chunk_first: r.u32("chunk_first")?,
                     chunk_count: r.u32("chunk_count")?,
+                    codecs: r.u8("codecs")?,
                 };
                 stream_chunks(run.chunk_count)?;
+                if !crate::codec::codecs_valid(run.codecs) {
+                    return Err(WireError::BadValue {
+                        field: "codecs",
+                        value: u64::from(run.codecs),
+                    });
+                }
                 if kind_byte == kind::PUT {
                     Frame::Put(run)
                 } else {
@@ -988,6 +1001,7 @@ mod tests {
             size: 10,
             chunk_first: 0,
             chunk_count: 2,
+            codecs: 0,
         }));
         round_trip(Frame::Get(Run {
             session: 1,
@@ -996,6 +1010,7 @@ mod tests {
             size: 10,
             chunk_first: 0,
             chunk_count: 1,
+            codecs: crate::codec::CODECS_ZSTD,
         }));
         round_trip(Frame::Data { chunk_count: 1 });
         round_trip(Frame::Commit { files: vec![1, 2] });
@@ -1056,15 +1071,26 @@ mod tests {
             size: 1,
             chunk_first: 0,
             chunk_count: 1,
+            codecs: 0,
         })
         .encode(&mut buf);
-        // Patch chunk_count over the per-stream limit.
+        // Patch chunk_count (before the codecs byte) over the per-stream limit.
         let n = buf.len();
-        buf[n - 4..].copy_from_slice(&(STREAM_CHUNKS_MAX + 1).to_le_bytes());
+        let mut over = buf.clone();
+        over[n - 5..n - 1].copy_from_slice(&(STREAM_CHUNKS_MAX + 1).to_le_bytes());
         assert!(matches!(
-            Frame::decode(kind::GET, &buf[5..]),
+            Frame::decode(kind::GET, &over[5..]),
             Err(WireError::Limit { .. })
         ));
+        // A codec bit this version does not know.
+        buf[n - 1] = 0x80;
+        assert_eq!(
+            Frame::decode(kind::GET, &buf[5..]),
+            Err(WireError::BadValue {
+                field: "codecs",
+                value: 0x80
+            })
+        );
     }
 
     #[test]

@@ -61,7 +61,9 @@ const TRACE_INTERVAL_MAX_SECS: f64 = 3600.0;
 
 /// The trace interval `TRACE_ENV` asks for, if it names a number of seconds.
 fn trace_interval() -> Option<Duration> {
-    let v = std::env::var(TRACE_ENV).ok()?;
+    let v = std::env::var(TRACE_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty())?;
     match v.trim().parse::<f64>() {
         Ok(s) if s > 0.0 && s <= TRACE_INTERVAL_MAX_SECS => Some(Duration::from_secs_f64(s)),
         _ => {
@@ -793,6 +795,19 @@ impl Connection {
         self.with(|c| c.conn.current_mtu()).unwrap_or(0)
     }
 
+    /// Bytes per second this connection can send, as its congestion controller sees it:
+    /// the pacing rate where the controller estimates the bottleneck's bandwidth, else
+    /// one window per smoothed RTT. An upper bound early on, as windows only grow.
+    pub fn send_rate_estimate(&self) -> Option<f64> {
+        self.with(|c| {
+            let m = c.conn.congestion_state().metrics();
+            match m.pacing_rate {
+                Some(bits_per_sec) => bits_per_sec as f64 / 8.0,
+                None => m.congestion_window as f64 / c.conn.rtt().as_secs_f64().max(1e-6),
+            }
+        })
+    }
+
     /// quinn-proto's counters for this connection (RTT, window, packets sent and lost,
     /// congestion events), for summaries and benchmarks.
     pub fn stats(&self) -> Option<quinn_proto::ConnectionStats> {
@@ -887,6 +902,11 @@ pub struct SendStream {
 }
 
 impl SendStream {
+    /// The connection this stream belongs to.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
     /// Writes all of `data`, waiting for flow-control credit as needed.
     pub async fn write_all(&mut self, mut data: &[u8]) -> Result<(), QuicError> {
         while !data.is_empty() {
