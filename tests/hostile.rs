@@ -1,7 +1,8 @@
 //! A hostile client against a real `tpc-xfer serve`: it speaks the wire protocol directly
 //! (the command line would never send these) and tries `../x`, `/etc/x`, and paths through
-//! a symlink that points out of the root, and compressed chunks that lie about their
-//! length, decode to more or less than the chunk, or use a codec the run did not allow.
+//! a symlink that points out of the root, compressed chunks that lie about their
+//! length, decode to more or less than the chunk, or use a codec the run did not allow,
+//! and chunks claimed to be "already there" that are not.
 //! Nothing may appear outside the root or unverified, each try gets a typed error, and the
 //! server goes on serving.
 
@@ -12,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use common::*;
-use tpc_core::codec::{CODECS_ZSTD, CODEC_RAW, CODEC_ZSTD};
+use tpc_core::codec::{CODECS_SAME, CODECS_ZSTD, CODEC_RAW, CODEC_SAME, CODEC_ZSTD};
 use tpc_core::wire::{Entry, ErrorCode, Frame, Op, Run, WireKind, PROTOCOL_VERSION};
 use tpc_engine::quic::{bind_socket, Connection, Endpoint};
 use tpc_xfer::auth::{quic_client_config, Identity, KnownServers, ServerTrust};
@@ -138,6 +139,7 @@ fn a_hostile_client_cannot_write_outside_the_root_and_the_server_keeps_serving()
                 chunk_first: 0,
                 chunk_count: 1,
                 codecs: 0,
+                have: vec![],
             });
             let a = exchange(&conn, &[put]).await;
             record(&format!("put {}", String::from_utf8_lossy(path)), a);
@@ -171,6 +173,7 @@ fn a_hostile_client_cannot_write_outside_the_root_and_the_server_keeps_serving()
             chunk_first: 0,
             chunk_count: 1,
             codecs: 0,
+            have: vec![],
         });
         let a = exchange(&conn, &[get]).await;
         assert!(
@@ -269,6 +272,7 @@ async fn put_raw(
         chunk_first: 0,
         chunk_count: 1,
         codecs,
+        have: vec![],
     });
     write_frame(&mut send, &put).await.unwrap();
     // The server may refuse part way and stop reading: later writes may fail.
@@ -288,6 +292,110 @@ fn zstd_chunk(frames: &[u8], plain: &[u8]) -> Vec<u8> {
     out.extend_from_slice(frames);
     out.extend_from_slice(blake3::hash(plain).as_bytes());
     out
+}
+
+/// Opens a push session of the one file `z` of `size` bytes; returns the control stream
+/// and the session id, once the server has answered with its needs (and their `have`
+/// hashes, returned too).
+async fn open_session(
+    conn: &Connection,
+    size: u64,
+) -> (
+    tpc_engine::quic::SendStream,
+    tpc_engine::quic::RecvStream,
+    u64,
+    Vec<tpc_core::ChunkHash>,
+) {
+    let (mut ctl, mut ctl_recv) = conn.open_bi().await.unwrap();
+    write_frame(&mut ctl, &push(b"z")).await.unwrap();
+    let entry = Entry { size, ..file(b"") };
+    write_frame(&mut ctl, &Frame::Entries(vec![entry]))
+        .await
+        .unwrap();
+    write_frame(&mut ctl, &Frame::EntriesEnd { count: 1 })
+        .await
+        .unwrap();
+    let (mut session, mut have) = (None, Vec::new());
+    loop {
+        match read_frame(&mut ctl_recv).await.unwrap() {
+            Some(Frame::Welcome { session: id, .. }) => session = Some(id),
+            Some(Frame::Need(items)) => have = items[0].have.clone(),
+            Some(Frame::NeedEnd) | None => break,
+            Some(_) => {}
+        }
+    }
+    (ctl, ctl_recv, session.expect("welcomed"), have)
+}
+
+#[test]
+fn chunks_claimed_already_there_are_checked_against_the_old_version() {
+    let s = Scratch::new("hostile-same");
+    let (cs, ss) = keys(&s);
+    let root = s.path("root");
+    std::fs::create_dir_all(&root).unwrap();
+    // The server's old version of `z`, which the client's claims are checked against.
+    let old = vec![b'o'; 5000];
+    std::fs::write(root.join("z"), &old).unwrap();
+    let server = Server::start(&root, &ss);
+    let codes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = codes.clone();
+    let (old_c, new_c) = (old.clone(), vec![b'n'; 5000]);
+    with_connection(&cs, server.port, move |conn| async move {
+        let (mut ctl, _ctl_recv, session, have) = open_session(&conn, 5000).await;
+        assert_eq!(
+            have,
+            vec![tpc_core::ChunkHash::of(&old_c)],
+            "the server hashed its old z"
+        );
+        let same = |hash: &[u8]| {
+            let mut b = vec![CODEC_SAME];
+            b.extend_from_slice(hash);
+            b
+        };
+        // "Already there" in a run that did not allow it.
+        let a = put_raw(
+            &conn,
+            session,
+            5000,
+            CODECS_ZSTD,
+            &same(blake3::hash(&old_c).as_bytes()),
+        )
+        .await;
+        out.lock().unwrap().push(("not allowed", refusal(&a)));
+        // "Already there" for the new content, which the old version does not hold: the
+        // server's own bytes do not match the hash, so nothing is written.
+        let a = put_raw(
+            &conn,
+            session,
+            5000,
+            CODECS_SAME,
+            &same(blake3::hash(&new_c).as_bytes()),
+        )
+        .await;
+        out.lock()
+            .unwrap()
+            .push(("claimed but different", refusal(&a)));
+        // An honest claim is taken from the old version.
+        let a = put_raw(
+            &conn,
+            session,
+            5000,
+            CODECS_SAME,
+            &same(blake3::hash(&old_c).as_bytes()),
+        )
+        .await;
+        assert!(a.contains(&Frame::RangeOk), "honest claim: {a:?}");
+        write_frame(&mut ctl, &Frame::Finish).await.unwrap();
+        let _ = ctl.finish();
+    });
+    let codes = codes.lock().unwrap();
+    assert_eq!(codes[0], ("not allowed", Some(ErrorCode::Protocol)));
+    assert_eq!(
+        codes[1],
+        ("claimed but different", Some(ErrorCode::Changed))
+    );
+    // Never committed: the old version is untouched.
+    assert_eq!(std::fs::read(root.join("z")).unwrap(), old);
 }
 
 #[test]
@@ -310,24 +418,7 @@ fn lying_compressed_chunks_are_refused_and_nothing_unverified_is_written() {
     with_connection(&cs, server.port, move |conn| async move {
         let plain = plain_c;
         // A session with one file, `z`, so that Put streams have a temporary file.
-        let (mut ctl, mut ctl_recv) = conn.open_bi().await.unwrap();
-        write_frame(&mut ctl, &push(b"z")).await.unwrap();
-        let entry = Entry { size, ..file(b"") };
-        write_frame(&mut ctl, &Frame::Entries(vec![entry]))
-            .await
-            .unwrap();
-        write_frame(&mut ctl, &Frame::EntriesEnd { count: 1 })
-            .await
-            .unwrap();
-        let mut session = None;
-        loop {
-            match read_frame(&mut ctl_recv).await.unwrap() {
-                Some(Frame::Welcome { session: id, .. }) => session = Some(id),
-                Some(Frame::NeedEnd) | None => break,
-                Some(_) => {}
-            }
-        }
-        let session = session.expect("welcomed");
+        let (mut ctl, mut ctl_recv, session, _) = open_session(&conn, size).await;
         let frames = zstd::bulk::compress(&plain, 1).unwrap();
         let bomb = zstd::bulk::compress(&vec![b'a'; 8 << 20], 1).unwrap();
         let short = zstd::bulk::compress(&plain[..50_000], 1).unwrap();

@@ -81,6 +81,7 @@ fn push_to_liar(state: &Path, client_state: &Path, src: &Path, lie: Lie) -> std:
                     file,
                     chunk_first: 0,
                     chunk_count: 1,
+                    have: Vec::new(),
                 })
                 .collect()],
         };
@@ -122,6 +123,7 @@ fn the_client_refuses_a_server_that_lies_about_what_it_needs() {
         file,
         chunk_first,
         chunk_count,
+        have: Vec::new(),
     };
     let lies = [
         (

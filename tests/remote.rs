@@ -114,6 +114,76 @@ fn compressible_chunks_travel_compressed_both_ways_and_arrive_intact() {
     assert_identical(&src, &back_raw);
 }
 
+/// Overwrites `len` bytes at `at` in `path` with other bytes, and moves its mtime on.
+fn scribble(path: &Path, at: u64, len: usize) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&vec![0x5a; len], at).unwrap();
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(60))
+        .unwrap();
+}
+
+#[test]
+fn a_changed_file_moves_only_its_changed_chunks_both_ways() {
+    let s = Scratch::new("remote-reuse");
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // Ten whole chunks and a tail.
+    let big = src.join("big.bin");
+    random_file(&big, 10 * CHUNK_BYTES + 1000, 21);
+    let (cs, ss) = keys(&s);
+    let root = s.path("root");
+    let server = Server::start(&root, &ss);
+    let reused = |summary: &serde_json::Value| {
+        (
+            summary["chunks_reused"].as_u64().unwrap(),
+            summary["bytes_reused"].as_u64().unwrap(),
+        )
+    };
+    let out = copy(
+        &cs,
+        with_slash(&src),
+        server.url("tree"),
+        &["--accept-new", "--json"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(reused(&json(&out)), (0, 0), "nothing was there to reuse");
+
+    // Change chunk 3 and the tail, then push again: the other nine chunks stay behind.
+    scribble(&big, 3 * CHUNK_BYTES + 17, 100);
+    scribble(&big, 10 * CHUNK_BYTES + 999, 1);
+    let out = copy(&cs, with_slash(&src), server.url("tree"), &["--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let summary = json(&out);
+    assert_eq!(summary["files_copied"], 1, "{summary}");
+    assert_eq!(reused(&summary), (9, 9 * CHUNK_BYTES), "{summary}");
+    assert_identical(&src, &root.join("tree"));
+
+    // Grow the file by a chunk and a half: its old chunks are reused, except the old
+    // tail chunk, which is now a whole chunk of other length.
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&big).unwrap();
+        f.write_all(&vec![7u8; (CHUNK_BYTES + CHUNK_BYTES / 2) as usize])
+            .unwrap();
+    }
+    let out = copy(&cs, with_slash(&src), server.url("tree"), &["--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(reused(&json(&out)).0, 10);
+    assert_identical(&src, &root.join("tree"));
+
+    // Pull: the local copy is the old version now. Change chunk 0 on the server.
+    let back = s.path("back");
+    let out = copy(&cs, server.url("tree/"), &back, &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    scribble(&root.join("tree/big.bin"), 5, 10);
+    let out = copy(&cs, server.url("tree/"), &back, &["--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let summary = json(&out);
+    assert_eq!(reused(&summary).0, 11, "{summary}");
+    assert_identical(&root.join("tree"), &back);
+}
+
 #[test]
 fn unknown_changed_and_unauthorized_keys_are_refused() {
     let s = Scratch::new("remote-auth");

@@ -11,8 +11,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tpc_core::codec::{Compression, CODECS_ZSTD};
+use tpc_core::codec::{Compression, CODECS_SAME, CODECS_ZSTD};
 use tpc_core::wire::Run;
+use tpc_core::ChunkHash;
 use tpc_engine::quic::{bind_socket, Connection, Endpoint, RecvStream, SendStream};
 use tpc_engine::rt::File;
 use tpc_engine::rt::{self, Driver, IoChoice};
@@ -261,6 +262,7 @@ fn bench_run(size: u64, first: u32, count: u32, codecs: u8) -> Run {
         chunk_first: first,
         chunk_count: count,
         codecs,
+        have: Vec::new(),
     }
 }
 
@@ -274,6 +276,25 @@ pub fn push_runs(
     chunks_per_stream: u32,
     compression: Compression,
 ) -> Job {
+    push_runs_over(
+        src,
+        size,
+        chunks_per_stream,
+        compression,
+        Arc::new(Vec::new()),
+    )
+}
+
+/// [`push_runs`] to a receiver whose old version of the file has the chunk hashes
+/// `have` (from chunk 0): matching chunks go as `CODEC_SAME`, and the server (see
+/// [`serve_run`]) takes them from its old copy.
+pub fn push_runs_over(
+    src: Arc<PathBuf>,
+    size: u64,
+    chunks_per_stream: u32,
+    compression: Compression,
+    have: Arc<Vec<ChunkHash>>,
+) -> Job {
     Box::new(move |conn| {
         Box::pin(async move {
             let chunks = size.div_ceil(tpc_core::limits::CHUNK_SIZE_BYTES) as u32;
@@ -281,12 +302,13 @@ pub fn push_runs(
                 0
             } else {
                 CODECS_ZSTD
-            };
+            } | if have.is_empty() { 0 } else { CODECS_SAME };
             let mut tasks = Vec::new();
             for first in (0..chunks).step_by(chunks_per_stream as usize) {
                 let count = chunks_per_stream.min(chunks - first);
                 let conn = conn.clone();
                 let src = src.clone();
+                let have = have.clone();
                 tasks.push(rt::spawn_local(async move {
                     let file = File::open(&src).await.expect("source opens");
                     let (mut send, mut recv) = conn.open_bi().await.expect("stream opens");
@@ -297,9 +319,20 @@ pub fn push_runs(
                     send.write_all(&header).await.expect("header sent");
                     let run = bench_run(size, first, count, codecs);
                     let mut log = RunLog::default();
-                    send_run(&file, "bench", &run, compression, &mut send, &mut log)
-                        .await
-                        .expect("run sent");
+                    let theirs = have
+                        .get(first as usize..)
+                        .map_or(&[][..], |h| &h[..h.len().min(count as usize)]);
+                    send_run(
+                        &file,
+                        "bench",
+                        &run,
+                        theirs,
+                        compression,
+                        &mut send,
+                        &mut log,
+                    )
+                    .await
+                    .expect("run sent");
                     send.finish().expect("finished");
                     let mut ack = [0u8; 1];
                     assert!(recv.read_exact(&mut ack).await.expect("acknowledged"));
@@ -315,7 +348,19 @@ pub fn push_runs(
 
 /// The server side of [`push_runs`]: verifies one stream's run and writes it into `dst`
 /// (a file of `size` bytes), then acknowledges it.
-pub async fn serve_run(mut send: SendStream, mut recv: RecvStream, dst: PathBuf, size: u64) {
+pub async fn serve_run(send: SendStream, recv: RecvStream, dst: PathBuf, size: u64) {
+    serve_run_over(send, recv, dst, size, None).await
+}
+
+/// [`serve_run`] with an old version of the file at `old`, where chunks sent as
+/// `CODEC_SAME` are read from.
+pub async fn serve_run_over(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    dst: PathBuf,
+    size: u64,
+    old: Option<PathBuf>,
+) {
     let mut header = [0u8; 9];
     assert!(recv.read_exact(&mut header).await.expect("header"));
     let first = u32::from_le_bytes(header[..4].try_into().unwrap());
@@ -324,11 +369,18 @@ pub async fn serve_run(mut send: SendStream, mut recv: RecvStream, dst: PathBuf,
     let file = File::open_write(&dst, 0o600, libc::O_CLOEXEC)
         .await
         .expect("destination opens");
+    let old = match old {
+        Some(p) => Some(File::open(&p).await.expect("old version opens")),
+        None => None,
+    };
     let mut log = RunLog::default();
-    receive_run(&mut recv, &file, "bench", &run, &mut log)
+    receive_run(&mut recv, &file, "bench", &run, old.as_ref(), &mut log)
         .await
         .expect("run verified and written");
     let _ = file.close().await;
+    if let Some(old) = old {
+        let _ = old.close().await;
+    }
     let _ = send.write_all(b"k").await;
     let _ = send.finish();
 }

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tpc_core::codec::{Compression, CODECS_ZSTD};
+use tpc_core::codec::{Compression, CODECS_SAME, CODECS_ZSTD};
 use tpc_core::limits::{CHUNK_SIZE_BYTES, RANGE_CHUNKS};
 use tpc_core::plan::{owner, range_shard};
 use tpc_core::relpath::RelPath;
@@ -28,6 +28,7 @@ use tpc_core::wire::{
     entry_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, NeedItem, Op, Run, WireKind,
     ITEMS_PER_FRAME_MAX, PROTOCOL_VERSION,
 };
+use tpc_core::ChunkHash;
 use tpc_core::EntryKind;
 use tpc_engine::confine::Root;
 use tpc_engine::mesh::{MeshPeer, Receivers, Senders};
@@ -35,7 +36,7 @@ use tpc_engine::quic::{bind_socket, udp_payload_max_towards, Connection, Endpoin
 use tpc_engine::rt::{self, File};
 use tpc_engine::{Driver, Durability};
 
-use super::data::{receive_run, send_run, Compressed, DataError, RunLog};
+use super::data::{receive_run, send_run, DataError, RunLog, Savings};
 use super::receiver::{full_path, temp_path, Failure, Receiver};
 use super::{
     congestion::Congestion, expect_end, expect_frame, transport_config, write_frame, RemoteSpec,
@@ -91,6 +92,10 @@ struct Summary {
     /// Chunks that travelled zstd-compressed (`--compress`), and the bytes that saved.
     compressed_chunks: u64,
     bytes_saved_by_compression: u64,
+    /// Chunks not sent because the receiver's old version of the file already held
+    /// them, and their bytes.
+    chunks_reused: u64,
+    bytes_reused: u64,
 }
 
 /// Percentiles of the per-chunk latency, in µs.
@@ -152,6 +157,12 @@ struct WorkFile {
     /// Push: the local source. Pull: the local temporary file beneath `Job::local_root`.
     local_src: Option<PathBuf>,
     local_tmp: Option<RelPath>,
+    /// The receiver's hashes of its old version of the file, from chunk `have_first` on:
+    /// chunks that match are not sent (`CODEC_SAME`).
+    have_first: u32,
+    have: Vec<ChunkHash>,
+    /// Pull: the old version beneath `Job::local_root` those hashes are of.
+    local_old: Option<RelPath>,
 }
 
 #[derive(Clone, Copy)]
@@ -189,7 +200,7 @@ enum Msg {
 struct ShardOut {
     bytes: u64,
     ranges: u64,
-    compressed: Compressed,
+    saved: Savings,
     cpu: usize,
     udp_payload: u16,
     path: PathSummary,
@@ -321,12 +332,14 @@ fn run(remote: RemoteSpec, opts: &RemoteOptions, plan: Plan) -> Exit {
     summary.shards = shard_count;
     summary.io = opts.driver.name();
     summary.bytes_per_shard = outs.iter().map(|o| o.bytes).collect();
-    let mut compressed = Compressed::default();
+    let mut saved = Savings::default();
     for o in &outs {
-        compressed.add(o.compressed);
+        saved.add(o.saved);
     }
-    summary.compressed_chunks = compressed.chunks;
-    summary.bytes_saved_by_compression = compressed.saved_bytes;
+    summary.compressed_chunks = saved.compressed_chunks;
+    summary.bytes_saved_by_compression = saved.compressed_saved_bytes;
+    summary.chunks_reused = saved.reused_chunks;
+    summary.bytes_reused = saved.reused_bytes;
     summary.ranges_per_shard = outs.iter().map(|o| o.ranges).collect();
     summary.shard_cpus = outs.iter().map(|o| o.cpu).collect();
     summary.udp_payload_per_shard = outs.iter().map(|o| o.udp_payload).collect();
@@ -482,7 +495,7 @@ async fn worker_shard(
     if let Some(stats) = futures_lite::future::or(finished, stopped).await {
         out.bytes = stats.0;
         out.ranges = stats.1;
-        out.compressed = stats.2;
+        out.saved = stats.2;
         out.chunk_latency = Some(latency.borrow().clone());
         // Wait for shard 0 to finish the session before closing our connection.
         let _ = receivers.recv_from(0).await;
@@ -507,19 +520,19 @@ async fn tokio_free_timeout<T>(f: impl std::future::Future<Output = T>) -> Optio
 }
 
 /// Moves this shard's ranges with `STREAMS_IN_FLIGHT_PER_SHARD` streams at once, sending
-/// each range's result to `results`. Returns (bytes, ranges) moved and how compression
-/// fared.
+/// each range's result to `results`. Returns (bytes, ranges) moved and what compression
+/// and the receiver's old copies saved.
 async fn run_ranges(
     shard: usize,
     conn: Option<Connection>,
     work: Arc<Work>,
     results: async_channel::Sender<(u32, Result<u64, Failure>)>,
     latency: Rc<RefCell<Histogram<u64>>>,
-) -> (u64, u64, Compressed) {
+) -> (u64, u64, Savings) {
     let queue: Rc<RefCell<VecDeque<RangeItem>>> = Rc::new(RefCell::new(
         work.ranges.get(shard).cloned().unwrap_or_default().into(),
     ));
-    let totals = Rc::new(RefCell::new((0u64, 0u64, Compressed::default())));
+    let totals = Rc::new(RefCell::new((0u64, 0u64, Savings::default())));
     let results = Rc::new(results);
     let mut tasks = Vec::new();
     for _ in 0..STREAMS_IN_FLIGHT_PER_SHARD {
@@ -538,11 +551,11 @@ async fn run_ranges(
                     Some(c) => move_range(c, &work, item, &latency).await,
                     None => Err(Failure::new(ErrorCode::Io, "no connection to the server")),
                 };
-                if let Ok((n, compressed)) = &result {
+                if let Ok((n, saved)) = &result {
                     let mut t = totals.borrow_mut();
                     t.0 += n;
                     t.1 += 1;
-                    t.2.add(*compressed);
+                    t.2.add(*saved);
                 }
                 let result = result.map(|(n, _)| n);
                 if results.send((item.file, result)).await.is_err() {
@@ -599,13 +612,33 @@ async fn move_range(
     work: &Work,
     item: RangeItem,
     latency: &RefCell<Histogram<u64>>,
-) -> Result<(u64, Compressed), Failure> {
+) -> Result<(u64, Savings), Failure> {
     let f = &work.files[item.file as usize];
     let (mut send, mut recv) = conn
         .open_bi()
         .await
         .map_err(|e| Failure::new(ErrorCode::Io, e.to_string()))?;
     let io = |e: SessionError| data_failure(DataError::Session(e));
+    // The receiver's hashes of this range's chunks in its old version, if it has one.
+    let mut have: &[ChunkHash] = item
+        .first
+        .checked_sub(f.have_first)
+        .and_then(|skip| f.have.get(skip as usize..))
+        .map_or(&[], |h| &h[..h.len().min(item.count as usize)]);
+    // Pull: the old version those hashes are of, read here for the chunks that match.
+    let mut old = None;
+    if !work.push && !have.is_empty() {
+        let root = work.local_root.as_ref().expect("pull has a local root");
+        match f
+            .local_old
+            .as_ref()
+            .map(|p| root.open(p, libc::O_RDONLY, 0))
+        {
+            Some(Ok(fd)) => old = Some(File::from_fd(fd)),
+            // Gone since planning: ask for every chunk after all.
+            _ => have = &[],
+        }
+    }
     let run = Run {
         session: work.session,
         file: item.file,
@@ -617,7 +650,8 @@ async fn move_range(
         codecs: match work.compression {
             Compression::Never => 0,
             Compression::Auto | Compression::Always => CODECS_ZSTD,
-        },
+        } | if have.is_empty() { 0 } else { CODECS_SAME },
+        have: if work.push { Vec::new() } else { have.to_vec() },
     };
     let header = if work.push {
         Frame::Put(run.clone())
@@ -632,7 +666,16 @@ async fn move_range(
             .map_err(|e| Failure::new(ErrorCode::Io, format!("cannot open {}: {e}", quote(src))))?;
         let what = quote(src);
         let mut log = RunLog::default();
-        let sent = send_run(&file, &what, &run, work.compression, &mut send, &mut log).await;
+        let sent = send_run(
+            &file,
+            &what,
+            &run,
+            have,
+            work.compression,
+            &mut send,
+            &mut log,
+        )
+        .await;
         // End the stream before anything else can yield: the server stops reading once
         // the run is complete, and a finish after that would be refused.
         let finished = sent.is_ok().then(|| send.finish());
@@ -658,7 +701,7 @@ async fn move_range(
                 let ok = Instant::now();
                 record_latencies(latency, log.times.iter().map(|&t| (t, ok)));
                 expect_end(&mut recv).await.map_err(io)?;
-                Ok((n, log.compressed))
+                Ok((n, log.saved))
             }
             other => Err(Failure::new(
                 ErrorCode::Protocol,
@@ -685,10 +728,13 @@ async fn move_range(
         let file = File::from_fd(fd);
         let what = tmp.to_string();
         let mut log = RunLog::default();
-        let got = receive_run(&mut recv, &file, &what, &run, &mut log).await;
+        let got = receive_run(&mut recv, &file, &what, &run, old.as_ref(), &mut log).await;
         let _ = file.close().await;
+        if let Some(old) = old {
+            let _ = old.close().await;
+        }
         record_latencies(latency, log.times.iter().map(|&t| (asked, t)));
-        got.map(|n| (n, log.compressed)).map_err(data_failure)
+        got.map(|n| (n, log.saved)).map_err(data_failure)
     }
 }
 
@@ -967,6 +1013,9 @@ async fn session(
                     size: e.size,
                     local_src: src,
                     local_tmp: None,
+                    have_first: 0,
+                    have: Vec::new(),
+                    local_old: None,
                 });
                 entry_paths.push(e.path.clone());
             }
@@ -1036,6 +1085,9 @@ async fn session(
                     size: e.size,
                     local_src: None,
                     local_tmp: None,
+                    have_first: 0,
+                    have: Vec::new(),
+                    local_old: None,
                 });
                 entry_paths.push(e.path.clone());
             }
@@ -1057,8 +1109,11 @@ async fn session(
             }
             for item in &n {
                 if let Some((full, _)) = receiver.receiving(item.file) {
-                    files[item.file as usize].local_tmp =
-                        temp_path(&full, std::process::id(), session, item.file).ok();
+                    let f = &mut files[item.file as usize];
+                    f.local_tmp = temp_path(&full, std::process::id(), session, item.file).ok();
+                    if !item.have.is_empty() {
+                        f.local_old = Some(full);
+                    }
                 }
             }
             needs = n;
@@ -1101,6 +1156,10 @@ async fn session(
         }
         needed[i] = true;
         let o = owner(path, shard_count);
+        // Hashes of the receiver's old version, as it sent them (at most one per chunk
+        // asked for, which the frame's decoding checked).
+        files[i].have_first = n.chunk_first;
+        files[i].have = n.have.clone();
         let mut first = n.chunk_first;
         let end = end as u32;
         while first < end {
@@ -1301,7 +1360,7 @@ async fn session(
     };
     out.bytes = stats.0;
     out.ranges = stats.1;
-    out.compressed = stats.2;
+    out.saved = stats.2;
     out.chunk_latency = Some(latency.borrow().clone());
     if let Some(e) = session_error {
         out.summary = Some((summary, problems));

@@ -1,16 +1,18 @@
 //! The data path of a remote transfer, on a shard: read a run of chunks through the
-//! shard's driver (io_uring or portable), hash each with BLAKE3, compress it where that
-//! pays, and send it with its hash; or receive a run, decode and verify every chunk
+//! shard's driver (io_uring or portable), hash each with BLAKE3, skip it if the receiver
+//! already has it or compress it where that pays, and send it with its hash; or receive a
+//! run, decode every chunk (or take it from the old version of the file) and verify it
 //! against its hash, and only then write it.
 
 use std::time::Instant;
 
 use tpc_core::codec::{
-    check_codec, check_compressed_len, Compression, Decoder, Encoder, CODECS_ZSTD, CODEC_RAW,
-    CODEC_ZSTD, FRAME_PLAIN_BYTES,
+    check_codec, check_compressed_len, Compression, Decoder, Encoder, CODECS_SAME, CODECS_ZSTD,
+    CODEC_RAW, CODEC_SAME, CODEC_ZSTD, FRAME_PLAIN_BYTES,
 };
 use tpc_core::limits::CHUNK_SIZE_BYTES;
 use tpc_core::wire::{run_bytes, ErrorCode, Run};
+use tpc_core::ChunkHash;
 use tpc_engine::quic::{RecvStream, SendStream};
 use tpc_engine::rt::File;
 
@@ -71,19 +73,25 @@ fn chunk_spans(
 /// Bytes hashed and handed to QUIC at a time: small enough to stay in L2 between the two.
 const HASH_PIECE_BYTES: usize = 256 * 1024;
 
-/// How compression fared over some runs.
+/// What compression and the receiver's old copies saved over some runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Compressed {
-    /// Chunks that travelled zstd-compressed.
-    pub chunks: u64,
-    /// Bytes those chunks saved on the wire (plain minus compressed).
-    pub saved_bytes: u64,
+pub struct Savings {
+    /// Chunks that travelled zstd-compressed, and the bytes that saved on the wire
+    /// (plain minus compressed).
+    pub compressed_chunks: u64,
+    pub compressed_saved_bytes: u64,
+    /// Chunks not sent at all because the receiver's old version of the file held them
+    /// (`CODEC_SAME`), and their bytes.
+    pub reused_chunks: u64,
+    pub reused_bytes: u64,
 }
 
-impl Compressed {
-    pub fn add(&mut self, other: Compressed) {
-        self.chunks += other.chunks;
-        self.saved_bytes += other.saved_bytes;
+impl Savings {
+    pub fn add(&mut self, other: Savings) {
+        self.compressed_chunks += other.compressed_chunks;
+        self.compressed_saved_bytes += other.compressed_saved_bytes;
+        self.reused_chunks += other.reused_chunks;
+        self.reused_bytes += other.reused_bytes;
     }
 }
 
@@ -98,7 +106,7 @@ thread_local! {
 pub struct RunLog {
     /// When each chunk was read off disk (sender) or verified and written (receiver).
     pub times: Vec<Instant>,
-    pub compressed: Compressed,
+    pub saved: Savings,
 }
 
 fn protocol_failure(what: &str, e: impl std::fmt::Display) -> DataError {
@@ -107,13 +115,15 @@ fn protocol_failure(what: &str, e: impl std::fmt::Display) -> DataError {
 
 /// Sends the chunks `run` names of `file`: each as its codec byte, its bytes (raw, or
 /// zstd frames after their length where `compression` finds it pays and `run.codecs`
-/// allows it), then the BLAKE3 hash of its plain bytes. Returns the plain bytes sent. A
-/// file that is shorter than announced (it changed since the manifest) fails with
-/// `Changed`.
+/// allows it; none at all where its hash matches `have`, the receiver's hash of its old
+/// version at that chunk, counted from `run.chunk_first`), then the BLAKE3 hash of its
+/// plain bytes. Returns the plain bytes covered. A file that is shorter than announced
+/// (it changed since the manifest) fails with `Changed`.
 pub async fn send_run(
     file: &File,
     what: &str,
     run: &Run,
+    have: &[ChunkHash],
     compression: Compression,
     send: &mut SendStream,
     log: &mut RunLog,
@@ -124,6 +134,11 @@ pub async fn send_run(
     } else {
         compression
     };
+    let have = if run.codecs & CODECS_SAME == 0 {
+        &[][..]
+    } else {
+        have
+    };
     let mut encoder = match compression {
         Compression::Never => None,
         mode => Some(
@@ -133,7 +148,7 @@ pub async fn send_run(
         ),
     };
     let mut frames = Vec::new();
-    for (pos, n) in spans {
+    for (index, (pos, n)) in spans.enumerate() {
         let data = if n > 0 {
             let buf = file
                 .read_at(pos, n)
@@ -151,6 +166,27 @@ pub async fn send_run(
         };
         log.times.push(Instant::now());
         let bytes: &[u8] = data.as_deref().unwrap_or(&[]);
+        // Where the receiver has an old version of this chunk, hash it first: if the
+        // hashes match, only the codec byte and the hash travel.
+        let known = match have.get(index) {
+            Some(theirs) => {
+                let ours = ChunkHash::of(bytes);
+                if ours == *theirs {
+                    send.write_all(&[CODEC_SAME])
+                        .await
+                        .map_err(SessionError::from)?;
+                    send.write_all(&ours.0).await.map_err(SessionError::from)?;
+                    log.saved.add(Savings {
+                        reused_chunks: 1,
+                        reused_bytes: n as u64,
+                        ..Savings::default()
+                    });
+                    continue;
+                }
+                Some(ours)
+            }
+            None => None,
+        };
         let mut hasher = blake3::Hasher::new();
         let path_rate = send.connection().send_rate_estimate();
         let try_zstd = encoder
@@ -163,7 +199,9 @@ pub async fn send_run(
             frames.clear();
             let mut kept = true;
             for piece in bytes.chunks(FRAME_PLAIN_BYTES) {
-                hasher.update(piece);
+                if known.is_none() {
+                    hasher.update(piece);
+                }
                 let started = Instant::now();
                 enc.compress_frame(piece, &mut frames)
                     .map_err(|e| io_failure("zstd", &e, None))?;
@@ -181,12 +219,12 @@ pub async fn send_run(
                 header[1..].copy_from_slice(&(frames.len() as u32).to_le_bytes());
                 send.write_all(&header).await.map_err(SessionError::from)?;
                 send.write_all(&frames).await.map_err(SessionError::from)?;
-                send.write_all(hasher.finalize().as_bytes())
-                    .await
-                    .map_err(SessionError::from)?;
-                log.compressed.add(Compressed {
-                    chunks: 1,
-                    saved_bytes: (n - frames.len()) as u64,
+                let hash = known.unwrap_or_else(|| ChunkHash(*hasher.finalize().as_bytes()));
+                send.write_all(&hash.0).await.map_err(SessionError::from)?;
+                log.saved.add(Savings {
+                    compressed_chunks: 1,
+                    compressed_saved_bytes: (n - frames.len()) as u64,
+                    ..Savings::default()
                 });
                 continue;
             }
@@ -198,12 +236,13 @@ pub async fn send_run(
         // Hash each piece just before QUIC copies it: it is read from cache once for
         // both, not twice from memory.
         for piece in bytes.chunks(HASH_PIECE_BYTES) {
-            hasher.update(piece);
+            if known.is_none() {
+                hasher.update(piece);
+            }
             send.write_all(piece).await.map_err(SessionError::from)?;
         }
-        send.write_all(hasher.finalize().as_bytes())
-            .await
-            .map_err(SessionError::from)?;
+        let hash = known.unwrap_or_else(|| ChunkHash(*hasher.finalize().as_bytes()));
+        send.write_all(&hash.0).await.map_err(SessionError::from)?;
     }
     Ok(len)
 }
@@ -243,14 +282,16 @@ async fn read_exactly(
 
 /// Receives the chunks `run` names from `recv`, decodes each (refusing a codec the run
 /// did not allow, and a compressed chunk that is not smaller than the chunk or does not
-/// decode to exactly its length), verifies it against the hash that follows it, and
-/// writes it at its offset in `file`. Nothing unverified is written. The run must be all
-/// the stream carries: its end is read too. Returns the bytes written.
+/// decode to exactly its length; taking a `CODEC_SAME` chunk from `old`, the old version
+/// of the file), verifies it against the hash that follows it, and writes it at its
+/// offset in `file`. Nothing unverified is written. The run must be all the stream
+/// carries: its end is read too. Returns the bytes written.
 pub async fn receive_run(
     recv: &mut RecvStream,
     file: &File,
     what: &str,
     run: &Run,
+    old: Option<&File>,
     log: &mut RunLog,
 ) -> Result<u64, DataError> {
     let (spans, len) = chunk_spans(run.size, run.chunk_first, run.chunk_count)?;
@@ -269,37 +310,69 @@ pub async fn receive_run(
             return Err(DataError::Session(SessionError::Ended));
         }
         check_codec(codec[0], run.codecs).map_err(|e| protocol_failure(what, e))?;
-        if codec[0] == CODEC_ZSTD {
-            let mut zlen = [0u8; 4];
-            if !recv
-                .read_exact(&mut zlen)
-                .await
-                .map_err(SessionError::from)?
-            {
-                return Err(DataError::Session(SessionError::Ended));
+        let mut reused = false;
+        match codec[0] {
+            CODEC_ZSTD => {
+                let mut zlen = [0u8; 4];
+                if !recv
+                    .read_exact(&mut zlen)
+                    .await
+                    .map_err(SessionError::from)?
+                {
+                    return Err(DataError::Session(SessionError::Ended));
+                }
+                let zlen = u32::from_le_bytes(zlen);
+                // Bounded by the chunk's own length before a byte of it is buffered.
+                check_compressed_len(u64::from(zlen), n as u64)
+                    .map_err(|e| protocol_failure(what, e))?;
+                frames.clear();
+                frames.reserve(zlen as usize);
+                read_exactly(recv, zlen as usize, &mut frames, None).await?;
+                let dec = match decoder.as_mut() {
+                    Some(d) => d,
+                    None => {
+                        decoder.insert(Decoder::new().map_err(|e| io_failure("zstd", &e, None))?)
+                    }
+                };
+                dec.decompress(&frames, n, &mut buf)
+                    .map_err(|e| protocol_failure(what, format!("chunk at offset {pos}: {e}")))?;
+                for piece in buf.chunks(HASH_PIECE_BYTES) {
+                    hasher.update(piece);
+                }
+                log.saved.add(Savings {
+                    compressed_chunks: 1,
+                    compressed_saved_bytes: u64::from(n as u32 - zlen),
+                    ..Savings::default()
+                });
             }
-            let zlen = u32::from_le_bytes(zlen);
-            // Bounded by the chunk's own length before a byte of it is buffered.
-            check_compressed_len(u64::from(zlen), n as u64)
-                .map_err(|e| protocol_failure(what, e))?;
-            frames.clear();
-            frames.reserve(zlen as usize);
-            read_exactly(recv, zlen as usize, &mut frames, None).await?;
-            let dec = match decoder.as_mut() {
-                Some(d) => d,
-                None => decoder.insert(Decoder::new().map_err(|e| io_failure("zstd", &e, None))?),
-            };
-            dec.decompress(&frames, n, &mut buf)
-                .map_err(|e| protocol_failure(what, format!("chunk at offset {pos}: {e}")))?;
-            for piece in buf.chunks(HASH_PIECE_BYTES) {
-                hasher.update(piece);
+            CODEC_SAME => {
+                // The sender says our old version holds this chunk: read it from there;
+                // the hash check below holds it to what the sender has.
+                let Some(old) = old else {
+                    return Err(protocol_failure(
+                        what,
+                        format!("chunk at offset {pos} sent as already here, but there is no old version"),
+                    ));
+                };
+                if n > 0 {
+                    let got = old
+                        .read_at(pos, n)
+                        .await
+                        .map_err(|e| io_failure(what, &e, e.raw_os_error()))?;
+                    buf.extend_from_slice(&got);
+                }
+                if buf.len() != n {
+                    return Err(DataError::Local(Failure::new(
+                        ErrorCode::Changed,
+                        format!("{what}: the old version shrank during the transfer"),
+                    )));
+                }
+                for piece in buf.chunks(HASH_PIECE_BYTES) {
+                    hasher.update(piece);
+                }
+                reused = true;
             }
-            log.compressed.add(Compressed {
-                chunks: 1,
-                saved_bytes: u64::from(n as u32 - zlen),
-            });
-        } else {
-            read_exactly(recv, n, &mut buf, Some(&mut hasher)).await?;
+            _ => read_exactly(recv, n, &mut buf, Some(&mut hasher)).await?,
         }
         let mut hash = [0u8; 32];
         if !recv
@@ -310,10 +383,24 @@ pub async fn receive_run(
             return Err(DataError::Session(SessionError::Ended));
         }
         if hasher.finalize().as_bytes() != &hash {
-            return Err(DataError::Local(Failure::new(
-                ErrorCode::HashMismatch,
-                format!("{what}: chunk at offset {pos} does not match its BLAKE3 hash"),
-            )));
+            return Err(DataError::Local(if reused {
+                Failure::new(
+                    ErrorCode::Changed,
+                    format!("{what}: the old version changed during the transfer (chunk at offset {pos})"),
+                )
+            } else {
+                Failure::new(
+                    ErrorCode::HashMismatch,
+                    format!("{what}: chunk at offset {pos} does not match its BLAKE3 hash"),
+                )
+            }));
+        }
+        if reused {
+            log.saved.add(Savings {
+                reused_chunks: 1,
+                reused_bytes: n as u64,
+                ..Savings::default()
+            });
         }
         if n > 0 {
             let wrote = file

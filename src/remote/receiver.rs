@@ -1,6 +1,8 @@
 //! The receiving side of a session, on the filesystem: checks each manifest entry's path,
-//! decides what it needs, creates temporary files, and commits files, symlinks and
-//! directory metadata — all beneath a confined root.
+//! decides what it needs (hashing the chunks of an old version of a file already in
+//! place, so the sender can skip those it would send unchanged), creates temporary
+//! files, and commits files, symlinks and directory metadata — all beneath a confined
+//! root.
 //!
 //! The server runs this for a push (root = `--root`), the client for a pull (root = the
 //! local destination). Everything here is blocking filesystem work; the shards call it
@@ -13,7 +15,8 @@ use std::sync::Arc;
 
 use tpc_core::limits::CHUNK_SIZE_BYTES;
 use tpc_core::relpath::RelPath;
-use tpc_core::wire::{Entry, ErrorCode, NeedItem, WireKind};
+use tpc_core::wire::{Entry, ErrorCode, NeedItem, WireKind, NEED_HAVE_HASHES_MAX};
+use tpc_core::ChunkHash;
 use tpc_engine::confine::{set_file_meta, sync_fd, ConfineError, FileKind, Root};
 
 use super::temp_name;
@@ -170,10 +173,11 @@ impl Receiver {
             };
             self.changed |= !matches!(result, Ok(None));
             match result {
-                Ok(Some(chunks)) => needs.push(NeedItem {
+                Ok(Some((chunks, have))) => needs.push(NeedItem {
                     file: index,
                     chunk_first: 0,
                     chunk_count: chunks,
+                    have,
                 }),
                 Ok(None) => {}
                 Err(f) => {
@@ -221,17 +225,19 @@ impl Receiver {
         }
     }
 
-    /// Returns the number of chunks needed, or `None` if the file is up to date.
+    /// Returns the number of chunks needed and the hashes of those an old version of the
+    /// file already holds, or `None` if the file is up to date.
     fn prepare_file(
         &mut self,
         i: usize,
         dirs_seen: &mut BTreeSet<Vec<u8>>,
-    ) -> Result<Option<u32>, Failure> {
+    ) -> Result<Option<(u32, Vec<ChunkHash>)>, Failure> {
         let parent = self.planned[i].full.parent().unwrap_or_else(RelPath::root);
         if dirs_seen.insert(parent.as_bytes().to_vec()) {
             self.remove_stale_temps(&parent);
         }
         let p = &self.planned[i];
+        let mut old_size = None;
         match self.root.lstat(&p.full).map_err(|e| Failure::confine(&e))? {
             Some(st) if st.kind == FileKind::Dir => {
                 return Err(Failure::new(
@@ -254,8 +260,14 @@ impl Receiver {
                 }
                 return Ok(None);
             }
+            Some(st) if st.kind == FileKind::File => old_size = Some(st.size_bytes),
             _ => {}
         }
+        let have = match old_size {
+            Some(old) if p.entry.size > 0 => self.old_chunk_hashes(&p.full, old, p.entry.size),
+            _ => Vec::new(),
+        };
+        let p = &self.planned[i];
         let tmp = temp_path(&p.full, self.pid, self.session, i as u32)?;
         let fd = match self
             .root
@@ -282,9 +294,18 @@ impl Receiver {
         }
         let chunks = p.entry.size.div_ceil(CHUNK_SIZE_BYTES).max(1);
         self.planned[i].state = FileState::Receiving;
-        Ok(Some(
+        Ok(Some((
             u32::try_from(chunks).expect("FILE_CHUNKS_MAX fits u32"),
-        ))
+            have,
+        )))
+    }
+
+    /// The chunk hashes of the old version at `full` (see [`old_chunk_hashes`]).
+    fn old_chunk_hashes(&self, full: &RelPath, old_size: u64, new_size: u64) -> Vec<ChunkHash> {
+        match self.root.open(full, libc::O_RDONLY, 0) {
+            Ok(fd) => old_chunk_hashes(&std::fs::File::from(fd), old_size, new_size),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Removes temporary files in `dir` left by a receiver process that is gone.
@@ -522,6 +543,29 @@ impl Receiver {
         let p = self.planned.get(f as usize)?;
         (p.state == FileState::Receiving).then(|| (p.full.clone(), p.entry.size))
     }
+}
+
+/// BLAKE3 of each chunk of a new file's layout (`new_size` bytes) that an old version
+/// (`old`, of `old_size` bytes) covers whole, from the first chunk on, up to
+/// `NEED_HAVE_HASHES_MAX`: what a receiver tells the sender it already has. Unreadable,
+/// or shorter than it said: the hashes so far.
+pub fn old_chunk_hashes(old: &std::fs::File, old_size: u64, new_size: u64) -> Vec<ChunkHash> {
+    use std::os::unix::fs::FileExt;
+    let mut have = Vec::new();
+    let mut buf = Vec::new();
+    for c in 0..(NEED_HAVE_HASHES_MAX as u64) {
+        let start = c * CHUNK_SIZE_BYTES;
+        let end = (start + CHUNK_SIZE_BYTES).min(new_size);
+        if start >= new_size || end > old_size {
+            break;
+        }
+        buf.resize((end - start) as usize, 0);
+        if old.read_exact_at(&mut buf, start).is_err() {
+            break;
+        }
+        have.push(ChunkHash::of(&buf));
+    }
+    have
 }
 
 fn fd_ref(fd: &OwnedFd) -> BorrowedFd<'_> {

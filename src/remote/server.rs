@@ -15,11 +15,11 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tpc_core::codec::Compression;
+use tpc_core::codec::{Compression, CODECS_SAME};
 use tpc_core::relpath::RelPath;
 use tpc_core::wire::{
-    entry_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, Op, Run, WireKind,
-    ITEMS_PER_FRAME_MAX, MANIFEST_ENTRIES_MAX, PROTOCOL_VERSION,
+    entry_frames, need_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, Op, Run,
+    WireKind, MANIFEST_ENTRIES_MAX, PROTOCOL_VERSION,
 };
 use tpc_engine::confine::{fstat, FileKind, Root};
 use tpc_engine::quic::{
@@ -398,7 +398,7 @@ async fn push_session(
     for (file, f) in failed {
         attempt!(send_failed(send, file, f).await);
     }
-    for batch in needs.chunks(ITEMS_PER_FRAME_MAX) {
+    for batch in need_frames(&needs) {
         attempt!(write_frame(send, &Frame::Need(batch.to_vec()))
             .await
             .map_err(session_failure));
@@ -493,9 +493,22 @@ async fn put(
     }
     let file = File::from_fd(fd);
     let what = full.to_string();
+    // The old version of the file, where the client may send chunks as already here.
+    let old = if p.codecs & CODECS_SAME != 0 {
+        shared
+            .root
+            .open(&full, libc::O_RDONLY, 0)
+            .ok()
+            .map(File::from_fd)
+    } else {
+        None
+    };
     let mut log = RunLog::default(); // per-chunk timing is the client's to report
-    let result = receive_run(recv, &file, &what, &p, &mut log).await;
+    let result = receive_run(recv, &file, &what, &p, old.as_ref(), &mut log).await;
     let _ = file.close().await;
+    if let Some(old) = old {
+        let _ = old.close().await;
+    }
     match result {
         Ok(_) => write_frame(send, &Frame::RangeOk)
             .await
@@ -532,7 +545,7 @@ async fn get(send: &mut SendStream, shared: &Shared, g: Run) -> Result<(), Failu
     let mut log = RunLog::default(); // per-chunk timing is the client's to report
                                      // The client's `codecs` say whether it takes compressed chunks; which ones pay is
                                      // decided here, chunk by chunk.
-    let result = send_run(&file, &what, &g, Compression::Auto, send, &mut log).await;
+    let result = send_run(&file, &what, &g, &g.have, Compression::Auto, send, &mut log).await;
     // End the stream before anything else can yield: the client is waiting for its end.
     let finished = result.is_ok().then(|| send.finish());
     let _ = file.close().await;

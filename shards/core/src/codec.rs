@@ -1,5 +1,6 @@
 //! Chunk codecs: which chunks are worth compressing with zstd, and the bounded encoding
-//! and decoding of one chunk. Pure computation, no I/O: the data path on each shard calls
+//! and decoding of one chunk; and the codec that sends no bytes for a chunk the receiver
+//! already has. Pure computation, no I/O: the data path on each shard calls
 //! it between reading a chunk and sending it, and between receiving one and verifying it.
 //!
 //! "Only where it pays": a chunk is compressed when a small sample of it compresses well
@@ -20,11 +21,17 @@ use std::fmt;
 pub const CODEC_RAW: u8 = 0;
 /// Per-chunk codec byte on the wire: `len: u32`, then `len` bytes of zstd frames.
 pub const CODEC_ZSTD: u8 = 1;
+/// Per-chunk codec byte on the wire: no bytes at all. The receiver already has a chunk
+/// with this hash at this offset of the file's old version, and takes it from there.
+pub const CODEC_SAME: u8 = 2;
 
 /// Bit of a run header's `codecs`: the run may carry zstd chunks. Raw is always allowed.
 pub const CODECS_ZSTD: u8 = 1;
+/// Bit of a run header's `codecs`: the run may carry `CODEC_SAME` chunks (the receiver
+/// has an old version of the file to take them from).
+pub const CODECS_SAME: u8 = 2;
 /// Every codec bit this version knows; a header with any other bit set is refused.
-pub const CODECS_KNOWN: u8 = CODECS_ZSTD;
+pub const CODECS_KNOWN: u8 = CODECS_ZSTD | CODECS_SAME;
 
 /// zstd level: its fastest standard level, because a transfer engine compresses to save
 /// link time, not storage (benches/compression.rs measures it beside level 3).
@@ -121,6 +128,7 @@ pub fn check_codec(codec: u8, allowed: u8) -> Result<(), CodecError> {
     match codec {
         CODEC_RAW => Ok(()),
         CODEC_ZSTD if allowed & CODECS_ZSTD != 0 => Ok(()),
+        CODEC_SAME if allowed & CODECS_SAME != 0 => Ok(()),
         c => Err(CodecError::Codec(c)),
     }
 }
@@ -490,7 +498,9 @@ mod tests {
         assert!(check_codec(CODEC_ZSTD, 0).is_err());
         assert!(check_codec(7, CODECS_KNOWN).is_err());
         assert!(check_codec(CODEC_ZSTD, CODECS_ZSTD).is_ok());
-        assert!(codecs_valid(CODECS_ZSTD) && !codecs_valid(2));
+        assert!(check_codec(CODEC_SAME, CODECS_ZSTD).is_err());
+        assert!(check_codec(CODEC_SAME, CODECS_SAME).is_ok());
+        assert!(codecs_valid(CODECS_ZSTD | CODECS_SAME) && !codecs_valid(4));
     }
 
     #[test]

@@ -181,12 +181,46 @@ impl ManifestBudget {
     }
 }
 
+/// Chunk hashes one `NeedItem` may carry of what the receiver already has: 64 Ki chunks,
+/// the first 256 GiB of a file (2 MiB of hashes). Past them the file is sent whole.
+pub const NEED_HAVE_HASHES_MAX: usize = 64 * 1024;
+
 /// A run of chunks of one file that the receiver asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NeedItem {
     pub file: u32,
     pub chunk_first: u32,
     pub chunk_count: u32,
+    /// BLAKE3 hashes of the receiver's existing bytes at chunks `chunk_first ..
+    /// chunk_first + have.len()` (the old version of the file, where one is in place):
+    /// the sender sends `CODEC_SAME` for a chunk whose hash matches instead of its bytes.
+    pub have: Vec<ChunkHash>,
+}
+
+impl NeedItem {
+    /// Bytes of this item in a `Need` frame.
+    pub fn encoded_bytes(&self) -> usize {
+        16 + 32 * self.have.len()
+    }
+}
+
+/// Splits need items into the runs that each fit one `Need` frame: at most
+/// `ITEMS_PER_FRAME_MAX` items and `FRAME_BYTES_MAX` bytes.
+pub fn need_frames(items: &[NeedItem]) -> Vec<&[NeedItem]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 4);
+    for (i, item) in items.iter().enumerate() {
+        let n = item.encoded_bytes();
+        if i > start && (i - start == ITEMS_PER_FRAME_MAX || bytes + n > FRAME_BYTES_MAX) {
+            out.push(&items[start..i]);
+            (start, bytes) = (i, 4);
+        }
+        bytes += n;
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
+    }
+    out
 }
 
 /// Header of a data stream: a run of chunks of one file. After `Put` the chunks follow
@@ -204,6 +238,9 @@ pub struct Run {
     /// Codecs the run's chunks may use besides raw (`codec::CODECS_*` bits): in a `Put`
     /// the ones the client will use, in a `Get` the ones it accepts.
     pub codecs: u8,
+    /// `Get` only: hashes of the client's existing bytes at chunks `chunk_first ..
+    /// chunk_first + have.len()`, as in `NeedItem::have`. Empty in a `Put`.
+    pub have: Vec<ChunkHash>,
 }
 
 /// Why something failed, as seen by the peer. Stable numbers: they are on the wire.
@@ -441,6 +478,7 @@ impl Frame {
                     w.u32(i.file);
                     w.u32(i.chunk_first);
                     w.u32(i.chunk_count);
+                    w.hashes(&i.have, NEED_HAVE_HASHES_MAX);
                 }
             }
             Frame::NeedEnd | Frame::RangeOk | Frame::Finish => {}
@@ -452,6 +490,7 @@ impl Frame {
                 w.u32(run.chunk_first);
                 w.u32(run.chunk_count);
                 w.u8(run.codecs);
+                w.hashes(&run.have, STREAM_CHUNKS_MAX as usize);
             }
             Frame::Data { chunk_count } => w.u32(*chunk_count),
             Frame::Commit { files } | Frame::Committed { files } => {
@@ -616,14 +655,23 @@ impl Frame {
                 Frame::EntriesEnd { count }
             }
             kind::NEED => {
-                let n = r.count("need items", ITEMS_PER_FRAME_MAX, 12)?;
+                let n = r.count("need items", ITEMS_PER_FRAME_MAX, 16)?;
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
-                    items.push(NeedItem {
+                    let item = NeedItem {
                         file: r.u32("file")?,
                         chunk_first: r.u32("chunk_first")?,
                         chunk_count: r.u32("chunk_count")?,
-                    });
+                        have: r.hashes("have", NEED_HAVE_HASHES_MAX)?,
+                    };
+                    if item.have.len() as u64 > u64::from(item.chunk_count) {
+                        return Err(WireError::Limit {
+                            field: "have hashes",
+                            value: item.have.len() as u64,
+                            max: u64::from(item.chunk_count),
+                        });
+                    }
+                    items.push(item);
                 }
                 Frame::Need(items)
             }
@@ -637,8 +685,22 @@ impl Frame {
                     chunk_first: r.u32("chunk_first")?,
                     chunk_count: r.u32("chunk_count")?,
                     codecs: r.u8("codecs")?,
+                    have: r.hashes("have", STREAM_CHUNKS_MAX as usize)?,
                 };
                 stream_chunks(run.chunk_count)?;
+                if run.have.len() as u64 > u64::from(run.chunk_count)
+                    || (kind_byte == kind::PUT && !run.have.is_empty())
+                {
+                    return Err(WireError::Limit {
+                        field: "have hashes",
+                        value: run.have.len() as u64,
+                        max: if kind_byte == kind::PUT {
+                            0
+                        } else {
+                            u64::from(run.chunk_count)
+                        },
+                    });
+                }
                 if !crate::codec::codecs_valid(run.codecs) {
                     return Err(WireError::BadValue {
                         field: "codecs",
@@ -989,11 +1051,20 @@ mod tests {
             },
         ]));
         round_trip(Frame::EntriesEnd { count: 2 });
-        round_trip(Frame::Need(vec![NeedItem {
-            file: 1,
-            chunk_first: 0,
-            chunk_count: 3,
-        }]));
+        round_trip(Frame::Need(vec![
+            NeedItem {
+                file: 1,
+                chunk_first: 0,
+                chunk_count: 3,
+                have: vec![],
+            },
+            NeedItem {
+                file: 2,
+                chunk_first: 4,
+                chunk_count: 3,
+                have: vec![ChunkHash([1; 32]), ChunkHash([2; 32])],
+            },
+        ]));
         round_trip(Frame::Put(Run {
             session: 1,
             file: 2,
@@ -1002,6 +1073,7 @@ mod tests {
             chunk_first: 0,
             chunk_count: 2,
             codecs: 0,
+            have: vec![],
         }));
         round_trip(Frame::Get(Run {
             session: 1,
@@ -1011,6 +1083,7 @@ mod tests {
             chunk_first: 0,
             chunk_count: 1,
             codecs: crate::codec::CODECS_ZSTD,
+            have: vec![ChunkHash([3; 32])],
         }));
         round_trip(Frame::Data { chunk_count: 1 });
         round_trip(Frame::Commit { files: vec![1, 2] });
@@ -1072,18 +1145,31 @@ mod tests {
             chunk_first: 0,
             chunk_count: 1,
             codecs: 0,
+            have: vec![],
         })
         .encode(&mut buf);
-        // Patch chunk_count (before the codecs byte) over the per-stream limit.
+        // The run ends: chunk_count (4), codecs (1), have count (4). Patch chunk_count
+        // over the per-stream limit.
         let n = buf.len();
         let mut over = buf.clone();
-        over[n - 5..n - 1].copy_from_slice(&(STREAM_CHUNKS_MAX + 1).to_le_bytes());
+        over[n - 9..n - 5].copy_from_slice(&(STREAM_CHUNKS_MAX + 1).to_le_bytes());
         assert!(matches!(
             Frame::decode(kind::GET, &over[5..]),
             Err(WireError::Limit { .. })
         ));
+        // More have hashes than chunks.
+        let mut more = buf.clone();
+        more[n - 4..].copy_from_slice(&2u32.to_le_bytes());
+        more.extend_from_slice(&[0; 64]);
+        assert!(matches!(
+            Frame::decode(kind::GET, &more[5..]),
+            Err(WireError::Limit {
+                field: "have hashes",
+                ..
+            })
+        ));
         // A codec bit this version does not know.
-        buf[n - 1] = 0x80;
+        buf[n - 5] = 0x80;
         assert_eq!(
             Frame::decode(kind::GET, &buf[5..]),
             Err(WireError::BadValue {
@@ -1091,6 +1177,54 @@ mod tests {
                 value: 0x80
             })
         );
+        // A Put carries no have hashes.
+        let mut put = Vec::new();
+        Frame::Put(Run {
+            session: 1,
+            file: 0,
+            path: vec![],
+            size: 1,
+            chunk_first: 0,
+            chunk_count: 1,
+            codecs: 0,
+            have: vec![ChunkHash([0; 32])],
+        })
+        .encode(&mut put);
+        assert!(matches!(
+            Frame::decode(kind::PUT, &put[5..]),
+            Err(WireError::Limit { max: 0, .. })
+        ));
+        // A need item with more have hashes than chunks.
+        let mut need = Vec::new();
+        Frame::Need(vec![NeedItem {
+            file: 0,
+            chunk_first: 0,
+            chunk_count: 1,
+            have: vec![ChunkHash([0; 32]); 2],
+        }])
+        .encode(&mut need);
+        assert!(matches!(
+            Frame::decode(kind::NEED, &need[5..]),
+            Err(WireError::Limit { .. })
+        ));
+    }
+
+    #[test]
+    fn need_frames_fit_the_frame_limit() {
+        let big = NeedItem {
+            file: 0,
+            chunk_first: 0,
+            chunk_count: NEED_HAVE_HASHES_MAX as u32,
+            have: vec![ChunkHash([9; 32]); NEED_HAVE_HASHES_MAX],
+        };
+        let items = vec![big; 5];
+        let frames = need_frames(&items);
+        assert_eq!(frames.iter().map(|f| f.len()).sum::<usize>(), 5);
+        for f in frames {
+            let mut buf = Vec::new();
+            Frame::Need(f.to_vec()).encode(&mut buf);
+            assert!(buf.len() - FRAME_HEADER_BYTES <= FRAME_BYTES_MAX);
+        }
     }
 
     #[test]
