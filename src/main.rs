@@ -243,8 +243,6 @@ fn main() -> ExitCode {
     ExitCode::from(exit as u8)
 }
 
-/// A copy where one side may be `tpc://HOST[:PORT]/PATH`: a push if the destination is
-/// remote, a pull if the (single) source is.
 /// The options of `copy` that only a remote transfer uses.
 struct RemoteArgs {
     accept_new: bool,
@@ -264,6 +262,8 @@ fn compression_parser() -> impl clap::builder::TypedValueParser<Value = Compress
     })
 }
 
+/// A copy where one side may be `tpc://HOST[:PORT]/PATH`: a push if the destination is
+/// remote, a pull if the (single) source is.
 fn copy_any(
     sources: &[OsString],
     dest: &std::path::Path,

@@ -139,7 +139,6 @@ fn a_hostile_client_cannot_write_outside_the_root_and_the_server_keeps_serving()
                 chunk_first: 0,
                 chunk_count: 1,
                 codecs: 0,
-                have: vec![],
             });
             let a = exchange(&conn, &[put]).await;
             record(&format!("put {}", String::from_utf8_lossy(path)), a);
@@ -173,7 +172,6 @@ fn a_hostile_client_cannot_write_outside_the_root_and_the_server_keeps_serving()
             chunk_first: 0,
             chunk_count: 1,
             codecs: 0,
-            have: vec![],
         });
         let a = exchange(&conn, &[get]).await;
         assert!(
@@ -272,7 +270,6 @@ async fn put_raw(
         chunk_first: 0,
         chunk_count: 1,
         codecs,
-        have: vec![],
     });
     write_frame(&mut send, &put).await.unwrap();
     // The server may refuse part way and stop reading: later writes may fail.
@@ -333,60 +330,54 @@ fn chunks_claimed_already_there_are_checked_against_the_old_version() {
     let (cs, ss) = keys(&s);
     let root = s.path("root");
     std::fs::create_dir_all(&root).unwrap();
-    // The server's old version of `z`, which the client's claims are checked against.
+    // The server's old version of `z` (5000 bytes); the new one is 3000, so the first
+    // 3000 old bytes are "already there" and a committed result shows what was taken.
     let old = vec![b'o'; 5000];
     std::fs::write(root.join("z"), &old).unwrap();
     let server = Server::start(&root, &ss);
     let codes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let out = codes.clone();
-    let (old_c, new_c) = (old.clone(), vec![b'n'; 5000]);
+    let (prefix, other) = (old[..3000].to_vec(), vec![b'n'; 3000]);
     with_connection(&cs, server.port, move |conn| async move {
-        let (mut ctl, _ctl_recv, session, have) = open_session(&conn, 5000).await;
+        let (mut ctl, mut ctl_recv, session, have) = open_session(&conn, 3000).await;
         assert_eq!(
             have,
-            vec![tpc_core::ChunkHash::of(&old_c)],
-            "the server hashed its old z"
+            vec![tpc_core::ChunkHash::of(&prefix)],
+            "the server hashed the part of its old z the new layout covers"
         );
         let same = |hash: &[u8]| {
             let mut b = vec![CODEC_SAME];
             b.extend_from_slice(hash);
             b
         };
+        let honest = same(blake3::hash(&prefix).as_bytes());
         // "Already there" in a run that did not allow it.
-        let a = put_raw(
-            &conn,
-            session,
-            5000,
-            CODECS_ZSTD,
-            &same(blake3::hash(&old_c).as_bytes()),
-        )
-        .await;
+        let a = put_raw(&conn, session, 3000, CODECS_ZSTD, &honest).await;
         out.lock().unwrap().push(("not allowed", refusal(&a)));
-        // "Already there" for the new content, which the old version does not hold: the
+        // "Already there" for other content, which the old version does not hold: the
         // server's own bytes do not match the hash, so nothing is written.
-        let a = put_raw(
-            &conn,
-            session,
-            5000,
-            CODECS_SAME,
-            &same(blake3::hash(&new_c).as_bytes()),
-        )
-        .await;
+        let claim = same(blake3::hash(&other).as_bytes());
+        let a = put_raw(&conn, session, 3000, CODECS_SAME, &claim).await;
         out.lock()
             .unwrap()
             .push(("claimed but different", refusal(&a)));
-        // An honest claim is taken from the old version.
-        let a = put_raw(
-            &conn,
-            session,
-            5000,
-            CODECS_SAME,
-            &same(blake3::hash(&old_c).as_bytes()),
-        )
-        .await;
+        // An honest claim is taken from the old version, and commits.
+        let a = put_raw(&conn, session, 3000, CODECS_SAME, &honest).await;
         assert!(a.contains(&Frame::RangeOk), "honest claim: {a:?}");
+        write_frame(&mut ctl, &Frame::Commit { files: vec![0] })
+            .await
+            .unwrap();
         write_frame(&mut ctl, &Frame::Finish).await.unwrap();
         let _ = ctl.finish();
+        let mut done = Vec::new();
+        while let Ok(Some(f)) = read_frame(&mut ctl_recv).await {
+            done.push(f);
+        }
+        assert!(
+            done.iter()
+                .any(|f| matches!(f, Frame::Committed { files } if files == &[0])),
+            "{done:?}"
+        );
     });
     let codes = codes.lock().unwrap();
     assert_eq!(codes[0], ("not allowed", Some(ErrorCode::Protocol)));
@@ -394,8 +385,7 @@ fn chunks_claimed_already_there_are_checked_against_the_old_version() {
         codes[1],
         ("claimed but different", Some(ErrorCode::Changed))
     );
-    // Never committed: the old version is untouched.
-    assert_eq!(std::fs::read(root.join("z")).unwrap(), old);
+    assert_eq!(std::fs::read(root.join("z")).unwrap(), old[..3000].to_vec());
 }
 
 #[test]

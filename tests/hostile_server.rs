@@ -148,6 +148,13 @@ fn the_client_refuses_a_server_that_lies_about_what_it_needs() {
             "more runs than files",
             Lie::Needs(vec![vec![item(1, 0, 1); 4], vec![item(2, 0, 1)]]),
         ),
+        (
+            "have hashes for chunks the file does not have",
+            Lie::Needs(vec![vec![NeedItem {
+                have: vec![tpc_core::ChunkHash([0; 32]); 65_536],
+                ..item(1, 0, 65_536)
+            }]]),
+        ),
         ("a commit never asked for", Lie::CommittedUnasked(2)),
     ];
     for (what, lie) in lies {

@@ -262,7 +262,6 @@ fn bench_run(size: u64, first: u32, count: u32, codecs: u8) -> Run {
         chunk_first: first,
         chunk_count: count,
         codecs,
-        have: Vec::new(),
     }
 }
 

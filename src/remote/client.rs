@@ -157,12 +157,10 @@ struct WorkFile {
     /// Push: the local source. Pull: the local temporary file beneath `Job::local_root`.
     local_src: Option<PathBuf>,
     local_tmp: Option<RelPath>,
-    /// The receiver's hashes of its old version of the file, from chunk `have_first` on:
-    /// chunks that match are not sent (`CODEC_SAME`).
+    /// Push: the server's hashes of its old version of the file, from chunk `have_first`
+    /// on: chunks that match are not sent (`CODEC_SAME`).
     have_first: u32,
     have: Vec<ChunkHash>,
-    /// Pull: the old version beneath `Job::local_root` those hashes are of.
-    local_old: Option<RelPath>,
 }
 
 #[derive(Clone, Copy)]
@@ -619,26 +617,12 @@ async fn move_range(
         .await
         .map_err(|e| Failure::new(ErrorCode::Io, e.to_string()))?;
     let io = |e: SessionError| data_failure(DataError::Session(e));
-    // The receiver's hashes of this range's chunks in its old version, if it has one.
-    let mut have: &[ChunkHash] = item
+    // Push: the server's hashes of this range's chunks in its old version, if it has one.
+    let have: &[ChunkHash] = item
         .first
         .checked_sub(f.have_first)
         .and_then(|skip| f.have.get(skip as usize..))
         .map_or(&[], |h| &h[..h.len().min(item.count as usize)]);
-    // Pull: the old version those hashes are of, read here for the chunks that match.
-    let mut old = None;
-    if !work.push && !have.is_empty() {
-        let root = work.local_root.as_ref().expect("pull has a local root");
-        match f
-            .local_old
-            .as_ref()
-            .map(|p| root.open(p, libc::O_RDONLY, 0))
-        {
-            Some(Ok(fd)) => old = Some(File::from_fd(fd)),
-            // Gone since planning: ask for every chunk after all.
-            _ => have = &[],
-        }
-    }
     let run = Run {
         session: work.session,
         file: item.file,
@@ -651,7 +635,6 @@ async fn move_range(
             Compression::Never => 0,
             Compression::Auto | Compression::Always => CODECS_ZSTD,
         } | if have.is_empty() { 0 } else { CODECS_SAME },
-        have: if work.push { Vec::new() } else { have.to_vec() },
     };
     let header = if work.push {
         Frame::Put(run.clone())
@@ -728,14 +711,46 @@ async fn move_range(
         let file = File::from_fd(fd);
         let what = tmp.to_string();
         let mut log = RunLog::default();
-        let got = receive_run(&mut recv, &file, &what, &run, old.as_ref(), &mut log).await;
+        let got = receive_run(&mut recv, &file, &what, &run, None, &mut log).await;
         let _ = file.close().await;
-        if let Some(old) = old {
-            let _ = old.close().await;
-        }
         record_latencies(latency, log.times.iter().map(|&t| (asked, t)));
         got.map(|n| (n, log.saved)).map_err(data_failure)
     }
+}
+
+/// Checks one item of the receiver's answer: a regular file of the manifest, a non-empty
+/// run of chunks inside it, and a file not asked for before (marked in `asked`).
+fn check_need(
+    n: &NeedItem,
+    files: &[WorkFile],
+    is_file: &[bool],
+    asked: &mut [bool],
+) -> Result<(), (Exit, String)> {
+    let i = n.file as usize;
+    let (Some(true), Some(f)) = (is_file.get(i), files.get(i)) else {
+        return Err((
+            Exit::Protocol,
+            format!("receiver asked for entry {} which is not a file", n.file),
+        ));
+    };
+    let chunks = f.size.div_ceil(CHUNK_SIZE_BYTES).max(1);
+    let end = u64::from(n.chunk_first) + u64::from(n.chunk_count);
+    if n.chunk_count == 0 || end > chunks {
+        return Err((
+            Exit::Protocol,
+            format!(
+                "receiver asked for chunks {}..{end} of file {}, which has {chunks}",
+                n.chunk_first, n.file
+            ),
+        ));
+    }
+    if std::mem::replace(&mut asked[i], true) {
+        return Err((
+            Exit::Protocol,
+            format!("receiver asked for file {} twice", n.file),
+        ));
+    }
+    Ok(())
 }
 
 /// Marks file `f` of the Commit in flight as answered; false if it was not in it (or was
@@ -1015,10 +1030,10 @@ async fn session(
                     local_tmp: None,
                     have_first: 0,
                     have: Vec::new(),
-                    local_old: None,
                 });
                 entry_paths.push(e.path.clone());
             }
+            let mut asked = vec![false; files.len()];
             loop {
                 match expect_frame(&mut recv).await.map_err(lost)? {
                     Frame::Need(items) => {
@@ -1028,6 +1043,13 @@ async fn session(
                                 Exit::Protocol,
                                 "server asked for more runs than the manifest has files".into(),
                             ));
+                        }
+                        // Each item checked in full before it is kept (a file of the
+                        // manifest, a non-empty run inside it, each file once): its `have`
+                        // hashes are then bounded by the manifest's own chunks, not by
+                        // what the server claims.
+                        for item in &items {
+                            check_need(item, &files, &is_file, &mut asked)?;
                         }
                         needs.extend(items)
                     }
@@ -1073,7 +1095,9 @@ async fn session(
             is_file = entries.iter().map(|e| e.kind == WireKind::File).collect();
             let (root, base) = pull_target(&path, dest_kind, &dest)?;
             let root = Arc::new(root);
-            let mut receiver = Receiver::new(root.clone(), base, session, job.opts_durable);
+            // No old-version hashes for the server (see `Receiver::new`): a pull moves
+            // changed files whole.
+            let mut receiver = Receiver::new(root.clone(), base, session, job.opts_durable, false);
             let src_base =
                 RelPath::parse(&base_trimmed).map_err(|e| (Exit::Source, e.to_string()))?;
             for e in &entries {
@@ -1087,7 +1111,6 @@ async fn session(
                     local_tmp: None,
                     have_first: 0,
                     have: Vec::new(),
-                    local_old: None,
                 });
                 entry_paths.push(e.path.clone());
             }
@@ -1109,11 +1132,8 @@ async fn session(
             }
             for item in &n {
                 if let Some((full, _)) = receiver.receiving(item.file) {
-                    let f = &mut files[item.file as usize];
-                    f.local_tmp = temp_path(&full, std::process::id(), session, item.file).ok();
-                    if !item.have.is_empty() {
-                        f.local_old = Some(full);
-                    }
+                    files[item.file as usize].local_tmp =
+                        temp_path(&full, std::process::id(), session, item.file).ok();
                 }
             }
             needs = n;
@@ -1127,33 +1147,15 @@ async fn session(
     let mut remaining = vec![0u32; files.len()];
     let mut needed = vec![false; files.len()];
     for n in &needs {
-        // The receiver's answer is checked like any peer input: a file of the manifest,
-        // a run inside it, each chunk asked for at most once.
+        // The receiver's answer is checked like any peer input (a push's as it arrived,
+        // a pull's, from our own receiver, here): a file of the manifest, a run inside
+        // it, each file once.
+        if !push {
+            check_need(n, &files, &is_file, &mut needed)?;
+        }
         let i = n.file as usize;
-        let (Some(path), Some(true), Some(f)) = (entry_paths.get(i), is_file.get(i), files.get(i))
-        else {
-            return Err((
-                Exit::Protocol,
-                format!("receiver asked for entry {} which is not a file", n.file),
-            ));
-        };
-        let chunks = f.size.div_ceil(CHUNK_SIZE_BYTES).max(1);
-        let end = u64::from(n.chunk_first) + u64::from(n.chunk_count);
-        if needed[i] {
-            return Err((
-                Exit::Protocol,
-                format!("receiver asked for file {} twice", n.file),
-            ));
-        }
-        if n.chunk_count == 0 || end > chunks {
-            return Err((
-                Exit::Protocol,
-                format!(
-                    "receiver asked for chunks {}..{end} of file {}, which has {chunks}",
-                    n.chunk_first, n.file
-                ),
-            ));
-        }
+        let path = &entry_paths[i];
+        let end = n.chunk_first + n.chunk_count;
         needed[i] = true;
         let o = owner(path, shard_count);
         // Hashes of the receiver's old version, as it sent them (at most one per chunk
@@ -1161,7 +1163,6 @@ async fn session(
         files[i].have_first = n.chunk_first;
         files[i].have = n.have.clone();
         let mut first = n.chunk_first;
-        let end = end as u32;
         while first < end {
             let count = (end - first).min(RANGE_CHUNKS as u32);
             let s = range_shard(o, first / RANGE_CHUNKS as u32, shard_count).0 as usize;

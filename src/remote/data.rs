@@ -349,10 +349,12 @@ pub async fn receive_run(
                 // The sender says our old version holds this chunk: read it from there;
                 // the hash check below holds it to what the sender has.
                 let Some(old) = old else {
-                    return Err(protocol_failure(
-                        what,
-                        format!("chunk at offset {pos} sent as already here, but there is no old version"),
-                    ));
+                    // Gone (or never there) since the receiver planned: a rerun plans
+                    // again.
+                    return Err(DataError::Local(Failure::new(
+                        ErrorCode::Changed,
+                        format!("{what}: chunk at offset {pos} sent as already here, but there is no old version to take it from"),
+                    )));
                 };
                 if n > 0 {
                     let got = old

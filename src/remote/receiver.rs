@@ -82,6 +82,8 @@ pub struct Receiver {
     /// Whether this session changed anything beneath the root (a directory's entries, so
     /// its mtime, or any file's data).
     changed: bool,
+    /// Whether to hash the old versions of changed files for the sender (`NeedItem::have`).
+    offer_old_hashes: bool,
 }
 
 /// The path under the root where an entry with `path` (relative to `base`) lands.
@@ -104,8 +106,20 @@ pub fn temp_path(full: &RelPath, pid: u32, session: u64, file: u32) -> Result<Re
 }
 
 impl Receiver {
-    pub fn new(root: Arc<Root>, base: RelPath, session: u64, durable: bool) -> Receiver {
+    /// `offer_old_hashes`: hash the old version of each changed file so the sender can
+    /// skip the chunks it holds. Only where the sender may learn those hashes: a server
+    /// tells a pushing client hashes of files that client could pull anyway, but a
+    /// pulling client would tell the server hashes of its own files, at sizes the server
+    /// picks (a short prefix of a secret is open to guessing), so a pull does not.
+    pub fn new(
+        root: Arc<Root>,
+        base: RelPath,
+        session: u64,
+        durable: bool,
+        offer_old_hashes: bool,
+    ) -> Receiver {
         Receiver {
+            offer_old_hashes,
             root,
             base,
             session,
@@ -263,11 +277,6 @@ impl Receiver {
             Some(st) if st.kind == FileKind::File => old_size = Some(st.size_bytes),
             _ => {}
         }
-        let have = match old_size {
-            Some(old) if p.entry.size > 0 => self.old_chunk_hashes(&p.full, old, p.entry.size),
-            _ => Vec::new(),
-        };
-        let p = &self.planned[i];
         let tmp = temp_path(&p.full, self.pid, self.session, i as u32)?;
         let fd = match self
             .root
@@ -292,6 +301,15 @@ impl Receiver {
                 ));
             }
         }
+        // Only once the space is reserved: a full disk fails before the old version is
+        // read.
+        let have = match old_size {
+            Some(old) if self.offer_old_hashes && p.entry.size > 0 => {
+                self.old_chunk_hashes(&p.full, old, p.entry.size)
+            }
+            _ => Vec::new(),
+        };
+        let p = &self.planned[i];
         let chunks = p.entry.size.div_ceil(CHUNK_SIZE_BYTES).max(1);
         self.planned[i].state = FileState::Receiving;
         Ok(Some((

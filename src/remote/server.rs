@@ -335,7 +335,7 @@ async fn control_push(
     )
     .await
     .map_err(session_failure)?;
-    let mut receiver = Receiver::new(shared.root.clone(), base, session, durable);
+    let mut receiver = Receiver::new(shared.root.clone(), base, session, durable, true);
     let mut budget = ManifestBudget::default();
     loop {
         match expect_frame(recv).await.map_err(session_failure)? {
@@ -545,7 +545,7 @@ async fn get(send: &mut SendStream, shared: &Shared, g: Run) -> Result<(), Failu
     let mut log = RunLog::default(); // per-chunk timing is the client's to report
                                      // The client's `codecs` say whether it takes compressed chunks; which ones pay is
                                      // decided here, chunk by chunk.
-    let result = send_run(&file, &what, &g, &g.have, Compression::Auto, send, &mut log).await;
+    let result = send_run(&file, &what, &g, &[], Compression::Auto, send, &mut log).await;
     // End the stream before anything else can yield: the client is waiting for its end.
     let finished = result.is_ok().then(|| send.finish());
     let _ = file.close().await;

@@ -238,9 +238,6 @@ pub struct Run {
     /// Codecs the run's chunks may use besides raw (`codec::CODECS_*` bits): in a `Put`
     /// the ones the client will use, in a `Get` the ones it accepts.
     pub codecs: u8,
-    /// `Get` only: hashes of the client's existing bytes at chunks `chunk_first ..
-    /// chunk_first + have.len()`, as in `NeedItem::have`. Empty in a `Put`.
-    pub have: Vec<ChunkHash>,
 }
 
 /// Why something failed, as seen by the peer. Stable numbers: they are on the wire.
@@ -317,7 +314,7 @@ pub enum Frame {
     NeedEnd,
     Put(Run),
     Get(Run),
-    /// Answer to `Get`: each chunk follows as its bytes, then its hash.
+    /// Answer to `Get`: each chunk follows as its codec byte, its bytes, then its hash.
     Data {
         chunk_count: u32,
     },
@@ -490,7 +487,6 @@ impl Frame {
                 w.u32(run.chunk_first);
                 w.u32(run.chunk_count);
                 w.u8(run.codecs);
-                w.hashes(&run.have, STREAM_CHUNKS_MAX as usize);
             }
             Frame::Data { chunk_count } => w.u32(*chunk_count),
             Frame::Commit { files } | Frame::Committed { files } => {
@@ -685,22 +681,8 @@ impl Frame {
                     chunk_first: r.u32("chunk_first")?,
                     chunk_count: r.u32("chunk_count")?,
                     codecs: r.u8("codecs")?,
-                    have: r.hashes("have", STREAM_CHUNKS_MAX as usize)?,
                 };
                 stream_chunks(run.chunk_count)?;
-                if run.have.len() as u64 > u64::from(run.chunk_count)
-                    || (kind_byte == kind::PUT && !run.have.is_empty())
-                {
-                    return Err(WireError::Limit {
-                        field: "have hashes",
-                        value: run.have.len() as u64,
-                        max: if kind_byte == kind::PUT {
-                            0
-                        } else {
-                            u64::from(run.chunk_count)
-                        },
-                    });
-                }
                 if !crate::codec::codecs_valid(run.codecs) {
                     return Err(WireError::BadValue {
                         field: "codecs",
@@ -769,8 +751,8 @@ fn stream_chunks(n: u32) -> Result<(), WireError> {
 }
 
 /// Bytes of the chunks `chunk_first .. chunk_first + chunk_count` of a file of `size`
-/// bytes, or `None` if the run is not inside the file. Both sides use it to know how many
-/// raw bytes follow a `Put` or `Data` header.
+/// bytes, or `None` if the run is not inside the file. Both sides use it to know which
+/// chunks, of which plain lengths, follow a `Put` or `Data` header.
 pub fn run_bytes(size: u64, chunk_first: u32, chunk_count: u32) -> Option<(u64, u64)> {
     let chunk = crate::limits::CHUNK_SIZE_BYTES;
     let chunks = size.div_ceil(chunk).max(1);
@@ -1073,7 +1055,6 @@ mod tests {
             chunk_first: 0,
             chunk_count: 2,
             codecs: 0,
-            have: vec![],
         }));
         round_trip(Frame::Get(Run {
             session: 1,
@@ -1083,7 +1064,6 @@ mod tests {
             chunk_first: 0,
             chunk_count: 1,
             codecs: crate::codec::CODECS_ZSTD,
-            have: vec![ChunkHash([3; 32])],
         }));
         round_trip(Frame::Data { chunk_count: 1 });
         round_trip(Frame::Commit { files: vec![1, 2] });
@@ -1145,31 +1125,19 @@ mod tests {
             chunk_first: 0,
             chunk_count: 1,
             codecs: 0,
-            have: vec![],
         })
         .encode(&mut buf);
-        // The run ends: chunk_count (4), codecs (1), have count (4). Patch chunk_count
-        // over the per-stream limit.
+        // The run ends: chunk_count (4), codecs (1). Patch chunk_count over the
+        // per-stream limit.
         let n = buf.len();
         let mut over = buf.clone();
-        over[n - 9..n - 5].copy_from_slice(&(STREAM_CHUNKS_MAX + 1).to_le_bytes());
+        over[n - 5..n - 1].copy_from_slice(&(STREAM_CHUNKS_MAX + 1).to_le_bytes());
         assert!(matches!(
             Frame::decode(kind::GET, &over[5..]),
             Err(WireError::Limit { .. })
         ));
-        // More have hashes than chunks.
-        let mut more = buf.clone();
-        more[n - 4..].copy_from_slice(&2u32.to_le_bytes());
-        more.extend_from_slice(&[0; 64]);
-        assert!(matches!(
-            Frame::decode(kind::GET, &more[5..]),
-            Err(WireError::Limit {
-                field: "have hashes",
-                ..
-            })
-        ));
         // A codec bit this version does not know.
-        buf[n - 5] = 0x80;
+        buf[n - 1] = 0x80;
         assert_eq!(
             Frame::decode(kind::GET, &buf[5..]),
             Err(WireError::BadValue {
@@ -1177,23 +1145,6 @@ mod tests {
                 value: 0x80
             })
         );
-        // A Put carries no have hashes.
-        let mut put = Vec::new();
-        Frame::Put(Run {
-            session: 1,
-            file: 0,
-            path: vec![],
-            size: 1,
-            chunk_first: 0,
-            chunk_count: 1,
-            codecs: 0,
-            have: vec![ChunkHash([0; 32])],
-        })
-        .encode(&mut put);
-        assert!(matches!(
-            Frame::decode(kind::PUT, &put[5..]),
-            Err(WireError::Limit { max: 0, .. })
-        ));
         // A need item with more have hashes than chunks.
         let mut need = Vec::new();
         Frame::Need(vec![NeedItem {

@@ -797,15 +797,19 @@ impl Connection {
 
     /// Bytes per second this connection can send, as its congestion controller sees it:
     /// the pacing rate where the controller estimates the bottleneck's bandwidth, else
-    /// one window per smoothed RTT. An upper bound early on, as windows only grow.
+    /// one window per smoothed RTT; `None` before the controller has measured anything.
+    /// Only an estimate of what the path allows when the sender keeps it busy: a sender
+    /// held back (by the disk, or by compressing) sees a rate near its own.
     pub fn send_rate_estimate(&self) -> Option<f64> {
         self.with(|c| {
             let m = c.conn.congestion_state().metrics();
             match m.pacing_rate {
-                Some(bits_per_sec) => bits_per_sec as f64 / 8.0,
-                None => m.congestion_window as f64 / c.conn.rtt().as_secs_f64().max(1e-6),
+                Some(0) => None,
+                Some(bits_per_sec) => Some(bits_per_sec as f64 / 8.0),
+                None => Some(m.congestion_window as f64 / c.conn.rtt().as_secs_f64().max(1e-6)),
             }
         })
+        .flatten()
     }
 
     /// quinn-proto's counters for this connection (RTT, window, packets sent and lost,
