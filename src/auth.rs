@@ -2300,6 +2300,17 @@ mod tests {
         );
     }
 
+    /// Why the client's connection was lost; the test fails if it was not.
+    fn lost_reason(run: &QuicRun) -> &quinn_proto::ConnectionError {
+        run.client_events
+            .iter()
+            .find_map(|e| match e {
+                quinn_proto::Event::ConnectionLost { reason } => Some(reason),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("client not refused: {:?}", run.client_events))
+    }
+
     #[test]
     fn quic_refusal_is_recognised_by_the_client() {
         let p = peers("quic-refused");
@@ -2309,14 +2320,7 @@ mod tests {
             quic_client_config(&p.client, trust).unwrap(),
             quic_server_config(&p.server, AuthorizedClients::default()).unwrap(),
         );
-        let reason = run
-            .client_events
-            .iter()
-            .find_map(|e| match e {
-                quinn_proto::Event::ConnectionLost { reason } => Some(reason),
-                _ => None,
-            })
-            .unwrap_or_else(|| panic!("client not refused: {:?}", run.client_events));
+        let reason = lost_reason(&run);
         assert!(quic_refused_by_server(reason), "{reason:?}");
         assert!(!quic_protocol_mismatch(reason), "{reason:?}");
     }
@@ -2335,14 +2339,7 @@ mod tests {
             quinn_proto::ClientConfig::new(Arc::new(crypto)),
             quic_server_config(&p.server, authorized).unwrap(),
         );
-        let reason = run
-            .client_events
-            .iter()
-            .find_map(|e| match e {
-                quinn_proto::Event::ConnectionLost { reason } => Some(reason),
-                _ => None,
-            })
-            .unwrap_or_else(|| panic!("old client not refused: {:?}", run.client_events));
+        let reason = lost_reason(&run);
         assert!(quic_protocol_mismatch(reason), "{reason:?}");
         assert!(!quic_refused_by_server(reason), "{reason:?}");
     }

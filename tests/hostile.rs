@@ -324,6 +324,27 @@ async fn open_session(
     (ctl, ctl_recv, session.expect("welcomed"), have)
 }
 
+/// Commits file 0 of the session on `ctl`, finishes it, and checks the server committed it.
+async fn commit_file_0(
+    ctl: &mut tpc_engine::quic::SendStream,
+    ctl_recv: &mut tpc_engine::quic::RecvStream,
+) {
+    write_frame(ctl, &Frame::Commit { files: vec![0] })
+        .await
+        .unwrap();
+    write_frame(ctl, &Frame::Finish).await.unwrap();
+    let _ = ctl.finish();
+    let mut done = Vec::new();
+    while let Ok(Some(f)) = read_frame(ctl_recv).await {
+        done.push(f);
+    }
+    assert!(
+        done.iter()
+            .any(|f| matches!(f, Frame::Committed { files } if files == &[0])),
+        "{done:?}"
+    );
+}
+
 #[test]
 fn chunks_claimed_already_there_are_checked_against_the_old_version() {
     let s = Scratch::new("hostile-same");
@@ -364,20 +385,7 @@ fn chunks_claimed_already_there_are_checked_against_the_old_version() {
         // An honest claim is taken from the old version, and commits.
         let a = put_raw(&conn, session, 3000, CODECS_SAME, &honest).await;
         assert!(a.contains(&Frame::RangeOk), "honest claim: {a:?}");
-        write_frame(&mut ctl, &Frame::Commit { files: vec![0] })
-            .await
-            .unwrap();
-        write_frame(&mut ctl, &Frame::Finish).await.unwrap();
-        let _ = ctl.finish();
-        let mut done = Vec::new();
-        while let Ok(Some(f)) = read_frame(&mut ctl_recv).await {
-            done.push(f);
-        }
-        assert!(
-            done.iter()
-                .any(|f| matches!(f, Frame::Committed { files } if files == &[0])),
-            "{done:?}"
-        );
+        commit_file_0(&mut ctl, &mut ctl_recv).await;
     });
     let codes = codes.lock().unwrap();
     assert_eq!(codes[0], ("not allowed", Some(ErrorCode::Protocol)));
@@ -462,20 +470,7 @@ fn lying_compressed_chunks_are_refused_and_nothing_unverified_is_written() {
         )
         .await;
         assert!(a.contains(&Frame::RangeOk), "honest chunk: {a:?}");
-        write_frame(&mut ctl, &Frame::Commit { files: vec![0] })
-            .await
-            .unwrap();
-        write_frame(&mut ctl, &Frame::Finish).await.unwrap();
-        let _ = ctl.finish();
-        let mut done = Vec::new();
-        while let Ok(Some(f)) = read_frame(&mut ctl_recv).await {
-            done.push(f);
-        }
-        assert!(
-            done.iter()
-                .any(|f| matches!(f, Frame::Committed { files } if files == &[0])),
-            "{done:?}"
-        );
+        commit_file_0(&mut ctl, &mut ctl_recv).await;
     });
     for (name, code) in results.lock().unwrap().iter() {
         assert_eq!(*code, Some(ErrorCode::Protocol), "{name}");

@@ -247,6 +247,19 @@ pub async fn send_run(
     Ok(len)
 }
 
+/// Reads the next `N` bytes of the stream; its end first is `Ended`.
+async fn read_array<const N: usize>(recv: &mut RecvStream) -> Result<[u8; N], DataError> {
+    let mut out = [0u8; N];
+    if !recv
+        .read_exact(&mut out)
+        .await
+        .map_err(SessionError::from)?
+    {
+        return Err(DataError::Session(SessionError::Ended));
+    }
+    Ok(out)
+}
+
 /// Reads exactly `n` bytes into `buf` (empty, with room for them), hashing them, if
 /// asked, a window at a time while the window is still in cache. (Stream frames are as
 /// small as the path MTU allows, 1.2 KB on a standard link: too short for BLAKE3's SIMD
@@ -301,27 +314,12 @@ pub async fn receive_run(
         // One buffer per chunk, handed to the write: the drivers' write_at takes a Vec.
         let mut buf = Vec::with_capacity(n);
         let mut hasher = blake3::Hasher::new();
-        let mut codec = [0u8; 1];
-        if !recv
-            .read_exact(&mut codec)
-            .await
-            .map_err(SessionError::from)?
-        {
-            return Err(DataError::Session(SessionError::Ended));
-        }
+        let codec = read_array::<1>(recv).await?;
         check_codec(codec[0], run.codecs).map_err(|e| protocol_failure(what, e))?;
         let mut reused = false;
         match codec[0] {
             CODEC_ZSTD => {
-                let mut zlen = [0u8; 4];
-                if !recv
-                    .read_exact(&mut zlen)
-                    .await
-                    .map_err(SessionError::from)?
-                {
-                    return Err(DataError::Session(SessionError::Ended));
-                }
-                let zlen = u32::from_le_bytes(zlen);
+                let zlen = u32::from_le_bytes(read_array::<4>(recv).await?);
                 // Bounded by the chunk's own length before a byte of it is buffered.
                 check_compressed_len(u64::from(zlen), n as u64)
                     .map_err(|e| protocol_failure(what, e))?;
@@ -376,14 +374,7 @@ pub async fn receive_run(
             }
             _ => read_exactly(recv, n, &mut buf, Some(&mut hasher)).await?,
         }
-        let mut hash = [0u8; 32];
-        if !recv
-            .read_exact(&mut hash)
-            .await
-            .map_err(SessionError::from)?
-        {
-            return Err(DataError::Session(SessionError::Ended));
-        }
+        let hash = read_array::<32>(recv).await?;
         if hasher.finalize().as_bytes() != &hash {
             return Err(DataError::Local(if reused {
                 Failure::new(

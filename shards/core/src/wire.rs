@@ -134,18 +134,24 @@ impl Entry {
 /// `ENTRIES_PER_FRAME_MAX` entries and `FRAME_BYTES_MAX` bytes (long paths or many hashes
 /// fill a frame before the count does).
 pub fn entry_frames(entries: &[Entry]) -> Vec<&[Entry]> {
+    frames_within(entries, ENTRIES_PER_FRAME_MAX, Entry::encoded_bytes)
+}
+
+/// Splits `items` into consecutive runs of at most `per_frame` items whose encodings
+/// (`bytes` each, after a 4-byte count) fit `FRAME_BYTES_MAX`.
+fn frames_within<T>(items: &[T], per_frame: usize, bytes: impl Fn(&T) -> usize) -> Vec<&[T]> {
     let mut out = Vec::new();
-    let (mut start, mut bytes) = (0, 4);
-    for (i, e) in entries.iter().enumerate() {
-        let n = e.encoded_bytes();
-        if i > start && (i - start == ENTRIES_PER_FRAME_MAX || bytes + n > FRAME_BYTES_MAX) {
-            out.push(&entries[start..i]);
-            (start, bytes) = (i, 4);
+    let (mut start, mut used) = (0, 4);
+    for (i, item) in items.iter().enumerate() {
+        let n = bytes(item);
+        if i > start && (i - start == per_frame || used + n > FRAME_BYTES_MAX) {
+            out.push(&items[start..i]);
+            (start, used) = (i, 4);
         }
-        bytes += n;
+        used += n;
     }
-    if start < entries.len() {
-        out.push(&entries[start..]);
+    if start < items.len() {
+        out.push(&items[start..]);
     }
     out
 }
@@ -207,20 +213,7 @@ impl NeedItem {
 /// Splits need items into the runs that each fit one `Need` frame: at most
 /// `ITEMS_PER_FRAME_MAX` items and `FRAME_BYTES_MAX` bytes.
 pub fn need_frames(items: &[NeedItem]) -> Vec<&[NeedItem]> {
-    let mut out = Vec::new();
-    let (mut start, mut bytes) = (0, 4);
-    for (i, item) in items.iter().enumerate() {
-        let n = item.encoded_bytes();
-        if i > start && (i - start == ITEMS_PER_FRAME_MAX || bytes + n > FRAME_BYTES_MAX) {
-            out.push(&items[start..i]);
-            (start, bytes) = (i, 4);
-        }
-        bytes += n;
-    }
-    if start < items.len() {
-        out.push(&items[start..]);
-    }
-    out
+    frames_within(items, ITEMS_PER_FRAME_MAX, NeedItem::encoded_bytes)
 }
 
 /// Header of a data stream: a run of chunks of one file. After `Put` the chunks follow
