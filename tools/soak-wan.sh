@@ -3,7 +3,8 @@
 # (tools/delayline between two namespaces) to catch rare stalls: every push runs with
 # the QUIC path trace on (TPC_XFER_TRACE_QUIC) at both ends, a push that passes the
 # deadline is stopped and counted as stalled, and the traces of every push are kept.
-# Run as root. Prints one line per push and a summary; exits 1 if any push stalled.
+# Run as root (installs bc if missing). Prints one line per push and a summary; exits 1
+# if any push stalled.
 # Each push's stdout (its `--json` summary, given COPY_ARGS=--json) goes to push-N.out.
 #
 #   tools/soak-wan.sh                               # 20 pushes of 1 GiB, 50 ms, 0.1% loss
@@ -32,6 +33,8 @@ NS_A=tpcsoak-a NS_B=tpcsoak-b HOST=10.198.0.2 PORT=7441
 
 die() { echo "soak-wan: $*" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || die "run as root (it makes network namespaces)"
+. tools/need.sh
+install_missing bc:bc timeout:coreutils
 [ -x "$TPC" ] && [ -x "$DELAYLINE" ] || cargo build --release --quiet --workspace
 
 mkdir -p "$OUT/dst"
