@@ -64,10 +64,7 @@ fn compressible_chunks_travel_compressed_both_ways_and_arrive_intact() {
     let (cs, ss) = keys(&s);
     let server = Server::start(&s.path("root"), &ss);
     let compressed = |summary: &serde_json::Value| {
-        (
-            summary["compressed_chunks"].as_u64().unwrap(),
-            summary["bytes_saved_by_compression"].as_u64().unwrap(),
-        )
+        counts(summary, "compressed_chunks", "bytes_saved_by_compression")
     };
 
     // `always` tries every chunk: the three text chunks and the small file travel
@@ -124,6 +121,14 @@ fn compressible_chunks_travel_compressed_both_ways_and_arrive_intact() {
     assert_identical(&src, &back_raw);
 }
 
+/// Two counters of a `--json` summary, as (chunks, bytes).
+fn counts(summary: &serde_json::Value, chunks: &str, bytes: &str) -> (u64, u64) {
+    (
+        summary[chunks].as_u64().unwrap(),
+        summary[bytes].as_u64().unwrap(),
+    )
+}
+
 /// Overwrites `len` bytes at `at` in `path` with other bytes, and moves its mtime on.
 fn scribble(path: &Path, at: u64, len: usize) {
     use std::os::unix::fs::FileExt;
@@ -144,12 +149,7 @@ fn a_changed_file_pushed_again_moves_only_its_changed_chunks() {
     let (cs, ss) = keys(&s);
     let root = s.path("root");
     let server = Server::start(&root, &ss);
-    let reused = |summary: &serde_json::Value| {
-        (
-            summary["chunks_reused"].as_u64().unwrap(),
-            summary["bytes_reused"].as_u64().unwrap(),
-        )
-    };
+    let reused = |summary: &serde_json::Value| counts(summary, "chunks_reused", "bytes_reused");
     let out = copy(
         &cs,
         with_slash(&src),

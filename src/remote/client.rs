@@ -719,7 +719,8 @@ async fn move_range(
 }
 
 /// Checks one item of the receiver's answer: a regular file of the manifest, a non-empty
-/// run of chunks inside it, and a file not asked for before (marked in `asked`).
+/// run of chunks inside it, and a file not asked for before (marked in `asked`). Every
+/// item is checked before any is used, a server's as each frame arrives.
 fn check_need(
     n: &NeedItem,
     files: &[WorkFile],
@@ -994,6 +995,8 @@ async fn session(
     // The manifest, and the receiver's answer.
     let mut files: Vec<WorkFile> = Vec::new();
     let mut needs: Vec<NeedItem> = Vec::new();
+    // Which files the receiver asked for, filled as its answer is checked (check_need).
+    let mut needed: Vec<bool>;
     let mut entry_paths: Vec<Vec<u8>> = Vec::new();
     let mut local_receiver: Option<Receiver> = None;
     let mut local_root = None;
@@ -1033,7 +1036,7 @@ async fn session(
                 });
                 entry_paths.push(e.path.clone());
             }
-            let mut asked = vec![false; files.len()];
+            needed = vec![false; files.len()];
             loop {
                 match expect_frame(&mut recv).await.map_err(lost)? {
                     Frame::Need(items) => {
@@ -1049,7 +1052,7 @@ async fn session(
                         // hashes are then bounded by the manifest's own chunks, not by
                         // what the server claims.
                         for item in &items {
-                            check_need(item, &files, &is_file, &mut asked)?;
+                            check_need(item, &files, &is_file, &mut needed)?;
                         }
                         needs.extend(items)
                     }
@@ -1136,6 +1139,11 @@ async fn session(
                         temp_path(&full, std::process::id(), session, item.file).ok();
                 }
             }
+            // Our own receiver's answer, checked as a server's would be.
+            needed = vec![false; files.len()];
+            for item in &n {
+                check_need(item, &files, &is_file, &mut needed)?;
+            }
             needs = n;
             local_receiver = Some(receiver);
             local_root = Some(root);
@@ -1145,23 +1153,17 @@ async fn session(
     // Ranges, assigned to shards as in a local copy.
     let mut ranges: Vec<Vec<RangeItem>> = vec![Vec::new(); shard_count];
     let mut remaining = vec![0u32; files.len()];
-    let mut needed = vec![false; files.len()];
-    for n in &needs {
-        // The receiver's answer is checked like any peer input (a push's as it arrived,
-        // a pull's, from our own receiver, here): a file of the manifest, a run inside
-        // it, each file once.
-        if !push {
-            check_need(n, &files, &is_file, &mut needed)?;
-        }
+    for n in needs {
+        // Checked above (check_need): a file of the manifest, a run inside it, each file
+        // once.
         let i = n.file as usize;
         let path = &entry_paths[i];
         let end = n.chunk_first + n.chunk_count;
-        needed[i] = true;
         let o = owner(path, shard_count);
         // Hashes of the receiver's old version, as it sent them (at most one per chunk
         // asked for, which the frame's decoding checked).
         files[i].have_first = n.chunk_first;
-        files[i].have = n.have.clone();
+        files[i].have = n.have;
         let mut first = n.chunk_first;
         while first < end {
             let count = (end - first).min(RANGE_CHUNKS as u32);

@@ -188,10 +188,10 @@ pub async fn send_run(
             None => None,
         };
         let mut hasher = blake3::Hasher::new();
-        let path_rate = send.connection().send_rate_estimate();
+        // The path's rate is asked only where compression is on at all.
         let try_zstd = encoder
             .as_mut()
-            .is_some_and(|e| e.worth_trying(bytes, path_rate));
+            .is_some_and(|e| e.worth_trying(bytes, send.connection().send_rate_estimate()));
         if let Some(enc) = encoder.as_mut().filter(|_| try_zstd) {
             // Frame by frame, hashing each frame's plain bytes while they are in cache,
             // and letting the shard's other tasks (its QUIC driver above all) run in
