@@ -4,7 +4,7 @@
 # the QUIC path trace on (TPC_XFER_TRACE_QUIC) at both ends, a push that passes the
 # deadline is stopped and counted as stalled, and the traces of every push are kept.
 # Run as root (installs bc if missing). Prints one line per push and a summary; exits 1
-# if any push stalled.
+# if any push stalled. The generated source and the pushed copy are removed on exit.
 # Each push's stdout (its `--json` summary, given COPY_ARGS=--json) goes to push-N.out.
 #
 #   tools/soak-wan.sh                               # 20 pushes of 1 GiB, 50 ms, 0.1% loss
@@ -44,6 +44,10 @@ cleanup() {
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   ip netns del "$NS_A" 2>/dev/null || true
   ip netns del "$NS_B" 2>/dev/null || true
+  # The data (a generated source and the pushed copy, a GiB each by default) goes; the
+  # logs and traces stay.
+  [ -n "${SRC:-}" ] || rm -f "$OUT/src.bin"
+  rm -rf "$OUT/dst"
 }
 trap cleanup EXIT
 

@@ -24,6 +24,7 @@ use tpc_core::codec::{Compression, CODECS_SAME, CODECS_ZSTD};
 use tpc_core::limits::{CHUNK_SIZE_BYTES, RANGE_CHUNKS};
 use tpc_core::plan::{owner, range_shard};
 use tpc_core::relpath::RelPath;
+use tpc_core::window::{streams_in_flight, STREAMS_IN_FLIGHT_MIN};
 use tpc_core::wire::{
     entry_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, NeedItem, Op, Run, WireKind,
     ITEMS_PER_FRAME_MAX, PROTOCOL_VERSION,
@@ -40,7 +41,7 @@ use super::data::{receive_run, send_run, DataError, RunLog, Savings};
 use super::receiver::{full_path, temp_path, Failure, Receiver};
 use super::{
     congestion::Congestion, expect_end, expect_frame, transport_config, write_frame, RemoteSpec,
-    SessionError, CLOSE_DONE, CONNECT_TIMEOUT, STREAMS_IN_FLIGHT_PER_SHARD,
+    SessionError, CLOSE_DONE, CONNECT_TIMEOUT,
 };
 use crate::auth::{self, Identity, KnownServers, ServerTrust};
 use crate::exit::{Exit, Problems};
@@ -132,6 +133,8 @@ impl LatencySummary {
 struct PathSummary {
     rtt_us: u64,
     congestion_window_bytes: u64,
+    /// The larger of this end's two flow-control windows, as tuned by the end.
+    flow_window_bytes: u64,
     sent_packets: u64,
     lost_packets: u64,
     congestion_events: u64,
@@ -142,6 +145,7 @@ impl PathSummary {
         conn.stats().map_or_else(Self::default, |s| Self {
             rtt_us: s.path.rtt.as_micros() as u64,
             congestion_window_bytes: s.path.cwnd,
+            flow_window_bytes: conn.flow_window(),
             sent_packets: s.path.sent_packets,
             lost_packets: s.path.lost_packets,
             congestion_events: s.path.congestion_events,
@@ -517,9 +521,10 @@ async fn tokio_free_timeout<T>(f: impl std::future::Future<Output = T>) -> Optio
     .await
 }
 
-/// Moves this shard's ranges with `STREAMS_IN_FLIGHT_PER_SHARD` streams at once, sending
-/// each range's result to `results`. Returns (bytes, ranges) moved and what compression
-/// and the receiver's old copies saved.
+/// Moves this shard's ranges, one stream each, sending each range's result to `results`.
+/// Starts `STREAMS_IN_FLIGHT_MIN` streams at once, and adds more as the connection's
+/// tuned flow window grows past what they can fill (`window::streams_in_flight`).
+/// Returns (bytes, ranges) moved and what compression and the receiver's old copies saved.
 async fn run_ranges(
     shard: usize,
     conn: Option<Connection>,
@@ -532,41 +537,69 @@ async fn run_ranges(
     ));
     let totals = Rc::new(RefCell::new((0u64, 0u64, Savings::default())));
     let results = Rc::new(results);
+    // Each worker says when it finished a range: the moment to look at the window again.
+    let (finished_tx, finished_rx) = async_channel::unbounded::<()>();
     let mut tasks = Vec::new();
-    for _ in 0..STREAMS_IN_FLIGHT_PER_SHARD {
-        let queue = queue.clone();
-        let totals = totals.clone();
-        let results = results.clone();
-        let conn = conn.clone();
-        let work = work.clone();
-        let latency = latency.clone();
-        tasks.push(rt::spawn_local(async move {
-            loop {
-                let Some(item) = queue.borrow_mut().pop_front() else {
-                    break;
-                };
-                let result = match &conn {
-                    Some(c) => move_range(c, &work, item, &latency).await,
-                    None => Err(Failure::new(ErrorCode::Io, "no connection to the server")),
-                };
-                if let Ok((n, saved)) = &result {
-                    let mut t = totals.borrow_mut();
-                    t.0 += n;
-                    t.1 += 1;
-                    t.2.add(*saved);
-                }
-                let result = result.map(|(n, _)| n);
-                if results.send((item.file, result)).await.is_err() {
-                    break;
-                }
-            }
-        }));
+    loop {
+        let wanted = conn.as_ref().map_or(STREAMS_IN_FLIGHT_MIN, |c| {
+            streams_in_flight(c.flow_window())
+        });
+        while tasks.len() < wanted && !queue.borrow().is_empty() {
+            tasks.push(rt::spawn_local(range_worker(
+                queue.clone(),
+                totals.clone(),
+                results.clone(),
+                conn.clone(),
+                work.clone(),
+                latency.clone(),
+                finished_tx.clone(),
+            )));
+        }
+        if queue.borrow().is_empty() || results.is_closed() || finished_rx.recv().await.is_err() {
+            break;
+        }
     }
+    drop(finished_tx);
     for t in tasks {
         t.await;
     }
     let t = *totals.borrow();
     t
+}
+
+/// One stream's worth of `run_ranges`: takes ranges off the shard's queue until it is empty.
+async fn range_worker(
+    queue: Rc<RefCell<VecDeque<RangeItem>>>,
+    totals: Rc<RefCell<(u64, u64, Savings)>>,
+    results: Rc<async_channel::Sender<(u32, Result<u64, Failure>)>>,
+    conn: Option<Connection>,
+    work: Arc<Work>,
+    latency: Rc<RefCell<Histogram<u64>>>,
+    finished: async_channel::Sender<()>,
+) {
+    loop {
+        let Some(item) = queue.borrow_mut().pop_front() else {
+            break;
+        };
+        let result = match &conn {
+            Some(c) => move_range(c, &work, item, &latency).await,
+            None => Err(Failure::new(ErrorCode::Io, "no connection to the server")),
+        };
+        if let Ok((n, saved)) = &result {
+            let mut t = totals.borrow_mut();
+            t.0 += n;
+            t.1 += 1;
+            t.2.add(*saved);
+        }
+        let result = result.map(|(n, _)| n);
+        if results.send((item.file, result)).await.is_err() {
+            break;
+        }
+        // The coordinator may have stopped listening (the queue is empty): fine.
+        let _ = finished.try_send(());
+    }
+    // Also on the way out, so a coordinator waiting for a range sees the results closed.
+    let _ = finished.try_send(());
 }
 
 fn data_failure(e: DataError) -> Failure {

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use congestion::Congestion;
 use quinn_proto::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
+use tpc_core::window::{FLOW_WINDOW_BYTES_INITIAL, STREAMS_IN_FLIGHT_MAX, STREAM_WINDOW_BYTES};
 use tpc_core::wire::{Frame, WireError, FRAME_HEADER_BYTES};
 use tpc_engine::quic::{QuicError, ReadExactError, RecvStream, SendStream};
 
@@ -28,23 +29,10 @@ use crate::copy::{TMP_PREFIX, TMP_SUFFIX};
 /// Port `serve` listens on by default (shard 0; shard i listens on this + i).
 pub const DEFAULT_PORT: u16 = 7440;
 
-/// Bandwidth the flow-control windows are sized for: the 10-100 GbE links the product
-/// is for, at the low end, so memory per connection stays modest.
-const LINK_RATE_BITS_PER_SEC: u64 = 25_000_000_000;
-
-/// Round-trip time the windows cover: a campus or metro path. On longer paths the
-/// congestion window, not flow control, should be what limits.
-const LINK_RTT: Duration = Duration::from_millis(10);
-
-/// Bandwidth-delay product of the design link: the bytes in flight needed to fill it.
-const BDP_BYTES: u64 = LINK_RATE_BITS_PER_SEC / 8 * LINK_RTT.as_millis() as u64 / 1000;
-
 /// Streams a peer may have open towards us on one connection: the data streams of one
-/// shard (`STREAMS_IN_FLIGHT_PER_SHARD`) plus the control stream, with room to spare.
+/// shard (at most `STREAMS_IN_FLIGHT_MAX`) plus the control stream, with room to spare.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 64;
-
-/// Data streams (ranges) one client shard keeps in flight on its connection.
-pub const STREAMS_IN_FLIGHT_PER_SHARD: usize = 16;
+const _: () = assert!(STREAMS_IN_FLIGHT_MAX < STREAMS_PER_CONNECTION_MAX as usize);
 
 /// How long a client waits for a server's handshake before calling it unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,17 +50,18 @@ const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
 pub const CLOSE_DONE: u32 = 0;
 
 /// Transport parameters for a connection whose path carries UDP payloads up to
-/// `udp_payload_max` (from the route's MTU): windows from the bandwidth-delay product,
-/// not quinn's defaults (which are sized for ~100 Mbit/s x 100 ms per stream but only
-/// 1.25 MB per connection send window).
+/// `udp_payload_max` (from the route's MTU). The connection's windows start at
+/// `FLOW_WINDOW_BYTES_INITIAL` and the QUIC driver grows them from the measured
+/// bandwidth-delay product (tpc_core::window); quinn's defaults would cap a connection
+/// at a 1.25 MB send window.
 pub fn transport_config(udp_payload_max: u16, congestion: Congestion) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     t.congestion_controller_factory(congestion.factory());
-    // One connection must be able to fill the link alone; a single stream a quarter of
-    // it, so a few ranges in flight do.
-    t.receive_window(VarInt::from_u64(2 * BDP_BYTES).expect("fits a varint"));
-    t.send_window(2 * BDP_BYTES);
-    t.stream_receive_window(VarInt::from_u64(BDP_BYTES / 4).expect("fits a varint"));
+    t.receive_window(VarInt::from_u64(FLOW_WINDOW_BYTES_INITIAL).expect("fits a varint"));
+    t.send_window(FLOW_WINDOW_BYTES_INITIAL);
+    // Fixed for the connection's life (quinn-proto has no per-stream tuning): a larger
+    // window is filled by more streams in flight (`window::streams_in_flight`).
+    t.stream_receive_window(VarInt::from_u64(STREAM_WINDOW_BYTES).expect("fits a varint"));
     t.max_concurrent_bidi_streams(VarInt::from_u32(STREAMS_PER_CONNECTION_MAX));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.max_idle_timeout(Some(
@@ -281,11 +270,5 @@ mod tests {
         assert!(RemoteSpec::parse(b"tpc://h:0/x").unwrap().is_err());
         assert!(RemoteSpec::parse(b"tpc://h:99999/x").unwrap().is_err());
         assert!(RemoteSpec::parse(b"tpc://[::1/x").unwrap().is_err());
-    }
-
-    #[test]
-    fn windows_follow_the_bandwidth_delay_product() {
-        // 25 Gbit/s x 10 ms = 31.25 MB in flight.
-        assert_eq!(BDP_BYTES, 31_250_000);
     }
 }

@@ -1,5 +1,5 @@
 //! Sans-IO shard logic of tpc-xfer: chunk planning, partitioning, digests, file assembly,
-//! commit batching, change detection and tree comparison.
+//! commit batching, change detection, tree comparison and flow-window tuning.
 //!
 //! Nothing in this crate opens a file, touches a socket or reads a clock. Drivers (the
 //! glommio/io_uring driver in `shards/uring`, and later a portable one) feed it facts — a
@@ -14,6 +14,7 @@ pub mod digest;
 pub mod limits;
 pub mod plan;
 pub mod relpath;
+pub mod window;
 pub mod wire;
 
 pub use assembly::{Assembly, AssemblyError, Completed};

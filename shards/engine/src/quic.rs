@@ -30,6 +30,7 @@ use quinn_proto::{
     ServerConfig, StreamEvent, StreamId, Transmit, VarInt,
 };
 use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
+use tpc_core::window::WindowTuner;
 
 /// Largest UDP payload of one `sendmsg`: a GSO batch must fit, or the kernel refuses it
 /// with EMSGSIZE and quinn-udp drops the whole batch silently (DESIGN.md §5).
@@ -77,7 +78,8 @@ fn trace_interval() -> Option<Duration> {
 }
 
 /// One trace line of a connection: cumulative counters, so two lines give rates.
-fn trace_line(local: Option<SocketAddr>, c: &quinn_proto::Connection) -> String {
+fn trace_line(local: Option<SocketAddr>, conn: &Conn) -> String {
+    let c = &conn.conn;
     let s = c.stats();
     let m = c.congestion_state().metrics();
     let side = if c.side().is_server() {
@@ -90,7 +92,7 @@ fn trace_line(local: Option<SocketAddr>, c: &quinn_proto::Connection) -> String 
     };
     format!(
         "tpc-xfer trace: {side} {} -> {} rtt_ms={:.1} min_rtt_ms={:.1} cwnd={} \
-         cap={} pacing_mbit={} mtu={} sent_pkts={} lost_pkts={} congestion_events={} \
+         cap={} pacing_mbit={} rwnd={} swnd={} mtu={} sent_pkts={} lost_pkts={} congestion_events={} \
          black_holes={} tx[stream={} max_data={} max_stream_data={} data_blocked={} \
          stream_data_blocked={}] rx[stream={} max_data={} max_stream_data={} \
          data_blocked={} stream_data_blocked={}]",
@@ -101,6 +103,8 @@ fn trace_line(local: Option<SocketAddr>, c: &quinn_proto::Connection) -> String 
         s.path.cwnd,
         m.ssthresh.map_or_else(|| "-".into(), |t| t.to_string()),
         mbit(m.pacing_rate),
+        conn.receive_window.window(),
+        conn.send_window.window(),
         s.path.current_mtu,
         s.path.sent_packets,
         s.path.lost_packets,
@@ -158,6 +162,9 @@ struct Conn {
     writable: HashMap<StreamId, Waker>,
     /// Server side: announced to `accept()` once the handshake is done.
     announced: bool,
+    /// Flow-control windows from the measured bandwidth-delay product, each direction.
+    receive_window: WindowTuner,
+    send_window: WindowTuner,
 }
 
 impl Conn {
@@ -191,6 +198,8 @@ struct State {
     /// the route to the client).
     server_config: Option<Box<dyn Fn(SocketAddr) -> Arc<ServerConfig>>>,
     closing: bool,
+    /// Origin of the times the window tuners see (they read no clock themselves).
+    epoch: Instant,
 }
 
 /// One shard's QUIC endpoint. Cheap to clone; all clones share the same state.
@@ -242,6 +251,7 @@ impl Endpoint {
             pending: None,
             server_config,
             closing: false,
+            epoch: Instant::now(),
         }));
         let ep = Endpoint { state };
         let driver = ep.clone();
@@ -368,7 +378,7 @@ impl Endpoint {
                     next_trace = now + every;
                     let local = st.socket.local_addr().ok();
                     for c in st.conns.values() {
-                        eprintln!("{}", trace_line(local, &c.conn));
+                        eprintln!("{}", trace_line(local, c));
                     }
                 }
                 if st.closing && st.conns.is_empty() {
@@ -608,6 +618,9 @@ impl State {
                     | Event::DatagramsUnblocked => {}
                 }
             }
+            if c.connected {
+                tune_windows(&mut c, Instant::now().saturating_duration_since(self.epoch));
+            }
             c.deadline = c.conn.poll_timeout();
             if c.conn.is_drained() {
                 c.lost.get_or_insert(ConnectionError::LocallyClosed);
@@ -631,6 +644,25 @@ impl State {
     }
 }
 
+/// Grows a connection's flow-control windows to what it moved per round trip (see
+/// tpc_core::window), at most once per RTT each: the tuners say when a sample is due, so
+/// most turns do not even read the connection's counters.
+fn tune_windows(c: &mut Conn, now: Duration) {
+    let rtt = c.conn.rtt();
+    let due = |t: &WindowTuner| t.next_sample(rtt).is_none_or(|at| now >= at);
+    if !due(&c.receive_window) && !due(&c.send_window) {
+        return;
+    }
+    let s = c.conn.stats();
+    if let Some(w) = c.receive_window.on_sample(now, s.udp_rx.bytes, rtt) {
+        c.conn
+            .set_receive_window(VarInt::from_u64(w).expect("window limit fits a varint"));
+    }
+    if let Some(w) = c.send_window.on_sample(now, s.udp_tx.bytes, rtt) {
+        c.conn.set_send_window(w);
+    }
+}
+
 fn new_conn(conn: quinn_proto::Connection) -> Conn {
     Conn {
         conn,
@@ -641,6 +673,8 @@ fn new_conn(conn: quinn_proto::Connection) -> Conn {
         readable: HashMap::new(),
         writable: HashMap::new(),
         announced: true,
+        receive_window: WindowTuner::new(),
+        send_window: WindowTuner::new(),
     }
 }
 
@@ -810,6 +844,13 @@ impl Connection {
             }
         })
         .flatten()
+    }
+
+    /// The larger of this connection's two flow-control windows as tuned so far, in
+    /// bytes: what the streams in flight on it should be able to fill.
+    pub fn flow_window(&self) -> u64 {
+        self.with(|c| c.receive_window.window().max(c.send_window.window()))
+            .unwrap_or(tpc_core::window::FLOW_WINDOW_BYTES_INITIAL)
     }
 
     /// quinn-proto's counters for this connection (RTT, window, packets sent and lost,
