@@ -37,6 +37,9 @@ die() { echo "soak-wan: $*" >&2; exit 2; }
 install_missing bc:bc timeout:coreutils
 [ -x "$TPC" ] && [ -x "$DELAYLINE" ] || cargo build --release --quiet --workspace
 
+# The destination is this script's own: an OUT that already has one is refused, since
+# it is removed on exit.
+[ ! -e "$OUT/dst" ] || die "$OUT/dst already exists; give another OUT"
 mkdir -p "$OUT/dst"
 pids=()
 cleanup() {

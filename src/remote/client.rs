@@ -16,7 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -522,8 +522,9 @@ async fn tokio_free_timeout<T>(f: impl std::future::Future<Output = T>) -> Optio
 }
 
 /// Moves this shard's ranges, one stream each, sending each range's result to `results`.
-/// Starts `STREAMS_IN_FLIGHT_MIN` streams at once, and adds more as the connection's
-/// tuned flow window grows past what they can fill (`window::streams_in_flight`).
+/// Keeps as many streams in flight as the connection's tuned flow window asks for
+/// (`window::streams_in_flight`, at least `STREAMS_IN_FLIGHT_MIN`), adding more as the
+/// window grows.
 /// Returns (bytes, ranges) moved and what compression and the receiver's old copies saved.
 async fn run_ranges(
     shard: usize,
@@ -538,6 +539,8 @@ async fn run_ranges(
     let totals = Rc::new(RefCell::new((0u64, 0u64, Savings::default())));
     let results = Rc::new(results);
     // Each worker says when it finished a range: the moment to look at the window again.
+    // A range can take many round trips, so the window is also looked at every
+    // `WINDOW_RECHECK` while the ranges run.
     let (finished_tx, finished_rx) = async_channel::unbounded::<()>();
     let mut tasks = Vec::new();
     loop {
@@ -555,9 +558,17 @@ async fn run_ranges(
                 finished_tx.clone(),
             )));
         }
-        if queue.borrow().is_empty() || results.is_closed() || finished_rx.recv().await.is_err() {
+        if queue.borrow().is_empty() || results.is_closed() {
             break;
         }
+        futures_lite::future::or(
+            async {
+                // Never an error: this function holds a sender.
+                let _ = finished_rx.recv().await;
+            },
+            rt::sleep(WINDOW_RECHECK),
+        )
+        .await;
     }
     drop(finished_tx);
     for t in tasks {
@@ -566,6 +577,9 @@ async fn run_ranges(
     let t = *totals.borrow();
     t
 }
+
+/// How often `run_ranges` looks at the connection's flow window while its ranges run.
+const WINDOW_RECHECK: Duration = Duration::from_millis(50);
 
 /// One stream's worth of `run_ranges`: takes ranges off the shard's queue until it is empty.
 async fn range_worker(
@@ -595,7 +609,7 @@ async fn range_worker(
         if results.send((item.file, result)).await.is_err() {
             break;
         }
-        // The coordinator may have stopped listening (the queue is empty): fine.
+        // Unbounded, and the receiver lives as long as run_ranges: this cannot fail.
         let _ = finished.try_send(());
     }
     // Also on the way out, so a coordinator waiting for a range sees the results closed.

@@ -4,15 +4,18 @@
 //! A QUIC connection may not have more bytes unread at the receiver (its receive window)
 //! or unacknowledged at the sender (its send window) than these windows allow. Sized for
 //! the fastest, longest path, they let a slow peer's connection pin that much memory;
-//! sized for a LAN, they cap a long fat pipe at window / RTT. So each end measures, once
-//! per round trip, how many bytes the connection moved in that round trip and sets the
-//! window to `WINDOW_GAIN` times that, never shrinking it and never past
-//! `FLOW_WINDOW_BYTES_MAX`. A window that limits the transfer is used in full each round
-//! trip, so it doubles each round trip, as the congestion window does in start-up; one
-//! that does not limit it stays where it is.
+//! sized for a LAN, they cap a long fat pipe at window / RTT. So each end measures, at
+//! most once per round trip, how many bytes the connection moved in a round trip and sets
+//! the window to `WINDOW_GAIN` times that, never shrinking it (connections live for one
+//! transfer) and never past `FLOW_WINDOW_BYTES_MAX`, nor past what is left of the shard's
+//! `ENDPOINT_WINDOW_BYTES_MAX` over all its connections. A window that limits the transfer
+//! is used in full each round trip, so it doubles each round trip, as the congestion
+//! window does in start-up; one that does not limit it stays where it is.
 //!
-//! The round trip and the byte counters come from the caller (quinn-proto's estimates and
-//! statistics), and time as a `Duration` since any fixed origin: nothing here reads a clock.
+//! The round trip and the byte counters come from the caller, and time as a `Duration`
+//! since any fixed origin: nothing here reads a clock. Callers count bytes a peer cannot
+//! inflate: stream bytes the application read (not datagrams, which a peer can pad or
+//! repeat), and the minimum RTT (not the smoothed one, which delayed acks stretch).
 
 use std::time::Duration;
 
@@ -20,10 +23,15 @@ use std::time::Duration;
 /// never wait for the tuner, while a connection that stays slow holds little memory.
 pub const FLOW_WINDOW_BYTES_INITIAL: u64 = 8 * 1024 * 1024;
 
-/// Largest window the tuner grows to, in bytes: 512 MiB is 43 Gbit/s at 100 ms on one
-/// connection, and each shard has its own. It also bounds what a peer that delays its
-/// acknowledgements (inflating the RTT) can make this end buffer.
+/// Largest window the tuner grows one connection's window to, in bytes: 512 MiB is
+/// 43 Gbit/s at 100 ms on one connection, and each shard has its own.
 pub const FLOW_WINDOW_BYTES_MAX: u64 = 512 * 1024 * 1024;
+
+/// Most bytes one direction's windows may add up to over all of a shard's connections
+/// (initial windows included): what a shard's peers can make it buffer, however many
+/// connections they open, stays bounded. 1 GiB per shard and direction; an appliance
+/// that fills a 100 GbE long fat pipe uses several shards.
+pub const ENDPOINT_WINDOW_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 
 /// Window in bytes moved per round trip. 2, as Linux's receive-buffer tuning uses: the
 /// window stays ahead of a sender whose rate is still doubling each round trip.
@@ -33,9 +41,10 @@ pub const WINDOW_GAIN: u64 = 2;
 /// measured over a driver turn or two are noise.
 pub const TUNE_INTERVAL_MIN: Duration = Duration::from_millis(5);
 
-/// Bytes one stream may have unread at its receiver (the QUIC stream window): the flow
-/// window's initial size, so one stream alone can use the initial window in full.
-pub const STREAM_WINDOW_BYTES: u64 = FLOW_WINDOW_BYTES_INITIAL;
+/// Bytes one stream may have unread at its receiver (the QUIC stream window): twice the
+/// flow window's initial size, so one stream alone can use the initial window in full,
+/// and `STREAMS_IN_FLIGHT_MAX` streams fill `FLOW_WINDOW_BYTES_MAX` (60 × 16 MiB).
+pub const STREAM_WINDOW_BYTES: u64 = 2 * FLOW_WINDOW_BYTES_INITIAL;
 
 /// Ranges (streams) a client shard keeps in flight at least: small files need this many
 /// for their server-side file creation to overlap (measured on ext4, as for the local
@@ -50,7 +59,8 @@ pub const STREAMS_IN_FLIGHT_MAX: usize = 60;
 #[derive(Clone, Debug)]
 pub struct WindowTuner {
     window: u64,
-    /// Start of the current measurement: (time, byte counter).
+    /// Time and byte count when the current measurement began: the rate is measured over
+    /// at least a round trip, from here.
     start: Option<(Duration, u64)>,
 }
 
@@ -61,6 +71,9 @@ impl Default for WindowTuner {
 }
 
 impl WindowTuner {
+    /// A tuner at `FLOW_WINDOW_BYTES_INITIAL`, which must be what the connection was
+    /// configured with: the first growth replaces it, so a larger configured window would
+    /// be shrunk.
     pub fn new() -> Self {
         Self {
             window: FLOW_WINDOW_BYTES_INITIAL,
@@ -79,8 +92,16 @@ impl WindowTuner {
     }
 
     /// `bytes` is the connection's cumulative count of bytes moved in this direction at
-    /// `now`; `rtt` its smoothed round-trip time. Returns the new window if it grew.
-    pub fn on_sample(&mut self, now: Duration, bytes: u64, rtt: Duration) -> Option<u64> {
+    /// `now`; `rtt` its minimum round-trip time; `headroom` how much more the shard's
+    /// windows in this direction may add up to (see `ENDPOINT_WINDOW_BYTES_MAX`).
+    /// Returns the new window if it grew.
+    pub fn on_sample(
+        &mut self,
+        now: Duration,
+        bytes: u64,
+        rtt: Duration,
+        headroom: u64,
+    ) -> Option<u64> {
         let Some((t0, b0)) = self.start else {
             self.start = Some((now, bytes));
             return None;
@@ -97,12 +118,12 @@ impl WindowTuner {
         let per_rtt = (moved as u128 * rtt.as_nanos() / elapsed.as_nanos().max(1)) as u64;
         let target = per_rtt
             .saturating_mul(WINDOW_GAIN)
-            .min(FLOW_WINDOW_BYTES_MAX);
+            .min(FLOW_WINDOW_BYTES_MAX)
+            .min(self.window.saturating_add(headroom));
         if target <= self.window {
             return None;
         }
         self.window = target;
-        assert!(self.window <= FLOW_WINDOW_BYTES_MAX);
         Some(target)
     }
 }
@@ -130,10 +151,10 @@ mod tests {
         let mut t = WindowTuner::new();
         let mut bytes = 0u64;
         let mut windows = Vec::new();
-        t.on_sample(Duration::ZERO, 0, rtt);
+        t.on_sample(Duration::ZERO, 0, rtt, u64::MAX);
         for r in 1..=rounds {
             bytes += t.window().min(path_bytes_per_rtt);
-            t.on_sample(rtt * r, bytes, rtt);
+            t.on_sample(rtt * r, bytes, rtt, u64::MAX);
             windows.push(t.window());
         }
         (t, windows)
@@ -151,7 +172,7 @@ mod tests {
 
     #[test]
     fn a_window_that_does_not_limit_stays() {
-        // 1 Gbit/s at 1 ms: 125 kB per round trip, well inside the initial window.
+        // 1 Gbit/s at 5 ms: 625 kB per round trip, well inside the initial window.
         let (t, _) = run(MS * 5, 625_000, 50);
         assert_eq!(t.window(), FLOW_WINDOW_BYTES_INITIAL);
     }
@@ -164,33 +185,51 @@ mod tests {
         assert!(windows.iter().all(|&w| w <= FLOW_WINDOW_BYTES_MAX));
         // A peer that delays its acks to inflate the RTT to a minute gets no more.
         let mut t = WindowTuner::new();
-        t.on_sample(Duration::ZERO, 0, 60_000 * MS);
-        t.on_sample(60_000 * MS, 1 << 40, 60_000 * MS);
+        t.on_sample(Duration::ZERO, 0, 60_000 * MS, u64::MAX);
+        t.on_sample(60_000 * MS, 1 << 40, 60_000 * MS, u64::MAX);
         assert_eq!(t.window(), FLOW_WINDOW_BYTES_MAX);
+    }
+
+    #[test]
+    fn the_shard_budget_bounds_growth() {
+        // The path would take 100 MB more, but the shard's other connections leave 5 MB.
+        let mut t = WindowTuner::new();
+        t.on_sample(Duration::ZERO, 0, 100 * MS, 5_000_000);
+        let grown = t.on_sample(100 * MS, 100_000_000, 100 * MS, 5_000_000);
+        assert_eq!(grown, Some(FLOW_WINDOW_BYTES_INITIAL + 5_000_000));
+        // None left: the window stays.
+        assert_eq!(t.on_sample(200 * MS, 300_000_000, 100 * MS, 0), None);
+        assert_eq!(t.window(), FLOW_WINDOW_BYTES_INITIAL + 5_000_000);
     }
 
     #[test]
     fn samples_closer_than_a_round_trip_do_not_count() {
         let mut t = WindowTuner::new();
-        t.on_sample(Duration::ZERO, 0, 50 * MS);
+        t.on_sample(Duration::ZERO, 0, 50 * MS, u64::MAX);
         assert_eq!(t.next_sample(50 * MS), Some(50 * MS));
         // 1 GB in 10 ms would be a huge rate, but the measurement is not over.
-        assert_eq!(t.on_sample(10 * MS, 1_000_000_000, 50 * MS), None);
+        assert_eq!(t.on_sample(10 * MS, 1_000_000_000, 50 * MS, u64::MAX), None);
         assert_eq!(t.window(), FLOW_WINDOW_BYTES_INITIAL);
-        // On loopback the interval is at least TUNE_INTERVAL_MIN, not the µs RTT.
+        // On loopback the interval is at least TUNE_INTERVAL_MIN, not the µs RTT: 2 GB
+        // read 1 ms in (80 MB per 40 µs of round trip) is not measured yet ...
+        let rtt = Duration::from_micros(20);
         let mut t = WindowTuner::new();
-        t.on_sample(Duration::ZERO, 0, Duration::from_micros(20));
+        t.on_sample(Duration::ZERO, 0, rtt, u64::MAX);
+        assert_eq!(t.next_sample(rtt), Some(TUNE_INTERVAL_MIN));
+        assert_eq!(t.on_sample(MS, 2_000_000_000, rtt, u64::MAX), None);
+        // ... and over the whole 5 ms it is 8 MB per round trip: the window is twice that.
+        let at = TUNE_INTERVAL_MIN;
         assert_eq!(
-            t.on_sample(MS, 100_000_000, Duration::from_micros(20)),
-            None
+            t.on_sample(at, 2_000_000_000, rtt, u64::MAX),
+            Some(16_000_000)
         );
     }
 
     #[test]
     fn a_counter_that_goes_back_measures_nothing() {
         let mut t = WindowTuner::new();
-        t.on_sample(Duration::ZERO, 1_000_000_000, 10 * MS);
-        assert_eq!(t.on_sample(20 * MS, 0, 10 * MS), None);
+        t.on_sample(Duration::ZERO, 1_000_000_000, 10 * MS, u64::MAX);
+        assert_eq!(t.on_sample(20 * MS, 0, 10 * MS, u64::MAX), None);
         assert_eq!(t.window(), FLOW_WINDOW_BYTES_INITIAL);
     }
 
@@ -202,6 +241,8 @@ mod tests {
         );
         assert_eq!(streams_in_flight(0), STREAMS_IN_FLIGHT_MIN);
         assert_eq!(streams_in_flight(20 * STREAM_WINDOW_BYTES), 40);
+        // The most streams fill the largest window.
+        assert!(STREAMS_IN_FLIGHT_MAX as u64 * STREAM_WINDOW_BYTES >= FLOW_WINDOW_BYTES_MAX);
         assert_eq!(
             streams_in_flight(FLOW_WINDOW_BYTES_MAX),
             STREAMS_IN_FLIGHT_MAX

@@ -30,7 +30,7 @@ use quinn_proto::{
     ServerConfig, StreamEvent, StreamId, Transmit, VarInt,
 };
 use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
-use tpc_core::window::WindowTuner;
+use tpc_core::window::{WindowTuner, ENDPOINT_WINDOW_BYTES_MAX};
 
 /// Largest UDP payload of one `sendmsg`: a GSO batch must fit, or the kernel refuses it
 /// with EMSGSIZE and quinn-udp drops the whole batch silently (DESIGN.md §5).
@@ -162,9 +162,15 @@ struct Conn {
     writable: HashMap<StreamId, Waker>,
     /// Server side: announced to `accept()` once the handshake is done.
     announced: bool,
-    /// Flow-control windows from the measured bandwidth-delay product, each direction.
+    /// Flow-control windows from the measured bandwidth-delay product, each direction,
+    /// measured on what the application moved: stream bytes it read and wrote (a peer
+    /// can pad or repeat datagrams, but not make us read more than it really sent).
     receive_window: WindowTuner,
     send_window: WindowTuner,
+    bytes_read: u64,
+    bytes_written: u64,
+    /// The path's minimum RTT at the last tuning sample: when the next one is due.
+    tune_rtt: Duration,
 }
 
 impl Conn {
@@ -538,6 +544,11 @@ impl State {
             let Some(mut c) = self.conns.remove(&h) else {
                 continue;
             };
+            if c.connected {
+                // Before transmitting, so a grown receive window's MAX_DATA goes out now.
+                let now = Instant::now().saturating_duration_since(self.epoch);
+                tune_windows(&mut c, now, &self.conns);
+            }
             let mut sent = 0;
             while !blocked {
                 if sent == TRANSMITS_PER_TURN_MAX {
@@ -618,9 +629,6 @@ impl State {
                     | Event::DatagramsUnblocked => {}
                 }
             }
-            if c.connected {
-                tune_windows(&mut c, Instant::now().saturating_duration_since(self.epoch));
-            }
             c.deadline = c.conn.poll_timeout();
             if c.conn.is_drained() {
                 c.lost.get_or_insert(ConnectionError::LocallyClosed);
@@ -645,20 +653,33 @@ impl State {
 }
 
 /// Grows a connection's flow-control windows to what it moved per round trip (see
-/// tpc_core::window), at most once per RTT each: the tuners say when a sample is due, so
-/// most turns do not even read the connection's counters.
-fn tune_windows(c: &mut Conn, now: Duration) {
-    let rtt = c.conn.rtt();
-    let due = |t: &WindowTuner| t.next_sample(rtt).is_none_or(|at| now >= at);
+/// tpc_core::window), at most once per RTT each, within what the shard's `others`
+/// connections leave of `ENDPOINT_WINDOW_BYTES_MAX`. The tuners say when a sample is due,
+/// so most turns do not read the connection's statistics.
+fn tune_windows(c: &mut Conn, now: Duration, others: &HashMap<ConnectionHandle, Conn>) {
+    let due = |t: &WindowTuner| t.next_sample(c.tune_rtt).is_none_or(|at| now >= at);
     if !due(&c.receive_window) && !due(&c.send_window) {
         return;
     }
-    let s = c.conn.stats();
-    if let Some(w) = c.receive_window.on_sample(now, s.udp_rx.bytes, rtt) {
+    // The minimum RTT: a peer that delays its acks stretches the smoothed one.
+    c.tune_rtt = c.conn.stats().path.min_rtt;
+    let headroom = |mine: u64, window: fn(&Conn) -> u64| {
+        let used: u64 = others.values().map(window).sum::<u64>() + mine;
+        ENDPOINT_WINDOW_BYTES_MAX.saturating_sub(used)
+    };
+    let room = headroom(c.receive_window.window(), |o| o.receive_window.window());
+    if let Some(w) = c
+        .receive_window
+        .on_sample(now, c.bytes_read, c.tune_rtt, room)
+    {
         c.conn
             .set_receive_window(VarInt::from_u64(w).expect("window limit fits a varint"));
     }
-    if let Some(w) = c.send_window.on_sample(now, s.udp_tx.bytes, rtt) {
+    let room = headroom(c.send_window.window(), |o| o.send_window.window());
+    if let Some(w) = c
+        .send_window
+        .on_sample(now, c.bytes_written, c.tune_rtt, room)
+    {
         c.conn.set_send_window(w);
     }
 }
@@ -675,6 +696,9 @@ fn new_conn(conn: quinn_proto::Connection) -> Conn {
         announced: true,
         receive_window: WindowTuner::new(),
         send_window: WindowTuner::new(),
+        bytes_read: 0,
+        bytes_written: 0,
+        tune_rtt: Duration::ZERO,
     }
 }
 
@@ -989,6 +1013,7 @@ impl SendStream {
             let r = op(&mut c.conn.send_stream(id));
             match r {
                 Ok(n) => {
+                    c.bytes_written += n as u64;
                     st.dirty.insert(handle);
                     st.wake_driver();
                     Poll::Ready(Ok(n))
@@ -1077,7 +1102,10 @@ impl RecvStream {
             // Finalizing may open flow-control credit for the peer: send it.
             let _ = chunks.finalize();
             let out = match r {
-                Ok(Some(chunk)) => Poll::Ready(Ok(Some(chunk.bytes))),
+                Ok(Some(chunk)) => {
+                    c.bytes_read += chunk.bytes.len() as u64;
+                    Poll::Ready(Ok(Some(chunk.bytes)))
+                }
                 Ok(None) => Poll::Ready(Ok(None)),
                 Err(quinn_proto::ReadError::Blocked) => {
                     if let Some(e) = &c.lost {
