@@ -655,7 +655,12 @@ def table(part, title, nbytes, refs, gbps, cpu_per_gib):
             sent = sum(p["sent_packets"] for p in s["path_per_shard"])
             print(f"\n{LABELS[tool]}, untimed run: per-chunk latency ({lat['chunks']} chunks, "
                   f"{lat['measures']}) p50 {lat['p50'] / 1e3:.0f} ms, p99 {lat['p99'] / 1e3:.0f} ms, "
-                  f"p999 {lat['p999'] / 1e3:.0f} ms; QUIC packets lost {lost:,} of {sent:,}.")
+                  f"p999 {lat['p999'] / 1e3:.0f} ms; QUIC packets lost {lost:,} of {sent:,}", end="")
+            windows = [p["flow_window_bytes"] for p in s["path_per_shard"] if "flow_window_bytes" in p]
+            if windows:
+                print("; client flow windows reached (8.4 MB at the start): "
+                      + ", ".join(f"{w / 1e6:.1f}" for w in windows) + " MB", end="")
+            print(".")
 
 if net != "loopback":
     ping = open(f"{R}/calibration-ping.txt").read()
