@@ -658,7 +658,7 @@ def table(part, title, nbytes, refs, gbps, cpu_per_gib):
                   f"p999 {lat['p999'] / 1e3:.0f} ms; QUIC packets lost {lost:,} of {sent:,}", end="")
             windows = [p["flow_window_bytes"] for p in s["path_per_shard"] if "flow_window_bytes" in p]
             if windows:
-                print("; client flow windows reached (8.4 MB at the start): "
+                print("; client flow windows at the end: "
                       + ", ".join(f"{w / 1e6:.1f}" for w in windows) + " MB", end="")
             print(".")
 
