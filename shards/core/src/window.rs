@@ -35,10 +35,12 @@ pub const FLOW_WINDOW_BYTES_INITIAL: u64 = STREAMS_IN_FLIGHT_MIN as u64 * CHUNK_
 /// 43 Gbit/s at 100 ms on one connection, and each shard has its own.
 pub const FLOW_WINDOW_BYTES_MAX: u64 = 512 * 1024 * 1024;
 
-/// Most bytes one direction's windows may add up to over all of a shard's connections
-/// (initial windows included): what a shard's peers can make it buffer, however many
-/// connections they open, stays bounded. 1 GiB per shard and direction; an appliance
-/// that fills a 100 GbE long fat pipe uses several shards.
+/// Most bytes one direction's windows may grow to in sum over all of a shard's
+/// connections: whatever its peers do, growth stops there. Initial windows count toward
+/// it but are not refused by it (each connection gets `FLOW_WINDOW_BYTES_INITIAL`), so
+/// past 16 connections a shard's windows simply stop growing (and only clients in the
+/// server's authorized-clients file get a connection at all). 1 GiB per shard and direction; an appliance that
+/// fills a 100 GbE long fat pipe uses several shards.
 pub const ENDPOINT_WINDOW_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 
 /// Window in bytes moved per round trip. 2, as Linux's receive-buffer tuning uses: the
