@@ -53,8 +53,9 @@ const TRANSMITS_PER_TURN_MAX: usize = 32;
 const SEND_RETRY_DELAY: Duration = Duration::from_micros(100);
 
 /// Environment variable that turns on a periodic trace of every connection's path state
-/// (RTT, congestion and flow-control windows, pacing rate, losses, flow-control frames) on stderr, every so many
-/// seconds: what `--json` shows only once the transfer is over, while it runs.
+/// (RTT, congestion and flow-control windows, pacing rate, losses, flow-control frames)
+/// on stderr, every so many seconds: what `--json` shows only once the transfer is over,
+/// while it runs.
 pub const TRACE_ENV: &str = "TPC_XFER_TRACE_QUIC";
 
 /// Longest trace interval accepted, in seconds; beyond it a typo is more likely than intent.
