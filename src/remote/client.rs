@@ -509,7 +509,8 @@ async fn worker_shard(
     if let Some(c) = conn {
         c.close(CLOSE_DONE, b"done");
     }
-    endpoint.wait_idle().await;
+    // The session is over: once the close is on the wire there is nothing to wait for.
+    endpoint.wait_closed().await;
 }
 
 /// `CONNECT_TIMEOUT` around a connect: `None` if the server did not answer in time.
@@ -969,7 +970,8 @@ async fn coordinator(
     out.path = PathSummary::of(&conn);
     stop_peers().await;
     conn.close(CLOSE_DONE, b"done");
-    endpoint.wait_idle().await;
+    // The session is over: once the close is on the wire there is nothing to wait for.
+    endpoint.wait_closed().await;
 }
 
 type SessionResult = Result<(), (Exit, String)>;

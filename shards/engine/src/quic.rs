@@ -172,6 +172,9 @@ struct Conn {
     bytes_written: u64,
     /// The path's minimum RTT at the last tuning sample: when the next one is due.
     tune_rtt: Duration,
+    /// Closed by us or the peer, with nothing left to transmit: our CONNECTION_CLOSE (if
+    /// any) has gone to the socket.
+    close_sent: bool,
 }
 
 impl Conn {
@@ -335,6 +338,25 @@ impl Endpoint {
                 return Poll::Ready(None);
             }
             st.accept_waiter = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Waits until every connection is closed and its CONNECTION_CLOSE has been handed to
+    /// the socket, without waiting out the draining period (three probe timeouts: 0.3 s
+    /// at 50 ms RTT) that `wait_idle` does. For a client that exits once its session is
+    /// over: if that one packet is lost, the server's side of the connection ends at its
+    /// idle timeout instead, with nothing left to transfer.
+    pub async fn wait_closed(&self) {
+        poll_fn(|cx| {
+            let mut st = self.state.borrow_mut();
+            if st.conns.values().all(|c| c.close_sent) {
+                return Poll::Ready(());
+            }
+            for c in st.conns.values_mut() {
+                c.waiters.push(cx.waker().clone());
+            }
             Poll::Pending
         })
         .await
@@ -551,6 +573,8 @@ impl State {
                 tune_windows(&mut c, now, &self.conns);
             }
             let mut sent = 0;
+            // Whether quinn-proto had nothing more to send this turn.
+            let mut ran_dry = false;
             while !blocked {
                 if sent == TRANSMITS_PER_TURN_MAX {
                     // More to send: come back after looking at the socket.
@@ -563,6 +587,7 @@ impl State {
                 // The send time quinn-proto records is when the packet really left.
                 let now = Instant::now();
                 let Some(t) = c.conn.poll_transmit(now, max_datagrams, buf) else {
+                    ran_dry = true;
                     break;
                 };
                 sent += 1;
@@ -629,6 +654,11 @@ impl State {
                     | Event::DatagramReceived
                     | Event::DatagramsUnblocked => {}
                 }
+            }
+            if ran_dry && !c.close_sent && c.conn.is_closed() {
+                // Nothing left to transmit after the close: the close packet is out.
+                c.close_sent = true;
+                c.wake_all();
             }
             c.deadline = c.conn.poll_timeout();
             if c.conn.is_drained() {
@@ -700,6 +730,7 @@ fn new_conn(conn: quinn_proto::Connection) -> Conn {
         bytes_read: 0,
         bytes_written: 0,
         tune_rtt: Duration::ZERO,
+        close_sent: false,
     }
 }
 
