@@ -349,24 +349,21 @@ impl Endpoint {
     /// over: if that one packet is lost, the server's side of the connection ends at its
     /// idle timeout instead, with nothing left to transfer.
     pub async fn wait_closed(&self) {
-        poll_fn(|cx| {
-            let mut st = self.state.borrow_mut();
-            if st.conns.values().all(|c| c.close_sent) {
-                return Poll::Ready(());
-            }
-            for c in st.conns.values_mut() {
-                c.waiters.push(cx.waker().clone());
-            }
-            Poll::Pending
-        })
-        .await
+        self.wait_for_all(|c| c.close_sent).await
     }
 
     /// Waits until every connection has closed and drained (so the peer got our close).
     pub async fn wait_idle(&self) {
+        // A drained connection leaves the map: idle is an empty one.
+        self.wait_for_all(|_| false).await
+    }
+
+    /// Waits until `done` holds for every connection still in the map, looking again
+    /// whenever one of them has news.
+    async fn wait_for_all(&self, done: impl Fn(&Conn) -> bool) {
         poll_fn(|cx| {
             let mut st = self.state.borrow_mut();
-            if st.conns.is_empty() {
+            if st.conns.values().all(&done) {
                 return Poll::Ready(());
             }
             for c in st.conns.values_mut() {
