@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use tpc_core::codec::{Compression, CODECS_SAME, CODECS_ZSTD};
 use tpc_core::wire::Run;
 use tpc_core::ChunkHash;
+use tpc_engine::direct::{self, DirectFile};
 use tpc_engine::quic::{bind_socket, Connection, Endpoint, RecvStream, SendStream};
 use tpc_engine::rt::File;
 use tpc_engine::rt::{self, Driver, IoChoice};
@@ -372,10 +374,29 @@ pub async fn serve_run_over(
         Some(p) => Some(File::open(&p).await.expect("old version opens")),
         None => None,
     };
+    // As a receiver does: a direct-I/O handle beside the ordinary one, where the
+    // filesystem takes one.
+    let direct = direct::open_flag()
+        .and_then(|flag| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(flag)
+                .open(&dst)
+                .ok()
+        })
+        .map(|f| DirectFile::from_fd(f.into()));
     let mut log = RunLog::default();
-    receive_run(&mut recv, &file, "bench", &run, old.as_ref(), &mut log)
-        .await
-        .expect("run verified and written");
+    receive_run(
+        &mut recv,
+        &file,
+        direct.as_ref(),
+        "bench",
+        &run,
+        old.as_ref(),
+        &mut log,
+    )
+    .await
+    .expect("run verified and written");
     let _ = file.close().await;
     if let Some(old) = old {
         let _ = old.close().await;

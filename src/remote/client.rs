@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -37,7 +38,7 @@ use tpc_engine::quic::{bind_socket, udp_payload_max_towards, Connection, Endpoin
 use tpc_engine::rt::{self, File};
 use tpc_engine::{Driver, Durability};
 
-use super::data::{receive_run, send_run, DataError, RunLog, Savings};
+use super::data::{open_direct, receive_run, send_run, DataError, RunLog, Savings};
 use super::receiver::{full_path, temp_path, Failure, Receiver};
 use super::{
     congestion::Congestion, expect_end, expect_frame, transport_config, write_frame, RemoteSpec,
@@ -756,10 +757,20 @@ async fn move_range(
         let fd = root
             .open(tmp, libc::O_WRONLY, 0)
             .map_err(|e| Failure::new(ErrorCode::Io, e.to_string()))?;
+        let direct = open_direct(root, tmp, fd.as_fd());
         let file = File::from_fd(fd);
         let what = tmp.to_string();
         let mut log = RunLog::default();
-        let got = receive_run(&mut recv, &file, &what, &run, None, &mut log).await;
+        let got = receive_run(
+            &mut recv,
+            &file,
+            direct.as_ref(),
+            &what,
+            &run,
+            None,
+            &mut log,
+        )
+        .await;
         let _ = file.close().await;
         record_latencies(latency, log.times.iter().map(|&t| (asked, t)));
         got.map(|n| (n, log.saved)).map_err(data_failure)

@@ -4,6 +4,7 @@
 //! run, decode every chunk (or take it from the old version of the file) and verify it
 //! against its hash, and only then write it.
 
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Instant;
 
 use tpc_core::codec::{
@@ -11,8 +12,11 @@ use tpc_core::codec::{
     CODEC_RAW, CODEC_SAME, CODEC_ZSTD, FRAME_PLAIN_BYTES,
 };
 use tpc_core::limits::CHUNK_SIZE_BYTES;
+use tpc_core::relpath::RelPath;
 use tpc_core::wire::{run_bytes, ErrorCode, Run};
 use tpc_core::ChunkHash;
+use tpc_engine::confine::{fstat, Root};
+use tpc_engine::direct::{self, aligned_buf, AlignedBuf, DirectFile, DIRECT_ALIGN};
 use tpc_engine::quic::{RecvStream, SendStream};
 use tpc_engine::rt::File;
 
@@ -267,7 +271,7 @@ async fn read_array<const N: usize>(recv: &mut RecvStream) -> Result<[u8; N], Da
 async fn read_exactly(
     recv: &mut RecvStream,
     n: usize,
-    buf: &mut Vec<u8>,
+    buf: &mut AlignedBuf,
     mut hasher: Option<&mut blake3::Hasher>,
 ) -> Result<(), DataError> {
     let mut hashed = 0;
@@ -293,26 +297,77 @@ async fn read_exactly(
     Ok(())
 }
 
+/// A direct-I/O handle on `rel` beneath `root`, the file already open as `fd`, where the
+/// platform and the filesystem offer one. It is opened by name (confined as every open
+/// is) and kept only if it is the very file `fd` is, so that no rename in between can
+/// send the data elsewhere.
+pub fn open_direct(root: &Root, rel: &RelPath, fd: BorrowedFd<'_>) -> Option<DirectFile> {
+    let flag = direct::open_flag()?;
+    let dfd = root.open(rel, libc::O_WRONLY | flag, 0).ok()?;
+    let (a, b) = (fstat(fd).ok()?, fstat(dfd.as_fd()).ok()?);
+    ((a.dev, a.ino) == (b.dev, b.ino)).then(|| DirectFile::from_fd(dfd))
+}
+
+/// Writes the verified chunk in `buf` at `pos`, and hands the buffer back: its
+/// block-aligned part through `direct` where there is one, the rest (a file's unaligned
+/// tail, or all of it) through `file`. A filesystem that refuses direct I/O (EINVAL)
+/// turns `direct` off for the rest of the run; the chunk then goes the ordinary way.
+async fn write_chunk(
+    file: &File,
+    direct: &mut Option<&DirectFile>,
+    buf: AlignedBuf,
+    pos: u64,
+    what: &str,
+) -> Result<AlignedBuf, DataError> {
+    let n = buf.len();
+    let mut buf = buf;
+    let mut done = 0;
+    let aligned = n - n % DIRECT_ALIGN;
+    if let Some(d) = direct.filter(|_| aligned > 0) {
+        let (back, wrote) = d.write_at(buf, pos, aligned).await;
+        buf = back;
+        match wrote {
+            Ok(w) => done = w,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => *direct = None,
+            Err(e) => return Err(io_failure(what, &e, e.raw_os_error())),
+        }
+    }
+    if done < n {
+        let wrote = file
+            .write_at(buf[done..].to_vec(), pos + done as u64)
+            .await
+            .map_err(|e| io_failure(what, &e, e.raw_os_error()))?;
+        if wrote != n - done {
+            return Err(io_failure(what, "short write", None));
+        }
+    }
+    Ok(buf)
+}
+
 /// Receives the chunks `run` names from `recv`, decodes each (refusing a codec the run
 /// did not allow, and a compressed chunk that is not smaller than the chunk or does not
 /// decode to exactly its length; taking a `CODEC_SAME` chunk from `old`, the old version
 /// of the file), verifies it against the hash that follows it, and writes it at its
-/// offset in `file`. Nothing unverified is written. The run must be all the stream
-/// carries: its end is read too. Returns the bytes written.
+/// offset in `file` — through `direct`, a direct-I/O handle on the same file, where there
+/// is one. Nothing unverified is written. The run must be all the stream carries: its end
+/// is read too. Returns the bytes written.
 pub async fn receive_run(
     recv: &mut RecvStream,
     file: &File,
+    direct: Option<&DirectFile>,
     what: &str,
     run: &Run,
     old: Option<&File>,
     log: &mut RunLog,
 ) -> Result<u64, DataError> {
     let (spans, len) = chunk_spans(run.size, run.chunk_first, run.chunk_count)?;
+    let mut direct = direct;
     let mut decoder: Option<Decoder> = None;
-    let mut frames = Vec::new();
+    let mut frames = aligned_buf(0);
+    // One buffer for the run, reused: each chunk is written before the next is read.
+    let mut buf = aligned_buf(len.min(CHUNK_SIZE_BYTES) as usize);
     for (pos, n) in spans {
-        // One buffer per chunk, handed to the write: the drivers' write_at takes a Vec.
-        let mut buf = Vec::with_capacity(n);
+        buf.clear();
         let mut hasher = blake3::Hasher::new();
         let codec = read_array::<1>(recv).await?;
         check_codec(codec[0], run.codecs).map_err(|e| protocol_failure(what, e))?;
@@ -332,7 +387,8 @@ pub async fn receive_run(
                         decoder.insert(Decoder::new().map_err(|e| io_failure("zstd", &e, None))?)
                     }
                 };
-                dec.decompress(&frames, n, &mut buf)
+                buf.resize(n, 0);
+                dec.decompress_into(&frames, &mut buf[..])
                     .map_err(|e| protocol_failure(what, format!("chunk at offset {pos}: {e}")))?;
                 for piece in buf.chunks(HASH_PIECE_BYTES) {
                     hasher.update(piece);
@@ -396,13 +452,7 @@ pub async fn receive_run(
             });
         }
         if n > 0 {
-            let wrote = file
-                .write_at(buf, pos)
-                .await
-                .map_err(|e| io_failure(what, &e, e.raw_os_error()))?;
-            if wrote != n {
-                return Err(io_failure(what, "short write", None));
-            }
+            buf = write_chunk(file, &mut direct, buf, pos, what).await?;
         }
         log.times.push(Instant::now());
     }

@@ -28,7 +28,7 @@ use tpc_engine::quic::{
 use tpc_engine::rt::{self, File};
 
 use super::congestion::Congestion;
-use super::data::{receive_run, send_run, DataError, RunLog};
+use super::data::{open_direct, receive_run, send_run, DataError, RunLog};
 use super::receiver::{temp_path, Failure, Receiver};
 use super::{expect_end, expect_frame, read_frame, transport_config, write_frame, SessionError};
 use crate::auth::{self, AuthorizedClients, Identity};
@@ -491,6 +491,7 @@ async fn put(
             format!("{full}: size {} does not match the manifest", p.size),
         ));
     }
+    let direct = open_direct(&shared.root, &tmp, fd.as_fd());
     let file = File::from_fd(fd);
     let what = full.to_string();
     // The old version of the file, where the client may send chunks as already here.
@@ -504,7 +505,16 @@ async fn put(
         None
     };
     let mut log = RunLog::default(); // per-chunk timing is the client's to report
-    let result = receive_run(recv, &file, &what, &p, old.as_ref(), &mut log).await;
+    let result = receive_run(
+        recv,
+        &file,
+        direct.as_ref(),
+        &what,
+        &p,
+        old.as_ref(),
+        &mut log,
+    )
+    .await;
     let _ = file.close().await;
     if let Some(old) = old {
         let _ = old.close().await;

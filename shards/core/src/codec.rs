@@ -305,15 +305,20 @@ impl Decoder {
         check_compressed_len(frames.len() as u64, plain_len as u64)?;
         out.clear();
         out.resize(plain_len, 0);
+        self.decompress_into(frames, &mut out[..])
+            .inspect_err(|_| out.clear())
+    }
+
+    /// Decodes `frames` into all of `out` (the chunk's plain length), as `decompress`
+    /// does, for a caller that owns its buffer (an aligned one, for direct writes).
+    pub fn decompress_into(&mut self, frames: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+        let plain_len = out.len();
+        check_compressed_len(frames.len() as u64, plain_len as u64)?;
         let got = self
             .dctx
-            .decompress_to_buffer(frames, &mut out[..])
-            .map_err(|e| {
-                out.clear();
-                CodecError::Corrupt(e.to_string())
-            })?;
+            .decompress_to_buffer(frames, out)
+            .map_err(|e| CodecError::Corrupt(e.to_string()))?;
         if got != plain_len {
-            out.clear();
             return Err(CodecError::Short {
                 got,
                 plain: plain_len,

@@ -17,6 +17,7 @@
 //! progress counters are one cache line per shard, written only by that shard.
 
 pub mod confine;
+pub mod direct;
 pub mod mesh;
 pub mod quic;
 pub mod rt;
