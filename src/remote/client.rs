@@ -757,7 +757,7 @@ async fn move_range(
         let fd = root
             .open(tmp, libc::O_WRONLY, 0)
             .map_err(|e| Failure::new(ErrorCode::Io, e.to_string()))?;
-        let direct = open_direct(root, tmp, fd.as_fd());
+        let direct = open_direct(root, tmp, run.size, fd.as_fd());
         let file = File::from_fd(fd);
         let what = tmp.to_string();
         let mut log = RunLog::default();

@@ -297,11 +297,25 @@ async fn read_exactly(
     Ok(())
 }
 
-/// A direct-I/O handle on `rel` beneath `root`, the file already open as `fd`, where the
-/// platform and the filesystem offer one. It is opened by name (confined as every open
-/// is) and kept only if it is the very file `fd` is, so that no rename in between can
-/// send the data elsewhere.
-pub fn open_direct(root: &Root, rel: &RelPath, fd: BorrowedFd<'_>) -> Option<DirectFile> {
+/// Files smaller than this are written through the page cache: direct I/O's fixed costs
+/// (a second open, a device write the writer waits for) pay back only on a large copy
+/// saved, and small files are bound by creating them, not by their bytes.
+pub const DIRECT_FILE_BYTES_MIN: u64 = 1 << 20;
+
+/// A direct-I/O handle on `rel` beneath `root`, a file of `size` bytes already open as
+/// `fd`, where the platform and the filesystem offer one and the file is large enough
+/// (`DIRECT_FILE_BYTES_MIN`). It is opened by name (confined as every open is) and kept
+/// only if it is the very file `fd` is, so that no rename in between can send the data
+/// elsewhere.
+pub fn open_direct(
+    root: &Root,
+    rel: &RelPath,
+    size: u64,
+    fd: BorrowedFd<'_>,
+) -> Option<DirectFile> {
+    if size < DIRECT_FILE_BYTES_MIN {
+        return None;
+    }
     let flag = direct::open_flag()?;
     let dfd = root.open(rel, libc::O_WRONLY | flag, 0).ok()?;
     let (a, b) = (fstat(fd).ok()?, fstat(dfd.as_fd()).ok()?);

@@ -491,7 +491,7 @@ async fn put(
             format!("{full}: size {} does not match the manifest", p.size),
         ));
     }
-    let direct = open_direct(&shared.root, &tmp, fd.as_fd());
+    let direct = open_direct(&shared.root, &tmp, p.size, fd.as_fd());
     let file = File::from_fd(fd);
     let what = full.to_string();
     // The old version of the file, where the client may send chunks as already here.
