@@ -179,8 +179,6 @@ struct RangeItem {
 struct Work {
     push: bool,
     session: u64,
-    /// UDP port of each server shard.
-    ports: Vec<u16>,
     files: Vec<WorkFile>,
     /// Ranges per shard.
     ranges: Vec<Vec<RangeItem>>,
@@ -189,6 +187,9 @@ struct Work {
 }
 
 enum Msg {
+    /// The server shards' ports, sent as soon as the server has welcomed the session, so
+    /// that every shard's handshake overlaps the manifest exchange.
+    Dial(Vec<u16>),
     Start(Arc<Work>),
     Result {
         file: u32,
@@ -431,7 +432,8 @@ async fn shard_main(
     out
 }
 
-/// A shard other than 0: wait for the work, dial its server shard, move its ranges.
+/// A shard other than 0: dial its server shard when told where, wait for the work, move
+/// its ranges.
 async fn worker_shard(
     shard: usize,
     job: &Job,
@@ -440,12 +442,12 @@ async fn worker_shard(
     receivers: &mut Receivers<Msg>,
     out: &mut ShardOut,
 ) {
-    let work = match receivers.recv_from(0).await {
-        Some(Msg::Start(w)) => w,
+    let ports = match receivers.recv_from(0).await {
+        Some(Msg::Dial(p)) => p,
         _ => return,
     };
     let mut addr = job.server;
-    addr.set_port(work.ports[shard % work.ports.len()]);
+    addr.set_port(ports[shard % ports.len()]);
     let conn =
         match tokio_free_timeout(endpoint.connect(job.client_config.clone(), addr, "tpc-xfer"))
             .await
@@ -473,6 +475,15 @@ async fn worker_shard(
                 return;
             }
         };
+    let work = match receivers.recv_from(0).await {
+        Some(Msg::Start(w)) => w,
+        // The session ended before any work was handed out.
+        _ => {
+            conn.close(CLOSE_DONE, b"done");
+            endpoint.wait_closed().await;
+            return;
+        }
+    };
     let conn = Some(conn);
     let (tx, rx) = async_channel::unbounded::<(u32, Result<u64, Failure>)>();
     let forward = async {
@@ -1043,6 +1054,9 @@ async fn session(
             ))
         }
     };
+    for peer in 1..shard_count {
+        let _ = senders.send_to(peer, Msg::Dial(ports.clone())).await;
+    }
     let mut summary = Summary {
         direction: if push { "push" } else { "pull" },
         remote: job.remote.authority.clone(),
@@ -1243,7 +1257,6 @@ async fn session(
     let work = Arc::new(Work {
         push,
         session,
-        ports: ports.clone(),
         files,
         ranges,
         local_root,
@@ -1314,6 +1327,9 @@ async fn session(
     let mut unresolved: u64 = to_move;
     let mut batch: Vec<u32> = Vec::new();
     let mut in_commit: u64 = 0;
+    // A push sends Finish right behind its last Commit: the server takes control frames
+    // in order, so it commits, then finishes, and the session saves a round trip.
+    let mut finish_sent = false;
     let mut session_error = None;
     let mut failed_files = vec![false; remaining.len()];
     // Files of the Commit in flight: the server may answer only for those, once each.
@@ -1330,6 +1346,13 @@ async fn session(
             if let Err(e) = write_frame(&mut send, &Frame::Commit { files }).await {
                 session_error = Some(lost(e));
                 break;
+            }
+            if unresolved == in_commit {
+                if let Err(e) = write_frame(&mut send, &Frame::Finish).await {
+                    session_error = Some(lost(e));
+                    break;
+                }
+                finish_sent = true;
             }
         }
         if !push && !batch.is_empty() {
@@ -1442,9 +1465,11 @@ async fn session(
         }
         summary.files_copied = r.files_written;
     }
-    if let Err(e) = write_frame(&mut send, &Frame::Finish).await {
-        out.summary = Some((summary, problems));
-        return Err(lost(e));
+    if !finish_sent {
+        if let Err(e) = write_frame(&mut send, &Frame::Finish).await {
+            out.summary = Some((summary, problems));
+            return Err(lost(e));
+        }
     }
     let _ = send.finish();
     // The control reader goes on delivering frames: wait for the server's Done.
