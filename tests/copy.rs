@@ -5,7 +5,6 @@ mod common;
 
 use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -335,27 +334,6 @@ fn bad_arguments_are_usage_errors() {
 }
 
 /// Mounts a small tmpfs for the duration of a test (needs root, as CI has).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: PathBuf, opts: &str) -> Tmpfs {
-        std::fs::create_dir_all(&dir).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "mount tmpfs (tests run as root in CI)");
-        Tmpfs(dir)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn full_destination_is_exit_5_and_leaves_no_partial_file() {
     if !is_root() {

@@ -281,6 +281,41 @@ fn pulling_a_missing_remote_path_is_exit_3_and_the_server_keeps_serving() {
     assert_identical(&src, &s.path("root/f"));
 }
 
+#[test]
+fn a_full_remote_disk_is_exit_5_leaves_no_partial_file_and_the_server_keeps_serving() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let s = Scratch::new("remote-full");
+    let (cs, ss) = keys(&s);
+    let src = s.path("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("small"), b"fits").unwrap();
+    random_file(&src.join("large"), 8 << 20, 1);
+    let mnt = Tmpfs::mount(s.path("root"), "size=2m");
+    let server = Server::start(&mnt.0, &ss);
+    let out = copy(&cs, &src, server.url(""), &["--accept-new"]);
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("large") && err.contains("No space left"),
+        "{err}"
+    );
+    assert_eq!(bytes(&mnt.0.join("src/small")), b"fits");
+    assert!(
+        !mnt.0.join("src/large").exists(),
+        "no partial file under the final name"
+    );
+    assert!(temporaries(&mnt.0).is_empty());
+    // The same server goes on serving: a file that fits.
+    let f = s.path("f");
+    random_file(&f, 100_000, 2);
+    let out = copy(&cs, &f, server.url("f"), &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_identical(&f, &mnt.0.join("f"));
+}
+
 /// Reads a whole file.
 fn bytes(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))

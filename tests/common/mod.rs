@@ -246,6 +246,29 @@ pub fn is_root() -> bool {
 /// Bytes of one chunk (tpc_core::limits::CHUNK_SIZE_BYTES).
 pub const CHUNK_BYTES: u64 = 4 * 1024 * 1024;
 
+/// A tmpfs mounted for one test (root only) and unmounted when dropped: a destination
+/// that can be made full or read-only.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: PathBuf, opts: &str) -> Tmpfs {
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount tmpfs (tests run as root in CI)");
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// Builds the edge-case tree of issue 2 under `root`.
 pub fn edge_case_tree(root: &Path, big_bytes: u64, small_files: usize) {
     std::fs::create_dir_all(root).unwrap();
