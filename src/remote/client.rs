@@ -1485,6 +1485,9 @@ async fn session(
                 problems.report(exit_for(code, push), format!("server: {message}"));
                 summary.failed += 1;
             }
+            // The answer to a last Commit whose files all failed: their Failed frames
+            // already settled them, and the loop above ended on the last one.
+            Some(Ev::Frame(Ok(Frame::Committed { files }))) if files.is_empty() => {}
             Some(Ev::Frame(Ok(f))) => {
                 out.summary = Some((summary, problems));
                 return Err((

@@ -271,7 +271,7 @@ async fn read_array<const N: usize>(recv: &mut RecvStream) -> Result<[u8; N], Da
 async fn read_exactly(
     recv: &mut RecvStream,
     n: usize,
-    buf: &mut AlignedBuf,
+    buf: &mut ChunkBuf,
     mut hasher: Option<&mut blake3::Hasher>,
 ) -> Result<(), DataError> {
     let mut hashed = 0;
@@ -295,6 +295,71 @@ async fn read_exactly(
         h.update(&buf[hashed..]);
     }
     Ok(())
+}
+
+/// A chunk's buffer at the receiver: aligned for direct writes where the run has a direct
+/// handle, otherwise a plain `Vec`, which the ordinary write takes without a copy.
+enum ChunkBuf {
+    Plain(Vec<u8>),
+    Aligned(AlignedBuf),
+}
+
+impl ChunkBuf {
+    fn with_capacity(capacity: usize, aligned: bool) -> ChunkBuf {
+        if aligned {
+            ChunkBuf::Aligned(aligned_buf(capacity))
+        } else {
+            ChunkBuf::Plain(Vec::with_capacity(capacity))
+        }
+    }
+
+    fn clear(&mut self) {
+        match self {
+            ChunkBuf::Plain(v) => v.clear(),
+            ChunkBuf::Aligned(a) => a.clear(),
+        }
+    }
+
+    fn reserve(&mut self, additional: usize) {
+        match self {
+            ChunkBuf::Plain(v) => v.reserve(additional),
+            ChunkBuf::Aligned(a) => a.reserve(additional),
+        }
+    }
+
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        match self {
+            ChunkBuf::Plain(v) => v.extend_from_slice(bytes),
+            ChunkBuf::Aligned(a) => a.extend_from_slice(bytes),
+        }
+    }
+
+    fn resize_zeroed(&mut self, len: usize) {
+        match self {
+            ChunkBuf::Plain(v) => v.resize(len, 0),
+            ChunkBuf::Aligned(a) => a.resize(len, 0),
+        }
+    }
+}
+
+impl std::ops::Deref for ChunkBuf {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            ChunkBuf::Plain(v) => v,
+            ChunkBuf::Aligned(a) => a,
+        }
+    }
+}
+
+impl std::ops::DerefMut for ChunkBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            ChunkBuf::Plain(v) => v,
+            ChunkBuf::Aligned(a) => a,
+        }
+    }
 }
 
 /// Files smaller than this are written through the page cache: direct I/O's fixed costs
@@ -322,17 +387,30 @@ pub fn open_direct(
     ((a.dev, a.ino) == (b.dev, b.ino)).then(|| DirectFile::from_fd(dfd))
 }
 
-/// Writes the verified chunk in `buf` at `pos`, and hands the buffer back: its
-/// block-aligned part through `direct` where there is one, the rest (a file's unaligned
-/// tail, or all of it) through `file`. A filesystem that refuses direct I/O (EINVAL)
-/// turns `direct` off for the rest of the run; the chunk then goes the ordinary way.
+// Chunk offsets are whole chunks, so every direct write starts on a block boundary: only
+// a chunk's length can be unaligned, and that tail goes the ordinary way.
+const _: () = assert!(CHUNK_SIZE_BYTES % DIRECT_ALIGN as u64 == 0);
+
+/// Writes the verified chunk in `buf` at `pos`, and hands back a buffer for the next:
+/// a plain buffer through `file` as it is; an aligned one with its block-aligned part
+/// through `direct`, the rest (a file's unaligned tail) through `file`. A filesystem that
+/// refuses direct I/O (EINVAL) turns `direct` off for the rest of the run; the chunk then
+/// goes the ordinary way.
 async fn write_chunk(
     file: &File,
     direct: &mut Option<&DirectFile>,
-    buf: AlignedBuf,
+    buf: ChunkBuf,
     pos: u64,
     what: &str,
-) -> Result<AlignedBuf, DataError> {
+) -> Result<ChunkBuf, DataError> {
+    let buf = match buf {
+        ChunkBuf::Plain(v) => {
+            let (n, capacity) = (v.len(), v.capacity());
+            write_plain(file, v, pos, n, what).await?;
+            return Ok(ChunkBuf::Plain(Vec::with_capacity(capacity)));
+        }
+        ChunkBuf::Aligned(a) => a,
+    };
     let n = buf.len();
     let mut buf = buf;
     let mut done = 0;
@@ -347,15 +425,34 @@ async fn write_chunk(
         }
     }
     if done < n {
-        let wrote = file
-            .write_at(buf[done..].to_vec(), pos + done as u64)
-            .await
-            .map_err(|e| io_failure(what, &e, e.raw_os_error()))?;
-        if wrote != n - done {
-            return Err(io_failure(what, "short write", None));
-        }
+        write_plain(
+            file,
+            buf[done..].to_vec(),
+            pos + done as u64,
+            n - done,
+            what,
+        )
+        .await?;
     }
-    Ok(buf)
+    Ok(ChunkBuf::Aligned(buf))
+}
+
+/// Writes `data` (`n` bytes) at `pos` through the file's ordinary handle.
+async fn write_plain(
+    file: &File,
+    data: Vec<u8>,
+    pos: u64,
+    n: usize,
+    what: &str,
+) -> Result<(), DataError> {
+    let wrote = file
+        .write_at(data, pos)
+        .await
+        .map_err(|e| io_failure(what, &e, e.raw_os_error()))?;
+    if wrote != n {
+        return Err(io_failure(what, "short write", None));
+    }
+    Ok(())
 }
 
 /// Receives the chunks `run` names from `recv`, decodes each (refusing a codec the run
@@ -377,9 +474,10 @@ pub async fn receive_run(
     let (spans, len) = chunk_spans(run.size, run.chunk_first, run.chunk_count)?;
     let mut direct = direct;
     let mut decoder: Option<Decoder> = None;
-    let mut frames = aligned_buf(0);
-    // One buffer for the run, reused: each chunk is written before the next is read.
-    let mut buf = aligned_buf(len.min(CHUNK_SIZE_BYTES) as usize);
+    let mut frames = ChunkBuf::Plain(Vec::new());
+    // An aligned buffer, reused over the run, where it has a direct handle: each chunk is
+    // written before the next is read.
+    let mut buf = ChunkBuf::with_capacity(len.min(CHUNK_SIZE_BYTES) as usize, direct.is_some());
     for (pos, n) in spans {
         buf.clear();
         let mut hasher = blake3::Hasher::new();
@@ -401,7 +499,7 @@ pub async fn receive_run(
                         decoder.insert(Decoder::new().map_err(|e| io_failure("zstd", &e, None))?)
                     }
                 };
-                buf.resize(n, 0);
+                buf.resize_zeroed(n);
                 dec.decompress_into(&frames, &mut buf[..])
                     .map_err(|e| protocol_failure(what, format!("chunk at offset {pos}: {e}")))?;
                 for piece in buf.chunks(HASH_PIECE_BYTES) {

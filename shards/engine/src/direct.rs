@@ -129,6 +129,7 @@ mod tests {
                 Ok(f) => f,
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     eprintln!("skipped: {} takes no direct I/O", dir.display());
+                    std::fs::remove_dir_all(&dir).unwrap();
                     return;
                 }
                 Err(e) => panic!("open {}: {e}", path.display()),

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use glommio::io::{BufferedFile, OpenOptions};
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{CpuSet, LocalExecutorBuilder, Placement, PoolPlacement};
 
 pub use glommio::io::ReadResult;
 pub use glommio::Task;
@@ -28,15 +28,28 @@ pub const IO_MEMORY_BYTES: usize = 512 << 10;
 /// independent of `IO_MEMORY_BYTES`).
 pub const MEMLOCK_MIN_BYTES: u64 = 512 << 10;
 
+/// Threads in each shard's blocking pool (glommio's default is one). Direct writes of
+/// received chunks wait there on the device, so with one thread a shard had one write in
+/// flight and its commits queued behind its writes.
+pub const BLOCKING_THREADS: usize = 4;
+
 /// Runs `fut` to completion on this thread as an io_uring shard, pinned to `cpu` if
-/// given. Fails if the ring cannot be set up (seccomp, RLIMIT_MEMLOCK, old kernel).
+/// given, with its blocking pool pinned beside it. Fails if the ring cannot be set up
+/// (seccomp, RLIMIT_MEMLOCK, old kernel).
 pub fn run_here<R>(cpu: Option<usize>, fut: impl Future<Output = R>) -> io::Result<R> {
-    let placement = match cpu {
-        Some(cpu) => Placement::Fixed(cpu),
-        None => Placement::Unbound,
+    let (placement, pool) = match cpu {
+        Some(cpu) => {
+            let here = CpuSet::online().map_err(to_io)?.filter(|l| l.cpu == cpu);
+            (
+                Placement::Fixed(cpu),
+                PoolPlacement::Fenced(BLOCKING_THREADS, here),
+            )
+        }
+        None => (Placement::Unbound, PoolPlacement::Unbound(BLOCKING_THREADS)),
     };
     let executor = LocalExecutorBuilder::new(placement)
         .io_memory(IO_MEMORY_BYTES)
+        .blocking_thread_pool_placement(pool)
         .make()
         .map_err(to_io)?;
     Ok(executor.run(fut))
