@@ -333,7 +333,6 @@ fn bad_arguments_are_usage_errors() {
     assert!(help.contains("Exit codes"), "{help}");
 }
 
-/// Mounts a small tmpfs for the duration of a test (needs root, as CI has).
 #[test]
 fn full_destination_is_exit_5_and_leaves_no_partial_file() {
     if !is_root() {
@@ -342,23 +341,10 @@ fn full_destination_is_exit_5_and_leaves_no_partial_file() {
     }
     let s = Scratch::new("full");
     let src = s.path("src");
-    std::fs::create_dir(&src).unwrap();
-    std::fs::write(src.join("small"), b"fits").unwrap();
-    random_file(&src.join("large"), 8 << 20, 1);
+    too_large_source(&src);
     let mnt = Tmpfs::mount(s.path("mnt"), "size=2m");
     let out = tpc(&[OsStr::new("copy"), src.as_os_str(), mnt.0.as_os_str()]);
-    assert_eq!(code(&out), 5, "{}", stderr(&out));
-    let err = stderr(&out);
-    assert!(
-        err.contains("large") && err.contains("No space left"),
-        "{err}"
-    );
-    assert_eq!(std::fs::read(mnt.0.join("src/small")).unwrap(), b"fits");
-    assert!(
-        !mnt.0.join("src/large").exists(),
-        "no partial file under the final name"
-    );
-    assert!(temporaries(&mnt.0).is_empty());
+    assert_full_destination(&out, &mnt.0);
 }
 
 #[test]

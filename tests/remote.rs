@@ -290,24 +290,11 @@ fn a_full_remote_disk_is_exit_5_leaves_no_partial_file_and_the_server_keeps_serv
     let s = Scratch::new("remote-full");
     let (cs, ss) = keys(&s);
     let src = s.path("src");
-    std::fs::create_dir(&src).unwrap();
-    std::fs::write(src.join("small"), b"fits").unwrap();
-    random_file(&src.join("large"), 8 << 20, 1);
+    too_large_source(&src);
     let mnt = Tmpfs::mount(s.path("root"), "size=2m");
     let server = Server::start(&mnt.0, &ss);
     let out = copy(&cs, &src, server.url(""), &["--accept-new"]);
-    assert_eq!(code(&out), 5, "{}", stderr(&out));
-    let err = stderr(&out);
-    assert!(
-        err.contains("large") && err.contains("No space left"),
-        "{err}"
-    );
-    assert_eq!(bytes(&mnt.0.join("src/small")), b"fits");
-    assert!(
-        !mnt.0.join("src/large").exists(),
-        "no partial file under the final name"
-    );
-    assert!(temporaries(&mnt.0).is_empty());
+    assert_full_destination(&out, &mnt.0);
     // The same server goes on serving: a file that fits.
     let f = s.path("f");
     random_file(&f, 100_000, 2);

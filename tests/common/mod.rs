@@ -269,6 +269,32 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A source directory `src` for the full-destination tests: `small` (4 bytes) fits a
+/// 2 MiB tmpfs, `large` (8 MiB) does not.
+pub fn too_large_source(src: &Path) {
+    std::fs::create_dir(src).unwrap();
+    std::fs::write(src.join("small"), b"fits").unwrap();
+    random_file(&src.join("large"), 8 << 20, 1);
+}
+
+/// What a copy of `too_large_source` into a 2 MiB tmpfs at `root` must show: exit 5 with
+/// a "No space left" line naming `large`; `src/small` in place; neither a partial
+/// `src/large` nor a temporary file.
+pub fn assert_full_destination(out: &Output, root: &Path) {
+    assert_eq!(code(out), 5, "{}", stderr(out));
+    let err = stderr(out);
+    assert!(
+        err.contains("large") && err.contains("No space left"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(root.join("src/small")).unwrap(), b"fits");
+    assert!(
+        !root.join("src/large").exists(),
+        "no partial file under the final name"
+    );
+    assert!(temporaries(root).is_empty());
+}
+
 /// Builds the edge-case tree of issue 2 under `root`.
 pub fn edge_case_tree(root: &Path, big_bytes: u64, small_files: usize) {
     std::fs::create_dir_all(root).unwrap();
