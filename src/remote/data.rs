@@ -403,16 +403,15 @@ async fn write_chunk(
     pos: u64,
     what: &str,
 ) -> Result<ChunkBuf, DataError> {
-    let buf = match buf {
+    let mut buf = match buf {
         ChunkBuf::Plain(v) => {
-            let (n, capacity) = (v.len(), v.capacity());
-            write_plain(file, v, pos, n, what).await?;
+            let capacity = v.capacity();
+            write_plain(file, v, pos, what).await?;
             return Ok(ChunkBuf::Plain(Vec::with_capacity(capacity)));
         }
         ChunkBuf::Aligned(a) => a,
     };
     let n = buf.len();
-    let mut buf = buf;
     let mut done = 0;
     let aligned = n - n % DIRECT_ALIGN;
     if let Some(d) = direct.filter(|_| aligned > 0) {
@@ -425,26 +424,14 @@ async fn write_chunk(
         }
     }
     if done < n {
-        write_plain(
-            file,
-            buf[done..].to_vec(),
-            pos + done as u64,
-            n - done,
-            what,
-        )
-        .await?;
+        write_plain(file, buf[done..].to_vec(), pos + done as u64, what).await?;
     }
     Ok(ChunkBuf::Aligned(buf))
 }
 
-/// Writes `data` (`n` bytes) at `pos` through the file's ordinary handle.
-async fn write_plain(
-    file: &File,
-    data: Vec<u8>,
-    pos: u64,
-    n: usize,
-    what: &str,
-) -> Result<(), DataError> {
+/// Writes all of `data` at `pos` through the file's ordinary handle.
+async fn write_plain(file: &File, data: Vec<u8>, pos: u64, what: &str) -> Result<(), DataError> {
+    let n = data.len();
     let wrote = file
         .write_at(data, pos)
         .await
