@@ -19,7 +19,10 @@ use std::time::Duration;
 
 use congestion::Congestion;
 use quinn_proto::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
-use tpc_core::window::{FLOW_WINDOW_BYTES_INITIAL, STREAMS_IN_FLIGHT_MAX, STREAM_WINDOW_BYTES};
+use tpc_core::window::{
+    FLOW_WINDOW_BYTES_INITIAL, SEND_WINDOW_BYTES_INITIAL, STREAMS_IN_FLIGHT_MAX,
+    STREAM_WINDOW_BYTES,
+};
 use tpc_core::wire::{Frame, WireError, FRAME_HEADER_BYTES};
 use tpc_engine::quic::{QuicError, ReadExactError, RecvStream, SendStream};
 
@@ -51,14 +54,15 @@ pub const CLOSE_DONE: u32 = 0;
 
 /// Transport parameters for a connection whose path carries UDP payloads up to
 /// `udp_payload_max` (from the route's MTU). The connection's windows start at
-/// `FLOW_WINDOW_BYTES_INITIAL` and the QUIC driver grows them from the measured
+/// `FLOW_WINDOW_BYTES_INITIAL` (receive) and `SEND_WINDOW_BYTES_INITIAL` (send), and the
+/// QUIC driver grows them from the measured
 /// bandwidth-delay product (tpc_core::window); quinn's defaults would cap a connection
 /// at a 1.25 MB send window.
 pub fn transport_config(udp_payload_max: u16, congestion: Congestion) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     t.congestion_controller_factory(congestion.factory());
     t.receive_window(VarInt::from_u64(FLOW_WINDOW_BYTES_INITIAL).expect("fits a varint"));
-    t.send_window(FLOW_WINDOW_BYTES_INITIAL);
+    t.send_window(SEND_WINDOW_BYTES_INITIAL);
     // Fixed for the connection's life (quinn-proto has no per-stream tuning): a larger
     // window is filled by more streams in flight (`window::streams_in_flight`).
     t.stream_receive_window(VarInt::from_u64(STREAM_WINDOW_BYTES).expect("fits a varint"));

@@ -31,6 +31,16 @@ use crate::limits::CHUNK_SIZE_BYTES;
 /// connections' rates collapsed for seconds), against none of 14 with 62.5 MB windows.
 pub const FLOW_WINDOW_BYTES_INITIAL: u64 = STREAMS_IN_FLIGHT_MIN as u64 * CHUNK_SIZE_BYTES;
 
+/// Send window at a connection's start, and its floor, in bytes. The send window bounds
+/// what the sender holds written but not yet acknowledged (QUIC's send buffer), which
+/// the receiver's unread chunks do not count against: data acknowledged but unread
+/// leaves it. So it starts at what a path needs (16 MiB is twice the bandwidth-delay
+/// product of 1 Gbit/s at 64 ms) and grows with the path like the receive window,
+/// instead of starting at the receiver's chunk pipeline. Each byte of it is memory the
+/// sender touches: a 64 MiB start made a loopback push of 2 GiB spend about a quarter of
+/// its CPU zeroing fresh pages (PERFORMANCE.md, "Where a push's time goes").
+pub const SEND_WINDOW_BYTES_INITIAL: u64 = 16 * 1024 * 1024;
+
 /// Largest window the tuner grows one connection's window to, in bytes: 512 MiB is
 /// 43 Gbit/s at 100 ms on one connection, and each shard has its own.
 pub const FLOW_WINDOW_BYTES_MAX: u64 = 512 * 1024 * 1024;
@@ -85,8 +95,18 @@ impl WindowTuner {
     /// configured with: the first growth replaces it, so a larger configured window would
     /// be shrunk.
     pub fn new() -> Self {
+        Self::starting_at(FLOW_WINDOW_BYTES_INITIAL)
+    }
+
+    /// A tuner at `window` bytes, which must be what the connection was configured with
+    /// (as for `new`), and at most `FLOW_WINDOW_BYTES_MAX`.
+    pub fn starting_at(window: u64) -> Self {
+        assert!(
+            window > 0 && window <= FLOW_WINDOW_BYTES_MAX,
+            "a flow window starts within (0, FLOW_WINDOW_BYTES_MAX]"
+        );
         Self {
-            window: FLOW_WINDOW_BYTES_INITIAL,
+            window,
             start: None,
         }
     }
@@ -158,7 +178,15 @@ mod tests {
     /// A sender limited only by the window: each round trip moves the whole window,
     /// unless `path_bytes_per_rtt` (the path's bandwidth-delay product) is smaller.
     fn run(rtt: Duration, path_bytes_per_rtt: u64, rounds: u32) -> (WindowTuner, Vec<u64>) {
-        let mut t = WindowTuner::new();
+        run_from(WindowTuner::new(), rtt, path_bytes_per_rtt, rounds)
+    }
+
+    fn run_from(
+        mut t: WindowTuner,
+        rtt: Duration,
+        path_bytes_per_rtt: u64,
+        rounds: u32,
+    ) -> (WindowTuner, Vec<u64>) {
         let mut bytes = 0u64;
         let mut windows = Vec::new();
         t.on_sample(Duration::ZERO, 0, rtt, u64::MAX);
@@ -178,6 +206,26 @@ mod tests {
         assert_eq!(windows[0], 2 * FLOW_WINDOW_BYTES_INITIAL);
         assert_eq!(windows[1], 4 * FLOW_WINDOW_BYTES_INITIAL);
         assert_eq!(t.window(), 2 * bdp, "settles at twice the path's BDP");
+    }
+
+    #[test]
+    fn a_send_window_starts_smaller_and_grows_the_same_way() {
+        const { assert!(SEND_WINDOW_BYTES_INITIAL < FLOW_WINDOW_BYTES_INITIAL) };
+        // 1 Gbit/s at 50 ms: 6.25 MB per round trip fits the start; it stays.
+        let start = || WindowTuner::starting_at(SEND_WINDOW_BYTES_INITIAL);
+        let (t, _) = run_from(start(), 50 * MS, 6_250_000, 50);
+        assert_eq!(t.window(), SEND_WINDOW_BYTES_INITIAL);
+        // 10 Gbit/s at 200 ms: it doubles from its own start to twice the path.
+        let bdp = 250_000_000;
+        let (t, windows) = run_from(start(), 200 * MS, bdp, 20);
+        assert_eq!(windows[0], 2 * SEND_WINDOW_BYTES_INITIAL);
+        assert_eq!(t.window(), 2 * bdp);
+    }
+
+    #[test]
+    #[should_panic(expected = "a flow window starts within")]
+    fn a_window_cannot_start_past_its_limit() {
+        WindowTuner::starting_at(FLOW_WINDOW_BYTES_MAX + 1);
     }
 
     #[test]

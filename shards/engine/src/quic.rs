@@ -91,8 +91,13 @@ fn trace_line(local: Option<SocketAddr>, conn: &Conn) -> String {
     let mbit = |bytes_per_sec_bits: Option<u64>| {
         bytes_per_sec_bits.map_or_else(|| "-".into(), |b| format!("{:.1}", b as f64 / 1e6))
     };
+    // Wall-clock time, so the lines of both ends (two processes) line up.
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
     format!(
-        "tpc-xfer trace: {side} {} -> {} rtt_ms={:.1} min_rtt_ms={:.1} cwnd={} \
+        "tpc-xfer trace: at={at:.3} {side} {} -> {} rtt_ms={:.1} min_rtt_ms={:.1} cwnd={} \
          cap={} pacing_mbit={} rwnd={} swnd={} mtu={} sent_pkts={} lost_pkts={} congestion_events={} \
          black_holes={} tx[stream={} max_data={} max_stream_data={} data_blocked={} \
          stream_data_blocked={}] rx[stream={} max_data={} max_stream_data={} \
@@ -723,7 +728,7 @@ fn new_conn(conn: quinn_proto::Connection) -> Conn {
         writable: HashMap::new(),
         announced: true,
         receive_window: WindowTuner::new(),
-        send_window: WindowTuner::new(),
+        send_window: WindowTuner::starting_at(tpc_core::window::SEND_WINDOW_BYTES_INITIAL),
         bytes_read: 0,
         bytes_written: 0,
         tune_rtt: Duration::ZERO,
