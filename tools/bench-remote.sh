@@ -415,11 +415,17 @@ part_ceiling() {
   fi
   # On an emulated path, what TCP gets with each congestion control: timed, not sized,
   # since Cubic under loss may move little.
+  # The iperf3 server takes a moment between tests and refuses a client that comes too
+  # soon ("Connection refused"): such a run is tried again, up to three times.
   for cc in cubic bbr; do
     say "== iperf3 TCP $cc, one stream, ${IPERF_SECONDS}s"
     for i in $(seq "$RUNS"); do
-      $CLI iperf3 -c "$HOST" -p "$IPERF_PORT" -t "$IPERF_SECONDS" -C "$cc" --json \
-        > "$RES/iperf3-$cc-$i.json"
+      for try in 1 2 3; do
+        $CLI iperf3 -c "$HOST" -p "$IPERF_PORT" -t "$IPERF_SECONDS" -C "$cc" --json \
+          > "$RES/iperf3-$cc-$i.json" && break
+        say "   iperf3 $cc run $i failed (try $try): $(grep -o '"error":.*' "$RES/iperf3-$cc-$i.json" || true)"
+        sleep 1
+      done
     done
   done
 }
@@ -694,11 +700,21 @@ if "ceiling" in parts and net != "loopback":
     print("\n### What TCP gets: iperf3, one stream\n")
     print("| congestion control | median Mbit/s | min | max |")
     print("|---|---|---|---|")
+    failed_runs = []
     for cc in ("cubic", "bbr"):
-        v = [json.load(open(f))["end"]["sum_received"]["bits_per_second"] / 1e6
-             for f in sorted(glob.glob(f"{R}/iperf3-{cc}-[0-9]*.json"))]
+        v = []
+        for f in sorted(glob.glob(f"{R}/iperf3-{cc}-[0-9]*.json")):
+            end = json.load(open(f)).get("end", {})
+            if "sum_received" in end:
+                v.append(end["sum_received"]["bits_per_second"] / 1e6)
+            else:
+                # A run that failed three times: left out, and said so below the table.
+                failed_runs.append(os.path.basename(f))
         report.setdefault("iperf3_mbit", {})[cc] = v
-        print(f"| iperf3 -C {cc} | {statistics.median(v):.0f} | {min(v):.0f} | {max(v):.0f} |")
+        if v:
+            print(f"| iperf3 -C {cc} | {statistics.median(v):.0f} | {min(v):.0f} | {max(v):.0f} |")
+    if failed_runs:
+        print(f"\niperf3 runs that failed and are left out: {', '.join(failed_runs)}")
 elif "ceiling" in parts:
     # Rate as the receiver saw it; size as sent (the receiver's count can end short).
     ends = [json.load(open(f))["end"] for f in sorted(glob.glob(f"{R}/iperf3-[0-9]*.json"))]
