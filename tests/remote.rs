@@ -303,6 +303,43 @@ fn a_full_remote_disk_is_exit_5_leaves_no_partial_file_and_the_server_keeps_serv
     assert_identical(&f, &mnt.0.join("f"));
 }
 
+#[test]
+fn small_files_that_overflow_a_remote_disk_fail_at_their_write_whole_or_not_at_all() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    }
+    // Files under 1 MiB get no space reserved when planned (receiver.rs,
+    // RESERVE_FILE_BYTES_MIN): a full disk meets them at their write instead.
+    let s = Scratch::new("remote-full-small");
+    let (cs, ss) = keys(&s);
+    let src = s.path("src");
+    std::fs::create_dir(&src).unwrap();
+    let names: Vec<String> = (0..6).map(|i| format!("part{i}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        random_file(&src.join(n), 700 * 1024, i as u64 + 10);
+    }
+    let mnt = Tmpfs::mount(s.path("root"), "size=2m");
+    let server = Server::start(&mnt.0, &ss);
+    let out = copy(&cs, &src, server.url(""), &["--accept-new"]);
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    // Every failed file is reported as out of space, by name, not as a short write.
+    let err = stderr(&out);
+    assert!(err.contains("No space left"), "{err}");
+    assert!(!err.contains("short write"), "{err}");
+    // Each file is there complete or not at all, and no temporary file is left.
+    let mut whole = 0;
+    for n in &names {
+        let there = mnt.0.join("src").join(n);
+        if there.exists() {
+            assert_identical(&src.join(n), &there);
+            whole += 1;
+        }
+    }
+    assert!(whole < names.len(), "4.2 MB cannot all fit in 2 MiB");
+    assert!(temporaries(&mnt.0).is_empty());
+}
+
 /// Reads a whole file.
 fn bytes(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))

@@ -286,7 +286,8 @@ impl Receiver {
             Err(e) => return Err(Failure::confine(&e)),
         };
         if p.entry.size > 0 {
-            // Reserve the space now: a full disk fails here, before any byte is sent.
+            // Size it now, and reserve the space of a large file: a full disk fails it
+            // here, before any of its bytes are sent.
             let rc = reserve(fd.as_fd(), p.entry.size);
             if rc != 0 {
                 let _ = self.root.remove_file(&tmp);
@@ -630,23 +631,31 @@ fn list_names(fd: &OwnedFd) -> Vec<Vec<u8>> {
     out
 }
 
-/// Reserves `size` bytes for a file; the errno on failure. posix_fallocate on Linux.
-/// macOS has no posix_fallocate: the file is only extended there (sparse), so a full
-/// disk shows up on a write instead of here.
+/// On Linux, files from this size up have their space reserved when planned, so a full
+/// disk fails them before any of their bytes are sent. Smaller ones are only extended to
+/// their size, and a full disk fails them at their write, after at most this much was
+/// sent: reserving costs a block allocation per file now and an extent conversion at the
+/// write, and the plan runs on one thread while the data waits for it.
+#[cfg(target_os = "linux")]
+const RESERVE_FILE_BYTES_MIN: u64 = 1024 * 1024;
+
+/// Gives a new file its `size`; the errno on failure. From `RESERVE_FILE_BYTES_MIN` up on
+/// Linux, posix_fallocate reserves the space too. macOS has no posix_fallocate: files are
+/// only extended there (sparse), so a full disk shows up on a write instead of here.
 fn reserve(fd: BorrowedFd<'_>, size: u64) -> i32 {
     let Ok(len) = libc::off_t::try_from(size) else {
         return libc::EFBIG;
     };
     #[cfg(target_os = "linux")]
+    if size >= RESERVE_FILE_BYTES_MIN {
+        // SAFETY: valid fd.
+        return unsafe { libc::posix_fallocate(fd.as_raw_fd(), 0, len) };
+    }
     // SAFETY: valid fd.
-    let rc = unsafe { libc::posix_fallocate(fd.as_raw_fd(), 0, len) };
-    #[cfg(not(target_os = "linux"))]
-    // SAFETY: valid fd.
-    let rc = match unsafe { libc::ftruncate(fd.as_raw_fd(), len) } {
+    match unsafe { libc::ftruncate(fd.as_raw_fd(), len) } {
         0 => 0,
         _ => std::io::Error::last_os_error()
             .raw_os_error()
             .unwrap_or(libc::EIO),
-    };
-    rc
+    }
 }

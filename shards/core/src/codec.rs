@@ -164,6 +164,11 @@ impl Encoder {
         })
     }
 
+    /// The mode it was made for.
+    pub fn mode(&self) -> Compression {
+        self.mode
+    }
+
     /// What the encoder knows of its own speed (bytes per second), to carry over to the
     /// next encoder on the same core.
     pub fn speed(&self) -> Option<f64> {
