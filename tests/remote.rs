@@ -323,21 +323,35 @@ fn small_files_that_overflow_a_remote_disk_fail_at_their_write_whole_or_not_at_a
     let server = Server::start(&mnt.0, &ss);
     let out = copy(&cs, &src, server.url(""), &["--accept-new"]);
     assert_eq!(code(&out), 5, "{}", stderr(&out));
-    // Every failed file is reported as out of space, by name, not as a short write.
     let err = stderr(&out);
-    assert!(err.contains("No space left"), "{err}");
+    // Failed at the write, not at the plan's reservation ("cannot allocate"), and never
+    // as a bare "short write".
+    assert!(!err.contains("cannot allocate"), "{err}");
     assert!(!err.contains("short write"), "{err}");
-    // Each file is there complete or not at all, and no temporary file is left.
+    // Each file is there complete, or missing and named on a "No space left" line; no
+    // temporary file is left.
     let mut whole = 0;
     for n in &names {
         let there = mnt.0.join("src").join(n);
         if there.exists() {
             assert_identical(&src.join(n), &there);
             whole += 1;
+        } else {
+            assert!(
+                err.lines()
+                    .any(|l| l.contains(&format!("src/{n}:")) && l.contains("No space left")),
+                "{n} missing without its line: {err}"
+            );
         }
     }
     assert!(whole < names.len(), "4.2 MB cannot all fit in 2 MiB");
     assert!(temporaries(&mnt.0).is_empty());
+    // The failed files' space was given back: the same server takes a file that fits.
+    let f = s.path("f");
+    random_file(&f, 100_000, 2);
+    let out = copy(&cs, &f, server.url("f"), &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_identical(&f, &mnt.0.join("f"));
 }
 
 /// Reads a whole file.

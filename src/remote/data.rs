@@ -13,7 +13,7 @@ use tpc_core::codec::{
 };
 use tpc_core::limits::CHUNK_SIZE_BYTES;
 use tpc_core::relpath::RelPath;
-use tpc_core::window::STREAMS_IN_FLIGHT_MAX;
+use tpc_core::window::STREAMS_IN_FLIGHT_MIN;
 use tpc_core::wire::{run_bytes, ErrorCode, Run};
 use tpc_core::ChunkHash;
 use tpc_engine::confine::{fstat, Root};
@@ -111,8 +111,9 @@ thread_local! {
     static ENCODERS: std::cell::RefCell<Vec<Encoder>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Encoders a shard keeps for reuse: one for each run it can have in flight.
-const ENCODERS_KEPT_MAX: usize = STREAMS_IN_FLIGHT_MAX;
+/// Encoders a shard keeps for reuse: one for each run of the usual number in flight, not
+/// of the most there can be, since each holds its context's memory for the process's life.
+const ENCODERS_KEPT_MAX: usize = STREAMS_IN_FLIGHT_MIN;
 
 /// A run's encoder, given back to its shard's pool however the run ends: the bulk
 /// compressor keeps nothing from one frame to the next, so a run that failed half way
@@ -481,26 +482,29 @@ async fn write_plain(file: &File, data: Vec<u8>, pos: u64, what: &str) -> Result
         .await
         .map_err(|e| io_failure(what, &e, e.raw_os_error()))?;
     if wrote != n {
-        // The write took the buffer, so the rest cannot be tried for its errno. A short
-        // write to a regular file means a full disk (or quota) nearly always: say so, as
-        // ENOSPC (so that it is reported as "disk full"), where the filesystem confirms
-        // it has less room left than the rest needed.
-        if free_bytes(file.as_raw_fd()).is_some_and(|free| free < (n - wrote) as u64) {
-            let e = std::io::Error::from_raw_os_error(libc::ENOSPC);
-            return Err(io_failure(what, &e, Some(libc::ENOSPC)));
-        }
-        return Err(io_failure(what, "short write", None));
+        // The write took the buffer, so its rest cannot be written again to learn why it
+        // stopped: one byte stands in for it. The file is a temporary one that this
+        // failure discards, so the byte's value does not matter; its errno names the
+        // cause (ENOSPC for a full disk, EDQUOT, EFBIG), where "short write" would not.
+        let at = pos + wrote as u64;
+        let probe = libc::off_t::try_from(at).map_or(Err(libc::EFBIG), |off| {
+            // SAFETY: a valid fd and a one-byte buffer that outlives the call.
+            match unsafe { libc::pwrite(file.as_raw_fd(), [0u8].as_ptr().cast(), 1, off) } {
+                1 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO)),
+            }
+        });
+        return Err(match probe {
+            Err(errno) => {
+                let e = std::io::Error::from_raw_os_error(errno);
+                io_failure(what, &e, Some(errno))
+            }
+            Ok(()) => io_failure(what, "short write", None),
+        });
     }
     Ok(())
-}
-
-/// Bytes an unprivileged writer may still use on the filesystem of `fd`.
-fn free_bytes(fd: i32) -> Option<u64> {
-    // SAFETY: statvfs is plain data that fstatvfs fills for a valid fd.
-    unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        (libc::fstatvfs(fd, &mut st) == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
-    }
 }
 
 /// Receives the chunks `run` names from `recv`, decodes each (refusing a codec the run

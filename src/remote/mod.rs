@@ -55,9 +55,9 @@ pub const CLOSE_DONE: u32 = 0;
 /// Transport parameters for a connection whose path carries UDP payloads up to
 /// `udp_payload_max` (from the route's MTU). The connection's windows start at
 /// `FLOW_WINDOW_BYTES_INITIAL` (receive) and `SEND_WINDOW_BYTES_INITIAL` (send), and the
-/// QUIC driver grows them from the measured
-/// bandwidth-delay product (tpc_core::window); quinn's defaults would cap a connection
-/// at a 1.25 MB send window.
+/// QUIC driver grows them from the measured bandwidth-delay product (tpc_core::window);
+/// quinn's defaults would cap each stream at a 1.25 MB window and a connection at a
+/// 10 MB send window.
 pub fn transport_config(udp_payload_max: u16, congestion: Congestion) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     t.congestion_controller_factory(congestion.factory());

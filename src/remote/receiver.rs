@@ -302,8 +302,8 @@ impl Receiver {
                 ));
             }
         }
-        // Only once the space is reserved: a full disk fails before the old version is
-        // read.
+        // Only once the file is sized (and a large one's space reserved): a full disk
+        // fails a large file before its old version is read.
         let have = match old_size {
             Some(old) if self.offer_old_hashes && p.entry.size > 0 => {
                 self.old_chunk_hashes(&p.full, old, p.entry.size)
@@ -638,6 +638,11 @@ fn list_names(fd: &OwnedFd) -> Vec<Vec<u8>> {
 /// write, and the plan runs on one thread while the data waits for it.
 #[cfg(target_os = "linux")]
 const RESERVE_FILE_BYTES_MIN: u64 = 1024 * 1024;
+
+// Every file written with direct I/O has its space reserved: direct writes never meet a
+// full disk part way through a large file.
+#[cfg(target_os = "linux")]
+const _: () = assert!(super::data::DIRECT_FILE_BYTES_MIN >= RESERVE_FILE_BYTES_MIN);
 
 /// Gives a new file its `size`; the errno on failure. From `RESERVE_FILE_BYTES_MIN` up on
 /// Linux, posix_fallocate reserves the space too. macOS has no posix_fallocate: files are

@@ -4,8 +4,9 @@
 //! A QUIC connection may not have more bytes unread at the receiver (its receive window)
 //! or unacknowledged at the sender (its send window) than these windows allow. Sized for
 //! the fastest, longest path, they let every peer's connection pin that much memory;
-//! sized for a LAN, they cap a long fat pipe at window / RTT. So a window starts at what
-//! the receiver's own chunk pipeline needs (`FLOW_WINDOW_BYTES_INITIAL`), and each end
+//! sized for a LAN, they cap a long fat pipe at window / RTT. So a receive window starts at
+//! what the receiver's own chunk pipeline needs (`FLOW_WINDOW_BYTES_INITIAL`), a send
+//! window at what a path needs (`SEND_WINDOW_BYTES_INITIAL`), and each end
 //! measures, at most once per round trip, how many bytes the connection moved in a round
 //! trip and sets the window to `WINDOW_GAIN` times that when that is larger, never shrinking it (connections live for one
 //! transfer) and never past `FLOW_WINDOW_BYTES_MAX`, nor past what is left of the shard's
@@ -33,8 +34,9 @@ pub const FLOW_WINDOW_BYTES_INITIAL: u64 = STREAMS_IN_FLIGHT_MIN as u64 * CHUNK_
 
 /// Send window at a connection's start, and its floor, in bytes. The send window bounds
 /// what the sender holds written but not yet acknowledged (QUIC's send buffer), which
-/// the receiver's unread chunks do not count against: data acknowledged but unread
-/// leaves it. So it starts at what a path needs (16 MiB is twice the bandwidth-delay
+/// the receiver's unread chunks do not count against: acknowledged data leaves it once
+/// everything before it on its stream is acknowledged too, read by the receiving
+/// application or not. So it starts at what a path needs (16 MiB is twice the bandwidth-delay
 /// product of 1 Gbit/s at 64 ms) and grows with the path like the receive window,
 /// instead of starting at the receiver's chunk pipeline. Each byte of it is memory the
 /// sender touches: a 64 MiB start made a loopback push of 2 GiB spend about a quarter of
@@ -47,8 +49,9 @@ pub const FLOW_WINDOW_BYTES_MAX: u64 = 512 * 1024 * 1024;
 
 /// Most bytes one direction's windows may grow to in sum over all of a shard's
 /// connections: whatever its peers do, growth stops there. Initial windows count toward
-/// it but are not refused by it (each connection gets `FLOW_WINDOW_BYTES_INITIAL`), so
-/// past 16 connections a shard's windows simply stop growing (and only clients in the
+/// it but are not refused by it (each connection gets `FLOW_WINDOW_BYTES_INITIAL` to
+/// receive, `SEND_WINDOW_BYTES_INITIAL` to send), so past 16 connections (64 for send
+/// windows) a shard's windows in that direction simply stop growing (and only clients in the
 /// server's authorized-clients file get a connection at all). 1 GiB per shard and direction; an appliance that
 /// fills a 100 GbE long fat pipe uses several shards.
 pub const ENDPOINT_WINDOW_BYTES_MAX: u64 = 1024 * 1024 * 1024;
