@@ -269,6 +269,15 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Whether this test may mount a tmpfs (root, as CI runs); if not, says it is skipped.
+pub fn can_mount_tmpfs() -> bool {
+    let root = is_root();
+    if !root {
+        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+    }
+    root
+}
+
 /// A source directory `src` for the full-destination tests: `small` (4 bytes) fits a
 /// 2 MiB tmpfs, `large` (8 MiB) does not.
 pub fn too_large_source(src: &Path) {
