@@ -261,8 +261,7 @@ async fn put_raw(
     codecs: u8,
     body: &[u8],
 ) -> Vec<Frame> {
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let put = Frame::Put(Run {
+    let run = Run {
         session,
         file: 0,
         path: b"z".to_vec(),
@@ -270,8 +269,14 @@ async fn put_raw(
         chunk_first: 0,
         chunk_count: 1,
         codecs,
-    });
-    write_frame(&mut send, &put).await.unwrap();
+    };
+    put_run(conn, run, body).await
+}
+
+/// One data stream: `Put(run)`, then `body` as the run's bytes. Returns the answers.
+async fn put_run(conn: &Connection, run: Run, body: &[u8]) -> Vec<Frame> {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    write_frame(&mut send, &Frame::Put(run)).await.unwrap();
     // The server may refuse part way and stop reading: later writes may fail.
     let _ = send.write_all(body).await;
     let _ = send.finish();
@@ -482,4 +487,89 @@ fn lying_compressed_chunks_are_refused_and_nothing_unverified_is_written() {
     let out = copy(&cs, &src, server.url("t"), &["--accept-new"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_identical(&src, &root.join("t"));
+}
+
+/// A raw chunk as the wire carries it: codec byte, bytes, hash.
+fn raw_chunk(plain: &[u8]) -> Vec<u8> {
+    let mut out = vec![CODEC_RAW];
+    out.extend_from_slice(plain);
+    out.extend_from_slice(blake3::hash(plain).as_bytes());
+    out
+}
+
+#[test]
+fn a_small_file_is_created_only_by_one_run_that_matches_its_manifest_entry() {
+    // The server leaves a small file for its data stream to create (no temporary file
+    // exists until a Put arrives), so the Put itself must be held to the manifest.
+    let s = Scratch::new("hostile-lazy");
+    let (cs, ss) = keys(&s);
+    let root = s.path("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let server = Server::start(&root, &ss);
+    let codes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = codes.clone();
+    with_connection(&cs, server.port, move |conn| async move {
+        let (mut ctl, mut ctl_recv, session, _) = open_session(&conn, 5).await;
+        let run = Run {
+            session,
+            file: 0,
+            path: b"z".to_vec(),
+            size: 5,
+            chunk_first: 0,
+            chunk_count: 1,
+            codecs: 0,
+        };
+        let record =
+            |name: &str, a: Vec<Frame>| out.lock().unwrap().push((name.to_string(), refusal(&a)));
+        let bigger = Run {
+            size: 6,
+            ..run.clone()
+        };
+        let a = put_run(&conn, bigger, &raw_chunk(b"hello!")).await;
+        record("a size the manifest did not give", a);
+        let elsewhere = Run {
+            path: b"y".to_vec(),
+            ..run.clone()
+        };
+        let a = put_run(&conn, elsewhere, &raw_chunk(b"hello")).await;
+        record("another path", a);
+        let unplanned = Run {
+            file: 1,
+            ..run.clone()
+        };
+        let a = put_run(&conn, unplanned, &raw_chunk(b"hello")).await;
+        record("a file the manifest did not list", a);
+        // A failed run leaves nothing, and the file may be sent again.
+        let mut wrong = raw_chunk(b"hello");
+        let last = wrong.len() - 1;
+        wrong[last] ^= 1;
+        let a = put_run(&conn, run.clone(), &wrong).await;
+        record("a wrong hash", a);
+        let a = put_run(&conn, run.clone(), &raw_chunk(b"hello")).await;
+        assert!(a.contains(&Frame::RangeOk), "honest run: {a:?}");
+        let a = put_run(&conn, run.clone(), &raw_chunk(b"HELLO")).await;
+        record("a second run of a written file", a);
+        commit_file_0(&mut ctl, &mut ctl_recv).await;
+        // The session is over: nothing may be created for it any more.
+        let a = put_run(&conn, run, &raw_chunk(b"HELLO")).await;
+        record("a run after the session", a);
+    });
+    let codes = codes.lock().unwrap();
+    let want = [
+        ("a size the manifest did not give", ErrorCode::Protocol),
+        ("another path", ErrorCode::Protocol),
+        ("a file the manifest did not list", ErrorCode::NotFound),
+        ("a wrong hash", ErrorCode::HashMismatch),
+        ("a second run of a written file", ErrorCode::Protocol),
+        ("a run after the session", ErrorCode::NotFound),
+    ];
+    let got: Vec<_> = codes.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+    let want: Vec<_> = want.iter().map(|&(n, c)| (n, Some(c))).collect();
+    assert_eq!(got, want);
+    assert_eq!(std::fs::read(root.join("z")).unwrap(), b"hello");
+    let names: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["z"], "only the committed file is in the root");
 }

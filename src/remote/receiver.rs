@@ -8,16 +8,17 @@
 //! local destination). Everything here is blocking filesystem work; the shards call it
 //! off their threads (`rt::spawn_blocking`) so their QUIC endpoints keep running meanwhile.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use tpc_core::limits::CHUNK_SIZE_BYTES;
 use tpc_core::relpath::RelPath;
 use tpc_core::wire::{Entry, ErrorCode, NeedItem, WireKind, NEED_HAVE_HASHES_MAX};
 use tpc_core::ChunkHash;
-use tpc_engine::confine::{set_file_meta, sync_fd, ConfineError, FileKind, Root};
+use tpc_engine::confine::{set_file_meta, sync_fd, ConfineError, Dir, FileKind, Root};
 
 use super::temp_name;
 use crate::copy::stale_temp_pid;
@@ -67,6 +68,83 @@ struct Planned {
     meta_ok: bool,
 }
 
+/// Files below this size may be created by their data stream instead of by the plan (see
+/// [`Receiver::create_small_files_on_write`]). Each is one chunk, so one run, and needs no
+/// reservation.
+pub const LAZY_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
+const _: () = assert!(LAZY_FILE_BYTES_MAX <= CHUNK_SIZE_BYTES);
+#[cfg(target_os = "linux")]
+const _: () = assert!(LAZY_FILE_BYTES_MAX <= RESERVE_FILE_BYTES_MIN);
+
+/// A file whose temporary file its data stream creates: what the stream must match, and
+/// how far it got. The plan makes these; a data stream on any shard moves one from
+/// `PLANNED` through `CREATING` to `WRITTEN` (or back to `PLANNED` if its run fails); the
+/// session's end, or the file's failure, moves it to `DEAD`.
+#[derive(Debug)]
+pub struct LazyFile {
+    pub full: RelPath,
+    pub size: u64,
+    pub mode: u32,
+    pub mtime: (i64, u32),
+    state: AtomicU8,
+}
+
+const LAZY_PLANNED: u8 = 0;
+/// A data stream created the temporary file and is writing it.
+const LAZY_CREATING: u8 = 1;
+/// Its data verified and written, mode and times applied: ready to commit.
+const LAZY_WRITTEN: u8 = 2;
+/// Failed or abandoned: its temporary file is removed and must not come back.
+const LAZY_DEAD: u8 = 3;
+
+impl LazyFile {
+    /// Claims the file for a data stream, which then creates its temporary file; false if
+    /// another stream had it already, or it is dead.
+    pub fn begin(&self) -> bool {
+        self.advance(LAZY_PLANNED, LAZY_CREATING)
+    }
+
+    /// The data stream finished the file; false if it died meanwhile (the stream then
+    /// removes what it wrote).
+    pub fn written(&self) -> bool {
+        self.advance(LAZY_CREATING, LAZY_WRITTEN)
+    }
+
+    /// The data stream failed and removed its temporary file: another run may try.
+    pub fn release(&self) {
+        self.advance(LAZY_CREATING, LAZY_PLANNED);
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.state.load(Ordering::Acquire) == LAZY_DEAD
+    }
+
+    fn is_written(&self) -> bool {
+        self.state.load(Ordering::Acquire) == LAZY_WRITTEN
+    }
+
+    /// Marks the file dead before its temporary file is removed, so that a stream that
+    /// creates it afterwards sees this and removes it again.
+    fn kill(&self) {
+        self.state.store(LAZY_DEAD, Ordering::Release);
+    }
+
+    fn advance(&self, from: u8, to: u8) -> bool {
+        self.state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// One session's lazily created files, by file index; shared with the data streams.
+#[derive(Debug)]
+pub struct LazyFiles {
+    pub files: HashMap<u32, LazyFile>,
+    /// Off Linux a durable session syncs each file through its own fd (no syncfs).
+    pub durable: bool,
+}
+
 /// One session's view of the destination.
 pub struct Receiver {
     root: Arc<Root>,
@@ -84,6 +162,9 @@ pub struct Receiver {
     changed: bool,
     /// Whether to hash the old versions of changed files for the sender (`NeedItem::have`).
     offer_old_hashes: bool,
+    /// Whether small files are left for their data streams to create.
+    lazy_create: bool,
+    lazy: Arc<LazyFiles>,
 }
 
 /// The path under the root where an entry with `path` (relative to `base`) lands.
@@ -129,7 +210,27 @@ impl Receiver {
             files_written: 0,
             bytes_written: 0,
             changed: false,
+            lazy_create: false,
+            lazy: Arc::new(LazyFiles {
+                files: HashMap::new(),
+                durable,
+            }),
         }
+    }
+
+    /// Leaves the temporary files of files under `LAZY_FILE_BYTES_MAX` to their data
+    /// streams: the plan then only looks at each such file, and the streams create,
+    /// write and finish them in parallel on every shard while the data flows, instead of
+    /// one thread creating them all before any data moves. The caller shares
+    /// [`Receiver::lazy_files`] with those streams once planned.
+    pub fn create_small_files_on_write(mut self) -> Receiver {
+        self.lazy_create = true;
+        self
+    }
+
+    /// The files left to their data streams; complete once planned.
+    pub fn lazy_files(&self) -> Arc<LazyFiles> {
+        self.lazy.clone()
     }
 
     pub fn entry_count(&self) -> usize {
@@ -167,6 +268,9 @@ impl Receiver {
         let mut needs = Vec::new();
         let mut failed = Vec::new();
         let mut dirs_seen = BTreeSet::new();
+        // The directory of the files being planned: a manifest lists a directory's files
+        // together, so each is opened about once.
+        let mut dir = None;
         if let Some(parent) = self.base.parent() {
             if let Err(e) = self.root.mkdir_all(&parent, 0o755) {
                 // Every entry lands beneath it; report once per file below.
@@ -182,7 +286,7 @@ impl Receiver {
             let index = i as u32;
             let result = match self.planned[i].entry.kind {
                 WireKind::Dir => self.prepare_dir(i).map(|_| None),
-                WireKind::File => self.prepare_file(i, &mut dirs_seen),
+                WireKind::File => self.prepare_file(i, &mut dir, &mut dirs_seen),
                 WireKind::Symlink => Ok(None),
             };
             self.changed |= !matches!(result, Ok(None));
@@ -244,15 +348,24 @@ impl Receiver {
     fn prepare_file(
         &mut self,
         i: usize,
+        dir: &mut Option<Dir>,
         dirs_seen: &mut BTreeSet<Vec<u8>>,
     ) -> Result<Option<(u32, Vec<ChunkHash>)>, Failure> {
-        let parent = self.planned[i].full.parent().unwrap_or_else(RelPath::root);
-        if dirs_seen.insert(parent.as_bytes().to_vec()) {
-            self.remove_stale_temps(&parent);
-        }
+        let parent = parent_of(&self.planned[i].full);
+        let dir = match dir {
+            Some(d) if *d.rel() == parent => d,
+            _ => {
+                *dir = None;
+                let d = self.root.dir(&parent).map_err(|e| Failure::confine(&e))?;
+                if dirs_seen.insert(parent.as_bytes().to_vec()) {
+                    self.remove_stale_temps(&d);
+                }
+                dir.insert(d)
+            }
+        };
         let p = &self.planned[i];
         let mut old_size = None;
-        match self.root.lstat(&p.full).map_err(|e| Failure::confine(&e))? {
+        match dir.lstat(&p.full).map_err(|e| Failure::confine(&e))? {
             Some(st) if st.kind == FileKind::Dir => {
                 return Err(Failure::new(
                     ErrorCode::NotWritable,
@@ -265,8 +378,7 @@ impl Receiver {
                     && st.mtime == p.entry.mtime =>
             {
                 if st.mode != p.entry.mode & 0o1777 {
-                    let fd = self
-                        .root
+                    let fd = dir
                         .open(&p.full, libc::O_RDONLY, 0)
                         .map_err(|e| Failure::confine(&e))?;
                     set_file_meta(fd_ref(&fd), p.entry.mode, st.atime, st.mtime)
@@ -278,19 +390,21 @@ impl Receiver {
             _ => {}
         }
         let tmp = temp_path(&p.full, self.pid, self.session, i as u32)?;
-        let fd = match self
-            .root
-            .open(&tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)
-        {
-            Ok(fd) => fd,
-            Err(e) => return Err(Failure::confine(&e)),
+        let lazy = self.lazy_create && p.entry.size < LAZY_FILE_BYTES_MAX;
+        let fd = if lazy {
+            None
+        } else {
+            let fd = dir
+                .open(&tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)
+                .map_err(|e| Failure::confine(&e))?;
+            Some(fd)
         };
-        if p.entry.size > 0 {
+        if let Some(fd) = fd.as_ref().filter(|_| p.entry.size > 0) {
             // Size it now, and reserve the space of a large file: a full disk fails it
             // here, before any of its bytes are sent.
             let rc = reserve(fd.as_fd(), p.entry.size);
             if rc != 0 {
-                let _ = self.root.remove_file(&tmp);
+                let _ = dir.remove_file(&tmp);
                 return Err(Failure::new(
                     ErrorCode::for_errno(rc),
                     format!(
@@ -306,12 +420,28 @@ impl Receiver {
         // fails a large file before its old version is read.
         let have = match old_size {
             Some(old) if self.offer_old_hashes && p.entry.size > 0 => {
-                self.old_chunk_hashes(&p.full, old, p.entry.size)
+                match dir.open(&p.full, libc::O_RDONLY, 0) {
+                    Ok(fd) => old_chunk_hashes(&std::fs::File::from(fd), old, p.entry.size),
+                    Err(_) => Vec::new(),
+                }
             }
             _ => Vec::new(),
         };
         let p = &self.planned[i];
         let chunks = p.entry.size.div_ceil(CHUNK_SIZE_BYTES).max(1);
+        if lazy {
+            let file = LazyFile {
+                full: p.full.clone(),
+                size: p.entry.size,
+                mode: p.entry.mode,
+                mtime: p.entry.mtime,
+                state: AtomicU8::new(LAZY_PLANNED),
+            };
+            Arc::get_mut(&mut self.lazy)
+                .expect("the lazy files are shared only once planned")
+                .files
+                .insert(i as u32, file);
+        }
         self.planned[i].state = FileState::Receiving;
         Ok(Some((
             u32::try_from(chunks).expect("FILE_CHUNKS_MAX fits u32"),
@@ -319,20 +449,10 @@ impl Receiver {
         )))
     }
 
-    /// The chunk hashes of the old version at `full` (see [`old_chunk_hashes`]).
-    fn old_chunk_hashes(&self, full: &RelPath, old_size: u64, new_size: u64) -> Vec<ChunkHash> {
-        match self.root.open(full, libc::O_RDONLY, 0) {
-            Ok(fd) => old_chunk_hashes(&std::fs::File::from(fd), old_size, new_size),
-            Err(_) => Vec::new(),
-        }
-    }
-
     /// Removes temporary files in `dir` left by a receiver process that is gone.
-    fn remove_stale_temps(&mut self, dir: &RelPath) {
-        let Ok(fd) = self.root.open_dir(dir) else {
-            return;
-        };
-        for name in list_names(&fd) {
+    fn remove_stale_temps(&mut self, dir: &Dir) {
+        let fd = dir.as_fd();
+        for name in list_names(fd) {
             let Some(pid) = stale_temp_pid(&name) else {
                 continue;
             };
@@ -352,14 +472,11 @@ impl Receiver {
     /// Makes files whose data all arrived durable and visible. Returns the committed
     /// files and the ones that failed.
     pub fn commit(&mut self, files: &[u32]) -> (Vec<u32>, Vec<(u32, Failure)>) {
-        let mut ready = Vec::new();
         let mut failed = Vec::new();
+        let mut valid = Vec::with_capacity(files.len());
         for &f in files {
             match self.planned.get(f as usize) {
-                Some(p) if p.state == FileState::Receiving => match self.finish_file(f) {
-                    Ok(tmp) => ready.push((f, tmp)),
-                    Err(e) => failed.push((f, e)),
-                },
+                Some(p) if p.state == FileState::Receiving => valid.push(f),
                 _ => failed.push((
                     f,
                     Failure::new(
@@ -369,51 +486,61 @@ impl Receiver {
                 )),
             }
         }
-        if self.durable && !ready.is_empty() {
+        // By directory, so that each is opened once per pass rather than resolved again
+        // for every file; a file listed twice is committed once.
+        valid.sort_unstable_by(|&a, &b| {
+            let (pa, pb) = (
+                &self.planned[a as usize].full,
+                &self.planned[b as usize].full,
+            );
+            (pa.parent(), a).cmp(&(pb.parent(), b))
+        });
+        valid.dedup();
+        let groups = self.by_directory(&valid);
+        // Mode and times through each temporary file's fd, before the data is synced.
+        let mut ready: Vec<(RelPath, Vec<u32>)> = Vec::new();
+        for (parent, group) in groups {
+            let dir = match self.root.dir(&parent) {
+                Ok(d) => d,
+                Err(e) => {
+                    let f = Failure::confine(&e);
+                    failed.extend(group.iter().map(|&i| (i, f.clone())));
+                    continue;
+                }
+            };
+            let mut ok = Vec::with_capacity(group.len());
+            for f in group {
+                let done = match self.lazy.files.get(&f) {
+                    // Its data stream applied mode and times already.
+                    Some(lazy) if lazy.is_written() => Ok(()),
+                    Some(_) => Err(Failure::new(
+                        ErrorCode::Protocol,
+                        format!("file {f} was committed before its data was written"),
+                    )),
+                    None => self.finish_file(f, &dir),
+                };
+                match done {
+                    Ok(()) => ok.push(f),
+                    Err(e) => failed.push((f, e)),
+                }
+            }
+            ready.push((parent, ok));
+        }
+        if self.durable && ready.iter().any(|(_, g)| !g.is_empty()) {
             // One syncfs for the batch: every temp file's data (written by any shard) is on
             // disk before any of them takes its final name. (Off Linux each file was
             // synced in finish_file, and this syncs the root as a barrier.)
             if let Err(e) = self.root.syncfs() {
                 let f = Failure::confine(&e);
-                for (i, _) in ready.drain(..) {
-                    failed.push((i, f.clone()));
+                for (_, group) in ready.drain(..) {
+                    failed.extend(group.into_iter().map(|i| (i, f.clone())));
                 }
             }
         }
         let mut committed = Vec::new();
-        let mut dirs = BTreeSet::new();
-        for (f, tmp) in ready {
-            let p = &mut self.planned[f as usize];
-            match self.root.rename(&tmp, &p.full) {
-                Ok(()) => {
-                    p.state = FileState::Committed;
-                    self.files_written += 1;
-                    self.bytes_written += p.entry.size;
-                    dirs.insert(p.full.parent().unwrap_or_else(RelPath::root));
-                    committed.push(f);
-                }
-                Err(e) => {
-                    p.state = FileState::Failed;
-                    let _ = self.root.remove_file(&tmp);
-                    failed.push((f, Failure::confine(&e)));
-                }
-            }
-        }
-        if self.durable {
-            for d in &dirs {
-                if let Err(e) = self.root.fsync_dir(d) {
-                    // In place but not known durable: not acknowledged as committed.
-                    let f = Failure::confine(&e);
-                    committed.retain(|&c| {
-                        let p = &self.planned[c as usize];
-                        let in_d = p.full.parent().unwrap_or_else(RelPath::root) == *d;
-                        if in_d {
-                            failed.push((c, f.clone()));
-                        }
-                        !in_d
-                    });
-                }
-            }
+        for (parent, group) in ready {
+            let renamed = self.rename_into_place(&parent, &group, &mut failed);
+            committed.extend(renamed);
         }
         for (f, _) in &failed {
             if let Some(p) = self.planned.get_mut(*f as usize) {
@@ -423,12 +550,78 @@ impl Receiver {
         (committed, failed)
     }
 
-    /// Applies mode and times through the temporary file's fd; returns its path.
-    fn finish_file(&self, f: u32) -> Result<RelPath, Failure> {
+    /// `files` (sorted by directory) in runs that share a directory.
+    fn by_directory(&self, files: &[u32]) -> Vec<(RelPath, Vec<u32>)> {
+        let mut groups: Vec<(RelPath, Vec<u32>)> = Vec::new();
+        for &f in files {
+            let parent = parent_of(&self.planned[f as usize].full);
+            match groups.last_mut() {
+                Some((p, g)) if *p == parent => g.push(f),
+                _ => groups.push((parent, vec![f])),
+            }
+        }
+        groups
+    }
+
+    /// Renames the temporary files of `files` (all in directory `parent`) to their final
+    /// names and, for a durable session, syncs the directory. Returns the files committed;
+    /// the others are added to `failed`.
+    fn rename_into_place(
+        &mut self,
+        parent: &RelPath,
+        files: &[u32],
+        failed: &mut Vec<(u32, Failure)>,
+    ) -> Vec<u32> {
+        if files.is_empty() {
+            return Vec::new();
+        }
+        let dir = match self.root.dir(parent) {
+            Ok(d) => d,
+            Err(e) => {
+                let f = Failure::confine(&e);
+                failed.extend(files.iter().map(|&i| (i, f.clone())));
+                return Vec::new();
+            }
+        };
+        let mut renamed = Vec::with_capacity(files.len());
+        for &f in files {
+            let p = &self.planned[f as usize];
+            let tmp = match temp_path(&p.full, self.pid, self.session, f) {
+                Ok(t) => t,
+                Err(e) => {
+                    failed.push((f, e));
+                    continue;
+                }
+            };
+            match dir.rename(&tmp, &p.full) {
+                Ok(()) => renamed.push(f),
+                Err(e) => {
+                    let _ = dir.remove_file(&tmp);
+                    failed.push((f, Failure::confine(&e)));
+                }
+            }
+        }
+        if self.durable && !renamed.is_empty() {
+            if let Err(e) = dir.sync() {
+                // In place but not known durable: not acknowledged as committed.
+                let f = Failure::confine(&e);
+                failed.extend(renamed.drain(..).map(|i| (i, f.clone())));
+            }
+        }
+        for &f in &renamed {
+            let p = &mut self.planned[f as usize];
+            p.state = FileState::Committed;
+            self.files_written += 1;
+            self.bytes_written += p.entry.size;
+        }
+        renamed
+    }
+
+    /// Applies mode and times through the temporary file's fd (`dir` is its directory).
+    fn finish_file(&self, f: u32, dir: &Dir) -> Result<(), Failure> {
         let p = &self.planned[f as usize];
         let tmp = temp_path(&p.full, self.pid, self.session, f)?;
-        let fd = self
-            .root
+        let fd = dir
             .open(&tmp, libc::O_WRONLY, 0)
             .map_err(|e| Failure::confine(&e))?;
         set_file_meta(fd_ref(&fd), p.entry.mode, p.entry.mtime, p.entry.mtime)
@@ -438,7 +631,7 @@ impl Receiver {
             // in once the final mode is set.
             sync_fd(fd_ref(&fd)).map_err(|e| io_failure(&tmp, &e))?;
         }
-        Ok(tmp)
+        Ok(())
     }
 
     /// Marks a file failed (its data did not arrive intact) and removes its temp file.
@@ -446,6 +639,9 @@ impl Receiver {
         if let Some(p) = self.planned.get_mut(f as usize) {
             if p.state == FileState::Receiving {
                 p.state = FileState::Failed;
+                if let Some(lazy) = self.lazy.files.get(&f) {
+                    lazy.kill();
+                }
                 if let Ok(tmp) = temp_path(&p.full, self.pid, self.session, f) {
                     let _ = self.root.remove_file(&tmp);
                 }
@@ -587,6 +783,11 @@ pub fn old_chunk_hashes(old: &std::fs::File, old_size: u64, new_size: u64) -> Ve
     have
 }
 
+/// The directory `full` lies in (the root for a name at the top).
+fn parent_of(full: &RelPath) -> RelPath {
+    full.parent().unwrap_or_else(RelPath::root)
+}
+
 fn fd_ref(fd: &OwnedFd) -> BorrowedFd<'_> {
     use std::os::fd::AsFd;
     fd.as_fd()
@@ -600,7 +801,7 @@ fn io_failure(rel: &RelPath, e: &std::io::Error) -> Failure {
 }
 
 /// Names in the directory open at `fd` (not `.` or `..`).
-fn list_names(fd: &OwnedFd) -> Vec<Vec<u8>> {
+fn list_names(fd: BorrowedFd<'_>) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     // SAFETY: dup gives fdopendir its own fd, which closedir closes.
     let dup = unsafe { libc::dup(fd.as_raw_fd()) };

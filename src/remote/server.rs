@@ -3,11 +3,16 @@
 //! data streams that write (push) or read (pull) chunk runs beneath the root.
 //!
 //! A session's control stream lives on whichever shard its connection reached (the one
-//! the client dialled first, shard 0's port). Data streams need no session state: the
+//! the client dialled first, shard 0's port). Data streams share little with it: the
 //! temporary name of a file follows from its path, the session id and the file index, so
-//! any shard can write a run into the file the control stream created. A failing client
-//! or stream only ever ends its own stream or connection; the server keeps serving.
+//! any shard can write a run into the file the control stream created. Small files are
+//! the exception: the control stream leaves them to their data streams to create (so
+//! that every shard creates files while the data flows), and publishes them in a
+//! process-wide table of push sessions ([`Sessions`]) that the streams check against. A
+//! failing client or stream only ever ends its own stream or connection; the server
+//! keeps serving.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -21,7 +26,7 @@ use tpc_core::wire::{
     entry_frames, need_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, Op, Run,
     WireKind, MANIFEST_ENTRIES_MAX, PROTOCOL_VERSION,
 };
-use tpc_engine::confine::{fstat, FileKind, Root};
+use tpc_engine::confine::{fstat, set_file_meta, sync_fd, FileKind, Root};
 use tpc_engine::quic::{
     bind_socket, udp_payload_max_towards, Connection, Endpoint, RecvStream, SendStream,
 };
@@ -29,7 +34,7 @@ use tpc_engine::rt::{self, File};
 
 use super::congestion::Congestion;
 use super::data::{open_direct, receive_run, send_run, DataError, RunLog};
-use super::receiver::{temp_path, Failure, Receiver};
+use super::receiver::{temp_path, Failure, LazyFile, LazyFiles, Receiver};
 use super::{expect_end, expect_frame, read_frame, transport_config, write_frame, SessionError};
 use crate::auth::{self, AuthorizedClients, Identity};
 use crate::exit::Exit;
@@ -59,6 +64,45 @@ struct Shared {
     root: Arc<Root>,
     ports: Vec<u16>,
     read_only: bool,
+    sessions: Arc<Sessions>,
+}
+
+/// The push sessions in progress (on any shard) that left files for their data streams
+/// to create. Looked up once per data stream; the lock is held only to clone an `Arc`.
+#[derive(Default)]
+struct Sessions(Mutex<HashMap<u64, Arc<LazyFiles>>>);
+
+impl Sessions {
+    /// Publishes `files` of `session` until the returned guard is dropped.
+    fn publish(self: &Arc<Self>, session: u64, files: Arc<LazyFiles>) -> Published {
+        if !files.files.is_empty() {
+            self.0.lock().expect("not poisoned").insert(session, files);
+        }
+        Published {
+            sessions: self.clone(),
+            session,
+        }
+    }
+
+    fn get(&self, session: u64) -> Option<Arc<LazyFiles>> {
+        self.0.lock().expect("not poisoned").get(&session).cloned()
+    }
+}
+
+/// Withdraws a session from [`Sessions`] when its control stream ends, however it ends.
+struct Published {
+    sessions: Arc<Sessions>,
+    session: u64,
+}
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        self.sessions
+            .0
+            .lock()
+            .expect("not poisoned")
+            .remove(&self.session);
+    }
 }
 
 pub fn run(opts: ServeOptions) -> Exit {
@@ -144,6 +188,7 @@ pub fn run(opts: ServeOptions) -> Exit {
     let crypto = Arc::new(crypto);
     let read_only = opts.read_only;
     let congestion = opts.congestion;
+    let sessions = Arc::new(Sessions::default());
     let result =
         tpc_engine::run_shards::<(), (), _, _>(opts.driver, opts.shard_count, 1, move |ctx| {
             let socket = sockets.lock().expect("not poisoned")[ctx.shard]
@@ -153,6 +198,7 @@ pub fn run(opts: ServeOptions) -> Exit {
                 root: root.clone(),
                 ports: ports.clone(),
                 read_only,
+                sessions: sessions.clone(),
             });
             let crypto = crypto.clone();
             async move {
@@ -335,7 +381,8 @@ async fn control_push(
     )
     .await
     .map_err(session_failure)?;
-    let mut receiver = Receiver::new(shared.root.clone(), base, session, durable, true);
+    let mut receiver = Receiver::new(shared.root.clone(), base, session, durable, true)
+        .create_small_files_on_write();
     let mut budget = ManifestBudget::default();
     loop {
         match expect_frame(recv).await.map_err(session_failure)? {
@@ -368,7 +415,9 @@ async fn control_push(
         (receiver, plan)
     })
     .await;
+    let published = shared.sessions.publish(session, receiver.lazy_files());
     let (receiver, outcome) = push_session(send, recv, receiver, needs, failed).await;
+    drop(published);
     if outcome.is_err() {
         // The client went away or broke the protocol: leave no temporary file behind.
         let mut receiver = receiver;
@@ -479,18 +528,27 @@ async fn put(
     }
     let full = parse_path(&p.path)?;
     let tmp = temp_path(&full, std::process::id(), p.session, p.file)?;
-    // Only a temporary file the control stream created can be written: no O_CREAT.
-    let fd = shared
-        .root
-        .open(&tmp, libc::O_WRONLY, 0)
-        .map_err(|e| Failure::confine(&e))?;
-    // The announced size must be the planned one, or a run could extend the file.
-    if fstat(fd.as_fd()).map(|st| st.size_bytes) != Ok(p.size) {
-        return Err(Failure::new(
-            ErrorCode::Protocol,
-            format!("{full}: size {} does not match the manifest", p.size),
-        ));
-    }
+    let lazy_files = shared.sessions.get(p.session);
+    let lazy = lazy_files.as_ref().and_then(|l| l.files.get(&p.file));
+    let fd = match lazy {
+        Some(lazy) => create_lazy(&shared.root, lazy, &full, &tmp, &p)?,
+        None => {
+            // Otherwise only a temporary file the control stream created can be written:
+            // no O_CREAT.
+            let fd = shared
+                .root
+                .open(&tmp, libc::O_WRONLY, 0)
+                .map_err(|e| Failure::confine(&e))?;
+            // The announced size must be the planned one, or a run could extend the file.
+            if fstat(fd.as_fd()).map(|st| st.size_bytes) != Ok(p.size) {
+                return Err(Failure::new(
+                    ErrorCode::Protocol,
+                    format!("{full}: size {} does not match the manifest", p.size),
+                ));
+            }
+            fd
+        }
+    };
     let direct = open_direct(&shared.root, &tmp, p.size, fd.as_fd());
     let file = File::from_fd(fd);
     let what = full.to_string();
@@ -515,17 +573,97 @@ async fn put(
         &mut log,
     )
     .await;
+    let result = match lazy {
+        Some(lazy) => {
+            let durable = lazy_files.as_ref().is_some_and(|l| l.durable);
+            let finished = result.and_then(|_| {
+                // SAFETY: `file` holds the fd open until it is closed below.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(file.as_raw_fd()) };
+                finish_lazy(lazy, fd, durable).map_err(DataError::Local)
+            });
+            if finished.is_err() {
+                // Nothing of a failed run stays behind, and the file may be sent again.
+                let _ = shared.root.remove_file(&tmp);
+                lazy.release();
+            }
+            finished
+        }
+        None => result.map(drop),
+    };
     let _ = file.close().await;
     if let Some(old) = old {
         let _ = old.close().await;
     }
     match result {
-        Ok(_) => write_frame(send, &Frame::RangeOk)
+        Ok(()) => write_frame(send, &Frame::RangeOk)
             .await
             .map_err(session_failure),
         Err(DataError::Local(f)) => Err(f),
         Err(DataError::Session(e)) => Err(session_failure(e)),
     }
+}
+
+/// Creates the temporary file of a file that its session left to its data stream (see
+/// [`Sessions`]). The run must be the planned file, whole, and no other stream may have
+/// claimed it: a client cannot create a file its manifest did not plan, or extend one.
+fn create_lazy(
+    root: &Root,
+    lazy: &LazyFile,
+    full: &RelPath,
+    tmp: &RelPath,
+    p: &Run,
+) -> Result<std::os::fd::OwnedFd, Failure> {
+    if *full != lazy.full || p.size != lazy.size || p.chunk_first != 0 || p.chunk_count != 1 {
+        return Err(Failure::new(
+            ErrorCode::Protocol,
+            format!("{full}: the run does not match the manifest"),
+        ));
+    }
+    if !lazy.begin() {
+        return Err(Failure::new(
+            ErrorCode::Protocol,
+            format!("{full}: not expecting data (another run has it, or the session is over)"),
+        ));
+    }
+    let fd = root
+        .open(tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)
+        .map_err(|e| Failure::confine(&e))?;
+    if lazy.is_dead() {
+        // The session ended (and cleaned up) while this was being created.
+        let _ = root.remove_file(tmp);
+        return Err(Failure::new(
+            ErrorCode::Protocol,
+            format!("{full}: the session is over"),
+        ));
+    }
+    Ok(fd)
+}
+
+/// After a lazily created file's data is written and verified: its mode and times, as a
+/// commit would set them, so that the commit only has to rename it.
+fn finish_lazy(
+    lazy: &LazyFile,
+    fd: std::os::fd::BorrowedFd<'_>,
+    durable: bool,
+) -> Result<(), Failure> {
+    let io = |e: std::io::Error| {
+        Failure::new(
+            e.raw_os_error().map_or(ErrorCode::Io, ErrorCode::for_errno),
+            format!("{}: {e}", lazy.full),
+        )
+    };
+    set_file_meta(fd, lazy.mode, lazy.mtime, lazy.mtime).map_err(io)?;
+    if durable && !cfg!(target_os = "linux") {
+        // No syncfs for a commit batch off Linux: each file is synced through its fd.
+        sync_fd(fd).map_err(io)?;
+    }
+    if !lazy.written() {
+        return Err(Failure::new(
+            ErrorCode::Protocol,
+            format!("{}: the session is over", lazy.full),
+        ));
+    }
+    Ok(())
 }
 
 /// A data stream of a pull: read one run of chunks of a file beneath the root and send
