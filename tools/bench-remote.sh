@@ -22,8 +22,11 @@
 #                     PERFORMANCE.md)
 #   PARTS="ceiling big small rerun"       ceiling = iperf3; big = one BIG_MB file;
 #                     small = SMALL_COUNT files of 8 KiB; rerun = unchanged small tree again
-#   TOOLS="tpc tpc-never scp rsync-ssh rsyncd"   (also: tpc-cubic, tpc-bbr: tpc-xfer with
-#                     quinn-proto's own congestion controllers instead of the default)
+#   TOOLS="tpc tpc-never scp rsync-ssh rsyncd floor floor-never"   (also: tpc-cubic,
+#                     tpc-bbr: tpc-xfer with quinn-proto's own congestion controllers
+#                     instead of the default). floor, floor-never: the small part only,
+#                     tools/fs-floor.c copying the tree locally with one thread per core,
+#                     durable or not: what this filesystem allows any copy at best
 #   BIG_MB=2048  SMALL_COUNT=20000        dataset sizes (generated once, then reused)
 #   TPC=target/release/tpc-xfer           built with cargo only if missing
 #   SSH_PORT=2222 RSYNC_PORT=8873 IPERF_PORT=5299 TPC_PORT=7440
@@ -47,7 +50,7 @@ RUNS=${RUNS:-5}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/tpc-bench-remote}
 SETTLE=${SETTLE:-70}
 PARTS=${PARTS:-ceiling big small rerun}
-TOOLS=${TOOLS:-tpc tpc-never scp rsync-ssh rsyncd}
+TOOLS=${TOOLS:-tpc tpc-never scp rsync-ssh rsyncd floor floor-never}
 BIG_MB=${BIG_MB:-2048}
 SMALL_COUNT=${SMALL_COUNT:-20000}
 TPC=${TPC:-$PWD/target/release/tpc-xfer}
@@ -94,7 +97,7 @@ install_missing() {
   local need=() pair
   for pair in /usr/sbin/sshd:openssh-server ssh:openssh-client scp:openssh-client \
     rsync:rsync iperf3:iperf3 hyperfine:hyperfine python3:python3 ss:iproute2 \
-    cmp:diffutils diff:diffutils getconf:libc-bin; do
+    cmp:diffutils diff:diffutils getconf:libc-bin cc:gcc; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
   done
   if [ ${#need[@]} -gt 0 ]; then
@@ -125,6 +128,10 @@ mkdir -p "$DATA" "$RES"
 RUN=$(mktemp -d "$BENCH_DIR/run.XXXXXX") # keys, configs, pids, logs: removed on exit
 SEQ=$RUN/seq # last destination number handed out; see NEXT_NAME below
 echo 0 > "$SEQ"
+FLOOR=$RUN/fs-floor
+if tool_on floor || tool_on floor-never; then
+  cc -O2 -pthread -o "$FLOOR" tools/fs-floor.c || die "cannot build tools/fs-floor.c"
+fi
 
 # ---------------------------------------------------------------------------------------
 # Cleanup: stop what we started (by pid), remove state and destinations.
@@ -358,6 +365,9 @@ push_cmd() {
     # quinn-proto's Cubic instead of the default controller, to show the difference.
     tpc-cubic) echo "$CLI $TPC copy -q --fsync never --congestion cubic --state $TPC_CLIENT $src tpc://$HOST:$TPC_PORT/$name" ;;
     tpc-bbr) echo "$CLI $TPC copy -q --fsync never --congestion bbr --state $TPC_CLIENT $src tpc://$HOST:$TPC_PORT/$name" ;;
+    # Local, no network: what the filesystem allows (durable like tpc, or not).
+    floor) echo "$FLOOR $src $DST/$name $(nproc) 1 > /dev/null" ;;
+    floor-never) echo "$FLOOR $src $DST/$name $(nproc) 0 > /dev/null" ;;
     *) die "unknown tool '$tool' in TOOLS" ;;
   esac
 }
@@ -492,7 +502,9 @@ part_big() {
   # One earlier file deleted per run: few inodes, so no settle needed.
   local tool prepare="rm -rf $DST/big-* $DST/.big-*; $NEXT_NAME"
   settle # only if a killed run's leftovers were just removed
-  for tool in $TOOLS; do measure big "$tool" "$BIG" "big-$tool.\$n" "$prepare"; done
+  for tool in $TOOLS; do
+    [[ $tool == floor* ]] || measure big "$tool" "$BIG" "big-$tool.\$n" "$prepare"
+  done
   rm -rf "${DST:?}"/big-*
 }
 
@@ -526,6 +538,7 @@ part_rerun() {
       tpc) measure rerun tpc "$SMALL/" same-tpc sync ;;
       rsyncd | rsync-ssh) measure rerun "$tool" "$SMALL/" same-rsync sync ;;
       tpc-never) say "  tpc-never: no rerun (writes nothing, same as tpc)" ;;
+      floor*) ;;
       *) say "  $tool: no rerun (cannot skip unchanged files)" ;;
     esac
   done
@@ -600,6 +613,8 @@ LABELS = {
     "scp": "scp -c aes128-gcm",
     "rsync-ssh": "rsync -a over ssh -c aes128-gcm",
     "rsyncd": "rsync -a to rsync daemon",
+    "floor": "floor: tools/fs-floor.c, local, durable",
+    "floor-never": "floor: tools/fs-floor.c, local, not synced",
 }
 
 def cpu_seconds(name):
@@ -744,7 +759,11 @@ CPU is the whole machine's busy time (user+nice+system+irq+softirq from /proc/st
 one extra run, so both ends together, per GiB of data moved (for the rerun, per run).
 "durable" means tpc-xfer made every file durable before acknowledging it; scp, rsync and
 the rsync daemon do not sync, and neither does `--fsync never`. Rerun: the destination
-already holds the tree; scp has no way to skip unchanged files.""")
+already holds the tree; scp has no way to skip unchanged files. The floor rows are no
+transfer: tools/fs-floor.c copies the tree on this machine with one thread per core, each
+file read, written under a temporary name, given its mode and mtime and renamed into
+place (with one syncfs before the renames and each directory fsynced after, if durable):
+the filesystem work any of these tools must do, and nothing else.""")
 json.dump(report, open(f"{R}/report.json", "w"), indent=1)
 PY
 } | tee "$RES/report.md"
