@@ -22,11 +22,13 @@
 #                     PERFORMANCE.md)
 #   PARTS="ceiling big small rerun"       ceiling = iperf3; big = one BIG_MB file;
 #                     small = SMALL_COUNT files of 8 KiB; rerun = unchanged small tree again
-#   TOOLS="tpc tpc-never scp rsync-ssh rsyncd floor floor-never"   (also: tpc-cubic,
-#                     tpc-bbr: tpc-xfer with quinn-proto's own congestion controllers
-#                     instead of the default). floor, floor-never: the small part only,
-#                     tools/fs-floor.c copying the tree locally with one thread per core,
-#                     durable or not: what this filesystem allows any copy at best
+#   TOOLS="tpc tpc-never scp rsync-ssh rsyncd floor floor-never floor-bare"   (also:
+#                     tpc-cubic, tpc-bbr: tpc-xfer with quinn-proto's own congestion
+#                     controllers instead of the default). floor, floor-never: the small
+#                     part only, tools/fs-floor.c copying the tree locally with one thread
+#                     per core, durable or not: what this filesystem allows any faithful
+#                     copy at best; floor-bare: the same without temporary names, renames,
+#                     modes or mtimes (no tool may copy so)
 #   BIG_MB=2048  SMALL_COUNT=20000        dataset sizes (generated once, then reused)
 #   TPC=target/release/tpc-xfer           built with cargo only if missing
 #   SSH_PORT=2222 RSYNC_PORT=8873 IPERF_PORT=5299 TPC_PORT=7440
@@ -50,7 +52,7 @@ RUNS=${RUNS:-5}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/tpc-bench-remote}
 SETTLE=${SETTLE:-70}
 PARTS=${PARTS:-ceiling big small rerun}
-TOOLS=${TOOLS:-tpc tpc-never scp rsync-ssh rsyncd floor floor-never}
+TOOLS=${TOOLS:-tpc tpc-never scp rsync-ssh rsyncd floor floor-never floor-bare}
 BIG_MB=${BIG_MB:-2048}
 SMALL_COUNT=${SMALL_COUNT:-20000}
 TPC=${TPC:-$PWD/target/release/tpc-xfer}
@@ -129,7 +131,7 @@ RUN=$(mktemp -d "$BENCH_DIR/run.XXXXXX") # keys, configs, pids, logs: removed on
 SEQ=$RUN/seq # last destination number handed out; see NEXT_NAME below
 echo 0 > "$SEQ"
 FLOOR=$RUN/fs-floor
-if tool_on floor || tool_on floor-never; then
+if tool_on floor || tool_on floor-never || tool_on floor-bare; then
   cc -O2 -pthread -o "$FLOOR" tools/fs-floor.c || die "cannot build tools/fs-floor.c"
 fi
 
@@ -368,6 +370,7 @@ push_cmd() {
     # Local, no network: what the filesystem allows (durable like tpc, or not).
     floor) echo "$FLOOR $src $DST/$name $(nproc) 1 > /dev/null" ;;
     floor-never) echo "$FLOOR $src $DST/$name $(nproc) 0 > /dev/null" ;;
+    floor-bare) echo "$FLOOR $src $DST/$name $(nproc) 0 bare > /dev/null" ;;
     *) die "unknown tool '$tool' in TOOLS" ;;
   esac
 }
@@ -615,6 +618,7 @@ LABELS = {
     "rsyncd": "rsync -a to rsync daemon",
     "floor": "floor: tools/fs-floor.c, local, durable",
     "floor-never": "floor: tools/fs-floor.c, local, not synced",
+    "floor-bare": "floor: tools/fs-floor.c bare (final names, no mode or mtime)",
 }
 
 def cpu_seconds(name):
@@ -763,7 +767,8 @@ already holds the tree; scp has no way to skip unchanged files. The floor rows a
 transfer: tools/fs-floor.c copies the tree on this machine with one thread per core, each
 file read, written under a temporary name, given its mode and mtime and renamed into
 place (with one syncfs before the renames and each directory fsynced after, if durable):
-the filesystem work any of these tools must do, and nothing else.""")
+the filesystem work any of these tools must do, and nothing else. "bare" creates and
+writes each file under its final name and does nothing more: not a faithful copy.""")
 json.dump(report, open(f"{R}/report.json", "w"), indent=1)
 PY
 } | tee "$RES/report.md"

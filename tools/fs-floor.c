@@ -9,7 +9,12 @@
 //! threads share the files. Directories are made first, on one thread.
 //!
 //!   cc -O2 -pthread -o fs-floor tools/fs-floor.c
-//!   fs-floor SRC DST THREADS SYNC        # prints the seconds it took
+//!   fs-floor SRC DST THREADS SYNC [bare]   # prints the seconds it took
+//!
+//! `bare` leaves out what makes a copy a faithful one: each file is created under its
+//! final name and written, with no temporary name, no rename, no mode or mtime (and
+//! SYNC is ignored). No tool in the benchmark may copy that way; it shows how much of
+//! the floor is the filesystem's cost of new files at all.
 //!
 //! Plain files and directories only (the benchmark's tree); anything else is an error.
 #define _GNU_SOURCE
@@ -40,6 +45,7 @@ static size_t g_count, g_cap;
 static char **g_dirs;
 static size_t g_dir_count, g_dir_cap;
 static int g_threads;
+static int g_bare;
 
 static void die(const char *what, const char *path) {
     fprintf(stderr, "fs-floor: %s %s: %s\n", what, path, strerror(errno));
@@ -98,9 +104,14 @@ static void *write_files(void *arg) {
         ssize_t n = read(in, buf, FILE_BYTES_MAX);
         if (n != f->st.st_size) die("read", f->src);
         close(in);
-        int out = open(f->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (out < 0) die("create", f->tmp);
-        if (write(out, buf, (size_t)n) != n) die("write", f->tmp);
+        const char *to = g_bare ? f->dst : f->tmp;
+        int out = open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (out < 0) die("create", to);
+        if (write(out, buf, (size_t)n) != n) die("write", to);
+        if (g_bare) {
+            close(out);
+            continue;
+        }
         struct timespec times[2] = {f->st.st_mtim, f->st.st_mtim};
         if (fchmod(out, f->st.st_mode & 01777) != 0 || futimens(out, times) != 0)
             die("set metadata of", f->tmp);
@@ -123,12 +134,20 @@ static void run_threads(void *(*body)(void *)) {
     for (int i = 0; i < g_threads; i++) pthread_join(t[i], NULL);
 }
 
+static int print_seconds_since(const struct timespec *t0) {
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    printf("%.3f\n", (double)(t1.tv_sec - t0->tv_sec) + (t1.tv_nsec - t0->tv_nsec) / 1e9);
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    if (argc != 5) {
-        fprintf(stderr, "usage: fs-floor SRC DST THREADS SYNC\n");
+    if (argc != 5 && !(argc == 6 && strcmp(argv[5], "bare") == 0)) {
+        fprintf(stderr, "usage: fs-floor SRC DST THREADS SYNC [bare]\n");
         return 2;
     }
-    struct timespec t0, t1;
+    g_bare = argc == 6;
+    struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     // Without trailing slashes, so that a relative path is the rest of a walked one.
     for (int a = 1; a <= 2; a++)
@@ -144,6 +163,7 @@ int main(int argc, char **argv) {
     g_src_len = strlen(g_src);
     if (nftw(g_src, visit, 64, FTW_PHYS) != 0) die("walk", g_src);
     run_threads(write_files);
+    if (g_bare) return print_seconds_since(&t0);
     if (sync) {
         int fd = open(g_dst, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (fd < 0 || syncfs(fd) != 0) die("syncfs", g_dst);
@@ -167,7 +187,5 @@ int main(int argc, char **argv) {
             die("set metadata of", g_dirs[i]);
         free(src);
     }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    printf("%.3f\n", (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
-    return 0;
+    return print_seconds_since(&t0);
 }
