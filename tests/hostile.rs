@@ -521,6 +521,16 @@ fn a_small_file_is_created_only_by_one_run_that_matches_its_manifest_entry() {
         };
         let record =
             |name: &str, a: Vec<Frame>| out.lock().unwrap().push((name.to_string(), refusal(&a)));
+        // A file entry that names the destination root itself, a directory.
+        let root_file = [
+            push(b""),
+            Frame::Entries(vec![file(b"")]),
+            Frame::EntriesEnd { count: 1 },
+        ];
+        record(
+            "a file in place of the root",
+            exchange(&conn, &root_file).await,
+        );
         let bigger = Run {
             size: 6,
             ..run.clone()
@@ -556,6 +566,7 @@ fn a_small_file_is_created_only_by_one_run_that_matches_its_manifest_entry() {
     });
     let codes = codes.lock().unwrap();
     let want = [
+        ("a file in place of the root", ErrorCode::NotWritable),
         ("a size the manifest did not give", ErrorCode::Protocol),
         ("another path", ErrorCode::Protocol),
         ("a file the manifest did not list", ErrorCode::NotFound),

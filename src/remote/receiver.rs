@@ -53,7 +53,8 @@ impl Failure {
 enum FileState {
     /// Nothing to do (a directory or symlink, or a file that is already up to date).
     Idle,
-    /// A temporary file exists and receives data.
+    /// Its data is awaited: a temporary file exists (or, for a lazily created file, its
+    /// data stream will create one).
     Receiving,
     Committed,
     Failed,
@@ -262,8 +263,9 @@ impl Receiver {
     }
 
     /// Creates directories, decides which files are needed (quick check: size and mtime),
-    /// and creates their temporary files at full size. Returns what to ask the sender for
-    /// and which files failed already.
+    /// and creates their temporary files at full size (except those left to their data
+    /// streams, see `create_small_files_on_write`). Returns what to ask the sender for and
+    /// which files failed already.
     pub fn plan(&mut self) -> (Vec<NeedItem>, Vec<(u32, Failure)>) {
         let mut needs = Vec::new();
         let mut failed = Vec::new();
@@ -351,6 +353,13 @@ impl Receiver {
         dir: &mut Option<Dir>,
         dirs_seen: &mut BTreeSet<Vec<u8>>,
     ) -> Result<Option<(u32, Vec<ChunkHash>)>, Failure> {
+        if self.planned[i].full.is_root() {
+            // A file entry that names the destination root itself, which is a directory.
+            return Err(Failure::new(
+                ErrorCode::NotWritable,
+                "the destination root is a directory: a file cannot take its place",
+            ));
+        }
         let parent = parent_of(&self.planned[i].full);
         let dir = match dir {
             Some(d) if *d.rel() == parent => d,
@@ -486,20 +495,13 @@ impl Receiver {
                 )),
             }
         }
-        // By directory, so that each is opened once per pass rather than resolved again
-        // for every file; a file listed twice is committed once.
-        valid.sort_unstable_by(|&a, &b| {
-            let (pa, pb) = (
-                &self.planned[a as usize].full,
-                &self.planned[b as usize].full,
-            );
-            (pa.parent(), a).cmp(&(pb.parent(), b))
-        });
+        // By directory, so that each is opened once rather than resolved again for every
+        // file; a file listed twice is committed once.
+        valid.sort_by_cached_key(|&f| (parent_of(&self.planned[f as usize].full), f));
         valid.dedup();
-        let groups = self.by_directory(&valid);
         // Mode and times through each temporary file's fd, before the data is synced.
-        let mut ready: Vec<(RelPath, Vec<u32>)> = Vec::new();
-        for (parent, group) in groups {
+        let mut ready: Vec<(Dir, Vec<u32>)> = Vec::new();
+        for (parent, group) in self.by_directory(&valid) {
             let dir = match self.root.dir(&parent) {
                 Ok(d) => d,
                 Err(e) => {
@@ -524,12 +526,13 @@ impl Receiver {
                     Err(e) => failed.push((f, e)),
                 }
             }
-            ready.push((parent, ok));
+            ready.push((dir, ok));
         }
         if self.durable && ready.iter().any(|(_, g)| !g.is_empty()) {
             // One syncfs for the batch: every temp file's data (written by any shard) is on
             // disk before any of them takes its final name. (Off Linux each file was
-            // synced in finish_file, and this syncs the root as a barrier.)
+            // synced through its own fd, by finish_file or its data stream, and this
+            // syncs the root as a barrier.)
             if let Err(e) = self.root.syncfs() {
                 let f = Failure::confine(&e);
                 for (_, group) in ready.drain(..) {
@@ -538,14 +541,14 @@ impl Receiver {
             }
         }
         let mut committed = Vec::new();
-        for (parent, group) in ready {
-            let renamed = self.rename_into_place(&parent, &group, &mut failed);
+        for (dir, group) in ready {
+            let renamed = self.rename_into_place(&dir, &group, &mut failed);
             committed.extend(renamed);
         }
-        for (f, _) in &failed {
-            if let Some(p) = self.planned.get_mut(*f as usize) {
-                p.state = FileState::Failed;
-            }
+        // Whatever failed leaves no temporary file, and a lazily created one cannot come
+        // back (its data stream may still be running).
+        for &(f, _) in &failed {
+            self.fail(f);
         }
         (committed, failed)
     }
@@ -563,42 +566,23 @@ impl Receiver {
         groups
     }
 
-    /// Renames the temporary files of `files` (all in directory `parent`) to their final
-    /// names and, for a durable session, syncs the directory. Returns the files committed;
-    /// the others are added to `failed`.
+    /// Renames the temporary files of `files` (all in `dir`) to their final names and,
+    /// for a durable session, syncs the directory. Returns the files committed; the
+    /// others are added to `failed`.
     fn rename_into_place(
         &mut self,
-        parent: &RelPath,
+        dir: &Dir,
         files: &[u32],
         failed: &mut Vec<(u32, Failure)>,
     ) -> Vec<u32> {
-        if files.is_empty() {
-            return Vec::new();
-        }
-        let dir = match self.root.dir(parent) {
-            Ok(d) => d,
-            Err(e) => {
-                let f = Failure::confine(&e);
-                failed.extend(files.iter().map(|&i| (i, f.clone())));
-                return Vec::new();
-            }
-        };
         let mut renamed = Vec::with_capacity(files.len());
         for &f in files {
             let p = &self.planned[f as usize];
-            let tmp = match temp_path(&p.full, self.pid, self.session, f) {
-                Ok(t) => t,
-                Err(e) => {
-                    failed.push((f, e));
-                    continue;
-                }
-            };
-            match dir.rename(&tmp, &p.full) {
+            let moved = temp_path(&p.full, self.pid, self.session, f)
+                .and_then(|tmp| dir.rename(&tmp, &p.full).map_err(|e| Failure::confine(&e)));
+            match moved {
                 Ok(()) => renamed.push(f),
-                Err(e) => {
-                    let _ = dir.remove_file(&tmp);
-                    failed.push((f, Failure::confine(&e)));
-                }
+                Err(e) => failed.push((f, e)),
             }
         }
         if self.durable && !renamed.is_empty() {
@@ -624,8 +608,7 @@ impl Receiver {
         let fd = dir
             .open(&tmp, libc::O_WRONLY, 0)
             .map_err(|e| Failure::confine(&e))?;
-        set_file_meta(fd_ref(&fd), p.entry.mode, p.entry.mtime, p.entry.mtime)
-            .map_err(|e| io_failure(&tmp, &e))?;
+        set_meta(fd.as_fd(), &p.full, p.entry.mode, p.entry.mtime)?;
         if self.durable && !cfg!(target_os = "linux") {
             // No syncfs for the batch off Linux: sync through this fd, the one sure way
             // in once the final mode is set.
@@ -793,7 +776,18 @@ fn fd_ref(fd: &OwnedFd) -> BorrowedFd<'_> {
     fd.as_fd()
 }
 
-fn io_failure(rel: &RelPath, e: &std::io::Error) -> Failure {
+/// Sets a received file's mode (setuid and setgid cleared) and mtime (atime = mtime)
+/// through its fd; `full` names it in the error.
+pub fn set_meta(
+    fd: BorrowedFd<'_>,
+    full: &RelPath,
+    mode: u32,
+    mtime: (i64, u32),
+) -> Result<(), Failure> {
+    set_file_meta(fd, mode, mtime, mtime).map_err(|e| io_failure(full, &e))
+}
+
+pub fn io_failure(rel: &RelPath, e: &std::io::Error) -> Failure {
     Failure::new(
         e.raw_os_error().map_or(ErrorCode::Io, ErrorCode::for_errno),
         format!("{rel}: {e}"),
@@ -833,10 +827,11 @@ fn list_names(fd: BorrowedFd<'_>) -> Vec<Vec<u8>> {
 }
 
 /// On Linux, files from this size up have their space reserved when planned, so a full
-/// disk fails them before any of their bytes are sent. Smaller ones are only extended to
-/// their size, and a full disk fails them at their write, after at most this much was
-/// sent: reserving costs a block allocation per file now and an extent conversion at the
-/// write, and the plan runs on one thread while the data waits for it.
+/// disk fails them before any of their bytes are sent. Smaller ones are only created (and
+/// extended to their size, unless their data stream creates them), and a full disk fails
+/// them at their write, after at most this much was sent: reserving costs a block
+/// allocation per file now and an extent conversion at the write, and the plan runs on
+/// one thread while the data waits for it.
 #[cfg(target_os = "linux")]
 const RESERVE_FILE_BYTES_MIN: u64 = 1024 * 1024;
 

@@ -26,7 +26,7 @@ use tpc_core::wire::{
     entry_frames, need_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, Op, Run,
     WireKind, MANIFEST_ENTRIES_MAX, PROTOCOL_VERSION,
 };
-use tpc_engine::confine::{fstat, set_file_meta, sync_fd, FileKind, Root};
+use tpc_engine::confine::{fstat, sync_fd, FileKind, Root};
 use tpc_engine::quic::{
     bind_socket, udp_payload_max_towards, Connection, Endpoint, RecvStream, SendStream,
 };
@@ -34,7 +34,7 @@ use tpc_engine::rt::{self, File};
 
 use super::congestion::Congestion;
 use super::data::{open_direct, receive_run, send_run, DataError, RunLog};
-use super::receiver::{temp_path, Failure, LazyFile, LazyFiles, Receiver};
+use super::receiver::{io_failure, set_meta, temp_path, Failure, LazyFile, LazyFiles, Receiver};
 use super::{expect_end, expect_frame, read_frame, transport_config, write_frame, SessionError};
 use crate::auth::{self, AuthorizedClients, Identity};
 use crate::exit::Exit;
@@ -512,8 +512,9 @@ async fn send_failed(send: &mut SendStream, file: u32, f: Failure) -> Result<(),
     .map_err(session_failure)
 }
 
-/// A data stream of a push: verify and write one run of chunks into the temporary file
-/// that the session's control stream created.
+/// A data stream of a push: verify and write one run of chunks into the file's temporary
+/// file, which the session's control stream created, or which this stream creates for a
+/// small file the session left to it (`create_lazy`).
 async fn put(
     send: &mut SendStream,
     recv: &mut RecvStream,
@@ -576,11 +577,12 @@ async fn put(
     let result = match lazy {
         Some(lazy) => {
             let durable = lazy_files.as_ref().is_some_and(|l| l.durable);
-            let finished = result.and_then(|_| {
-                // SAFETY: `file` holds the fd open until it is closed below.
-                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(file.as_raw_fd()) };
-                finish_lazy(lazy, fd, durable).map_err(DataError::Local)
-            });
+            let finished = match result {
+                Ok(_) => finish_lazy(lazy, &file, durable)
+                    .await
+                    .map_err(DataError::Local),
+                Err(e) => Err(e),
+            };
             if finished.is_err() {
                 // Nothing of a failed run stays behind, and the file may be sent again.
                 let _ = shared.root.remove_file(&tmp);
@@ -625,9 +627,14 @@ fn create_lazy(
             format!("{full}: not expecting data (another run has it, or the session is over)"),
         ));
     }
-    let fd = root
-        .open(tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)
-        .map_err(|e| Failure::confine(&e))?;
+    let fd = match root.open(tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600) {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Nothing was created: another run may try.
+            lazy.release();
+            return Err(Failure::confine(&e));
+        }
+    };
     if lazy.is_dead() {
         // The session ended (and cleaned up) while this was being created.
         let _ = root.remove_file(tmp);
@@ -641,21 +648,18 @@ fn create_lazy(
 
 /// After a lazily created file's data is written and verified: its mode and times, as a
 /// commit would set them, so that the commit only has to rename it.
-fn finish_lazy(
-    lazy: &LazyFile,
-    fd: std::os::fd::BorrowedFd<'_>,
-    durable: bool,
-) -> Result<(), Failure> {
-    let io = |e: std::io::Error| {
-        Failure::new(
-            e.raw_os_error().map_or(ErrorCode::Io, ErrorCode::for_errno),
-            format!("{}: {e}", lazy.full),
-        )
-    };
-    set_file_meta(fd, lazy.mode, lazy.mtime, lazy.mtime).map_err(io)?;
+async fn finish_lazy(lazy: &LazyFile, file: &File, durable: bool) -> Result<(), Failure> {
+    // SAFETY: `file` holds the fd open for as long as this borrow lives.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(file.as_raw_fd()) };
+    set_meta(fd, &lazy.full, lazy.mode, lazy.mtime)?;
     if durable && !cfg!(target_os = "linux") {
-        // No syncfs for a commit batch off Linux: each file is synced through its fd.
-        sync_fd(fd).map_err(io)?;
+        // No syncfs for a commit batch off Linux: each file is synced through its own
+        // fd (a copy, owned by the blocking pool, which the shard does not wait on).
+        let io = |e: std::io::Error| io_failure(&lazy.full, &e);
+        let own = fd.try_clone_to_owned().map_err(io)?;
+        rt::spawn_blocking(move || sync_fd(own.as_fd()))
+            .await
+            .map_err(io)?;
     }
     if !lazy.written() {
         return Err(Failure::new(

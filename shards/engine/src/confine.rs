@@ -548,28 +548,32 @@ impl Dir {
         &self.rel
     }
 
-    /// `rel`'s name, which must lie directly in this directory: a caller that mixes up
-    /// directories would act on the wrong file, so this is checked in release builds too.
-    fn name_of(&self, rel: &RelPath) -> Result<CString, ConfineError> {
-        assert!(
-            rel.parent().as_ref() == Some(&self.rel),
-            "{rel} is not directly in {}",
-            self.rel
-        );
-        c_name(
-            rel.file_name().expect("a path with a parent has a name"),
-            rel,
-        )
+    /// `rel`'s name, which must lie directly in this directory. The root has no name
+    /// (`IsRoot`, which a peer's path can lead to); a path in another directory is the
+    /// caller's bug, which would act on the wrong file, so it is checked in release
+    /// builds too.
+    fn name_of(&self, op: &'static str, rel: &RelPath) -> Result<CString, ConfineError> {
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+            return Err(ConfineError::IsRoot { op });
+        };
+        assert!(parent == self.rel, "{rel} is not directly in {}", self.rel);
+        c_name(name, rel)
     }
 
     /// As [`Root::open`], for `rel` directly in this directory.
     pub fn open(&self, rel: &RelPath, flags: i32, mode: u32) -> Result<OwnedFd, ConfineError> {
-        open_file(self.fd.as_fd(), &self.name_of(rel)?, rel, flags, mode)
+        open_file(
+            self.fd.as_fd(),
+            &self.name_of("open", rel)?,
+            rel,
+            flags,
+            mode,
+        )
     }
 
     /// As [`Root::lstat`], for `rel` directly in this directory.
     pub fn lstat(&self, rel: &RelPath) -> Result<Option<Stat>, ConfineError> {
-        match stat_at(self.fd.as_fd(), &self.name_of(rel)?) {
+        match stat_at(self.fd.as_fd(), &self.name_of("stat", rel)?) {
             Ok(st) => Ok(Some(st)),
             Err(libc::ENOENT) => Ok(None),
             Err(errno) => Err(io_error("stat", rel, errno)),
@@ -578,7 +582,8 @@ impl Dir {
 
     /// As [`Root::rename`], for `from` and `to` both directly in this directory.
     pub fn rename(&self, from: &RelPath, to: &RelPath) -> Result<(), ConfineError> {
-        let (from_name, to_name) = (self.name_of(from)?, self.name_of(to)?);
+        let from_name = self.name_of("rename", from)?;
+        let to_name = self.name_of("rename", to)?;
         let fd = self.fd.as_raw_fd();
         // SAFETY: valid fd and C strings.
         let r = unsafe { libc::renameat(fd, from_name.as_ptr(), fd, to_name.as_ptr()) };
@@ -591,7 +596,7 @@ impl Dir {
 
     /// As [`Root::remove_file`], for `rel` directly in this directory.
     pub fn remove_file(&self, rel: &RelPath) -> Result<(), ConfineError> {
-        let name = self.name_of(rel)?;
+        let name = self.name_of("remove", rel)?;
         // SAFETY: valid fd and C string.
         let r = unsafe { libc::unlinkat(self.fd.as_raw_fd(), name.as_ptr(), 0) };
         cvt(r)
@@ -1400,6 +1405,20 @@ mod tests {
         fs::create_dir_all(s.root.join("d/e")).unwrap();
         let d = s.open().dir(&rel("d")).unwrap();
         let _ = d.lstat(&rel("d/e/f"));
+    }
+
+    #[test]
+    fn the_root_has_no_name_in_a_held_directory() {
+        let s = Scratch::new("dir-root");
+        let d = s.open().dir(&RelPath::root()).unwrap();
+        assert!(matches!(
+            d.lstat(&RelPath::root()),
+            Err(ConfineError::IsRoot { .. })
+        ));
+        assert!(matches!(
+            d.open(&RelPath::root(), libc::O_RDONLY, 0),
+            Err(ConfineError::IsRoot { .. })
+        ));
     }
 
     #[test]
