@@ -130,11 +130,6 @@ mkdir -p "$DATA" "$RES"
 RUN=$(mktemp -d "$BENCH_DIR/run.XXXXXX") # keys, configs, pids, logs: removed on exit
 SEQ=$RUN/seq # last destination number handed out; see NEXT_NAME below
 echo 0 > "$SEQ"
-FLOOR=$RUN/fs-floor
-if tool_on floor || tool_on floor-never || tool_on floor-bare; then
-  cc -O2 -pthread -o "$FLOOR" tools/fs-floor.c || die "cannot build tools/fs-floor.c"
-fi
-
 # ---------------------------------------------------------------------------------------
 # Cleanup: stop what we started (by pid), remove state and destinations.
 
@@ -156,6 +151,11 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+FLOOR=$RUN/fs-floor
+if tool_on floor || tool_on floor-never || tool_on floor-bare; then
+  cc -O2 -pthread -o "$FLOOR" tools/fs-floor.c || die "cannot build tools/fs-floor.c"
+fi
 
 # ---------------------------------------------------------------------------------------
 # Disk space, destinations and the ext4 settle
@@ -657,10 +657,12 @@ def table(part, title, nbytes, refs, gbps, cpu_per_gib):
     for tool, r in rows:
         cells = [LABELS[tool], f"{r['med']:.3f}", f"{r['lo']:.3f}", f"{r['hi']:.3f}"]
         if net != "loopback":
+            # A floor row is a local copy: no path, so no rate.
+            local = tool.startswith("floor")
             mbit = nbytes * 8 / r["med"] / 1e6
-            cells.append(f"{mbit:.0f}")
+            cells.append("-" if local else f"{mbit:.0f}")
             if net == "wan":
-                cells.append(f"{mbit / rate_mbit:.0%}")
+                cells.append("-" if local else f"{mbit / rate_mbit:.0%}")
         if gbps:
             cells.append(f"{nbytes / r['med'] / 1e9:.2f}")
         for name, _ in refs:

@@ -4,9 +4,10 @@
 //! Copies SRC to DST the way tpc-xfer's receiver lands files, minus everything else: no
 //! network, no hashing, no protocol. Each file is read (from the page cache, in a warm
 //! benchmark), written under a temporary name, given its mode and mtime through the fd,
-//! and renamed into place; with SYNC=1, one syncfs makes it durable before the renames
-//! and each directory is fsynced after them, as a durable tpc-xfer push does. THREADS
-//! threads share the files. Directories are made first, on one thread.
+//! and renamed into place; with SYNC=1, one syncfs makes it durable before the renames,
+//! each directory is fsynced after them, and a last syncfs follows the directories' modes
+//! and times, as a durable tpc-xfer push does. THREADS threads share the files.
+//! Directories are made first, on one thread.
 //!
 //!   cc -O2 -pthread -o fs-floor tools/fs-floor.c
 //!   fs-floor SRC DST THREADS SYNC [bare]   # prints the seconds it took
@@ -52,22 +53,30 @@ static void die(const char *what, const char *path) {
     exit(1);
 }
 
+static void *grow(void *p, size_t bytes) {
+    p = realloc(p, bytes);
+    if (!p) die("realloc", "");
+    return p;
+}
+
 static char *join(const char *root, const char *rel) {
     size_t a = strlen(root), b = strlen(rel);
-    char *p = malloc(a + b + 1);
-    if (!p) die("malloc for", rel);
+    char *p = grow(NULL, a + b + 1);
     memcpy(p, root, a);
     memcpy(p + a, rel, b + 1);
     return p;
 }
 
 static int visit(const char *path, const struct stat *st, int type, struct FTW *ftw) {
-    (void)ftw;
     const char *rel = path + g_src_len;  // "" for the root, else "/a/b"
+    if (ftw->level == 0 && type != FTW_D) {
+        errno = ENOTDIR;
+        die("copy a directory, not", path);
+    }
     if (type == FTW_D) {
         if (g_dir_count == g_dir_cap) {
             g_dir_cap = g_dir_cap ? 2 * g_dir_cap : 256;
-            g_dirs = realloc(g_dirs, g_dir_cap * sizeof *g_dirs);
+            g_dirs = grow(g_dirs, g_dir_cap * sizeof *g_dirs);
         }
         g_dirs[g_dir_count++] = join(g_dst, rel);
         if (mkdir(g_dirs[g_dir_count - 1], 0700) != 0 && errno != EEXIST)
@@ -80,7 +89,7 @@ static int visit(const char *path, const struct stat *st, int type, struct FTW *
     }
     if (g_count == g_cap) {
         g_cap = g_cap ? 2 * g_cap : 4096;
-        g_files = realloc(g_files, g_cap * sizeof *g_files);
+        g_files = grow(g_files, g_cap * sizeof *g_files);
     }
     struct file *f = &g_files[g_count++];
     f->src = strdup(path);
@@ -96,18 +105,25 @@ static int visit(const char *path, const struct stat *st, int type, struct FTW *
 // Thread `id` writes files id, id + THREADS, ...: created, written, finished.
 static void *write_files(void *arg) {
     long id = (long)arg;
-    char *buf = malloc(FILE_BYTES_MAX);
+    char *buf = grow(NULL, FILE_BYTES_MAX);
     for (size_t i = (size_t)id; i < g_count; i += (size_t)g_threads) {
         struct file *f = &g_files[i];
         int in = open(f->src, O_RDONLY | O_CLOEXEC);
         if (in < 0) die("open", f->src);
         ssize_t n = read(in, buf, FILE_BYTES_MAX);
-        if (n != f->st.st_size) die("read", f->src);
+        if (n != f->st.st_size) {
+            if (n >= 0) errno = EIO;  // short: the file changed under the benchmark
+            die("read", f->src);
+        }
         close(in);
         const char *to = g_bare ? f->dst : f->tmp;
         int out = open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
         if (out < 0) die("create", to);
-        if (write(out, buf, (size_t)n) != n) die("write", to);
+        ssize_t w = write(out, buf, (size_t)n);
+        if (w != n) {
+            if (w >= 0) errno = ENOSPC;  // a short write: the usual cause, as tpc-xfer probes
+            die("write", to);
+        }
         if (g_bare) {
             close(out);
             continue;
@@ -130,8 +146,20 @@ static void *rename_files(void *arg) {
 
 static void run_threads(void *(*body)(void *)) {
     pthread_t t[THREADS_MAX];
-    for (long i = 0; i < g_threads; i++) pthread_create(&t[i], NULL, body, (void *)i);
+    for (long i = 0; i < g_threads; i++) {
+        int rc = pthread_create(&t[i], NULL, body, (void *)i);
+        if (rc != 0) {
+            errno = rc;
+            die("pthread_create", "");
+        }
+    }
     for (int i = 0; i < g_threads; i++) pthread_join(t[i], NULL);
+}
+
+static void sync_filesystem(void) {
+    int fd = open(g_dst, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || syncfs(fd) != 0) die("syncfs", g_dst);
+    close(fd);
 }
 
 static int print_seconds_since(const struct timespec *t0) {
@@ -165,9 +193,7 @@ int main(int argc, char **argv) {
     run_threads(write_files);
     if (g_bare) return print_seconds_since(&t0);
     if (sync) {
-        int fd = open(g_dst, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd < 0 || syncfs(fd) != 0) die("syncfs", g_dst);
-        close(fd);
+        sync_filesystem();
     }
     run_threads(rename_files);
     // Directory modes and times last, as any copy sets them after filling them.
@@ -186,6 +212,10 @@ int main(int argc, char **argv) {
             utimensat(AT_FDCWD, g_dirs[i], times, 0) != 0)
             die("set metadata of", g_dirs[i]);
         free(src);
+    }
+    if (sync) {
+        // The directories' metadata too, as tpc-xfer's finish does.
+        sync_filesystem();
     }
     return print_seconds_since(&t0);
 }
