@@ -92,7 +92,7 @@ pub struct LazyFile {
 }
 
 const LAZY_PLANNED: u8 = 0;
-/// A data stream created the temporary file and is writing it.
+/// A data stream has claimed the file: it creates the temporary file and writes it.
 const LAZY_CREATING: u8 = 1;
 /// Its data verified and written, mode and times applied: ready to commit.
 const LAZY_WRITTEN: u8 = 2;

@@ -654,7 +654,8 @@ async fn finish_lazy(lazy: &LazyFile, file: &File, durable: bool) -> Result<(), 
     set_meta(fd, &lazy.full, lazy.mode, lazy.mtime)?;
     if durable && !cfg!(target_os = "linux") {
         // No syncfs for a commit batch off Linux: each file is synced through its own
-        // fd (a copy, owned by the blocking pool, which the shard does not wait on).
+        // fd, on the blocking pool (through a copy of the fd that it owns), so that the
+        // shard's thread goes on serving its other streams meanwhile.
         let io = |e: std::io::Error| io_failure(&lazy.full, &e);
         let own = fd.try_clone_to_owned().map_err(io)?;
         rt::spawn_blocking(move || sync_fd(own.as_fd()))
