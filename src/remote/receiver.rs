@@ -390,7 +390,7 @@ impl Receiver {
                     let fd = dir
                         .open(&p.full, libc::O_RDONLY, 0)
                         .map_err(|e| Failure::confine(&e))?;
-                    set_file_meta(fd_ref(&fd), p.entry.mode, st.atime, st.mtime)
+                    set_file_meta(fd.as_fd(), p.entry.mode, st.atime, st.mtime)
                         .map_err(|e| io_failure(&p.full, &e))?;
                 }
                 return Ok(None);
@@ -485,7 +485,7 @@ impl Receiver {
         let mut valid = Vec::with_capacity(files.len());
         for &f in files {
             match self.planned.get(f as usize) {
-                Some(p) if p.state == FileState::Receiving => valid.push(f),
+                Some(p) if p.state == FileState::Receiving => valid.push((parent_of(&p.full), f)),
                 _ => failed.push((
                     f,
                     Failure::new(
@@ -497,11 +497,11 @@ impl Receiver {
         }
         // By directory, so that each is opened once rather than resolved again for every
         // file; a file listed twice is committed once.
-        valid.sort_by_cached_key(|&f| (parent_of(&self.planned[f as usize].full), f));
+        valid.sort_unstable();
         valid.dedup();
         // Mode and times through each temporary file's fd, before the data is synced.
         let mut ready: Vec<(Dir, Vec<u32>)> = Vec::new();
-        for (parent, group) in self.by_directory(&valid) {
+        for (parent, group) in by_directory(valid) {
             let dir = match self.root.dir(&parent) {
                 Ok(d) => d,
                 Err(e) => {
@@ -553,19 +553,6 @@ impl Receiver {
         (committed, failed)
     }
 
-    /// `files` (sorted by directory) in runs that share a directory.
-    fn by_directory(&self, files: &[u32]) -> Vec<(RelPath, Vec<u32>)> {
-        let mut groups: Vec<(RelPath, Vec<u32>)> = Vec::new();
-        for &f in files {
-            let parent = parent_of(&self.planned[f as usize].full);
-            match groups.last_mut() {
-                Some((p, g)) if *p == parent => g.push(f),
-                _ => groups.push((parent, vec![f])),
-            }
-        }
-        groups
-    }
-
     /// Renames the temporary files of `files` (all in `dir`) to their final names and,
     /// for a durable session, syncs the directory. Returns the files committed; the
     /// others are added to `failed`.
@@ -612,7 +599,7 @@ impl Receiver {
         if self.durable && !cfg!(target_os = "linux") {
             // No syncfs for the batch off Linux: sync through this fd, the one sure way
             // in once the final mode is set.
-            sync_fd(fd_ref(&fd)).map_err(|e| io_failure(&tmp, &e))?;
+            sync_fd(fd.as_fd()).map_err(|e| io_failure(&tmp, &e))?;
         }
         Ok(())
     }
@@ -766,14 +753,21 @@ pub fn old_chunk_hashes(old: &std::fs::File, old_size: u64, new_size: u64) -> Ve
     have
 }
 
+/// Files sorted by their directory, in runs that share one.
+fn by_directory(files: Vec<(RelPath, u32)>) -> Vec<(RelPath, Vec<u32>)> {
+    let mut groups: Vec<(RelPath, Vec<u32>)> = Vec::new();
+    for (parent, f) in files {
+        match groups.last_mut() {
+            Some((p, g)) if *p == parent => g.push(f),
+            _ => groups.push((parent, vec![f])),
+        }
+    }
+    groups
+}
+
 /// The directory `full` lies in (the root for a name at the top).
 fn parent_of(full: &RelPath) -> RelPath {
     full.parent().unwrap_or_else(RelPath::root)
-}
-
-fn fd_ref(fd: &OwnedFd) -> BorrowedFd<'_> {
-    use std::os::fd::AsFd;
-    fd.as_fd()
 }
 
 /// Sets a received file's mode (setuid and setgid cleared) and mtime (atime = mtime)

@@ -230,21 +230,10 @@ impl Root {
         const OP: &str = "rename";
         let (from_dir, from_name) = self.parent_of(OP, from)?;
         let (to_dir, to_name) = self.parent_of(OP, to)?;
-        // SAFETY: valid fds and C strings.
-        let r = unsafe {
-            libc::renameat(
-                from_dir.as_fd().as_raw_fd(),
-                from_name.as_ptr(),
-                to_dir.as_fd().as_raw_fd(),
-                to_name.as_ptr(),
-            )
-        };
-        match cvt(r) {
-            Ok(_) => Ok(()),
-            // The parents are open, so a missing name can only be the source.
-            Err(libc::ENOENT) => Err(ConfineError::NotFound { rel: from.clone() }),
-            Err(errno) => Err(io_error(OP, to, errno)),
-        }
+        rename_at(
+            (from_dir.as_fd(), &from_name, from),
+            (to_dir.as_fd(), &to_name, to),
+        )
     }
 
     /// Creates a symlink at `at` pointing to `target`. The target is stored as given and
@@ -261,11 +250,8 @@ impl Root {
 
     /// Removes a file or symlink (not a directory).
     pub fn remove_file(&self, rel: &RelPath) -> Result<(), ConfineError> {
-        const OP: &str = "remove";
-        let (parent, name) = self.parent_of(OP, rel)?;
-        // SAFETY: valid fd and C string.
-        let r = unsafe { libc::unlinkat(parent.as_fd().as_raw_fd(), name.as_ptr(), 0) };
-        cvt(r).map(drop).map_err(|errno| at_error(OP, rel, errno))
+        let (parent, name) = self.parent_of("remove", rel)?;
+        unlink_at(parent.as_fd(), &name, rel)
     }
 
     /// Metadata of the entry itself; `None` if it (or a directory above it) does not exist.
@@ -281,11 +267,7 @@ impl Root {
             Err(ConfineError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
-        match stat_at(parent.as_fd(), &name) {
-            Ok(st) => Ok(Some(st)),
-            Err(libc::ENOENT) => Ok(None),
-            Err(errno) => Err(io_error(OP, rel, errno)),
-        }
+        lstat_at(parent.as_fd(), &name, rel)
     }
 
     /// The target of symlink `rel`, as raw bytes.
@@ -360,8 +342,7 @@ impl Root {
     /// Makes directory `rel`'s entries (names created, renamed, removed) durable.
     pub fn fsync_dir(&self, rel: &RelPath) -> Result<(), ConfineError> {
         let fd = self.open_dir_with("sync", rel, libc::O_RDONLY)?;
-        sync_fd(fd.as_fd())
-            .map_err(|e| io_error("sync", rel, e.raw_os_error().unwrap_or(libc::EIO)))
+        sync_dir(fd.as_fd(), rel)
     }
 
     /// Makes everything written to the root's filesystem durable (one call per batch).
@@ -573,41 +554,25 @@ impl Dir {
 
     /// As [`Root::lstat`], for `rel` directly in this directory.
     pub fn lstat(&self, rel: &RelPath) -> Result<Option<Stat>, ConfineError> {
-        match stat_at(self.fd.as_fd(), &self.name_of("stat", rel)?) {
-            Ok(st) => Ok(Some(st)),
-            Err(libc::ENOENT) => Ok(None),
-            Err(errno) => Err(io_error("stat", rel, errno)),
-        }
+        lstat_at(self.fd.as_fd(), &self.name_of("stat", rel)?, rel)
     }
 
     /// As [`Root::rename`], for `from` and `to` both directly in this directory.
     pub fn rename(&self, from: &RelPath, to: &RelPath) -> Result<(), ConfineError> {
         let from_name = self.name_of("rename", from)?;
         let to_name = self.name_of("rename", to)?;
-        let fd = self.fd.as_raw_fd();
-        // SAFETY: valid fd and C strings.
-        let r = unsafe { libc::renameat(fd, from_name.as_ptr(), fd, to_name.as_ptr()) };
-        match cvt(r) {
-            Ok(_) => Ok(()),
-            Err(libc::ENOENT) => Err(ConfineError::NotFound { rel: from.clone() }),
-            Err(errno) => Err(io_error("rename", to, errno)),
-        }
+        let fd = self.fd.as_fd();
+        rename_at((fd, &from_name, from), (fd, &to_name, to))
     }
 
     /// As [`Root::remove_file`], for `rel` directly in this directory.
     pub fn remove_file(&self, rel: &RelPath) -> Result<(), ConfineError> {
-        let name = self.name_of("remove", rel)?;
-        // SAFETY: valid fd and C string.
-        let r = unsafe { libc::unlinkat(self.fd.as_raw_fd(), name.as_ptr(), 0) };
-        cvt(r)
-            .map(drop)
-            .map_err(|errno| at_error("remove", rel, errno))
+        unlink_at(self.fd.as_fd(), &self.name_of("remove", rel)?, rel)
     }
 
     /// Makes this directory's entries (names created, renamed, removed) durable.
     pub fn sync(&self) -> Result<(), ConfineError> {
-        sync_fd(self.fd.as_fd())
-            .map_err(|e| io_error("sync", &self.rel, e.raw_os_error().unwrap_or(libc::EIO)))
+        sync_dir(self.fd.as_fd(), &self.rel)
     }
 }
 
@@ -615,6 +580,51 @@ impl AsFd for Dir {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// The metadata of `name` in `dir` (`rel` names it in errors); `None` if it is missing.
+fn lstat_at(dir: BorrowedFd<'_>, name: &CStr, rel: &RelPath) -> Result<Option<Stat>, ConfineError> {
+    match stat_at(dir, name) {
+        Ok(st) => Ok(Some(st)),
+        Err(libc::ENOENT) => Ok(None),
+        Err(errno) => Err(io_error("stat", rel, errno)),
+    }
+}
+
+/// renameat of `(dir, name, rel)` `from` to `to`, both parents already held.
+fn rename_at(
+    (from_dir, from_name, from): (BorrowedFd<'_>, &CStr, &RelPath),
+    (to_dir, to_name, to): (BorrowedFd<'_>, &CStr, &RelPath),
+) -> Result<(), ConfineError> {
+    // SAFETY: valid fds and C strings.
+    let r = unsafe {
+        libc::renameat(
+            from_dir.as_raw_fd(),
+            from_name.as_ptr(),
+            to_dir.as_raw_fd(),
+            to_name.as_ptr(),
+        )
+    };
+    match cvt(r) {
+        Ok(_) => Ok(()),
+        // The parents are open, so a missing name can only be the source.
+        Err(libc::ENOENT) => Err(ConfineError::NotFound { rel: from.clone() }),
+        Err(errno) => Err(io_error("rename", to, errno)),
+    }
+}
+
+/// unlinkat of file or symlink `name` in `dir` (`rel` names it in errors).
+fn unlink_at(dir: BorrowedFd<'_>, name: &CStr, rel: &RelPath) -> Result<(), ConfineError> {
+    // SAFETY: valid fd and C string.
+    let r = unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
+    cvt(r)
+        .map(drop)
+        .map_err(|errno| at_error("remove", rel, errno))
+}
+
+/// fsync of directory `fd` (`rel`), making its entries durable.
+fn sync_dir(fd: BorrowedFd<'_>, rel: &RelPath) -> Result<(), ConfineError> {
+    sync_fd(fd).map_err(|e| io_error("sync", rel, e.raw_os_error().unwrap_or(libc::EIO)))
 }
 
 /// A regular file at `path` beneath `dir` (see [`Root::open`]); `rel` names it in errors.
