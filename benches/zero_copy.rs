@@ -37,9 +37,7 @@ async fn read_all(path: Arc<PathBuf>, to_vec: bool) {
 }
 
 async fn write_all(path: Arc<PathBuf>) {
-    let file = File::open_write(&path, 0o600, libc::O_CLOEXEC)
-        .await
-        .expect("opens");
+    let file = File::open_write(&path, 0o600).await.expect("opens");
     let mut at = 0;
     while at < FILE_BYTES {
         // A fresh buffer each time, as the receive path hands one per chunk.

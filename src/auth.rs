@@ -23,7 +23,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+#[cfg(unix)]
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -73,7 +74,9 @@ const FINGERPRINT_BYTES: usize = 32;
 
 /// Default state directory: `$HOME/.tpc-xfer`.
 pub fn default_state_dir() -> Result<PathBuf, AuthError> {
-    match std::env::var_os("HOME") {
+    // Windows has no HOME; USERPROFILE is the user's home there.
+    let home = if cfg!(windows) { "USERPROFILE" } else { "HOME" };
+    match std::env::var_os(home) {
         Some(home) if !home.is_empty() => Ok(PathBuf::from(home).join(STATE_DIR_NAME)),
         _ => Err(AuthError::NoHome),
     }
@@ -401,11 +404,7 @@ impl KnownServers {
             path: path.clone(),
             source,
         };
-        let file = OpenOptions::new()
-            .append(true)
-            .read(true)
-            .create(true)
-            .mode(0o600)
+        let file = owner_only(OpenOptions::new().append(true).read(true).create(true))
             .open(&path)
             .map_err(|e| io_error("open", e))?;
         let metadata = file.metadata().map_err(|e| io_error("inspect", e))?;
@@ -415,7 +414,7 @@ impl KnownServers {
         // extending the last entry.
         if metadata.len() > 0 {
             let mut last = [0u8; 1];
-            file.read_exact_at(&mut last, metadata.len() - 1)
+            tpc_engine::os::read_exact_at(&file, &mut last, metadata.len() - 1)
                 .map_err(|e| io_error("read", e))?;
             if last[0] != b'\n' {
                 line.push('\n');
@@ -960,15 +959,15 @@ fn parse_lines(
 }
 
 fn prepare_state_dir(state_dir: &Path) -> Result<(), AuthError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(state_dir)
-        .map_err(|source| AuthError::Io {
-            action: "create",
-            path: state_dir.to_path_buf(),
-            source,
-        })?;
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    builder.mode(0o700);
+    builder.create(state_dir).map_err(|source| AuthError::Io {
+        action: "create",
+        path: state_dir.to_path_buf(),
+        source,
+    })?;
     let metadata = fs::metadata(state_dir).map_err(|source| AuthError::Io {
         action: "inspect",
         path: state_dir.to_path_buf(),
@@ -996,12 +995,7 @@ fn read_key_file(path: &Path) -> Result<Option<String>, AuthError> {
         });
     }
     check_owner(path, &metadata)?;
-    if metadata.mode() & 0o077 != 0 {
-        return Err(AuthError::KeyPermissions {
-            path: path.to_path_buf(),
-            mode: metadata.mode() & 0o7777,
-        });
-    }
+    check_private(path, &metadata)?;
     let bytes = read_bounded(file, path, metadata.len(), KEY_FILE_BYTES_MAX)?;
     String::from_utf8(bytes)
         .map(Some)
@@ -1029,10 +1023,7 @@ fn create_key_file(state_dir: &Path, path: &Path) -> Result<(), AuthError> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_error("remove", &temp, e)),
         _ => {}
     }
-    let written = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
+    let written = owner_only(OpenOptions::new().write(true).create_new(true))
         .open(&temp)
         .and_then(|mut file| {
             file.write_all(pem.as_bytes())?;
@@ -1087,6 +1078,46 @@ fn check_state_file_metadata(path: &Path, metadata: &fs::Metadata) -> Result<(),
     check_not_writable_by_others(path, metadata)
 }
 
+/// A new file's mode: the owner's alone (0600). Windows has no mode: a file takes the
+/// ACL of its directory, which under the user's profile is the user's alone.
+fn owner_only(options: &mut OpenOptions) -> &mut OpenOptions {
+    #[cfg(unix)]
+    options.mode(0o600);
+    options
+}
+
+// Windows: std reads neither an owner nor mode bits, so the three checks below cannot be
+// made there. The default state directory lies under the user's profile, whose ACL
+// admits only that user (and administrators); the README says so.
+
+/// A key file must be readable by its owner alone.
+#[cfg(unix)]
+fn check_private(path: &Path, metadata: &fs::Metadata) -> Result<(), AuthError> {
+    if metadata.mode() & 0o077 != 0 {
+        return Err(AuthError::KeyPermissions {
+            path: path.to_path_buf(),
+            mode: metadata.mode() & 0o7777,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(windows)]
+fn check_private(_path: &Path, _metadata: &fs::Metadata) -> Result<(), AuthError> {
+    Ok(())
+}
+
+#[cfg(windows)]
+fn check_owner(_path: &Path, _metadata: &fs::Metadata) -> Result<(), AuthError> {
+    Ok(())
+}
+
+#[cfg(windows)]
+fn check_not_writable_by_others(_path: &Path, _metadata: &fs::Metadata) -> Result<(), AuthError> {
+    Ok(())
+}
+
+#[cfg(unix)]
 fn check_owner(path: &Path, metadata: &fs::Metadata) -> Result<(), AuthError> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let user = unsafe { libc::geteuid() };
@@ -1100,6 +1131,7 @@ fn check_owner(path: &Path, metadata: &fs::Metadata) -> Result<(), AuthError> {
     Ok(())
 }
 
+#[cfg(unix)]
 fn check_not_writable_by_others(path: &Path, metadata: &fs::Metadata) -> Result<(), AuthError> {
     if metadata.mode() & 0o022 != 0 {
         return Err(AuthError::WritableByOthers {

@@ -2,7 +2,6 @@
 //! shards) and metadata (type, size, mode, mtime, link target).
 
 use std::collections::BTreeMap;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use serde::Serialize;
@@ -49,7 +48,7 @@ pub fn run(a: &Path, b: &Path, opts: &CopyOptions) -> Exit {
             .into_iter()
             .map(|e| {
                 (
-                    e.rel.as_os_str().as_bytes().to_vec(),
+                    walk::bytes(e.rel.as_os_str()).into_owned(),
                     CheckedEntry {
                         meta: e.meta,
                         digest: None,
@@ -85,7 +84,7 @@ pub fn run(a: &Path, b: &Path, opts: &CopyOptions) -> Exit {
         .flat_map(|rel| {
             let size = tree_a[rel].meta.size_bytes;
             [path_of(a, rel), path_of(b, rel)].map(|p| JobFile {
-                rel: p.as_os_str().as_bytes().to_vec(),
+                rel: walk::bytes(p.as_os_str()).into_owned(),
                 src: p,
                 dst: None,
                 size_bytes: size,

@@ -3,9 +3,8 @@
 //! directory metadata.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::io;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -137,7 +136,7 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
             .iter()
             .flat_map(|(src, dst, e)| {
                 [src, dst].map(|p| JobFile {
-                    rel: p.as_os_str().as_bytes().to_vec(),
+                    rel: walk::bytes(p.as_os_str()).into_owned(),
                     src: p.clone(),
                     dst: None,
                     size_bytes: e.meta.size_bytes,
@@ -283,7 +282,7 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
         let files = to_verify
             .iter()
             .map(|(path, size, _)| JobFile {
-                rel: path.as_os_str().as_bytes().to_vec(),
+                rel: walk::bytes(path.as_os_str()).into_owned(),
                 src: path.clone(),
                 dst: None,
                 size_bytes: *size,
@@ -377,7 +376,7 @@ impl Plan {
     fn push_copy(&mut self, src: &Path, dst: &Path, e: &Entry, pid: u32) {
         let tmp = temp_path(dst, pid, &self.job.len().to_string());
         self.job.push(JobFile {
-            rel: e.rel.as_os_str().as_bytes().to_vec(),
+            rel: walk::bytes(e.rel.as_os_str()).into_owned(),
             src: src.to_path_buf(),
             dst: Some(Destination {
                 tmp,
@@ -400,7 +399,7 @@ fn mark_touched(touched: &mut HashSet<PathBuf>, path: &Path) {
 /// Applies rsync's rules to each source: where does it land?
 fn resolve_roots(sources: &[OsString], dest: &Path, problems: &mut Problems) -> Option<Vec<Root>> {
     let dest_is_dir = std::fs::metadata(dest).map(|m| m.is_dir()).unwrap_or(false);
-    let dest_says_dir = dest.as_os_str().as_bytes().ends_with(b"/");
+    let dest_says_dir = walk::bytes(dest.as_os_str()).ends_with(b"/");
     let mut roots = Vec::new();
     let mut need_dest_dir = sources.len() > 1 || dest_says_dir;
     for s in sources {
@@ -412,7 +411,7 @@ fn resolve_roots(sources: &[OsString], dest: &Path, problems: &mut Problems) -> 
                 continue;
             }
         };
-        let contents = s.as_bytes().ends_with(b"/") || src.file_name().is_none();
+        let contents = walk::bytes(s).ends_with(b"/") || src.file_name().is_none();
         let is_dir = md.is_dir()
             || (contents && std::fs::metadata(&src).map(|m| m.is_dir()).unwrap_or(false));
         let dst = if is_dir {
@@ -627,9 +626,13 @@ fn prepare_dir(dst: &Path, before: Option<&Entry>) -> io::Result<DirState> {
 }
 
 fn mkdir(dst: &Path) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
     // 0700 until the final pass sets the real mode: no one else sees a half-copied tree.
-    std::fs::DirBuilder::new().mode(0o700).create(dst)
+    #[cfg(unix)]
+    return std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(dst);
+    // Windows has no mode: the directory inherits its parent's ACL.
+    #[cfg(windows)]
+    std::fs::create_dir(dst)
 }
 
 /// Recreates a symlink (never followed) atomically: made under a temporary name, then
@@ -652,7 +655,7 @@ fn copy_symlink(e: &Entry, dst: &Path, before: Option<&Entry>, pid: u32) -> io::
     }
     let tmp = temp_path(dst, pid, "l");
     let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(walk::os(target), &tmp)?;
+    make_symlink(&walk::os(target), &tmp)?;
     if let Err(err) =
         set_metadata(&tmp, &e.meta, e.atime, true).and_then(|_| std::fs::rename(&tmp, dst))
     {
@@ -665,12 +668,9 @@ fn copy_symlink(e: &Entry, dst: &Path, before: Option<&Entry>, pid: u32) -> io::
 /// Links `other` to `first` (a hard link), atomically replacing what was there.
 /// Returns false when it already was the same file.
 fn make_hard_link(first: &Path, other: &Path, pid: u32) -> io::Result<bool> {
-    use std::os::unix::fs::MetadataExt;
-    let a = std::fs::symlink_metadata(first)?;
-    if let Ok(b) = std::fs::symlink_metadata(other) {
-        if a.dev() == b.dev() && a.ino() == b.ino() {
-            return Ok(false);
-        }
+    std::fs::symlink_metadata(first)?;
+    if tpc_engine::os::same_entry(first, other).unwrap_or(false) {
+        return Ok(false);
     }
     let tmp = temp_path(other, pid, "h");
     let _ = std::fs::remove_file(&tmp);
@@ -696,14 +696,11 @@ fn remove_stale_temps(dir: &Path) {
         return;
     };
     for item in reader.flatten() {
-        let name = item.file_name().into_vec();
-        let Some(pid) = stale_temp_pid(&name) else {
+        let name = item.file_name();
+        let Some(pid) = stale_temp_pid(&walk::bytes(&name)) else {
             continue;
         };
-        // SAFETY: kill with signal 0 only checks whether the process exists.
-        let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0
-            || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        if !alive || pid == std::process::id() {
+        if !tpc_engine::os::pid_alive(pid) || pid == std::process::id() {
             let _ = std::fs::remove_file(item.path());
         }
     }
@@ -718,40 +715,41 @@ pub(crate) fn stale_temp_pid(name: &[u8]) -> Option<u32> {
     std::str::from_utf8(&rest[..dot]).ok()?.parse().ok()
 }
 
+/// Sets the permission bits of `path` (on Windows: read-only unless the owner may write).
 fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    #[cfg(unix)]
+    let perm = std::os::unix::fs::PermissionsExt::from_mode(mode);
+    #[cfg(windows)]
+    let perm = {
+        let mut perm = std::fs::metadata(path)?.permissions();
+        perm.set_readonly(mode & 0o200 == 0);
+        perm
+    };
+    std::fs::set_permissions(path, perm)
 }
 
 /// Sets mode (unless a symlink) and times of `path`, never following a symlink.
 fn set_metadata(path: &Path, meta: &EntryMeta, atime: (i64, u32), is_link: bool) -> io::Result<()> {
-    if !is_link {
-        set_mode(path, meta.mode)?;
-    }
-    let c = CString::new(path.as_os_str().as_bytes())?;
-    let times = [
-        libc::timespec {
-            tv_sec: atime.0 as libc::time_t,
-            tv_nsec: atime.1 as libc::c_long,
-        },
-        libc::timespec {
-            tv_sec: meta.mtime_sec as libc::time_t,
-            tv_nsec: meta.mtime_nsec as libc::c_long,
-        },
-    ];
-    // SAFETY: valid C string and a two-element timespec array.
-    if unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    } != 0
+    let mode = (!is_link).then_some(meta.mode);
+    tpc_engine::os::set_path_meta(path, mode, atime, (meta.mtime_sec, meta.mtime_nsec))
+}
+
+/// A symlink at `link` to `target`. Windows records whether a link names a file or a
+/// directory: it is made as the kind its target is now, a file link if that is unknown.
+fn make_symlink(target: &std::ffi::OsStr, link: &Path) -> io::Result<()> {
+    #[cfg(unix)]
     {
-        return Err(io::Error::last_os_error());
+        std::os::unix::fs::symlink(target, link)
     }
-    Ok(())
+    #[cfg(windows)]
+    {
+        let resolved = link.parent().unwrap_or(Path::new(".")).join(target);
+        if std::fs::metadata(resolved).is_ok_and(|m| m.is_dir()) {
+            std::os::windows::fs::symlink_dir(target, link)
+        } else {
+            std::os::windows::fs::symlink_file(target, link)
+        }
+    }
 }
 
 /// Hashes files on the shards; returns each file's digest or error, in order.

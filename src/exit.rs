@@ -47,13 +47,15 @@ impl Exit {
     /// Classifies an error met while writing to the destination.
     pub fn for_write(errno: Option<i32>) -> Exit {
         match errno {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => Exit::NoSpace,
+            Some(libc::ENOSPC) => Exit::NoSpace,
+            #[cfg(unix)]
+            Some(libc::EDQUOT) => Exit::NoSpace,
             _ => Exit::Destination,
         }
     }
 
     pub fn for_write_error(e: &io::Error) -> Exit {
-        Exit::for_write(e.raw_os_error())
+        Exit::for_write(tpc_engine::os::errno(e))
     }
 }
 

@@ -14,7 +14,7 @@ use tpc_engine::rt::IoChoice;
 use tpc_engine::Durability;
 use tpc_xfer::exit::{Exit, EXIT_CODES_HELP};
 use tpc_xfer::remote::congestion::Congestion;
-use tpc_xfer::{auth, check, copy, remote};
+use tpc_xfer::{auth, check, copy, remote, walk};
 
 /// Thread-per-core file transfer: every chunk hashed with BLAKE3, every file written
 /// atomically and durably.
@@ -271,11 +271,10 @@ fn copy_any(
     remote_args: &RemoteArgs,
     state: &StateArg,
 ) -> Exit {
-    use std::os::unix::ffi::OsStrExt;
-    let remote_dest = remote::RemoteSpec::parse(dest.as_os_str().as_bytes());
+    let remote_dest = remote::RemoteSpec::parse(&walk::bytes(dest.as_os_str()));
     let remote_srcs: Vec<_> = sources
         .iter()
-        .filter_map(|s| remote::RemoteSpec::parse(s.as_bytes()))
+        .filter_map(|s| remote::RemoteSpec::parse(&walk::bytes(s)))
         .collect();
     if remote_dest.is_none() && remote_srcs.is_empty() {
         return copy::run(sources, dest, opts);

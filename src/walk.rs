@@ -1,9 +1,8 @@
 //! Walking a tree without following symlinks, and reading the metadata the engine compares.
 
+use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use tpc_core::limits::{PATH_BYTES_MAX, TREE_DEPTH_MAX};
@@ -43,14 +42,8 @@ fn entry_from(rel: PathBuf, path: &Path, md: &std::fs::Metadata) -> io::Result<E
         (EntryKind::Dir, None)
     } else if ft.is_symlink() {
         (EntryKind::Symlink, None)
-    } else if ft.is_fifo() {
-        (EntryKind::Special, Some("FIFO"))
-    } else if ft.is_socket() {
-        (EntryKind::Special, Some("socket"))
-    } else if ft.is_block_device() {
-        (EntryKind::Special, Some("block device"))
     } else {
-        (EntryKind::Special, Some("character device"))
+        (EntryKind::Special, Some(special_kind(&ft)))
     };
     let link_target = if kind == EntryKind::Symlink {
         Some(
@@ -61,24 +54,83 @@ fn entry_from(rel: PathBuf, path: &Path, md: &std::fs::Metadata) -> io::Result<E
     } else {
         None
     };
+    let os = OsMeta::of(md);
     Ok(Entry {
         rel,
         meta: EntryMeta {
             kind,
-            size_bytes: if kind == EntryKind::File {
-                md.size()
-            } else {
-                0
-            },
-            mode: md.mode() & 0o7777,
-            mtime_sec: md.mtime(),
-            mtime_nsec: md.mtime_nsec() as u32,
+            size_bytes: if kind == EntryKind::File { md.len() } else { 0 },
+            mode: os.mode,
+            mtime_sec: os.mtime.0,
+            mtime_nsec: os.mtime.1,
             link_target,
         },
-        atime: (md.atime(), md.atime_nsec() as u32),
-        inode: (md.dev(), md.ino(), md.nlink()),
+        atime: os.atime,
+        inode: os.inode,
         special,
     })
+}
+
+/// What each OS reports differently: permission bits, times, identity.
+struct OsMeta {
+    mode: u32,
+    mtime: (i64, u32),
+    atime: (i64, u32),
+    inode: (u64, u64, u64),
+}
+
+impl OsMeta {
+    #[cfg(unix)]
+    fn of(md: &std::fs::Metadata) -> OsMeta {
+        use std::os::unix::fs::MetadataExt;
+        OsMeta {
+            mode: md.mode() & 0o7777,
+            mtime: (md.mtime(), md.mtime_nsec() as u32),
+            atime: (md.atime(), md.atime_nsec() as u32),
+            inode: (md.dev(), md.ino(), md.nlink()),
+        }
+    }
+
+    /// Windows keeps one permission bit (read-only): `0o644`, or `0o755` for a directory,
+    /// less the write bits when read-only. Its path metadata has no link count (std
+    /// gives one only through an open handle), so hard links are not detected and each
+    /// is copied as a file of its own (`(0, 0, 1)`: a single link).
+    #[cfg(windows)]
+    fn of(md: &std::fs::Metadata) -> OsMeta {
+        let full = if md.is_dir() { 0o755 } else { 0o644 };
+        let time =
+            |t: io::Result<std::time::SystemTime>| t.map_or((0, 0), tpc_engine::os::since_epoch);
+        OsMeta {
+            mode: if md.permissions().readonly() {
+                full & !0o222
+            } else {
+                full
+            },
+            mtime: time(md.modified()),
+            atime: time(md.accessed()),
+            inode: (0, 0, 1),
+        }
+    }
+}
+
+/// What a special file (neither file, directory nor symlink) is, for the warning.
+#[cfg(unix)]
+fn special_kind(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_fifo() {
+        "FIFO"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_block_device() {
+        "block device"
+    } else {
+        "character device"
+    }
+}
+
+#[cfg(windows)]
+fn special_kind(_ft: &std::fs::FileType) -> &'static str {
+    "special file"
 }
 
 /// Walks `root` in pre-order (a directory before its children, children sorted by name).
@@ -165,7 +217,7 @@ pub fn walk(root: &Path) -> io::Result<(Vec<Entry>, Vec<WalkError>)> {
 /// Quotes a path for one-line messages: control characters (a newline in a file name)
 /// are escaped so that every report stays one line.
 pub fn quote(path: &Path) -> String {
-    quote_bytes(path.as_os_str().as_bytes())
+    quote_bytes(&bytes(path.as_os_str()))
 }
 
 pub fn quote_bytes(bytes: &[u8]) -> String {
@@ -186,6 +238,39 @@ pub fn quote_bytes(bytes: &[u8]) -> String {
     out
 }
 
-pub fn os(bytes: &[u8]) -> &OsStr {
-    OsStr::from_bytes(bytes)
+/// A name or relative path as the wire and the engine carry it: on Unix its bytes; on
+/// Windows its UTF-8 form (WTF-8 for ill-formed UTF-16) with `\` separators as `/`.
+pub fn bytes(s: &OsStr) -> Cow<'_, [u8]> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        Cow::Borrowed(s.as_bytes())
+    }
+    #[cfg(windows)]
+    {
+        let b = s.as_encoded_bytes();
+        if b.contains(&b'\\') {
+            Cow::Owned(
+                b.iter()
+                    .map(|&c| if c == b'\\' { b'/' } else { c })
+                    .collect(),
+            )
+        } else {
+            Cow::Borrowed(b)
+        }
+    }
+}
+
+/// The inverse of [`bytes`]: wire bytes as a name or path of this OS. On Windows bytes
+/// that are not UTF-8 are replaced (U+FFFD); Windows takes `/` as a separator.
+pub fn os(bytes: &[u8]) -> Cow<'_, OsStr> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        Cow::Borrowed(OsStr::from_bytes(bytes))
+    }
+    #[cfg(windows)]
+    {
+        Cow::Owned(String::from_utf8_lossy(bytes).into_owned().into())
+    }
 }

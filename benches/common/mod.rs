@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+#[cfg(target_os = "linux")]
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use tpc_core::codec::{Compression, CODECS_SAME, CODECS_ZSTD};
 use tpc_core::wire::Run;
 use tpc_core::ChunkHash;
-use tpc_engine::direct::{self, DirectFile};
+use tpc_engine::direct::DirectFile;
 use tpc_engine::quic::{bind_socket, Connection, Endpoint, RecvStream, SendStream};
 use tpc_engine::rt::File;
 use tpc_engine::rt::{self, Driver, IoChoice};
@@ -367,7 +368,7 @@ pub async fn serve_run_over(
     let first = u32::from_le_bytes(header[..4].try_into().unwrap());
     let count = u32::from_le_bytes(header[4..8].try_into().unwrap());
     let run = bench_run(size, first, count, header[8]);
-    let file = File::open_write(&dst, 0o600, libc::O_CLOEXEC)
+    let file = File::open_write(&dst, 0o600)
         .await
         .expect("destination opens");
     let old = match old {
@@ -376,15 +377,15 @@ pub async fn serve_run_over(
     };
     // As a receiver does: a direct-I/O handle beside the ordinary one, where the
     // filesystem takes one.
-    let direct = direct::open_flag()
-        .and_then(|flag| {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(flag)
-                .open(&dst)
-                .ok()
-        })
-        .map(|f| DirectFile::from_fd(f.into()));
+    #[cfg(target_os = "linux")]
+    let direct = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&dst)
+        .ok()
+        .map(DirectFile::from_std);
+    #[cfg(not(target_os = "linux"))]
+    let direct: Option<DirectFile> = None;
     let mut log = RunLog::default();
     receive_run(
         &mut recv,

@@ -12,8 +12,6 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -32,7 +30,7 @@ use tpc_core::wire::{
 };
 use tpc_core::ChunkHash;
 use tpc_core::EntryKind;
-use tpc_engine::confine::Root;
+use tpc_engine::confine::{Access, Root};
 use tpc_engine::mesh::{MeshPeer, Receivers, Senders};
 use tpc_engine::quic::{bind_socket, udp_payload_max_towards, Connection, Endpoint, QuicError};
 use tpc_engine::rt::{self, File};
@@ -766,10 +764,10 @@ async fn move_range(
         let root = work.local_root.as_ref().expect("pull has a local root");
         let tmp = f.local_tmp.as_ref().expect("pull has temporaries");
         let fd = root
-            .open(tmp, libc::O_WRONLY, 0)
+            .open(tmp, Access::Write)
             .map_err(|e| Failure::new(ErrorCode::Io, e.to_string()))?;
-        let direct = open_direct(root, tmp, run.size, fd.as_fd());
-        let file = File::from_fd(fd);
+        let direct = open_direct(root, tmp, run.size, &fd);
+        let file = File::from_std(fd);
         let what = tmp.to_string();
         let mut log = RunLog::default();
         let got = receive_run(
@@ -1528,11 +1526,11 @@ fn push_manifest(
     let mut srcs = Vec::new();
     let mut has_base = false;
     for s in sources {
-        let contents = s.arg.as_bytes().ends_with(b"/") || s.path.file_name().is_none();
+        let contents = walk::bytes(&s.arg).ends_with(b"/") || s.path.file_name().is_none();
         let name = s
             .path
             .file_name()
-            .map(|n| n.as_bytes().to_vec())
+            .map(|n| walk::bytes(n).into_owned())
             .unwrap_or_default();
         let is_dir = s
             .entries
@@ -1550,7 +1548,8 @@ fn push_manifest(
             Vec::new()
         };
         for e in &s.entries {
-            let rel = e.rel.as_os_str().as_bytes();
+            let rel = walk::bytes(e.rel.as_os_str());
+            let rel = &rel[..];
             let path = match (prefix.is_empty(), rel.is_empty()) {
                 (true, _) => rel.to_vec(),
                 (false, true) => prefix.clone(),
@@ -1641,7 +1640,7 @@ fn pull_target(
         .unwrap_or(b"")
         .to_vec();
     let dest_is_dir = std::fs::metadata(dest).map(|m| m.is_dir()).unwrap_or(false);
-    let dest_says_dir = dest.as_os_str().as_bytes().ends_with(b"/");
+    let dest_says_dir = walk::bytes(dest.as_os_str()).ends_with(b"/");
     let open = |dir: &Path| -> Result<Root, (Exit, String)> {
         if !dir.exists() {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -1676,7 +1675,7 @@ fn pull_target(
         };
         let file = dest
             .file_name()
-            .map(|n| n.as_bytes().to_vec())
+            .map(|n| walk::bytes(n).into_owned())
             .ok_or_else(|| (Exit::Usage, format!("bad destination {}", quote(dest))))?;
         Ok((open(&parent)?, rel(&file)?))
     }

@@ -4,7 +4,6 @@
 //! run, decode every chunk (or take it from the old version of the file) and verify it
 //! against its hash, and only then write it.
 
-use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Instant;
 
 use tpc_core::codec::{
@@ -16,8 +15,9 @@ use tpc_core::relpath::RelPath;
 use tpc_core::window::STREAMS_IN_FLIGHT_MIN;
 use tpc_core::wire::{run_bytes, ErrorCode, Run};
 use tpc_core::ChunkHash;
-use tpc_engine::confine::{fstat, Root};
+use tpc_engine::confine::{Access, Root};
 use tpc_engine::direct::{self, aligned_buf, AlignedBuf, DirectFile, DIRECT_ALIGN};
+use tpc_engine::os;
 use tpc_engine::quic::{RecvStream, SendStream};
 use tpc_engine::rt::File;
 
@@ -48,7 +48,11 @@ impl std::fmt::Display for DataError {
     }
 }
 
-fn io_failure(what: &str, e: impl std::fmt::Display, errno: Option<i32>) -> DataError {
+fn io_failure(what: &str, e: &std::io::Error) -> DataError {
+    local_failure(what, e, os::errno(e))
+}
+
+fn local_failure(what: &str, e: impl std::fmt::Display, errno: Option<i32>) -> DataError {
     DataError::Local(Failure::new(
         errno.map_or(ErrorCode::Io, ErrorCode::for_errno),
         format!("{what}: {e}"),
@@ -189,7 +193,7 @@ pub async fn send_run(
     };
     let mut encoder = match compression {
         Compression::Never => None,
-        mode => Some(PooledEncoder::take(mode).map_err(|e| io_failure("zstd", &e, None))?),
+        mode => Some(PooledEncoder::take(mode).map_err(|e| local_failure("zstd", &e, None))?),
     };
     let mut frames = Vec::new();
     for (index, (pos, n)) in spans.enumerate() {
@@ -197,7 +201,7 @@ pub async fn send_run(
             let buf = file
                 .read_at(pos, n)
                 .await
-                .map_err(|e| io_failure(what, &e, e.raw_os_error()))?;
+                .map_err(|e| io_failure(what, &e))?;
             if buf.len() != n {
                 return Err(DataError::Local(Failure::new(
                     ErrorCode::Changed,
@@ -253,7 +257,7 @@ pub async fn send_run(
                 }
                 let started = Instant::now();
                 enc.compress_frame(piece, &mut frames)
-                    .map_err(|e| io_failure("zstd", &e, None))?;
+                    .map_err(|e| local_failure("zstd", &e, None))?;
                 enc.observe(piece.len(), started.elapsed().as_secs_f64());
                 ZSTD_SPEED.set(enc.speed());
                 if !Encoder::keep(frames.len(), n) {
@@ -413,7 +417,7 @@ impl std::ops::DerefMut for ChunkBuf {
 pub const DIRECT_FILE_BYTES_MIN: u64 = 1 << 20;
 
 /// A direct-I/O handle on `rel` beneath `root`, a file of `size` bytes already open as
-/// `fd`, where the platform and the filesystem offer one and the file is large enough
+/// `file`, where the platform and the filesystem offer one and the file is large enough
 /// (`DIRECT_FILE_BYTES_MIN`). It is opened by name (confined as every open is) and kept
 /// only if it is the very file `fd` is, so that no rename in between can send the data
 /// elsewhere.
@@ -421,15 +425,15 @@ pub fn open_direct(
     root: &Root,
     rel: &RelPath,
     size: u64,
-    fd: BorrowedFd<'_>,
+    file: &std::fs::File,
 ) -> Option<DirectFile> {
-    if size < DIRECT_FILE_BYTES_MIN {
+    if !direct::AVAILABLE || size < DIRECT_FILE_BYTES_MIN {
         return None;
     }
-    let flag = direct::open_flag()?;
-    let dfd = root.open(rel, libc::O_WRONLY | flag, 0).ok()?;
-    let (a, b) = (fstat(fd).ok()?, fstat(dfd.as_fd()).ok()?);
-    ((a.dev, a.ino) == (b.dev, b.ino)).then(|| DirectFile::from_fd(dfd))
+    let direct = root.open(rel, Access::WriteDirect).ok()?;
+    os::same_file(file, &direct)
+        .ok()?
+        .then(|| DirectFile::from_std(direct))
 }
 
 // Chunk offsets are whole chunks, so every direct write starts on a block boundary: only
@@ -465,7 +469,7 @@ async fn write_chunk(
         match wrote {
             Ok(w) => done = w,
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => *direct = None,
-            Err(e) => return Err(io_failure(what, &e, e.raw_os_error())),
+            Err(e) => return Err(io_failure(what, &e)),
         }
     }
     if done < n {
@@ -480,28 +484,16 @@ async fn write_plain(file: &File, data: Vec<u8>, pos: u64, what: &str) -> Result
     let wrote = file
         .write_at(data, pos)
         .await
-        .map_err(|e| io_failure(what, &e, e.raw_os_error()))?;
+        .map_err(|e| io_failure(what, &e))?;
     if wrote != n {
         // The write took the buffer, so its rest cannot be written again to learn why it
         // stopped: one byte stands in for it. The file is a temporary one that this
         // failure discards, so the byte's value does not matter; its errno names the
         // cause (ENOSPC for a full disk, EDQUOT, EFBIG), where "short write" would not.
         let at = pos + wrote as u64;
-        let probe = libc::off_t::try_from(at).map_or(Err(libc::EFBIG), |off| {
-            // SAFETY: a valid fd and a one-byte buffer that outlives the call.
-            match unsafe { libc::pwrite(file.as_raw_fd(), [0u8].as_ptr().cast(), 1, off) } {
-                1 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()
-                    .raw_os_error()
-                    .unwrap_or(libc::EIO)),
-            }
-        });
-        return Err(match probe {
-            Err(errno) => {
-                let e = std::io::Error::from_raw_os_error(errno);
-                io_failure(what, &e, Some(errno))
-            }
-            Ok(()) => io_failure(what, "short write", None),
+        return Err(match file.with_std(|f| os::write_at(f, &[0u8], at)) {
+            Err(e) => io_failure(what, &e),
+            Ok(_) => local_failure(what, "short write", None),
         });
     }
     Ok(())
@@ -548,7 +540,7 @@ pub async fn receive_run(
                 let dec = match decoder.as_mut() {
                     Some(d) => d,
                     None => {
-                        decoder.insert(Decoder::new().map_err(|e| io_failure("zstd", &e, None))?)
+                        decoder.insert(Decoder::new().map_err(|e| local_failure("zstd", &e, None))?)
                     }
                 };
                 buf.resize_zeroed(n);
@@ -578,7 +570,7 @@ pub async fn receive_run(
                     let got = old
                         .read_at(pos, n)
                         .await
-                        .map_err(|e| io_failure(what, &e, e.raw_os_error()))?;
+                        .map_err(|e| io_failure(what, &e))?;
                     buf.extend_from_slice(&got);
                 }
                 if buf.len() != n {

@@ -9,8 +9,6 @@
 //! off their threads (`rt::spawn_blocking`) so their QUIC endpoints keep running meanwhile.
 
 use std::collections::{BTreeSet, HashMap};
-use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
@@ -18,7 +16,8 @@ use tpc_core::limits::CHUNK_SIZE_BYTES;
 use tpc_core::relpath::RelPath;
 use tpc_core::wire::{Entry, ErrorCode, NeedItem, WireKind, NEED_HAVE_HASHES_MAX};
 use tpc_core::ChunkHash;
-use tpc_engine::confine::{set_file_meta, sync_fd, ConfineError, Dir, FileKind, Root};
+use tpc_engine::confine::{set_file_meta, sync_file, Access, ConfineError, Dir, FileKind, Root};
+use tpc_engine::os;
 
 use super::temp_name;
 use crate::copy::stale_temp_pid;
@@ -68,6 +67,9 @@ struct Planned {
     /// A directory that already had this entry's mode and mtime when planned.
     meta_ok: bool,
 }
+
+/// Directories with more names than this are not scanned for stale temporary files.
+const STALE_SCAN_NAMES_MAX: usize = 1 << 20;
 
 /// Files below this size may be created by their data stream instead of by the plan (see
 /// [`Receiver::create_small_files_on_write`]). Each is one chunk, so one run, and needs no
@@ -387,10 +389,10 @@ impl Receiver {
                     && st.mtime == p.entry.mtime =>
             {
                 if st.mode != p.entry.mode & 0o1777 {
-                    let fd = dir
-                        .open(&p.full, libc::O_RDONLY, 0)
+                    let file = dir
+                        .open(&p.full, Access::Read)
                         .map_err(|e| Failure::confine(&e))?;
-                    set_file_meta(fd.as_fd(), p.entry.mode, st.atime, st.mtime)
+                    set_file_meta(&file, p.entry.mode, st.atime, st.mtime)
                         .map_err(|e| io_failure(&p.full, &e))?;
                 }
                 return Ok(None);
@@ -404,15 +406,14 @@ impl Receiver {
             None
         } else {
             let fd = dir
-                .open(&tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)
+                .open(&tmp, Access::CreateNew { mode: 0o600 })
                 .map_err(|e| Failure::confine(&e))?;
             Some(fd)
         };
         if let Some(fd) = fd.as_ref().filter(|_| p.entry.size > 0) {
             // Size it now, and reserve the space of a large file: a full disk fails it
             // here, before any of its bytes are sent.
-            let rc = reserve(fd.as_fd(), p.entry.size);
-            if rc != 0 {
+            if let Err(rc) = reserve(fd, p.entry.size) {
                 let _ = dir.remove_file(&tmp);
                 return Err(Failure::new(
                     ErrorCode::for_errno(rc),
@@ -420,7 +421,7 @@ impl Receiver {
                         "cannot allocate {} bytes for {}: {}",
                         p.entry.size,
                         p.full,
-                        std::io::Error::from_raw_os_error(rc)
+                        os::errno_text(rc)
                     ),
                 ));
             }
@@ -429,8 +430,8 @@ impl Receiver {
         // fails a large file before its old version is read.
         let have = match old_size {
             Some(old) if self.offer_old_hashes && p.entry.size > 0 => {
-                match dir.open(&p.full, libc::O_RDONLY, 0) {
-                    Ok(fd) => old_chunk_hashes(&std::fs::File::from(fd), old, p.entry.size),
+                match dir.open(&p.full, Access::Read) {
+                    Ok(file) => old_chunk_hashes(&file, old, p.entry.size),
                     Err(_) => Vec::new(),
                 }
             }
@@ -458,20 +459,22 @@ impl Receiver {
         )))
     }
 
-    /// Removes temporary files in `dir` left by a receiver process that is gone.
+    /// Removes temporary files in `dir` left by a receiver process that is gone. A
+    /// directory too large to list is left alone: its stale files stay until a run
+    /// finds it smaller, and they never take a live file's name.
     fn remove_stale_temps(&mut self, dir: &Dir) {
-        let fd = dir.as_fd();
-        for name in list_names(fd) {
+        let Ok(names) = dir.names(STALE_SCAN_NAMES_MAX) else {
+            return;
+        };
+        for name in names {
             let Some(pid) = stale_temp_pid(&name) else {
                 continue;
             };
-            // SAFETY: kill with signal 0 only checks whether the process exists.
-            let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0
-                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-            if !alive {
-                if let Ok(c) = CString::new(name) {
-                    // SAFETY: valid dir fd and C string; unlinkat never follows.
-                    unsafe { libc::unlinkat(fd.as_raw_fd(), c.as_ptr(), 0) };
+            if os::pid_alive(pid) {
+                continue;
+            }
+            if let Ok(rel) = dir.rel().join(&name) {
+                if dir.remove_file(&rel).is_ok() {
                     self.changed = true;
                 }
             }
@@ -592,14 +595,14 @@ impl Receiver {
     fn finish_file(&self, f: u32, dir: &Dir) -> Result<(), Failure> {
         let p = &self.planned[f as usize];
         let tmp = temp_path(&p.full, self.pid, self.session, f)?;
-        let fd = dir
-            .open(&tmp, libc::O_WRONLY, 0)
+        let file = dir
+            .open(&tmp, Access::Write)
             .map_err(|e| Failure::confine(&e))?;
-        set_meta(fd.as_fd(), &p.full, p.entry.mode, p.entry.mtime)?;
+        set_meta(&file, &p.full, p.entry.mode, p.entry.mtime)?;
         if self.durable && !cfg!(target_os = "linux") {
             // No syncfs for the batch off Linux: sync through this fd, the one sure way
             // in once the final mode is set.
-            sync_fd(fd.as_fd()).map_err(|e| io_failure(&tmp, &e))?;
+            sync_file(&file).map_err(|e| io_failure(&tmp, &e))?;
         }
         Ok(())
     }
@@ -735,7 +738,6 @@ impl Receiver {
 /// `NEED_HAVE_HASHES_MAX`: what a receiver tells the sender it already has. Unreadable,
 /// or shorter than it said: the hashes so far.
 pub fn old_chunk_hashes(old: &std::fs::File, old_size: u64, new_size: u64) -> Vec<ChunkHash> {
-    use std::os::unix::fs::FileExt;
     let mut have = Vec::new();
     let mut buf = Vec::new();
     for c in 0..(NEED_HAVE_HASHES_MAX as u64) {
@@ -745,7 +747,7 @@ pub fn old_chunk_hashes(old: &std::fs::File, old_size: u64, new_size: u64) -> Ve
             break;
         }
         buf.resize((end - start) as usize, 0);
-        if old.read_exact_at(&mut buf, start).is_err() {
+        if os::read_exact_at(old, &mut buf, start).is_err() {
             break;
         }
         have.push(ChunkHash::of(&buf));
@@ -773,51 +775,19 @@ fn parent_of(full: &RelPath) -> RelPath {
 /// Sets a received file's mode (setuid and setgid cleared) and mtime (atime = mtime)
 /// through its fd; `full` names it in the error.
 pub fn set_meta(
-    fd: BorrowedFd<'_>,
+    file: &std::fs::File,
     full: &RelPath,
     mode: u32,
     mtime: (i64, u32),
 ) -> Result<(), Failure> {
-    set_file_meta(fd, mode, mtime, mtime).map_err(|e| io_failure(full, &e))
+    set_file_meta(file, mode, mtime, mtime).map_err(|e| io_failure(full, &e))
 }
 
 pub fn io_failure(rel: &RelPath, e: &std::io::Error) -> Failure {
     Failure::new(
-        e.raw_os_error().map_or(ErrorCode::Io, ErrorCode::for_errno),
+        os::errno(e).map_or(ErrorCode::Io, ErrorCode::for_errno),
         format!("{rel}: {e}"),
     )
-}
-
-/// Names in the directory open at `fd` (not `.` or `..`).
-fn list_names(fd: BorrowedFd<'_>) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    // SAFETY: dup gives fdopendir its own fd, which closedir closes.
-    let dup = unsafe { libc::dup(fd.as_raw_fd()) };
-    if dup < 0 {
-        return out;
-    }
-    // SAFETY: dup is a valid directory fd we own.
-    let dir = unsafe { libc::fdopendir(dup) };
-    if dir.is_null() {
-        // SAFETY: fdopendir failed, so we still own dup.
-        drop(unsafe { OwnedFd::from_raw_fd(dup) });
-        return out;
-    }
-    loop {
-        // SAFETY: dir is a valid DIR*; readdir's result lives until the next call.
-        let ent = unsafe { libc::readdir(dir) };
-        if ent.is_null() {
-            break;
-        }
-        // SAFETY: d_name is NUL-terminated.
-        let name = unsafe { std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()) }.to_bytes();
-        if name != b"." && name != b".." {
-            out.push(name.to_vec());
-        }
-    }
-    // SAFETY: dir came from fdopendir.
-    unsafe { libc::closedir(dir) };
-    out
 }
 
 /// On Linux, files from this size up have their space reserved when planned, so a full
@@ -835,22 +805,19 @@ const RESERVE_FILE_BYTES_MIN: u64 = 1024 * 1024;
 const _: () = assert!(super::data::DIRECT_FILE_BYTES_MIN >= RESERVE_FILE_BYTES_MIN);
 
 /// Gives a new file its `size`; the errno on failure. From `RESERVE_FILE_BYTES_MIN` up on
-/// Linux, posix_fallocate reserves the space too. macOS has no posix_fallocate: files are
-/// only extended there (sparse), so a full disk shows up on a write instead of here.
-fn reserve(fd: BorrowedFd<'_>, size: u64) -> i32 {
-    let Ok(len) = libc::off_t::try_from(size) else {
-        return libc::EFBIG;
-    };
+/// Linux, posix_fallocate reserves the space too. Elsewhere files are only extended
+/// (sparse), so a full disk shows up on a write instead of here.
+fn reserve(file: &std::fs::File, size: u64) -> Result<(), i32> {
     #[cfg(target_os = "linux")]
     if size >= RESERVE_FILE_BYTES_MIN {
+        use std::os::fd::AsRawFd;
+        let len = libc::off_t::try_from(size).map_err(|_| libc::EFBIG)?;
         // SAFETY: valid fd.
-        return unsafe { libc::posix_fallocate(fd.as_raw_fd(), 0, len) };
+        return match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+            0 => Ok(()),
+            errno => Err(errno),
+        };
     }
-    // SAFETY: valid fd.
-    match unsafe { libc::ftruncate(fd.as_raw_fd(), len) } {
-        0 => 0,
-        _ => std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO),
-    }
+    file.set_len(size)
+        .map_err(|e| os::errno(&e).unwrap_or(libc::EIO))
 }

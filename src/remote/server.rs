@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -26,7 +25,7 @@ use tpc_core::wire::{
     entry_frames, need_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, Op, Run,
     WireKind, MANIFEST_ENTRIES_MAX, PROTOCOL_VERSION,
 };
-use tpc_engine::confine::{fstat, sync_fd, FileKind, Root};
+use tpc_engine::confine::{fstat, sync_file, Access, FileKind, Root};
 use tpc_engine::quic::{
     bind_socket, udp_payload_max_towards, Connection, Endpoint, RecvStream, SendStream,
 };
@@ -327,9 +326,18 @@ fn new_session_id() -> u64 {
     #[cfg(target_os = "linux")]
     // SAFETY: getrandom writes at most 8 bytes into b.
     let ok = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 8, 0) } == 8;
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(all(unix, not(target_os = "linux")))]
     // SAFETY: getentropy writes exactly 8 bytes into b, or fails.
     let ok = unsafe { libc::getentropy(b.as_mut_ptr().cast(), 8) } == 0;
+    #[cfg(windows)]
+    let ok = {
+        // std's hasher keys come from the system's random source (ProcessPrng).
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        b.copy_from_slice(&h.finish().to_le_bytes());
+        true
+    };
     if !ok {
         // Session ids only need to be distinct between this process's sessions.
         let t = std::time::SystemTime::now()
@@ -538,10 +546,10 @@ async fn put(
             // no O_CREAT.
             let fd = shared
                 .root
-                .open(&tmp, libc::O_WRONLY, 0)
+                .open(&tmp, Access::Write)
                 .map_err(|e| Failure::confine(&e))?;
             // The announced size must be the planned one, or a run could extend the file.
-            if fstat(fd.as_fd()).map(|st| st.size_bytes) != Ok(p.size) {
+            if fstat(&fd).map(|st| st.size_bytes) != Ok(p.size) {
                 return Err(Failure::new(
                     ErrorCode::Protocol,
                     format!("{full}: size {} does not match the manifest", p.size),
@@ -550,16 +558,16 @@ async fn put(
             fd
         }
     };
-    let direct = open_direct(&shared.root, &tmp, p.size, fd.as_fd());
-    let file = File::from_fd(fd);
+    let direct = open_direct(&shared.root, &tmp, p.size, &fd);
+    let file = File::from_std(fd);
     let what = full.to_string();
     // The old version of the file, where the client may send chunks as already here.
     let old = if p.codecs & CODECS_SAME != 0 {
         shared
             .root
-            .open(&full, libc::O_RDONLY, 0)
+            .open(&full, Access::Read)
             .ok()
-            .map(File::from_fd)
+            .map(File::from_std)
     } else {
         None
     };
@@ -614,7 +622,7 @@ fn create_lazy(
     full: &RelPath,
     tmp: &RelPath,
     p: &Run,
-) -> Result<std::os::fd::OwnedFd, Failure> {
+) -> Result<std::fs::File, Failure> {
     if *full != lazy.full || p.size != lazy.size || p.chunk_first != 0 || p.chunk_count != 1 {
         return Err(Failure::new(
             ErrorCode::Protocol,
@@ -627,7 +635,7 @@ fn create_lazy(
             format!("{full}: not expecting data (another run has it, or the session is over)"),
         ));
     }
-    let fd = match root.open(tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600) {
+    let fd = match root.open(tmp, Access::CreateNew { mode: 0o600 }) {
         Ok(fd) => fd,
         Err(e) => {
             // Nothing was created: another run may try.
@@ -649,16 +657,14 @@ fn create_lazy(
 /// After a lazily created file's data is written and verified: its mode and times, as a
 /// commit would set them, so that the commit only has to rename it.
 async fn finish_lazy(lazy: &LazyFile, file: &File, durable: bool) -> Result<(), Failure> {
-    // SAFETY: `file` holds the fd open for as long as this borrow lives.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(file.as_raw_fd()) };
-    set_meta(fd, &lazy.full, lazy.mode, lazy.mtime)?;
+    file.with_std(|f| set_meta(f, &lazy.full, lazy.mode, lazy.mtime))?;
     if durable && !cfg!(target_os = "linux") {
         // No syncfs for a commit batch off Linux: each file is synced through its own
-        // fd, on the blocking pool (through a copy of the fd that it owns), so that the
-        // shard's thread goes on serving its other streams meanwhile.
+        // handle, on the blocking pool (through a copy of the handle that it owns), so
+        // that the shard's thread goes on serving its other streams meanwhile.
         let io = |e: std::io::Error| io_failure(&lazy.full, &e);
-        let own = fd.try_clone_to_owned().map_err(io)?;
-        rt::spawn_blocking(move || sync_fd(own.as_fd()))
+        let own = file.with_std(|f| f.try_clone()).map_err(io)?;
+        rt::spawn_blocking(move || sync_file(&own))
             .await
             .map_err(io)?;
     }
@@ -677,9 +683,9 @@ async fn get(send: &mut SendStream, shared: &Shared, g: Run) -> Result<(), Failu
     let full = parse_path(&g.path)?;
     let fd = shared
         .root
-        .open(&full, libc::O_RDONLY, 0)
+        .open(&full, Access::Read)
         .map_err(|e| Failure::confine(&e))?;
-    if fstat(fd.as_fd()).map(|st| st.size_bytes) != Ok(g.size) {
+    if fstat(&fd).map(|st| st.size_bytes) != Ok(g.size) {
         return Err(Failure::new(
             ErrorCode::Changed,
             format!("{full} changed size since the manifest"),
@@ -693,7 +699,7 @@ async fn get(send: &mut SendStream, shared: &Shared, g: Run) -> Result<(), Failu
     )
     .await
     .map_err(session_failure)?;
-    let file = File::from_fd(fd);
+    let file = File::from_std(fd);
     let what = full.to_string();
     let mut log = RunLog::default(); // per-chunk timing is the client's to report
                                      // The client's `codecs` say whether it takes compressed chunks; which ones pay is

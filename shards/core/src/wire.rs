@@ -277,11 +277,15 @@ impl ErrorCode {
 
     /// Classifies an errno met while writing on the receiver.
     pub fn for_errno(errno: i32) -> ErrorCode {
+        // The numbers differ by OS (ELOOP is 40 on Linux, 62 on macOS, 114 in Windows'
+        // C runtime), so they come from libc, never from literals.
         match errno {
-            28 /* ENOSPC */ | 122 /* EDQUOT */ => ErrorCode::NoSpace,
-            2 /* ENOENT */ => ErrorCode::NotFound,
-            13 /* EACCES */ | 1 /* EPERM */ | 30 /* EROFS */ => ErrorCode::NotWritable,
-            40 /* ELOOP */ | 18 /* EXDEV */ => ErrorCode::PathRefused,
+            libc::ENOSPC => ErrorCode::NoSpace,
+            #[cfg(unix)]
+            libc::EDQUOT => ErrorCode::NoSpace,
+            libc::ENOENT => ErrorCode::NotFound,
+            libc::EACCES | libc::EPERM | libc::EROFS => ErrorCode::NotWritable,
+            libc::ELOOP | libc::EXDEV => ErrorCode::PathRefused,
             _ => ErrorCode::Io,
         }
     }

@@ -16,7 +16,6 @@
 //! confined root.
 
 use std::io;
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use aligned_vec::{AVec, ConstAlign};
@@ -35,28 +34,20 @@ pub fn aligned_buf(capacity: usize) -> AlignedBuf {
     AVec::with_capacity(DIRECT_ALIGN, capacity)
 }
 
-/// The open flag that asks for direct I/O, where this platform has one. (macOS's
-/// `F_NOCACHE` and Windows' `FILE_FLAG_NO_BUFFERING` are set differently and not used.)
-pub fn open_flag() -> Option<i32> {
-    #[cfg(target_os = "linux")]
-    {
-        Some(libc::O_DIRECT)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        None
-    }
-}
+/// Whether this platform opens files for direct I/O (`confine::Access::WriteDirect`, which
+/// is O_DIRECT). macOS's `F_NOCACHE` and Windows' `FILE_FLAG_NO_BUFFERING` are set
+/// differently and not used.
+pub const AVAILABLE: bool = cfg!(target_os = "linux");
 
-/// A second handle on a file being received, opened with `open_flag()`.
+/// A second handle on a file being received, opened with `Access::WriteDirect`.
 pub struct DirectFile {
     file: Arc<std::fs::File>,
 }
 
 impl DirectFile {
-    pub fn from_fd(fd: OwnedFd) -> DirectFile {
+    pub fn from_std(file: std::fs::File) -> DirectFile {
         DirectFile {
-            file: Arc::new(fd.into()),
+            file: Arc::new(file),
         }
     }
 
@@ -76,26 +67,11 @@ impl DirectFile {
         );
         let file = Arc::clone(&self.file);
         rt::spawn_blocking(move || {
-            let wrote = write_at(&file, &buf[..len], offset);
+            let wrote = crate::os::write_at(&file, &buf[..len], offset);
             (buf, wrote)
         })
         .await
     }
-}
-
-#[cfg(unix)]
-fn write_at(f: &std::fs::File, data: &[u8], offset: u64) -> io::Result<usize> {
-    loop {
-        match std::os::unix::fs::FileExt::write_at(f, data, offset) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            other => return other,
-        }
-    }
-}
-
-#[cfg(windows)]
-fn write_at(f: &std::fs::File, data: &[u8], offset: u64) -> io::Result<usize> {
-    std::os::windows::fs::FileExt::seek_write(f, data, offset)
 }
 
 #[cfg(test)]
@@ -123,7 +99,7 @@ mod tests {
                 .write(true)
                 .create(true)
                 .truncate(true)
-                .custom_flags(open_flag().unwrap())
+                .custom_flags(libc::O_DIRECT)
                 .open(&path);
             let f = match opened {
                 Ok(f) => f,
@@ -134,7 +110,7 @@ mod tests {
                 }
                 Err(e) => panic!("open {}: {e}", path.display()),
             };
-            let file = DirectFile::from_fd(f.into());
+            let file = DirectFile::from_std(f);
             let wrote = rt::run_thread(driver, move || async move {
                 let mut buf = aligned_buf(3 * DIRECT_ALIGN);
                 for b in 0..3u8 {

@@ -19,6 +19,7 @@
 pub mod confine;
 pub mod direct;
 pub mod mesh;
+pub mod os;
 pub mod quic;
 pub mod rt;
 mod shard;
@@ -256,7 +257,7 @@ pub fn raise_memlock_limit() {
 pub(crate) fn file_error(stage: Stage, err: &io::Error) -> FileError {
     FileError {
         stage,
-        errno: err.raw_os_error(),
+        errno: os::errno(err),
         message: err.to_string(),
     }
 }

@@ -10,7 +10,6 @@ use std::future::Future;
 use std::io;
 use std::net::UdpSocket;
 use std::ops::Deref;
-use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -203,12 +202,12 @@ impl ReadBuf {
 }
 
 impl File {
-    /// Wraps an fd opened (and confined) elsewhere.
-    pub fn from_fd(fd: OwnedFd) -> File {
+    /// Wraps a file opened (and confined) elsewhere.
+    pub fn from_std(file: std::fs::File) -> File {
         match driver() {
             #[cfg(uring)]
-            Driver::Uring => File::Uring(tpc_uring::File::from_fd(fd)),
-            Driver::Portable => File::Portable(tpc_portable::File::from_std(fd.into())),
+            Driver::Uring => File::Uring(tpc_uring::File::from_fd(file.into())),
+            Driver::Portable => File::Portable(tpc_portable::File::from_std(file)),
         }
     }
 
@@ -220,9 +219,13 @@ impl File {
         })
     }
 
-    /// Opens for writing, creating it with `mode` if missing, never truncating; `flags`
-    /// are added to the open flags (O_NOFOLLOW, O_CLOEXEC).
-    pub async fn open_write(path: &Path, mode: u32, flags: i32) -> io::Result<File> {
+    /// Opens for writing, creating it with `mode` if missing, never truncating, and on
+    /// Unix never through a final symlink (O_NOFOLLOW).
+    pub async fn open_write(path: &Path, mode: u32) -> io::Result<File> {
+        #[cfg(unix)]
+        let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        #[cfg(not(unix))]
+        let flags = 0;
         Ok(match driver() {
             #[cfg(uring)]
             Driver::Uring => File::Uring(tpc_uring::File::open_write(path, mode, flags).await?),
@@ -268,12 +271,21 @@ impl File {
         }
     }
 
-    pub fn as_raw_fd(&self) -> i32 {
-        use std::os::fd::AsRawFd;
+    /// Calls `f` with the file as a `std::fs::File`, for the calls no driver offers
+    /// (metadata, sync).
+    pub fn with_std<R>(&self, f: impl FnOnce(&std::fs::File) -> R) -> R {
         match self {
             #[cfg(uring)]
-            File::Uring(f) => f.as_raw_fd(),
-            File::Portable(f) => f.as_std().as_raw_fd(),
+            File::Uring(u) => {
+                use std::os::fd::FromRawFd;
+                // SAFETY: the fd stays open while `u` lives, which outlasts this call;
+                // ManuallyDrop keeps the borrowed view from closing it.
+                let view = std::mem::ManuallyDrop::new(unsafe {
+                    std::fs::File::from_raw_fd(u.as_raw_fd())
+                });
+                f(&view)
+            }
+            File::Portable(p) => f(p.as_std()),
         }
     }
 }

@@ -2,9 +2,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
-use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -206,7 +204,7 @@ impl Shard {
             // finalizer rename it, instead of opening it again there.
             if let (Ok(_), Some(out), Some(meta)) = (&result, &dst, &file.dst) {
                 if plan.range_count() == 1 {
-                    if let Err(e) = apply_metadata(out.as_raw_fd(), meta, self.durable()) {
+                    if let Err(e) = out.with_std(|f| apply_metadata(f, meta, self.durable())) {
                         result = Err(file_error(Stage::Write, &e));
                     }
                 }
@@ -231,7 +229,7 @@ impl Shard {
         };
         // Every shard opens the temporary file with O_CREAT and no O_TRUNC, so the shards
         // writing ranges of one file need no ordering among themselves.
-        let dst = File::open_write(&meta.tmp, 0o600, libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        let dst = File::open_write(&meta.tmp, 0o600)
             .await
             .map_err(|e| file_error(Stage::Write, &e))?;
         if file.size_bytes > CHUNK_SIZE_BYTES {
@@ -536,55 +534,29 @@ async fn write_all_at(file: &File, data: Vec<u8>, offset: u64) -> Result<(), Fil
             errno: Some(libc::ENOSPC),
             message: format!(
                 "{} (short write at offset {offset}: {written} of {len} bytes)",
-                io::Error::from_raw_os_error(libc::ENOSPC)
+                crate::os::errno_text(libc::ENOSPC)
             ),
         });
     }
     Ok(())
 }
 
-/// Sets permission bits and times through an open fd. Off Linux, for a durable copy,
+/// Sets permission bits and times through an open file. Off Linux, for a durable copy,
 /// also syncs the file through it: there is no syncfs to do it for the whole batch, and
 /// once its final mode is set the file may not be openable again.
-fn apply_metadata(fd: i32, meta: &Destination, durable: bool) -> io::Result<()> {
-    // SAFETY: fd is open for the whole call; the timespec array outlives it.
-    unsafe {
-        if libc::fchmod(fd, meta.mode as libc::mode_t) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let times = [timespec(meta.atime), timespec(meta.mtime)];
-        if libc::futimens(fd, times.as_ptr()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+fn apply_metadata(file: &std::fs::File, meta: &Destination, durable: bool) -> io::Result<()> {
+    crate::os::set_mode_and_times(file, meta.mode, meta.atime, meta.mtime)?;
     if durable && !cfg!(target_os = "linux") {
-        // SAFETY: fd stays open for the whole call.
-        crate::confine::sync_fd(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })?;
+        crate::confine::sync_file(file)?;
     }
     Ok(())
 }
 
 fn apply_metadata_by_path(tmp: &Path, meta: &Destination, durable: bool) -> io::Result<()> {
-    let path = CString::new(tmp.as_os_str().as_bytes())?;
-    // SAFETY: valid C string; O_NOFOLLOW so a symlink swapped in is never followed.
-    let fd = unsafe {
-        libc::open(
-            path.as_ptr(),
-            libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let result = apply_metadata(fd, meta, durable);
-    // SAFETY: fd was opened above.
-    unsafe { libc::close(fd) };
-    result
-}
-
-fn timespec((sec, nsec): (i64, u32)) -> libc::timespec {
-    libc::timespec {
-        tv_sec: sec as libc::time_t,
-        tv_nsec: nsec as libc::c_long,
-    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    // O_NOFOLLOW so a symlink swapped in is never followed.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+    apply_metadata(&options.open(tmp)?, meta, durable)
 }

@@ -1,9 +1,7 @@
-//! Path confinement for the server side of remote transfers: every create, write, read,
-//! rename and metadata change happens beneath one root directory and never follows a
-//! symlink.
+//! Path confinement on Unix: every path is resolved beneath the held root fd without
+//! following a symlink anywhere.
 //!
-//! Paths come from a peer as `RelPath`s (already free of `..`, absolute paths and NULs).
-//! Each one is resolved by `openat2(2)` relative to the held root fd with
+//! On Linux each path is resolved by `openat2(2)` relative to the held root fd with
 //! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`, so the kernel itself
 //! refuses a symlink anywhere on the way, even one swapped in by a concurrent writer after
 //! we looked. Operations on a final name (mkdir, rename, symlink, unlink, stat, utimes)
@@ -11,104 +9,30 @@
 //! which never follows a final symlink: the link itself is what gets renamed, removed or
 //! stat'ed. Metadata of files and directories is applied through an open fd.
 //!
-//! Every call here is a blocking syscall; the server runs them off its shard threads
-//! (`rt::spawn_blocking`).
 //! On Linux, 5.6 or later (openat2) is required; `Root::open_ambient` checks it once.
 //! Elsewhere (no openat2) the same rules hold by walking one name at a time with
 //! `openat(O_NOFOLLOW)` from held directory fds (`walk_open`); directory handles there
 //! are read-only opens, so every directory on the way must also be readable.
 
 use std::ffi::{CStr, CString};
-use std::fmt;
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use tpc_core::limits::{PATH_BYTES_MAX, TREE_DEPTH_MAX};
+use tpc_core::limits::PATH_BYTES_MAX;
 use tpc_core::relpath::{PathError, RelPath};
+
+use super::{
+    at_error, io_error, resolve_error, Access, ConfineError, FileKind, ReadNamesError, Stat,
+};
 
 /// The directory a server serves; every path is resolved beneath it.
 #[derive(Debug)]
 pub struct Root {
     dir: OwnedFd,
 }
-
-/// What a path turned out to be, or why it was refused.
-#[derive(Debug)]
-pub enum ConfineError {
-    /// The path itself is malformed.
-    Path(PathError),
-    /// Resolution would have left the root (EXDEV from `RESOLVE_BENEATH`).
-    Escapes {
-        rel: RelPath,
-    },
-    /// A symlink on the way, or as the final component where one is not acted on as a
-    /// link (ELOOP from `RESOLVE_NO_SYMLINKS` / `O_NOFOLLOW`, or `mkdir` finding one).
-    Symlink {
-        rel: RelPath,
-    },
-    NotFound {
-        rel: RelPath,
-    },
-    /// `open` is for regular files; this is a directory, FIFO, socket or device.
-    NotRegular {
-        rel: RelPath,
-    },
-    /// The operation needs a final name, and the root has none.
-    IsRoot {
-        op: &'static str,
-    },
-    /// A walk reached `TREE_DEPTH_MAX` at this directory; its entries are not listed.
-    TooDeep {
-        rel: RelPath,
-    },
-    /// A walk found more than `entries_max` entries beneath `rel`.
-    TooManyEntries {
-        rel: RelPath,
-        entries_max: usize,
-    },
-    /// A walk found an entry in `dir` whose path cannot be expressed as a `RelPath`
-    /// (longer than `PATH_BYTES_MAX`).
-    Child {
-        dir: RelPath,
-        error: PathError,
-    },
-    /// Any other failure of syscall `op` on `rel`.
-    Io {
-        op: &'static str,
-        rel: RelPath,
-        errno: i32,
-    },
-}
-
-/// What kind of entry a `Stat` describes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FileKind {
-    File,
-    Dir,
-    Symlink,
-    /// FIFO, socket or device.
-    Other,
-}
-
-/// Metadata of an entry itself (never of a symlink's target).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stat {
-    pub kind: FileKind,
-    pub size_bytes: u64,
-    /// Permission bits, `st_mode & 0o7777`.
-    pub mode: u32,
-    /// (seconds, nanoseconds)
-    pub atime: (i64, u32),
-    pub mtime: (i64, u32),
-    pub ino: u64,
-    pub dev: u64,
-    pub nlink: u64,
-}
-
-/// Bytes read per `getdents64` call during a walk.
-const DIRENT_BUFFER_BYTES: usize = 32 * 1024;
 
 /// How often a resolution that the kernel could not vouch for (EAGAIN) is retried.
 #[cfg(target_os = "linux")]
@@ -148,11 +72,16 @@ impl Root {
         Ok(Root { dir })
     }
 
-    /// Opens a regular file beneath the root. `O_CLOEXEC | O_NOFOLLOW` are always added;
-    /// with `O_CREAT`, `mode & 0o777` is the creation mode (the final mode, setuid and all,
-    /// is applied through the fd with `set_file_meta`). Anything that is not a regular
-    /// file is refused with `NotRegular`, without blocking on a FIFO.
-    pub fn open(&self, rel: &RelPath, flags: i32, mode: u32) -> Result<OwnedFd, ConfineError> {
+    /// Opens a regular file beneath the root as `access` says. Anything that is not a
+    /// regular file is refused with `NotRegular`, without blocking on a FIFO.
+    pub fn open(&self, rel: &RelPath, access: Access) -> Result<File, ConfineError> {
+        let (flags, mode) = open_flags(access, rel)?;
+        self.open_flags(rel, flags, mode).map(File::from)
+    }
+
+    /// `open` with raw open(2) flags; `O_CLOEXEC | O_NOFOLLOW` are always added, and with
+    /// `O_CREAT`, `mode & 0o777` is the creation mode.
+    fn open_flags(&self, rel: &RelPath, flags: i32, mode: u32) -> Result<OwnedFd, ConfineError> {
         open_file(self.dir.as_fd(), &c_path(rel)?, rel, flags, mode)
     }
 
@@ -165,11 +94,6 @@ impl Root {
             fd,
             rel: rel.clone(),
         })
-    }
-
-    /// Opens a directory beneath the root for reading (the root itself for the empty path).
-    pub fn open_dir(&self, rel: &RelPath) -> Result<OwnedFd, ConfineError> {
-        self.open_dir_with("open directory", rel, libc::O_RDONLY)
     }
 
     /// Creates directory `rel`. Succeeds if a real directory is already there; refuses a
@@ -305,7 +229,7 @@ impl Root {
     ) -> Result<(), ConfineError> {
         const OP: &str = "set times of";
         let (parent, name) = self.parent_of(OP, rel)?;
-        let times = [timespec(atime), timespec(mtime)];
+        let times = [crate::os::timespec(atime), crate::os::timespec(mtime)];
         // SAFETY: valid fd, C string and a two-element timespec array.
         let r = unsafe {
             libc::utimensat(
@@ -329,8 +253,8 @@ impl Root {
         atime: (i64, u32),
         mtime: (i64, u32),
     ) -> Result<(), ConfineError> {
-        let fd = self.open_dir_with("set metadata of", rel, libc::O_RDONLY)?;
-        set_file_meta(fd.as_fd(), mode, atime, mtime).map_err(|e| {
+        let dir = File::from(self.open_dir_with("set metadata of", rel, libc::O_RDONLY)?);
+        super::set_file_meta(&dir, mode, atime, mtime).map_err(|e| {
             io_error(
                 "set metadata of",
                 rel,
@@ -354,109 +278,8 @@ impl Root {
         // SAFETY: valid fd.
         let r = cvt(unsafe { libc::syncfs(self.dir.as_raw_fd()) }).map(drop);
         #[cfg(not(target_os = "linux"))]
-        let r = sync_fd(self.dir.as_fd()).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
+        let r = sync_file(self.dir.as_fd()).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
         r.map_err(|errno| io_error("sync filesystem of", &RelPath::root(), errno))
-    }
-
-    /// Lists `rel` and, if it is a directory, everything beneath it in pre-order (a
-    /// directory before its children, children sorted by name), without following or
-    /// entering symlinks. The first entry is `rel` itself.
-    ///
-    /// Problems with single entries (an unreadable directory, a path too long to name,
-    /// nesting beyond `TREE_DEPTH_MAX`) are collected and the walk goes on; entries that
-    /// vanish while walking are left out. More than `entries_max` entries and errors in
-    /// all stop the walk with `TooManyEntries`, so a peer cannot make it allocate without
-    /// bound.
-    #[allow(clippy::type_complexity)]
-    pub fn walk(
-        &self,
-        rel: &RelPath,
-        entries_max: usize,
-    ) -> Result<(Vec<(RelPath, Stat)>, Vec<ConfineError>), ConfineError> {
-        let too_many = || ConfineError::TooManyEntries {
-            rel: rel.clone(),
-            entries_max,
-        };
-        let first = self
-            .lstat(rel)?
-            .ok_or_else(|| ConfineError::NotFound { rel: rel.clone() })?;
-        if entries_max == 0 {
-            return Err(too_many());
-        }
-        let is_dir = first.kind == FileKind::Dir;
-        let mut entries = vec![(rel.clone(), first)];
-        let mut errors = Vec::new();
-        if !is_dir {
-            return Ok((entries, errors));
-        }
-        let mut buffer = vec![0u8; DIRENT_BUFFER_BYTES];
-        let mut names = Vec::new();
-        // Explicit stack of (directory, depth): deep trees must not recurse on the stack.
-        let mut stack = vec![(rel.clone(), rel.depth())];
-        while let Some((dir_rel, depth)) = stack.pop() {
-            let room = entries_max.saturating_sub(entries.len() + errors.len());
-            if depth >= TREE_DEPTH_MAX {
-                if room == 0 {
-                    return Err(too_many());
-                }
-                errors.push(ConfineError::TooDeep { rel: dir_rel });
-                continue;
-            }
-            let dir = match self.open_dir_with("read directory", &dir_rel, libc::O_RDONLY) {
-                Ok(dir) => dir,
-                Err(e) => {
-                    if room == 0 {
-                        return Err(too_many());
-                    }
-                    errors.push(e);
-                    continue;
-                }
-            };
-            names.clear();
-            match read_names(dir.as_fd(), &mut buffer, &mut names, room) {
-                Ok(()) => {}
-                Err(ReadNamesError::TooMany) => return Err(too_many()),
-                Err(ReadNamesError::Errno(errno)) => {
-                    if room == 0 {
-                        return Err(too_many());
-                    }
-                    errors.push(io_error("read directory", &dir_rel, errno));
-                    continue;
-                }
-            }
-            names.sort_unstable();
-            let mut subdirs = Vec::new();
-            for name in &names {
-                if entries.len() + errors.len() >= entries_max {
-                    return Err(too_many());
-                }
-                let child = match dir_rel.join(name) {
-                    Ok(child) => child,
-                    Err(error) => {
-                        errors.push(ConfineError::Child {
-                            dir: dir_rel.clone(),
-                            error,
-                        });
-                        continue;
-                    }
-                };
-                let c_name = c_name(name, &child)?;
-                match stat_at(dir.as_fd(), &c_name) {
-                    Ok(st) => {
-                        if st.kind == FileKind::Dir {
-                            subdirs.push((child.clone(), depth + 1));
-                        }
-                        entries.push((child, st));
-                    }
-                    // Removed since the directory was read: not part of the tree any more.
-                    Err(libc::ENOENT) => {}
-                    Err(errno) => errors.push(io_error("stat", &child, errno)),
-                }
-            }
-            // Reverse so the stack pops them in name order: pre-order per subtree.
-            stack.extend(subdirs.into_iter().rev());
-        }
-        Ok((entries, errors))
     }
 
     /// openat2 of directory `rel` (the root for the empty path) with `access` (O_RDONLY
@@ -504,12 +327,6 @@ impl Root {
     }
 }
 
-impl AsFd for Root {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.dir.as_fd()
-    }
-}
-
 /// A directory beneath the root, held open by [`Root::dir`]: each entry directly in it is
 /// reached with one `*at` call on its fd by name, instead of resolving the entry's whole
 /// path beneath the root again. For a receiver that creates, renames and stats thousands
@@ -542,14 +359,15 @@ impl Dir {
     }
 
     /// As [`Root::open`], for `rel` directly in this directory.
-    pub fn open(&self, rel: &RelPath, flags: i32, mode: u32) -> Result<OwnedFd, ConfineError> {
-        open_file(
-            self.fd.as_fd(),
-            &self.name_of("open", rel)?,
-            rel,
-            flags,
-            mode,
-        )
+    pub fn open(&self, rel: &RelPath, access: Access) -> Result<File, ConfineError> {
+        let (flags, mode) = open_flags(access, rel)?;
+        self.open_flags(rel, flags, mode).map(File::from)
+    }
+
+    /// `open` with raw open(2) flags, as [`Root::open_flags`].
+    fn open_flags(&self, rel: &RelPath, flags: i32, mode: u32) -> Result<OwnedFd, ConfineError> {
+        let name = self.name_of("open", rel)?;
+        open_file(self.fd.as_fd(), &name, rel, flags, mode)
     }
 
     /// As [`Root::lstat`], for `rel` directly in this directory.
@@ -574,12 +392,31 @@ impl Dir {
     pub fn sync(&self) -> Result<(), ConfineError> {
         sync_dir(self.fd.as_fd(), &self.rel)
     }
+
+    /// Appends the names in this directory (without `.` and `..`) to `names`, at most
+    /// `names_max`; `buffer` is scratch space, reused across calls.
+    pub(crate) fn read_names(
+        &self,
+        buffer: &mut [u8],
+        names: &mut Vec<Vec<u8>>,
+        names_max: usize,
+    ) -> Result<(), ReadNamesError> {
+        read_names(self.fd.as_fd(), buffer, names, names_max)
+    }
 }
 
-impl AsFd for Dir {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
+/// open(2) flags and creation mode for `access`.
+#[cfg_attr(target_os = "linux", allow(unused_variables))]
+fn open_flags(access: Access, rel: &RelPath) -> Result<(i32, u32), ConfineError> {
+    Ok(match access {
+        Access::Read => (libc::O_RDONLY, 0),
+        Access::Write => (libc::O_WRONLY, 0),
+        #[cfg(target_os = "linux")]
+        Access::WriteDirect => (libc::O_WRONLY | libc::O_DIRECT, 0),
+        #[cfg(not(target_os = "linux"))]
+        Access::WriteDirect => return Err(io_error("open", rel, libc::EINVAL)),
+        Access::CreateNew { mode } => (libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, mode),
+    })
 }
 
 /// The metadata of `name` in `dir` (`rel` names it in errors); `None` if it is missing.
@@ -624,7 +461,7 @@ fn unlink_at(dir: BorrowedFd<'_>, name: &CStr, rel: &RelPath) -> Result<(), Conf
 
 /// fsync of directory `fd` (`rel`), making its entries durable.
 fn sync_dir(fd: BorrowedFd<'_>, rel: &RelPath) -> Result<(), ConfineError> {
-    sync_fd(fd).map_err(|e| io_error("sync", rel, e.raw_os_error().unwrap_or(libc::EIO)))
+    sync_file(fd).map_err(|e| io_error("sync", rel, e.raw_os_error().unwrap_or(libc::EIO)))
 }
 
 /// A regular file at `path` beneath `dir` (see [`Root::open`]); `rel` names it in errors.
@@ -659,94 +496,6 @@ fn open_file(
     Ok(fd)
 }
 
-/// Applies permission bits and times to an open file. Setuid and setgid are cleared
-/// (`mode & 0o1777`): ownership is not transferred, so the bits would grant a peer's
-/// privileges to whoever owns the file here.
-pub fn set_file_meta(
-    fd: BorrowedFd<'_>,
-    mode: u32,
-    atime: (i64, u32),
-    mtime: (i64, u32),
-) -> io::Result<()> {
-    // SAFETY: valid fd.
-    if unsafe { libc::fchmod(fd.as_raw_fd(), (mode & 0o1777) as libc::mode_t) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let times = [timespec(atime), timespec(mtime)];
-    // SAFETY: valid fd and a two-element timespec array.
-    if unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-impl ConfineError {
-    /// The OS error this corresponds to, if any: the caller maps ENOSPC and EDQUOT to
-    /// "remote disk full", EACCES and EROFS to "not writable".
-    pub fn errno(&self) -> Option<i32> {
-        match self {
-            ConfineError::Io { errno, .. } => Some(*errno),
-            ConfineError::Escapes { .. } => Some(libc::EXDEV),
-            ConfineError::Symlink { .. } => Some(libc::ELOOP),
-            ConfineError::NotFound { .. } => Some(libc::ENOENT),
-            ConfineError::Path(_)
-            | ConfineError::NotRegular { .. }
-            | ConfineError::IsRoot { .. }
-            | ConfineError::TooDeep { .. }
-            | ConfineError::TooManyEntries { .. }
-            | ConfineError::Child { .. } => None,
-        }
-    }
-}
-
-impl From<PathError> for ConfineError {
-    fn from(e: PathError) -> Self {
-        ConfineError::Path(e)
-    }
-}
-
-impl fmt::Display for ConfineError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfineError::Path(e) => write!(f, "refused path: {e}"),
-            ConfineError::Escapes { rel } => write!(f, "'{rel}' leads outside the served root"),
-            ConfineError::Symlink { rel } => {
-                write!(
-                    f,
-                    "'{rel}' is or goes through a symlink, which is never followed"
-                )
-            }
-            ConfineError::NotFound { rel } => write!(f, "'{rel}' does not exist"),
-            ConfineError::NotRegular { rel } => write!(f, "'{rel}' is not a regular file"),
-            ConfineError::IsRoot { op } => write!(f, "cannot {op} the served root itself"),
-            ConfineError::TooDeep { rel } => write!(
-                f,
-                "'{rel}' is nested {TREE_DEPTH_MAX} levels deep; its entries are not listed"
-            ),
-            ConfineError::TooManyEntries { rel, entries_max } => {
-                write!(f, "more than {entries_max} entries beneath '{rel}'")
-            }
-            ConfineError::Child { dir, error } => {
-                write!(f, "an entry of '{dir}' cannot be named: {error}")
-            }
-            ConfineError::Io { op, rel, errno } => write!(
-                f,
-                "cannot {op} '{rel}': {}",
-                io::Error::from_raw_os_error(*errno)
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ConfineError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ConfineError::Path(e) | ConfineError::Child { error: e, .. } => Some(e),
-            _ => None,
-        }
-    }
-}
-
 /// The root fd (borrowed) or a parent directory opened beneath it.
 enum DirFd<'a> {
     Root(BorrowedFd<'a>),
@@ -779,10 +528,11 @@ fn c_name(name: &[u8], rel: &RelPath) -> Result<CString, ConfineError> {
     CString::new(name).map_err(|_| io_error("name", rel, libc::EINVAL))
 }
 
-/// Makes what was written through `fd` durable: fsync, or on macOS F_FULLFSYNC, since
+/// Makes what was written through `file` durable: fsync, or on macOS F_FULLFSYNC, since
 /// its fsync leaves the data in the drive's cache (falling back to fsync where the
 /// filesystem does not support it).
-pub fn sync_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
+pub fn sync_file(file: impl AsFd) -> io::Result<()> {
+    let fd = file.as_fd();
     #[cfg(any(target_os = "macos", target_os = "ios"))]
     // SAFETY: valid fd; F_FULLFSYNC takes no argument.
     if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_FULLFSYNC) } == 0 {
@@ -806,7 +556,7 @@ pub fn sync_filesystem_of(path: &Path) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     #[cfg(not(target_os = "linux"))]
-    sync_fd(file.as_fd())?;
+    sync_file(file.as_fd())?;
     Ok(())
 }
 
@@ -938,7 +688,8 @@ fn openat2(dir: BorrowedFd<'_>, path: &CStr, flags: i32, mode: u32) -> Result<Ow
 }
 
 /// Metadata of an open file (never of a symlink's target); the error is the errno.
-pub fn fstat(fd: BorrowedFd<'_>) -> Result<Stat, i32> {
+pub fn fstat(file: impl AsFd) -> Result<Stat, i32> {
+    let fd = file.as_fd();
     #[cfg(target_os = "linux")]
     return stat_flags(fd, c"", libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW);
     // Without AT_EMPTY_PATH, fstatat of "." would name a directory fd's own directory
@@ -982,9 +733,6 @@ fn stat_of(st: &libc::stat) -> Stat {
         mode: (st.st_mode & 0o7777) as u32,
         atime: (st.st_atime as i64, st.st_atime_nsec as u32),
         mtime: (st.st_mtime as i64, st.st_mtime_nsec as u32),
-        ino: st.st_ino as u64,
-        dev: st.st_dev as u64,
-        nlink: st.st_nlink as u64,
     }
 }
 
@@ -999,12 +747,6 @@ fn clear_nonblock(fd: BorrowedFd<'_>) -> Result<(), i32> {
         ))?;
     }
     Ok(())
-}
-
-enum ReadNamesError {
-    /// More than the caller's room for entries.
-    TooMany,
-    Errno(i32),
 }
 
 /// Appends the names in `dir` (without `.` and `..`) to `names`, at most `names_max`.
@@ -1086,6 +828,11 @@ fn read_names(
     // struct linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name[].
     const RECLEN_OFFSET: usize = 16;
     const NAME_OFFSET: usize = 19;
+    // A held directory may have been listed before: start from its beginning.
+    // SAFETY: valid fd.
+    if unsafe { libc::lseek(dir.as_raw_fd(), 0, libc::SEEK_SET) } < 0 {
+        return Err(ReadNamesError::Errno(last_errno()));
+    }
     loop {
         // SAFETY: valid fd and a writable buffer of the length passed.
         let n = unsafe {
@@ -1136,13 +883,6 @@ fn dir_flags(access: i32) -> i32 {
     access | libc::O_DIRECTORY
 }
 
-fn timespec((sec, nsec): (i64, u32)) -> libc::timespec {
-    libc::timespec {
-        tv_sec: sec as libc::time_t,
-        tv_nsec: nsec as libc::c_long,
-    }
-}
-
 /// Directory creation mode: permission bits and sticky, never setgid (see `set_file_meta`).
 fn dir_mode(mode: u32) -> libc::mode_t {
     (mode & 0o1777) as libc::mode_t
@@ -1162,35 +902,11 @@ fn last_errno() -> i32 {
         .unwrap_or(libc::EIO)
 }
 
-/// Errors of an openat2 resolution beneath the root.
-fn resolve_error(op: &'static str, rel: &RelPath, errno: i32) -> ConfineError {
-    match errno {
-        libc::EXDEV => ConfineError::Escapes { rel: rel.clone() },
-        _ => at_error(op, rel, errno),
-    }
-}
-
-/// Errors of an *at call on a final name. (EXDEV from renameat is a cross-filesystem
-/// rename inside the root, not an escape, so it stays an `Io` error.)
-fn at_error(op: &'static str, rel: &RelPath, errno: i32) -> ConfineError {
-    match errno {
-        libc::ELOOP => ConfineError::Symlink { rel: rel.clone() },
-        libc::ENOENT => ConfineError::NotFound { rel: rel.clone() },
-        _ => io_error(op, rel, errno),
-    }
-}
-
-fn io_error(op: &'static str, rel: &RelPath, errno: i32) -> ConfineError {
-    ConfineError::Io {
-        op,
-        rel: rel.clone(),
-        errno,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::confine::set_file_meta;
+    use std::fmt;
     use std::fs;
     use std::io::{Read, Write};
     use std::os::unix::fs::{symlink, PermissionsExt};
@@ -1269,14 +985,14 @@ mod tests {
         let root = s.open();
         let t = (1_000_000_000, 0);
 
-        assert_symlink(root.open(&rel("a/x"), CREATE, 0o644));
-        assert_symlink(root.open(&rel("b/x"), CREATE, 0o644));
-        assert_symlink(root.open(&rel("b/outside/x"), CREATE, 0o644));
-        assert_symlink(root.open(&rel("a/secret"), libc::O_RDONLY, 0));
-        assert_symlink(root.open(&rel("a/secret"), libc::O_WRONLY | libc::O_TRUNC, 0));
-        assert_symlink(root.open(&rel("b/outside/secret"), libc::O_RDONLY, 0));
-        assert_symlink(root.open_dir(&rel("a")));
-        assert_symlink(root.open_dir(&rel("b")));
+        assert_symlink(root.open_flags(&rel("a/x"), CREATE, 0o644));
+        assert_symlink(root.open_flags(&rel("b/x"), CREATE, 0o644));
+        assert_symlink(root.open_flags(&rel("b/outside/x"), CREATE, 0o644));
+        assert_symlink(root.open_flags(&rel("a/secret"), libc::O_RDONLY, 0));
+        assert_symlink(root.open_flags(&rel("a/secret"), libc::O_WRONLY | libc::O_TRUNC, 0));
+        assert_symlink(root.open_flags(&rel("b/outside/secret"), libc::O_RDONLY, 0));
+        assert_symlink(root.dir(&rel("a")));
+        assert_symlink(root.dir(&rel("b")));
         assert_symlink(root.mkdir(&rel("a/d"), 0o755));
         assert_symlink(root.mkdir(&rel("b/d"), 0o755));
         assert_symlink(root.mkdir_all(&rel("a/d/e"), 0o755));
@@ -1323,9 +1039,9 @@ mod tests {
 
         // Creating at an existing symlink is refused, dangling or not.
         let flags = libc::O_CREAT | libc::O_WRONLY;
-        assert_symlink(root.open(&rel("dangling"), flags, 0o644));
-        assert_symlink(root.open(&rel("l"), flags | libc::O_TRUNC, 0o644));
-        match root.open(&rel("dangling"), CREATE, 0o644) {
+        assert_symlink(root.open_flags(&rel("dangling"), flags, 0o644));
+        assert_symlink(root.open_flags(&rel("l"), flags | libc::O_TRUNC, 0o644));
+        match root.open_flags(&rel("dangling"), CREATE, 0o644) {
             Err(e @ ConfineError::Io { .. }) => assert_eq!(e.errno(), Some(libc::EEXIST)),
             other => panic!("expected EEXIST, got {other:?}"),
         }
@@ -1377,7 +1093,7 @@ mod tests {
         assert_symlink(root.dir(&rel("a")));
         let d = root.dir(&rel("d")).unwrap();
         assert_eq!(d.rel(), &rel("d"));
-        let fd = d.open(&rel("d/t"), CREATE, 0o600).unwrap();
+        let fd = d.open_flags(&rel("d/t"), CREATE, 0o600).unwrap();
         assert_eq!(
             // SAFETY: valid fd and buffer.
             unsafe { libc::write(fd.as_raw_fd(), b"new".as_ptr().cast(), 3) },
@@ -1393,8 +1109,8 @@ mod tests {
             d.lstat(&rel("d/l")).unwrap().unwrap().kind,
             FileKind::Symlink
         );
-        assert_symlink(d.open(&rel("d/l"), libc::O_RDONLY, 0));
-        assert_symlink(d.open(&rel("d/l"), libc::O_CREAT | libc::O_WRONLY, 0o644));
+        assert_symlink(d.open_flags(&rel("d/l"), libc::O_RDONLY, 0));
+        assert_symlink(d.open_flags(&rel("d/l"), libc::O_CREAT | libc::O_WRONLY, 0o644));
         d.rename(&rel("d/f"), &rel("d/l")).unwrap();
         assert_eq!(fs::read(s.root.join("d/l")).unwrap(), b"new");
         d.remove_file(&rel("d/l")).unwrap();
@@ -1426,7 +1142,7 @@ mod tests {
             Err(ConfineError::IsRoot { .. })
         ));
         assert!(matches!(
-            d.open(&RelPath::root(), libc::O_RDONLY, 0),
+            d.open_flags(&RelPath::root(), libc::O_RDONLY, 0),
             Err(ConfineError::IsRoot { .. })
         ));
     }
@@ -1455,17 +1171,19 @@ mod tests {
 
         // Temp file: created exclusively, written by two openers, renamed into place.
         let tmp = rel("x/y/.tpcx.1.0.tmp");
-        let fd = root.open(&tmp, CREATE, 0o600).unwrap();
+        let fd = root.open_flags(&tmp, CREATE, 0o600).unwrap();
         assert!(matches!(
-            root.open(&tmp, CREATE, 0o600),
+            root.open_flags(&tmp, CREATE, 0o600),
             Err(ConfineError::Io {
                 errno: libc::EEXIST,
                 ..
             })
         ));
         fs::File::from(fd).write_all(b"hello ").unwrap();
-        let mut again =
-            fs::File::from(root.open(&tmp, libc::O_WRONLY | libc::O_APPEND, 0).unwrap());
+        let mut again = fs::File::from(
+            root.open_flags(&tmp, libc::O_WRONLY | libc::O_APPEND, 0)
+                .unwrap(),
+        );
         again.write_all(b"world").unwrap();
         // Blocking mode was restored after the type check.
         // SAFETY: valid fd.
@@ -1476,16 +1194,16 @@ mod tests {
         root.rename(&tmp, &done).unwrap();
         assert_eq!(root.lstat(&tmp).unwrap(), None);
         let mut text = String::new();
-        fs::File::from(root.open(&done, libc::O_RDONLY, 0).unwrap())
+        fs::File::from(root.open_flags(&done, libc::O_RDONLY, 0).unwrap())
             .read_to_string(&mut text)
             .unwrap();
         assert_eq!(text, "hello world");
         assert!(matches!(
-            root.open(&rel("x/missing"), libc::O_RDONLY, 0),
+            root.open_flags(&rel("x/missing"), libc::O_RDONLY, 0),
             Err(ConfineError::NotFound { .. })
         ));
         assert!(matches!(
-            root.open(&rel("x"), libc::O_RDONLY, 0),
+            root.open_flags(&rel("x"), libc::O_RDONLY, 0),
             Err(ConfineError::NotRegular { .. })
         ));
         // A file where a directory is wanted.
@@ -1566,12 +1284,12 @@ mod tests {
         let s = Scratch::new("setuid");
         let root = s.open();
         let path = rel("suid");
-        let fd = root.open(&path, CREATE, 0o755).unwrap();
-        set_file_meta(fd.as_fd(), 0o6755, (1, 2), (1_500_000_000, 123_456_789)).unwrap();
+        let fd = File::from(root.open_flags(&path, CREATE, 0o755).unwrap());
+        set_file_meta(&fd, 0o6755, (1, 2), (1_500_000_000, 123_456_789)).unwrap();
         let st = root.lstat(&path).unwrap().unwrap();
         assert_eq!(st.mode, 0o755);
         assert_eq!(st.mtime, (1_500_000_000, 123_456_789));
-        set_file_meta(fd.as_fd(), 0o1640, (1, 2), (3, 4)).unwrap();
+        set_file_meta(&fd, 0o1640, (1, 2), (3, 4)).unwrap();
         assert_eq!(root.lstat(&path).unwrap().unwrap().mode, 0o1640);
     }
 
@@ -1583,11 +1301,11 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         let root = s.open();
         assert!(matches!(
-            root.open(&rel("p"), libc::O_RDONLY, 0),
+            root.open_flags(&rel("p"), libc::O_RDONLY, 0),
             Err(ConfineError::NotRegular { .. })
         ));
         // No reader: the non-blocking open itself fails (ENXIO) instead of waiting.
-        assert!(root.open(&rel("p"), libc::O_WRONLY, 0).is_err());
+        assert!(root.open_flags(&rel("p"), libc::O_WRONLY, 0).is_err());
         assert_eq!(
             root.lstat(&rel("p")).unwrap().unwrap().kind,
             FileKind::Other
@@ -1611,7 +1329,7 @@ mod tests {
             root.symlink(b"t", &r),
             Err(ConfineError::IsRoot { .. })
         ));
-        assert!(root.open_dir(&r).is_ok());
+        assert!(root.dir(&r).is_ok());
         assert!(Root::open_ambient(&s.base.join("missing")).is_err());
     }
 

@@ -1,0 +1,364 @@
+//! Small OS services that the engine and the CLI need on every platform, each in its
+//! Unix and its Windows form: errno text and translation, whether a process is alive,
+//! positional file I/O, times and permission bits, file identity.
+//!
+//! Errors cross the wire and reach exit codes as errno values (`ErrorCode::for_errno`),
+//! so on Windows a system error is translated to the errno the C runtime would give it.
+
+use std::fs::File;
+use std::io;
+
+/// The text of `errno` ("No space left on device").
+pub fn errno_text(errno: i32) -> String {
+    #[cfg(unix)]
+    {
+        io::Error::from_raw_os_error(errno).to_string()
+    }
+    #[cfg(windows)]
+    {
+        // io::Error would read the number as a Windows system error code; the C
+        // runtime's strerror knows errno values. Its buffer is per thread.
+        // SAFETY: strerror returns a NUL-terminated string valid until the next call on
+        // this thread, which is copied out at once.
+        let text = unsafe { std::ffi::CStr::from_ptr(libc::strerror(errno)) };
+        format!("{} (errno {errno})", text.to_string_lossy())
+    }
+}
+
+/// The errno of an I/O error: its own on Unix (`None` if it carries no OS error),
+/// translated from the system error code (or else the error's kind) on Windows.
+pub fn errno(e: &io::Error) -> Option<i32> {
+    #[cfg(unix)]
+    {
+        e.raw_os_error()
+    }
+    #[cfg(windows)]
+    {
+        Some(windows_errno(e))
+    }
+}
+
+#[cfg(windows)]
+fn windows_errno(e: &io::Error) -> i32 {
+    use windows_sys::Win32::Foundation as w;
+    if let Some(code) = e.raw_os_error() {
+        // Codes from the Win32 error table; what is not listed falls back on the kind.
+        let errno = match code as u32 {
+            w::ERROR_FILE_NOT_FOUND | w::ERROR_PATH_NOT_FOUND | w::ERROR_INVALID_DRIVE => {
+                libc::ENOENT
+            }
+            w::ERROR_ACCESS_DENIED | w::ERROR_SHARING_VIOLATION | w::ERROR_LOCK_VIOLATION => {
+                libc::EACCES
+            }
+            w::ERROR_WRITE_PROTECT => libc::EROFS,
+            w::ERROR_FILE_EXISTS | w::ERROR_ALREADY_EXISTS => libc::EEXIST,
+            w::ERROR_DISK_FULL | w::ERROR_HANDLE_DISK_FULL => libc::ENOSPC,
+            w::ERROR_NOT_SAME_DEVICE => libc::EXDEV,
+            w::ERROR_DIRECTORY => libc::ENOTDIR,
+            w::ERROR_DIR_NOT_EMPTY => libc::ENOTEMPTY,
+            w::ERROR_FILENAME_EXCED_RANGE | w::ERROR_BUFFER_OVERFLOW => libc::ENAMETOOLONG,
+            w::ERROR_CANT_RESOLVE_FILENAME | w::ERROR_STOPPED_ON_SYMLINK => libc::ELOOP,
+            w::ERROR_INVALID_NAME | w::ERROR_INVALID_PARAMETER => libc::EINVAL,
+            w::ERROR_NOT_ENOUGH_MEMORY | w::ERROR_OUTOFMEMORY => libc::ENOMEM,
+            w::ERROR_TOO_MANY_OPEN_FILES => libc::EMFILE,
+            w::ERROR_NOT_SUPPORTED | w::ERROR_INVALID_FUNCTION => libc::ENOTSUP,
+            _ => 0,
+        };
+        if errno != 0 {
+            return errno;
+        }
+    }
+    match e.kind() {
+        io::ErrorKind::NotFound => libc::ENOENT,
+        io::ErrorKind::PermissionDenied => libc::EACCES,
+        io::ErrorKind::AlreadyExists => libc::EEXIST,
+        io::ErrorKind::InvalidInput => libc::EINVAL,
+        io::ErrorKind::StorageFull => libc::ENOSPC,
+        io::ErrorKind::ReadOnlyFilesystem => libc::EROFS,
+        io::ErrorKind::NotADirectory => libc::ENOTDIR,
+        io::ErrorKind::IsADirectory => libc::EISDIR,
+        io::ErrorKind::Unsupported => libc::ENOTSUP,
+        io::ErrorKind::OutOfMemory => libc::ENOMEM,
+        _ => libc::EIO,
+    }
+}
+
+/// Whether process `pid` still exists (one this user may not signal counts as alive):
+/// temporary files of a live process are never removed as stale.
+pub fn pid_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return false;
+        };
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        alive || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(windows)]
+    {
+        use windows_sys::Win32::Foundation::{CloseHandle, ERROR_ACCESS_DENIED, STILL_ACTIVE};
+        use windows_sys::Win32::System::Threading::{
+            GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+        };
+        // SAFETY: OpenProcess returns a handle we close, or null.
+        let handle = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+        if handle.is_null() {
+            return io::Error::last_os_error().raw_os_error() == Some(ERROR_ACCESS_DENIED as i32);
+        }
+        let mut code = 0u32;
+        // SAFETY: a valid process handle and an out parameter.
+        let ok = unsafe { GetExitCodeProcess(handle, &mut code) } != 0;
+        // SAFETY: the handle is ours.
+        unsafe { CloseHandle(handle) };
+        // An exited process keeps its object while handles to it live: its exit code
+        // tells. (A process that exits with code 259 looks alive, and its temporary
+        // files stay until the next run after it.)
+        !ok || code == STILL_ACTIVE as u32
+    }
+}
+
+/// Reads into `buf` at `offset` without moving a shared file position (on Windows the
+/// handle's position moves, but nothing here reads or writes at "the" position).
+pub fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_at(file, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        std::os::windows::fs::FileExt::seek_read(file, buf, offset)
+    }
+}
+
+/// Fills `buf` from `offset`; UnexpectedEof if the file ends first.
+pub fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match read_at(file, buf, offset) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes from `buf` at `offset` with one positional write (as `read_at`), retried if
+/// interrupted; the count written.
+pub fn write_at(file: &File, buf: &[u8], offset: u64) -> io::Result<usize> {
+    loop {
+        #[cfg(unix)]
+        let wrote = std::os::unix::fs::FileExt::write_at(file, buf, offset);
+        #[cfg(windows)]
+        let wrote = std::os::windows::fs::FileExt::seek_write(file, buf, offset);
+        match wrote {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
+/// Sets permission bits and access and modification times (seconds, nanoseconds)
+/// through an open file. Windows keeps one permission bit: the file is read-only
+/// when `mode` grants no write (`0o200`), as Rust's `Permissions::set_readonly` maps it.
+pub fn set_mode_and_times(
+    file: &File,
+    mode: u32,
+    atime: (i64, u32),
+    mtime: (i64, u32),
+) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        let fd = file.as_raw_fd();
+        // SAFETY: valid fd.
+        if unsafe { libc::fchmod(fd, (mode & 0o7777) as libc::mode_t) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let times = [timespec(atime), timespec(mtime)];
+        // SAFETY: valid fd and a two-element timespec array.
+        if unsafe { libc::futimens(fd, times.as_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(windows)]
+    {
+        let times = std::fs::FileTimes::new()
+            .set_accessed(system_time(atime)?)
+            .set_modified(system_time(mtime)?);
+        file.set_times(times)?;
+        let mut perm = file.metadata()?.permissions();
+        perm.set_readonly(mode & 0o200 == 0);
+        file.set_permissions(perm)
+    }
+}
+
+/// A `timespec` of (seconds, nanoseconds) since the epoch.
+#[cfg(unix)]
+pub fn timespec((sec, nsec): (i64, u32)) -> libc::timespec {
+    libc::timespec {
+        tv_sec: sec as libc::time_t,
+        tv_nsec: nsec as libc::c_long,
+    }
+}
+
+/// (seconds, nanoseconds) since the epoch as a `SystemTime`; EINVAL if it cannot be one.
+pub fn system_time((sec, nsec): (i64, u32)) -> io::Result<std::time::SystemTime> {
+    use std::time::{Duration, UNIX_EPOCH};
+    let invalid = || io::Error::from(io::ErrorKind::InvalidInput);
+    // (sec, nsec) is sec + nsec/1e9 with 0 <= nsec < 1e9, before the epoch too.
+    let t = if sec >= 0 {
+        UNIX_EPOCH.checked_add(Duration::new(sec as u64, nsec))
+    } else {
+        UNIX_EPOCH
+            .checked_sub(Duration::from_secs(sec.unsigned_abs()))
+            .and_then(|t| t.checked_add(Duration::from_nanos(u64::from(nsec))))
+    };
+    if nsec >= 1_000_000_000 {
+        return Err(invalid());
+    }
+    t.ok_or_else(invalid)
+}
+
+/// Whether two open files are the same file (same device and inode, or on Windows the
+/// same volume and file index).
+pub fn same_file(a: &File, b: &File) -> io::Result<bool> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let (a, b) = (a.metadata()?, b.metadata()?);
+        Ok((a.dev(), a.ino()) == (b.dev(), b.ino()))
+    }
+    #[cfg(windows)]
+    {
+        use cap_fs_ext::MetadataExt;
+        let a = cap_std::fs::Metadata::from_file(a)?;
+        let b = cap_std::fs::Metadata::from_file(b)?;
+        Ok((a.dev(), a.ino()) == (b.dev(), b.ino()))
+    }
+}
+
+/// A `SystemTime` as (seconds, nanoseconds) since the epoch, the inverse of
+/// `system_time`; times before the epoch have negative seconds.
+pub fn since_epoch(t: std::time::SystemTime) -> (i64, u32) {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+        Err(before) => {
+            let d = before.duration();
+            let (sec, nsec) = (d.as_secs() as i64, d.subsec_nanos());
+            if nsec == 0 {
+                (-sec, 0)
+            } else {
+                (-sec - 1, 1_000_000_000 - nsec)
+            }
+        }
+    }
+}
+
+/// Sets the times and, with `mode`, the permission bits of `path` itself, never through
+/// a final symlink (a symlink's own times; its mode is not set anywhere).
+pub fn set_path_meta(
+    path: &std::path::Path,
+    mode: Option<u32>,
+    atime: (i64, u32),
+    mtime: (i64, u32),
+) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(mode) = mode {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        }
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+        let times = [timespec(atime), timespec(mtime)];
+        // SAFETY: valid C string and a two-element timespec array.
+        let r = unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                times.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(windows)]
+    {
+        let file = open_entry(path, true)?;
+        let times = std::fs::FileTimes::new()
+            .set_accessed(system_time(atime)?)
+            .set_modified(system_time(mtime)?);
+        file.set_times(times)?;
+        let md = file.metadata()?;
+        // A directory's read-only attribute means something else on Windows.
+        if let (Some(mode), true) = (mode, md.is_file()) {
+            let mut perm = md.permissions();
+            perm.set_readonly(mode & 0o200 == 0);
+            file.set_permissions(perm)?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens entry `path` itself (a file, directory or link, never what a link names), to
+/// change its attributes (`write`) or only to identify it.
+#[cfg(windows)]
+fn open_entry(path: &std::path::Path, write: bool) -> io::Result<File> {
+    use std::os::windows::fs::OpenOptionsExt;
+    use windows_sys::Win32::Storage::FileSystem::{
+        FILE_FLAG_BACKUP_SEMANTICS, FILE_FLAG_OPEN_REPARSE_POINT, FILE_READ_ATTRIBUTES,
+        FILE_WRITE_ATTRIBUTES,
+    };
+    let access = if write {
+        FILE_READ_ATTRIBUTES | FILE_WRITE_ATTRIBUTES
+    } else {
+        FILE_READ_ATTRIBUTES
+    };
+    std::fs::OpenOptions::new()
+        .access_mode(access)
+        .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT | FILE_FLAG_BACKUP_SEMANTICS)
+        .open(path)
+}
+
+/// Whether two paths name the same file (one is a hard link of the other); neither is
+/// followed if it is a symlink.
+pub fn same_entry(a: &std::path::Path, b: &std::path::Path) -> io::Result<bool> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let (a, b) = (std::fs::symlink_metadata(a)?, std::fs::symlink_metadata(b)?);
+        Ok((a.dev(), a.ino()) == (b.dev(), b.ino()))
+    }
+    #[cfg(windows)]
+    {
+        same_file(&open_entry(a, false)?, &open_entry(b, false)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip_before_and_after_the_epoch() {
+        for t in [
+            (0, 0),
+            (1, 2),
+            (1_500_000_000, 999_999_999),
+            (-1, 0),
+            (-2, 500),
+        ] {
+            assert_eq!(since_epoch(system_time(t).unwrap()), t, "{t:?}");
+        }
+        assert!(system_time((0, 1_000_000_000)).is_err());
+    }
+}
