@@ -1042,9 +1042,7 @@ fn create_key_file(state_dir: &Path, path: &Path) -> Result<(), AuthError> {
     };
     let _ = fs::remove_file(&temp);
     placed.map_err(|e| io_error("create", path, e))?;
-    File::open(state_dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(|e| io_error("sync", state_dir, e))
+    tpc_engine::os::sync_dir(state_dir).map_err(|e| io_error("sync", state_dir, e))
 }
 
 /// The text of a trust file, `None` if it does not exist.

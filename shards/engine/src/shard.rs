@@ -433,7 +433,7 @@ async fn commit(
         // The renames themselves become durable when their directories are synced.
         let result = run_blocking(move || {
             for dir in dirs {
-                std::fs::File::open(&dir)?.sync_all()?;
+                crate::os::sync_dir(&dir)?;
             }
             Ok(())
         })

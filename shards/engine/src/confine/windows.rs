@@ -419,13 +419,12 @@ fn open_file(
         Access::CreateNew { .. } => options.write(true).create_new(true),
     };
     let file = dir.open_with(name, &options).map_err(|e| {
-        let is_link = dir
-            .symlink_metadata(name)
-            .is_ok_and(|md| md.file_type().is_symlink());
-        if is_link {
-            ConfineError::Symlink { rel: rel.clone() }
-        } else {
-            at_error("open", rel, errno(&e))
+        // Windows refuses to open a directory as a file (access denied): say what is
+        // there rather than pass that on.
+        match dir.symlink_metadata(name) {
+            Ok(md) if md.file_type().is_symlink() => ConfineError::Symlink { rel: rel.clone() },
+            Ok(md) if !md.is_file() => ConfineError::NotRegular { rel: rel.clone() },
+            _ => at_error("open", rel, errno(&e)),
         }
     })?;
     let file = file.into_std();
@@ -490,11 +489,8 @@ fn unlink_at(dir: &cap_std::fs::Dir, name: &str, rel: &RelPath) -> Result<(), Co
 }
 
 fn sync_dir(dir: &cap_std::fs::Dir, rel: &RelPath) -> Result<(), ConfineError> {
-    let file = dir
-        .try_clone()
-        .map_err(|e| io_error("sync", rel, errno(&e)))?
-        .into_std_file();
-    sync_file(&file).map_err(|e| io_error("sync", rel, errno(&e)))
+    use std::os::windows::io::AsHandle;
+    os::flush_dir(dir.as_handle()).map_err(|e| io_error("sync", rel, errno(&e)))
 }
 
 /// Makes what was written through `file` durable (FlushFileBuffers).
@@ -505,8 +501,7 @@ pub fn sync_file(file: &File) -> io::Result<()> {
 /// Windows has no syncfs: files are flushed through their own handles as they are
 /// finished, and this flushes `path` itself (a directory, as a barrier).
 pub fn sync_filesystem_of(path: &Path) -> io::Result<()> {
-    let dir = cap_std::fs::Dir::open_ambient_dir(path, ambient_authority())?;
-    dir.into_std_file().sync_all()
+    os::sync_dir(path)
 }
 
 /// Metadata of an open file (never of a link's target); the error is the errno.
