@@ -715,17 +715,18 @@ pub(crate) fn stale_temp_pid(name: &[u8]) -> Option<u32> {
     std::str::from_utf8(&rest[..dot]).ok()?.parse().ok()
 }
 
-/// Sets the permission bits of `path` (on Windows: read-only unless the owner may write).
+/// Sets the permission bits of directory `path`, to unlock it for this run. Windows
+/// directories have no permission bits (their read-only attribute marks folders that
+/// Explorer customized), and the walk reports them writable, so there is nothing to
+/// unlock there.
 fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
     #[cfg(unix)]
-    let perm = std::os::unix::fs::PermissionsExt::from_mode(mode);
+    return std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode));
     #[cfg(windows)]
-    let perm = {
-        let mut perm = std::fs::metadata(path)?.permissions();
-        perm.set_readonly(mode & 0o200 == 0);
-        perm
-    };
-    std::fs::set_permissions(path, perm)
+    {
+        let _ = (path, mode);
+        Ok(())
+    }
 }
 
 /// Sets mode (unless a symlink) and times of `path`, never following a symlink.

@@ -97,15 +97,10 @@ impl OsMeta {
     /// is copied as a file of its own (`(0, 0, 1)`: a single link).
     #[cfg(windows)]
     fn of(md: &std::fs::Metadata) -> OsMeta {
-        let full = if md.is_dir() { 0o755 } else { 0o644 };
         let time =
             |t: io::Result<std::time::SystemTime>| t.map_or((0, 0), tpc_engine::os::since_epoch);
         OsMeta {
-            mode: if md.permissions().readonly() {
-                full & !0o222
-            } else {
-                full
-            },
+            mode: tpc_engine::os::windows_mode(md.permissions().readonly(), md.is_dir()),
             mtime: time(md.modified()),
             atime: time(md.accessed()),
             inode: (0, 0, 1),

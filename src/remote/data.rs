@@ -419,7 +419,7 @@ pub const DIRECT_FILE_BYTES_MIN: u64 = 1 << 20;
 /// A direct-I/O handle on `rel` beneath `root`, a file of `size` bytes already open as
 /// `file`, where the platform and the filesystem offer one and the file is large enough
 /// (`DIRECT_FILE_BYTES_MIN`). It is opened by name (confined as every open is) and kept
-/// only if it is the very file `fd` is, so that no rename in between can send the data
+/// only if it is the very file `file` is, so that no rename in between can send the data
 /// elsewhere.
 pub fn open_direct(
     root: &Root,

@@ -144,7 +144,7 @@ impl LazyFile {
 #[derive(Debug)]
 pub struct LazyFiles {
     pub files: HashMap<u32, LazyFile>,
-    /// Off Linux a durable session syncs each file through its own fd (no syncfs).
+    /// Off Linux a durable session syncs each file through its own handle (no syncfs).
     pub durable: bool,
 }
 
@@ -323,8 +323,8 @@ impl Receiver {
                         .map_err(|e| Failure::confine(&e))?;
                 } else {
                     // set_dir_meta clears setuid/setgid, as for files: compare likewise.
-                    self.planned[i].meta_ok =
-                        st.mode == p.entry.mode & 0o1777 && st.mtime == p.entry.mtime;
+                    self.planned[i].meta_ok = os::mode_matches(st.mode, p.entry.mode & 0o1777)
+                        && os::same_time(st.mtime, p.entry.mtime);
                 }
                 Ok(())
             }
@@ -386,11 +386,11 @@ impl Receiver {
             Some(st)
                 if st.kind == FileKind::File
                     && st.size_bytes == p.entry.size
-                    && st.mtime == p.entry.mtime =>
+                    && os::same_time(st.mtime, p.entry.mtime) =>
             {
-                if st.mode != p.entry.mode & 0o1777 {
+                if !os::mode_matches(st.mode, p.entry.mode & 0o1777) {
                     let file = dir
-                        .open(&p.full, Access::Read)
+                        .open(&p.full, Access::Metadata)
                         .map_err(|e| Failure::confine(&e))?;
                     set_file_meta(&file, p.entry.mode, st.atime, st.mtime)
                         .map_err(|e| io_failure(&p.full, &e))?;
@@ -502,7 +502,7 @@ impl Receiver {
         // file; a file listed twice is committed once.
         valid.sort_unstable();
         valid.dedup();
-        // Mode and times through each temporary file's fd, before the data is synced.
+        // Mode and times through each temporary file's handle, before the data is synced.
         let mut ready: Vec<(Dir, Vec<u32>)> = Vec::new();
         for (parent, group) in by_directory(valid) {
             let dir = match self.root.dir(&parent) {
@@ -534,7 +534,7 @@ impl Receiver {
         if self.durable && ready.iter().any(|(_, g)| !g.is_empty()) {
             // One syncfs for the batch: every temp file's data (written by any shard) is on
             // disk before any of them takes its final name. (Off Linux each file was
-            // synced through its own fd, by finish_file or its data stream, and this
+            // synced through its own handle, by finish_file or its data stream, and this
             // syncs the root as a barrier.)
             if let Err(e) = self.root.syncfs() {
                 let f = Failure::confine(&e);
@@ -591,7 +591,7 @@ impl Receiver {
         renamed
     }
 
-    /// Applies mode and times through the temporary file's fd (`dir` is its directory).
+    /// Applies mode and times through the temporary file's handle (`dir` is its directory).
     fn finish_file(&self, f: u32, dir: &Dir) -> Result<(), Failure> {
         let p = &self.planned[f as usize];
         let tmp = temp_path(&p.full, self.pid, self.session, f)?;
@@ -600,7 +600,7 @@ impl Receiver {
             .map_err(|e| Failure::confine(&e))?;
         set_meta(&file, &p.full, p.entry.mode, p.entry.mtime)?;
         if self.durable && !cfg!(target_os = "linux") {
-            // No syncfs for the batch off Linux: sync through this fd, the one sure way
+            // No syncfs for the batch off Linux: sync through this handle, the one sure way
             // in once the final mode is set.
             sync_file(&file).map_err(|e| io_failure(&tmp, &e))?;
         }
@@ -691,7 +691,7 @@ impl Receiver {
                     .read_link(&p.full)
                     .map_err(|e| Failure::confine(&e))?;
                 if target == p.entry.target {
-                    if st.mtime != p.entry.mtime {
+                    if !os::same_time(st.mtime, p.entry.mtime) {
                         self.root
                             .set_symlink_times(&p.full, p.entry.mtime, p.entry.mtime)
                             .map_err(|e| Failure::confine(&e))?;
@@ -773,7 +773,7 @@ fn parent_of(full: &RelPath) -> RelPath {
 }
 
 /// Sets a received file's mode (setuid and setgid cleared) and mtime (atime = mtime)
-/// through its fd; `full` names it in the error.
+/// through its open handle; `full` names it in the error.
 pub fn set_meta(
     file: &std::fs::File,
     full: &RelPath,

@@ -543,7 +543,7 @@ async fn put(
         Some(lazy) => create_lazy(&shared.root, lazy, &full, &tmp, &p)?,
         None => {
             // Otherwise only a temporary file the control stream created can be written:
-            // no O_CREAT.
+            // no create (`Access::Write`).
             let fd = shared
                 .root
                 .open(&tmp, Access::Write)

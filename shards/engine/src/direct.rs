@@ -12,7 +12,7 @@
 //! tail; the caller writes that through the file's ordinary handle.
 //!
 //! The writes run on the shard's blocking pool on both drivers: glommio's direct-I/O file
-//! (`DmaFile`) opens by path only, and receivers open their files by fd, through the
+//! (`DmaFile`) opens by path only, and receivers open their files through the
 //! confined root.
 
 use std::io;

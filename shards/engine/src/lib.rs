@@ -11,7 +11,7 @@
 //! the file's temporary name. It then reports the chunk hashes to the owner — directly
 //! when it is the owner, otherwise as a `ShardMsg` over the channel mesh. The
 //! owner feeds the reports to its `Assembly`; when a file is complete it applies mode and
-//! times through the open fd, and commits it: durable in batches, then renamed into place.
+//! times through the open file, and commits it: durable in batches, then renamed into place.
 //!
 //! Shards share nothing mutable. The job's file list is immutable and shared by `Arc`;
 //! progress counters are one cache line per shard, written only by that shard.
@@ -61,7 +61,7 @@ pub struct Destination {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
     /// Batches of files are synced together (`syncfs`; off Linux each through its own
-    /// fd), then renamed, then their directories are synced. A file is never visible
+    /// handle), then renamed, then their directories are synced. A file is never visible
     /// under its name before it is durable.
     Batch,
     /// Rename as soon as written; the kernel writes back when it likes.

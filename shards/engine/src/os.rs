@@ -52,7 +52,9 @@ fn windows_errno(e: &io::Error) -> i32 {
             }
             w::ERROR_WRITE_PROTECT => libc::EROFS,
             w::ERROR_FILE_EXISTS | w::ERROR_ALREADY_EXISTS => libc::EEXIST,
-            w::ERROR_DISK_FULL | w::ERROR_HANDLE_DISK_FULL => libc::ENOSPC,
+            w::ERROR_DISK_FULL | w::ERROR_HANDLE_DISK_FULL | w::ERROR_DISK_QUOTA_EXCEEDED => {
+                libc::ENOSPC
+            }
             w::ERROR_NOT_SAME_DEVICE => libc::EXDEV,
             w::ERROR_DIRECTORY => libc::ENOTDIR,
             w::ERROR_DIR_NOT_EMPTY => libc::ENOTEMPTY,
@@ -187,14 +189,61 @@ pub fn set_mode_and_times(
         Ok(())
     }
     #[cfg(windows)]
-    {
-        let times = std::fs::FileTimes::new()
-            .set_accessed(system_time(atime)?)
-            .set_modified(system_time(mtime)?);
-        file.set_times(times)?;
-        let mut perm = file.metadata()?.permissions();
+    set_windows_meta(file, Some(mode), atime, mtime)
+}
+
+/// Windows: sets the times and, with `mode` and for a regular file, the read-only
+/// attribute (from the owner's write bit; a directory's read-only attribute means
+/// something else there) through `file`, which must have attribute access.
+#[cfg(windows)]
+fn set_windows_meta(
+    file: &File,
+    mode: Option<u32>,
+    atime: (i64, u32),
+    mtime: (i64, u32),
+) -> io::Result<()> {
+    let times = std::fs::FileTimes::new()
+        .set_accessed(system_time(atime)?)
+        .set_modified(system_time(mtime)?);
+    file.set_times(times)?;
+    let md = file.metadata()?;
+    if let (Some(mode), true) = (mode, md.is_file()) {
+        let mut perm = md.permissions();
         perm.set_readonly(mode & 0o200 == 0);
-        file.set_permissions(perm)
+        file.set_permissions(perm)?;
+    }
+    Ok(())
+}
+
+/// Windows: the permission bits an entry is reported with (Windows keeps one, read-only):
+/// `0o644`, or `0o755` for a directory, less the write bits when read-only.
+#[cfg(windows)]
+pub fn windows_mode(readonly: bool, is_dir: bool) -> u32 {
+    let full = if is_dir { 0o755 } else { 0o644 };
+    if readonly {
+        full & !0o222
+    } else {
+        full
+    }
+}
+
+/// Whether permission bits read back from this filesystem (`have`) already are `want`
+/// as it would keep them: all of them on Unix; on Windows only the owner's write bit.
+pub fn mode_matches(have: u32, want: u32) -> bool {
+    if cfg!(windows) {
+        have & 0o200 == want & 0o200
+    } else {
+        have == want
+    }
+}
+
+/// Whether a time read back from this filesystem (`have`) already is `want` as it would
+/// keep it: exactly on Unix; on Windows to its 100 ns step.
+pub fn same_time(have: (i64, u32), want: (i64, u32)) -> bool {
+    if cfg!(windows) {
+        (have.0, have.1 / 100) == (want.0, want.1 / 100)
+    } else {
+        have == want
     }
 }
 
@@ -292,21 +341,7 @@ pub fn set_path_meta(
         Ok(())
     }
     #[cfg(windows)]
-    {
-        let file = open_entry(path, true)?;
-        let times = std::fs::FileTimes::new()
-            .set_accessed(system_time(atime)?)
-            .set_modified(system_time(mtime)?);
-        file.set_times(times)?;
-        let md = file.metadata()?;
-        // A directory's read-only attribute means something else on Windows.
-        if let (Some(mode), true) = (mode, md.is_file()) {
-            let mut perm = md.permissions();
-            perm.set_readonly(mode & 0o200 == 0);
-            file.set_permissions(perm)?;
-        }
-        Ok(())
-    }
+    set_windows_meta(&open_entry(path, true)?, mode, atime, mtime)
 }
 
 /// Opens entry `path` itself (a file, directory or link, never what a link names), to
@@ -363,30 +398,37 @@ pub fn sync_dir(path: &std::path::Path) -> io::Result<()> {
 }
 
 /// FlushFileBuffers of the directory open as `dir`, which Windows allows only through a
-/// handle with write access: a second handle on the same directory (ReOpenFile), not a
-/// new lookup by name.
+/// handle with write access.
 #[cfg(windows)]
 pub fn flush_dir(dir: std::os::windows::io::BorrowedHandle<'_>) -> io::Result<()> {
+    use windows_sys::Win32::Foundation::GENERIC_WRITE;
+    reopen(dir, GENERIC_WRITE)?.sync_all()
+}
+
+/// A second handle on what `handle` is open on (ReOpenFile), with `access`: not a new
+/// lookup by name, so it is the very same file or directory.
+#[cfg(windows)]
+pub fn reopen(handle: std::os::windows::io::BorrowedHandle<'_>, access: u32) -> io::Result<File> {
     use std::os::windows::io::{AsRawHandle, FromRawHandle};
-    use windows_sys::Win32::Foundation::{GENERIC_WRITE, INVALID_HANDLE_VALUE};
+    use windows_sys::Win32::Foundation::INVALID_HANDLE_VALUE;
     use windows_sys::Win32::Storage::FileSystem::{
         ReOpenFile, FILE_FLAG_BACKUP_SEMANTICS, FILE_SHARE_DELETE, FILE_SHARE_READ,
         FILE_SHARE_WRITE,
     };
-    // SAFETY: a valid directory handle; the new handle is owned by the File below.
-    let handle = unsafe {
+    // SAFETY: a valid handle; the new handle is owned by the File returned.
+    let new = unsafe {
         ReOpenFile(
-            dir.as_raw_handle(),
-            GENERIC_WRITE,
+            handle.as_raw_handle(),
+            access,
             FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
             FILE_FLAG_BACKUP_SEMANTICS,
         )
     };
-    if handle == INVALID_HANDLE_VALUE {
+    if new == INVALID_HANDLE_VALUE {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a new handle that nobody else owns.
-    unsafe { File::from_raw_handle(handle) }.sync_all()
+    Ok(unsafe { File::from_raw_handle(new) })
 }
 
 #[cfg(test)]

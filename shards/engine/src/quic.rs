@@ -18,7 +18,6 @@ use std::future::poll_fn;
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 #[cfg(target_os = "linux")]
-#[cfg(target_os = "linux")]
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;

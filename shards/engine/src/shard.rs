@@ -200,7 +200,7 @@ impl Shard {
                 None => self.work_span(&plan, &src, dst.as_ref(), span).await,
             };
             // A file that is one range is complete now, and its owner is this shard (range
-            // 0 always is): set mode and times through this fd before the report lets the
+            // 0 always is): set mode and times through this file before the report lets the
             // finalizer rename it, instead of opening it again there.
             if let (Ok(_), Some(out), Some(meta)) = (&result, &dst, &file.dst) {
                 if plan.range_count() == 1 {
@@ -227,7 +227,7 @@ impl Shard {
         let Some(meta) = &file.dst else {
             return Ok((src, None));
         };
-        // Every shard opens the temporary file with O_CREAT and no O_TRUNC, so the shards
+        // Every shard opens the temporary file creating it but never truncating, so the shards
         // writing ranges of one file need no ordering among themselves.
         let dst = File::open_write(&meta.tmp, 0o600)
             .await
@@ -356,7 +356,7 @@ async fn finalize_loop(
                 };
                 let plan = ChunkPlan::new(f.size_bytes).expect("checked");
                 if plan.range_count() > 1 {
-                    // Several shards wrote it; they have all closed their fds by now.
+                    // Several shards wrote it; they have all closed their files by now.
                     if let Err(e) = apply_metadata_by_path(&dst.tmp, dst, shard.durable()) {
                         let _ = std::fs::remove_file(&dst.tmp);
                         finished.push((file, FileOutcome::Failed(file_error(Stage::Write, &e))));
@@ -454,7 +454,7 @@ where
 }
 
 /// Makes the files at `paths` durable: one syncfs of their filesystem on Linux (they
-/// share it: one destination). Elsewhere each was synced through its own fd when its
+/// share it: one destination). Elsewhere each was synced through its own handle when its
 /// metadata was applied (`apply_metadata`); what is left is their directory, as a
 /// barrier before the renames.
 fn sync_batch(paths: &[std::path::PathBuf]) -> io::Result<()> {

@@ -26,8 +26,13 @@ mod unix;
 pub use unix::{fstat, sync_file, sync_filesystem_of, Dir, Root};
 #[cfg(windows)]
 mod windows;
+/// Makes what was written to `path`'s filesystem durable. Windows has no syncfs: files
+/// are flushed through their own handles as they are finished, and this flushes `path`
+/// itself (a directory, as a barrier).
 #[cfg(windows)]
-pub use windows::{fstat, sync_file, sync_filesystem_of, Dir, Root};
+pub use crate::os::sync_dir as sync_filesystem_of;
+#[cfg(windows)]
+pub use windows::{fstat, sync_file, Dir, Root};
 
 /// Applies permission bits and times to an open file. Setuid and setgid are cleared
 /// (`mode & 0o1777`): ownership is not transferred, so the bits would grant a peer's
@@ -50,9 +55,13 @@ pub enum Access {
     Read,
     /// An existing file, for writing in place.
     Write,
-    /// An existing file, for writing past the page cache (`direct::available()`);
+    /// An existing file, for writing past the page cache (`direct::AVAILABLE`);
     /// refused with EINVAL where the platform has no such open.
     WriteDirect,
+    /// An existing file, to change its mode and times with `set_file_meta` (on Unix the
+    /// owner may do that through any fd, so it opens for reading even a read-only file;
+    /// on Windows it opens with attribute access only).
+    Metadata,
     /// A new file (it must not exist), for writing, created with permission bits
     /// `mode & 0o777`; the final mode, setuid and all, is applied through the open file
     /// with `set_file_meta`.
@@ -64,12 +73,13 @@ pub enum Access {
 pub enum ConfineError {
     /// The path itself is malformed.
     Path(PathError),
-    /// Resolution would have left the root (EXDEV from `RESOLVE_BENEATH`).
+    /// Resolution would have left the root (EXDEV from Linux's `RESOLVE_BENEATH`).
     Escapes {
         rel: RelPath,
     },
-    /// A symlink on the way, or as the final component where one is not acted on as a
-    /// link (ELOOP from `RESOLVE_NO_SYMLINKS` / `O_NOFOLLOW`, or `mkdir` finding one).
+    /// A symlink (on Windows any reparse point, a junction too) on the way, or as the
+    /// final component where one is not acted on as a link (ELOOP from
+    /// `RESOLVE_NO_SYMLINKS` / `O_NOFOLLOW`, or `mkdir` finding one).
     Symlink {
         rel: RelPath,
     },
@@ -122,14 +132,14 @@ pub enum FileKind {
 pub struct Stat {
     pub kind: FileKind,
     pub size_bytes: u64,
-    /// Permission bits, `st_mode & 0o7777`.
+    /// Permission bits, `st_mode & 0o7777` (on Windows, `os::windows_mode`).
     pub mode: u32,
     /// (seconds, nanoseconds)
     pub atime: (i64, u32),
     pub mtime: (i64, u32),
 }
 
-/// Bytes read per `getdents64` call during a walk.
+/// Bytes of directory entries read per call during a walk (getdents64 on Linux).
 pub(crate) const DIRENT_BUFFER_BYTES: usize = 32 * 1024;
 
 /// Why a directory could not be listed in full.
@@ -323,7 +333,7 @@ impl std::error::Error for ConfineError {
     }
 }
 
-/// Errors of an openat2 resolution beneath the root.
+/// Errors of a resolution beneath the root (openat2, or the walk of held directories).
 pub(crate) fn resolve_error(op: &'static str, rel: &RelPath, errno: i32) -> ConfineError {
     match errno {
         libc::EXDEV => ConfineError::Escapes { rel: rel.clone() },
@@ -339,6 +349,38 @@ pub(crate) fn at_error(op: &'static str, rel: &RelPath, errno: i32) -> ConfineEr
         libc::ENOENT => ConfineError::NotFound { rel: rel.clone() },
         _ => io_error(op, rel, errno),
     }
+}
+
+/// An error met resolving `rel`'s parent, reported for `rel` itself: the path that was
+/// asked for, not just its parent.
+pub(crate) fn for_path(e: ConfineError, rel: &RelPath) -> ConfineError {
+    match e {
+        ConfineError::Symlink { .. } => ConfineError::Symlink { rel: rel.clone() },
+        ConfineError::Escapes { .. } => ConfineError::Escapes { rel: rel.clone() },
+        ConfineError::NotFound { .. } => ConfineError::NotFound { rel: rel.clone() },
+        ConfineError::Io { op, errno, .. } => ConfineError::Io {
+            op,
+            rel: rel.clone(),
+            errno,
+        },
+        other => other,
+    }
+}
+
+/// `rel`'s last name, where `rel` must lie directly in held directory `dir`. The root has
+/// no name (`IsRoot`, which a peer's path can lead to); a path in another directory is
+/// the caller's bug, which would act on the wrong file, so it is checked in release
+/// builds too.
+pub(crate) fn name_in<'a>(
+    dir: &RelPath,
+    op: &'static str,
+    rel: &'a RelPath,
+) -> Result<&'a [u8], ConfineError> {
+    let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+        return Err(ConfineError::IsRoot { op });
+    };
+    assert!(parent == *dir, "{rel} is not directly in {dir}");
+    Ok(name)
 }
 
 pub(crate) fn io_error(op: &'static str, rel: &RelPath, errno: i32) -> ConfineError {
@@ -394,6 +436,17 @@ mod portable_tests {
             Ok(_) => panic!("a second CreateNew of one name succeeded"),
         }
         set_file_meta(&f, 0o640, (1_000, 5), (1_600_000_000, 123_456_700)).unwrap();
+        // A read-only file's mode and times change through an `Access::Metadata` open.
+        let ro = rel("a/ro");
+        let r = root.open(&ro, Access::CreateNew { mode: 0o600 }).unwrap();
+        set_file_meta(&r, 0o444, (1, 0), (2, 0)).unwrap();
+        drop(r);
+        let r = root.open(&ro, Access::Metadata).unwrap();
+        set_file_meta(&r, 0o644, (3, 0), (4, 0)).unwrap();
+        assert_eq!(fstat(&r).unwrap().mtime, (4, 0));
+        assert!(crate::os::mode_matches(fstat(&r).unwrap().mode, 0o644));
+        drop(r);
+        root.remove_file(&ro).unwrap();
         sync_file(&f).unwrap();
         let st = fstat(&f).unwrap();
         assert_eq!((st.kind, st.size_bytes), (FileKind::File, 5));
@@ -447,12 +500,23 @@ mod portable_tests {
     }
 
     /// Names that Windows would read as structure (a separator, a drive or stream, a
-    /// wildcard) never reach a call there; on Unix they are ordinary names.
+    /// wildcard, a device) or rewrite (a trailing dot or space) never reach a call there;
+    /// on Unix they are ordinary names.
     #[test]
     fn names_windows_reads_as_structure() {
         let s = Scratch::new("names");
         let root = Root::open_ambient(&s.0).unwrap();
-        for name in ["a\\b", "c:x", "q?", "p|q"] {
+        for name in [
+            "a\\b",
+            "c:x",
+            "q?",
+            "p|q",
+            "CON",
+            "nul.txt",
+            "Com1.tar.gz",
+            "dot.",
+            "sp ",
+        ] {
             let r = root.open(&rel(name), Access::CreateNew { mode: 0o600 });
             if cfg!(windows) {
                 match r {

@@ -25,7 +25,8 @@ use tpc_core::limits::PATH_BYTES_MAX;
 use tpc_core::relpath::{PathError, RelPath};
 
 use super::{
-    at_error, io_error, resolve_error, Access, ConfineError, FileKind, ReadNamesError, Stat,
+    at_error, for_path, io_error, name_in, resolve_error, Access, ConfineError, FileKind,
+    ReadNamesError, Stat,
 };
 
 /// The directory a server serves; every path is resolved beneath it.
@@ -182,7 +183,7 @@ impl Root {
     pub fn lstat(&self, rel: &RelPath) -> Result<Option<Stat>, ConfineError> {
         const OP: &str = "stat";
         if rel.is_root() {
-            return fstat(self.dir.as_fd())
+            return fstat_fd(self.dir.as_fd())
                 .map(Some)
                 .map_err(|errno| io_error(OP, rel, errno));
         }
@@ -278,7 +279,7 @@ impl Root {
         // SAFETY: valid fd.
         let r = cvt(unsafe { libc::syncfs(self.dir.as_raw_fd()) }).map(drop);
         #[cfg(not(target_os = "linux"))]
-        let r = sync_file(self.dir.as_fd()).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
+        let r = sync_fd(self.dir.as_fd()).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
         r.map_err(|errno| io_error("sync filesystem of", &RelPath::root(), errno))
     }
 
@@ -311,18 +312,7 @@ impl Root {
         // O_PATH: the *at calls need only a handle, not read permission on the directory.
         let dir = self
             .open_dir_with(op, &parent, DIR_HANDLE)
-            .map_err(|e| match e {
-                // Report the path that was asked for, not just its parent.
-                ConfineError::Symlink { .. } => ConfineError::Symlink { rel: rel.clone() },
-                ConfineError::Escapes { .. } => ConfineError::Escapes { rel: rel.clone() },
-                ConfineError::NotFound { .. } => ConfineError::NotFound { rel: rel.clone() },
-                ConfineError::Io { op, errno, .. } => ConfineError::Io {
-                    op,
-                    rel: rel.clone(),
-                    errno,
-                },
-                other => other,
-            })?;
+            .map_err(|e| for_path(e, rel))?;
         Ok((DirFd::Owned(dir), name))
     }
 }
@@ -346,16 +336,10 @@ impl Dir {
         &self.rel
     }
 
-    /// `rel`'s name, which must lie directly in this directory. The root has no name
-    /// (`IsRoot`, which a peer's path can lead to); a path in another directory is the
-    /// caller's bug, which would act on the wrong file, so it is checked in release
-    /// builds too.
+    /// `rel`'s name as a C string, where `rel` lies directly in this directory
+    /// ([`name_in`]).
     fn name_of(&self, op: &'static str, rel: &RelPath) -> Result<CString, ConfineError> {
-        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
-            return Err(ConfineError::IsRoot { op });
-        };
-        assert!(parent == self.rel, "{rel} is not directly in {}", self.rel);
-        c_name(name, rel)
+        c_name(name_in(&self.rel, op, rel)?, rel)
     }
 
     /// As [`Root::open`], for `rel` directly in this directory.
@@ -409,7 +393,7 @@ impl Dir {
 #[cfg_attr(target_os = "linux", allow(unused_variables))]
 fn open_flags(access: Access, rel: &RelPath) -> Result<(i32, u32), ConfineError> {
     Ok(match access {
-        Access::Read => (libc::O_RDONLY, 0),
+        Access::Read | Access::Metadata => (libc::O_RDONLY, 0),
         Access::Write => (libc::O_WRONLY, 0),
         #[cfg(target_os = "linux")]
         Access::WriteDirect => (libc::O_WRONLY | libc::O_DIRECT, 0),
@@ -461,7 +445,7 @@ fn unlink_at(dir: BorrowedFd<'_>, name: &CStr, rel: &RelPath) -> Result<(), Conf
 
 /// fsync of directory `fd` (`rel`), making its entries durable.
 fn sync_dir(fd: BorrowedFd<'_>, rel: &RelPath) -> Result<(), ConfineError> {
-    sync_file(fd).map_err(|e| io_error("sync", rel, e.raw_os_error().unwrap_or(libc::EIO)))
+    sync_fd(fd).map_err(|e| io_error("sync", rel, e.raw_os_error().unwrap_or(libc::EIO)))
 }
 
 /// A regular file at `path` beneath `dir` (see [`Root::open`]); `rel` names it in errors.
@@ -485,7 +469,7 @@ fn open_file(
     let fd = openat2(dir, path, open_flags, mode & 0o777)
         .map_err(|errno| resolve_error("open", rel, errno))?;
     if !creates_new {
-        let st = fstat(fd.as_fd()).map_err(|errno| io_error("stat", rel, errno))?;
+        let st = fstat_fd(fd.as_fd()).map_err(|errno| io_error("stat", rel, errno))?;
         if st.kind != FileKind::File {
             return Err(ConfineError::NotRegular { rel: rel.clone() });
         }
@@ -531,8 +515,11 @@ fn c_name(name: &[u8], rel: &RelPath) -> Result<CString, ConfineError> {
 /// Makes what was written through `file` durable: fsync, or on macOS F_FULLFSYNC, since
 /// its fsync leaves the data in the drive's cache (falling back to fsync where the
 /// filesystem does not support it).
-pub fn sync_file(file: impl AsFd) -> io::Result<()> {
-    let fd = file.as_fd();
+pub fn sync_file(file: &File) -> io::Result<()> {
+    sync_fd(file.as_fd())
+}
+
+fn sync_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
     #[cfg(any(target_os = "macos", target_os = "ios"))]
     // SAFETY: valid fd; F_FULLFSYNC takes no argument.
     if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_FULLFSYNC) } == 0 {
@@ -556,7 +543,7 @@ pub fn sync_filesystem_of(path: &Path) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     #[cfg(not(target_os = "linux"))]
-    sync_file(file.as_fd())?;
+    sync_fd(file.as_fd())?;
     Ok(())
 }
 
@@ -688,8 +675,11 @@ fn openat2(dir: BorrowedFd<'_>, path: &CStr, flags: i32, mode: u32) -> Result<Ow
 }
 
 /// Metadata of an open file (never of a symlink's target); the error is the errno.
-pub fn fstat(file: impl AsFd) -> Result<Stat, i32> {
-    let fd = file.as_fd();
+pub fn fstat(file: &File) -> Result<Stat, i32> {
+    fstat_fd(file.as_fd())
+}
+
+fn fstat_fd(fd: BorrowedFd<'_>) -> Result<Stat, i32> {
     #[cfg(target_os = "linux")]
     return stat_flags(fd, c"", libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW);
     // Without AT_EMPTY_PATH, fstatat of "." would name a directory fd's own directory

@@ -1,21 +1,31 @@
 //! Path confinement on Windows: every path is resolved beneath the held root directory
 //! handle one name at a time, never through a symlink or junction.
 //!
-//! Windows has no `openat2`; cap-std gives directory-relative opens on held handles
+//! Windows has no `openat2`; cap-std gives directory-relative operations on held handles
 //! (`cap_std::fs::Dir`). Each step down opens the next directory with
 //! `open_dir_nofollow`, which refuses a reparse point (symlink or junction), so a link
 //! anywhere on the way is refused as `openat2`'s `RESOLVE_NO_SYMLINKS` refuses it on
-//! Linux, even one swapped in after we looked. The final name is acted on relative to
-//! its held parent without following it (`FollowSymlinks::No`, `symlink_metadata`).
+//! Linux. The final name is acted on relative to its held parent without following it
+//! (`FollowSymlinks::No`, `symlink_metadata`).
 //!
-//! Names must be valid UTF-16 once converted (so valid UTF-8 on the wire) and free of
-//! what Windows would read as structure rather than a name: `\`, `:` (a drive or an
-//! alternate data stream), the wildcard and redirection characters, and control
-//! characters. Such a name is refused with EINVAL before any call.
+//! Opens and stats are relative to the held handle (NtCreateFile with a root directory).
+//! cap-std does mkdir, rename, remove, symlink, readlink and listing by the held
+//! directory's path (GetFinalPathNameByHandle) joined with the name. That path stays the
+//! directory's because cap-std holds directories open without FILE_SHARE_DELETE, and
+//! NTFS refuses to rename a directory beneath which handles are open. On a network share
+//! neither holds (and cap-std turns a `\\?\UNC\` path into a relative one), so a root
+//! that is not on a local drive is refused.
 //!
-//! Windows keeps one permission bit (read-only); `Stat::mode` reports `0o644` or `0o755`
-//! for directories, less the write bits when read-only, and `set_file_meta` sets the
-//! read-only bit from the owner's write bit.
+//! Names must be UTF-8 on the wire and free of what Windows would read as structure or
+//! rewrite rather than take as a name: `\`, `:` (a drive or an alternate data stream),
+//! the wildcard and redirection characters, control characters, a trailing dot or
+//! space (Win32 strips them), and the reserved device names (`CON`, `NUL`, `COM1`, ...,
+//! with any extension). Such a name is refused with EINVAL before any call. Windows
+//! compares names without case and may know a file by its 8.3 short name too, so two
+//! wire names can reach one file; both lie in the same directory.
+//!
+//! Windows keeps one permission bit (read-only); `Stat::mode` is `os::windows_mode`, and
+//! `set_file_meta` sets the read-only bit from the owner's write bit.
 
 use std::fs::File;
 use std::io;
@@ -26,7 +36,8 @@ use cap_std::ambient_authority;
 use tpc_core::relpath::RelPath;
 
 use super::{
-    at_error, io_error, resolve_error, Access, ConfineError, FileKind, ReadNamesError, Stat,
+    at_error, for_path, io_error, name_in, resolve_error, Access, ConfineError, FileKind,
+    ReadNamesError, Stat,
 };
 use crate::os;
 
@@ -47,14 +58,52 @@ pub struct Dir {
 /// Characters Windows treats as structure or refuses in a name.
 const RESERVED_CHARS: &[char] = &['\\', '/', ':', '*', '?', '"', '<', '>', '|'];
 
+/// Names of devices, which Win32 finds in every directory, with any extension.
+const RESERVED_STEMS: &[&str] = &[
+    "CON",
+    "PRN",
+    "AUX",
+    "NUL",
+    "COM0",
+    "COM1",
+    "COM2",
+    "COM3",
+    "COM4",
+    "COM5",
+    "COM6",
+    "COM7",
+    "COM8",
+    "COM9",
+    "COM\u{b9}",
+    "COM\u{b2}",
+    "COM\u{b3}",
+    "LPT0",
+    "LPT1",
+    "LPT2",
+    "LPT3",
+    "LPT4",
+    "LPT5",
+    "LPT6",
+    "LPT7",
+    "LPT8",
+    "LPT9",
+    "LPT\u{b9}",
+    "LPT\u{b2}",
+    "LPT\u{b3}",
+    "CONIN$",
+    "CONOUT$",
+];
+
 /// One name as Windows takes it, or EINVAL (see the module's notes).
 fn win_name<'a>(name: &'a [u8], rel: &RelPath) -> Result<&'a str, ConfineError> {
     let refused = || io_error("name", rel, libc::EINVAL);
     let s = std::str::from_utf8(name).map_err(|_| refused())?;
+    let stem = s.split('.').next().unwrap_or("").trim_end_matches(' ');
     if s.is_empty()
-        || s == "."
-        || s == ".."
+        || s.ends_with('.')
+        || s.ends_with(' ')
         || s.chars().any(|c| RESERVED_CHARS.contains(&c) || c < ' ')
+        || RESERVED_STEMS.iter().any(|r| r.eq_ignore_ascii_case(stem))
     {
         return Err(refused());
     }
@@ -71,6 +120,18 @@ impl Root {
     /// so it may go through links; everything beneath it may not.
     pub fn open_ambient(path: &Path) -> io::Result<Root> {
         let dir = cap_std::fs::Dir::open_ambient_dir(path, ambient_authority())?;
+        let full = final_path(&dir)?;
+        // `\\?\C:\...`: a local drive. Anything else (`\\?\UNC\server\share`, a volume
+        // GUID path) is refused: see the module's notes.
+        if !(full.starts_with(r"\\?\") && full.get(5..6) == Some(":")) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "{}: a served root must be on a local drive, not {full}",
+                    path.display()
+                ),
+            ));
+        }
         Ok(Root { dir })
     }
 
@@ -132,10 +193,14 @@ impl Root {
     /// Creates a symlink at `at` pointing to `target`, stored as given and never
     /// resolved here. Windows records whether a link names a file or a directory and the
     /// wire does not say, so it is made as a file link. Making links needs the
-    /// "create symbolic links" privilege (or Developer Mode).
+    /// "create symbolic links" privilege (or Developer Mode). cap-std makes only
+    /// relative links: an absolute target (`/x`, `\x`, `C:...`) is refused (ENOTSUP).
     pub fn symlink(&self, target: &[u8], at: &RelPath) -> Result<(), ConfineError> {
         const OP: &str = "symlink";
         let target = std::str::from_utf8(target).map_err(|_| io_error(OP, at, libc::EINVAL))?;
+        if target.starts_with(['/', '\\']) || target.get(1..2) == Some(":") {
+            return Err(io_error(OP, at, libc::ENOTSUP));
+        }
         let (parent, name) = self.parent_of(OP, at)?;
         parent
             .get(&self.dir)
@@ -207,32 +272,23 @@ impl Root {
     pub fn set_dir_meta(
         &self,
         rel: &RelPath,
-        _mode: u32,
+        mode: u32,
         atime: (i64, u32),
         mtime: (i64, u32),
     ) -> Result<(), ConfineError> {
-        if rel.is_root() {
-            // The root has no parent to act from: its own handle, which may lack the
-            // right to change its attributes; that is then an error like any other.
-            let file = self
-                .dir
-                .try_clone()
-                .map_err(|e| io_error("set metadata of", rel, errno(&e)))?
-                .into_std_file();
-            let times = std::fs::FileTimes::new()
-                .set_accessed(
-                    os::system_time(atime)
-                        .map_err(|e| io_error("set metadata of", rel, errno(&e)))?,
-                )
-                .set_modified(
-                    os::system_time(mtime)
-                        .map_err(|e| io_error("set metadata of", rel, errno(&e)))?,
-                );
-            return file
-                .set_times(times)
-                .map_err(|e| io_error("set metadata of", rel, errno(&e)));
-        }
-        self.set_symlink_times(rel, atime, mtime)
+        use std::os::windows::io::AsHandle;
+        use windows_sys::Win32::Storage::FileSystem::{
+            FILE_READ_ATTRIBUTES, FILE_WRITE_ATTRIBUTES,
+        };
+        const OP: &str = "set metadata of";
+        let dir = self.walk_dirs(OP, rel)?;
+        // The held handle may only read: a second one on it that may set attributes.
+        os::reopen(
+            dir.as_handle(),
+            FILE_READ_ATTRIBUTES | FILE_WRITE_ATTRIBUTES,
+        )
+        .and_then(|d| super::set_file_meta(&d, mode, atime, mtime))
+        .map_err(|e| io_error(OP, rel, errno(&e)))
     }
 
     /// Makes directory `rel`'s entries durable (see [`Dir::sync`]).
@@ -242,7 +298,7 @@ impl Root {
 
     /// Makes what was written beneath the root durable. Windows has no syncfs: files are
     /// flushed through their own handles as they are finished, and this flushes the
-    /// root directory's handle.
+    /// root directory.
     pub fn syncfs(&self) -> Result<(), ConfineError> {
         sync_dir(&self.dir, &RelPath::root())
     }
@@ -279,18 +335,7 @@ impl Root {
         if parent.is_root() {
             return Ok((Parent::Root, name));
         }
-        let dir = self.walk_dirs(op, &parent).map_err(|e| match e {
-            // Report the path that was asked for, not just its parent.
-            ConfineError::Symlink { .. } => ConfineError::Symlink { rel: rel.clone() },
-            ConfineError::Escapes { .. } => ConfineError::Escapes { rel: rel.clone() },
-            ConfineError::NotFound { .. } => ConfineError::NotFound { rel: rel.clone() },
-            ConfineError::Io { op, errno, .. } => ConfineError::Io {
-                op,
-                rel: rel.clone(),
-                errno,
-            },
-            other => other,
-        })?;
+        let dir = self.walk_dirs(op, &parent).map_err(|e| for_path(e, rel))?;
         Ok((Parent::Held(dir), name))
     }
 }
@@ -316,13 +361,10 @@ impl Dir {
         &self.rel
     }
 
-    /// `rel`'s name, which must lie directly in this directory (as on Unix).
+    /// `rel`'s name as Windows takes it, where `rel` lies directly in this directory
+    /// ([`name_in`]).
     fn name_of<'a>(&self, op: &'static str, rel: &'a RelPath) -> Result<&'a str, ConfineError> {
-        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
-            return Err(ConfineError::IsRoot { op });
-        };
-        assert!(parent == self.rel, "{rel} is not directly in {}", self.rel);
-        win_name(name, rel)
+        win_name(name_in(&self.rel, op, rel)?, rel)
     }
 
     /// As [`Root::open`], for `rel` directly in this directory.
@@ -352,9 +394,10 @@ impl Dir {
         sync_dir(&self.dir, &self.rel)
     }
 
-    /// Appends the names in this directory to `names`, at most `names_max`. A name that
-    /// is not valid Unicode cannot be a `RelPath`; it is listed lossily so that the walk
-    /// reports it (it then fails to resolve) instead of hiding it.
+    /// Appends the names in this directory to `names`, at most `names_max`, as WTF-8
+    /// (UTF-8 for every well-formed name). A name that is not valid Unicode cannot be
+    /// resolved (`win_name` refuses it), so a walk reports it as an error rather than
+    /// leaving it out.
     pub(crate) fn read_names(
         &self,
         _buffer: &mut [u8],
@@ -370,13 +413,7 @@ impl Dir {
             if names.len() >= names_max {
                 return Err(ReadNamesError::TooMany);
             }
-            names.push(
-                entry
-                    .file_name()
-                    .to_string_lossy()
-                    .into_owned()
-                    .into_bytes(),
-            );
+            names.push(entry.file_name().as_encoded_bytes().to_vec());
         }
         Ok(())
     }
@@ -414,6 +451,13 @@ fn open_file(
     options.follow(FollowSymlinks::No);
     match access {
         Access::Read => options.read(true),
+        Access::Metadata => {
+            use cap_std::fs::OpenOptionsExt;
+            use windows_sys::Win32::Storage::FileSystem::{
+                FILE_READ_ATTRIBUTES, FILE_WRITE_ATTRIBUTES,
+            };
+            options.access_mode(FILE_READ_ATTRIBUTES | FILE_WRITE_ATTRIBUTES)
+        }
         Access::Write => options.write(true),
         Access::WriteDirect => return Err(io_error("open", rel, libc::EINVAL)),
         Access::CreateNew { .. } => options.write(true).create_new(true),
@@ -498,12 +542,6 @@ pub fn sync_file(file: &File) -> io::Result<()> {
     file.sync_all()
 }
 
-/// Windows has no syncfs: files are flushed through their own handles as they are
-/// finished, and this flushes `path` itself (a directory, as a barrier).
-pub fn sync_filesystem_of(path: &Path) -> io::Result<()> {
-    os::sync_dir(path)
-}
-
 /// Metadata of an open file (never of a link's target); the error is the errno.
 pub fn fstat(file: &File) -> Result<Stat, i32> {
     let md = cap_std::fs::Metadata::from_file(file).map_err(|e| errno(&e))?;
@@ -521,12 +559,7 @@ fn stat_of(md: &cap_std::fs::Metadata) -> Stat {
     } else {
         FileKind::Other
     };
-    let full = if kind == FileKind::Dir { 0o755 } else { 0o644 };
-    let mode = if md.permissions().readonly() {
-        full & !0o222
-    } else {
-        full
-    };
+    let mode = os::windows_mode(md.permissions().readonly(), kind == FileKind::Dir);
     let time = |t: io::Result<cap_std::time::SystemTime>| {
         t.map_or((0, 0), |t| os::since_epoch(t.into_std()))
     };
@@ -536,5 +569,34 @@ fn stat_of(md: &cap_std::fs::Metadata) -> Stat {
         mode,
         atime: time(md.accessed()),
         mtime: time(md.modified()),
+    }
+}
+
+/// The path Windows knows the directory held as `dir` by (GetFinalPathNameByHandle).
+fn final_path(dir: &cap_std::fs::Dir) -> io::Result<String> {
+    use std::os::windows::io::{AsHandle, AsRawHandle};
+    use windows_sys::Win32::Storage::FileSystem::{
+        GetFinalPathNameByHandleW, FILE_NAME_NORMALIZED, VOLUME_NAME_DOS,
+    };
+    let mut buf = vec![0u16; 1024];
+    loop {
+        // SAFETY: a valid handle and a buffer of the length passed.
+        let n = unsafe {
+            GetFinalPathNameByHandleW(
+                dir.as_handle().as_raw_handle(),
+                buf.as_mut_ptr(),
+                buf.len() as u32,
+                FILE_NAME_NORMALIZED | VOLUME_NAME_DOS,
+            )
+        } as usize;
+        if n == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Too small: n is the length needed, with the terminating NUL.
+        if n >= buf.len() {
+            buf.resize(n + 1, 0);
+            continue;
+        }
+        return Ok(String::from_utf16_lossy(&buf[..n]));
     }
 }
