@@ -6,6 +6,8 @@
 
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use tpc_core::codec::{
     check_codec, check_compressed_len, Compression, Decoder, Encoder, CODECS_SAME, CODECS_ZSTD,
     CODEC_RAW, CODEC_SAME, CODEC_ZSTD, FRAME_PLAIN_BYTES,
@@ -196,10 +198,17 @@ pub async fn send_run(
         mode => Some(PooledEncoder::take(mode).map_err(|e| local_failure("zstd", &e, None))?),
     };
     let mut frames = Vec::new();
+    // Bounds the chunks this connection's senders hold read but not yet handed to QUIC
+    // (`SEND_STAGED_CHUNKS`).
+    let staging = send.connection().send_staging();
     for (index, (pos, n)) in spans.enumerate() {
+        let _staged = match &staging {
+            Some(s) => Some(s.acquire().await),
+            None => None,
+        };
         let data = if n > 0 {
             let buf = file
-                .read_at(pos, n)
+                .read_vec_at(pos, n)
                 .await
                 .map_err(|e| io_failure(what, &e))?;
             if buf.len() != n {
@@ -208,7 +217,7 @@ pub async fn send_run(
                     format!("{what}: file shrank while being sent"),
                 )));
             }
-            Some(buf)
+            Some(Bytes::from(buf))
         } else {
             None
         };
@@ -286,13 +295,21 @@ pub async fn send_run(
         send.write_all(&[CODEC_RAW])
             .await
             .map_err(SessionError::from)?;
-        // Hash each piece just before QUIC copies it: it is read from cache once for
-        // both, not twice from memory.
-        for piece in bytes.chunks(HASH_PIECE_BYTES) {
-            if known.is_none() {
-                hasher.update(piece);
+        // QUIC keeps slices of the chunk's own buffer until they are acknowledged: no
+        // copy into its send buffer. Each piece is hashed just before it is handed over,
+        // while it is in cache.
+        if let Some(data) = &data {
+            let mut at = 0;
+            while at < data.len() {
+                let end = (at + HASH_PIECE_BYTES).min(data.len());
+                if known.is_none() {
+                    hasher.update(&data[at..end]);
+                }
+                send.write_bytes(data.slice(at..end))
+                    .await
+                    .map_err(SessionError::from)?;
+                at = end;
             }
-            send.write_all(piece).await.map_err(SessionError::from)?;
         }
         let hash = known.unwrap_or_else(|| ChunkHash(*hasher.finalize().as_bytes()));
         send.write_all(&hash.0).await.map_err(SessionError::from)?;

@@ -69,6 +69,14 @@ pub const TUNE_INTERVAL_MIN: Duration = Duration::from_millis(5);
 /// `STREAMS_IN_FLIGHT_MAX` streams fill `FLOW_WINDOW_BYTES_MAX` (60 × 16 MiB).
 pub const STREAM_WINDOW_BYTES: u64 = 16 * 1024 * 1024;
 
+/// Chunk buffers a connection's senders may hold at once, read and not yet handed to
+/// QUIC whole. Without a bound every stream in flight holds a chunk while it waits for
+/// send credit; on the VMs measured, first touching that memory cost a sender more than
+/// it saved (a 2 GiB push on loopback: 2.41 s against 2.72 s, client peak RSS 135 MiB
+/// against 230-260 MiB; PERFORMANCE.md, "Staged chunks"). QUIC keeps what it was handed
+/// until acknowledged, within the send window, which these only feed.
+pub const SEND_STAGED_CHUNKS: usize = 4;
+
 /// Ranges (streams) a client shard keeps in flight at least: small files need this many
 /// for their server-side file creation to overlap (measured on ext4, as for the local
 /// copy's `RANGES_IN_FLIGHT_PER_SHARD`).

@@ -180,6 +180,10 @@ struct Conn {
     /// Closed by us or the peer, with nothing left to transmit: our CONNECTION_CLOSE (if
     /// any) has gone to the socket.
     close_sent: bool,
+    /// Permits for the chunk buffers this connection's senders stage
+    /// (`SEND_STAGED_CHUNKS`), one set per connection so that one peer's stalled streams
+    /// never hold up another's.
+    staging: Rc<async_lock::Semaphore>,
 }
 
 impl Conn {
@@ -733,6 +737,9 @@ fn new_conn(conn: quinn_proto::Connection) -> Conn {
         bytes_written: 0,
         tune_rtt: Duration::ZERO,
         close_sent: false,
+        staging: Rc::new(async_lock::Semaphore::new(
+            tpc_core::window::SEND_STAGED_CHUNKS,
+        )),
     }
 }
 
@@ -892,6 +899,13 @@ impl Connection {
     /// one window per smoothed RTT; `None` before the controller has measured anything.
     /// Only an estimate of what the path allows when the sender keeps it busy: a sender
     /// held back (by the disk, or by compressing) sees a rate near its own.
+    /// The permits a sender takes before reading a chunk to send on this connection and
+    /// gives back once the chunk is handed to QUIC (`SEND_STAGED_CHUNKS`); `None` once
+    /// the connection is gone.
+    pub fn send_staging(&self) -> Option<Rc<async_lock::Semaphore>> {
+        self.with(|c| Rc::clone(&c.staging))
+    }
+
     pub fn send_rate_estimate(&self) -> Option<f64> {
         self.with(|c| {
             let m = c.conn.congestion_state().metrics();

@@ -235,6 +235,22 @@ impl File {
         })
     }
 
+    /// Reads up to `len` bytes at `offset` into a `Vec` of its own (fewer only at the end
+    /// of the file), for a caller that hands the buffer on without copying it (into
+    /// QUIC's send buffer as `Bytes`). The portable driver reads so anyway; the io_uring
+    /// driver's reads land in glommio's buffers, so there it is one pread on a second
+    /// handle on the shard's blocking pool.
+    pub async fn read_vec_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        match self {
+            #[cfg(uring)]
+            File::Uring(_) => {
+                let file = self.with_std(|f| f.try_clone())?;
+                spawn_blocking(move || tpc_portable::read_vec_at(&file, offset, len)).await
+            }
+            File::Portable(f) => f.read_at(offset, len).await,
+        }
+    }
+
     /// Reads up to `len` bytes at `offset`; fewer only at the end of the file.
     pub async fn read_at(&self, offset: u64, len: usize) -> io::Result<ReadBuf> {
         Ok(match self {

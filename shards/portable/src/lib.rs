@@ -113,18 +113,7 @@ impl File {
 
     /// Reads up to `len` bytes at `offset`; fewer only at the end of the file.
     pub async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        let mut buf = Vec::with_capacity(len);
-        while buf.len() < len {
-            let at = offset + buf.len() as u64;
-            let want = len - buf.len();
-            match read_into_spare(&self.file, &mut buf, want, at) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(buf)
+        read_vec_at(&self.file, offset, len)
     }
 
     /// Writes all of `data` at `offset`; returns the bytes written.
@@ -173,6 +162,24 @@ impl File {
     pub fn as_std(&self) -> &std::fs::File {
         &self.file
     }
+}
+
+/// Reads up to `len` bytes of `file` at `offset` into a new buffer; fewer only at the
+/// end of the file. Blocking: the portable driver calls it on the shard's thread, the
+/// io_uring driver on its blocking pool where it wants the bytes in a `Vec`.
+pub fn read_vec_at(file: &std::fs::File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = offset + buf.len() as u64;
+        let want = len - buf.len();
+        match read_into_spare(file, &mut buf, want, at) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(buf)
 }
 
 /// One positional read of at most `want` bytes into `buf`'s spare capacity (which must
