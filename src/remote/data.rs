@@ -85,9 +85,10 @@ fn chunk_spans(
 const HASH_PIECE_BYTES: usize = 256 * 1024;
 
 /// Chunks from this size up are read into a buffer of their own, handed to QUIC without
-/// a copy, and count against `SEND_STAGED_CHUNKS`. Smaller ones (small files, tails)
-/// cost little memory, and their reads must not wait for a permit or a thread: a push of
-/// 20,000 files of 8 KiB took 16% longer when they did.
+/// a copy, and count against the connection's staged chunks (`send_staged_chunks`).
+/// Smaller ones (small files, tails) cost little memory, and their reads must not wait
+/// for a permit or a thread: a push of 20,000 files of 8 KiB took 16% longer when they
+/// did.
 const STAGED_CHUNK_BYTES_MIN: usize = 1024 * 1024;
 
 /// What compression and the receiver's old copies saved over some runs.
@@ -205,7 +206,7 @@ pub async fn send_run(
     };
     let mut frames = Vec::new();
     // Bounds the large chunks this connection's senders hold read but not yet handed to
-    // QUIC (`SEND_STAGED_CHUNKS`).
+    // QUIC (`send_staged_chunks`).
     let staging = send.connection().send_staging();
     for (index, (pos, n)) in spans.enumerate() {
         let large = n >= STAGED_CHUNK_BYTES_MIN;
@@ -217,7 +218,7 @@ pub async fn send_run(
             let buf = if large {
                 file.read_vec_at(pos, n).await
             } else {
-                // Through the driver (on io_uring, no thread handoff) and one small copy.
+                // Through the driver: on io_uring no thread handoff, and one small copy.
                 file.read_at(pos, n).await.map(ReadBuf::into_vec)
             }
             .map_err(|e| io_failure(what, &e))?;

@@ -70,12 +70,22 @@ pub const TUNE_INTERVAL_MIN: Duration = Duration::from_millis(5);
 pub const STREAM_WINDOW_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Chunk buffers a connection's senders may hold at once, read and not yet handed to
-/// QUIC whole. Without a bound every stream in flight holds a chunk while it waits for
-/// send credit; on the VMs measured, first touching that memory cost a sender more than
-/// it saved (a 2 GiB push on loopback: 2.41 s against 2.72 s, client peak RSS 135 MiB
-/// against 230-260 MiB; PERFORMANCE.md, "Staged chunks"). QUIC keeps what it was handed
-/// until acknowledged, within the send window, which these only feed.
+/// QUIC whole, while the send window is small (`send_staged_chunks`). Without a bound
+/// every stream in flight holds a chunk while it waits for send credit; on the loopback
+/// of the VMs measured, first touching that memory cost a sender more than it saved (a
+/// 2 GiB push: 2.31 s against 2.68 s, client peak RSS 135 MiB against 230-260 MiB;
+/// PERFORMANCE.md, "Staged chunks").
 pub const SEND_STAGED_CHUNKS: usize = 4;
+
+/// The chunks a connection with send window `send_window` may have staged: one per
+/// chunk of the window, at least `SEND_STAGED_CHUNKS` and at most `STREAMS_IN_FLIGHT_MAX`.
+/// A stager waits on its stream's credit (`STREAM_WINDOW_BYTES`) while it holds its
+/// chunk, so on a long, fast path the stagers must be enough streams to fill the window:
+/// as many as the window has chunks is four times that.
+pub fn send_staged_chunks(send_window: u64) -> usize {
+    let chunks = usize::try_from(send_window / CHUNK_SIZE_BYTES).unwrap_or(usize::MAX);
+    chunks.clamp(SEND_STAGED_CHUNKS, STREAMS_IN_FLIGHT_MAX)
+}
 
 /// Ranges (streams) a client shard keeps in flight at least: small files need this many
 /// for their server-side file creation to overlap (measured on ext4, as for the local
@@ -182,6 +192,26 @@ pub fn streams_in_flight(window: u64) -> usize {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn staged_chunks_follow_the_send_window_within_their_bounds() {
+        assert_eq!(send_staged_chunks(0), SEND_STAGED_CHUNKS);
+        assert_eq!(
+            send_staged_chunks(SEND_WINDOW_BYTES_INITIAL),
+            SEND_STAGED_CHUNKS
+        );
+        assert_eq!(send_staged_chunks(40 * CHUNK_SIZE_BYTES + 1), 40);
+        assert_eq!(
+            send_staged_chunks(FLOW_WINDOW_BYTES_MAX),
+            STREAMS_IN_FLIGHT_MAX
+        );
+        assert_eq!(send_staged_chunks(u64::MAX), STREAMS_IN_FLIGHT_MAX);
+        // Stagers blocked on their streams' credit still cover the window.
+        for w in [SEND_WINDOW_BYTES_INITIAL, 100 << 20, FLOW_WINDOW_BYTES_MAX] {
+            assert!(send_staged_chunks(w) as u64 * STREAM_WINDOW_BYTES >= w);
+        }
+    }
+
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);

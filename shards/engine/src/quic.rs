@@ -181,9 +181,10 @@ struct Conn {
     /// any) has gone to the socket.
     close_sent: bool,
     /// Permits for the chunk buffers this connection's senders stage
-    /// (`SEND_STAGED_CHUNKS`), one set per connection so that one peer's stalled streams
-    /// never hold up another's.
+    /// (`send_staged_chunks` of the send window; more are added as it grows), one set
+    /// per connection so that one peer's stalled streams never hold another's permits.
     staging: Rc<async_lock::Semaphore>,
+    staging_permits: usize,
 }
 
 impl Conn {
@@ -718,6 +719,11 @@ fn tune_windows(c: &mut Conn, now: Duration, others: &HashMap<ConnectionHandle, 
         .on_sample(now, c.bytes_written, c.tune_rtt, room)
     {
         c.conn.set_send_window(w);
+        let staged = tpc_core::window::send_staged_chunks(w);
+        if staged > c.staging_permits {
+            c.staging.add_permits(staged - c.staging_permits);
+            c.staging_permits = staged;
+        }
     }
 }
 
@@ -740,6 +746,7 @@ fn new_conn(conn: quinn_proto::Connection) -> Conn {
         staging: Rc::new(async_lock::Semaphore::new(
             tpc_core::window::SEND_STAGED_CHUNKS,
         )),
+        staging_permits: tpc_core::window::SEND_STAGED_CHUNKS,
     }
 }
 
@@ -899,13 +906,6 @@ impl Connection {
     /// one window per smoothed RTT; `None` before the controller has measured anything.
     /// Only an estimate of what the path allows when the sender keeps it busy: a sender
     /// held back (by the disk, or by compressing) sees a rate near its own.
-    /// The permits a sender takes before reading a chunk to send on this connection and
-    /// gives back once the chunk is handed to QUIC (`SEND_STAGED_CHUNKS`); `None` once
-    /// the connection is gone.
-    pub fn send_staging(&self) -> Option<Rc<async_lock::Semaphore>> {
-        self.with(|c| Rc::clone(&c.staging))
-    }
-
     pub fn send_rate_estimate(&self) -> Option<f64> {
         self.with(|c| {
             let m = c.conn.congestion_state().metrics();
@@ -916,6 +916,13 @@ impl Connection {
             }
         })
         .flatten()
+    }
+
+    /// The permits a sender takes before reading a chunk to send on this connection and
+    /// gives back once the chunk is handed to QUIC (`send_staged_chunks` of its send
+    /// window); `None` once the connection is gone.
+    pub fn send_staging(&self) -> Option<Rc<async_lock::Semaphore>> {
+        self.with(|c| Rc::clone(&c.staging))
     }
 
     /// The larger of this connection's two flow-control windows as tuned so far, in
