@@ -7,7 +7,8 @@
 //! key fingerprint and then the TLS 1.3 `CertificateVerify` signature with that same key, so
 //! a peer must prove it holds the private key of the fingerprint it is admitted by.
 //!
-//! State directory (default `$HOME/.tpc-xfer`, mode 0700), all plain text:
+//! State directory (default `$HOME/.tpc-xfer`, mode 0700; `%USERPROFILE%\.tpc-xfer` on
+//! Windows), all plain text:
 //!
 //! - `key.pem`: PKCS#8 PEM Ed25519 private key, mode 0600, created on first use.
 //! - `authorized-clients` (server side): one fingerprint per line, optionally followed by
@@ -72,7 +73,7 @@ pub const HOST_PORT_BYTES_MAX: usize = 1024;
 const FINGERPRINT_PREFIX: &str = "tpc1:";
 const FINGERPRINT_BYTES: usize = 32;
 
-/// Default state directory: `$HOME/.tpc-xfer`.
+/// Default state directory: `$HOME/.tpc-xfer` (`%USERPROFILE%` on Windows).
 pub fn default_state_dir() -> Result<PathBuf, AuthError> {
     // Windows has no HOME; USERPROFILE is the user's home there.
     let home = if cfg!(windows) { "USERPROFILE" } else { "HOME" };
