@@ -818,6 +818,5 @@ fn reserve(file: &std::fs::File, size: u64) -> Result<(), i32> {
             errno => Err(errno),
         };
     }
-    file.set_len(size)
-        .map_err(|e| os::errno(&e).unwrap_or(libc::EIO))
+    file.set_len(size).map_err(|e| os::errno_or_eio(&e))
 }

@@ -38,6 +38,11 @@ pub fn errno(e: &io::Error) -> Option<i32> {
     }
 }
 
+/// `errno`, with EIO for an error that carries none: what a peer or an exit code is told.
+pub fn errno_or_eio(e: &io::Error) -> i32 {
+    errno(e).unwrap_or(libc::EIO)
+}
+
 #[cfg(windows)]
 fn windows_errno(e: &io::Error) -> i32 {
     use windows_sys::Win32::Foundation as w;
@@ -149,15 +154,11 @@ pub fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Re
     Ok(())
 }
 
-/// Writes from `buf` at `offset` with one positional write (as `read_at`), retried if
-/// interrupted; the count written.
+/// Writes from `buf` at `offset` with one positional write (`tpc_portable::write_at`),
+/// retried if interrupted; the count written.
 pub fn write_at(file: &File, buf: &[u8], offset: u64) -> io::Result<usize> {
     loop {
-        #[cfg(unix)]
-        let wrote = std::os::unix::fs::FileExt::write_at(file, buf, offset);
-        #[cfg(windows)]
-        let wrote = std::os::windows::fs::FileExt::seek_write(file, buf, offset);
-        match wrote {
+        match tpc_portable::write_at(file, buf, offset) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             other => return other,
         }

@@ -210,8 +210,10 @@ fn read_into_spare(
     Ok(n)
 }
 
+/// One positional write of `buf` at `offset` (on Windows the handle's position moves,
+/// but nothing here writes at "the" position); the count written.
 #[cfg(unix)]
-fn write_at(f: &std::fs::File, buf: &[u8], offset: u64) -> io::Result<usize> {
+pub fn write_at(f: &std::fs::File, buf: &[u8], offset: u64) -> io::Result<usize> {
     std::os::unix::fs::FileExt::write_at(f, buf, offset)
 }
 
@@ -230,7 +232,7 @@ fn read_into_spare(
 }
 
 #[cfg(windows)]
-fn write_at(f: &std::fs::File, buf: &[u8], offset: u64) -> io::Result<usize> {
+pub fn write_at(f: &std::fs::File, buf: &[u8], offset: u64) -> io::Result<usize> {
     std::os::windows::fs::FileExt::seek_write(f, buf, offset)
 }
 

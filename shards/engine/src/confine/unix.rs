@@ -24,6 +24,8 @@ use std::path::Path;
 use tpc_core::limits::PATH_BYTES_MAX;
 use tpc_core::relpath::{PathError, RelPath};
 
+use crate::os;
+
 use super::{
     at_error, for_path, io_error, name_in, resolve_error, Access, ConfineError, FileKind,
     ReadNamesError, Stat,
@@ -255,13 +257,8 @@ impl Root {
         mtime: (i64, u32),
     ) -> Result<(), ConfineError> {
         let dir = File::from(self.open_dir_with("set metadata of", rel, libc::O_RDONLY)?);
-        super::set_file_meta(&dir, mode, atime, mtime).map_err(|e| {
-            io_error(
-                "set metadata of",
-                rel,
-                e.raw_os_error().unwrap_or(libc::EIO),
-            )
-        })
+        super::set_file_meta(&dir, mode, atime, mtime)
+            .map_err(|e| io_error("set metadata of", rel, os::errno_or_eio(&e)))
     }
 
     /// Makes directory `rel`'s entries (names created, renamed, removed) durable.
@@ -279,7 +276,7 @@ impl Root {
         // SAFETY: valid fd.
         let r = cvt(unsafe { libc::syncfs(self.dir.as_raw_fd()) }).map(drop);
         #[cfg(not(target_os = "linux"))]
-        let r = sync_fd(self.dir.as_fd()).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
+        let r = sync_fd(self.dir.as_fd()).map_err(|e| os::errno_or_eio(&e));
         r.map_err(|errno| io_error("sync filesystem of", &RelPath::root(), errno))
     }
 
@@ -445,7 +442,7 @@ fn unlink_at(dir: BorrowedFd<'_>, name: &CStr, rel: &RelPath) -> Result<(), Conf
 
 /// fsync of directory `fd` (`rel`), making its entries durable.
 fn sync_dir(fd: BorrowedFd<'_>, rel: &RelPath) -> Result<(), ConfineError> {
-    sync_fd(fd).map_err(|e| io_error("sync", rel, e.raw_os_error().unwrap_or(libc::EIO)))
+    sync_fd(fd).map_err(|e| io_error("sync", rel, os::errno_or_eio(&e)))
 }
 
 /// A regular file at `path` beneath `dir` (see [`Root::open`]); `rel` names it in errors.
@@ -887,9 +884,7 @@ fn cvt(r: libc::c_int) -> Result<libc::c_int, i32> {
 }
 
 fn last_errno() -> i32 {
-    io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
+    os::errno_or_eio(&io::Error::last_os_error())
 }
 
 #[cfg(test)]

@@ -110,11 +110,6 @@ fn win_name<'a>(name: &'a [u8], rel: &RelPath) -> Result<&'a str, ConfineError> 
     Ok(s)
 }
 
-/// The errno of an I/O error (EIO if it has none to give).
-fn errno(e: &io::Error) -> i32 {
-    os::errno(e).unwrap_or(libc::EIO)
-}
-
 impl Root {
     /// Opens the served directory. The path is the operator's (the "ambient" filesystem),
     /// so it may go through links; everything beneath it may not.
@@ -205,7 +200,7 @@ impl Root {
         parent
             .get(&self.dir)
             .symlink_file(target, name)
-            .map_err(|e| at_error(OP, at, errno(&e)))
+            .map_err(|e| at_error(OP, at, os::errno_or_eio(&e)))
     }
 
     /// Removes a file or symlink (not a directory).
@@ -222,7 +217,7 @@ impl Root {
                 .dir
                 .dir_metadata()
                 .map(|md| Some(stat_of(&md)))
-                .map_err(|e| io_error(OP, rel, errno(&e)));
+                .map_err(|e| io_error(OP, rel, os::errno_or_eio(&e)));
         }
         let (parent, name) = match self.parent_of(OP, rel) {
             Ok(found) => found,
@@ -239,7 +234,7 @@ impl Root {
         let target = parent
             .get(&self.dir)
             .read_link_contents(name)
-            .map_err(|e| at_error(OP, rel, errno(&e)))?;
+            .map_err(|e| at_error(OP, rel, os::errno_or_eio(&e)))?;
         let target = target
             .into_os_string()
             .into_string()
@@ -259,12 +254,12 @@ impl Root {
         let spec = |t| {
             os::system_time(t)
                 .map(|t| SystemTimeSpec::Absolute(cap_std::time::SystemTime::from_std(t)))
-                .map_err(|e| io_error(OP, rel, errno(&e)))
+                .map_err(|e| io_error(OP, rel, os::errno_or_eio(&e)))
         };
         parent
             .get(&self.dir)
             .set_symlink_times(name, Some(spec(atime)?), Some(spec(mtime)?))
-            .map_err(|e| at_error(OP, rel, errno(&e)))
+            .map_err(|e| at_error(OP, rel, os::errno_or_eio(&e)))
     }
 
     /// Applies times to directory `rel`, never through a link (Windows directories have
@@ -288,7 +283,7 @@ impl Root {
             FILE_READ_ATTRIBUTES | FILE_WRITE_ATTRIBUTES,
         )
         .and_then(|d| super::set_file_meta(&d, mode, atime, mtime))
-        .map_err(|e| io_error(OP, rel, errno(&e)))
+        .map_err(|e| io_error(OP, rel, os::errno_or_eio(&e)))
     }
 
     /// Makes directory `rel`'s entries durable (see [`Dir::sync`]).
@@ -318,7 +313,7 @@ impl Root {
             None => self
                 .dir
                 .try_clone()
-                .map_err(|e| io_error(op, rel, errno(&e))),
+                .map_err(|e| io_error(op, rel, os::errno_or_eio(&e))),
         }
     }
 
@@ -407,9 +402,9 @@ impl Dir {
         let entries = self
             .dir
             .entries()
-            .map_err(|e| ReadNamesError::Errno(errno(&e)))?;
+            .map_err(|e| ReadNamesError::Errno(os::errno_or_eio(&e)))?;
         for entry in entries {
-            let entry = entry.map_err(|e| ReadNamesError::Errno(errno(&e)))?;
+            let entry = entry.map_err(|e| ReadNamesError::Errno(os::errno_or_eio(&e)))?;
             if names.len() >= names_max {
                 return Err(ReadNamesError::TooMany);
             }
@@ -435,7 +430,7 @@ fn open_dir_step(
                 rel: prefix.clone(),
             }
         } else {
-            resolve_error(op, prefix, errno(&e))
+            resolve_error(op, prefix, os::errno_or_eio(&e))
         }
     })
 }
@@ -468,7 +463,7 @@ fn open_file(
         match dir.symlink_metadata(name) {
             Ok(md) if md.file_type().is_symlink() => ConfineError::Symlink { rel: rel.clone() },
             Ok(md) if !md.is_file() => ConfineError::NotRegular { rel: rel.clone() },
-            _ => at_error("open", rel, errno(&e)),
+            _ => at_error("open", rel, os::errno_or_eio(&e)),
         }
     })?;
     let file = file.into_std();
@@ -493,9 +488,9 @@ fn mkdir_at(dir: &cap_std::fs::Dir, name: &str, rel: &RelPath) -> Result<(), Con
             }
             Ok(md) if md.is_dir() => Ok(()),
             Ok(_) => Err(io_error(OP, rel, libc::EEXIST)),
-            Err(e) => Err(at_error(OP, rel, errno(&e))),
+            Err(e) => Err(at_error(OP, rel, os::errno_or_eio(&e))),
         },
-        Err(e) => Err(at_error(OP, rel, errno(&e))),
+        Err(e) => Err(at_error(OP, rel, os::errno_or_eio(&e))),
     }
 }
 
@@ -508,7 +503,7 @@ fn lstat_at(
     match dir.symlink_metadata(name) {
         Ok(md) => Ok(Some(stat_of(&md))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_error("stat", rel, errno(&e))),
+        Err(e) => Err(io_error("stat", rel, os::errno_or_eio(&e))),
     }
 }
 
@@ -522,19 +517,19 @@ fn rename_at(
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             Err(ConfineError::NotFound { rel: from.clone() })
         }
-        Err(e) => Err(io_error("rename", to, errno(&e))),
+        Err(e) => Err(io_error("rename", to, os::errno_or_eio(&e))),
     }
 }
 
 /// Removes file or link `name` in `dir` (`rel` names it in errors).
 fn unlink_at(dir: &cap_std::fs::Dir, name: &str, rel: &RelPath) -> Result<(), ConfineError> {
     dir.remove_file_or_symlink(name)
-        .map_err(|e| at_error("remove", rel, errno(&e)))
+        .map_err(|e| at_error("remove", rel, os::errno_or_eio(&e)))
 }
 
 fn sync_dir(dir: &cap_std::fs::Dir, rel: &RelPath) -> Result<(), ConfineError> {
     use std::os::windows::io::AsHandle;
-    os::flush_dir(dir.as_handle()).map_err(|e| io_error("sync", rel, errno(&e)))
+    os::flush_dir(dir.as_handle()).map_err(|e| io_error("sync", rel, os::errno_or_eio(&e)))
 }
 
 /// Makes what was written through `file` durable (FlushFileBuffers).
@@ -544,7 +539,7 @@ pub fn sync_file(file: &File) -> io::Result<()> {
 
 /// Metadata of an open file (never of a link's target); the error is the errno.
 pub fn fstat(file: &File) -> Result<Stat, i32> {
-    let md = cap_std::fs::Metadata::from_file(file).map_err(|e| errno(&e))?;
+    let md = cap_std::fs::Metadata::from_file(file).map_err(|e| os::errno_or_eio(&e))?;
     Ok(stat_of(&md))
 }
 
