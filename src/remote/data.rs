@@ -18,7 +18,7 @@ use tpc_core::window::STREAMS_IN_FLIGHT_MIN;
 use tpc_core::wire::{run_bytes, ErrorCode, Run};
 use tpc_core::ChunkHash;
 use tpc_engine::confine::{Access, Root};
-use tpc_engine::direct::{self, aligned_buf, AlignedBuf, DirectFile, DIRECT_ALIGN};
+use tpc_engine::direct::{self, aligned_buf, AlignedBuf, DirectFile, DirectReader, DIRECT_ALIGN};
 use tpc_engine::os;
 use tpc_engine::quic::{RecvStream, SendStream};
 use tpc_engine::rt::{File, ReadBuf};
@@ -205,6 +205,11 @@ pub async fn send_run(
         mode => Some(PooledEncoder::take(mode).map_err(|e| local_failure("zstd", &e, None))?),
     };
     let mut frames = Vec::new();
+    let mut direct = if direct::AVAILABLE && run.size >= DIRECT_FILE_BYTES_MIN {
+        file.with_std(DirectReader::open)
+    } else {
+        None
+    };
     // Bounds the large chunks this connection's senders hold read but not yet handed to
     // QUIC (`send_staged_chunks`).
     let staging = send.connection().send_staging();
@@ -216,10 +221,13 @@ pub async fn send_run(
         };
         let data = if n > 0 {
             let buf = if large {
-                file.read_vec_at(pos, n).await
+                read_large(file, &mut direct, pos, n).await
             } else {
                 // Through the driver: on io_uring no thread handoff, and one small copy.
-                file.read_at(pos, n).await.map(ReadBuf::into_vec)
+                file.read_at(pos, n)
+                    .await
+                    .map(ReadBuf::into_vec)
+                    .map(Bytes::from)
             }
             .map_err(|e| io_failure(what, &e))?;
             if buf.len() != n {
@@ -228,7 +236,7 @@ pub async fn send_run(
                     format!("{what}: file shrank while being sent"),
                 )));
             }
-            Some(Bytes::from(buf))
+            Some(buf)
         } else {
             None
         };
@@ -326,6 +334,24 @@ pub async fn send_run(
         send.write_all(&hash.0).await.map_err(SessionError::from)?;
     }
     Ok(len)
+}
+
+/// Reads the `n` bytes of a large chunk at `pos` into a buffer of its own: directly where
+/// the file has a direct-read handle, else through the page cache. A file or device that
+/// refuses direct reads (EINVAL) turns `direct` off for the rest of the run.
+async fn read_large(
+    file: &File,
+    direct: &mut Option<DirectReader>,
+    pos: u64,
+    n: usize,
+) -> std::io::Result<Bytes> {
+    if let Some(d) = direct {
+        match d.read_at(pos, n).await {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => *direct = None,
+            read => return read,
+        }
+    }
+    file.read_vec_at(pos, n).await.map(Bytes::from)
 }
 
 /// Reads the next `N` bytes of the stream; its end first is `Ended`.
