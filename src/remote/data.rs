@@ -337,8 +337,11 @@ pub async fn send_run(
 }
 
 /// Reads the `n` bytes of a large chunk at `pos` into a buffer of its own: directly where
-/// the file has a direct-read handle, else through the page cache. A file or device that
-/// refuses direct reads (EINVAL) turns `direct` off for the rest of the run.
+/// the file has a direct-read handle, else through the page cache. A direct read that
+/// fails for any reason turns `direct` off for the rest of the run and the chunk is read
+/// through the page cache: filesystems that open with O_DIRECT and then refuse the read
+/// (EINVAL on FUSE and some network filesystems) still work, and a real I/O error shows
+/// again there.
 async fn read_large(
     file: &File,
     direct: &mut Option<DirectReader>,
@@ -347,8 +350,8 @@ async fn read_large(
 ) -> std::io::Result<Bytes> {
     if let Some(d) = direct {
         match d.read_at(pos, n).await {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => *direct = None,
-            read => return read,
+            Ok(b) => return Ok(b),
+            Err(_) => *direct = None,
         }
     }
     file.read_vec_at(pos, n).await.map(Bytes::from)

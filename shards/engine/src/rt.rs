@@ -237,9 +237,10 @@ impl File {
 
     /// Reads up to `len` bytes at `offset` into a `Vec` of its own (fewer only at the end
     /// of the file), for a caller that hands the buffer on without copying it (into
-    /// QUIC's send buffer as `Bytes`). The portable driver reads so anyway; the io_uring
-    /// driver's reads land in glommio's buffers, so there it is preads on a second handle
-    /// on the shard's blocking pool, which it shares with direct writes and commits.
+    /// QUIC's send buffer as `Bytes`) where it has no direct reads (`direct::DirectReader`).
+    /// The portable driver reads so anyway; the io_uring driver's reads land in glommio's
+    /// buffers, so there it is preads on a second handle on the shard's blocking pool,
+    /// which it shares with direct reads and writes and commits.
     pub async fn read_vec_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         match self {
             #[cfg(uring)]
