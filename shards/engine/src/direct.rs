@@ -156,28 +156,20 @@ impl DirectReader {
 /// 4 MiB chunk first would cost a good part of what the direct read saves.
 #[cfg(unix)]
 fn read_into_spare(file: &std::fs::File, buf: &mut AlignedBuf, offset: u64) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    let at = offset + buf.len() as u64;
-    let at =
-        libc::off_t::try_from(at).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
-    let room = buf.capacity() - buf.len();
-    // SAFETY: pread writes at most `room` bytes into the capacity past `buf.len()`, which
-    // `buf` owns; set_len then covers only the bytes it reported written.
-    let n = unsafe {
-        libc::pread(
-            file.as_raw_fd(),
-            buf.as_mut_ptr().add(buf.len()).cast(),
-            room,
-            at,
+    let len = buf.len();
+    // SAFETY: the capacity past `len` is allocated and owned by `buf`; seen as
+    // `MaybeUninit` it may hold anything.
+    let spare = unsafe {
+        std::slice::from_raw_parts_mut(
+            buf.as_mut_ptr()
+                .add(len)
+                .cast::<std::mem::MaybeUninit<u8>>(),
+            buf.capacity() - len,
         )
     };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let n = n as usize;
-    assert!(n <= room, "pread reads no more than asked");
-    // SAFETY: pread initialised these n bytes.
-    unsafe { buf.set_len(buf.len() + n) };
+    let n = tpc_portable::pread_uninit(file, spare, offset + len as u64)?;
+    // SAFETY: pread_uninit initialised these n bytes.
+    unsafe { buf.set_len(len + n) };
     Ok(n)
 }
 

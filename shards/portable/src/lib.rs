@@ -192,21 +192,32 @@ fn read_into_spare(
     want: usize,
     offset: u64,
 ) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    assert!(want <= spare.len(), "the buffer holds what is asked");
+    let n = pread_uninit(f, &mut spare[..want], offset)?;
+    // SAFETY: pread_uninit initialised the first n bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+/// One positional read into `dst`, which may be uninitialised memory; the count read,
+/// whose bytes at the front of `dst` it initialised.
+#[cfg(unix)]
+pub fn pread_uninit(
+    f: &std::fs::File,
+    dst: &mut [std::mem::MaybeUninit<u8>],
+    offset: u64,
+) -> io::Result<usize> {
     use std::os::fd::AsRawFd;
     let offset =
         libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
-    let spare = buf.spare_capacity_mut();
-    assert!(want <= spare.len(), "the buffer holds what is asked");
-    // SAFETY: pread writes at most `want` bytes into memory we own; set_len then covers
-    // only bytes it reported written.
-    let n = unsafe { libc::pread(f.as_raw_fd(), spare.as_mut_ptr().cast(), want, offset) };
+    // SAFETY: pread writes at most `dst.len()` bytes into memory `dst` borrows mutably.
+    let n = unsafe { libc::pread(f.as_raw_fd(), dst.as_mut_ptr().cast(), dst.len(), offset) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
     let n = n as usize;
-    assert!(n <= want, "pread reads no more than asked");
-    // SAFETY: the first n bytes of the spare capacity were initialised by pread.
-    unsafe { buf.set_len(buf.len() + n) };
+    assert!(n <= dst.len(), "pread reads no more than asked");
     Ok(n)
 }
 
