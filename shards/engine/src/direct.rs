@@ -21,8 +21,9 @@
 //! blocks and the end of the file cuts the last one short.
 //!
 //! Both run on the shard's blocking pool on both drivers: glommio's direct-I/O file
-//! (`DmaFile`) opens by path only, and its buffers cannot become the `Bytes` QUIC sends
-//! from; files are opened through the confined root.
+//! (`DmaFile`) opens by path only, where receivers open their files through the confined
+//! root and senders reopen the file they hold; and its buffers cannot become the `Bytes`
+//! QUIC sends from.
 
 use std::io;
 use std::sync::Arc;
@@ -120,7 +121,8 @@ impl DirectReader {
 
     /// Reads `len` bytes at `offset` (a multiple of `DIRECT_ALIGN`) into an aligned
     /// buffer of its own, on the shard's blocking pool; fewer only at the end of the file.
-    /// An EINVAL means this file or device takes no direct reads after all.
+    /// An error may mean only that this file or device takes no direct reads after all
+    /// (EINVAL): the caller can read it through the page cache instead.
     pub async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
         assert!(
             offset % DIRECT_ALIGN as u64 == 0,
