@@ -9,9 +9,12 @@
 #
 # Knobs: ROUNDS=3; SRC (default: the small-file tree of tools/bench-remote.sh, which
 # must exist: run that once); ARGS (client flags); SARGS (server flags); PORT=7497;
-# WORK=/var/tmp/tpc-ab (roots, keys and logs; removed at the end).
+# WORK=/var/tmp/tpc-ab (roots, keys and logs; removed at the end); SERVER=BINARY: one
+# server of that binary, warmed by a push of SRC first, takes every push (as in
+# tools/bench-remote.sh: only the clients differ, and the server's memory is warm);
+# DROP_CACHES=1: drop the page cache before each push (root), so SRC is read from disk.
 set -euo pipefail
-[ $# -ge 2 ] || { sed -n '2,12p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,17p' "$0"; exit 2; }
 ROUNDS=${ROUNDS:-3}
 SRC=${SRC:-/var/tmp/tpc-bench-remote/data/small-20000/}
 PORT=${PORT:-7497}
@@ -35,32 +38,50 @@ cleanup() {
 trap cleanup EXIT
 "$1" id --state "$T/cs" > "$T/client-id"
 head -n1 "$T/client-id" > "$T/ss/authorized-clients"
+[ -z "${SERVER:-}" ] || [ -x "$SERVER" ] || { echo "ab-push: $SERVER is not executable" >&2; exit 1; }
+# Starts a server of binary $1 on root $2 and waits until it has taken a first push of $3
+# (which also records its key).
+start_server() {
+  # shellcheck disable=SC2086 # flags, split on purpose
+  "$1" serve ${SARGS:-} --root "$2" --listen 127.0.0.1:"$PORT" --state "$T/ss" 2> "$T/server.log" &
+  spid=$!
+  local up=0
+  for _ in $(seq 50); do
+    "$1" copy -q --accept-new --state "$T/cs" "$3" tpc://127.0.0.1:"$PORT"/warm 2> /dev/null && { up=1; break; }
+    sleep 0.1
+  done
+  [ "$up" = 1 ] || { echo "ab-push: the server of $1 did not take a first push" >&2; exit 1; }
+}
+stop_server() {
+  kill "$spid" 2> /dev/null || true
+  wait "$spid" 2> /dev/null || true
+  spid=""
+}
+if [ -n "${SERVER:-}" ]; then
+  mkdir -p "$T/root"
+  start_server "$SERVER" "$T/root" "$SRC"
+fi
 for r in $(seq "$ROUNDS"); do
   i=0
   for b in "$@"; do
     i=$((i + 1))
-    root=$T/root-$i-$r
-    mkdir -p "$root"
-    # shellcheck disable=SC2086 # flags, split on purpose
-    "$b" serve ${SARGS:-} --root "$root" --listen 127.0.0.1:"$PORT" --state "$T/ss" 2> "$T/server.log" &
-    spid=$!
-    # The first push records the server's key; it is not timed.
-    up=0
-    for _ in $(seq 50); do
-      "$b" copy -q --accept-new --state "$T/cs" "$0" tpc://127.0.0.1:"$PORT"/warm 2> /dev/null && { up=1; break; }
-      sleep 0.1
-    done
-    [ "$up" = 1 ] || { echo "ab-push: the server of $b did not take a first push" >&2; exit 1; }
+    if [ -n "${SERVER:-}" ]; then
+      dest=ab-$i-$r/
+    else
+      mkdir -p "$T/root-$i-$r"
+      start_server "$b" "$T/root-$i-$r" "$0"
+      dest=ab/
+    fi
     sync
+    [ "${DROP_CACHES:-0}" = 1 ] && echo 3 > /proc/sys/vm/drop_caches
     sleep 3
     start=$(date +%s.%N)
     # shellcheck disable=SC2086
-    "$b" copy -q --state "$T/cs" ${ARGS:-} "$SRC" tpc://127.0.0.1:"$PORT"/ab/ ||
+    "$b" copy -q --state "$T/cs" ${ARGS:-} "$SRC" tpc://127.0.0.1:"$PORT"/"$dest" ||
       { echo "ab-push: round $r, binary $i ($b): the push failed" >&2; exit 1; }
     end=$(date +%s.%N)
     echo "round $r, binary $i ($b): $(awk -v s="$start" -v e="$end" 'BEGIN { printf "%.2f", e - s }') s"
-    kill "$spid" 2> /dev/null || true
-    wait "$spid" 2> /dev/null || true
-    spid=""
+    [ -n "${SERVER:-}" ] || stop_server
   done
 done
+[ -z "${SERVER:-}" ] || stop_server
