@@ -134,51 +134,25 @@ impl DirectReader {
         let mut buf = aligned_buf(want);
         let file = Arc::clone(&self.file);
         rt::spawn_blocking(move || {
-            while buf.len() < want {
-                match read_into_spare(&file, &mut buf, offset) {
-                    Ok(0) => break,
-                    // Short of a whole block: the end of the file. Asking again, at an
-                    // unaligned offset, is EINVAL on some filesystems.
-                    Ok(n) if n % DIRECT_ALIGN != 0 => break,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
+            assert!(buf.capacity() >= want, "the buffer holds what is asked");
+            // SAFETY: the capacity is allocated and owned by `buf`; seen as `MaybeUninit`
+            // it may hold anything.
+            let spare = unsafe {
+                std::slice::from_raw_parts_mut(
+                    buf.as_mut_ptr().cast::<std::mem::MaybeUninit<u8>>(),
+                    want,
+                )
+            };
+            // A read short of a whole block is the end of the file.
+            let n = tpc_portable::read_full_uninit(&file, spare, offset, DIRECT_ALIGN)?;
+            // SAFETY: read_full_uninit initialised these n bytes.
+            unsafe { buf.set_len(n) };
             // A file that grew since it was announced is sent as announced.
             buf.truncate(len);
             Ok(Bytes::from_owner(buf))
         })
         .await
     }
-}
-
-/// One positional read into `buf`'s spare capacity, at `offset` plus what `buf` holds,
-/// growing `buf` by what was read. It reads into the uninitialised capacity: zeroing a
-/// 4 MiB chunk first would cost a good part of what the direct read saves.
-#[cfg(unix)]
-fn read_into_spare(file: &std::fs::File, buf: &mut AlignedBuf, offset: u64) -> io::Result<usize> {
-    let len = buf.len();
-    // SAFETY: the capacity past `len` is allocated and owned by `buf`; seen as
-    // `MaybeUninit` it may hold anything.
-    let spare = unsafe {
-        std::slice::from_raw_parts_mut(
-            buf.as_mut_ptr()
-                .add(len)
-                .cast::<std::mem::MaybeUninit<u8>>(),
-            buf.capacity() - len,
-        )
-    };
-    let n = tpc_portable::pread_uninit(file, spare, offset + len as u64)?;
-    // SAFETY: pread_uninit initialised these n bytes.
-    unsafe { buf.set_len(len + n) };
-    Ok(n)
-}
-
-/// Never called: `DirectReader::open` gives no handle off Linux.
-#[cfg(not(unix))]
-fn read_into_spare(_: &std::fs::File, _: &mut AlignedBuf, _: u64) -> io::Result<usize> {
-    Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 
 #[cfg(test)]

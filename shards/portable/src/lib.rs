@@ -169,41 +169,47 @@ impl File {
 /// io_uring driver on its blocking pool where it wants the bytes in a `Vec`.
 pub fn read_vec_at(file: &std::fs::File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(len);
-    while buf.len() < len {
-        let at = offset + buf.len() as u64;
-        let want = len - buf.len();
-        match read_into_spare(file, &mut buf, want, at) {
+    let n = read_full_uninit(file, &mut buf.spare_capacity_mut()[..len], offset, 1)?;
+    // SAFETY: read_full_uninit initialised the first n bytes of the spare capacity.
+    unsafe { buf.set_len(n) };
+    Ok(buf)
+}
+
+/// Reads `dst.len()` bytes of `file` at `offset` into `dst`, which may be uninitialised
+/// memory (zeroing a 4 MiB chunk first would cost a fifth of the read itself), with as
+/// many positional reads as it takes. It stops short at the end of the file: a read of
+/// nothing, or one that is not a whole number of `block`s (1 for ordinary reads; for
+/// direct reads the block, since asking again at an unaligned offset is EINVAL on some
+/// filesystems). Returns the count read: that many bytes at the front of `dst` are
+/// initialised.
+pub fn read_full_uninit(
+    file: &std::fs::File,
+    dst: &mut [std::mem::MaybeUninit<u8>],
+    offset: u64,
+    block: usize,
+) -> io::Result<usize> {
+    assert!(block > 0, "reads come in blocks of at least a byte");
+    let mut done = 0;
+    while done < dst.len() {
+        match pread_uninit(file, &mut dst[done..], offset + done as u64) {
             Ok(0) => break,
-            Ok(_) => {}
+            Ok(n) => {
+                done += n;
+                if n % block != 0 {
+                    break;
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(buf)
-}
-
-/// One positional read of at most `want` bytes into `buf`'s spare capacity (which must
-/// hold them), growing `buf` by what was read. On Unix it reads into the uninitialised
-/// capacity directly: zeroing a 4 MiB chunk first would cost a fifth of the read itself.
-#[cfg(unix)]
-fn read_into_spare(
-    f: &std::fs::File,
-    buf: &mut Vec<u8>,
-    want: usize,
-    offset: u64,
-) -> io::Result<usize> {
-    let spare = buf.spare_capacity_mut();
-    assert!(want <= spare.len(), "the buffer holds what is asked");
-    let n = pread_uninit(f, &mut spare[..want], offset)?;
-    // SAFETY: pread_uninit initialised the first n bytes of the spare capacity.
-    unsafe { buf.set_len(buf.len() + n) };
-    Ok(n)
+    Ok(done)
 }
 
 /// One positional read into `dst`, which may be uninitialised memory; the count read,
 /// whose bytes at the front of `dst` it initialised.
 #[cfg(unix)]
-pub fn pread_uninit(
+fn pread_uninit(
     f: &std::fs::File,
     dst: &mut [std::mem::MaybeUninit<u8>],
     offset: u64,
@@ -221,25 +227,25 @@ pub fn pread_uninit(
     Ok(n)
 }
 
+/// One positional read into `dst`: `seek_read` takes initialised memory, so it is zeroed
+/// first.
+#[cfg(windows)]
+fn pread_uninit(
+    f: &std::fs::File,
+    dst: &mut [std::mem::MaybeUninit<u8>],
+    offset: u64,
+) -> io::Result<usize> {
+    dst.fill(std::mem::MaybeUninit::new(0));
+    // SAFETY: every byte of `dst` was initialised just above.
+    let buf = unsafe { &mut *(dst as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]) };
+    std::os::windows::fs::FileExt::seek_read(f, buf, offset)
+}
+
 /// One positional write of `buf` at `offset` (on Windows the handle's position moves,
 /// but nothing here writes at "the" position); the count written.
 #[cfg(unix)]
 pub fn write_at(f: &std::fs::File, buf: &[u8], offset: u64) -> io::Result<usize> {
     std::os::unix::fs::FileExt::write_at(f, buf, offset)
-}
-
-#[cfg(windows)]
-fn read_into_spare(
-    f: &std::fs::File,
-    buf: &mut Vec<u8>,
-    want: usize,
-    offset: u64,
-) -> io::Result<usize> {
-    let at = buf.len();
-    buf.resize(at + want, 0);
-    let r = std::os::windows::fs::FileExt::seek_read(f, &mut buf[at..], offset);
-    buf.truncate(at + *r.as_ref().unwrap_or(&0));
-    r
 }
 
 #[cfg(windows)]
