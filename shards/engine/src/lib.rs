@@ -21,6 +21,7 @@ pub mod direct;
 pub mod mesh;
 pub mod os;
 pub mod quic;
+mod recv_pool;
 pub mod rt;
 mod shard;
 

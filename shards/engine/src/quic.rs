@@ -24,7 +24,8 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use crate::recv_pool::RecvPool;
+use bytes::Bytes;
 use quinn_proto::{
     ClientConfig, ConnectionError, ConnectionHandle, DatagramEvent, Dir, EndpointConfig, Event,
     ServerConfig, StreamEvent, StreamId, Transmit, VarInt,
@@ -35,9 +36,6 @@ use tpc_core::window::{WindowTuner, ENDPOINT_WINDOW_BYTES_MAX};
 /// Largest UDP payload of one `sendmsg`: a GSO batch must fit, or the kernel refuses it
 /// with EMSGSIZE and quinn-udp drops the whole batch silently (DESIGN.md §5).
 const GSO_BATCH_BYTES_MAX: usize = 65507;
-
-/// Bytes of one receive buffer: the largest GRO-coalesced datagram train.
-const RECV_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Socket buffers. On loopback or a fast link a burst arrives faster than one executor
 /// turn; a kernel default of ~200 KiB drops it and the congestion controller collapses.
@@ -205,6 +203,8 @@ struct State {
     endpoint: quinn_proto::Endpoint,
     socket: UdpSocket,
     udp: UdpSocketState,
+    /// The buffers datagrams are received into and handed on in.
+    recv_pool: RecvPool,
     conns: HashMap<ConnectionHandle, Conn>,
     /// Connections that need a turn of the driver (events, transmits, timers).
     dirty: HashSet<ConnectionHandle>,
@@ -263,6 +263,7 @@ impl Endpoint {
             endpoint,
             socket,
             udp,
+            recv_pool: RecvPool::new(),
             conns: HashMap::new(),
             dirty: HashSet::new(),
             accepted: VecDeque::new(),
@@ -396,7 +397,6 @@ impl Endpoint {
                 return;
             }
         };
-        let mut recv_buf = vec![0u8; RECV_BUFFER_BYTES * quinn_udp::BATCH_SIZE];
         let mut send_buf = Vec::with_capacity(GSO_BATCH_BYTES_MAX);
         let trace_every = trace_interval();
         let mut next_trace = Instant::now();
@@ -406,7 +406,7 @@ impl Endpoint {
                 // Each step reads the clock afresh: receiving a burst can take
                 // milliseconds, and a packet stamped with a time from before it arrived
                 // makes RTT samples (and the congestion model's minimum RTT) too short.
-                st.receive(&mut recv_buf);
+                st.receive();
                 let now = Instant::now();
                 st.fire_timers(now);
                 let blocked = st.service(&mut send_buf);
@@ -464,14 +464,16 @@ impl State {
         }
     }
 
-    /// Reads every queued datagram (recvmmsg + GRO) and hands each to the endpoint.
-    fn receive(&mut self, buf: &mut [u8]) {
+    /// Reads every queued datagram (recvmmsg + GRO) and hands each to the endpoint, as a
+    /// piece of the buffer the kernel wrote it into (`recv_pool`): never copied.
+    fn receive(&mut self) {
         let mut meta = [RecvMeta::default(); quinn_udp::BATCH_SIZE];
         let mut response = Vec::new();
         loop {
             let n = {
-                let mut slices: Vec<IoSliceMut> = buf
-                    .chunks_mut(RECV_BUFFER_BYTES)
+                let mut slices: Vec<IoSliceMut> = self
+                    .recv_pool
+                    .ready(quinn_udp::BATCH_SIZE)
                     .map(IoSliceMut::new)
                     .collect();
                 match self
@@ -486,16 +488,17 @@ impl State {
                 }
             };
             let now = Instant::now();
-            for (m, chunk) in meta.iter().zip(buf.chunks(RECV_BUFFER_BYTES)).take(n) {
-                let data = &chunk[..m.len];
+            let trains = self.recv_pool.take(meta[..n].iter().map(|m| m.len));
+            for (m, mut train) in meta.iter().zip(trains) {
                 let stride = m.stride.max(1);
-                for datagram in data.chunks(stride) {
+                while !train.is_empty() {
+                    let datagram = train.split_to(stride.min(train.len()));
                     let ev = self.endpoint.handle(
                         now,
                         m.addr,
                         m.dst_ip,
                         m.ecn.map(ecn_to_proto),
-                        BytesMut::from(datagram),
+                        datagram,
                         &mut response,
                     );
                     match ev {
