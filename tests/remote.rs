@@ -51,6 +51,67 @@ fn push_and_pull_the_edge_case_tree_on_loopback() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
 
+/// Every file of the tree is owned by client shard 0, so all runs start queued there and
+/// shard 1 starts with none: it carries traffic only by taking queued runs over from
+/// shard 0 through the mesh. Both ways, and nothing lost or sent twice.
+#[test]
+fn a_shard_with_no_runs_of_its_own_takes_queued_runs_over_from_its_peer() {
+    let s = Scratch::new("remote-takeover");
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut made = 0;
+    for i in 0.. {
+        let name = format!("f{i}");
+        // The client hashes each file's path relative to the pushed directory.
+        if tpc_core::plan::owner(name.as_bytes(), 2).0 != 0 {
+            continue;
+        }
+        random_file(&src.join(&name), 256 * 1024 + i, i);
+        made += 1;
+        if made == 120 {
+            break;
+        }
+    }
+    let (cs, ss) = keys(&s);
+    let server = Server::start(&s.path("root"), &ss);
+    let carried_by_both = |out: &std::process::Output| {
+        assert_eq!(code(out), 0, "{}", stderr(out));
+        let summary = json(out);
+        let runs: Vec<u64> = summary["ranges_per_shard"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_u64().unwrap())
+            .collect();
+        assert_eq!(runs.len(), 2, "{summary}");
+        assert_eq!(
+            runs.iter().sum::<u64>(),
+            120,
+            "each file's one run once: {summary}"
+        );
+        assert!(runs.iter().all(|&r| r > 0), "{summary}");
+    };
+
+    let out = copy(
+        &cs,
+        with_slash(&src),
+        server.url("spread"),
+        &["--accept-new", "--json", "--cores", "2"],
+    );
+    carried_by_both(&out);
+    assert_identical(&src, &s.path("root/spread"));
+
+    let back = s.path("back");
+    let out = copy(
+        &cs,
+        server.url("spread/"),
+        &back,
+        &["--json", "--cores", "2"],
+    );
+    carried_by_both(&out);
+    assert_identical(&src, &back);
+}
+
 #[test]
 fn compressible_chunks_travel_compressed_both_ways_and_arrive_intact() {
     let s = Scratch::new("remote-zstd");

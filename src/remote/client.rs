@@ -4,9 +4,11 @@
 //! manifest, the receiver's answer, commits, and the end. Every shard then opens its own
 //! connection to one server shard (client shard i → server shard i mod M, on that shard's
 //! port) and moves the chunk runs assigned to it — range r of a file goes to shard
-//! `range_shard(owner(path), r)`, as in a local copy — with many streams in flight. Range
-//! results travel back to shard 0 over the channel mesh; shard 0 commits a file once all
-//! its ranges are verified and written.
+//! `range_shard(owner(path), r)`, as in a local copy, in runs of `STREAM_RUN_CHUNKS` —
+//! with many streams in flight. A shard whose queue runs dry asks a peer, over the channel
+//! mesh, for one of its queued runs (`Msg::Idle`, `Msg::Give`), so that a shard that runs
+//! slower than the others does not hold up the end. Run results travel back to shard 0
+//! over the mesh; shard 0 commits a file once all its runs are verified and written.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -26,7 +28,7 @@ use tpc_core::relpath::RelPath;
 use tpc_core::window::{streams_in_flight, STREAMS_IN_FLIGHT_MIN};
 use tpc_core::wire::{
     entry_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, NeedItem, Op, Run, WireKind,
-    ITEMS_PER_FRAME_MAX, PROTOCOL_VERSION,
+    ITEMS_PER_FRAME_MAX, PROTOCOL_VERSION, STREAM_CHUNKS_MAX,
 };
 use tpc_core::ChunkHash;
 use tpc_core::EntryKind;
@@ -166,7 +168,17 @@ struct WorkFile {
     have: Vec<ChunkHash>,
 }
 
-#[derive(Clone, Copy)]
+/// Chunks a client moves on one stream at most: a large file's ranges are cut into runs
+/// of this many chunks, 16 MiB. Runs are what shards take over from each other, so a
+/// shard whose queue ran dry while a slower peer still has runs queued takes the rest of
+/// them over. With whole 64 MiB ranges, all of a 2 GiB file was in flight from the start
+/// and nothing was left to take over: one core idled through the last tenth of a loopback
+/// push (PERFORMANCE.md, "Runs taken over through the mesh").
+const STREAM_RUN_CHUNKS: u32 = 4;
+
+const _: () = assert!(STREAM_RUN_CHUNKS >= 1 && STREAM_RUN_CHUNKS <= STREAM_CHUNKS_MAX);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct RangeItem {
     file: u32,
     first: u32,
@@ -178,7 +190,7 @@ struct Work {
     push: bool,
     session: u64,
     files: Vec<WorkFile>,
-    /// Ranges per shard.
+    /// Runs per shard, as first queued (shards then take runs over from each other).
     ranges: Vec<Vec<RangeItem>>,
     local_root: Option<Arc<Root>>,
     compression: Compression,
@@ -195,6 +207,12 @@ enum Msg {
     },
     /// A shard could not connect to its server shard: the session cannot complete.
     Lost(Exit, String),
+    /// The sender's run queue is empty and it has room for another stream: it asks for a
+    /// run the receiver has queued and not started.
+    Idle,
+    /// The answer to `Idle`: a run taken off the back of the sender's queue (the receiver
+    /// of this message now moves it), or none left.
+    Give(Option<RangeItem>),
     Stop,
 }
 
@@ -483,6 +501,40 @@ async fn worker_shard(
         }
     };
     let conn = Some(conn);
+    // From here on the peers' messages are relayed by kind: asks to `answer_asks`, gifts
+    // to `run_ranges`, and shard 0's Stop (or its end) to the wait for the end below.
+    let (ask_tx, ask_rx) = async_channel::unbounded::<usize>();
+    let (gift_tx, gift_rx) = async_channel::unbounded::<Option<RangeItem>>();
+    let (stop_tx, stop_rx) = async_channel::unbounded::<()>();
+    let mut relays = Vec::new();
+    for (peer, stream) in receivers.streams() {
+        let (ask_tx, gift_tx, stop_tx) = (ask_tx.clone(), gift_tx.clone(), stop_tx.clone());
+        relays.push(rt::spawn_local(async move {
+            while let Ok(msg) = stream.recv().await {
+                match msg {
+                    Msg::Idle => {
+                        let _ = ask_tx.send(peer).await;
+                    }
+                    Msg::Give(run) => {
+                        let _ = gift_tx.send(run).await;
+                    }
+                    Msg::Stop if peer == 0 => break,
+                    _ => {}
+                }
+            }
+            if peer == 0 {
+                let _ = stop_tx.send(()).await;
+            }
+        }));
+    }
+    let queue: RunQueue = Rc::new(RefCell::new(
+        work.ranges.get(shard).cloned().unwrap_or_default().into(),
+    ));
+    relays.push(rt::spawn_local(answer_asks(
+        queue.clone(),
+        senders.clone(),
+        ask_rx,
+    )));
     let (tx, rx) = async_channel::unbounded::<(u32, Result<u64, Failure>)>();
     let forward = async {
         while let Ok((file, result)) = rx.recv().await {
@@ -496,21 +548,42 @@ async fn worker_shard(
         }
     };
     let latency = Rc::new(RefCell::new(latency_histogram()));
-    let moved = run_ranges(shard, conn.clone(), work.clone(), tx, latency.clone());
-    let finished = async { Some(futures_lite::future::zip(moved, forward).await.0) };
-    // Shard 0 says Stop when the session is over, which may be before our ranges are (it
+    let moved: Moved = Rc::default();
+    let take_over = TakeOver {
+        shard,
+        senders: senders.clone(),
+        gifts: gift_rx,
+    };
+    let run = run_ranges(
+        conn.clone(),
+        work.clone(),
+        queue,
+        moved.clone(),
+        tx,
+        latency.clone(),
+        Some(take_over),
+        work.ranges.len(),
+    );
+    let finished = async {
+        futures_lite::future::zip(run, forward).await;
+        Some(())
+    };
+    // Shard 0 says Stop when the session is over, which may be before our runs are (it
     // failed, and the server may never answer them): then they are abandoned.
     let stopped = async {
-        let _ = receivers.recv_from(0).await;
+        let _ = stop_rx.recv().await;
         None
     };
-    if let Some(stats) = futures_lite::future::or(finished, stopped).await {
-        out.bytes = stats.0;
-        out.ranges = stats.1;
-        out.saved = stats.2;
+    if futures_lite::future::or(finished, stopped).await.is_some() {
         out.chunk_latency = Some(latency.borrow().clone());
-        // Wait for shard 0 to finish the session before closing our connection.
-        let _ = receivers.recv_from(0).await;
+        // Wait for shard 0 to finish the session before closing our connection, answering
+        // the peers' asks meanwhile.
+        let _ = stop_rx.recv().await;
+    }
+    let m = *moved.borrow();
+    (out.bytes, out.ranges, out.saved) = m;
+    for r in relays {
+        r.cancel().await;
     }
     if let Some(c) = &conn {
         out.udp_payload = c.current_mtu();
@@ -532,75 +605,153 @@ async fn tokio_free_timeout<T>(f: impl std::future::Future<Output = T>) -> Optio
     .await
 }
 
-/// Moves this shard's ranges, one stream each, sending each range's result to `results`.
+/// This shard's queue of runs not yet started. Its own stream workers take from the
+/// front; a peer that asks (`Msg::Idle`) is given one from the back.
+type RunQueue = Rc<RefCell<VecDeque<RangeItem>>>;
+
+/// What a shard's streams moved: bytes, runs, and what compression and the receiver's old
+/// copies saved. Shared with the caller, so that it holds what moved even if the session
+/// stopped the shard before `run_ranges` returned.
+type Moved = Rc<RefCell<(u64, u64, Savings)>>;
+
+/// How a shard takes runs over from its peers (see `Msg::Idle`).
+struct TakeOver {
+    shard: usize,
+    senders: Senders<Msg>,
+    /// The answers (`Msg::Give`) to this shard's asks, relayed from the mesh.
+    gifts: async_channel::Receiver<Option<RangeItem>>,
+}
+
+/// Answers the peers' asks (`Msg::Idle`, relayed as the asking peer's index) with the run
+/// at the back of `queue`, or none. Runs as long as the shard is in the session, also
+/// after its own runs are done, so that no ask goes unanswered.
+async fn answer_asks(queue: RunQueue, senders: Senders<Msg>, asks: async_channel::Receiver<usize>) {
+    while let Ok(peer) = asks.recv().await {
+        let run = queue.borrow_mut().pop_back();
+        if senders.send_to(peer, Msg::Give(run)).await.is_err() {
+            // That peer has stopped (the session is ending): the run stays ours.
+            if let Some(r) = run {
+                queue.borrow_mut().push_back(r);
+            }
+        }
+    }
+}
+
+/// Moves the runs of `queue`, one stream each, sending each run's result to `results`.
 /// Keeps as many streams in flight as the connection's tuned flow window asks for
 /// (`window::streams_in_flight`, at least `STREAMS_IN_FLIGHT_MIN`), adding more as the
-/// window grows.
-/// Returns (bytes, ranges) moved and what compression and the receiver's old copies saved.
+/// window grows. When the queue is empty and a stream is free, asks the peers one at a
+/// time for one of their queued runs, until each has said it has none left. Adds what
+/// moved to `moved`.
+#[allow(clippy::too_many_arguments)]
 async fn run_ranges(
-    shard: usize,
     conn: Option<Connection>,
     work: Arc<Work>,
+    queue: RunQueue,
+    moved: Moved,
     results: async_channel::Sender<(u32, Result<u64, Failure>)>,
     latency: Rc<RefCell<Histogram<u64>>>,
-) -> (u64, u64, Savings) {
-    let queue: Rc<RefCell<VecDeque<RangeItem>>> = Rc::new(RefCell::new(
-        work.ranges.get(shard).cloned().unwrap_or_default().into(),
-    ));
-    let totals = Rc::new(RefCell::new((0u64, 0u64, Savings::default())));
+    take_over: Option<TakeOver>,
+    shard_count: usize,
+) {
     let results = Rc::new(results);
-    // Each worker says when it finished a range: the moment to look at the window again.
-    // A range can take many round trips, so the window is also looked at every
-    // `WINDOW_RECHECK` while the ranges run.
+    // Each worker says when it finished a run: the moment to look at the window (and the
+    // queue) again. A run can take many round trips, so the window is also looked at
+    // every `WINDOW_RECHECK` while the runs move.
     let (finished_tx, finished_rx) = async_channel::unbounded::<()>();
+    let live = Rc::new(std::cell::Cell::new(0usize));
     let mut tasks = Vec::new();
+    // Peers that may still have runs to give. Without a connection a shard takes nothing
+    // over: its own runs fail, and the session with them.
+    let mut may_give: Vec<usize> = match (&take_over, &conn) {
+        (Some(t), Some(_)) => (1..shard_count)
+            .map(|i| (t.shard + i) % shard_count)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut asked: Option<usize> = None;
     loop {
         let wanted = conn.as_ref().map_or(STREAMS_IN_FLIGHT_MIN, |c| {
             streams_in_flight(c.flow_window())
         });
-        while tasks.len() < wanted && !queue.borrow().is_empty() {
+        while live.get() < wanted && !queue.borrow().is_empty() {
+            live.set(live.get() + 1);
             tasks.push(rt::spawn_local(range_worker(
                 queue.clone(),
-                totals.clone(),
+                moved.clone(),
                 results.clone(),
                 conn.clone(),
                 work.clone(),
                 latency.clone(),
                 finished_tx.clone(),
+                live.clone(),
             )));
         }
-        if queue.borrow().is_empty() || results.is_closed() {
+        if results.is_closed() {
             break;
         }
-        futures_lite::future::or(
-            async {
-                // Never an error: this function holds a sender.
-                let _ = finished_rx.recv().await;
-            },
-            rt::sleep(WINDOW_RECHECK),
-        )
-        .await;
+        if queue.borrow().is_empty() && live.get() < wanted && asked.is_none() {
+            if let (Some(t), Some(&peer)) = (&take_over, may_give.first()) {
+                if t.senders.send_to(peer, Msg::Idle).await.is_ok() {
+                    asked = Some(peer);
+                } else {
+                    may_give.remove(0);
+                    continue;
+                }
+            }
+        }
+        if queue.borrow().is_empty() && live.get() == 0 && asked.is_none() {
+            break;
+        }
+        let gift = async {
+            match (&take_over, asked) {
+                (Some(t), Some(_)) => Some(t.gifts.recv().await.ok().flatten()),
+                _ => std::future::pending().await,
+            }
+        };
+        let tick = async {
+            futures_lite::future::or(
+                async {
+                    // Never an error: this function holds a sender.
+                    let _ = finished_rx.recv().await;
+                },
+                rt::sleep(WINDOW_RECHECK),
+            )
+            .await;
+            None
+        };
+        if let Some(given) = futures_lite::future::or(gift, tick).await {
+            asked = None;
+            match given {
+                Some(run) => queue.borrow_mut().push_back(run),
+                // A peer with nothing queued never has again: runs only move to shards
+                // that asked, and those start them at once.
+                None => {
+                    may_give.remove(0);
+                }
+            }
+        }
     }
     drop(finished_tx);
     for t in tasks {
         t.await;
     }
-    let t = *totals.borrow();
-    t
 }
 
 /// How often `run_ranges` looks at the connection's flow window while its ranges run.
 const WINDOW_RECHECK: Duration = Duration::from_millis(50);
 
-/// One stream's worth of `run_ranges`: takes ranges off the shard's queue until it is empty.
+/// One stream's worth of `run_ranges`: takes runs off the shard's queue until it is empty.
+#[allow(clippy::too_many_arguments)]
 async fn range_worker(
-    queue: Rc<RefCell<VecDeque<RangeItem>>>,
-    totals: Rc<RefCell<(u64, u64, Savings)>>,
+    queue: RunQueue,
+    moved: Moved,
     results: Rc<async_channel::Sender<(u32, Result<u64, Failure>)>>,
     conn: Option<Connection>,
     work: Arc<Work>,
     latency: Rc<RefCell<Histogram<u64>>>,
     finished: async_channel::Sender<()>,
+    live: Rc<std::cell::Cell<usize>>,
 ) {
     loop {
         let Some(item) = queue.borrow_mut().pop_front() else {
@@ -611,7 +762,7 @@ async fn range_worker(
             None => Err(Failure::new(ErrorCode::Io, "no connection to the server")),
         };
         if let Ok((n, saved)) = &result {
-            let mut t = totals.borrow_mut();
+            let mut t = moved.borrow_mut();
             t.0 += n;
             t.1 += 1;
             t.2.add(*saved);
@@ -623,7 +774,9 @@ async fn range_worker(
         // Unbounded, and the receiver lives as long as run_ranges: this cannot fail.
         let _ = finished.try_send(());
     }
-    // Also on the way out, so a coordinator waiting for a range sees the results closed.
+    live.set(live.get() - 1);
+    // Also on the way out, so a coordinator waiting for a range sees the results closed,
+    // and run_ranges sees a free stream.
     let _ = finished.try_send(());
 }
 
@@ -1222,7 +1375,8 @@ async fn session(
         }
     }
 
-    // Ranges, assigned to shards as in a local copy.
+    // Runs of at most STREAM_RUN_CHUNKS, queued on the shard of their range as in a local
+    // copy.
     let mut ranges: Vec<Vec<RangeItem>> = vec![Vec::new(); shard_count];
     let mut remaining = vec![0u32; files.len()];
     for n in needs {
@@ -1238,7 +1392,7 @@ async fn session(
         files[i].have = n.have;
         let mut first = n.chunk_first;
         while first < end {
-            let count = (end - first).min(RANGE_CHUNKS as u32);
+            let count = (end - first).min(STREAM_RUN_CHUNKS);
             let s = range_shard(o, first / RANGE_CHUNKS as u32, shard_count).0 as usize;
             ranges[s].push(RangeItem {
                 file: n.file,
@@ -1273,7 +1427,29 @@ async fn session(
     let (tx, rx) = async_channel::unbounded::<Ev>();
     let (rtx, rrx) = async_channel::unbounded::<(u32, Result<u64, Failure>)>();
     let latency = Rc::new(RefCell::new(latency_histogram()));
-    let own = run_ranges(0, Some(conn.clone()), work.clone(), rtx, latency.clone());
+    // Take-over between the shards (see `Msg::Idle`): the peers' asks and answers arrive
+    // among their results, and are relayed from there.
+    let (ask_tx, ask_rx) = async_channel::unbounded::<usize>();
+    let (gift_tx, gift_rx) = async_channel::unbounded::<Option<RangeItem>>();
+    let queue: RunQueue = Rc::new(RefCell::new(
+        work.ranges.first().cloned().unwrap_or_default().into(),
+    ));
+    let answerer = rt::spawn_local(answer_asks(queue.clone(), senders.clone(), ask_rx));
+    let moved: Moved = Rc::default();
+    let own = run_ranges(
+        Some(conn.clone()),
+        work.clone(),
+        queue,
+        moved.clone(),
+        rtx,
+        latency.clone(),
+        Some(TakeOver {
+            shard: 0,
+            senders: senders.clone(),
+            gifts: gift_rx,
+        }),
+        shard_count,
+    );
     let tx = Rc::new(tx);
     let relay_own = {
         let tx = tx.clone();
@@ -1289,12 +1465,21 @@ async fn session(
             continue;
         }
         let tx = tx.clone();
+        let (ask_tx, gift_tx) = (ask_tx.clone(), gift_tx.clone());
         // Each peer's results arrive on its own mesh receiver.
         peer_relays.push(rt::spawn_local(async move {
             while let Ok(msg) = stream.recv().await {
                 let ev = match msg {
                     Msg::Result { file, result } => Ev::Range(file, result),
                     Msg::Lost(exit, message) => Ev::Lost(exit, message),
+                    Msg::Idle => {
+                        let _ = ask_tx.send(peer).await;
+                        continue;
+                    }
+                    Msg::Give(run) => {
+                        let _ = gift_tx.send(run).await;
+                        continue;
+                    }
                     _ => continue,
                 };
                 if tx.send(ev).await.is_err() {
@@ -1317,8 +1502,7 @@ async fn session(
         })
     };
     let own_task = rt::spawn_local(async move {
-        let (stats, ()) = futures_lite::future::zip(own, relay_own).await;
-        stats
+        futures_lite::future::zip(own, relay_own).await;
     });
     drop(tx);
 
@@ -1436,15 +1620,14 @@ async fn session(
             }
         }
     }
-    let stats = if session_error.is_some() {
+    if session_error.is_some() {
         // The server may never answer the ranges still in flight: abandon them.
-        own_task.cancel().await.unwrap_or_default()
+        own_task.cancel().await;
     } else {
-        own_task.await
-    };
-    out.bytes = stats.0;
-    out.ranges = stats.1;
-    out.saved = stats.2;
+        own_task.await;
+    }
+    let m = *moved.borrow();
+    (out.bytes, out.ranges, out.saved) = m;
     out.chunk_latency = Some(latency.borrow().clone());
     if let Some(e) = session_error {
         out.summary = Some((summary, problems));
@@ -1508,6 +1691,7 @@ async fn session(
     for r in peer_relays {
         r.cancel().await;
     }
+    answerer.cancel().await;
     out.summary = Some((summary, problems));
     Ok(())
 }

@@ -51,6 +51,16 @@ pub struct Senders<M> {
     to: Vec<Option<Sender<M>>>,
 }
 
+// By hand: a derive would require `M: Clone`, and only the channel handles are cloned.
+impl<M> Clone for Senders<M> {
+    fn clone(&self) -> Self {
+        Senders {
+            id: self.id,
+            to: self.to.clone(),
+        }
+    }
+}
+
 impl<M> Senders<M> {
     /// This shard's index in the mesh.
     pub fn peer_id(&self) -> usize {
