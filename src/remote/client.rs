@@ -81,6 +81,8 @@ struct Summary {
     shards: usize,
     server_shards: usize,
     bytes_per_shard: Vec<u64>,
+    /// Runs (of up to `STREAM_RUN_CHUNKS` chunks, one stream each) each shard moved,
+    /// including runs it took over from others.
     ranges_per_shard: Vec<u64>,
     shard_cpus: Vec<usize>,
     /// Largest UDP payload each shard's connection reached by path MTU discovery.
@@ -420,6 +422,11 @@ async fn shard_main(
             Ok(ep) => ep,
             Err(e) => {
                 eprintln!("tpc-xfer: cannot open a UDP socket: {e}");
+                if shard != 0 {
+                    // Its runs cannot move: shard 0 must not wait for them.
+                    let why = format!("shard {shard} cannot open a UDP socket: {e}");
+                    let _ = senders.send_to(0, Msg::Lost(Exit::Engine, why)).await;
+                }
                 if shard == 0 {
                     let mut p = Problems::default();
                     p.record(Exit::Engine);
@@ -660,9 +667,9 @@ async fn run_ranges(
     // every `WINDOW_RECHECK` while the runs move.
     let (finished_tx, finished_rx) = async_channel::unbounded::<()>();
     let live = Rc::new(std::cell::Cell::new(0usize));
+    let failed = Rc::new(std::cell::Cell::new(false));
     let mut tasks = Vec::new();
-    // Peers that may still have runs to give. Without a connection a shard takes nothing
-    // over: its own runs fail, and the session with them.
+    // Peers that may still have runs to give, in the order they are asked.
     let mut may_give: Vec<usize> = match (&take_over, &conn) {
         (Some(t), Some(_)) => (1..shard_count)
             .map(|i| (t.shard + i) % shard_count)
@@ -674,7 +681,8 @@ async fn run_ranges(
         let wanted = conn.as_ref().map_or(STREAMS_IN_FLIGHT_MIN, |c| {
             streams_in_flight(c.flow_window())
         });
-        while live.get() < wanted && !queue.borrow().is_empty() {
+        let more = wanted.saturating_sub(live.get()).min(queue.borrow().len());
+        for _ in 0..more {
             live.set(live.get() + 1);
             tasks.push(rt::spawn_local(range_worker(
                 queue.clone(),
@@ -685,10 +693,21 @@ async fn run_ranges(
                 latency.clone(),
                 finished_tx.clone(),
                 live.clone(),
+                failed.clone(),
             )));
+        }
+        if more > 0 {
+            // Let the new workers take their runs, so that the queue shows what is left
+            // (and an empty one is asked to be filled now, not at the next tick).
+            rt::yield_now().await;
         }
         if results.is_closed() {
             break;
+        }
+        // A shard whose runs fail (its connection was lost, say) takes no more over: it
+        // would fail those too, and the session fails anyway.
+        if failed.get() || conn.as_ref().is_some_and(|c| c.lost_reason().is_some()) {
+            may_give.clear();
         }
         if queue.borrow().is_empty() && live.get() < wanted && asked.is_none() {
             if let (Some(t), Some(&peer)) = (&take_over, may_give.first()) {
@@ -724,8 +743,9 @@ async fn run_ranges(
             asked = None;
             match given {
                 Some(run) => queue.borrow_mut().push_back(run),
-                // A peer with nothing queued never has again: runs only move to shards
-                // that asked, and those start them at once.
+                // A peer with nothing queued is not asked again. It can hold runs again
+                // only by being given some when it asks, and it starts those at once
+                // (a third shard's ask may come first: then this shard just misses it).
                 None => {
                     may_give.remove(0);
                 }
@@ -752,6 +772,7 @@ async fn range_worker(
     latency: Rc<RefCell<Histogram<u64>>>,
     finished: async_channel::Sender<()>,
     live: Rc<std::cell::Cell<usize>>,
+    failed: Rc<std::cell::Cell<bool>>,
 ) {
     loop {
         let Some(item) = queue.borrow_mut().pop_front() else {
@@ -761,11 +782,14 @@ async fn range_worker(
             Some(c) => move_range(c, &work, item, &latency).await,
             None => Err(Failure::new(ErrorCode::Io, "no connection to the server")),
         };
-        if let Ok((n, saved)) = &result {
-            let mut t = moved.borrow_mut();
-            t.0 += n;
-            t.1 += 1;
-            t.2.add(*saved);
+        match &result {
+            Ok((n, saved)) => {
+                let mut t = moved.borrow_mut();
+                t.0 += n;
+                t.1 += 1;
+                t.2.add(*saved);
+            }
+            Err(_) => failed.set(true),
         }
         let result = result.map(|(n, _)| n);
         if results.send((item.file, result)).await.is_err() {

@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use crate::recv_pool::RecvPool;
-use bytes::Bytes;
+use crate::recv_pool::{RecvPool, SHARED_DATAGRAM_BYTES_MIN};
+use bytes::{Bytes, BytesMut};
 use quinn_proto::{
     ClientConfig, ConnectionError, ConnectionHandle, DatagramEvent, Dir, EndpointConfig, Event,
     ServerConfig, StreamEvent, StreamId, Transmit, VarInt,
@@ -465,7 +465,8 @@ impl State {
     }
 
     /// Reads every queued datagram (recvmmsg + GRO) and hands each to the endpoint, as a
-    /// piece of the buffer the kernel wrote it into (`recv_pool`): never copied.
+    /// piece of the buffer the kernel wrote it into (`recv_pool`), uncopied unless it is
+    /// small.
     fn receive(&mut self) {
         let mut meta = [RecvMeta::default(); quinn_udp::BATCH_SIZE];
         let mut response = Vec::new();
@@ -492,7 +493,12 @@ impl State {
             for (m, mut train) in meta.iter().zip(trains) {
                 let stride = m.stride.max(1);
                 while !train.is_empty() {
-                    let datagram = train.split_to(stride.min(train.len()));
+                    let piece = train.split_to(stride.min(train.len()));
+                    let datagram = if piece.len() >= SHARED_DATAGRAM_BYTES_MIN {
+                        piece
+                    } else {
+                        BytesMut::from(&piece[..])
+                    };
                     let ev = self.endpoint.handle(
                         now,
                         m.addr,

@@ -6,7 +6,9 @@
 //! Why: copying each received datagram into a buffer of its own was half of the
 //! receiver's memory copying on a bulk push (the other half, into aligned write buffers,
 //! is needed for O_DIRECT). Zeroing a fresh buffer per receive would cost about as much
-//! as the copy, so a buffer is only zeroed once, when it is created.
+//! as the copy, so a buffer is only zeroed once, when it is created. Small datagrams are
+//! still copied out (`SHARED_DATAGRAM_BYTES_MIN`), so that no datagram pins much more
+//! memory than quinn-proto accounts for.
 
 use std::collections::VecDeque;
 
@@ -14,6 +16,15 @@ use bytes::BytesMut;
 
 /// Bytes of one buffer: the largest GRO-coalesced datagram train (or one datagram).
 pub const RECV_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Datagrams from this size up are handed on as pieces of their buffer; smaller ones
+/// (among them a train's short last piece) are copied out into buffers of their own.
+/// quinn-proto counts a datagram it holds (out of order, or not yet read) at its own
+/// size, but the datagram pins the whole 64 KiB buffer it came in. From 8 KiB up that is
+/// at most 8 times its size (loopback's 64 KiB datagrams, 9000-byte jumbo frames); a
+/// 1500-byte path's train holds 44 datagrams, and a few held ones could pin many
+/// buffers that quinn-proto believes are gone.
+pub const SHARED_DATAGRAM_BYTES_MIN: usize = RECV_BUFFER_BYTES / 8;
 
 /// Buffers still shared with live datagrams that the pool keeps track of, to take back
 /// when their datagrams are gone: 16 MiB, one socket buffer's worth. Past that the oldest
@@ -82,17 +93,15 @@ impl RecvPool {
     /// Makes the first `n` ready buffers available to receive into, taking back lent
     /// buffers whose datagrams are gone before allocating new ones, and returns them.
     pub fn ready(&mut self, n: usize) -> impl Iterator<Item = &mut [u8]> {
-        let mut looked = 0;
-        let lent = self.lent.len();
-        while self.ready.len() < n && looked < lent {
-            looked += 1;
-            let Some(mut b) = self.lent.pop_front() else {
-                break;
-            };
-            if b.reclaim() {
+        // Oldest first, and in place: the buffers still held keep their order, so that
+        // `take` forgets the oldest.
+        let mut i = 0;
+        while self.ready.len() < n && i < self.lent.len() {
+            if self.lent[i].reclaim() {
+                let b = self.lent.remove(i).expect("index checked above");
                 self.ready.push(b);
             } else {
-                self.lent.push_back(b);
+                i += 1;
             }
         }
         while self.ready.len() < n {
