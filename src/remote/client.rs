@@ -27,8 +27,8 @@ use tpc_core::plan::{owner, range_shard};
 use tpc_core::relpath::RelPath;
 use tpc_core::window::{streams_in_flight, STREAMS_IN_FLIGHT_MIN};
 use tpc_core::wire::{
-    entry_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, NeedItem, Op, Run, WireKind,
-    ITEMS_PER_FRAME_MAX, PROTOCOL_VERSION, STREAM_CHUNKS_MAX,
+    entry_frames, run_bytes, DestKind, Entry, ErrorCode, Frame, ManifestBudget, NeedItem, Op, Run,
+    WireKind, ITEMS_PER_FRAME_MAX, PROTOCOL_VERSION, STREAM_CHUNKS_MAX,
 };
 use tpc_core::ChunkHash;
 use tpc_core::EntryKind;
@@ -621,6 +621,48 @@ type RunQueue = Rc<RefCell<VecDeque<RangeItem>>>;
 /// stopped the shard before `run_ranges` returned.
 type Moved = Rc<RefCell<(u64, u64, Savings)>>;
 
+/// Bytes of the runs a shard's streams have taken off its queue and not finished.
+type Claimed = Rc<std::cell::Cell<u64>>;
+
+/// How many flow windows' worth of runs a shard's streams may have taken off its queue
+/// at once. Enough to keep the window full while runs are opened and confirmed; more
+/// would only hold runs in streams that wait for the window, where no idle peer can
+/// take them over (a 2 GiB file's 16 streams of 16 MiB held 256 MiB per shard).
+const CLAIMED_WINDOWS: u64 = 2;
+
+/// The bytes of runs the streams on `conn` may hold at once (see `CLAIMED_WINDOWS`).
+fn claim_budget(conn: Option<&Connection>) -> u64 {
+    conn.map_or(u64::MAX, |c| {
+        c.flow_window().saturating_mul(CLAIMED_WINDOWS)
+    })
+}
+
+/// Takes the run at the front of `queue` for a stream, if the runs already taken leave
+/// room for it within `budget` (the first always fits). Returns it with its bytes, which
+/// the stream gives back to `claimed` when the run is done.
+fn claim(
+    queue: &RunQueue,
+    claimed: &Claimed,
+    budget: u64,
+    work: &Work,
+) -> Option<(RangeItem, u64)> {
+    let mut q = queue.borrow_mut();
+    let run = *q.front()?;
+    // Checked when the run was planned (check_need): a file of the manifest, a run
+    // inside it. A run that does not fit is moved anyway and fails there.
+    let bytes = work
+        .files
+        .get(run.file as usize)
+        .and_then(|f| run_bytes(f.size, run.first, run.count))
+        .map_or(0, |(_, n)| n);
+    if claimed.get() > 0 && claimed.get().saturating_add(bytes) > budget {
+        return None;
+    }
+    claimed.set(claimed.get() + bytes);
+    q.pop_front();
+    Some((run, bytes))
+}
+
 /// How a shard takes runs over from its peers (see `Msg::Idle`).
 struct TakeOver {
     shard: usize,
@@ -647,7 +689,7 @@ async fn answer_asks(queue: RunQueue, senders: Senders<Msg>, asks: async_channel
 /// Moves the runs of `queue`, one stream each, sending each run's result to `results`.
 /// Keeps as many streams in flight as the connection's tuned flow window asks for
 /// (`window::streams_in_flight`, at least `STREAMS_IN_FLIGHT_MIN`), adding more as the
-/// window grows. When the queue is empty and a stream is free, asks the peers one at a
+/// window grows, as long as their runs fit in `claim_budget`. When the queue is empty and a stream is free, asks the peers one at a
 /// time for one of their queued runs, until each has said it has none left. Adds what
 /// moved to `moved`.
 #[allow(clippy::too_many_arguments)]
@@ -668,6 +710,7 @@ async fn run_ranges(
     let (finished_tx, finished_rx) = async_channel::unbounded::<()>();
     let live = Rc::new(std::cell::Cell::new(0usize));
     let failed = Rc::new(std::cell::Cell::new(false));
+    let claimed: Claimed = Rc::default();
     let mut tasks = Vec::new();
     // Peers that may still have runs to give, in the order they are asked.
     let mut may_give: Vec<usize> = match (&take_over, &conn) {
@@ -681,11 +724,17 @@ async fn run_ranges(
         let wanted = conn.as_ref().map_or(STREAMS_IN_FLIGHT_MIN, |c| {
             streams_in_flight(c.flow_window())
         });
-        let more = wanted.saturating_sub(live.get()).min(queue.borrow().len());
-        for _ in 0..more {
+        let budget = claim_budget(conn.as_ref());
+        while live.get() < wanted {
+            // Taken here, so that the queue shows at once what is left for the peers.
+            let Some(first) = claim(&queue, &claimed, budget, &work) else {
+                break;
+            };
             live.set(live.get() + 1);
             tasks.push(rt::spawn_local(range_worker(
+                first,
                 queue.clone(),
+                claimed.clone(),
                 moved.clone(),
                 results.clone(),
                 conn.clone(),
@@ -696,11 +745,6 @@ async fn run_ranges(
                 failed.clone(),
             )));
         }
-        if more > 0 {
-            // Let the new workers take their runs, so that the queue shows what is left
-            // (and an empty one is asked to be filled now, not at the next tick).
-            rt::yield_now().await;
-        }
         if results.is_closed() {
             break;
         }
@@ -709,7 +753,11 @@ async fn run_ranges(
         if failed.get() || conn.as_ref().is_some_and(|c| c.lost_reason().is_some()) {
             may_give.clear();
         }
-        if queue.borrow().is_empty() && live.get() < wanted && asked.is_none() {
+        if queue.borrow().is_empty()
+            && live.get() < wanted
+            && claimed.get() < budget
+            && asked.is_none()
+        {
             if let (Some(t), Some(&peer)) = (&take_over, may_give.first()) {
                 if t.senders.send_to(peer, Msg::Idle).await.is_ok() {
                     asked = Some(peer);
@@ -761,10 +809,13 @@ async fn run_ranges(
 /// How often `run_ranges` looks at the connection's flow window while its ranges run.
 const WINDOW_RECHECK: Duration = Duration::from_millis(50);
 
-/// One stream's worth of `run_ranges`: takes runs off the shard's queue until it is empty.
+/// One stream's worth of `run_ranges`: moves `first`, then takes runs off the shard's
+/// queue (`claim`) until it is empty or the runs in flight fill the budget.
 #[allow(clippy::too_many_arguments)]
 async fn range_worker(
+    first: (RangeItem, u64),
     queue: RunQueue,
+    claimed: Claimed,
     moved: Moved,
     results: Rc<async_channel::Sender<(u32, Result<u64, Failure>)>>,
     conn: Option<Connection>,
@@ -774,10 +825,8 @@ async fn range_worker(
     live: Rc<std::cell::Cell<usize>>,
     failed: Rc<std::cell::Cell<bool>>,
 ) {
-    loop {
-        let Some(item) = queue.borrow_mut().pop_front() else {
-            break;
-        };
+    let mut next = Some(first);
+    while let Some((item, bytes)) = next {
         let result = match &conn {
             Some(c) => move_range(c, &work, item, &latency).await,
             None => Err(Failure::new(ErrorCode::Io, "no connection to the server")),
@@ -791,12 +840,14 @@ async fn range_worker(
             }
             Err(_) => failed.set(true),
         }
+        claimed.set(claimed.get() - bytes);
         let result = result.map(|(n, _)| n);
         if results.send((item.file, result)).await.is_err() {
             break;
         }
         // Unbounded, and the receiver lives as long as run_ranges: this cannot fail.
         let _ = finished.try_send(());
+        next = claim(&queue, &claimed, claim_budget(conn.as_ref()), &work);
     }
     live.set(live.get() - 1);
     // Also on the way out, so a coordinator waiting for a range sees the results closed,
