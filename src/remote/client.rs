@@ -638,8 +638,8 @@ fn claim_budget(conn: Option<&Connection>) -> u64 {
 }
 
 /// Takes the run at the front of `queue` for a stream, if the runs already taken leave
-/// room for it within `budget` (the first always fits). Returns it with its bytes, which
-/// the stream gives back to `claimed` when the run is done.
+/// room for it within `budget` (a run always fits when none is in flight). Returns it with
+/// its bytes, which the stream gives back to `claimed` when the run is done.
 fn claim(
     queue: &RunQueue,
     claimed: &Claimed,
@@ -649,7 +649,7 @@ fn claim(
     let mut q = queue.borrow_mut();
     let run = *q.front()?;
     // Checked when the run was planned (check_need): a file of the manifest, a run
-    // inside it. A run that does not fit is moved anyway and fails there.
+    // inside it. A run outside its file would count 0 bytes here; move_range fails it.
     let bytes = work
         .files
         .get(run.file as usize)
@@ -689,9 +689,10 @@ async fn answer_asks(queue: RunQueue, senders: Senders<Msg>, asks: async_channel
 /// Moves the runs of `queue`, one stream each, sending each run's result to `results`.
 /// Keeps as many streams in flight as the connection's tuned flow window asks for
 /// (`window::streams_in_flight`, at least `STREAMS_IN_FLIGHT_MIN`), adding more as the
-/// window grows, as long as their runs fit in `claim_budget`. When the queue is empty and a stream is free, asks the peers one at a
-/// time for one of their queued runs, until each has said it has none left. Adds what
-/// moved to `moved`.
+/// window grows, as long as their runs fit in `claim_budget`. When the queue is empty, a
+/// stream is free and the budget has room for a whole run, asks the peers one at a time
+/// for one of their queued runs, until each has said it has none left. Adds what moved
+/// to `moved`.
 #[allow(clippy::too_many_arguments)]
 async fn run_ranges(
     conn: Option<Connection>,
@@ -753,11 +754,10 @@ async fn run_ranges(
         if failed.get() || conn.as_ref().is_some_and(|c| c.lost_reason().is_some()) {
             may_give.clear();
         }
-        if queue.borrow().is_empty()
-            && live.get() < wanted
-            && claimed.get() < budget
-            && asked.is_none()
-        {
+        // Room for the largest run a peer may give, so that it starts at once.
+        let room = claimed.get() == 0
+            || claimed.get() + STREAM_RUN_CHUNKS as u64 * CHUNK_SIZE_BYTES <= budget;
+        if queue.borrow().is_empty() && live.get() < wanted && room && asked.is_none() {
             if let (Some(t), Some(&peer)) = (&take_over, may_give.first()) {
                 if t.senders.send_to(peer, Msg::Idle).await.is_ok() {
                     asked = Some(peer);
@@ -810,7 +810,7 @@ async fn run_ranges(
 const WINDOW_RECHECK: Duration = Duration::from_millis(50);
 
 /// One stream's worth of `run_ranges`: moves `first`, then takes runs off the shard's
-/// queue (`claim`) until it is empty or the runs in flight fill the budget.
+/// queue (`claim`) until it is empty or its next run does not fit in the budget.
 #[allow(clippy::too_many_arguments)]
 async fn range_worker(
     first: (RangeItem, u64),
