@@ -788,15 +788,14 @@ async fn run_ranges(
             None
         };
         if let Some(given) = futures_lite::future::or(gift, tick).await {
-            asked = None;
+            let peer = asked.take();
             match given {
                 Some(run) => queue.borrow_mut().push_back(run),
                 // A peer with nothing queued is not asked again. It can hold runs again
                 // only by being given some when it asks, and it starts those at once
                 // (a third shard's ask may come first: then this shard just misses it).
-                None => {
-                    may_give.remove(0);
-                }
+                // (`may_give` may have been cleared meanwhile, by a failed run.)
+                None => may_give.retain(|&p| Some(p) != peer),
             }
         }
     }
