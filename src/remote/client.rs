@@ -510,23 +510,17 @@ async fn worker_shard(
     let conn = Some(conn);
     // From here on the peers' messages are relayed by kind: asks to `answer_asks`, gifts
     // to `run_ranges`, and shard 0's Stop (or its end) to the wait for the end below.
-    let (ask_tx, ask_rx) = async_channel::unbounded::<usize>();
-    let (gift_tx, gift_rx) = async_channel::unbounded::<Option<RangeItem>>();
+    let (queue, answerer, take_over, route) = take_over_for(shard, &work, senders);
     let (stop_tx, stop_rx) = async_channel::unbounded::<()>();
-    let mut relays = Vec::new();
+    let mut relays = vec![answerer];
     for (peer, stream) in receivers.streams() {
-        let (ask_tx, gift_tx, stop_tx) = (ask_tx.clone(), gift_tx.clone(), stop_tx.clone());
+        let (route, stop_tx) = (route.clone(), stop_tx.clone());
         relays.push(rt::spawn_local(async move {
             while let Ok(msg) = stream.recv().await {
-                match msg {
-                    Msg::Idle => {
-                        let _ = ask_tx.send(peer).await;
+                if let Some(Msg::Stop) = route.route(peer, msg).await {
+                    if peer == 0 {
+                        break;
                     }
-                    Msg::Give(run) => {
-                        let _ = gift_tx.send(run).await;
-                    }
-                    Msg::Stop if peer == 0 => break,
-                    _ => {}
                 }
             }
             if peer == 0 {
@@ -534,14 +528,6 @@ async fn worker_shard(
             }
         }));
     }
-    let queue: RunQueue = Rc::new(RefCell::new(
-        work.ranges.get(shard).cloned().unwrap_or_default().into(),
-    ));
-    relays.push(rt::spawn_local(answer_asks(
-        queue.clone(),
-        senders.clone(),
-        ask_rx,
-    )));
     let (tx, rx) = async_channel::unbounded::<(u32, Result<u64, Failure>)>();
     let forward = async {
         while let Ok((file, result)) = rx.recv().await {
@@ -556,11 +542,6 @@ async fn worker_shard(
     };
     let latency = Rc::new(RefCell::new(latency_histogram()));
     let moved: Moved = Rc::default();
-    let take_over = TakeOver {
-        shard,
-        senders: senders.clone(),
-        gifts: gift_rx,
-    };
     let run = run_ranges(
         conn.clone(),
         work.clone(),
@@ -568,8 +549,7 @@ async fn worker_shard(
         moved.clone(),
         tx,
         latency.clone(),
-        Some(take_over),
-        work.ranges.len(),
+        take_over,
     );
     let finished = async {
         futures_lite::future::zip(run, forward).await;
@@ -671,6 +651,56 @@ struct TakeOver {
     gifts: async_channel::Receiver<Option<RangeItem>>,
 }
 
+/// Where a shard's mesh relays pass on the peers' take-over messages.
+struct TakeOverRoute {
+    asks: async_channel::Sender<usize>,
+    gifts: async_channel::Sender<Option<RangeItem>>,
+}
+
+impl TakeOverRoute {
+    /// Passes on `msg` from `peer` if it is about take-over (`Idle`, `Give`); returns
+    /// any other message.
+    async fn route(&self, peer: usize, msg: Msg) -> Option<Msg> {
+        match msg {
+            Msg::Idle => {
+                let _ = self.asks.send(peer).await;
+                None
+            }
+            Msg::Give(run) => {
+                let _ = self.gifts.send(run).await;
+                None
+            }
+            other => Some(other),
+        }
+    }
+}
+
+/// Take-over for `shard` of `work`: its queue of runs, the task that answers the peers'
+/// asks (`answer_asks`), what `run_ranges` needs to ask, and what the shard's mesh relays
+/// pass take-over messages to.
+fn take_over_for(
+    shard: usize,
+    work: &Work,
+    senders: &Senders<Msg>,
+) -> (RunQueue, rt::Task<()>, TakeOver, Rc<TakeOverRoute>) {
+    let (ask_tx, ask_rx) = async_channel::unbounded::<usize>();
+    let (gift_tx, gift_rx) = async_channel::unbounded::<Option<RangeItem>>();
+    let queue: RunQueue = Rc::new(RefCell::new(
+        work.ranges.get(shard).cloned().unwrap_or_default().into(),
+    ));
+    let answerer = rt::spawn_local(answer_asks(queue.clone(), senders.clone(), ask_rx));
+    let take_over = TakeOver {
+        shard,
+        senders: senders.clone(),
+        gifts: gift_rx,
+    };
+    let route = TakeOverRoute {
+        asks: ask_tx,
+        gifts: gift_tx,
+    };
+    (queue, answerer, take_over, Rc::new(route))
+}
+
 /// Answers the peers' asks (`Msg::Idle`, relayed as the asking peer's index) with the run
 /// at the back of `queue`, or none. Runs as long as the shard is in the session, also
 /// after its own runs are done, so that no ask goes unanswered.
@@ -701,10 +731,10 @@ async fn run_ranges(
     moved: Moved,
     results: async_channel::Sender<(u32, Result<u64, Failure>)>,
     latency: Rc<RefCell<Histogram<u64>>>,
-    take_over: Option<TakeOver>,
-    shard_count: usize,
+    take_over: TakeOver,
 ) {
     let results = Rc::new(results);
+    let shard_count = work.ranges.len();
     // Each worker says when it finished a run: the moment to look at the window (and the
     // queue) again. A run can take many round trips, so the window is also looked at
     // every `WINDOW_RECHECK` while the runs move.
@@ -714,11 +744,11 @@ async fn run_ranges(
     let claimed: Claimed = Rc::default();
     let mut tasks = Vec::new();
     // Peers that may still have runs to give, in the order they are asked.
-    let mut may_give: Vec<usize> = match (&take_over, &conn) {
-        (Some(t), Some(_)) => (1..shard_count)
-            .map(|i| (t.shard + i) % shard_count)
+    let mut may_give: Vec<usize> = match &conn {
+        Some(_) => (1..shard_count)
+            .map(|i| (take_over.shard + i) % shard_count)
             .collect(),
-        _ => Vec::new(),
+        None => Vec::new(),
     };
     let mut asked: Option<usize> = None;
     loop {
@@ -758,8 +788,8 @@ async fn run_ranges(
         let room = claimed.get() == 0
             || claimed.get() + STREAM_RUN_CHUNKS as u64 * CHUNK_SIZE_BYTES <= budget;
         if queue.borrow().is_empty() && live.get() < wanted && room && asked.is_none() {
-            if let (Some(t), Some(&peer)) = (&take_over, may_give.first()) {
-                if t.senders.send_to(peer, Msg::Idle).await.is_ok() {
+            if let Some(&peer) = may_give.first() {
+                if take_over.senders.send_to(peer, Msg::Idle).await.is_ok() {
                     asked = Some(peer);
                 } else {
                     may_give.remove(0);
@@ -771,9 +801,9 @@ async fn run_ranges(
             break;
         }
         let gift = async {
-            match (&take_over, asked) {
-                (Some(t), Some(_)) => Some(t.gifts.recv().await.ok().flatten()),
-                _ => std::future::pending().await,
+            match asked {
+                Some(_) => Some(take_over.gifts.recv().await.ok().flatten()),
+                None => std::future::pending().await,
             }
         };
         let tick = async {
@@ -1503,12 +1533,7 @@ async fn session(
     let latency = Rc::new(RefCell::new(latency_histogram()));
     // Take-over between the shards (see `Msg::Idle`): the peers' asks and answers arrive
     // among their results, and are relayed from there.
-    let (ask_tx, ask_rx) = async_channel::unbounded::<usize>();
-    let (gift_tx, gift_rx) = async_channel::unbounded::<Option<RangeItem>>();
-    let queue: RunQueue = Rc::new(RefCell::new(
-        work.ranges.first().cloned().unwrap_or_default().into(),
-    ));
-    let answerer = rt::spawn_local(answer_asks(queue.clone(), senders.clone(), ask_rx));
+    let (queue, answerer, take_over, route) = take_over_for(0, &work, senders);
     let moved: Moved = Rc::default();
     let own = run_ranges(
         Some(conn.clone()),
@@ -1517,12 +1542,7 @@ async fn session(
         moved.clone(),
         rtx,
         latency.clone(),
-        Some(TakeOver {
-            shard: 0,
-            senders: senders.clone(),
-            gifts: gift_rx,
-        }),
-        shard_count,
+        take_over,
     );
     let tx = Rc::new(tx);
     let relay_own = {
@@ -1539,21 +1559,13 @@ async fn session(
             continue;
         }
         let tx = tx.clone();
-        let (ask_tx, gift_tx) = (ask_tx.clone(), gift_tx.clone());
+        let route = route.clone();
         // Each peer's results arrive on its own mesh receiver.
         peer_relays.push(rt::spawn_local(async move {
             while let Ok(msg) = stream.recv().await {
-                let ev = match msg {
-                    Msg::Result { file, result } => Ev::Range(file, result),
-                    Msg::Lost(exit, message) => Ev::Lost(exit, message),
-                    Msg::Idle => {
-                        let _ = ask_tx.send(peer).await;
-                        continue;
-                    }
-                    Msg::Give(run) => {
-                        let _ = gift_tx.send(run).await;
-                        continue;
-                    }
+                let ev = match route.route(peer, msg).await {
+                    Some(Msg::Result { file, result }) => Ev::Range(file, result),
+                    Some(Msg::Lost(exit, message)) => Ev::Lost(exit, message),
                     _ => continue,
                 };
                 if tx.send(ev).await.is_err() {
