@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use crate::recv_pool::{RecvPool, SHARED_DATAGRAM_BYTES_MIN};
-use bytes::{Bytes, BytesMut};
+use crate::recv_pool::{self, RecvPool};
+use bytes::Bytes;
 use quinn_proto::{
     ClientConfig, ConnectionError, ConnectionHandle, DatagramEvent, Dir, EndpointConfig, Event,
     ServerConfig, StreamEvent, StreamId, Transmit, VarInt,
@@ -493,12 +493,7 @@ impl State {
             for (m, mut train) in meta.iter().zip(trains) {
                 let stride = m.stride.max(1);
                 while !train.is_empty() {
-                    let piece = train.split_to(stride.min(train.len()));
-                    let datagram = if piece.len() >= SHARED_DATAGRAM_BYTES_MIN {
-                        piece
-                    } else {
-                        BytesMut::from(&piece[..])
-                    };
+                    let datagram = recv_pool::datagram(train.split_to(stride.min(train.len())));
                     let ev = self.endpoint.handle(
                         now,
                         m.addr,

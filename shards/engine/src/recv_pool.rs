@@ -26,6 +26,17 @@ pub const RECV_BUFFER_BYTES: usize = 64 * 1024;
 /// buffers that quinn-proto believes are gone.
 pub const SHARED_DATAGRAM_BYTES_MIN: usize = RECV_BUFFER_BYTES / 8;
 
+/// A datagram split off a pooled buffer, as it is handed on: the piece itself from
+/// `SHARED_DATAGRAM_BYTES_MIN` up, else a copy of its own, so that it does not hold the
+/// buffer.
+pub fn datagram(piece: BytesMut) -> BytesMut {
+    if piece.len() >= SHARED_DATAGRAM_BYTES_MIN {
+        piece
+    } else {
+        BytesMut::from(&piece[..])
+    }
+}
+
 /// Buffers still shared with live datagrams that the pool keeps track of, to take back
 /// when their datagrams are gone: 16 MiB, one socket buffer's worth. Past that the oldest
 /// is forgotten; its memory is freed when quinn-proto drops the last datagram of it.
@@ -191,6 +202,23 @@ mod tests {
         assert_eq!(again[0].as_ptr(), ptr);
         assert_eq!(&again[0][..], b"y");
         assert_eq!(pool.buffers(), 2);
+    }
+
+    #[test]
+    fn a_small_datagram_holds_a_copy_and_a_large_one_the_buffer_itself() {
+        let mut pool = RecvPool::new();
+        let mut train = receive(&mut pool, &[&[5u8; 2 * SHARED_DATAGRAM_BYTES_MIN]]).remove(0);
+        let base = train.as_ptr();
+        let large = datagram(train.split_to(SHARED_DATAGRAM_BYTES_MIN));
+        let small = datagram(train.split_to(SHARED_DATAGRAM_BYTES_MIN - 1));
+        drop(train);
+        assert_eq!(large.as_ptr(), base, "the large one is not copied");
+        // While the large one lives, the buffer is not taken back.
+        assert_ne!(receive(&mut pool, &[b"x"])[0].as_ptr(), base);
+        drop(large);
+        // The small one, still alive, does not hold the buffer.
+        assert_eq!(receive(&mut pool, &[b"y"])[0].as_ptr(), base);
+        assert!(small.iter().all(|&b| b == 5));
     }
 
     #[test]
