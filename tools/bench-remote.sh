@@ -28,7 +28,11 @@
 #                     part only, tools/fs-floor.c copying the tree locally with one thread
 #                     per core, durable or not: what this filesystem allows any faithful
 #                     copy at best; floor-bare: the same without temporary names, renames,
-#                     modes or mtimes (no tool may copy so)
+#                     modes or mtimes (no tool may copy so). In the big part, floor is
+#                     benches/per_byte.rs (criterion): each piece of work a pushed byte
+#                     needs (BLAKE3 twice, AES-GCM both ways, two copies, UDP through the
+#                     kernel) timed alone, added up and spread over every core: the time
+#                     under which no design with this security model can push the file
 #   BIG_MB=2048  SMALL_COUNT=20000        dataset sizes (generated once, then reused)
 #   TPC=target/release/tpc-xfer           built with cargo only if missing
 #   SSH_PORT=2222 RSYNC_PORT=8873 IPERF_PORT=5299 TPC_PORT=7440
@@ -500,13 +504,35 @@ calibrate() {
   return 0
 }
 
+# per_byte_floor: runs benches/per_byte.rs, its results under $RES/criterion, and keeps
+# each piece's median time and bytes in $RES/per-byte.json for the report's floor row.
+per_byte_floor() {
+  say "  floor: the per-byte work alone (cargo bench --bench per_byte)"
+  CRITERION_HOME=$RES/criterion cargo bench --quiet --bench per_byte -- --noplot \
+    > "$RES/per-byte.txt" 2>&1 || die "benches/per_byte.rs failed: see $RES/per-byte.txt"
+  python3 - "$RES" <<'PY'
+import glob, json, os, sys
+R = sys.argv[1]
+out = {}
+for d in glob.glob(f"{R}/criterion/per_byte/*/new"):
+    b = json.load(open(f"{d}/benchmark.json"))
+    e = json.load(open(f"{d}/estimates.json"))
+    out[b["function_id"]] = {"ns": e["median"]["point_estimate"], "bytes": b["throughput"]["Bytes"]}
+json.dump(out, open(f"{R}/per-byte.json", "w"), indent=1)
+PY
+}
+
 part_big() {
   say "== one $BIG_MB MiB file"
   # One earlier file deleted per run: few inodes, so no settle needed.
   local tool prepare="rm -rf $DST/big-* $DST/.big-*; $NEXT_NAME"
   settle # only if a killed run's leftovers were just removed
   for tool in $TOOLS; do
-    [[ $tool == floor* ]] || measure big "$tool" "$BIG" "big-$tool.\$n" "$prepare"
+    case $tool in
+      floor) per_byte_floor ;;
+      floor-*) ;;
+      *) measure big "$tool" "$BIG" "big-$tool.\$n" "$prepare" ;;
+    esac
   done
   rm -rf "${DST:?}"/big-*
 }
@@ -633,6 +659,35 @@ def load(part, tool):
     return {"med": statistics.median(t), "lo": min(t), "hi": max(t),
             "cpu": cpu_seconds(f"{part}-{tool}")}
 
+# benches/per_byte.rs: how many times each byte of a push gets each piece of work.
+PER_BYTE = {"blake3_chunk": 2, "aes128gcm_seal_packet": 1, "aes128gcm_open_packet": 1,
+            "copy_into_packets": 1, "copy_into_chunk": 1, "udp_loopback": 1}
+
+def per_byte_floor_row(nbytes, refs, ref):
+    """The floor row of the big table: the per-byte pieces, each timed alone on one core,
+    added up per GiB and spread over every core as if nothing else had to happen."""
+    pb = json.load(open(f"{R}/per-byte.json"))
+    missing = [k for k in PER_BYTE if k not in pb]
+    if missing:
+        sys.exit(f"bench-remote: per-byte results lack {missing}")
+    s_per_gib = {k: w * pb[k]["ns"] / pb[k]["bytes"] * GIB / 1e9 for k, w in PER_BYTE.items()}
+    cpu_per_gib = sum(s_per_gib.values())
+    cores = len(os.sched_getaffinity(0))
+    med = cpu_per_gib * nbytes / GIB / cores
+    report["per_byte_floor"] = {"cpu_s_per_gib": cpu_per_gib, "cores": cores, "seconds": med,
+                                "pieces_s_per_gib": s_per_gib}
+    cells = [f"floor: the per-byte work alone, on {cores} cores (benches/per_byte.rs)",
+             f"{med:.3f}", "-", "-", f"{nbytes / med / 1e9:.2f}"]
+    for name, _ in refs:
+        cells.append(f"{ref[name]['med'] / med:.2f}x" if ref[name] else "-")
+    cells.append(f"{cpu_per_gib:.2f}")
+    print("| " + " | ".join(cells) + " |")
+    per_byte_pieces.append("Floor row, CPU s per GiB of each piece (criterion medians): " + ", ".join(
+        f"{k} {v:.3f}" + (f" ({PER_BYTE[k]}x)" if PER_BYTE[k] > 1 else "") for k, v in s_per_gib.items())
+        + f"; {cpu_per_gib:.3f} in all, over {cores} cores.")
+
+per_byte_pieces = []
+
 def size(n):
     return f"{n // GIB} GiB" if n % GIB == 0 else f"{n >> 20} MiB"
 
@@ -669,6 +724,11 @@ def table(part, title, nbytes, refs, gbps, cpu_per_gib):
             cells.append(f"{ref[name]['med'] / r['med']:.2f}x" if ref[name] else "-")
         cells.append(f"{r['cpu'] / (nbytes / GIB):.2f}" if cpu_per_gib else f"{r['cpu']:.2f}")
         print("| " + " | ".join(cells) + " |")
+    if part == "big" and net == "loopback" and os.path.exists(f"{R}/per-byte.json"):
+        per_byte_floor_row(nbytes, refs, ref)
+    for line in per_byte_pieces:
+        print(f"\n{line}")
+    per_byte_pieces.clear()
     for tool, r in rows:
         path = f"{R}/{part}-{tool}.summary.json"
         if not os.path.exists(path):
@@ -770,7 +830,12 @@ transfer: tools/fs-floor.c copies the tree on this machine with one thread per c
 file read, written under a temporary name, given its mode and mtime and renamed into
 place (with one syncfs before the renames and each directory fsynced after, if durable):
 the filesystem work any of these tools must do, and nothing else. "bare" creates and
-writes each file under its final name and does nothing more: not a faithful copy.""")
+writes each file under its final name and does nothing more: not a faithful copy.
+The big file's floor row is no transfer either: benches/per_byte.rs times each piece of
+work every pushed byte needs (BLAKE3 at the sender and the receiver, AES-128-GCM sealing
+and opening, the copy into QUIC packets and the one out of them, a datagram through the
+kernel's loopback), alone on one core with its data in cache; their sum, spread evenly
+over every core, bounds from below what any design with this security model could do.""")
 json.dump(report, open(f"{R}/report.json", "w"), indent=1)
 PY
 } | tee "$RES/report.md"

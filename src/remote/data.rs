@@ -82,7 +82,7 @@ fn chunk_spans(
 }
 
 /// Bytes hashed and handed to QUIC at a time: small enough to stay in L2 between the two.
-const HASH_PIECE_BYTES: usize = 256 * 1024;
+pub const HASH_PIECE_BYTES: usize = 256 * 1024;
 
 /// Chunks from this size up are read into a buffer of their own, handed to QUIC without
 /// a copy, and count against the connection's staged chunks (`send_staged_chunks`).
