@@ -422,11 +422,6 @@ async fn shard_main(
             Ok(ep) => ep,
             Err(e) => {
                 eprintln!("tpc-xfer: cannot open a UDP socket: {e}");
-                if shard != 0 {
-                    // Its runs cannot move: shard 0 must not wait for them.
-                    let why = format!("shard {shard} cannot open a UDP socket: {e}");
-                    let _ = senders.send_to(0, Msg::Lost(Exit::Engine, why)).await;
-                }
                 if shard == 0 {
                     let mut p = Problems::default();
                     p.record(Exit::Engine);
@@ -434,6 +429,10 @@ async fn shard_main(
                     for peer in 1..shard_count {
                         let _ = senders.send_to(peer, Msg::Stop).await;
                     }
+                } else {
+                    // Its runs cannot move: shard 0 must not wait for them.
+                    let why = format!("shard {shard} cannot open a UDP socket: {e}");
+                    let _ = senders.send_to(0, Msg::Lost(Exit::Engine, why)).await;
                 }
                 return out;
             }
@@ -617,9 +616,15 @@ fn claim_budget(conn: Option<&Connection>) -> u64 {
     })
 }
 
+/// Whether a run of `bytes` fits beside the `claimed` bytes within `budget`: a run always
+/// fits when none is in flight, so that a shard never stalls on a budget below one run.
+fn fits(claimed: u64, bytes: u64, budget: u64) -> bool {
+    claimed == 0 || claimed.saturating_add(bytes) <= budget
+}
+
 /// Takes the run at the front of `queue` for a stream, if the runs already taken leave
-/// room for it within `budget` (a run always fits when none is in flight). Returns it with
-/// its bytes, which the stream gives back to `claimed` when the run is done.
+/// room for it within `budget` (`fits`). Returns it with its bytes, which the stream gives
+/// back to `claimed` when the run is done.
 fn claim(
     queue: &RunQueue,
     claimed: &Claimed,
@@ -635,7 +640,7 @@ fn claim(
         .get(run.file as usize)
         .and_then(|f| run_bytes(f.size, run.first, run.count))
         .map_or(0, |(_, n)| n);
-    if claimed.get() > 0 && claimed.get().saturating_add(bytes) > budget {
+    if !fits(claimed.get(), bytes, budget) {
         return None;
     }
     claimed.set(claimed.get() + bytes);
@@ -785,8 +790,11 @@ async fn run_ranges(
             may_give.clear();
         }
         // Room for the largest run a peer may give, so that it starts at once.
-        let room = claimed.get() == 0
-            || claimed.get() + STREAM_RUN_CHUNKS as u64 * CHUNK_SIZE_BYTES <= budget;
+        let room = fits(
+            claimed.get(),
+            STREAM_RUN_CHUNKS as u64 * CHUNK_SIZE_BYTES,
+            budget,
+        );
         if queue.borrow().is_empty() && live.get() < wanted && room && asked.is_none() {
             if let Some(&peer) = may_give.first() {
                 if take_over.senders.send_to(peer, Msg::Idle).await.is_ok() {

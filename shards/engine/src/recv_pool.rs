@@ -80,6 +80,7 @@ impl Buf {
 }
 
 /// The receive buffers of one endpoint.
+#[derive(Default)]
 pub struct RecvPool {
     /// Full buffers of RECV_BUFFER_BYTES, ready for the kernel to write into.
     ready: Vec<Buf>,
@@ -87,18 +88,9 @@ pub struct RecvPool {
     lent: VecDeque<Buf>,
 }
 
-impl Default for RecvPool {
-    fn default() -> Self {
-        RecvPool::new()
-    }
-}
-
 impl RecvPool {
     pub fn new() -> RecvPool {
-        RecvPool {
-            ready: Vec::new(),
-            lent: VecDeque::new(),
-        }
+        RecvPool::default()
     }
 
     /// Makes the first `n` ready buffers available to receive into, taking back lent
