@@ -679,14 +679,14 @@ PER_BYTE = {"blake3_chunk": 2, "aes128gcm_seal_packet": 1, "aes128gcm_open_packe
             "copy_into_packets": 1, "copy_into_chunk": 1, "udp_loopback": 1}
 
 def per_byte_floor_row(nbytes, refs, ref):
-    """The floor row of the big table: the per-byte pieces, each timed alone on one core,
-    added up per GiB and spread over every core as if nothing else had to happen."""
+    """Prints the floor row of the big table: the per-byte pieces, each timed alone on one
+    core, added up per GiB and spread over every core as if nothing else had to happen.
+    Returns the note that goes under the table (what each piece cost, or why no row)."""
     pb = json.load(open(f"{R}/per-byte.json"))
     missing = [k for k in PER_BYTE if k not in pb]
     if missing:
         # Said in the report, and the rest of it still printed.
-        per_byte_pieces.append(f"No floor row: benches/per_byte.rs gave no result for {', '.join(missing)}.")
-        return
+        return f"No floor row: benches/per_byte.rs gave no result for {', '.join(missing)}."
     s_per_gib = {k: w * pb[k]["ns"] / pb[k]["bytes"] * GIB / 1e9 for k, w in PER_BYTE.items()}
     cpu_per_gib = sum(s_per_gib.values())
     cores = len(os.sched_getaffinity(0))
@@ -699,11 +699,9 @@ def per_byte_floor_row(nbytes, refs, ref):
         cells.append(f"{ref[name]['med'] / med:.2f}x" if ref[name] else "-")
     cells.append(f"{cpu_per_gib:.2f}")
     print("| " + " | ".join(cells) + " |")
-    per_byte_pieces.append("Floor row, CPU s per GiB of each piece (criterion medians): " + ", ".join(
+    return ("Floor row, CPU s per GiB of each piece (criterion medians): " + ", ".join(
         f"{k} {v:.3f}" + (f" ({PER_BYTE[k]}x)" if PER_BYTE[k] > 1 else "") for k, v in s_per_gib.items())
         + f"; {cpu_per_gib:.3f} in all, over {cores} cores.")
-
-per_byte_pieces = []
 
 def size(n):
     return f"{n // GIB} GiB" if n % GIB == 0 else f"{n >> 20} MiB"
@@ -742,11 +740,9 @@ def table(part, title, nbytes, refs, gbps, cpu_per_gib):
             cells.append(f"{ref[name]['med'] / r['med']:.2f}x" if ref[name] else "-")
         cells.append(f"{r['cpu'] / (nbytes / GIB):.2f}" if cpu_per_gib else f"{r['cpu']:.2f}")
         print("| " + " | ".join(cells) + " |")
-    if floor:
-        per_byte_floor_row(nbytes, refs, ref)
-    for line in per_byte_pieces:
-        print(f"\n{line}")
-    per_byte_pieces.clear()
+    floor_note = per_byte_floor_row(nbytes, refs, ref) if floor else None
+    if floor_note:
+        print(f"\n{floor_note}")
     for tool, r in rows:
         path = f"{R}/{part}-{tool}.summary.json"
         if not os.path.exists(path):
