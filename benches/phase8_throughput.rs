@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use common::{drivers, push_runs, random_file, serve_run, QuicPair, Scratch};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tpc_core::codec::Compression;
-use tpc_engine::{Destination, Durability, FileOutcome, JobFile, JobSpec, Progress};
+use tpc_core::RelPath;
+use tpc_engine::confine;
+use tpc_engine::{Beneath, Destination, Durability, FileOutcome, JobFile, JobSpec, Progress};
 
 const FILE_BYTES: u64 = 256 << 20;
 /// Chunks per stream: 4 streams of 16 chunks (64 MiB) carry the file.
@@ -34,13 +36,24 @@ fn local_copy(c: &mut Criterion, src: &Path, out: &Scratch) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let dst = out.path("copy");
+                    let rel = |s: &str| RelPath::parse(s.as_bytes()).expect("a valid name");
+                    let src_dir = src.parent().expect("a file in a directory");
+                    let src_name = src.file_name().expect("a file name").to_str().unwrap();
+                    let roots = [out.path(""), src_dir.to_path_buf()]
+                        .map(|d| Arc::new(confine::Root::open_ambient(&d).expect("a directory")));
                     let spec = JobSpec {
+                        roots: roots.to_vec(),
                         files: vec![JobFile {
                             rel: b"copy".to_vec(),
-                            src: src.to_path_buf(),
+                            src: Beneath {
+                                root: 1,
+                                rel: rel(src_name),
+                            },
+                            listed: None,
                             dst: Some(Destination {
-                                tmp: out.path(".copy.tmp"),
-                                path: dst.clone(),
+                                root: 0,
+                                tmp: rel(".copy.tmp"),
+                                path: rel("copy"),
                                 mode: 0o644,
                                 atime: (0, 0),
                                 mtime: (0, 0),

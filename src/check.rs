@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Serialize;
+use std::sync::Arc;
 use tpc_core::compare::{diff_trees, CheckedEntry, Difference};
 use tpc_core::EntryKind;
-use tpc_engine::JobFile;
+use tpc_engine::{Beneath, JobFile};
 
-use crate::copy::{hash_job, CopyOptions};
+use crate::copy::{beneath, hash_job, hold_tree, CopyOptions};
 use crate::exit::{Exit, Problems};
 use crate::walk::{self, quote, quote_bytes};
 
@@ -79,19 +80,47 @@ pub fn run(a: &Path, b: &Path, opts: &CopyOptions) -> Exit {
             root.join(walk::os(rel))
         }
     };
-    let files: Vec<JobFile> = pairs
-        .iter()
-        .flat_map(|rel| {
-            let size = tree_a[rel].meta.size_bytes;
-            [path_of(a, rel), path_of(b, rel)].map(|p| JobFile {
-                rel: walk::bytes(p.as_os_str()).into_owned(),
-                src: p,
-                dst: None,
-                size_bytes: size,
-            })
-        })
-        .collect();
-    let digests = match hash_job(files, opts) {
+    // Files are read beneath each tree held open, as the copy reads its sources.
+    let mut held = Vec::new();
+    for (root, entries) in [(a, &tree_a), (b, &tree_b)] {
+        let is_dir = entries
+            .get(&b""[..])
+            .is_some_and(|e| e.meta.kind == EntryKind::Dir);
+        match hold_tree(root, is_dir) {
+            Ok((tree, base)) => held.push((Arc::new(tree), base)),
+            Err(e) => {
+                problems.report(Exit::Source, e);
+                return problems.exit();
+            }
+        }
+    }
+    let roots: Vec<_> = held.iter().map(|(tree, _)| tree.clone()).collect();
+    let mut files: Vec<JobFile> = Vec::with_capacity(2 * pairs.len());
+    for rel in &pairs {
+        let size = tree_a[rel].meta.size_bytes;
+        for (side, (_, base)) in held.iter().enumerate() {
+            match beneath(base, Path::new(&*walk::os(rel))) {
+                Ok(at) => files.push(JobFile {
+                    rel: at.as_bytes().to_vec(),
+                    src: Beneath {
+                        root: side,
+                        rel: at,
+                    },
+                    listed: None,
+                    dst: None,
+                    size_bytes: size,
+                }),
+                Err(e) => {
+                    problems.report(
+                        Exit::Source,
+                        format!("cannot read {}: {e}", quote_bytes(rel)),
+                    );
+                    return problems.exit();
+                }
+            }
+        }
+    }
+    let digests = match hash_job(roots, files, opts) {
         Ok(d) => d,
         Err(e) => {
             problems.report(Exit::Engine, e);

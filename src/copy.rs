@@ -1,18 +1,30 @@
 //! `tpc-xfer copy` for local paths: resolve sources (rsync's trailing-slash rule), walk,
 //! decide what changed, hand the file data to the shards, then links, verification and
 //! directory metadata.
+//!
+//! Whoever can write the destination may swap any entry in it for a symlink while the
+//! copy runs. So the destination is held open as one directory (`confine::Root`) and
+//! every create, rename, mode and time change beneath it is an `*at` call on held
+//! directory fds that never follows a symlink, as the server's writes are; sources are
+//! opened the same way beneath their own root, and checked against what the walk saw.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
-use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 use tpc_core::compare::{file_change, file_change_by_digest};
 use tpc_core::limits::FILE_SIZE_BYTES_MAX;
-use tpc_core::{Change, EntryKind, EntryMeta, FileDigest, SkipPolicy};
-use tpc_engine::{Destination, Driver, Durability, FileOutcome, JobFile, JobSpec, Progress, Stage};
+use tpc_core::temp::{temp_name, RunToken};
+use tpc_core::{Change, EntryKind, EntryMeta, FileDigest, RelPath, SkipPolicy};
+use tpc_engine::confine::{self, Access, ConfineError, FileKind};
+use tpc_engine::temp::{RunLock, Sweeper};
+use tpc_engine::{
+    Beneath, Destination, Driver, Durability, FileOutcome, JobFile, JobSpec, Listed, Progress,
+    Stage,
+};
 
 use crate::exit::{Exit, Problems};
 use crate::progress::{human_bytes, Reporter};
@@ -32,8 +44,14 @@ pub struct CopyOptions {
 
 /// One source resolved to where it lands.
 struct Root {
+    /// The source as the user named it, and where it lands, for messages.
     src: PathBuf,
     dst: PathBuf,
+    /// The source beneath its own held root (`Trees::roots[src_root]`).
+    src_root: usize,
+    src_base: RelPath,
+    /// Where it lands beneath the destination root.
+    dst_base: RelPath,
     entries: Vec<Entry>,
 }
 
@@ -41,7 +59,7 @@ impl Root {
     fn src_of(&self, e: &Entry) -> PathBuf {
         join_rel(&self.src, &e.rel)
     }
-    fn dst_of(&self, e: &Entry) -> PathBuf {
+    fn dst_path(&self, e: &Entry) -> PathBuf {
         join_rel(&self.dst, &e.rel)
     }
 }
@@ -53,6 +71,51 @@ fn join_rel(base: &Path, rel: &Path) -> PathBuf {
     } else {
         base.join(rel)
     }
+}
+
+/// The held directories of a run: the destination root first (`DEST`), then one per
+/// source. Job files name them by index (`tpc_engine::Beneath`).
+struct Trees {
+    roots: Vec<Arc<confine::Root>>,
+}
+
+/// Index of the destination root in `Trees::roots`.
+const DEST: usize = 0;
+
+/// `base` and then the names of `rel` (a walk's relative path), as one `RelPath`.
+pub(crate) fn beneath(base: &RelPath, rel: &Path) -> Result<RelPath, tpc_core::PathError> {
+    let rel = walk::bytes(rel.as_os_str());
+    if rel.is_empty() {
+        return Ok(base.clone());
+    }
+    if base.is_root() {
+        return RelPath::parse(&rel);
+    }
+    let mut joined = base.as_bytes().to_vec();
+    joined.push(b'/');
+    joined.extend_from_slice(&rel);
+    RelPath::parse(&joined)
+}
+
+/// Holds the tree at `path` open: a directory is its own root (base: the root itself);
+/// anything else is reached through its parent directory (base: its name).
+pub(crate) fn hold_tree(path: &Path, is_dir: bool) -> Result<(confine::Root, RelPath), String> {
+    let (dir, base) = if is_dir {
+        (path.to_path_buf(), RelPath::root())
+    } else {
+        let name = path
+            .file_name()
+            .ok_or_else(|| format!("{} names no file", quote(path)))?;
+        let base = RelPath::parse(&walk::bytes(name)).map_err(|e| e.to_string())?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        (parent, base)
+    };
+    let root = confine::Root::open_ambient(&dir)
+        .map_err(|e| format!("cannot open {}: {e}", quote(&dir)))?;
+    Ok((root, base))
 }
 
 #[derive(Serialize, Default)]
@@ -80,10 +143,6 @@ struct Summary {
 /// setuid and setgid: cleared on copied files.
 const SETID_BITS: u32 = 0o6000;
 
-/// Prefix and suffix of temporary files: `.tpcx.<pid>.<n>.tmp`.
-pub(crate) const TMP_PREFIX: &str = ".tpcx.";
-pub(crate) const TMP_SUFFIX: &str = ".tmp";
-
 pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
     let started = Instant::now();
     let mut problems = Problems::default();
@@ -94,9 +153,21 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
         ..Default::default()
     };
 
-    let roots = resolve_roots(sources, dest, &mut problems);
-    let Some(mut roots) = roots else {
+    let Some((mut roots, dest_dir)) = resolve_roots(sources, dest, &mut problems) else {
         return problems.exit();
+    };
+    let dest_root = match confine::Root::open_ambient(&dest_dir) {
+        Ok(root) => Arc::new(root),
+        Err(e) => {
+            problems.report(
+                Exit::for_write_error(&e),
+                format!("cannot open destination {}: {e}", quote(&dest_dir)),
+            );
+            return problems.exit();
+        }
+    };
+    let mut trees = Trees {
+        roots: vec![dest_root.clone()],
     };
     for root in &mut roots {
         match walk::walk(&root.src) {
@@ -121,12 +192,32 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
                 format!("cannot read {}: {e}", quote(&root.src)),
             ),
         }
+        let is_dir = root
+            .entries
+            .first()
+            .is_some_and(|e| e.meta.kind == EntryKind::Dir);
+        if root.entries.is_empty() {
+            continue;
+        }
+        match hold_tree(&root.src, is_dir) {
+            Ok((held, base)) => {
+                root.src_root = trees.roots.len();
+                root.src_base = base;
+                trees.roots.push(Arc::new(held));
+            }
+            Err(e) => {
+                problems.report(Exit::Source, e);
+                root.entries.clear();
+            }
+        }
     }
 
-    let pid = std::process::id();
-    let mut plan = Plan::default();
+    // The run's lock comes before its first temporary file (`tpc_engine::temp`). A root
+    // that cannot take it (not writable) gets a run without one.
+    let lock = RunLock::acquire(dest_root.clone()).unwrap_or_else(|_| RunLock::unlocked());
+    let mut plan = Plan::new(dest_root.clone(), dest_dir.clone(), lock.token());
     for root in &roots {
-        plan_root(root, opts, pid, &mut plan, &mut problems, &mut summary);
+        plan_root(root, opts, &mut plan, &mut problems, &mut summary);
     }
 
     // --checksum: digests of both sides decide for files of equal size.
@@ -135,15 +226,17 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
             .need_digests
             .iter()
             .flat_map(|(src, dst, e)| {
-                [src, dst].map(|p| JobFile {
-                    rel: walk::bytes(p.as_os_str()).into_owned(),
-                    src: p.clone(),
-                    dst: None,
-                    size_bytes: e.meta.size_bytes,
-                })
+                [
+                    src.clone(),
+                    Beneath {
+                        root: DEST,
+                        rel: dst.clone(),
+                    },
+                ]
+                .map(|at| hash_file(at, e.meta.size_bytes))
             })
             .collect();
-        let digests = match hash_job(files, opts) {
+        let digests = match hash_job(trees.roots.clone(), files, opts) {
             Ok(d) => d,
             Err(e) => {
                 problems.report(Exit::Engine, e);
@@ -158,32 +251,35 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
             let (ds, dd) = match (ds, dd) {
                 (Ok(a), Ok(b)) => (a, b),
                 (Err(err), _) => {
-                    problems.report(Exit::Source, format!("cannot read {}: {err}", quote(&src)));
+                    problems.report(
+                        Exit::Source,
+                        format!("cannot read {}: {err}", quote(&plan.shown(&dst))),
+                    );
                     continue;
                 }
                 (_, Err(_)) => {
                     // An unreadable destination is rewritten.
-                    plan.push_copy(&src, &dst, &e, pid);
+                    plan.push_copy(src, &dst, &e);
                     continue;
                 }
             };
-            let dst_meta = walk::lstat(&dst).map(|d| d.meta).ok();
+            let dst_meta = dest_meta(&plan.dest, &dst);
             match dst_meta.map(|m| file_change_by_digest(&e.meta, &m, ds == dd)) {
                 Some(Change::Skip) => summary.files_unchanged += 1,
                 Some(Change::FixMetadata) => {
                     summary.files_unchanged += 1;
                     plan.fix_meta.push((dst, e));
                 }
-                _ => plan.push_copy(&src, &dst, &e, pid),
+                _ => plan.push_copy(src, &dst, &e),
             }
         }
     }
 
-    for (path, e) in &plan.fix_meta {
-        if let Err(err) = set_metadata(path, &e.meta, e.atime, false) {
+    for (rel, e) in &plan.fix_meta {
+        if let Err(err) = set_file_metadata(&plan.dest, rel, e) {
             problems.report(
-                Exit::for_write_error(&err),
-                format!("cannot set metadata of {}: {err}", quote(path)),
+                Exit::for_write(err.errno()),
+                format!("cannot set metadata of {}: {err}", quote(&plan.shown(rel))),
             );
         }
     }
@@ -200,6 +296,7 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
         "copy",
     );
     let spec = JobSpec {
+        roots: trees.roots.clone(),
         files: std::mem::take(&mut plan.job),
         shard_count: opts.shard_count,
         durability: opts.durability,
@@ -218,7 +315,7 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
     summary.bytes_per_shard = report.shards.iter().map(|s| s.bytes).collect();
     summary.ranges_per_shard = report.shards.iter().map(|s| s.ranges).collect();
     summary.shard_cpus = report.shards.iter().map(|s| s.affinity.clone()).collect();
-    let mut copied_ok: HashSet<PathBuf> = HashSet::new();
+    let mut copied_ok: HashSet<RelPath> = HashSet::new();
     let mut to_verify = Vec::new();
     for (file, outcome) in files.iter().zip(&report.outcomes) {
         let dst = file.dst.as_ref().expect("copy job");
@@ -227,7 +324,7 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
                 summary.files_copied += 1;
                 summary.bytes += file.size_bytes;
                 copied_ok.insert(dst.path.clone());
-                mark_touched(&mut plan.touched, &dst.path);
+                plan.mark_touched(&dst.path);
                 if opts.verify {
                     to_verify.push((dst.path.clone(), file.size_bytes, *digest));
                 }
@@ -237,11 +334,19 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
                 match err.stage {
                     Stage::Read => problems.report(
                         Exit::Source,
-                        format!("cannot read {}: {}", quote(&file.src), err.message),
+                        format!(
+                            "cannot read {}: {}",
+                            quote(&trees.shown_source(&roots, file)),
+                            err.message
+                        ),
                     ),
                     Stage::Write | Stage::Commit => problems.report(
                         Exit::for_write(err.errno),
-                        format!("cannot write {}: {}", quote(&dst.path), err.message),
+                        format!(
+                            "cannot write {}: {}",
+                            quote(&plan.shown(&dst.path)),
+                            err.message
+                        ),
                     ),
                 }
             }
@@ -249,30 +354,31 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
     }
 
     // Hard links, now that their first names are in place.
-    for (first, other) in &plan.links {
-        if !copied_ok.contains(first) && !plan.link_targets_present.contains(first) {
+    for (first, other) in std::mem::take(&mut plan.links) {
+        if !copied_ok.contains(&first) && !plan.link_targets_present.contains(&first) {
             summary.failed += 1;
             problems.report(
                 Exit::Source,
                 format!(
                     "not linking {}: {} was not copied",
-                    quote(other),
-                    quote(first)
+                    quote(&plan.shown(&other)),
+                    quote(&plan.shown(&first))
                 ),
             );
             continue;
         }
-        match make_hard_link(first, other, pid) {
+        let tmp = plan.temp(&other, "h");
+        match make_hard_link(&plan.dest, &first, &other, &tmp) {
             Ok(true) => {
                 summary.hard_links += 1;
-                mark_touched(&mut plan.touched, other);
+                plan.mark_touched(&other);
             }
             Ok(false) => summary.hard_links += 1,
             Err(err) => {
                 summary.failed += 1;
                 problems.report(
-                    Exit::for_write_error(&err),
-                    format!("cannot link {}: {err}", quote(other)),
+                    Exit::for_write(err.errno()),
+                    format!("cannot link {}: {err}", quote(&plan.shown(&other))),
                 );
             }
         }
@@ -281,25 +387,29 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
     if opts.verify && !to_verify.is_empty() {
         let files = to_verify
             .iter()
-            .map(|(path, size, _)| JobFile {
-                rel: walk::bytes(path.as_os_str()).into_owned(),
-                src: path.clone(),
-                dst: None,
-                size_bytes: *size,
+            .map(|(rel, size, _)| {
+                hash_file(
+                    Beneath {
+                        root: DEST,
+                        rel: rel.clone(),
+                    },
+                    *size,
+                )
             })
             .collect();
-        match hash_job(files, opts) {
+        match hash_job(trees.roots.clone(), files, opts) {
             Ok(digests) => {
-                for ((path, _, want), got) in to_verify.iter().zip(digests) {
+                for ((rel, _, want), got) in to_verify.iter().zip(digests) {
+                    let path = plan.shown(rel);
                     match got {
                         Ok(d) if d == *want => {}
                         Ok(_) => problems.report(
                             Exit::Verify,
-                            format!("verify: {} does not match its source", quote(path)),
+                            format!("verify: {} does not match its source", quote(&path)),
                         ),
                         Err(e) => problems.report(
                             Exit::Verify,
-                            format!("verify: cannot re-read {}: {e}", quote(path)),
+                            format!("verify: cannot re-read {}: {e}", quote(&path)),
                         ),
                     }
                 }
@@ -310,28 +420,43 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
 
     // Directory modes and times last, deepest first: writing children changes a
     // directory's mtime, and a read-only directory must stay writable until they are in.
-    for (path, e, before) in plan.dirs.iter().rev() {
-        let changed = plan.touched.contains(path)
+    let mut changed_dirs = Vec::new();
+    for (rel, e, before) in plan.dirs.iter().rev() {
+        let changed = plan.touched.contains(rel)
             || before.as_ref().is_none_or(|b| {
                 b.mode != e.meta.mode
                     || b.mtime_sec != e.meta.mtime_sec
                     || b.mtime_nsec != e.meta.mtime_nsec
             });
         if changed {
-            if let Err(err) = set_metadata(path, &e.meta, e.atime, false) {
+            changed_dirs.push(rel.clone());
+            let set = plan.dest.set_dir_meta(
+                rel,
+                e.meta.mode,
+                e.atime,
+                (e.meta.mtime_sec, e.meta.mtime_nsec),
+            );
+            if let Err(err) = set {
                 problems.report(
-                    Exit::for_write_error(&err),
-                    format!("cannot set metadata of {}: {err}", quote(path)),
+                    Exit::for_write(err.errno()),
+                    format!("cannot set metadata of {}: {err}", quote(&plan.shown(rel))),
                 );
             }
         }
     }
-    if opts.durability == Durability::Batch && (!plan.touched.is_empty() || !plan.dirs.is_empty()) {
-        // Directory metadata and symlinks are small; one syncfs covers them all.
-        if let Some(root) = roots.first() {
-            let _ = tpc_engine::confine::sync_filesystem_of(&root.dst);
+    if opts.durability == Durability::Batch {
+        // Directory entries, symlinks and metadata are small; one syncfs for each
+        // filesystem they are on covers them all (a filesystem mounted below the
+        // destination root as well as the root's own).
+        changed_dirs.extend(plan.touched.iter().cloned());
+        if let Err(err) = sync_filesystems_of(&plan.dest, &changed_dirs) {
+            problems.report(
+                Exit::for_write(err.errno()),
+                format!("cannot make the copy durable: {err}"),
+            );
         }
     }
+    drop(lock);
 
     summary.seconds = started.elapsed().as_secs_f64();
     summary.throughput_bytes_per_sec = summary.bytes as f64 / summary.seconds.max(1e-9);
@@ -356,31 +481,101 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
     problems.exit()
 }
 
-/// Work decided by the planner.
-#[derive(Default)]
+impl Trees {
+    /// The source path of a job file, for messages.
+    fn shown_source(&self, roots: &[Root], file: &JobFile) -> PathBuf {
+        let root = roots.iter().find(|r| r.src_root == file.src.root);
+        let rel = walk::os(file.src.rel.as_bytes());
+        match root {
+            // `src_base` is the file's own name when the source is a single file.
+            Some(r) if !r.src_base.is_root() => r.src.clone(),
+            Some(r) => join_rel(&r.src, Path::new(&*rel)),
+            None => PathBuf::from(&*rel),
+        }
+    }
+}
+
+/// A file to hash (no destination), read beneath its root.
+fn hash_file(src: Beneath, size_bytes: u64) -> JobFile {
+    JobFile {
+        rel: src.rel.as_bytes().to_vec(),
+        src,
+        listed: None,
+        dst: None,
+        size_bytes,
+    }
+}
+
+/// Work decided by the planner. Destination paths are relative to the held destination
+/// root.
 struct Plan {
+    dest: Arc<confine::Root>,
+    /// The destination root's path, for messages.
+    dest_dir: PathBuf,
+    /// This run's token: every temporary name carries it.
+    token: RunToken,
+    /// Temporary names made so far: the next one's number.
+    temps: u64,
+    sweeper: Sweeper,
     job: Vec<JobFile>,
-    need_digests: Vec<(PathBuf, PathBuf, Entry)>,
-    fix_meta: Vec<(PathBuf, Entry)>,
+    need_digests: Vec<(Beneath, RelPath, Entry)>,
+    fix_meta: Vec<(RelPath, Entry)>,
     /// Directories: destination path, source entry, destination metadata before the run.
-    dirs: Vec<(PathBuf, Entry, Option<EntryMeta>)>,
+    dirs: Vec<(RelPath, Entry, Option<EntryMeta>)>,
     /// (first name's destination, other name's destination).
-    links: Vec<(PathBuf, PathBuf)>,
+    links: Vec<(RelPath, RelPath)>,
     /// First names of hard-link groups that were unchanged (already in place).
-    link_targets_present: HashSet<PathBuf>,
+    link_targets_present: HashSet<RelPath>,
     /// Directories whose entries this run changed.
-    touched: HashSet<PathBuf>,
+    touched: HashSet<RelPath>,
 }
 
 impl Plan {
-    fn push_copy(&mut self, src: &Path, dst: &Path, e: &Entry, pid: u32) {
-        let tmp = temp_path(dst, pid, &self.job.len().to_string());
+    fn new(dest: Arc<confine::Root>, dest_dir: PathBuf, token: RunToken) -> Plan {
+        Plan {
+            sweeper: Sweeper::new(token, &dest_dir),
+            dest,
+            dest_dir,
+            token,
+            temps: 0,
+            job: Vec::new(),
+            need_digests: Vec::new(),
+            fix_meta: Vec::new(),
+            dirs: Vec::new(),
+            links: Vec::new(),
+            link_targets_present: HashSet::new(),
+            touched: HashSet::new(),
+        }
+    }
+
+    /// Where `rel` is, for messages.
+    fn shown(&self, rel: &RelPath) -> PathBuf {
+        join_rel(&self.dest_dir, Path::new(&*walk::os(rel.as_bytes())))
+    }
+
+    /// A new temporary name beside `dst`; `kind` tells files, links and hard links apart.
+    fn temp(&mut self, dst: &RelPath, kind: &str) -> RelPath {
+        self.temps += 1;
+        let name = temp_name(self.token, &format!("{kind}{}", self.temps));
+        dst.parent()
+            .unwrap_or_else(RelPath::root)
+            .join(&name)
+            .expect("a temporary name is a valid name")
+    }
+
+    fn push_copy(&mut self, src: Beneath, dst: &RelPath, e: &Entry) {
+        let tmp = self.temp(dst, "f");
         self.job.push(JobFile {
             rel: walk::bytes(e.rel.as_os_str()).into_owned(),
-            src: src.to_path_buf(),
+            src,
+            listed: Some(Listed {
+                inode: (e.inode.0, e.inode.1),
+                mtime: (e.meta.mtime_sec, e.meta.mtime_nsec),
+            }),
             dst: Some(Destination {
+                root: DEST,
                 tmp,
-                path: dst.to_path_buf(),
+                path: dst.clone(),
                 mode: e.meta.mode,
                 atime: e.atime,
                 mtime: (e.meta.mtime_sec, e.meta.mtime_nsec),
@@ -388,16 +583,30 @@ impl Plan {
             size_bytes: e.meta.size_bytes,
         });
     }
-}
 
-fn mark_touched(touched: &mut HashSet<PathBuf>, path: &Path) {
-    if let Some(parent) = path.parent() {
-        touched.insert(parent.to_path_buf());
+    fn mark_touched(&mut self, rel: &RelPath) {
+        if let Some(parent) = rel.parent() {
+            self.touched.insert(parent);
+        }
+    }
+
+    /// Removes other runs' stale temporaries from directory `rel`.
+    fn sweep(&mut self, rel: &RelPath) {
+        if let Ok(dir) = self.dest.dir(rel) {
+            if self.sweeper.sweep(&dir, tpc_engine::temp::SWEEP_NAMES_MAX) > 0 {
+                self.touched.insert(rel.clone());
+            }
+        }
     }
 }
 
-/// Applies rsync's rules to each source: where does it land?
-fn resolve_roots(sources: &[OsString], dest: &Path, problems: &mut Problems) -> Option<Vec<Root>> {
+/// Applies rsync's rules to each source: where does it land? Returns the roots and the
+/// destination directory they all land beneath (made if it must be a directory).
+fn resolve_roots(
+    sources: &[OsString],
+    dest: &Path,
+    problems: &mut Problems,
+) -> Option<(Vec<Root>, PathBuf)> {
     let dest_is_dir = std::fs::metadata(dest).map(|m| m.is_dir()).unwrap_or(false);
     let dest_says_dir = walk::bytes(dest.as_os_str()).ends_with(b"/");
     let mut roots = Vec::new();
@@ -414,43 +623,109 @@ fn resolve_roots(sources: &[OsString], dest: &Path, problems: &mut Problems) -> 
         let contents = walk::bytes(s).ends_with(b"/") || src.file_name().is_none();
         let is_dir = md.is_dir()
             || (contents && std::fs::metadata(&src).map(|m| m.is_dir()).unwrap_or(false));
-        let dst = if is_dir {
+        // Where it lands, beneath DEST when that is a directory.
+        let name = if is_dir {
             need_dest_dir = true;
             if contents {
-                dest.to_path_buf()
+                None
             } else {
-                dest.join(src.file_name().expect("has a name"))
+                src.file_name()
             }
         } else if dest_is_dir || dest_says_dir || sources.len() > 1 {
-            dest.join(src.file_name().unwrap_or(s))
+            Some(src.file_name().unwrap_or(s))
         } else {
-            dest.to_path_buf()
+            None
+        };
+        let dst = name.map_or_else(|| dest.to_path_buf(), |n| dest.join(n));
+        let dst_base = match name.map(|n| RelPath::parse(&walk::bytes(n))) {
+            None => RelPath::root(),
+            Some(Ok(rel)) => rel,
+            Some(Err(e)) => {
+                problems.report(Exit::Source, format!("source {}: {e}", quote(&src)));
+                continue;
+            }
         };
         roots.push(Root {
             src,
             dst,
+            src_root: 0,
+            src_base: RelPath::root(),
+            dst_base,
             entries: Vec::new(),
         });
     }
     if roots.is_empty() {
         return None;
     }
-    if need_dest_dir && !dest_is_dir {
-        if let Err(e) = std::fs::create_dir_all(dest) {
+    if need_dest_dir || dest_is_dir {
+        if !dest_is_dir {
+            if let Err(e) = std::fs::create_dir_all(dest) {
+                problems.report(
+                    Exit::for_write_error(&e),
+                    format!("cannot create destination {}: {e}", quote(dest)),
+                );
+                return None;
+            }
+        }
+        return Some((roots, dest.to_path_buf()));
+    }
+    // One file onto a path that is not a directory: it lands as that name in its parent.
+    let Some(name) = dest.file_name() else {
+        problems.report(
+            Exit::Destination,
+            format!("destination {} names no file", quote(dest)),
+        );
+        return None;
+    };
+    match RelPath::parse(&walk::bytes(name)) {
+        Ok(rel) => roots[0].dst_base = rel,
+        Err(e) => {
             problems.report(
-                Exit::for_write_error(&e),
-                format!("cannot create destination {}: {e}", quote(dest)),
+                Exit::Destination,
+                format!("destination {}: {e}", quote(dest)),
             );
             return None;
         }
     }
-    Some(roots)
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Some((roots, parent))
+}
+
+/// What is at destination `rel` now: `None` if nothing (or if it cannot be looked at,
+/// which the step that writes it then reports).
+fn dest_meta(dest: &confine::Root, rel: &RelPath) -> Option<EntryMeta> {
+    let st = dest.lstat(rel).ok()??;
+    let kind = match st.kind {
+        FileKind::File => EntryKind::File,
+        FileKind::Dir => EntryKind::Dir,
+        FileKind::Symlink => EntryKind::Symlink,
+        FileKind::Other => EntryKind::Special,
+    };
+    let link_target = if kind == EntryKind::Symlink {
+        Some(dest.read_link(rel).ok()?)
+    } else {
+        None
+    };
+    Some(EntryMeta {
+        kind,
+        size_bytes: if kind == EntryKind::File {
+            st.size_bytes
+        } else {
+            0
+        },
+        mode: st.mode,
+        mtime_sec: st.mtime.0,
+        mtime_nsec: st.mtime.1,
+        link_target,
+    })
 }
 
 fn plan_root(
     root: &Root,
     opts: &CopyOptions,
-    pid: u32,
     plan: &mut Plan,
     problems: &mut Problems,
     summary: &mut Summary,
@@ -458,16 +733,14 @@ fn plan_root(
     // Directories this run could not create: nothing below them is attempted.
     let mut failed_dirs: HashSet<&Path> = HashSet::new();
     // Directories created by this run: their children need no lstat.
-    let mut fresh_dirs: HashSet<PathBuf> = HashSet::new();
-    let mut first_of_inode: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let mut fresh_dirs: HashSet<RelPath> = HashSet::new();
+    let mut first_of_inode: HashMap<(u64, u64), RelPath> = HashMap::new();
     if root
         .entries
         .first()
         .is_some_and(|e| e.meta.kind != EntryKind::Dir)
     {
-        if let Some(parent) = root.dst.parent() {
-            remove_stale_temps(parent);
-        }
+        plan.sweep(&root.dst_base.parent().unwrap_or_else(RelPath::root));
     }
     for e in &root.entries {
         if e.rel.parent().is_some_and(|p| failed_dirs.contains(p)) {
@@ -477,36 +750,55 @@ fn plan_root(
             summary.failed += 1;
             continue;
         }
-        let dst = root.dst_of(e);
+        let (dst, src) = match (
+            beneath(&root.dst_base, &e.rel),
+            beneath(&root.src_base, &e.rel),
+        ) {
+            (Ok(dst), Ok(src)) => (dst, src),
+            (Err(err), _) | (_, Err(err)) => {
+                problems.report(
+                    Exit::Source,
+                    format!("cannot copy {}: {err}", quote(&root.src_of(e))),
+                );
+                if e.meta.kind == EntryKind::Dir {
+                    failed_dirs.insert(&e.rel);
+                }
+                summary.failed += 1;
+                continue;
+            }
+        };
         let parent_fresh =
-            !e.rel.as_os_str().is_empty() && dst.parent().is_some_and(|p| fresh_dirs.contains(p));
+            !e.rel.as_os_str().is_empty() && dst.parent().is_some_and(|p| fresh_dirs.contains(&p));
         let before = if parent_fresh {
             None
         } else {
-            walk::lstat(&dst).ok()
+            dest_meta(&plan.dest, &dst)
         };
         match e.meta.kind {
             EntryKind::Dir => {
                 summary.dirs += 1;
-                match prepare_dir(&dst, before.as_ref()) {
+                match prepare_dir(&plan.dest, &dst, before.as_ref()) {
                     Ok(DirState::Existing) => {
-                        remove_stale_temps(&dst);
-                        plan.dirs.push((dst, e.clone(), before.map(|b| b.meta)));
+                        plan.sweep(&dst);
+                        plan.dirs.push((dst, e.clone(), before));
                     }
                     Ok(state) => {
                         if state == DirState::Created {
                             fresh_dirs.insert(dst.clone());
-                            mark_touched(&mut plan.touched, &dst);
+                            plan.mark_touched(&dst);
                         } else {
-                            remove_stale_temps(&dst);
+                            plan.sweep(&dst);
                         }
                         // No "before": the final pass must set its mode and times.
                         plan.dirs.push((dst, e.clone(), None));
                     }
                     Err(err) => {
                         problems.report(
-                            Exit::for_write_error(&err),
-                            format!("cannot create directory {}: {err}", quote(&dst)),
+                            Exit::for_write(err.errno()),
+                            format!(
+                                "cannot create directory {}: {err}",
+                                quote(&root.dst_path(e))
+                            ),
                         );
                         failed_dirs.insert(&e.rel);
                         summary.failed += 1;
@@ -515,28 +807,28 @@ fn plan_root(
             }
             EntryKind::File => {
                 summary.files += 1;
-                let src = root.src_of(e);
                 if e.meta.size_bytes > FILE_SIZE_BYTES_MAX {
                     problems.report(
                         Exit::Source,
                         format!(
                             "{} is larger than the {} limit",
-                            quote(&src),
+                            quote(&root.src_of(e)),
                             human_bytes(FILE_SIZE_BYTES_MAX)
                         ),
                     );
                     summary.failed += 1;
                     continue;
                 }
-                if let Some(b) = &before {
-                    if b.meta.kind == EntryKind::Dir {
-                        problems.report(
-                            Exit::Destination,
-                            format!("cannot replace directory {} with a file", quote(&dst)),
-                        );
-                        summary.failed += 1;
-                        continue;
-                    }
+                if before.as_ref().is_some_and(|b| b.kind == EntryKind::Dir) {
+                    problems.report(
+                        Exit::Destination,
+                        format!(
+                            "cannot replace directory {} with a file",
+                            quote(&root.dst_path(e))
+                        ),
+                    );
+                    summary.failed += 1;
+                    continue;
                 }
                 let (dev, ino, nlink) = e.inode;
                 if nlink > 1 {
@@ -546,8 +838,12 @@ fn plan_root(
                     }
                     first_of_inode.insert((dev, ino), dst.clone());
                 }
-                match file_change(&e.meta, before.as_ref().map(|b| &b.meta), opts.policy) {
-                    Change::Copy => plan.push_copy(&src, &dst, e, pid),
+                let src = Beneath {
+                    root: root.src_root,
+                    rel: src,
+                };
+                match file_change(&e.meta, before.as_ref(), opts.policy) {
+                    Change::Copy => plan.push_copy(src, &dst, e),
                     Change::Skip => {
                         summary.files_unchanged += 1;
                         plan.link_targets_present.insert(dst);
@@ -565,13 +861,14 @@ fn plan_root(
             }
             EntryKind::Symlink => {
                 summary.symlinks += 1;
-                match copy_symlink(e, &dst, before.as_ref(), pid) {
-                    Ok(true) => mark_touched(&mut plan.touched, &dst),
+                let tmp = plan.temp(&dst, "l");
+                match copy_symlink(&plan.dest, e, &dst, before.as_ref(), &tmp) {
+                    Ok(true) => plan.mark_touched(&dst),
                     Ok(false) => {}
                     Err(err) => {
                         problems.report(
-                            Exit::for_write_error(&err),
-                            format!("cannot create symlink {}: {err}", quote(&dst)),
+                            Exit::for_write(err.errno()),
+                            format!("cannot create symlink {}: {err}", quote(&root.dst_path(e))),
                         );
                         summary.failed += 1;
                     }
@@ -600,161 +897,126 @@ enum DirState {
 }
 
 /// Makes `dst` a directory this run can write into.
-fn prepare_dir(dst: &Path, before: Option<&Entry>) -> io::Result<DirState> {
-    match before.map(|b| b.meta.kind) {
-        Some(EntryKind::Dir) => {
-            let mode = before.expect("some").meta.mode;
+fn prepare_dir(
+    dest: &confine::Root,
+    dst: &RelPath,
+    before: Option<&EntryMeta>,
+) -> Result<DirState, ConfineError> {
+    match before.map(|b| (b.kind, b.mode)) {
+        Some((EntryKind::Dir, mode)) => {
             if mode & 0o700 != 0o700 {
                 // Read-only at the destination (from an earlier copy): writable until the
                 // final metadata pass puts its mode back.
-                set_mode(dst, mode | 0o700)?;
+                dest.set_dir_mode(dst, mode | 0o700)?;
                 return Ok(DirState::Unlocked);
             }
             Ok(DirState::Existing)
         }
-        Some(EntryKind::File) | Some(EntryKind::Symlink) | Some(EntryKind::Special) => {
+        Some(_) => {
             // A non-directory is in the way: replace it, as rsync does.
-            std::fs::remove_file(dst)?;
-            mkdir(dst)?;
+            dest.remove_file(dst)?;
+            // 0700 until the final pass sets the real mode: no one else sees a
+            // half-copied tree.
+            dest.mkdir(dst, 0o700)?;
             Ok(DirState::Created)
         }
         None => {
-            mkdir(dst)?;
+            dest.mkdir(dst, 0o700)?;
             Ok(DirState::Created)
         }
     }
 }
 
-fn mkdir(dst: &Path) -> io::Result<()> {
-    // 0700 until the final pass sets the real mode: no one else sees a half-copied tree.
-    #[cfg(unix)]
-    return std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-        .create(dst);
-    // Windows has no mode: the directory inherits its parent's ACL.
-    #[cfg(windows)]
-    std::fs::create_dir(dst)
-}
-
-/// Recreates a symlink (never followed) atomically: made under a temporary name, then
-/// renamed over the old entry. Returns whether anything changed.
-fn copy_symlink(e: &Entry, dst: &Path, before: Option<&Entry>, pid: u32) -> io::Result<bool> {
+/// Recreates a symlink (never followed) atomically: made under the temporary name `tmp`,
+/// then renamed over the old entry. Returns whether anything changed.
+fn copy_symlink(
+    dest: &confine::Root,
+    e: &Entry,
+    dst: &RelPath,
+    before: Option<&EntryMeta>,
+    tmp: &RelPath,
+) -> Result<bool, ConfineError> {
     let target = e.meta.link_target.as_ref().expect("symlink has a target");
+    let times = (e.atime, (e.meta.mtime_sec, e.meta.mtime_nsec));
     if let Some(b) = before {
-        if b.meta.kind == EntryKind::Dir {
-            return Err(io::Error::new(
-                io::ErrorKind::IsADirectory,
-                "a directory is in the way",
-            ));
+        if b.kind == EntryKind::Dir {
+            return Err(ConfineError::Io {
+                op: "replace a directory with a symlink",
+                rel: dst.clone(),
+                errno: libc::EISDIR,
+            });
         }
-        if b.meta.kind == EntryKind::Symlink && b.meta.link_target.as_ref() == Some(target) {
-            if (b.meta.mtime_sec, b.meta.mtime_nsec) != (e.meta.mtime_sec, e.meta.mtime_nsec) {
-                set_metadata(dst, &e.meta, e.atime, true)?;
+        if b.kind == EntryKind::Symlink && b.link_target.as_ref() == Some(target) {
+            if (b.mtime_sec, b.mtime_nsec) != (e.meta.mtime_sec, e.meta.mtime_nsec) {
+                dest.set_symlink_times(dst, times.0, times.1)?;
             }
             return Ok(false);
         }
     }
-    let tmp = temp_path(dst, pid, "l");
-    let _ = std::fs::remove_file(&tmp);
-    make_symlink(&walk::os(target), &tmp)?;
-    if let Err(err) =
-        set_metadata(&tmp, &e.meta, e.atime, true).and_then(|_| std::fs::rename(&tmp, dst))
-    {
-        let _ = std::fs::remove_file(&tmp);
+    dest.symlink(target, tmp)?;
+    let placed = dest
+        .set_symlink_times(tmp, times.0, times.1)
+        .and_then(|_| dest.rename(tmp, dst));
+    if let Err(err) = placed {
+        let _ = dest.remove_file(tmp);
         return Err(err);
     }
     Ok(true)
 }
 
-/// Links `other` to `first` (a hard link), atomically replacing what was there.
-/// Returns false when it already was the same file.
-fn make_hard_link(first: &Path, other: &Path, pid: u32) -> io::Result<bool> {
-    std::fs::symlink_metadata(first)?;
-    if tpc_engine::os::same_entry(first, other).unwrap_or(false) {
+/// Links `other` to `first` (a hard link) through the temporary name `tmp`, atomically
+/// replacing what was there. Returns false when it already was the same file.
+fn make_hard_link(
+    dest: &confine::Root,
+    first: &RelPath,
+    other: &RelPath,
+    tmp: &RelPath,
+) -> Result<bool, ConfineError> {
+    let first_stat = dest
+        .lstat(first)?
+        .ok_or_else(|| ConfineError::NotFound { rel: first.clone() })?;
+    let other_stat = dest.lstat(other)?;
+    // (0, 0): the platform does not say (Windows), so link again.
+    if first_stat.inode != (0, 0) && other_stat.is_some_and(|o| o.inode == first_stat.inode) {
         return Ok(false);
     }
-    let tmp = temp_path(other, pid, "h");
-    let _ = std::fs::remove_file(&tmp);
-    std::fs::hard_link(first, &tmp)?;
-    if let Err(e) = std::fs::rename(&tmp, other) {
-        let _ = std::fs::remove_file(&tmp);
+    dest.hard_link(first, tmp)?;
+    if let Err(e) = dest.rename(tmp, other) {
+        let _ = dest.remove_file(tmp);
         return Err(e);
     }
     Ok(true)
 }
 
-/// The temporary name, `.tpcx.<pid>.<tag>.tmp`, beside `dst` in its directory: the
-/// rename into place stays within one directory and one filesystem.
-fn temp_path(dst: &Path, pid: u32, tag: &str) -> PathBuf {
-    dst.parent()
-        .unwrap_or(Path::new("."))
-        .join(format!("{TMP_PREFIX}{pid}.{tag}{TMP_SUFFIX}"))
+/// Applies an unchanged file's mode and times through a no-follow open of it.
+fn set_file_metadata(dest: &confine::Root, rel: &RelPath, e: &Entry) -> Result<(), ConfineError> {
+    let file = dest.open(rel, Access::Metadata)?;
+    confine::set_file_meta(
+        &file,
+        e.meta.mode,
+        e.atime,
+        (e.meta.mtime_sec, e.meta.mtime_nsec),
+    )
+    .map_err(|err| ConfineError::Io {
+        op: "set metadata of",
+        rel: rel.clone(),
+        errno: tpc_engine::os::errno_or_eio(&err),
+    })
 }
 
-/// Removes temporary files that an interrupted run (whose process is gone) left in `dir`.
-fn remove_stale_temps(dir: &Path) {
-    let Ok(reader) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for item in reader.flatten() {
-        let name = item.file_name();
-        let Some(pid) = stale_temp_pid(&walk::bytes(&name)) else {
-            continue;
-        };
-        if !tpc_engine::os::pid_alive(pid) || pid == std::process::id() {
-            let _ = std::fs::remove_file(item.path());
-        }
+/// One syncfs for each filesystem the directories `dirs` are on.
+fn sync_filesystems_of(dest: &confine::Root, dirs: &[RelPath]) -> Result<(), ConfineError> {
+    // A directory that is gone or became a symlink has nothing of ours to sync.
+    let mut held: Vec<confine::Dir> = dirs.iter().filter_map(|rel| dest.dir(rel).ok()).collect();
+    if held.is_empty() && !dirs.is_empty() {
+        held.push(dest.dir(&RelPath::root())?);
     }
-}
-
-/// The pid in a temporary file name `.tpcx.<pid>.<tag>.tmp`, if it is one.
-pub(crate) fn stale_temp_pid(name: &[u8]) -> Option<u32> {
-    let rest = name
-        .strip_prefix(TMP_PREFIX.as_bytes())?
-        .strip_suffix(TMP_SUFFIX.as_bytes())?;
-    let dot = rest.iter().position(|&b| b == b'.')?;
-    std::str::from_utf8(&rest[..dot]).ok()?.parse().ok()
-}
-
-/// Sets the permission bits of directory `path`, to unlock it for this run. Windows
-/// directories have no permission bits (their read-only attribute marks folders that
-/// Explorer customized), and the walk reports them writable, so there is nothing to
-/// unlock there.
-fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
-    #[cfg(unix)]
-    return std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode));
-    #[cfg(windows)]
-    {
-        let _ = (path, mode);
-        Ok(())
-    }
-}
-
-/// Sets mode (unless a symlink) and times of `path`, never following a symlink.
-fn set_metadata(path: &Path, meta: &EntryMeta, atime: (i64, u32), is_link: bool) -> io::Result<()> {
-    let mode = (!is_link).then_some(meta.mode);
-    tpc_engine::os::set_path_meta(path, mode, atime, (meta.mtime_sec, meta.mtime_nsec))
-}
-
-/// A symlink at `link` to `target`. Windows records whether a link names a file or a
-/// directory: it is made as the kind its target is now, a file link if that is unknown.
-fn make_symlink(target: &std::ffi::OsStr, link: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::os::unix::fs::symlink(target, link)
-    }
-    #[cfg(windows)]
-    {
-        let resolved = link.parent().unwrap_or(Path::new(".")).join(target);
-        if std::fs::metadata(resolved).is_ok_and(|m| m.is_dir()) {
-            std::os::windows::fs::symlink_dir(target, link)
-        } else {
-            std::os::windows::fs::symlink_file(target, link)
-        }
-    }
+    confine::sync_filesystems(&held)
 }
 
 /// Hashes files on the shards; returns each file's digest or error, in order.
 pub fn hash_job(
+    roots: Vec<Arc<confine::Root>>,
     files: Vec<JobFile>,
     opts: &CopyOptions,
 ) -> Result<Vec<Result<FileDigest, String>>, tpc_engine::EngineError> {
@@ -764,6 +1026,7 @@ pub fn hash_job(
     let reporter = Reporter::start(opts.progress, progress.clone(), total, count, "hash");
     let report = tpc_engine::run_job(
         JobSpec {
+            roots,
             files,
             shard_count: opts.shard_count,
             durability: Durability::Never,
@@ -787,12 +1050,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn temp_names_are_recognised() {
-        assert_eq!(stale_temp_pid(b".tpcx.123.45.tmp"), Some(123));
-        assert_eq!(stale_temp_pid(b".tpcx.123.l.tmp"), Some(123));
-        assert_eq!(stale_temp_pid(b".tpcx.x.1.tmp"), None);
-        assert_eq!(stale_temp_pid(b"tpcx.123.1.tmp"), None);
-        assert_eq!(stale_temp_pid(b".tpcx.123.1.tmpx"), None);
+    fn walk_paths_land_beneath_their_base() {
+        let base = RelPath::parse(b"d").unwrap();
+        let at = |b: &RelPath, p: &str| beneath(b, Path::new(p)).unwrap().to_string();
+        assert_eq!(at(&base, ""), "d");
+        assert_eq!(at(&base, "x/y"), "d/x/y");
+        assert_eq!(at(&RelPath::root(), "x"), "x");
+        assert!(beneath(&base, Path::new("../x")).is_err());
     }
 
     #[test]

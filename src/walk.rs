@@ -162,6 +162,10 @@ pub fn walk(root: &Path) -> io::Result<(Vec<Entry>, Vec<WalkError>)> {
         names.sort();
         let mut subdirs = Vec::new();
         for name in names {
+            // Another run's temporaries and locks are not part of the tree.
+            if tpc_core::temp::parse(&bytes(&name)).is_some() {
+                continue;
+            }
             let child_rel = rel.join(&name);
             let path = dir.join(&name);
             if path.as_os_str().len() > PATH_BYTES_MAX {
@@ -256,16 +260,7 @@ pub fn bytes(s: &OsStr) -> Cow<'_, [u8]> {
     }
 }
 
-/// The inverse of [`bytes`]: wire bytes as a name or path of this OS. On Windows bytes
-/// that are not UTF-8 are replaced (U+FFFD); Windows takes `/` as a separator.
+/// The inverse of [`bytes`]: wire bytes as a name or path of this OS (`os::os_name`).
 pub fn os(bytes: &[u8]) -> Cow<'_, OsStr> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::ffi::OsStrExt;
-        Cow::Borrowed(OsStr::from_bytes(bytes))
-    }
-    #[cfg(windows)]
-    {
-        Cow::Owned(String::from_utf8_lossy(bytes).into_owned().into())
-    }
+    tpc_engine::os::os_name(bytes)
 }

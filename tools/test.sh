@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . tools/need.sh
-install_missing diff:diffutils mount:mount setpriv:util-linux
+install_missing diff:diffutils mount:mount setpriv:util-linux strace:strace
 if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
@@ -42,4 +42,4 @@ cargo test --release --workspace
 # The end-to-end suite again, every shard on the portable driver (the binary and the
 # tests' own shards read TPC_XFER_IO). tests/io.rs mixes the drivers itself.
 TPC_XFER_IO=portable cargo test --release -p tpc-xfer \
-  --test copy --test remote --test hostile --test hostile_server --test netns --test wan
+  --test copy --test local_safety --test remote --test hostile --test hostile_server --test netns --test wan

@@ -39,6 +39,8 @@ use tpc_engine::rt::{self, File};
 use tpc_engine::{Driver, Durability};
 
 use super::data::{open_direct, receive_run, send_run, DataError, RunLog, Savings};
+use tpc_engine::temp::RunLock;
+
 use super::receiver::{full_path, temp_path, Failure, Receiver};
 use super::{
     congestion::Congestion, expect_end, expect_frame, transport_config, write_frame, RemoteSpec,
@@ -1336,6 +1338,8 @@ async fn session(
     let mut needed: Vec<bool>;
     let mut entry_paths: Vec<Vec<u8>> = Vec::new();
     let mut local_receiver: Option<Receiver> = None;
+    // A pull's run lock in its destination root, held until the session ends.
+    let mut _run_lock: Option<RunLock> = None;
     let mut local_root = None;
     // Which entries are regular files: the summary counts files, as a local copy does.
     let is_file: Vec<bool>;
@@ -1433,11 +1437,21 @@ async fn session(
                 }
             }
             is_file = entries.iter().map(|e| e.kind == WireKind::File).collect();
-            let (root, base) = pull_target(&path, dest_kind, &dest)?;
+            let (root, root_path, base) = pull_target(&path, dest_kind, &dest)?;
             let root = Arc::new(root);
+            // The run's lock, before the first temporary file (`tpc_engine::temp`).
+            _run_lock =
+                Some(RunLock::acquire(root.clone()).unwrap_or_else(|_| RunLock::unlocked()));
             // No old-version hashes for the server (see `Receiver::new`): a pull moves
             // changed files whole.
-            let mut receiver = Receiver::new(root.clone(), base, session, job.opts_durable, false);
+            let mut receiver = Receiver::new(
+                root.clone(),
+                &root_path,
+                base,
+                session,
+                job.opts_durable,
+                false,
+            );
             let src_base =
                 RelPath::parse(&base_trimmed).map_err(|e| (Exit::Source, e.to_string()))?;
             for e in &entries {
@@ -1472,8 +1486,7 @@ async fn session(
             }
             for item in &n {
                 if let Some((full, _)) = receiver.receiving(item.file) {
-                    files[item.file as usize].local_tmp =
-                        temp_path(&full, std::process::id(), session, item.file).ok();
+                    files[item.file as usize].local_tmp = temp_path(&full, session, item.file).ok();
                 }
             }
             // Our own receiver's answer, checked as a server's would be.
@@ -1909,7 +1922,7 @@ fn pull_target(
     src: &[u8],
     src_kind: DestKind,
     dest: &Path,
-) -> Result<(Root, RelPath), (Exit, String)> {
+) -> Result<(Root, PathBuf, RelPath), (Exit, String)> {
     let contents = src.ends_with(b"/") || src.is_empty();
     let trimmed = src.strip_suffix(b"/").unwrap_or(src);
     let name = trimmed
@@ -1943,9 +1956,9 @@ fn pull_target(
         } else {
             rel(&name)?
         };
-        Ok((root, base))
+        Ok((root, dest.to_path_buf(), base))
     } else if dest_is_dir || dest_says_dir {
-        Ok((open(dest)?, rel(&name)?))
+        Ok((open(dest)?, dest.to_path_buf(), rel(&name)?))
     } else {
         let parent = match dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -1955,6 +1968,6 @@ fn pull_target(
             .file_name()
             .map(|n| walk::bytes(n).into_owned())
             .ok_or_else(|| (Exit::Usage, format!("bad destination {}", quote(dest))))?;
-        Ok((open(&parent)?, rel(&file)?))
+        Ok((open(&parent)?, parent, rel(&file)?))
     }
 }

@@ -436,7 +436,10 @@ mod tests {
             for _ in 0..packets {
                 self.now += step;
                 self.packets += 1;
-                if self.loss_every.is_some_and(|n| self.packets % n == 0) {
+                if self
+                    .loss_every
+                    .is_some_and(|n| self.packets.is_multiple_of(n))
+                {
                     m.on_loss(self.now, u64::from(MTU), false);
                 } else {
                     m.on_ack(

@@ -495,7 +495,7 @@ pub fn open_direct(
 
 // Chunk offsets are whole chunks, so every direct write starts on a block boundary: only
 // a chunk's length can be unaligned, and that tail goes the ordinary way.
-const _: () = assert!(CHUNK_SIZE_BYTES % DIRECT_ALIGN as u64 == 0);
+const _: () = assert!(CHUNK_SIZE_BYTES.is_multiple_of(DIRECT_ALIGN as u64));
 
 /// Writes the verified chunk in `buf` at `pos`, and hands back a buffer for the next:
 /// a plain buffer through `file` as it is; an aligned one with its block-aligned part

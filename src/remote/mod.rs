@@ -26,9 +26,6 @@ use tpc_core::window::{
 use tpc_core::wire::{Frame, WireError, FRAME_HEADER_BYTES};
 use tpc_engine::quic::{QuicError, ReadExactError, RecvStream, SendStream};
 
-// The local copy's temporary-name scheme: either one cleans up what the other left.
-use crate::copy::{TMP_PREFIX, TMP_SUFFIX};
-
 /// Port `serve` listens on by default (shard 0; shard i listens on this + i).
 pub const DEFAULT_PORT: u16 = 7440;
 
@@ -243,11 +240,15 @@ pub async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<(), Ses
     Ok(())
 }
 
-/// The temporary name of file `file` of session `session`, beside its final name:
-/// `.tpcx.<pid>.<session>-<file>.tmp`. Every shard of the receiving process derives the
-/// same name, so data streams on any shard find the file the control stream created.
-pub fn temp_name(pid: u32, session: u64, file: u32) -> Vec<u8> {
-    format!("{TMP_PREFIX}{pid}.{session:x}-{file}{TMP_SUFFIX}").into_bytes()
+/// The temporary name of file `file` of session `session`, beside its final name, in
+/// the scheme the local copy uses too (`tpc_core::temp`), so either cleans up what the
+/// other left. Every shard of the receiving process derives the same name (one token per
+/// process), so data streams on any shard find the file the control stream created.
+pub fn temp_name(session: u64, file: u32) -> Vec<u8> {
+    tpc_core::temp::temp_name(
+        tpc_engine::temp::process_token(),
+        &format!("{session:x}-{file}"),
+    )
 }
 
 #[cfg(test)]

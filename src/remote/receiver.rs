@@ -8,7 +8,8 @@
 //! local destination). Everything here is blocking filesystem work; the shards call it
 //! off their threads (`rt::spawn_blocking`) so their QUIC endpoints keep running meanwhile.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
@@ -16,11 +17,13 @@ use tpc_core::limits::CHUNK_SIZE_BYTES;
 use tpc_core::relpath::RelPath;
 use tpc_core::wire::{Entry, ErrorCode, NeedItem, WireKind, NEED_HAVE_HASHES_MAX};
 use tpc_core::ChunkHash;
-use tpc_engine::confine::{set_file_meta, sync_file, Access, ConfineError, Dir, FileKind, Root};
+use tpc_engine::confine::{
+    set_file_meta, sync_file, sync_filesystems, Access, ConfineError, Dir, FileKind, Root,
+};
 use tpc_engine::os;
+use tpc_engine::temp::{process_token, Sweeper, SWEEP_NAMES_MAX};
 
 use super::temp_name;
-use crate::copy::stale_temp_pid;
 
 /// A per-file or per-session failure, as sent to the peer.
 #[derive(Clone, Debug)]
@@ -67,9 +70,6 @@ struct Planned {
     /// A directory that already had this entry's mode and mtime when planned.
     meta_ok: bool,
 }
-
-/// Directories with more names than this are not scanned for stale temporary files.
-const STALE_SCAN_NAMES_MAX: usize = 1 << 20;
 
 /// Files below this size may be created by their data stream instead of by the plan (see
 /// [`Receiver::create_small_files_on_write`]). Each is one chunk, so one run, and needs no
@@ -153,7 +153,10 @@ pub struct Receiver {
     root: Arc<Root>,
     base: RelPath,
     session: u64,
-    pid: u32,
+    /// Removes other runs' stale temporaries from the directories written.
+    sweeper: Sweeper,
+    /// One existing directory of each filesystem (device) the plan met.
+    devices: BTreeMap<u64, RelPath>,
     durable: bool,
     planned: Vec<Planned>,
     /// Regular files committed (symlinks and directories are not counted, as in a local
@@ -183,8 +186,8 @@ pub fn full_path(base: &RelPath, path: &[u8]) -> Result<RelPath, Failure> {
 }
 
 /// The temporary name of file `file` of `session` beside `full`.
-pub fn temp_path(full: &RelPath, pid: u32, session: u64, file: u32) -> Result<RelPath, Failure> {
-    let name = temp_name(pid, session, file);
+pub fn temp_path(full: &RelPath, session: u64, file: u32) -> Result<RelPath, Failure> {
+    let name = temp_name(session, file);
     let parent = full.parent().unwrap_or_else(RelPath::root);
     full_path(&parent, &name)
 }
@@ -197,6 +200,7 @@ impl Receiver {
     /// picks (a short prefix of a secret is open to guessing), so a pull does not.
     pub fn new(
         root: Arc<Root>,
+        root_path: &Path,
         base: RelPath,
         session: u64,
         durable: bool,
@@ -207,7 +211,8 @@ impl Receiver {
             root,
             base,
             session,
-            pid: std::process::id(),
+            sweeper: Sweeper::new(process_token(), root_path),
+            devices: BTreeMap::new(),
             durable,
             planned: Vec::new(),
             files_written: 0,
@@ -316,6 +321,11 @@ impl Receiver {
         let full = &p.full;
         match self.root.lstat(full).map_err(|e| Failure::confine(&e))? {
             Some(st) if st.kind == FileKind::Dir => {
+                // New directories are on their parent's filesystem; existing ones may be
+                // mount points: `finish` syncs one directory of each filesystem seen.
+                self.devices
+                    .entry(st.inode.0)
+                    .or_insert_with(|| full.clone());
                 if st.mode & 0o700 != 0o700 {
                     // Read-only from an earlier copy: writable until `finish` sets its mode.
                     self.root
@@ -400,7 +410,7 @@ impl Receiver {
             Some(st) if st.kind == FileKind::File => old_size = Some(st.size_bytes),
             _ => {}
         }
-        let tmp = temp_path(&p.full, self.pid, self.session, i as u32)?;
+        let tmp = temp_path(&p.full, self.session, i as u32)?;
         let lazy = self.lazy_create && p.entry.size < LAZY_FILE_BYTES_MAX;
         let fd = if lazy {
             None
@@ -459,25 +469,10 @@ impl Receiver {
         )))
     }
 
-    /// Removes temporary files in `dir` left by a receiver process that is gone. A
-    /// directory too large to list is left alone: its stale files stay until a run
-    /// finds it smaller, and they never take a live file's name.
+    /// Removes temporary files in `dir` left by runs that are over (`tpc_engine::temp`).
     fn remove_stale_temps(&mut self, dir: &Dir) {
-        let Ok(names) = dir.names(STALE_SCAN_NAMES_MAX) else {
-            return;
-        };
-        for name in names {
-            let Some(pid) = stale_temp_pid(&name) else {
-                continue;
-            };
-            if os::pid_alive(pid) {
-                continue;
-            }
-            if let Ok(rel) = dir.rel().join(&name) {
-                if dir.remove_file(&rel).is_ok() {
-                    self.changed = true;
-                }
-            }
+        if self.sweeper.sweep(dir, SWEEP_NAMES_MAX) > 0 {
+            self.changed = true;
         }
     }
 
@@ -532,11 +527,12 @@ impl Receiver {
             ready.push((dir, ok));
         }
         if self.durable && ready.iter().any(|(_, g)| !g.is_empty()) {
-            // One syncfs for the batch: every temp file's data (written by any shard) is on
-            // disk before any of them takes its final name. (Off Linux each file was
-            // synced through its own handle, by finish_file or its data stream, and this
-            // syncs the root as a barrier.)
-            if let Err(e) = self.root.syncfs() {
+            // One syncfs for the batch per filesystem it touched: every temp file's data
+            // (written by any shard) is on disk before any of them takes its final name.
+            // (Off Linux each file was synced through its own handle, by finish_file or
+            // its data stream, and this syncs the directories as a barrier.)
+            let dirs = ready.iter().filter(|(_, g)| !g.is_empty()).map(|(d, _)| d);
+            if let Err(e) = sync_filesystems(dirs) {
                 let f = Failure::confine(&e);
                 for (_, group) in ready.drain(..) {
                     failed.extend(group.into_iter().map(|i| (i, f.clone())));
@@ -568,7 +564,7 @@ impl Receiver {
         let mut renamed = Vec::with_capacity(files.len());
         for &f in files {
             let p = &self.planned[f as usize];
-            let moved = temp_path(&p.full, self.pid, self.session, f)
+            let moved = temp_path(&p.full, self.session, f)
                 .and_then(|tmp| dir.rename(&tmp, &p.full).map_err(|e| Failure::confine(&e)));
             match moved {
                 Ok(()) => renamed.push(f),
@@ -594,7 +590,7 @@ impl Receiver {
     /// Applies mode and times through the temporary file's handle (`dir` is its directory).
     fn finish_file(&self, f: u32, dir: &Dir) -> Result<(), Failure> {
         let p = &self.planned[f as usize];
-        let tmp = temp_path(&p.full, self.pid, self.session, f)?;
+        let tmp = temp_path(&p.full, self.session, f)?;
         let file = dir
             .open(&tmp, Access::Write)
             .map_err(|e| Failure::confine(&e))?;
@@ -615,7 +611,7 @@ impl Receiver {
                 if let Some(lazy) = self.lazy.files.get(&f) {
                     lazy.kill();
                 }
-                if let Ok(tmp) = temp_path(&p.full, self.pid, self.session, f) {
+                if let Ok(tmp) = temp_path(&p.full, self.session, f) {
                     let _ = self.root.remove_file(&tmp);
                 }
             }
@@ -670,7 +666,13 @@ impl Receiver {
             for d in &dirs {
                 let _ = self.root.fsync_dir(d);
             }
-            let _ = self.root.syncfs();
+            // Every filesystem the session's directories are on, the root's and any
+            // mounted below it: one directory of each, as planning found them.
+            let held: Vec<Dir> = (self.devices.values())
+                .chain(std::iter::once(&self.base))
+                .filter_map(|rel| self.root.dir(rel).ok())
+                .collect();
+            let _ = sync_filesystems(&held);
         }
         failed
     }
@@ -701,7 +703,7 @@ impl Receiver {
             }
             _ => {}
         }
-        let tmp = temp_path(&p.full, self.pid, self.session, i as u32)?;
+        let tmp = temp_path(&p.full, self.session, i as u32)?;
         let _ = self.root.remove_file(&tmp);
         let placed = self
             .root

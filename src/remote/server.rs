@@ -33,6 +33,8 @@ use tpc_engine::rt::{self, File};
 
 use super::congestion::Congestion;
 use super::data::{open_direct, receive_run, send_run, DataError, RunLog};
+use tpc_engine::temp::RunLock;
+
 use super::receiver::{io_failure, set_meta, temp_path, Failure, LazyFile, LazyFiles, Receiver};
 use super::{expect_end, expect_frame, read_frame, transport_config, write_frame, SessionError};
 use crate::auth::{self, AuthorizedClients, Identity};
@@ -61,6 +63,8 @@ pub struct ServeOptions {
 
 struct Shared {
     root: Arc<Root>,
+    /// The served root's path, where other runs' locks are looked up.
+    root_path: std::path::PathBuf,
     ports: Vec<u16>,
     read_only: bool,
     sessions: Arc<Sessions>,
@@ -188,6 +192,11 @@ pub fn run(opts: ServeOptions) -> Exit {
     let read_only = opts.read_only;
     let congestion = opts.congestion;
     let sessions = Arc::new(Sessions::default());
+    // This server's run lock, held while it serves: its sessions' temporaries are alive
+    // for any other run that sweeps the tree (`tpc_engine::temp`).
+    let _run_lock = (!read_only)
+        .then(|| RunLock::acquire(root.clone()).unwrap_or_else(|_| RunLock::unlocked()));
+    let root_path = opts.root.clone();
     let result =
         tpc_engine::run_shards::<(), (), _, _>(opts.driver, opts.shard_count, 1, move |ctx| {
             let socket = sockets.lock().expect("not poisoned")[ctx.shard]
@@ -195,6 +204,7 @@ pub fn run(opts: ServeOptions) -> Exit {
                 .expect("each shard takes its own socket");
             let shared = Rc::new(Shared {
                 root: root.clone(),
+                root_path: root_path.clone(),
                 ports: ports.clone(),
                 read_only,
                 sessions: sessions.clone(),
@@ -389,8 +399,15 @@ async fn control_push(
     )
     .await
     .map_err(session_failure)?;
-    let mut receiver = Receiver::new(shared.root.clone(), base, session, durable, true)
-        .create_small_files_on_write();
+    let mut receiver = Receiver::new(
+        shared.root.clone(),
+        &shared.root_path,
+        base,
+        session,
+        durable,
+        true,
+    )
+    .create_small_files_on_write();
     let mut budget = ManifestBudget::default();
     loop {
         match expect_frame(recv).await.map_err(session_failure)? {
@@ -536,7 +553,7 @@ async fn put(
         ));
     }
     let full = parse_path(&p.path)?;
-    let tmp = temp_path(&full, std::process::id(), p.session, p.file)?;
+    let tmp = temp_path(&full, p.session, p.file)?;
     let lazy_files = shared.sessions.get(p.session);
     let lazy = lazy_files.as_ref().and_then(|l| l.files.get(&p.file));
     let fd = match lazy {

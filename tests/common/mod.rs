@@ -227,13 +227,20 @@ pub fn list(root: &Path) -> Vec<Listed> {
     out
 }
 
-/// Files whose name marks them as tpc-xfer temporaries, anywhere under `root`.
+/// Files whose name marks them as tpc-xfer temporaries, anywhere under `root`. A
+/// serving process's run lock (`tpc_core::temp::lock_name`) is not one: it stays while
+/// the server runs.
 pub fn temporaries(root: &Path) -> Vec<PathBuf> {
     list(root)
         .into_iter()
         .filter(|e| {
-            e.0.file_name()
-                .is_some_and(|n| n.as_bytes().starts_with(b".tpcx."))
+            e.0.file_name().is_some_and(|n| {
+                n.as_bytes().starts_with(b".tpcx.")
+                    && !matches!(
+                        tpc_core::temp::parse(n.as_bytes()),
+                        Some(tpc_core::temp::Ours::Lock(_))
+                    )
+            })
         })
         .map(|e| e.0)
         .collect()

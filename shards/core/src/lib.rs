@@ -14,6 +14,7 @@ pub mod digest;
 pub mod limits;
 pub mod plan;
 pub mod relpath;
+pub mod temp;
 pub mod window;
 pub mod wire;
 

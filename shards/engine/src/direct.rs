@@ -73,7 +73,9 @@ impl DirectFile {
         len: usize,
     ) -> (AlignedBuf, io::Result<usize>) {
         assert!(
-            offset % DIRECT_ALIGN as u64 == 0 && len % DIRECT_ALIGN == 0 && len <= buf.len(),
+            offset.is_multiple_of(DIRECT_ALIGN as u64)
+                && len.is_multiple_of(DIRECT_ALIGN)
+                && len <= buf.len(),
             "direct write of {len} bytes at {offset} is not block-aligned"
         );
         let file = Arc::clone(&self.file);
@@ -125,7 +127,7 @@ impl DirectReader {
     /// (EINVAL): the caller can read it through the page cache instead.
     pub async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
         assert!(
-            offset % DIRECT_ALIGN as u64 == 0,
+            offset.is_multiple_of(DIRECT_ALIGN as u64),
             "direct read at {offset} is not block-aligned"
         );
         // Whole blocks: the end of the file cuts the last one short.

@@ -24,15 +24,25 @@ pub mod quic;
 mod recv_pool;
 pub mod rt;
 mod shard;
+pub mod temp;
 
 use std::io;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use rt::Driver;
 use tpc_core::limits::{JOB_FILES_MAX, SHARDS_MAX};
-use tpc_core::{FileDigest, FileId};
+use tpc_core::{FileDigest, FileId, RelPath};
+
+/// A path beneath one of the job's roots (`JobSpec::roots`): every file of a job is
+/// opened, created and renamed through a held root directory, never by a path that a
+/// symlink swapped in could redirect (`confine`).
+#[derive(Clone, Debug)]
+pub struct Beneath {
+    /// Index into `JobSpec::roots`.
+    pub root: usize,
+    pub rel: RelPath,
+}
 
 /// One file of a job.
 #[derive(Clone, Debug)]
@@ -40,18 +50,33 @@ pub struct JobFile {
     /// Path relative to the transfer root; decides the owner shard.
     pub rel: Vec<u8>,
     /// Where to read.
-    pub src: PathBuf,
+    pub src: Beneath,
+    /// What the source was when it was listed. A source that is another file when
+    /// opened, or whose size or mtime changed by the end of its reads, fails the file
+    /// ("changed while it was copied") rather than committing a mix of two versions.
+    pub listed: Option<Listed>,
     /// For a copy: where to write and commit. `None` for a hash-only job.
     pub dst: Option<Destination>,
     pub size_bytes: u64,
 }
 
+/// A source's identity and version as the walk saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// (device, inode); (0, 0) where the platform does not report them.
+    pub inode: (u64, u64),
+    pub mtime: (i64, u32),
+}
+
 /// Where a copied file is written and what it looks like when done.
 #[derive(Clone, Debug)]
 pub struct Destination {
-    /// Temporary name in the destination directory; written, then renamed.
-    pub tmp: PathBuf,
-    pub path: PathBuf,
+    /// Index into `JobSpec::roots`.
+    pub root: usize,
+    /// Temporary name in the destination directory (`tpc_core::temp::temp_name`);
+    /// created once with `O_EXCL`, written, then renamed.
+    pub tmp: RelPath,
+    pub path: RelPath,
     /// Permission bits to set (`mode & 0o7777`).
     pub mode: u32,
     pub atime: (i64, u32),
@@ -71,6 +96,8 @@ pub enum Durability {
 
 #[derive(Clone, Debug)]
 pub struct JobSpec {
+    /// The directories every path of the job is beneath.
+    pub roots: Vec<Arc<confine::Root>>,
     pub files: Vec<JobFile>,
     pub shard_count: usize,
     pub durability: Durability,
@@ -217,11 +244,18 @@ pub fn run_job(spec: JobSpec, progress: Arc<Progress>) -> Result<JobReport, Engi
         spec.shard_count,
         "progress sized for the job"
     );
+    let prepared = Arc::new(create_shared_temporaries(&spec));
     let job = Arc::new(spec);
     let file_count = job.files.len();
     let results =
         run_shards::<shard::ShardMsg, _, _, _>(job.driver, job.shard_count, 1024, move |ctx| {
-            shard::run(ctx.shard, job.clone(), ctx.mesh, progress.clone())
+            shard::run(
+                ctx.shard,
+                job.clone(),
+                prepared.clone(),
+                ctx.mesh,
+                progress.clone(),
+            )
         })?;
     let mut outcomes: Vec<Option<FileOutcome>> = vec![None; file_count];
     let mut shards = Vec::with_capacity(results.len());
@@ -238,6 +272,26 @@ pub fn run_job(spec: JobSpec, progress: Arc<Progress>) -> Result<JobReport, Engi
         .map(|o| o.expect("every file has an outcome from its owner"))
         .collect();
     Ok(JobReport { outcomes, shards })
+}
+
+/// Creates (`O_EXCL`) the temporary of every file that several shards write, before
+/// any shard starts: each shard then opens that one file and none can create another in
+/// its place. Returns the files whose temporary could not be created, and why.
+fn create_shared_temporaries(spec: &JobSpec) -> std::collections::HashMap<FileId, FileError> {
+    let mut failed = std::collections::HashMap::new();
+    for (i, file) in spec.files.iter().enumerate() {
+        let Some(dst) = &file.dst else { continue };
+        let several = tpc_core::ChunkPlan::new(file.size_bytes).is_ok_and(|p| p.range_count() > 1);
+        if !several {
+            continue;
+        }
+        let created =
+            spec.roots[dst.root].open(&dst.tmp, confine::Access::CreateNew { mode: 0o600 });
+        if let Err(e) = created {
+            failed.insert(FileId(i as u32), shard::confine_error(Stage::Write, &e));
+        }
+    }
+    failed
 }
 
 /// glommio registers pinned memory for each ring and fails to start when

@@ -5,8 +5,31 @@
 //! Errors cross the wire and reach exit codes as errno values (`ErrorCode::for_errno`),
 //! so on Windows a system error is translated to the errno the C runtime would give it.
 
+use std::borrow::Cow;
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
+use std::path::PathBuf;
+
+/// Wire bytes (a name or relative path) as a name or path of this OS: on Unix the bytes
+/// themselves; on Windows bytes that are not UTF-8 are replaced (U+FFFD), and Windows
+/// takes `/` as a separator.
+pub fn os_name(bytes: &[u8]) -> Cow<'_, OsStr> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        Cow::Borrowed(OsStr::from_bytes(bytes))
+    }
+    #[cfg(windows)]
+    {
+        Cow::Owned(String::from_utf8_lossy(bytes).into_owned().into())
+    }
+}
+
+/// [`os_name`] as an owned path.
+pub fn path_of(bytes: &[u8]) -> PathBuf {
+    PathBuf::from(os_name(bytes).into_owned())
+}
 
 /// The text of `errno` ("No space left on device").
 pub fn errno_text(errno: i32) -> String {

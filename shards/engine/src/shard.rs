@@ -1,9 +1,8 @@
 //! What one shard does: work its ranges, report to owners, finalize and commit owned files.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,8 +12,9 @@ use async_lock::Semaphore;
 use tpc_core::assembly::{Assembly, Completed};
 use tpc_core::limits::{CHUNK_SIZE_BYTES, RANGES_IN_FLIGHT_PER_SHARD};
 use tpc_core::plan::{owner, range_shard};
-use tpc_core::{ChunkHash, ChunkPlan, CommitBatcher, FileId, RangeSpan, ShardId};
+use tpc_core::{ChunkHash, ChunkPlan, CommitBatcher, FileId, RangeSpan, RelPath, ShardId};
 
+use crate::confine::{Access, ConfineError, Dir};
 use crate::mesh::{MeshPeer, Senders};
 use crate::rt::{self, File, ReadBuf};
 use crate::{
@@ -39,6 +39,8 @@ pub(crate) enum ShardMsg {
 struct Shard {
     id: usize,
     job: Arc<JobSpec>,
+    /// Files whose temporary could not be created before the shards started.
+    prepared: Arc<HashMap<FileId, FileError>>,
     progress: Arc<Progress>,
     assembly: RefCell<Assembly<FileError>>,
     completed: Sender<Completed<FileError>>,
@@ -47,6 +49,7 @@ struct Shard {
 pub(crate) async fn run(
     id: usize,
     job: Arc<JobSpec>,
+    prepared: Arc<HashMap<FileId, FileError>>,
     mesh: MeshPeer<ShardMsg>,
     progress: Arc<Progress>,
 ) -> (ShardReport, Finished) {
@@ -61,6 +64,7 @@ pub(crate) async fn run(
     let shard = Rc::new(Shard {
         id,
         job: job.clone(),
+        prepared,
         progress,
         assembly: RefCell::new(Assembly::new()),
         completed: completed_tx,
@@ -182,7 +186,7 @@ impl Shard {
         spans: &[RangeSpan],
     ) {
         let file = self.file(file_id);
-        let (src, dst) = match self.open_pair(file).await {
+        let (src, dst) = match self.open_pair(file_id, file).await {
             Ok(pair) => pair,
             Err(error) => {
                 for span in spans {
@@ -199,6 +203,13 @@ impl Shard {
                 Some(error) => Err(error.clone()),
                 None => self.work_span(&plan, &src, dst.as_ref(), span).await,
             };
+            // What was read must be one version of the source: its size and mtime as
+            // listed, after the reads too (an edit that keeps the size moves the mtime).
+            if result.is_ok() {
+                if let Err(e) = src.with_std(|f| source_unchanged(f, file)) {
+                    result = Err(e);
+                }
+            }
             // A file that is one range is complete now, and its owner is this shard (range
             // 0 always is): set mode and times through this file before the report lets the
             // finalizer rename it, instead of opening it again there.
@@ -220,18 +231,42 @@ impl Shard {
         }
     }
 
-    async fn open_pair(&self, file: &JobFile) -> Result<(File, Option<File>), FileError> {
-        let src = File::open(&file.src)
-            .await
-            .map_err(|e| file_error(Stage::Read, &e))?;
+    /// Opens the source (checked against what was listed) and, for a copy, the
+    /// temporary file, both beneath their held roots. A file of one range is this
+    /// shard's alone: it creates the temporary (`O_EXCL`). A file of several ranges had
+    /// its temporary created before the shards started (`run_job`): every shard opens
+    /// that one, and never creates another in its place.
+    async fn open_pair(
+        &self,
+        file_id: FileId,
+        file: &JobFile,
+    ) -> Result<(File, Option<File>), FileError> {
+        let root = &self.job.roots[file.src.root];
+        let src = root
+            .open(&file.src.rel, Access::Read)
+            .map_err(|e| confine_error(Stage::Read, &e))?;
+        source_unchanged(&src, file)?;
+        let src = File::from_std(src);
         let Some(meta) = &file.dst else {
             return Ok((src, None));
         };
-        // Every shard opens the temporary file creating it but never truncating, so the shards
-        // writing ranges of one file need no ordering among themselves.
-        let dst = File::open_write(&meta.tmp, 0o600)
-            .await
-            .map_err(|e| file_error(Stage::Write, &e))?;
+        if let Some(error) = self.prepared.get(&file_id) {
+            return Err(error.clone());
+        }
+        let root = &self.job.roots[meta.root];
+        let access = if ChunkPlan::new(file.size_bytes)
+            .expect("checked")
+            .range_count()
+            > 1
+        {
+            Access::Write
+        } else {
+            Access::CreateNew { mode: 0o600 }
+        };
+        let dst = root
+            .open(&meta.tmp, access)
+            .map_err(|e| confine_error(Stage::Write, &e))?;
+        let dst = File::from_std(dst);
         if file.size_bytes > CHUNK_SIZE_BYTES {
             // Allocating a large file's blocks in one call spares the filesystem an
             // allocation per write, and a full disk is found before any data moves.
@@ -344,7 +379,7 @@ async fn finalize_loop(
                 failure: error,
             } => {
                 if let Some(dst) = &shard.file(file).dst {
-                    let _ = std::fs::remove_file(&dst.tmp);
+                    let _ = shard.job.roots[dst.root].remove_file(&dst.tmp);
                 }
                 finished.push((file, FileOutcome::Failed(error)));
             }
@@ -357,9 +392,9 @@ async fn finalize_loop(
                 let plan = ChunkPlan::new(f.size_bytes).expect("checked");
                 if plan.range_count() > 1 {
                     // Several shards wrote it; they have all closed their files by now.
-                    if let Err(e) = apply_metadata_by_path(&dst.tmp, dst, shard.durable()) {
-                        let _ = std::fs::remove_file(&dst.tmp);
-                        finished.push((file, FileOutcome::Failed(file_error(Stage::Write, &e))));
+                    if let Err(e) = apply_metadata_beneath(&shard.job, dst, shard.durable()) {
+                        let _ = shard.job.roots[dst.root].remove_file(&dst.tmp);
+                        finished.push((file, FileOutcome::Failed(e)));
                         continue;
                     }
                 }
@@ -384,6 +419,11 @@ async fn finalize_loop(
 
 /// Makes a batch of written files durable, renames them into place, syncs their
 /// directories. Returns how many were committed.
+///
+/// Every directory of the batch is held open once, beneath the destination root: the
+/// renames happen in directories resolved without symlinks. Durability covers every
+/// filesystem the batch touched: one syncfs per device among those directories (a
+/// filesystem mounted below the root is synced too), before any file is renamed.
 async fn commit(
     shard: &Shard,
     batch: &mut Vec<(FileId, tpc_core::FileDigest)>,
@@ -394,50 +434,71 @@ async fn commit(
     }
     let durable = shard.job.durability == Durability::Batch;
     let dst_of = |file: FileId| shard.file(file).dst.as_ref().expect("copy job");
-    if durable {
-        // One syncfs makes every file of the batch durable with one journal commit,
-        // instead of one fsync per file. It blocks, so it runs off the executor thread.
-        let tmps: Vec<_> = batch.iter().map(|(f, _)| dst_of(*f).tmp.clone()).collect();
-        if let Err(e) = run_blocking(move || sync_batch(&tmps)).await {
-            for (file, _) in batch.drain(..) {
-                let _ = std::fs::remove_file(&dst_of(file).tmp);
-                finished.push((file, FileOutcome::Failed(file_error(Stage::Commit, &e))));
+    let mut by_dir: BTreeMap<(usize, RelPath), Vec<(FileId, tpc_core::FileDigest)>> =
+        BTreeMap::new();
+    for (file, digest) in batch.drain(..) {
+        let dst = dst_of(file);
+        let parent = dst.path.parent().unwrap_or_else(RelPath::root);
+        by_dir
+            .entry((dst.root, parent))
+            .or_default()
+            .push((file, digest));
+    }
+    let fail = |finished: &mut Finished, file: FileId, error: FileError| {
+        let dst = dst_of(file);
+        let _ = shard.job.roots[dst.root].remove_file(&dst.tmp);
+        finished.push((file, FileOutcome::Failed(error)));
+    };
+    let mut held: Vec<(Dir, Vec<(FileId, tpc_core::FileDigest)>)> = Vec::new();
+    for ((root, parent), files) in by_dir {
+        match shard.job.roots[root].dir(&parent) {
+            Ok(dir) => held.push((dir, files)),
+            Err(e) => {
+                let error = confine_error(Stage::Commit, &e);
+                for (file, _) in files {
+                    fail(finished, file, error.clone());
+                }
+            }
+        }
+    }
+    if durable && !held.is_empty() {
+        // One syncfs per filesystem makes every file of the batch durable with one
+        // journal commit each, instead of one fsync per file. It blocks, so it runs off
+        // the executor thread (the held directories go with it, and come back).
+        let (back, synced) = rt::spawn_blocking(move || {
+            let synced = crate::confine::sync_filesystems(held.iter().map(|(dir, _)| dir))
+                .map_err(|e| confine_error(Stage::Commit, &e));
+            (held, synced)
+        })
+        .await;
+        held = back;
+        if let Err(error) = synced {
+            for (_, files) in held {
+                for (file, _) in files {
+                    fail(finished, file, error.clone());
+                }
             }
             return 0;
         }
     }
-    let mut dirs = BTreeSet::new();
     let mut committed = 0;
-    for (file, digest) in batch.drain(..) {
-        let dst = dst_of(file);
-        match std::fs::rename(&dst.tmp, &dst.path) {
-            Ok(()) => {
-                if durable {
-                    // `Path::parent` of a bare name is "", which names no directory.
-                    let parent = match dst.path.parent() {
-                        Some(p) if !p.as_os_str().is_empty() => p,
-                        _ => Path::new("."),
-                    };
-                    dirs.insert(parent.to_path_buf());
+    let mut renamed = Vec::with_capacity(held.len());
+    for (dir, files) in held {
+        for (file, digest) in files {
+            let dst = dst_of(file);
+            match dir.rename(&dst.tmp, &dst.path) {
+                Ok(()) => {
+                    committed += 1;
+                    finished.push((file, FileOutcome::Done(digest)));
                 }
-                committed += 1;
-                finished.push((file, FileOutcome::Done(digest)));
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(&dst.tmp);
-                finished.push((file, FileOutcome::Failed(file_error(Stage::Commit, &e))));
+                Err(e) => fail(finished, file, confine_error(Stage::Commit, &e)),
             }
         }
+        renamed.push(dir);
     }
-    if durable && !dirs.is_empty() {
+    if durable && committed > 0 {
         // The renames themselves become durable when their directories are synced.
-        let result = run_blocking(move || {
-            for dir in dirs {
-                crate::os::sync_dir(&dir)?;
-            }
-            Ok(())
-        })
-        .await;
+        let result = rt::spawn_blocking(move || renamed.iter().try_for_each(Dir::sync)).await;
         if let Err(e) = result {
             // The files are in place and complete; only their durability is in doubt.
             eprintln!("tpc-xfer: warning: syncing directories failed: {e}");
@@ -446,26 +507,38 @@ async fn commit(
     committed
 }
 
-async fn run_blocking<F>(f: F) -> io::Result<()>
-where
-    F: FnOnce() -> io::Result<()> + Send + 'static,
-{
-    rt::spawn_blocking(f).await
-}
-
-/// Makes the files at `paths` durable: one syncfs of their filesystem on Linux (they
-/// share it: one destination). Elsewhere each was synced through its own handle when its
-/// metadata was applied (`apply_metadata`); what is left is their directory, as a
-/// barrier before the renames.
-fn sync_batch(paths: &[std::path::PathBuf]) -> io::Result<()> {
-    let Some(first) = paths.first() else {
+/// Fails a source that is no longer what was listed: another file (swapped in since the
+/// walk), or another version (size or mtime moved).
+fn source_unchanged(src: &std::fs::File, file: &JobFile) -> Result<(), FileError> {
+    let Some(listed) = file.listed else {
         return Ok(());
     };
-    if cfg!(target_os = "linux") {
-        return crate::confine::sync_filesystem_of(first);
+    let st = crate::confine::fstat(src).map_err(|errno| FileError {
+        stage: Stage::Read,
+        errno: Some(errno),
+        message: crate::os::errno_text(errno),
+    })?;
+    let same_file = listed.inode == (0, 0) || st.inode == listed.inode;
+    if same_file && st.size_bytes == file.size_bytes && st.mtime == listed.mtime {
+        return Ok(());
     }
-    let dir = first.parent().filter(|p| !p.as_os_str().is_empty());
-    crate::confine::sync_filesystem_of(dir.unwrap_or(Path::new(".")))
+    Err(FileError {
+        stage: Stage::Read,
+        errno: None,
+        message: if same_file {
+            "the file changed while it was being copied".into()
+        } else {
+            "the file was replaced after it was listed".into()
+        },
+    })
+}
+
+pub(crate) fn confine_error(stage: Stage, e: &ConfineError) -> FileError {
+    FileError {
+        stage,
+        errno: e.errno(),
+        message: e.to_string(),
+    }
 }
 
 /// Reads exactly `len` bytes at `offset`: the bytes of one chunk.
@@ -552,11 +625,15 @@ fn apply_metadata(file: &std::fs::File, meta: &Destination, durable: bool) -> io
     Ok(())
 }
 
-fn apply_metadata_by_path(tmp: &Path, meta: &Destination, durable: bool) -> io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true);
-    // O_NOFOLLOW so a symlink swapped in is never followed.
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
-    apply_metadata(&options.open(tmp)?, meta, durable)
+/// Applies metadata to a temporary that several shards wrote (all closed by now),
+/// opened again beneath its root.
+fn apply_metadata_beneath(
+    job: &JobSpec,
+    meta: &Destination,
+    durable: bool,
+) -> Result<(), FileError> {
+    let file = job.roots[meta.root]
+        .open(&meta.tmp, Access::Write)
+        .map_err(|e| confine_error(Stage::Write, &e))?;
+    apply_metadata(&file, meta, durable).map_err(|e| file_error(Stage::Write, &e))
 }

@@ -132,6 +132,9 @@ pub enum FileKind {
 pub struct Stat {
     pub kind: FileKind,
     pub size_bytes: u64,
+    /// (device, inode): which filesystem, and which file on it. (0, 0) on Windows,
+    /// where nothing here needs them.
+    pub inode: (u64, u64),
     /// Permission bits, `st_mode & 0o7777` (on Windows, `os::windows_mode`).
     pub mode: u32,
     /// (seconds, nanoseconds)
@@ -164,6 +167,21 @@ impl Dir {
             Err(ReadNamesError::Errno(errno)) => Err(io_error("read directory", self.rel(), errno)),
         }
     }
+}
+
+/// Makes everything written to the filesystems `dirs` are on durable: one syncfs per
+/// device among them, so a filesystem mounted below a root is synced as well as the
+/// root's own. Off Linux, where there is no syncfs (files are synced through their own
+/// handles there), each directory is flushed.
+pub fn sync_filesystems<'a>(dirs: impl IntoIterator<Item = &'a Dir>) -> Result<(), ConfineError> {
+    let mut devices = std::collections::BTreeSet::new();
+    for dir in dirs {
+        let device = dir.stat()?.inode.0;
+        if devices.insert(device) || !cfg!(target_os = "linux") {
+            dir.syncfs()?;
+        }
+    }
+    Ok(())
 }
 
 impl Root {
@@ -236,6 +254,11 @@ impl Root {
             names.sort_unstable();
             let mut subdirs = Vec::new();
             for name in &names {
+                // Temporaries and run locks (ours or another run's) are never listed: a
+                // peer cannot pull, or learn the name of, a transfer in flight.
+                if tpc_core::temp::parse(name).is_some() {
+                    continue;
+                }
                 if entries.len() + errors.len() >= entries_max {
                     return Err(too_many());
                 }

@@ -261,6 +261,45 @@ impl Root {
             .map_err(|e| io_error("set metadata of", rel, os::errno_or_eio(&e)))
     }
 
+    /// Sets the times of the root directory itself (its mode is left alone).
+    pub fn set_root_times(&self, atime: (i64, u32), mtime: (i64, u32)) -> Result<(), ConfineError> {
+        let times = [crate::os::timespec(atime), crate::os::timespec(mtime)];
+        // SAFETY: valid fd and a two-element timespec array.
+        let r = unsafe { libc::futimens(self.dir.as_raw_fd(), times.as_ptr()) };
+        cvt(r)
+            .map(drop)
+            .map_err(|errno| io_error("set times of", &RelPath::root(), errno))
+    }
+
+    /// Sets only the permission bits of directory `rel` (to unlock a read-only
+    /// directory for the run), through an fd opened beneath the root.
+    pub fn set_dir_mode(&self, rel: &RelPath, mode: u32) -> Result<(), ConfineError> {
+        const OP: &str = "set mode of";
+        let dir = self.open_dir_with(OP, rel, libc::O_RDONLY)?;
+        // SAFETY: valid fd.
+        let r = unsafe { libc::fchmod(dir.as_raw_fd(), (mode & 0o7777) as libc::mode_t) };
+        cvt(r).map(drop).map_err(|errno| io_error(OP, rel, errno))
+    }
+
+    /// Makes `to` a new hard link of the file `from` (never of a symlink's target: no
+    /// `AT_SYMLINK_FOLLOW`); `to` must not exist.
+    pub fn hard_link(&self, from: &RelPath, to: &RelPath) -> Result<(), ConfineError> {
+        const OP: &str = "link";
+        let (from_dir, from_name) = self.parent_of(OP, from)?;
+        let (to_dir, to_name) = self.parent_of(OP, to)?;
+        // SAFETY: valid fds and C strings.
+        let r = unsafe {
+            libc::linkat(
+                from_dir.as_fd().as_raw_fd(),
+                from_name.as_ptr(),
+                to_dir.as_fd().as_raw_fd(),
+                to_name.as_ptr(),
+                0,
+            )
+        };
+        cvt(r).map(drop).map_err(|errno| at_error(OP, to, errno))
+    }
+
     /// Makes directory `rel`'s entries (names created, renamed, removed) durable.
     pub fn fsync_dir(&self, rel: &RelPath) -> Result<(), ConfineError> {
         let fd = self.open_dir_with("sync", rel, libc::O_RDONLY)?;
@@ -372,6 +411,22 @@ impl Dir {
     /// Makes this directory's entries (names created, renamed, removed) durable.
     pub fn sync(&self) -> Result<(), ConfineError> {
         sync_dir(self.fd.as_fd(), &self.rel)
+    }
+
+    /// Metadata of this directory itself.
+    pub fn stat(&self) -> Result<Stat, ConfineError> {
+        fstat_fd(self.fd.as_fd()).map_err(|errno| io_error("stat", &self.rel, errno))
+    }
+
+    /// Makes everything written to this directory's filesystem durable, as
+    /// [`Root::syncfs`] does for the root's.
+    pub fn syncfs(&self) -> Result<(), ConfineError> {
+        #[cfg(target_os = "linux")]
+        // SAFETY: valid fd.
+        let r = cvt(unsafe { libc::syncfs(self.fd.as_raw_fd()) }).map(drop);
+        #[cfg(not(target_os = "linux"))]
+        let r = sync_fd(self.fd.as_fd()).map_err(|e| os::errno_or_eio(&e));
+        r.map_err(|errno| io_error("sync filesystem of", &self.rel, errno))
     }
 
     /// Appends the names in this directory (without `.` and `..`) to `names`, at most
@@ -717,6 +772,7 @@ fn stat_of(st: &libc::stat) -> Stat {
     Stat {
         kind,
         size_bytes: st.st_size as u64,
+        inode: (st.st_dev as u64, st.st_ino as u64),
         mode: (st.st_mode & 0o7777) as u32,
         atime: (st.st_atime as i64, st.st_atime_nsec as u32),
         mtime: (st.st_mtime as i64, st.st_mtime_nsec as u32),

@@ -286,6 +286,29 @@ impl Root {
         .map_err(|e| io_error(OP, rel, os::errno_or_eio(&e)))
     }
 
+    /// Sets the times of the root directory itself.
+    pub fn set_root_times(&self, atime: (i64, u32), mtime: (i64, u32)) -> Result<(), ConfineError> {
+        let root = RelPath::root();
+        let mode = self.lstat(&root)?.map_or(0o755, |st| st.mode);
+        self.set_dir_meta(&root, mode, atime, mtime)
+    }
+
+    /// Windows directories have no permission bits to unlock (see `set_dir_meta`).
+    pub fn set_dir_mode(&self, rel: &RelPath, _mode: u32) -> Result<(), ConfineError> {
+        self.walk_dirs("set mode of", rel).map(drop)
+    }
+
+    /// Makes `to` a new hard link of the file `from`; `to` must not exist.
+    pub fn hard_link(&self, from: &RelPath, to: &RelPath) -> Result<(), ConfineError> {
+        const OP: &str = "link";
+        let (from_dir, from_name) = self.parent_of(OP, from)?;
+        let (to_dir, to_name) = self.parent_of(OP, to)?;
+        from_dir
+            .get(&self.dir)
+            .hard_link(from_name, to_dir.get(&self.dir), to_name)
+            .map_err(|e| at_error(OP, to, os::errno_or_eio(&e)))
+    }
+
     /// Makes directory `rel`'s entries durable (see [`Dir::sync`]).
     pub fn fsync_dir(&self, rel: &RelPath) -> Result<(), ConfineError> {
         self.dir(rel)?.sync()
@@ -387,6 +410,19 @@ impl Dir {
     /// Makes this directory's entries durable: FlushFileBuffers on its handle.
     pub fn sync(&self) -> Result<(), ConfineError> {
         sync_dir(&self.dir, &self.rel)
+    }
+
+    /// Metadata of this directory itself.
+    pub fn stat(&self) -> Result<Stat, ConfineError> {
+        self.dir
+            .dir_metadata()
+            .map(|md| stat_of(&md))
+            .map_err(|e| io_error("stat", &self.rel, os::errno_or_eio(&e)))
+    }
+
+    /// As [`Root::syncfs`]: Windows has no syncfs, so this flushes this directory.
+    pub fn syncfs(&self) -> Result<(), ConfineError> {
+        self.sync()
     }
 
     /// Appends the names in this directory to `names`, at most `names_max`, as WTF-8
@@ -561,6 +597,7 @@ fn stat_of(md: &cap_std::fs::Metadata) -> Stat {
     Stat {
         kind,
         size_bytes: md.len(),
+        inode: (0, 0),
         mode,
         atime: time(md.accessed()),
         mtime: time(md.modified()),
