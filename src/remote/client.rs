@@ -27,11 +27,11 @@ use tpc_core::plan::{owner, range_shard};
 use tpc_core::relpath::RelPath;
 use tpc_core::window::{streams_in_flight, STREAMS_IN_FLIGHT_MIN};
 use tpc_core::wire::{
-    entry_frames, run_bytes, DestKind, Entry, ErrorCode, Frame, ManifestBudget, NeedItem, Op, Run,
-    WireKind, ITEMS_PER_FRAME_MAX, PROTOCOL_VERSION, STREAM_CHUNKS_MAX,
+    entry_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, NeedItem, Op, Run, WireKind,
+    ITEMS_PER_FRAME_MAX, PROTOCOL_VERSION, STREAM_CHUNKS_MAX,
 };
-use tpc_core::ChunkHash;
 use tpc_core::EntryKind;
+use tpc_core::{ChunkHash, ChunkPlan};
 use tpc_engine::confine::{Access, Root};
 use tpc_engine::mesh::{MeshPeer, Receivers, Senders};
 use tpc_engine::quic::{bind_socket, udp_payload_max_towards, Connection, Endpoint, QuicError};
@@ -640,7 +640,7 @@ fn claim(
     let bytes = work
         .files
         .get(run.file as usize)
-        .and_then(|f| run_bytes(f.size, run.first, run.count))
+        .and_then(|f| ChunkPlan::new(f.size).ok()?.run(run.first, run.count))
         .map_or(0, |(_, n)| n);
     if !fits(claimed.get(), bytes, budget) {
         return None;
@@ -1069,9 +1069,9 @@ fn check_need(
             format!("receiver asked for entry {} which is not a file", n.file),
         ));
     };
-    let chunks = f.size.div_ceil(CHUNK_SIZE_BYTES).max(1);
+    let chunks = ChunkPlan::new(f.size).map_or(0, |p| p.chunk_count());
     let end = u64::from(n.chunk_first) + u64::from(n.chunk_count);
-    if n.chunk_count == 0 || end > chunks {
+    if n.chunk_count == 0 || end > u64::from(chunks) {
         return Err((
             Exit::Protocol,
             format!(

@@ -15,8 +15,8 @@ use tpc_core::codec::{
 use tpc_core::limits::CHUNK_SIZE_BYTES;
 use tpc_core::relpath::RelPath;
 use tpc_core::window::STREAMS_IN_FLIGHT_MIN;
-use tpc_core::wire::{run_bytes, ErrorCode, Run};
-use tpc_core::ChunkHash;
+use tpc_core::wire::{ErrorCode, Run};
+use tpc_core::{ChunkHash, ChunkPlan};
 use tpc_engine::confine::{Access, Root};
 use tpc_engine::direct::{self, aligned_buf, AlignedBuf, DirectFile, DirectReader, DIRECT_ALIGN};
 use tpc_engine::os;
@@ -62,21 +62,24 @@ fn local_failure(what: &str, e: impl std::fmt::Display, errno: Option<i32>) -> D
 }
 
 /// The chunks of run `first .. first + count` of a file of `size` bytes, as (offset,
-/// length), and the run's length. An empty file is one empty chunk: its hash still travels.
+/// length), and the run's length, by the one chunk geometry (`ChunkPlan`).
 fn chunk_spans(
     size: u64,
     first: u32,
     count: u32,
 ) -> Result<(impl Iterator<Item = (u64, usize)>, u64), DataError> {
-    let (start, len) = run_bytes(size, first, count).ok_or_else(|| {
+    let outside = || {
         DataError::Local(Failure::new(
             ErrorCode::Protocol,
             "chunk run outside the file",
         ))
-    })?;
-    let spans = (0..len.div_ceil(CHUNK_SIZE_BYTES).max(1)).map(move |i| {
-        let pos = start + i * CHUNK_SIZE_BYTES;
-        (pos, (start + len - pos).min(CHUNK_SIZE_BYTES) as usize)
+    };
+    let plan = ChunkPlan::new(size).map_err(|_| outside())?;
+    let (_, len) = plan.run(first, count).ok_or_else(outside)?;
+    // A chunk is at most CHUNK_SIZE_BYTES: its length fits usize.
+    let spans = (first..first + count).map(move |i| {
+        let (offset, n) = plan.chunk(i);
+        (offset, n as usize)
     });
     Ok((spans, len))
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tpc_core::limits::CHUNK_SIZE_BYTES;
 use tpc_core::relpath::RelPath;
 use tpc_core::wire::{Entry, ErrorCode, NeedItem, WireKind, NEED_HAVE_HASHES_MAX};
-use tpc_core::ChunkHash;
+use tpc_core::{ChunkHash, ChunkPlan};
 use tpc_engine::confine::{
     set_file_meta, sync_file, sync_filesystems, Access, ConfineError, Dir, FileKind, Root,
 };
@@ -251,8 +251,8 @@ impl Receiver {
         for entry in entries {
             let full = full_path(&self.base, &entry.path)?;
             if entry.kind == WireKind::File && !entry.hashes.is_empty() {
-                let chunks = entry.size.div_ceil(CHUNK_SIZE_BYTES).max(1);
-                if entry.hashes.len() as u64 != chunks {
+                let chunks = ChunkPlan::new(entry.size).map_or(0, |p| p.chunk_count());
+                if entry.hashes.len() as u64 != u64::from(chunks) {
                     return Err(Failure::new(
                         ErrorCode::Protocol,
                         format!("{} hashes for {chunks} chunks", entry.hashes.len()),
@@ -448,7 +448,7 @@ impl Receiver {
             _ => Vec::new(),
         };
         let p = &self.planned[i];
-        let chunks = p.entry.size.div_ceil(CHUNK_SIZE_BYTES).max(1);
+        let chunks = ChunkPlan::new(p.entry.size).map_or(0, |p| p.chunk_count());
         if lazy {
             let file = LazyFile {
                 full: p.full.clone(),
@@ -463,10 +463,7 @@ impl Receiver {
                 .insert(i as u32, file);
         }
         self.planned[i].state = FileState::Receiving;
-        Ok(Some((
-            u32::try_from(chunks).expect("FILE_CHUNKS_MAX fits u32"),
-            have,
-        )))
+        Ok(Some((chunks, have)))
     }
 
     /// Removes temporary files in `dir` left by runs that are over (`tpc_engine::temp`).

@@ -12,10 +12,14 @@ pub struct ShardId(pub u16);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FileId(pub u32);
 
-/// How one file of `size_bytes` is cut into chunks and ranges.
+/// How one file of `size_bytes` is cut into chunks, runs and ranges: the one chunk
+/// geometry of the local copy, the wire (runs of chunks a receiver asks for) and the
+/// data streams.
 ///
-/// Every file has at least one range, even an empty one: the owner still has to create,
-/// commit and time-stamp it, and an empty range is how that work is scheduled.
+/// Every file has at least one chunk, even an empty one (one empty chunk, whose hash
+/// still travels and stands for the empty content), and so at least one range: the owner
+/// still has to create, commit and time-stamp it, and that range is how the work is
+/// scheduled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkPlan {
     size_bytes: u64,
@@ -48,13 +52,33 @@ impl ChunkPlan {
         self.size_bytes
     }
 
+    /// Chunks in the file, at least one.
     pub fn chunk_count(&self) -> u32 {
         // Bounded by FILE_SIZE_BYTES_MAX / CHUNK_SIZE_BYTES, which fits in u32.
-        self.size_bytes.div_ceil(CHUNK_SIZE_BYTES) as u32
+        self.size_bytes.div_ceil(CHUNK_SIZE_BYTES).max(1) as u32
     }
 
     pub fn range_count(&self) -> u32 {
-        (self.chunk_count() as u64).div_ceil(RANGE_CHUNKS).max(1) as u32
+        (self.chunk_count() as u64).div_ceil(RANGE_CHUNKS) as u32
+    }
+
+    /// Offset and length in bytes of the run of `count` chunks from chunk `first`; `None`
+    /// if the run is empty or does not lie inside the file (a peer's request checked).
+    pub fn run(&self, first: u32, count: u32) -> Option<(u64, u64)> {
+        let end_chunk = u64::from(first) + u64::from(count);
+        if count == 0 || end_chunk > u64::from(self.chunk_count()) {
+            return None;
+        }
+        let start = u64::from(first) * CHUNK_SIZE_BYTES;
+        let end = (end_chunk * CHUNK_SIZE_BYTES).min(self.size_bytes);
+        Some((start, end - start))
+    }
+
+    /// Offset and length of each chunk of the run `first .. first + count`, which must
+    /// lie inside the file (see [`ChunkPlan::run`]).
+    pub fn run_chunks(&self, first: u32, count: u32) -> impl Iterator<Item = (u64, u64)> + '_ {
+        assert!(self.run(first, count).is_some(), "run outside the plan");
+        (first..first + count).map(|i| self.chunk(i))
     }
 
     /// Offset and length of chunk `index`.
@@ -117,12 +141,27 @@ mod tests {
     use crate::limits::RANGE_SIZE_BYTES;
 
     #[test]
-    fn empty_file_has_one_empty_range_and_no_chunks() {
+    fn empty_file_is_one_empty_chunk_in_one_range() {
         let plan = ChunkPlan::new(0).unwrap();
-        assert_eq!(plan.chunk_count(), 0);
+        assert_eq!(plan.chunk_count(), 1);
+        assert_eq!(plan.chunk(0), (0, 0));
         assert_eq!(plan.range_count(), 1);
         let r = plan.range(0);
-        assert_eq!((r.chunk_count, r.len_bytes, r.offset_bytes), (0, 0, 0));
+        assert_eq!((r.chunk_count, r.len_bytes, r.offset_bytes), (1, 0, 0));
+        assert_eq!(plan.run(0, 1), Some((0, 0)));
+    }
+
+    #[test]
+    fn runs_stay_inside_the_file() {
+        let c = CHUNK_SIZE_BYTES;
+        let plan = |size| ChunkPlan::new(size).unwrap();
+        assert_eq!(plan(c + 1).run(1, 1), Some((c, 1)));
+        assert_eq!(plan(c + 1).run(0, 2), Some((0, c + 1)));
+        assert_eq!(plan(c + 1).run(1, 2), None);
+        assert_eq!(plan(c).run(0, 0), None);
+        assert_eq!(plan(FILE_SIZE_BYTES_MAX).run(u32::MAX, u32::MAX), None);
+        let chunks: Vec<_> = plan(2 * c + 5).run_chunks(1, 2).collect();
+        assert_eq!(chunks, [(c, c), (2 * c, 5)]);
     }
 
     #[test]

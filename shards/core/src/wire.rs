@@ -747,21 +747,6 @@ fn stream_chunks(n: u32) -> Result<(), WireError> {
     Ok(())
 }
 
-/// Bytes of the chunks `chunk_first .. chunk_first + chunk_count` of a file of `size`
-/// bytes, or `None` if the run is not inside the file. Both sides use it to know which
-/// chunks, of which plain lengths, follow a `Put` or `Data` header.
-pub fn run_bytes(size: u64, chunk_first: u32, chunk_count: u32) -> Option<(u64, u64)> {
-    let chunk = crate::limits::CHUNK_SIZE_BYTES;
-    let chunks = size.div_ceil(chunk).max(1);
-    let end_chunk = chunk_first as u64 + chunk_count as u64;
-    if chunk_count == 0 || end_chunk > chunks {
-        return None;
-    }
-    let start = chunk_first as u64 * chunk;
-    let end = (end_chunk * chunk).min(size);
-    Some((start, end - start))
-}
-
 struct Writer<'a>(&'a mut Vec<u8>);
 
 impl Writer<'_> {
@@ -1173,19 +1158,5 @@ mod tests {
             Frame::Need(f.to_vec()).encode(&mut buf);
             assert!(buf.len() - FRAME_HEADER_BYTES <= FRAME_BYTES_MAX);
         }
-    }
-
-    #[test]
-    fn run_bytes_stays_inside_the_file() {
-        let c = crate::limits::CHUNK_SIZE_BYTES;
-        assert_eq!(run_bytes(0, 0, 1), Some((0, 0)));
-        assert_eq!(run_bytes(c + 1, 1, 1), Some((c, 1)));
-        assert_eq!(run_bytes(c + 1, 0, 2), Some((0, c + 1)));
-        assert_eq!(run_bytes(c + 1, 1, 2), None);
-        assert_eq!(run_bytes(c, 0, 0), None);
-        assert_eq!(
-            run_bytes(crate::limits::FILE_SIZE_BYTES_MAX, u32::MAX, u32::MAX),
-            None
-        );
     }
 }

@@ -293,6 +293,11 @@ impl Shard {
         let mut unwritten: Option<(u64, Vec<u8>)> = None;
         for chunk in span.first_chunk..span.first_chunk + span.chunk_count {
             let (offset, len) = plan.chunk(chunk);
+            if len == 0 {
+                // An empty file's one chunk: its hash, and nothing to read or write.
+                hashes.push(ChunkHash::of(&[]));
+                continue;
+            }
             let read = read_exact_at(src, offset, len as usize);
             let data = match (unwritten.take(), dst) {
                 (Some((at, bytes)), Some(out)) => {
