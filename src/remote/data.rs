@@ -77,10 +77,7 @@ fn chunk_spans(
     let plan = ChunkPlan::new(size).map_err(|_| outside())?;
     let (_, len) = plan.run(first, count).ok_or_else(outside)?;
     // A chunk is at most CHUNK_SIZE_BYTES: its length fits usize.
-    let spans = (first..first + count).map(move |i| {
-        let (offset, n) = plan.chunk(i);
-        (offset, n as usize)
-    });
+    let spans = (plan.run_chunks(first, count)).map(|(offset, n)| (offset, n as usize));
     Ok((spans, len))
 }
 

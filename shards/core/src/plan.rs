@@ -76,9 +76,9 @@ impl ChunkPlan {
 
     /// Offset and length of each chunk of the run `first .. first + count`, which must
     /// lie inside the file (see [`ChunkPlan::run`]).
-    pub fn run_chunks(&self, first: u32, count: u32) -> impl Iterator<Item = (u64, u64)> + '_ {
+    pub fn run_chunks(self, first: u32, count: u32) -> impl Iterator<Item = (u64, u64)> {
         assert!(self.run(first, count).is_some(), "run outside the plan");
-        (first..first + count).map(|i| self.chunk(i))
+        (first..first + count).map(move |i| self.chunk(i))
     }
 
     /// Offset and length of chunk `index`.
