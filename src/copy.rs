@@ -17,10 +17,10 @@ use std::time::Instant;
 use serde::Serialize;
 use tpc_core::compare::{file_change, file_change_by_digest};
 use tpc_core::limits::FILE_SIZE_BYTES_MAX;
-use tpc_core::temp::{temp_name, RunToken};
+use tpc_core::temp::temp_name;
 use tpc_core::{Change, EntryKind, EntryMeta, FileDigest, RelPath, SkipPolicy};
 use tpc_engine::confine::{self, Access, ConfineError, FileKind};
-use tpc_engine::temp::{RunLock, Sweeper};
+use tpc_engine::temp::{process_token, RunLock, Sweeper};
 use tpc_engine::{
     Beneath, Destination, Driver, Durability, FileOutcome, JobFile, JobSpec, Listed, Progress,
     Stage,
@@ -212,10 +212,7 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
         }
     }
 
-    // The run's lock comes before its first temporary file (`tpc_engine::temp`). A root
-    // that cannot take it (not writable) gets a run without one.
-    let lock = RunLock::acquire(dest_root.clone()).unwrap_or_else(|_| RunLock::unlocked());
-    let mut plan = Plan::new(dest_root.clone(), dest_dir.clone(), lock.token());
+    let mut plan = Plan::new(dest_root.clone(), dest_dir.clone());
     for root in &roots {
         plan_root(root, opts, &mut plan, &mut problems, &mut summary);
     }
@@ -418,6 +415,10 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
         }
     }
 
+    // Every temporary is renamed or removed by now: the run's lock goes before the root's
+    // own mode is set (a read-only root could not lose it after).
+    plan.lock = None;
+
     // Directory modes and times last, deepest first: writing children changes a
     // directory's mtime, and a read-only directory must stay writable until they are in.
     let mut changed_dirs = Vec::new();
@@ -449,14 +450,14 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
         // filesystem they are on covers them all (a filesystem mounted below the
         // destination root as well as the root's own).
         changed_dirs.extend(plan.touched.iter().cloned());
-        if let Err(err) = sync_filesystems_of(&plan.dest, &changed_dirs) {
+        let places = changed_dirs.iter().map(|dir| (dir, None));
+        if let Err(err) = plan.dest.sync_filesystems(places) {
             problems.report(
                 Exit::for_write(err.errno()),
                 format!("cannot make the copy durable: {err}"),
             );
         }
     }
-    drop(lock);
 
     summary.seconds = started.elapsed().as_secs_f64();
     summary.throughput_bytes_per_sec = summary.bytes as f64 / summary.seconds.max(1e-9);
@@ -512,8 +513,9 @@ struct Plan {
     dest: Arc<confine::Root>,
     /// The destination root's path, for messages.
     dest_dir: PathBuf,
-    /// This run's token: every temporary name carries it.
-    token: RunToken,
+    /// This run's lock (`tpc_engine::temp`), taken before its first temporary is made:
+    /// a run that makes none leaves the root untouched.
+    lock: Option<RunLock>,
     /// Temporary names made so far: the next one's number.
     temps: u64,
     sweeper: Sweeper,
@@ -531,12 +533,12 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(dest: Arc<confine::Root>, dest_dir: PathBuf, token: RunToken) -> Plan {
+    fn new(dest: Arc<confine::Root>, dest_dir: PathBuf) -> Plan {
         Plan {
-            sweeper: Sweeper::new(token, &dest_dir),
+            sweeper: Sweeper::new(process_token(), dest.clone(), &dest_dir),
             dest,
             dest_dir,
-            token,
+            lock: None,
             temps: 0,
             job: Vec::new(),
             need_digests: Vec::new(),
@@ -555,8 +557,16 @@ impl Plan {
 
     /// A new temporary name beside `dst`; `kind` tells files, links and hard links apart.
     fn temp(&mut self, dst: &RelPath, kind: &str) -> RelPath {
+        if self.lock.is_none() {
+            // A root that cannot take it (not writable) gets a run without one. The
+            // lock leaves the root's times as they were, but the final pass sets a
+            // copied root's anyway.
+            let lock = RunLock::acquire(self.dest.clone()).unwrap_or_else(|_| RunLock::unlocked());
+            self.lock = Some(lock);
+            self.touched.insert(RelPath::root());
+        }
         self.temps += 1;
-        let name = temp_name(self.token, &format!("{kind}{}", self.temps));
+        let name = temp_name(process_token(), &format!("{kind}{}", self.temps));
         dst.parent()
             .unwrap_or_else(RelPath::root)
             .join(&name)
@@ -975,9 +985,19 @@ fn make_hard_link(
     let first_stat = dest
         .lstat(first)?
         .ok_or_else(|| ConfineError::NotFound { rel: first.clone() })?;
-    let other_stat = dest.lstat(other)?;
-    // (0, 0): the platform does not say (Windows), so link again.
-    if first_stat.inode != (0, 0) && other_stat.is_some_and(|o| o.inode == first_stat.inode) {
+    let same = match dest.lstat(other)? {
+        None => false,
+        Some(o) if first_stat.inode != (0, 0) => o.inode == first_stat.inode,
+        // Windows reports no inode in a stat here: ask the open files.
+        Some(_) => match (
+            dest.open(first, Access::Metadata),
+            dest.open(other, Access::Metadata),
+        ) {
+            (Ok(a), Ok(b)) => tpc_engine::os::same_file(&a, &b).unwrap_or(false),
+            _ => false,
+        },
+    };
+    if same {
         return Ok(false);
     }
     dest.hard_link(first, tmp)?;
@@ -1002,16 +1022,6 @@ fn set_file_metadata(dest: &confine::Root, rel: &RelPath, e: &Entry) -> Result<(
         rel: rel.clone(),
         errno: tpc_engine::os::errno_or_eio(&err),
     })
-}
-
-/// One syncfs for each filesystem the directories `dirs` are on.
-fn sync_filesystems_of(dest: &confine::Root, dirs: &[RelPath]) -> Result<(), ConfineError> {
-    // A directory that is gone or became a symlink has nothing of ours to sync.
-    let mut held: Vec<confine::Dir> = dirs.iter().filter_map(|rel| dest.dir(rel).ok()).collect();
-    if held.is_empty() && !dirs.is_empty() {
-        held.push(dest.dir(&RelPath::root())?);
-    }
-    confine::sync_filesystems(&held)
 }
 
 /// Hashes files on the shards; returns each file's digest or error, in order.

@@ -17,9 +17,7 @@ use tpc_core::limits::CHUNK_SIZE_BYTES;
 use tpc_core::relpath::RelPath;
 use tpc_core::wire::{Entry, ErrorCode, NeedItem, WireKind, NEED_HAVE_HASHES_MAX};
 use tpc_core::{ChunkHash, ChunkPlan};
-use tpc_engine::confine::{
-    set_file_meta, sync_file, sync_filesystems, Access, ConfineError, Dir, FileKind, Root,
-};
+use tpc_engine::confine::{set_file_meta, sync_file, Access, ConfineError, Dir, FileKind, Root};
 use tpc_engine::os;
 use tpc_engine::temp::{process_token, Sweeper, SWEEP_NAMES_MAX};
 
@@ -206,12 +204,13 @@ impl Receiver {
         durable: bool,
         offer_old_hashes: bool,
     ) -> Receiver {
+        let sweeper = Sweeper::new(process_token(), Arc::clone(&root), root_path);
         Receiver {
             offer_old_hashes,
             root,
             base,
             session,
-            sweeper: Sweeper::new(process_token(), root_path),
+            sweeper,
             devices: BTreeMap::new(),
             durable,
             planned: Vec::new(),
@@ -528,8 +527,16 @@ impl Receiver {
             // (written by any shard) is on disk before any of them takes its final name.
             // (Off Linux each file was synced through its own handle, by finish_file or
             // its data stream, and this syncs the directories as a barrier.)
-            let dirs = ready.iter().filter(|(_, g)| !g.is_empty()).map(|(d, _)| d);
-            if let Err(e) = sync_filesystems(dirs) {
+            // Through the first file of each directory where the directory cannot be read.
+            let firsts: Vec<(RelPath, Option<RelPath>)> = (ready.iter())
+                .filter(|(_, g)| !g.is_empty())
+                .map(|(d, g)| {
+                    let p = &self.planned[g[0] as usize];
+                    (d.rel().clone(), temp_path(&p.full, self.session, g[0]).ok())
+                })
+                .collect();
+            let places = firsts.iter().map(|(d, f)| (d, f.as_ref()));
+            if let Err(e) = self.root.sync_filesystems(places) {
                 let f = Failure::confine(&e);
                 for (_, group) in ready.drain(..) {
                     failed.extend(group.into_iter().map(|i| (i, f.clone())));
@@ -665,11 +672,10 @@ impl Receiver {
             }
             // Every filesystem the session's directories are on, the root's and any
             // mounted below it: one directory of each, as planning found them.
-            let held: Vec<Dir> = (self.devices.values())
+            let places = (self.devices.values())
                 .chain(std::iter::once(&self.base))
-                .filter_map(|rel| self.root.dir(rel).ok())
-                .collect();
-            let _ = sync_filesystems(&held);
+                .map(|dir| (dir, None));
+            let _ = self.root.sync_filesystems(places);
         }
         failed
     }

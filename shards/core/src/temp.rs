@@ -6,7 +6,7 @@
 //! namespaces and hosts that share a directory), `tag` names the file within the run, and
 //! `check` is a keyed BLAKE3 of token and tag. Cleanup removes only names whose check
 //! holds, so a user's file is never taken for one of ours unless someone computed that
-//! hash on purpose. A run holds an advisory lock on `.tpcx.<token>.lock` in its
+//! hash on purpose. A run holds an advisory lock on `.tpcx.<token>.<check>.lock` in its
 //! destination root while it has temporaries anywhere beneath; cleanup removes another
 //! run's temporaries only when that lock can be taken or no longer exists
 //! (`tpc_engine::temp` carries this out; docs/ARCHITECTURE.md, "Temporary files").
@@ -53,29 +53,47 @@ pub fn temp_name(token: RunToken, tag: &str) -> Vec<u8> {
     format!("{}{token}.{tag}.{check:08x}.tmp", prefix()).into_bytes()
 }
 
-/// The lock file name of run `token`.
+/// The lock file name of run `token`: `.tpcx.<token>.<check>.lock`, checked as a
+/// temporary's name is (over the tag `lock`).
 pub fn lock_name(token: RunToken) -> Vec<u8> {
-    format!("{}{token}.lock", prefix()).into_bytes()
+    let check = check(token, LOCK_TAG);
+    format!("{}{token}.{check:08x}.lock", prefix()).into_bytes()
 }
+
+/// The tag a lock name's check is computed over.
+const LOCK_TAG: &[u8] = b"lock";
 
 /// Whether `name` is one of our temporaries (with a valid check) or locks, and whose.
 pub fn parse(name: &[u8]) -> Option<Ours> {
     let rest = name.strip_prefix(TEMP_PREFIX)?;
     let (token, rest) = (rest.get(..16)?, rest.get(16..)?);
     let token = RunToken(u64::from_str_radix(std::str::from_utf8(token).ok()?, 16).ok()?);
-    if rest == LOCK_SUFFIX {
-        return Some(Ours::Lock(token));
+    let rest = rest.strip_prefix(b".")?;
+    if let Some(check_hex) = rest.strip_suffix(LOCK_SUFFIX) {
+        let got = parse_check(check_hex)?;
+        return (got == check(token, LOCK_TAG)).then_some(Ours::Lock(token));
     }
-    let rest = rest.strip_prefix(b".")?.strip_suffix(TEMP_SUFFIX)?;
+    let rest = rest.strip_suffix(TEMP_SUFFIX)?;
     // `<tag>.<check:8 hex>`
     let dot = rest.len().checked_sub(9)?;
     let (tag, check_hex) = (&rest[..dot], &rest[dot..]);
     let check_hex = check_hex.strip_prefix(b".")?;
-    if !valid_tag(tag) || check_hex.len() != 8 {
+    if !valid_tag(tag) {
         return None;
     }
-    let got = u32::from_str_radix(std::str::from_utf8(check_hex).ok()?, 16).ok()?;
-    (got == check(token, tag)).then_some(Ours::Temp(token))
+    (parse_check(check_hex)? == check(token, tag)).then_some(Ours::Temp(token))
+}
+
+/// Eight lowercase hex digits.
+fn parse_check(hex: &[u8]) -> Option<u32> {
+    if hex.len() != 8
+        || !hex
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    {
+        return None;
+    }
+    u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
 }
 
 fn prefix() -> &'static str {
@@ -109,6 +127,12 @@ mod tests {
         assert!(name.starts_with(b".tpcx.0123456789abcdef.s1f-42."));
         assert_eq!(parse(&name), Some(Ours::Temp(t)));
         assert_eq!(parse(&lock_name(t)), Some(Ours::Lock(t)));
+        let lock = lock_name(t);
+        for i in 0..lock.len() {
+            let mut bad = lock.clone();
+            bad[i] = if bad[i] == b'0' { b'1' } else { b'0' };
+            assert_eq!(parse(&bad), None, "{}", String::from_utf8_lossy(&bad));
+        }
         // One character off anywhere: not ours.
         for i in 0..name.len() {
             let mut bad = name.clone();
@@ -122,6 +146,8 @@ mod tests {
             b".tpcx.0123456789abcdef.x.tmp",
             b".tpcx.0123456789abcdef..00000000.tmp",
             b".tpcx.0123456789abcdef.lockx",
+            b".tpcx.0123456789abcdef.lock",
+            b".tpcx.0123456789abcdef.00000000.lock",
             b".tpcx.",
             b"",
         ] {

@@ -247,16 +247,27 @@ pub fn run_job(spec: JobSpec, progress: Arc<Progress>) -> Result<JobReport, Engi
     let prepared = Arc::new(create_shared_temporaries(&spec));
     let job = Arc::new(spec);
     let file_count = job.files.len();
+    let shards_job = job.clone();
     let results =
         run_shards::<shard::ShardMsg, _, _, _>(job.driver, job.shard_count, 1024, move |ctx| {
             shard::run(
                 ctx.shard,
-                job.clone(),
+                shards_job.clone(),
                 prepared.clone(),
                 ctx.mesh,
                 progress.clone(),
             )
-        })?;
+        });
+    let results = match results {
+        Ok(results) => results,
+        Err(e) => {
+            // No shard ran: the temporaries made for them go again.
+            for dst in job.files.iter().filter_map(|f| f.dst.as_ref()) {
+                let _ = job.roots[dst.root].remove_file(&dst.tmp);
+            }
+            return Err(e);
+        }
+    };
     let mut outcomes: Vec<Option<FileOutcome>> = vec![None; file_count];
     let mut shards = Vec::with_capacity(results.len());
     for (report, finished) in results {
@@ -292,6 +303,22 @@ fn create_shared_temporaries(spec: &JobSpec) -> std::collections::HashMap<FileId
         }
     }
     failed
+}
+
+/// A commit holds a directory and files open for each batch, a server a connection per
+/// peer shard and files per stream; Linux's default soft limit of 1024 open files is
+/// below what a busy shard can want. Raise the soft limit to the hard one, which needs
+/// no privilege.
+pub fn raise_open_files_limit() {
+    #[cfg(unix)]
+    // SAFETY: getrlimit/setrlimit with a valid, initialised struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 /// glommio registers pinned memory for each ring and fails to start when
@@ -354,6 +381,7 @@ where
     if driver == Driver::Uring {
         raise_memlock_limit();
     }
+    raise_open_files_limit();
     let body = Arc::new(body);
     let gate = Arc::new(StartGate::new(shard_count));
     let mut handles = Vec::with_capacity(shard_count);

@@ -1,6 +1,6 @@
 //! Small OS services that the engine and the CLI need on every platform, each in its
-//! Unix and its Windows form: errno text and translation, whether a process is alive,
-//! positional file I/O, times and permission bits, file identity.
+//! Unix and its Windows form: errno text and translation, positional file I/O, times and
+//! permission bits, file identity.
 //!
 //! Errors cross the wire and reach exit codes as errno values (`ErrorCode::for_errno`),
 //! so on Windows a system error is translated to the errno the C runtime would give it.
@@ -110,41 +110,6 @@ fn windows_errno(e: &io::Error) -> i32 {
         io::ErrorKind::Unsupported => libc::ENOTSUP,
         io::ErrorKind::OutOfMemory => libc::ENOMEM,
         _ => libc::EIO,
-    }
-}
-
-/// Whether process `pid` still exists (one this user may not signal counts as alive):
-/// temporary files of a live process are never removed as stale.
-pub fn pid_alive(pid: u32) -> bool {
-    #[cfg(unix)]
-    {
-        let Ok(pid) = libc::pid_t::try_from(pid) else {
-            return false;
-        };
-        // SAFETY: kill with signal 0 only checks whether the process exists.
-        let alive = unsafe { libc::kill(pid, 0) } == 0;
-        alive || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-    }
-    #[cfg(windows)]
-    {
-        use windows_sys::Win32::Foundation::{CloseHandle, ERROR_ACCESS_DENIED, STILL_ACTIVE};
-        use windows_sys::Win32::System::Threading::{
-            GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
-        };
-        // SAFETY: OpenProcess returns a handle we close, or null.
-        let handle = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
-        if handle.is_null() {
-            return io::Error::last_os_error().raw_os_error() == Some(ERROR_ACCESS_DENIED as i32);
-        }
-        let mut code = 0u32;
-        // SAFETY: a valid process handle and an out parameter.
-        let ok = unsafe { GetExitCodeProcess(handle, &mut code) } != 0;
-        // SAFETY: the handle is ours.
-        unsafe { CloseHandle(handle) };
-        // An exited process keeps its object while handles to it live: its exit code
-        // tells. (A process that exits with code 259 looks alive, and its temporary
-        // files stay until the next run after it.)
-        !ok || code == STILL_ACTIVE as u32
     }
 }
 
@@ -330,76 +295,6 @@ pub fn since_epoch(t: std::time::SystemTime) -> (i64, u32) {
                 (-sec - 1, 1_000_000_000 - nsec)
             }
         }
-    }
-}
-
-/// Sets the times and, with `mode`, the permission bits of `path` itself, never through
-/// a final symlink (a symlink's own times; its mode is not set anywhere).
-pub fn set_path_meta(
-    path: &std::path::Path,
-    mode: Option<u32>,
-    atime: (i64, u32),
-    mtime: (i64, u32),
-) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::ffi::OsStrExt;
-        use std::os::unix::fs::PermissionsExt;
-        if let Some(mode) = mode {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-        }
-        let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-        let times = [timespec(atime), timespec(mtime)];
-        // SAFETY: valid C string and a two-element timespec array.
-        let r = unsafe {
-            libc::utimensat(
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                times.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-    #[cfg(windows)]
-    set_windows_meta(&open_entry(path, true)?, mode, atime, mtime)
-}
-
-/// Opens entry `path` itself (a file, directory or link, never what a link names), to
-/// change its attributes (`write`) or only to identify it.
-#[cfg(windows)]
-fn open_entry(path: &std::path::Path, write: bool) -> io::Result<File> {
-    use std::os::windows::fs::OpenOptionsExt;
-    use windows_sys::Win32::Storage::FileSystem::{
-        FILE_FLAG_BACKUP_SEMANTICS, FILE_FLAG_OPEN_REPARSE_POINT, FILE_READ_ATTRIBUTES,
-        FILE_WRITE_ATTRIBUTES,
-    };
-    let access = if write {
-        FILE_READ_ATTRIBUTES | FILE_WRITE_ATTRIBUTES
-    } else {
-        FILE_READ_ATTRIBUTES
-    };
-    std::fs::OpenOptions::new()
-        .access_mode(access)
-        .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT | FILE_FLAG_BACKUP_SEMANTICS)
-        .open(path)
-}
-
-/// Whether two paths name the same file (one is a hard link of the other); neither is
-/// followed if it is a symlink.
-pub fn same_entry(a: &std::path::Path, b: &std::path::Path) -> io::Result<bool> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        let (a, b) = (std::fs::symlink_metadata(a)?, std::fs::symlink_metadata(b)?);
-        Ok((a.dev(), a.ino()) == (b.dev(), b.ino()))
-    }
-    #[cfg(windows)]
-    {
-        same_file(&open_entry(a, false)?, &open_entry(b, false)?)
     }
 }
 

@@ -14,7 +14,7 @@ use tpc_core::limits::{CHUNK_SIZE_BYTES, RANGES_IN_FLIGHT_PER_SHARD};
 use tpc_core::plan::{owner, range_shard};
 use tpc_core::{ChunkHash, ChunkPlan, CommitBatcher, FileId, RangeSpan, RelPath, ShardId};
 
-use crate::confine::{Access, ConfineError, Dir};
+use crate::confine::{Access, ConfineError, Root};
 use crate::mesh::{MeshPeer, Senders};
 use crate::rt::{self, File, ReadBuf};
 use crate::{
@@ -425,10 +425,12 @@ async fn finalize_loop(
 /// Makes a batch of written files durable, renames them into place, syncs their
 /// directories. Returns how many were committed.
 ///
-/// Every directory of the batch is held open once, beneath the destination root: the
-/// renames happen in directories resolved without symlinks. Durability covers every
-/// filesystem the batch touched: one syncfs per device among those directories (a
-/// filesystem mounted below the root is synced too), before any file is renamed.
+/// Durability covers every filesystem the batch touched: one syncfs per device among
+/// its directories (a filesystem mounted below the root is synced too), before any file
+/// of the batch is renamed. Then each directory is held open in turn, beneath the
+/// destination root, for its renames and its own sync: the renames happen in
+/// directories resolved without symlinks, and a batch of thousands of directories holds
+/// one open at a time. It all blocks, so it runs off the executor thread.
 async fn commit(
     shard: &Shard,
     batch: &mut Vec<(FileId, tpc_core::FileDigest)>,
@@ -438,78 +440,114 @@ async fn commit(
         return 0;
     }
     let durable = shard.job.durability == Durability::Batch;
-    let dst_of = |file: FileId| shard.file(file).dst.as_ref().expect("copy job");
-    let mut by_dir: BTreeMap<(usize, RelPath), Vec<(FileId, tpc_core::FileDigest)>> =
-        BTreeMap::new();
+    let mut groups: BTreeMap<(usize, RelPath), Vec<Renaming>> = BTreeMap::new();
     for (file, digest) in batch.drain(..) {
-        let dst = dst_of(file);
+        let dst = shard.file(file).dst.as_ref().expect("copy job");
         let parent = dst.path.parent().unwrap_or_else(RelPath::root);
-        by_dir
+        groups
             .entry((dst.root, parent))
             .or_default()
-            .push((file, digest));
+            .push(Renaming {
+                file,
+                digest,
+                tmp: dst.tmp.clone(),
+                path: dst.path.clone(),
+            });
     }
-    let fail = |finished: &mut Finished, file: FileId, error: FileError| {
-        let dst = dst_of(file);
-        let _ = shard.job.roots[dst.root].remove_file(&dst.tmp);
-        finished.push((file, FileOutcome::Failed(error)));
-    };
-    let mut held: Vec<(Dir, Vec<(FileId, tpc_core::FileDigest)>)> = Vec::new();
-    for ((root, parent), files) in by_dir {
-        match shard.job.roots[root].dir(&parent) {
-            Ok(dir) => held.push((dir, files)),
-            Err(e) => {
-                let error = confine_error(Stage::Commit, &e);
-                for (file, _) in files {
-                    fail(finished, file, error.clone());
-                }
-            }
-        }
-    }
-    if durable && !held.is_empty() {
-        // One syncfs per filesystem makes every file of the batch durable with one
-        // journal commit each, instead of one fsync per file. It blocks, so it runs off
-        // the executor thread (the held directories go with it, and come back).
-        let (back, synced) = rt::spawn_blocking(move || {
-            let synced = crate::confine::sync_filesystems(held.iter().map(|(dir, _)| dir))
-                .map_err(|e| confine_error(Stage::Commit, &e));
-            (held, synced)
-        })
-        .await;
-        held = back;
-        if let Err(error) = synced {
-            for (_, files) in held {
-                for (file, _) in files {
-                    fail(finished, file, error.clone());
-                }
-            }
-            return 0;
-        }
+    let roots = shard.job.roots.clone();
+    let (outcomes, warning) =
+        rt::spawn_blocking(move || commit_groups(&roots, groups, durable)).await;
+    if let Some(e) = warning {
+        // The files are in place and complete; only their durability is in doubt.
+        eprintln!("tpc-xfer: warning: syncing directories failed: {e}");
     }
     let mut committed = 0;
-    let mut renamed = Vec::with_capacity(held.len());
-    for (dir, files) in held {
-        for (file, digest) in files {
-            let dst = dst_of(file);
-            match dir.rename(&dst.tmp, &dst.path) {
-                Ok(()) => {
-                    committed += 1;
-                    finished.push((file, FileOutcome::Done(digest)));
-                }
-                Err(e) => fail(finished, file, confine_error(Stage::Commit, &e)),
-            }
-        }
-        renamed.push(dir);
-    }
-    if durable && committed > 0 {
-        // The renames themselves become durable when their directories are synced.
-        let result = rt::spawn_blocking(move || renamed.iter().try_for_each(Dir::sync)).await;
-        if let Err(e) = result {
-            // The files are in place and complete; only their durability is in doubt.
-            eprintln!("tpc-xfer: warning: syncing directories failed: {e}");
-        }
+    for (file, outcome) in outcomes {
+        committed += u64::from(matches!(outcome, FileOutcome::Done(_)));
+        finished.push((file, outcome));
     }
     committed
+}
+
+/// One file of a commit batch: its temporary and final names.
+struct Renaming {
+    file: FileId,
+    digest: tpc_core::FileDigest,
+    tmp: RelPath,
+    path: RelPath,
+}
+
+/// The blocking part of [`commit`], by directory (`groups`: root index and directory).
+/// Returns each file's outcome, and a directory sync error to warn about.
+fn commit_groups(
+    roots: &[Arc<Root>],
+    groups: BTreeMap<(usize, RelPath), Vec<Renaming>>,
+    durable: bool,
+) -> (Vec<(FileId, FileOutcome)>, Option<ConfineError>) {
+    let mut outcomes = Vec::new();
+    let fail = |outcomes: &mut Vec<_>, root: &Root, r: &Renaming, error: FileError| {
+        let _ = root.remove_file(&r.tmp);
+        outcomes.push((r.file, FileOutcome::Failed(error)));
+    };
+    if durable {
+        for root in roots.iter().enumerate() {
+            let places = groups
+                .iter()
+                .filter(|((i, _), _)| *i == root.0)
+                .map(|((_, dir), files)| (dir, files.first().map(|r| &r.tmp)));
+            if let Err(e) = root.1.sync_filesystems(places) {
+                let error = confine_error(Stage::Commit, &e);
+                let files = groups.iter().filter(|((i, _), _)| *i == root.0);
+                for r in files.flat_map(|(_, files)| files) {
+                    fail(&mut outcomes, root.1, r, error.clone());
+                }
+                return (outcomes, None);
+            }
+        }
+    }
+    let mut warning = None;
+    for ((root, parent), files) in groups {
+        let root = &roots[root];
+        let dir = match root.dir(&parent) {
+            Ok(dir) => Some(dir),
+            // A directory this user may write but not read (a drop-box, mode 1733): its
+            // renames go through the root, resolved the same way, and it cannot be synced.
+            Err(e) if e.errno() == Some(libc::EACCES) => {
+                if durable {
+                    warning.get_or_insert(e);
+                }
+                None
+            }
+            Err(e) => {
+                let error = confine_error(Stage::Commit, &e);
+                for r in &files {
+                    fail(&mut outcomes, root, r, error.clone());
+                }
+                continue;
+            }
+        };
+        let mut renamed = false;
+        for r in &files {
+            let moved = match &dir {
+                Some(dir) => dir.rename(&r.tmp, &r.path),
+                None => root.rename(&r.tmp, &r.path),
+            };
+            match moved {
+                Ok(()) => {
+                    renamed = true;
+                    outcomes.push((r.file, FileOutcome::Done(r.digest)));
+                }
+                Err(e) => fail(&mut outcomes, root, r, confine_error(Stage::Commit, &e)),
+            }
+        }
+        if let (true, true, Some(dir)) = (durable, renamed, &dir) {
+            // The renames themselves become durable when their directory is synced.
+            if let Err(e) = dir.sync() {
+                warning.get_or_insert(e);
+            }
+        }
+    }
+    (outcomes, warning)
 }
 
 /// Fails a source that is no longer what was listed: another file (swapped in since the

@@ -17,6 +17,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use tpc_core::relpath::RelPath;
 use tpc_core::temp::{self, Ours, RunToken};
@@ -94,20 +95,41 @@ impl Drop for RunLock {
     }
 }
 
+/// How long another run's temporary must have gone unmodified before a sweep that
+/// finds no lock for its run removes it. No lock is found for a run that ended without
+/// removing a temporary (rare), and for a live run whose root this sweep cannot see: one
+/// that reached the same directory through another mount (a bind mount, a container
+/// volume, an NFS export of a subdirectory). A live run writes its temporaries, which
+/// keeps their mtime fresh.
+pub const SWEEP_UNLOCKED_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// What a sweep found out about another run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Run {
+    /// Its lock is held.
+    Alive,
+    /// Its lock exists and could be taken: it died.
+    Over,
+    /// No lock in the directory or any above it (see `SWEEP_UNLOCKED_AGE`).
+    NoLock,
+}
+
 /// Finds other runs' temporaries that are over, directory by directory.
 pub struct Sweeper {
     own: RunToken,
+    root: Arc<Root>,
     /// The root's path, for looking up locks above the root.
     root_path: PathBuf,
     /// Runs found alive or over, so each lock is looked at once per sweep.
-    verdicts: HashMap<RunToken, bool>,
+    verdicts: HashMap<RunToken, Run>,
 }
 
 impl Sweeper {
-    /// A sweeper for run `own` working beneath the root at `root_path`.
-    pub fn new(own: RunToken, root_path: &Path) -> Sweeper {
+    /// A sweeper for run `own` working beneath `root`, which is at `root_path`.
+    pub fn new(own: RunToken, root: Arc<Root>, root_path: &Path) -> Sweeper {
         Sweeper {
             own,
+            root,
             root_path: std::fs::canonicalize(root_path).unwrap_or_else(|_| root_path.into()),
             verdicts: HashMap::new(),
         }
@@ -130,13 +152,21 @@ impl Sweeper {
             };
             let gone = match ours {
                 Ours::Temp(token) if token != self.own => {
-                    !self.alive(token, dir.rel()) && dir.remove_file(&rel).is_ok()
+                    let stale = match self.run(token, dir.rel()) {
+                        Run::Alive => false,
+                        Run::Over => true,
+                        Run::NoLock => unmodified_for(dir, &rel, SWEEP_UNLOCKED_AGE),
+                    };
+                    stale && dir.remove_file(&rel).is_ok()
                 }
-                // Taken, then removed while held: a run that is only now locking it
-                // finds it unlinked and makes another.
-                Ours::Lock(token) if token != self.own => dir
-                    .open(&rel, Access::Read)
-                    .is_ok_and(|file| file.try_lock().is_ok() && dir.remove_file(&rel).is_ok()),
+                Ours::Lock(token) if token != self.own => {
+                    let over = remove_stale_lock(dir, &rel);
+                    if over {
+                        // Its temporaries, listed after its lock, are then known stale.
+                        self.verdicts.insert(token, Run::Over);
+                    }
+                    over
+                }
                 _ => false,
             };
             removed += usize::from(gone);
@@ -144,33 +174,88 @@ impl Sweeper {
         removed
     }
 
-    /// Whether run `token` still runs: its lock, in `dir_rel` or a directory above,
-    /// is held.
-    fn alive(&mut self, token: RunToken, dir_rel: &RelPath) -> bool {
-        if let Some(&alive) = self.verdicts.get(&token) {
-            return alive;
+    /// Whether run `token` still runs: its lock, in `dir_rel` or a directory above it,
+    /// is held. Beneath the root the lock is looked up through the held root (never
+    /// through a symlink someone swapped in); above it, by the root's own path.
+    fn run(&mut self, token: RunToken, dir_rel: &RelPath) -> Run {
+        if let Some(&run) = self.verdicts.get(&token) {
+            return run;
         }
-        let lock = crate::os::path_of(&temp::lock_name(token));
-        let mut at = self.root_path.join(crate::os::path_of(dir_rel.as_bytes()));
-        let alive = loop {
-            match open_no_follow(&at.join(&lock)) {
-                Ok(file) => match file.try_lock() {
-                    Ok(()) => break false,
-                    Err(std::fs::TryLockError::WouldBlock) => break true,
-                    // Cannot tell: keep its files.
-                    Err(std::fs::TryLockError::Error(_)) => break true,
-                },
+        let name = temp::lock_name(token);
+        let mut at = Some(dir_rel.clone());
+        let mut run = None;
+        while let Some(dir) = at {
+            let Ok(lock) = dir.join(&name) else { break };
+            match self.root.open(&lock, Access::Read) {
+                Ok(file) => {
+                    run = Some(lock_verdict(&file));
+                    break;
+                }
+                Err(e) if e.errno() == Some(libc::ENOENT) => {}
+                // A lock we may not open (or not a file): its run may be alive.
+                Err(_) => {
+                    run = Some(Run::Alive);
+                    break;
+                }
+            }
+            at = dir.parent();
+        }
+        let lock = crate::os::path_of(&name);
+        let mut above = self.root_path.clone();
+        while run.is_none() && above.pop() {
+            match open_no_follow(&above.join(&lock)) {
+                Ok(file) => run = Some(lock_verdict(&file)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                // A lock we may not open: its run may be alive.
-                Err(_) => break true,
+                Err(_) => run = Some(Run::Alive),
             }
-            if !at.pop() {
-                break false;
-            }
-        };
-        self.verdicts.insert(token, alive);
-        alive
+        }
+        let run = run.unwrap_or(Run::NoLock);
+        if run != Run::NoLock {
+            self.verdicts.insert(token, run);
+        }
+        run
     }
+}
+
+/// Alive if another holds the lock on `file`; over if it can be taken (and is released
+/// again at once).
+fn lock_verdict(file: &File) -> Run {
+    match file.try_lock() {
+        Ok(()) => Run::Over,
+        // WouldBlock: held. Any other error: cannot tell, so keep its files.
+        Err(_) => Run::Alive,
+    }
+}
+
+/// Removes the lock file `rel` in `dir` if its run is over: taken, checked to be still
+/// the file at that name (another sweep may have removed it and its run made a new one),
+/// and removed while held, so that a run only now locking it finds it unlinked and makes
+/// another.
+fn remove_stale_lock(dir: &Dir, rel: &RelPath) -> bool {
+    let Ok(file) = dir.open(rel, Access::Read) else {
+        return false;
+    };
+    if file.try_lock().is_err() {
+        return false;
+    }
+    let same = match (dir.lstat(rel), crate::confine::fstat(&file)) {
+        (Ok(Some(by_name)), Ok(held)) => by_name.inode == held.inode,
+        _ => false,
+    };
+    same && dir.remove_file(rel).is_ok()
+}
+
+/// Whether `rel` in `dir` was last modified at least `age` ago.
+fn unmodified_for(dir: &Dir, rel: &RelPath, age: Duration) -> bool {
+    let Ok(Some(st)) = dir.lstat(rel) else {
+        return false;
+    };
+    let Ok(mtime) = crate::os::system_time(st.mtime) else {
+        return false;
+    };
+    SystemTime::now()
+        .duration_since(mtime)
+        .is_ok_and(|elapsed| elapsed >= age)
 }
 
 /// Runs `f` (which adds or removes the lock in `root`) and puts the root's times back as
@@ -246,20 +331,46 @@ mod tests {
         for t in [live.token(), gone_token, crashed] {
             std::fs::write(sub.join(name(t)), b"x").unwrap();
         }
+        // A run that crashed with its lock beside its temporary: whichever the sweep
+        // lists first, both go.
+        let beside = RunToken(13);
+        std::fs::write(sub.join(crate::os::path_of(&temp::lock_name(beside))), b"").unwrap();
+        std::fs::write(sub.join(name(beside)), b"x").unwrap();
         // A user's file named as earlier versions named temporaries.
         std::fs::write(sub.join(".tpcx.999999.7.tmp"), b"mine").unwrap();
 
+        // A run whose lock this sweep cannot find (it reached the tree through another
+        // mount): its fresh temporary stays, an old one goes.
+        let elsewhere = RunToken(11);
+        let old = RunToken(12);
+        for t in [elsewhere, old] {
+            std::fs::write(sub.join(name(t)), b"x").unwrap();
+        }
+        let day_ago = SystemTime::now() - SWEEP_UNLOCKED_AGE - Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(sub.join(name(old)))
+            .unwrap()
+            .set_modified(day_ago)
+            .unwrap();
+
         let me = RunToken(5);
-        let mut sweeper = Sweeper::new(me, &path);
+        let mut sweeper = Sweeper::new(me, root.clone(), &path);
         let dir = root.dir(&RelPath::parse(b"sub").unwrap()).unwrap();
-        assert_eq!(sweeper.sweep(&dir, 100), 2);
+        assert_eq!(sweeper.sweep(&dir, 100), 4);
+        assert!(!sub.join(name(beside)).exists());
+        assert!(sub.join(name(elsewhere)).exists());
+        assert!(!sub.join(name(old)).exists());
+        std::fs::remove_file(sub.join(name(elsewhere))).unwrap();
         assert!(sub.join(name(live.token())).exists());
-        assert!(!sub.join(name(gone_token)).exists());
+        // A run that ended, lock and all, but left a temporary: kept until it is old.
+        assert!(sub.join(name(gone_token)).exists());
+        std::fs::remove_file(sub.join(name(gone_token))).unwrap();
         assert!(!sub.join(name(crashed)).exists());
         assert!(sub.join(".tpcx.999999.7.tmp").exists());
         // The crashed run's lock goes when its own directory is swept; the live one stays.
         let top = root.dir(&RelPath::root()).unwrap();
-        assert_eq!(Sweeper::new(me, &path).sweep(&top, 100), 1);
+        assert_eq!(Sweeper::new(me, root.clone(), &path).sweep(&top, 100), 1);
         let lock_of = |t| path.join(crate::os::path_of(&temp::lock_name(t)));
         assert!(lock_of(live.token()).exists());
         assert!(!lock_of(crashed).exists());

@@ -20,19 +20,16 @@ use std::io;
 use tpc_core::limits::TREE_DEPTH_MAX;
 use tpc_core::relpath::{PathError, RelPath};
 
+use crate::os;
+
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
-pub use unix::{fstat, sync_file, sync_filesystem_of, Dir, Root};
+pub use unix::{fstat, sync_file, sync_filesystem_through, Dir, Root};
 #[cfg(windows)]
 mod windows;
-/// Makes what was written to `path`'s filesystem durable. Windows has no syncfs: files
-/// are flushed through their own handles as they are finished, and this flushes `path`
-/// itself (a directory, as a barrier).
 #[cfg(windows)]
-pub use crate::os::sync_dir as sync_filesystem_of;
-#[cfg(windows)]
-pub use windows::{fstat, sync_file, Dir, Root};
+pub use windows::{fstat, sync_file, sync_filesystem_through, Dir, Root};
 
 /// Applies permission bits and times to an open file. Setuid and setgid are cleared
 /// (`mode & 0o1777`): ownership is not transferred, so the bits would grant a peer's
@@ -169,19 +166,46 @@ impl Dir {
     }
 }
 
-/// Makes everything written to the filesystems `dirs` are on durable: one syncfs per
-/// device among them, so a filesystem mounted below a root is synced as well as the
-/// root's own. Off Linux, where there is no syncfs (files are synced through their own
-/// handles there), each directory is flushed.
-pub fn sync_filesystems<'a>(dirs: impl IntoIterator<Item = &'a Dir>) -> Result<(), ConfineError> {
-    let mut devices = std::collections::BTreeSet::new();
-    for dir in dirs {
-        let device = dir.stat()?.inode.0;
-        if devices.insert(device) || !cfg!(target_os = "linux") {
-            dir.syncfs()?;
+impl Root {
+    /// Makes everything written beneath the root in the directories `places` durable: one
+    /// syncfs for each filesystem (device) among them, so a filesystem mounted below the
+    /// root is synced as well as the root's own. Each place is a directory and, for a
+    /// directory that cannot be opened for reading (a drop-box, mode 1733), a file in it
+    /// to sync through instead (without one, such a directory is passed over: nothing here
+    /// can sync through it). Off Linux there is no syncfs (files are synced through
+    /// their own handles as they are finished), and this is a barrier per filesystem.
+    /// Directories that are gone are skipped.
+    ///
+    /// Only one directory per filesystem is held open at a time, however many `places`
+    /// there are.
+    pub fn sync_filesystems<'a>(
+        &self,
+        places: impl IntoIterator<Item = (&'a RelPath, Option<&'a RelPath>)>,
+    ) -> Result<(), ConfineError> {
+        let mut devices = std::collections::BTreeSet::new();
+        for (dir, file) in places {
+            let Some(st) = self.lstat(dir)? else { continue };
+            if !devices.insert(st.inode.0) {
+                continue;
+            }
+            let through = match (self.dir(dir), file) {
+                (Ok(dir), _) => dir.syncfs(),
+                (Err(e), Some(file)) if e.errno() == Some(libc::EACCES) => {
+                    let f = self.open(file, Access::Read)?;
+                    sync_filesystem_through(&f)
+                        .map_err(|err| io_error("sync filesystem of", file, os::errno_or_eio(&err)))
+                }
+                // Nothing here can sync through a directory it may not read.
+                (Err(e), None) if e.errno() == Some(libc::EACCES) => {
+                    devices.remove(&st.inode.0);
+                    Ok(())
+                }
+                (Err(e), _) => Err(e),
+            };
+            through?;
         }
+        Ok(())
     }
-    Ok(())
 }
 
 impl Root {

@@ -48,13 +48,13 @@ impl Root {
     pub fn open_ambient(path: &Path) -> io::Result<Root> {
         let c = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in root path"))?;
+        // A handle, not a read: everything beneath is reached by *at calls, which need
+        // only search permission, so an execute-only source directory or a drop-box
+        // destination (mode 1733) can be a root. Calls that need a readable fd (syncfs,
+        // times, listing) open the root again for reading when they run.
         // SAFETY: `c` is a valid C string; the returned fd is checked before use.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
+        let fd =
+            unsafe { libc::open(c.as_ptr(), DIR_HANDLE | libc::O_DIRECTORY | libc::O_CLOEXEC) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -263,9 +263,10 @@ impl Root {
 
     /// Sets the times of the root directory itself (its mode is left alone).
     pub fn set_root_times(&self, atime: (i64, u32), mtime: (i64, u32)) -> Result<(), ConfineError> {
+        let root = self.open_dir_with("set times of", &RelPath::root(), libc::O_RDONLY)?;
         let times = [crate::os::timespec(atime), crate::os::timespec(mtime)];
         // SAFETY: valid fd and a two-element timespec array.
-        let r = unsafe { libc::futimens(self.dir.as_raw_fd(), times.as_ptr()) };
+        let r = unsafe { libc::futimens(root.as_raw_fd(), times.as_ptr()) };
         cvt(r)
             .map(drop)
             .map_err(|errno| io_error("set times of", &RelPath::root(), errno))
@@ -275,10 +276,10 @@ impl Root {
     /// directory for the run), through an fd opened beneath the root.
     pub fn set_dir_mode(&self, rel: &RelPath, mode: u32) -> Result<(), ConfineError> {
         const OP: &str = "set mode of";
-        let dir = self.open_dir_with(OP, rel, libc::O_RDONLY)?;
-        // SAFETY: valid fd.
-        let r = unsafe { libc::fchmod(dir.as_raw_fd(), (mode & 0o7777) as libc::mode_t) };
-        cvt(r).map(drop).map_err(|errno| io_error(OP, rel, errno))
+        // A handle, not a read: the directory may be write-only (0300) or have no
+        // permissions at all, which is why it is being unlocked.
+        let dir = self.open_dir_with(OP, rel, DIR_HANDLE)?;
+        chmod_fd(dir.as_fd(), mode & 0o7777).map_err(|errno| io_error(OP, rel, errno))
     }
 
     /// Makes `to` a new hard link of the file `from` (never of a symlink's target: no
@@ -311,12 +312,7 @@ impl Root {
     /// finished, and this only syncs the root directory (F_FULLFSYNC on macOS, which
     /// also flushes the drive's cache for what was written before).
     pub fn syncfs(&self) -> Result<(), ConfineError> {
-        #[cfg(target_os = "linux")]
-        // SAFETY: valid fd.
-        let r = cvt(unsafe { libc::syncfs(self.dir.as_raw_fd()) }).map(drop);
-        #[cfg(not(target_os = "linux"))]
-        let r = sync_fd(self.dir.as_fd()).map_err(|e| os::errno_or_eio(&e));
-        r.map_err(|errno| io_error("sync filesystem of", &RelPath::root(), errno))
+        self.dir(&RelPath::root())?.syncfs()
     }
 
     /// openat2 of directory `rel` (the root for the empty path) with `access` (O_RDONLY
@@ -501,6 +497,23 @@ fn sync_dir(fd: BorrowedFd<'_>, rel: &RelPath) -> Result<(), ConfineError> {
 }
 
 /// A regular file at `path` beneath `dir` (see [`Root::open`]); `rel` names it in errors.
+/// chmod of the file `fd` holds. On Linux `fd` may be an `O_PATH` handle, which fchmod
+/// refuses: the mode is then set through its /proc/self/fd link, which names exactly that
+/// inode (it is not a path anyone can swap).
+fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> Result<(), i32> {
+    // SAFETY: valid fd.
+    match cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) }) {
+        #[cfg(target_os = "linux")]
+        Err(libc::EBADF) => {
+            let link = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                .expect("no NUL in a number");
+            // SAFETY: valid C string.
+            cvt(unsafe { libc::chmod(link.as_ptr(), mode as libc::mode_t) }).map(drop)
+        }
+        r => r.map(drop),
+    }
+}
+
 fn open_file(
     dir: BorrowedFd<'_>,
     path: &CStr,
@@ -584,11 +597,10 @@ fn sync_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// Makes what was written to `path`'s filesystem durable: one syncfs on Linux. Elsewhere
-/// there is none: files are synced through their own fds as they are finished, and this
-/// syncs `path` itself (a directory, as a barrier; F_FULLFSYNC on macOS).
-pub fn sync_filesystem_of(path: &Path) -> io::Result<()> {
-    let file = std::fs::File::open(path)?;
+/// Makes what was written to the filesystem `file` is on durable: one syncfs on Linux.
+/// Elsewhere there is none: files are synced through their own fds as they are
+/// finished, and this syncs `file` itself (as a barrier; F_FULLFSYNC on macOS).
+pub fn sync_filesystem_through(file: &File) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     // SAFETY: valid fd.
     if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {

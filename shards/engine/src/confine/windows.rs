@@ -573,6 +573,12 @@ pub fn sync_file(file: &File) -> io::Result<()> {
     file.sync_all()
 }
 
+/// Windows has no syncfs: files are flushed through their own handles as they are
+/// finished, and this flushes `file` itself, as a barrier.
+pub fn sync_filesystem_through(file: &File) -> io::Result<()> {
+    file.sync_all()
+}
+
 /// Metadata of an open file (never of a link's target); the error is the errno.
 pub fn fstat(file: &File) -> Result<Stat, i32> {
     let md = cap_std::fs::Metadata::from_file(file).map_err(|e| os::errno_or_eio(&e))?;
