@@ -17,7 +17,9 @@ use std::time::Instant;
 use serde::Serialize;
 use tpc_core::compare::{file_change, file_change_by_digest};
 use tpc_core::limits::FILE_SIZE_BYTES_MAX;
+use tpc_core::place;
 use tpc_core::temp::temp_name;
+use tpc_core::wire::DestKind;
 use tpc_core::{Change, EntryKind, EntryMeta, FileDigest, RelPath, SkipPolicy};
 use tpc_engine::confine::{self, Access, ConfineError, FileKind};
 use tpc_engine::temp::{process_token, RunLock, Sweeper};
@@ -617,91 +619,129 @@ fn resolve_roots(
     dest: &Path,
     problems: &mut Problems,
 ) -> Option<(Vec<Root>, PathBuf)> {
-    let dest_is_dir = std::fs::metadata(dest).map(|m| m.is_dir()).unwrap_or(false);
-    let dest_says_dir = walk::bytes(dest.as_os_str()).ends_with(b"/");
-    let mut roots = Vec::new();
-    let mut need_dest_dir = sources.len() > 1 || dest_says_dir;
+    // Every source as given, found or not: the placement counts them all ("several
+    // sources" land in DEST as a directory even when one of them is missing).
+    let mut given = Vec::new();
     for s in sources {
         let src = PathBuf::from(s);
-        let md = match std::fs::symlink_metadata(&src) {
-            Ok(md) => md,
+        let named = walk::bytes(s).into_owned();
+        let is_dir = match std::fs::symlink_metadata(&src) {
+            Ok(md) => {
+                // A symlink is copied as a link, unless its name asks for the directory
+                // it points to (`link/`).
+                let follows = named.ends_with(b"/") || place::last_name(&named).is_none();
+                Some(md.is_dir() || (follows && std::fs::metadata(&src).is_ok_and(|m| m.is_dir())))
+            }
             Err(e) => {
                 problems.report(Exit::Source, format!("source {}: {e}", quote(&src)));
-                continue;
-            }
-        };
-        let contents = walk::bytes(s).ends_with(b"/") || src.file_name().is_none();
-        let is_dir = md.is_dir()
-            || (contents && std::fs::metadata(&src).map(|m| m.is_dir()).unwrap_or(false));
-        // Where it lands, beneath DEST when that is a directory.
-        let name = if is_dir {
-            need_dest_dir = true;
-            if contents {
                 None
-            } else {
-                src.file_name()
-            }
-        } else if dest_is_dir || dest_says_dir || sources.len() > 1 {
-            Some(src.file_name().unwrap_or(s))
-        } else {
-            None
-        };
-        let dst = name.map_or_else(|| dest.to_path_buf(), |n| dest.join(n));
-        let dst_base = match name.map(|n| RelPath::parse(&walk::bytes(n))) {
-            None => RelPath::root(),
-            Some(Ok(rel)) => rel,
-            Some(Err(e)) => {
-                problems.report(Exit::Source, format!("source {}: {e}", quote(&src)));
-                continue;
             }
         };
-        roots.push(Root {
-            src,
-            dst,
-            src_root: 0,
-            src_base: RelPath::root(),
-            dst_base,
-            entries: Vec::new(),
-        });
+        given.push((src, named, is_dir));
     }
-    if roots.is_empty() {
+    if given.iter().all(|(_, _, is_dir)| is_dir.is_none()) {
         return None;
     }
-    if need_dest_dir || dest_is_dir {
-        if !dest_is_dir {
-            if let Err(e) = std::fs::create_dir_all(dest) {
-                problems.report(
-                    Exit::for_write_error(&e),
-                    format!("cannot create destination {}: {e}", quote(dest)),
-                );
-                return None;
-            }
-        }
-        return Some((roots, dest.to_path_buf()));
-    }
-    // One file onto a path that is not a directory: it lands as that name in its parent.
-    let Some(name) = dest.file_name() else {
-        problems.report(
-            Exit::Destination,
-            format!("destination {} names no file", quote(dest)),
-        );
-        return None;
-    };
-    match RelPath::parse(&walk::bytes(name)) {
-        Ok(rel) => roots[0].dst_base = rel,
-        Err(e) => {
-            problems.report(
-                Exit::Destination,
-                format!("destination {}: {e}", quote(dest)),
-            );
+    let named: Vec<place::Source<'_>> = given
+        .iter()
+        .map(|(_, named, is_dir)| place::Source {
+            named,
+            is_dir: is_dir.unwrap_or(false),
+        })
+        .collect();
+    let placement = place::place(&named, local_dest(dest));
+    let (dest_dir, as_dest) = match local_target(dest, &placement) {
+        Ok(target) => target,
+        Err((code, message)) => {
+            problems.report(code, message);
             return None;
         }
+    };
+    let mut roots = Vec::new();
+    for ((src, _, is_dir), landing) in given.iter().zip(&placement.landings) {
+        if is_dir.is_none() {
+            continue;
+        }
+        let dst = match landing {
+            place::Landing::Named(name) => dest.join(&*walk::os(name)),
+            place::Landing::Contents | place::Landing::AsDest => dest.to_path_buf(),
+        };
+        match landing_base(landing, &as_dest) {
+            Ok(dst_base) => roots.push(Root {
+                src: src.clone(),
+                dst,
+                src_root: 0,
+                src_base: RelPath::root(),
+                dst_base,
+                entries: Vec::new(),
+            }),
+            Err(e) => problems.report(Exit::Source, format!("source {}: {e}", quote(src))),
+        }
     }
+    (!roots.is_empty()).then_some((roots, dest_dir))
+}
+
+/// Where a source that lands as `landing` goes beneath the directory `local_target`
+/// chose (`as_dest`: the name it gave, for a file onto a path).
+pub(crate) fn landing_base(
+    landing: &place::Landing,
+    as_dest: &Option<RelPath>,
+) -> Result<RelPath, tpc_core::PathError> {
+    match landing {
+        place::Landing::Contents => Ok(RelPath::root()),
+        place::Landing::Named(name) => RelPath::parse(name),
+        place::Landing::AsDest => Ok(as_dest.clone().expect("a file onto a path has its name")),
+    }
+}
+
+/// What a local destination is now, for the placement rules.
+pub(crate) fn local_dest(dest: &Path) -> place::Dest {
+    place::Dest {
+        kind: match std::fs::metadata(dest) {
+            Ok(m) if m.is_dir() => DestKind::Dir,
+            Ok(_) => DestKind::Other,
+            Err(_) => DestKind::Missing,
+        },
+        says_dir: walk::bytes(dest.as_os_str()).ends_with(b"/"),
+    }
+}
+
+/// The directory a local copy or a pull writes beneath, by `placement`: DEST itself,
+/// made a directory if it must be one; or, for one file onto a path that is not a
+/// directory, DEST's parent, with DEST's name (the second value) as where it lands.
+pub(crate) fn local_target(
+    dest: &Path,
+    placement: &place::Placement,
+) -> Result<(PathBuf, Option<RelPath>), (Exit, String)> {
+    if placement.dest_is_dir {
+        if !dest.is_dir() {
+            std::fs::create_dir_all(dest).map_err(|e| {
+                (
+                    Exit::for_write_error(&e),
+                    format!("cannot create destination {}: {e}", quote(dest)),
+                )
+            })?;
+        }
+        return Ok((dest.to_path_buf(), None));
+    }
+    let bytes = walk::bytes(dest.as_os_str());
+    let name = place::last_name(&bytes).ok_or_else(|| {
+        (
+            Exit::Destination,
+            format!("destination {} names no file", quote(dest)),
+        )
+    })?;
+    let name = RelPath::parse(name).map_err(|e| {
+        (
+            Exit::Destination,
+            format!("destination {}: {e}", quote(dest)),
+        )
+    })?;
     let parent = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    Some((roots, parent))
+    Ok((parent, Some(name)))
 }
 
 /// What is at destination `rel` now: `None` if nothing (or if it cannot be looked at,

@@ -23,6 +23,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tpc_core::codec::{Compression, CODECS_SAME, CODECS_ZSTD};
 use tpc_core::limits::{CHUNK_SIZE_BYTES, RANGE_CHUNKS};
+use tpc_core::place;
 use tpc_core::plan::{owner, range_shard};
 use tpc_core::relpath::RelPath;
 use tpc_core::window::{streams_in_flight, STREAMS_IN_FLIGHT_MIN};
@@ -47,6 +48,7 @@ use super::{
     SessionError, CLOSE_DONE, CONNECT_TIMEOUT,
 };
 use crate::auth::{self, Identity, KnownServers, ServerTrust};
+use crate::copy::{landing_base, local_dest, local_target};
 use crate::exit::{Exit, Problems};
 use crate::walk::{self, quote};
 
@@ -1811,32 +1813,34 @@ fn push_manifest(
     dest: &[u8],
     dest_kind: DestKind,
 ) -> (Vec<Entry>, Vec<Option<PathBuf>>) {
-    let dest_says_dir = dest.ends_with(b"/") || dest.is_empty();
-    let into_dir = dest_kind == DestKind::Dir || dest_says_dir || sources.len() > 1;
+    let named: Vec<Vec<u8>> = sources
+        .iter()
+        .map(|s| walk::bytes(&s.arg).into_owned())
+        .collect();
+    let placed: Vec<place::Source<'_>> = sources
+        .iter()
+        .zip(&named)
+        .map(|(s, named)| place::Source {
+            named,
+            is_dir: s
+                .entries
+                .first()
+                .is_some_and(|e| e.meta.kind == EntryKind::Dir),
+        })
+        .collect();
+    let dest = place::Dest {
+        kind: dest_kind,
+        // The served root ("") is a directory.
+        says_dir: dest.ends_with(b"/") || dest.is_empty(),
+    };
+    let placement = place::place(&placed, dest);
     let mut entries = Vec::new();
     let mut srcs = Vec::new();
     let mut has_base = false;
-    for s in sources {
-        let contents = walk::bytes(&s.arg).ends_with(b"/") || s.path.file_name().is_none();
-        let name = s
-            .path
-            .file_name()
-            .map(|n| walk::bytes(n).into_owned())
-            .unwrap_or_default();
-        let is_dir = s
-            .entries
-            .first()
-            .is_some_and(|e| e.meta.kind == EntryKind::Dir);
-        let prefix: Vec<u8> = if is_dir {
-            if contents {
-                Vec::new()
-            } else {
-                name
-            }
-        } else if into_dir {
-            name
-        } else {
-            Vec::new()
+    for (s, landing) in sources.iter().zip(&placement.landings) {
+        let prefix: Vec<u8> = match landing {
+            place::Landing::Named(name) => name.clone(),
+            place::Landing::Contents | place::Landing::AsDest => Vec::new(),
         };
         for e in &s.entries {
             let rel = walk::bytes(e.rel.as_os_str());
@@ -1894,7 +1898,7 @@ fn push_manifest(
             srcs.push(src);
         }
     }
-    if into_dir && !has_base && dest_kind == DestKind::Missing {
+    if placement.into_dir && !has_base && dest_kind == DestKind::Missing {
         // The destination directory itself, created for several sources or `dest/`.
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -1916,58 +1920,26 @@ fn push_manifest(
     (entries, srcs)
 }
 
-/// Where a pull lands locally: the root the receiver is confined to and the base beneath
-/// it, by the same rules as a local copy.
+/// Where a pull lands locally: the root the receiver is confined to, its path, and the
+/// base beneath it, by the placement rules of a local copy (`tpc_core::place`).
 fn pull_target(
     src: &[u8],
     src_kind: DestKind,
     dest: &Path,
 ) -> Result<(Root, PathBuf, RelPath), (Exit, String)> {
-    let contents = src.ends_with(b"/") || src.is_empty();
-    let trimmed = src.strip_suffix(b"/").unwrap_or(src);
-    let name = trimmed
-        .rsplit(|&b| b == b'/')
-        .next()
-        .unwrap_or(b"")
-        .to_vec();
-    let dest_is_dir = std::fs::metadata(dest).map(|m| m.is_dir()).unwrap_or(false);
-    let dest_says_dir = walk::bytes(dest.as_os_str()).ends_with(b"/");
-    let open = |dir: &Path| -> Result<Root, (Exit, String)> {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                (
-                    Exit::for_write_error(&e),
-                    format!("cannot create {}: {e}", quote(dir)),
-                )
-            })?;
-        }
-        Root::open_ambient(dir).map_err(|e| {
-            (
-                Exit::for_write_error(&e),
-                format!("cannot open {}: {e}", quote(dir)),
-            )
-        })
+    let source = place::Source {
+        named: src,
+        is_dir: src_kind == DestKind::Dir,
     };
-    let rel = |b: &[u8]| RelPath::parse(b).map_err(|e| (Exit::Protocol, e.to_string()));
-    if src_kind == DestKind::Dir {
-        let root = open(dest)?;
-        let base = if contents || name.is_empty() {
-            RelPath::root()
-        } else {
-            rel(&name)?
-        };
-        Ok((root, dest.to_path_buf(), base))
-    } else if dest_is_dir || dest_says_dir {
-        Ok((open(dest)?, dest.to_path_buf(), rel(&name)?))
-    } else {
-        let parent = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let file = dest
-            .file_name()
-            .map(|n| walk::bytes(n).into_owned())
-            .ok_or_else(|| (Exit::Usage, format!("bad destination {}", quote(dest))))?;
-        Ok((open(&parent)?, parent, rel(&file)?))
-    }
+    let placement = place::place(&[source], local_dest(dest));
+    let (dir, as_dest) = local_target(dest, &placement)?;
+    let base = landing_base(&placement.landings[0], &as_dest)
+        .map_err(|e| (Exit::Protocol, e.to_string()))?;
+    let root = Root::open_ambient(&dir).map_err(|e| {
+        (
+            Exit::for_write_error(&e),
+            format!("cannot open {}: {e}", quote(&dir)),
+        )
+    })?;
+    Ok((root, dir, base))
 }

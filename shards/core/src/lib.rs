@@ -12,6 +12,7 @@ pub mod commit;
 pub mod compare;
 pub mod digest;
 pub mod limits;
+pub mod place;
 pub mod plan;
 pub mod relpath;
 pub mod temp;
