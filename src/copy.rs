@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Serialize;
 use tpc_core::compare::{file_change, file_change_by_digest};
 use tpc_core::limits::FILE_SIZE_BYTES_MAX;
 use tpc_core::place;
@@ -30,6 +29,7 @@ use tpc_engine::{
 
 use crate::exit::{Exit, Problems};
 use crate::progress::{human_bytes, Reporter};
+use crate::summary::Summary;
 use crate::walk::{self, quote, Entry};
 
 pub struct CopyOptions {
@@ -120,28 +120,6 @@ pub(crate) fn hold_tree(path: &Path, is_dir: bool) -> Result<(confine::Root, Rel
     Ok((root, base))
 }
 
-#[derive(Serialize, Default)]
-struct Summary {
-    files: u64,
-    files_copied: u64,
-    files_unchanged: u64,
-    bytes: u64,
-    seconds: f64,
-    throughput_bytes_per_sec: f64,
-    skipped: u64,
-    failed: u64,
-    dirs: u64,
-    symlinks: u64,
-    hard_links: u64,
-    verified: bool,
-    shards: usize,
-    bytes_per_shard: Vec<u64>,
-    ranges_per_shard: Vec<u64>,
-    shard_cpus: Vec<Vec<usize>>,
-    /// The driver the shards ran on: "uring" or "portable".
-    io: &'static str,
-}
-
 /// setuid and setgid: cleared on copied files.
 const SETID_BITS: u32 = 0o6000;
 
@@ -149,6 +127,7 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
     let started = Instant::now();
     let mut problems = Problems::default();
     let mut summary = Summary {
+        direction: "local",
         shards: opts.shard_count,
         verified: opts.verify,
         io: opts.driver.name(),
@@ -463,24 +442,7 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
 
     summary.seconds = started.elapsed().as_secs_f64();
     summary.throughput_bytes_per_sec = summary.bytes as f64 / summary.seconds.max(1e-9);
-    if opts.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&summary).expect("summary serializes")
-        );
-    } else if !opts.quiet {
-        eprintln!(
-            "copied {} files ({}) in {:.2} s, {}/s; {} unchanged, {} skipped, {} failed; {} shards",
-            summary.files_copied,
-            human_bytes(summary.bytes),
-            summary.seconds,
-            human_bytes(summary.throughput_bytes_per_sec as u64),
-            summary.files_unchanged,
-            summary.skipped,
-            summary.failed,
-            summary.shards
-        );
-    }
+    summary.print(opts.json, opts.quiet);
     problems.exit()
 }
 

@@ -9,4 +9,5 @@ pub mod copy;
 pub mod exit;
 pub mod progress;
 pub mod remote;
+pub mod summary;
 pub mod walk;

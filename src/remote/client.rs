@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
 use tpc_core::codec::{Compression, CODECS_SAME, CODECS_ZSTD};
 use tpc_core::limits::{CHUNK_SIZE_BYTES, RANGE_CHUNKS};
 use tpc_core::place;
@@ -50,6 +49,7 @@ use super::{
 use crate::auth::{self, Identity, KnownServers, ServerTrust};
 use crate::copy::{landing_base, local_dest, local_target};
 use crate::exit::{Exit, Problems};
+use crate::summary::{LatencySummary, Network, PathSummary, Summary};
 use crate::walk::{self, quote};
 
 pub struct RemoteOptions {
@@ -71,53 +71,6 @@ pub struct RemoteOptions {
 /// setuid and setgid are never sent as such: ownership is not transferred.
 const SETID_BITS: u32 = 0o6000;
 
-#[derive(Serialize, Default)]
-struct Summary {
-    direction: &'static str,
-    remote: String,
-    files: u64,
-    files_copied: u64,
-    files_unchanged: u64,
-    failed: u64,
-    bytes: u64,
-    seconds: f64,
-    throughput_bytes_per_sec: f64,
-    shards: usize,
-    server_shards: usize,
-    bytes_per_shard: Vec<u64>,
-    /// Runs (of up to `STREAM_RUN_CHUNKS` chunks, one stream each) each shard moved,
-    /// including runs it took over from others.
-    ranges_per_shard: Vec<u64>,
-    shard_cpus: Vec<usize>,
-    /// Largest UDP payload each shard's connection reached by path MTU discovery.
-    udp_payload_per_shard: Vec<u16>,
-    /// What each shard's connection saw of the path, at the end of the transfer.
-    path_per_shard: Vec<PathSummary>,
-    /// Per-chunk latency over all shards (hdrhistogram).
-    chunk_latency_us: LatencySummary,
-    /// The driver this end's shards ran on: "uring" or "portable".
-    io: &'static str,
-    /// Chunks that travelled zstd-compressed (`--compress`), and the bytes that saved.
-    compressed_chunks: u64,
-    bytes_saved_by_compression: u64,
-    /// Chunks not sent because the receiver's old version of the file already held
-    /// them, and their bytes.
-    chunks_reused: u64,
-    bytes_reused: u64,
-}
-
-/// Percentiles of the per-chunk latency, in µs.
-#[derive(Serialize, Default)]
-struct LatencySummary {
-    /// What is timed: see `move_range`.
-    measures: &'static str,
-    chunks: u64,
-    p50: u64,
-    p99: u64,
-    p999: u64,
-    max: u64,
-}
-
 impl LatencySummary {
     fn of(h: &Histogram<u64>, push: bool) -> Self {
         Self {
@@ -133,18 +86,6 @@ impl LatencySummary {
             max: h.max(),
         }
     }
-}
-
-/// One connection's view of its path, from quinn-proto's counters.
-#[derive(Serialize, Default, Clone)]
-struct PathSummary {
-    rtt_us: u64,
-    congestion_window_bytes: u64,
-    /// The larger of this end's two flow-control windows, as tuned by the end.
-    flow_window_bytes: u64,
-    sent_packets: u64,
-    lost_packets: u64,
-    congestion_events: u64,
 }
 
 impl PathSummary {
@@ -358,43 +299,28 @@ fn run(remote: RemoteSpec, opts: &RemoteOptions, plan: Plan) -> Exit {
     summary.shards = shard_count;
     summary.io = opts.driver.name();
     summary.bytes_per_shard = outs.iter().map(|o| o.bytes).collect();
+    summary.ranges_per_shard = outs.iter().map(|o| o.ranges).collect();
+    summary.shard_cpus = outs.iter().map(|o| vec![o.cpu]).collect();
     let mut saved = Savings::default();
     for o in &outs {
         saved.add(o.saved);
     }
-    summary.compressed_chunks = saved.compressed_chunks;
-    summary.bytes_saved_by_compression = saved.compressed_saved_bytes;
-    summary.chunks_reused = saved.reused_chunks;
-    summary.bytes_reused = saved.reused_bytes;
-    summary.ranges_per_shard = outs.iter().map(|o| o.ranges).collect();
-    summary.shard_cpus = outs.iter().map(|o| o.cpu).collect();
-    summary.udp_payload_per_shard = outs.iter().map(|o| o.udp_payload).collect();
-    summary.path_per_shard = outs.iter().map(|o| o.path.clone()).collect();
     let mut latency = latency_histogram();
     for h in outs.iter().filter_map(|o| o.chunk_latency.as_ref()) {
         // Same bounds everywhere, so adding cannot fail.
         let _ = latency.add(h);
     }
-    summary.chunk_latency_us = LatencySummary::of(&latency, summary.direction == "push");
+    let network = summary.network.get_or_insert_with(Network::default);
+    network.compressed_chunks = saved.compressed_chunks;
+    network.bytes_saved_by_compression = saved.compressed_saved_bytes;
+    network.chunks_reused = saved.reused_chunks;
+    network.bytes_reused = saved.reused_bytes;
+    network.udp_payload_per_shard = outs.iter().map(|o| o.udp_payload).collect();
+    network.path_per_shard = outs.iter().map(|o| o.path.clone()).collect();
+    network.chunk_latency_us = LatencySummary::of(&latency, summary.direction == "push");
     summary.seconds = started.elapsed().as_secs_f64();
     summary.throughput_bytes_per_sec = summary.bytes as f64 / summary.seconds.max(1e-9);
-    if opts.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&summary).expect("summary serializes")
-        );
-    } else if !opts.quiet {
-        eprintln!(
-            "tpc-xfer: {} {} of {} files ({} bytes) in {:.2} s, {} unchanged, {} failed",
-            summary.direction,
-            summary.files_copied,
-            summary.files,
-            summary.bytes,
-            summary.seconds,
-            summary.files_unchanged,
-            summary.failed
-        );
-    }
+    summary.print(opts.json, opts.quiet);
     problems.exit()
 }
 
@@ -1326,8 +1252,11 @@ async fn session(
     }
     let mut summary = Summary {
         direction: if push { "push" } else { "pull" },
-        remote: job.remote.authority.clone(),
-        server_shards: ports.len(),
+        remote: Some(job.remote.authority.clone()),
+        network: Some(Network {
+            server_shards: ports.len(),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let mut problems = Problems::default();
@@ -1348,8 +1277,10 @@ async fn session(
     let mut plan_failed_files = 0u64;
     match plan {
         Plan::Push { sources } => {
-            let (entries, srcs) = push_manifest(&sources, &path, dest_kind);
+            let (entries, srcs, skipped) = push_manifest(&sources, &path, dest_kind);
+            summary.skipped = skipped;
             is_file = entries.iter().map(|e| e.kind == WireKind::File).collect();
+            count_kinds(&mut summary, &entries);
             for batch in entry_frames(&entries) {
                 write_frame(&mut send, &Frame::Entries(batch.to_vec()))
                     .await
@@ -1439,6 +1370,7 @@ async fn session(
                 }
             }
             is_file = entries.iter().map(|e| e.kind == WireKind::File).collect();
+            count_kinds(&mut summary, &entries);
             let (root, root_path, base) = pull_target(&path, dest_kind, &dest)?;
             let root = Arc::new(root);
             // The run's lock, before the first temporary file (`tpc_engine::temp`).
@@ -1812,7 +1744,7 @@ fn push_manifest(
     sources: &[Source],
     dest: &[u8],
     dest_kind: DestKind,
-) -> (Vec<Entry>, Vec<Option<PathBuf>>) {
+) -> (Vec<Entry>, Vec<Option<PathBuf>>, u64) {
     let named: Vec<Vec<u8>> = sources
         .iter()
         .map(|s| walk::bytes(&s.arg).into_owned())
@@ -1834,6 +1766,7 @@ fn push_manifest(
         says_dir: dest.ends_with(b"/") || dest.is_empty(),
     };
     let placement = place::place(&placed, dest);
+    let mut skipped = 0;
     let mut entries = Vec::new();
     let mut srcs = Vec::new();
     let mut has_base = false;
@@ -1872,6 +1805,7 @@ fn push_manifest(
                         "tpc-xfer: skipping special file {}",
                         quote(&s.path.join(&e.rel))
                     );
+                    skipped += 1;
                     continue;
                 }
             };
@@ -1917,7 +1851,17 @@ fn push_manifest(
         );
         srcs.insert(0, None);
     }
-    (entries, srcs)
+    (entries, srcs, skipped)
+}
+
+/// Directories and symlinks of a manifest, for the summary (files are counted as the
+/// receiver plans them).
+fn count_kinds(summary: &mut Summary, entries: &[Entry]) {
+    summary.dirs = entries.iter().filter(|e| e.kind == WireKind::Dir).count() as u64;
+    summary.symlinks = entries
+        .iter()
+        .filter(|e| e.kind == WireKind::Symlink)
+        .count() as u64;
 }
 
 /// Where a pull lands locally: the root the receiver is confined to, its path, and the
