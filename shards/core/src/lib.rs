@@ -15,6 +15,7 @@ pub mod limits;
 pub mod place;
 pub mod plan;
 pub mod relpath;
+pub mod schedule;
 pub mod temp;
 pub mod window;
 pub mod wire;

@@ -511,13 +511,9 @@ fn commit_groups(
         let dir = match root.dir(&parent) {
             Ok(dir) => Some(dir),
             // A directory this user may write but not read (a drop-box, mode 1733): its
-            // renames go through the root, resolved the same way, and it cannot be synced.
-            Err(e) if e.errno() == Some(libc::EACCES) => {
-                if durable {
-                    warning.get_or_insert(e);
-                }
-                None
-            }
+            // renames go through the root, resolved the same way, and are made durable
+            // by a syncfs through a file renamed there.
+            Err(e) if e.errno() == Some(libc::EACCES) => None,
             Err(e) => {
                 let error = confine_error(Stage::Commit, &e);
                 for r in &files {
@@ -540,14 +536,40 @@ fn commit_groups(
                 Err(e) => fail(&mut outcomes, root, r, confine_error(Stage::Commit, &e)),
             }
         }
-        if let (true, true, Some(dir)) = (durable, renamed, &dir) {
+        if durable && renamed {
             // The renames themselves become durable when their directory is synced.
-            if let Err(e) = dir.sync() {
+            let synced = match &dir {
+                Some(dir) => dir.sync(),
+                None => sync_through_renamed(root, &files, &outcomes),
+            };
+            if let Err(e) = synced {
                 warning.get_or_insert(e);
             }
         }
     }
     (outcomes, warning)
+}
+
+/// Makes the renames in a directory that cannot be read durable: one syncfs (which
+/// commits the filesystem's journal, directory entries and all) through a file of
+/// `files` that was renamed into place.
+fn sync_through_renamed(
+    root: &Root,
+    files: &[Renaming],
+    outcomes: &[(FileId, FileOutcome)],
+) -> Result<(), ConfineError> {
+    let done = |r: &&Renaming| {
+        (outcomes.iter().rev()).any(|(f, o)| *f == r.file && matches!(o, FileOutcome::Done(_)))
+    };
+    let Some(r) = files.iter().find(done) else {
+        return Ok(());
+    };
+    let file = root.open(&r.path, Access::Read)?;
+    crate::confine::sync_filesystem_through(&file).map_err(|e| crate::confine::ConfineError::Io {
+        op: "sync filesystem of",
+        rel: r.path.clone(),
+        errno: crate::os::errno_or_eio(&e),
+    })
 }
 
 /// Fails a source that is no longer what was listed: another file (swapped in since the
