@@ -11,7 +11,6 @@
 //! over the mesh; shard 0 commits a file once all its runs are verified and written.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,10 +20,12 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use tpc_core::codec::{Compression, CODECS_SAME, CODECS_ZSTD};
-use tpc_core::limits::{CHUNK_SIZE_BYTES, RANGE_CHUNKS};
 use tpc_core::place;
-use tpc_core::plan::{owner, range_shard};
 use tpc_core::relpath::RelPath;
+use tpc_core::schedule::{
+    claim_budget, cut_runs, Asked, QueuedRun, RunItem, RunQueue, TakeOver, STREAM_RUN_BYTES_MAX,
+    STREAM_RUN_CHUNKS,
+};
 use tpc_core::window::{streams_in_flight, STREAMS_IN_FLIGHT_MIN};
 use tpc_core::wire::{
     entry_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, NeedItem, Op, Run, WireKind,
@@ -115,22 +116,7 @@ struct WorkFile {
     have: Vec<ChunkHash>,
 }
 
-/// Chunks a client moves on one stream at most: a large file's ranges are cut into runs
-/// of this many chunks, 16 MiB. Runs are what shards take over from each other, so a
-/// shard whose queue ran dry while a slower peer still has runs queued takes the rest of
-/// them over. With whole 64 MiB ranges, all of a 2 GiB file was in flight from the start
-/// and nothing was left to take over: one core idled through the last tenth of a loopback
-/// push (PERFORMANCE.md, "Runs taken over through the mesh").
-const STREAM_RUN_CHUNKS: u32 = 4;
-
 const _: () = assert!(STREAM_RUN_CHUNKS >= 1 && STREAM_RUN_CHUNKS <= STREAM_CHUNKS_MAX);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct RangeItem {
-    file: u32,
-    first: u32,
-    count: u32,
-}
 
 /// What shard 0 hands every shard once the receiver has answered.
 struct Work {
@@ -138,7 +124,7 @@ struct Work {
     session: u64,
     files: Vec<WorkFile>,
     /// Runs per shard, as first queued (shards then take runs over from each other).
-    ranges: Vec<Vec<RangeItem>>,
+    ranges: Vec<Vec<RunItem>>,
     local_root: Option<Arc<Root>>,
     compression: Compression,
 }
@@ -159,7 +145,7 @@ enum Msg {
     Idle,
     /// The answer to `Idle`: a run taken off the back of the sender's queue (the receiver
     /// of this message now moves it), or none left.
-    Give(Option<RangeItem>),
+    Give(Option<RunItem>),
     Stop,
 }
 
@@ -521,75 +507,45 @@ async fn tokio_free_timeout<T>(f: impl std::future::Future<Output = T>) -> Optio
     .await
 }
 
-/// This shard's queue of runs not yet started. Its own stream workers take from the
-/// front; a peer that asks (`Msg::Idle`) is given one from the back.
-type RunQueue = Rc<RefCell<VecDeque<RangeItem>>>;
+/// This shard's queue of runs not yet started, and the bytes its streams have claimed
+/// (`schedule::RunQueue`). Its own stream workers take from the front; a peer that asks
+/// (`Msg::Idle`) is given one from the back.
+type SharedQueue = Rc<RefCell<RunQueue>>;
 
 /// What a shard's streams moved: bytes, runs, and what compression and the receiver's old
 /// copies saved. Shared with the caller, so that it holds what moved even if the session
 /// stopped the shard before `run_ranges` returned.
 type Moved = Rc<RefCell<(u64, u64, Savings)>>;
 
-/// Bytes of the runs a shard's streams have taken off its queue and not finished.
-type Claimed = Rc<std::cell::Cell<u64>>;
-
-/// How many flow windows' worth of runs a shard's streams may have taken off its queue
-/// at once. Enough to keep the window full while runs are opened and confirmed; more
-/// would only hold runs in streams that wait for the window, where no idle peer can
-/// take them over (a 2 GiB file's 16 streams of 16 MiB held 256 MiB per shard).
-const CLAIMED_WINDOWS: u64 = 2;
-
-/// The bytes of runs the streams on `conn` may hold at once (see `CLAIMED_WINDOWS`).
-fn claim_budget(conn: Option<&Connection>) -> u64 {
-    conn.map_or(u64::MAX, |c| {
-        c.flow_window().saturating_mul(CLAIMED_WINDOWS)
-    })
+/// The bytes of the runs the streams on `conn` may claim at once.
+fn budget_of(conn: Option<&Connection>) -> u64 {
+    claim_budget(conn.map(|c| c.flow_window()))
 }
 
-/// Whether a run of `bytes` fits beside the `claimed` bytes within `budget`: a run always
-/// fits when none is in flight, so that a shard never stalls on a budget below one run.
-fn fits(claimed: u64, bytes: u64, budget: u64) -> bool {
-    claimed == 0 || claimed.saturating_add(bytes) <= budget
-}
-
-/// Takes the run at the front of `queue` for a stream, if the runs already taken leave
-/// room for it within `budget` (`fits`). Returns it with its bytes, which the stream gives
-/// back to `claimed` when the run is done.
-fn claim(
-    queue: &RunQueue,
-    claimed: &Claimed,
-    budget: u64,
-    work: &Work,
-) -> Option<(RangeItem, u64)> {
-    let mut q = queue.borrow_mut();
-    let run = *q.front()?;
-    // Checked when the run was planned (check_need): a file of the manifest, a run
-    // inside it. A run outside its file would count 0 bytes here; move_range fails it.
+/// `run` with its bytes, as a queue holds it. Checked when the run was planned
+/// (check_need): a file of the manifest, a run inside it. A run outside its file would
+/// count 0 bytes here; move_range fails it.
+fn queued(work: &Work, run: RunItem) -> QueuedRun {
     let bytes = work
         .files
         .get(run.file as usize)
         .and_then(|f| ChunkPlan::new(f.size).ok()?.run(run.first, run.count))
         .map_or(0, |(_, n)| n);
-    if !fits(claimed.get(), bytes, budget) {
-        return None;
-    }
-    claimed.set(claimed.get() + bytes);
-    q.pop_front();
-    Some((run, bytes))
+    QueuedRun { run, bytes }
 }
 
-/// How a shard takes runs over from its peers (see `Msg::Idle`).
-struct TakeOver {
+/// How a shard asks its peers for runs (see `Msg::Idle`).
+struct Asking {
     shard: usize,
     senders: Senders<Msg>,
     /// The answers (`Msg::Give`) to this shard's asks, relayed from the mesh.
-    gifts: async_channel::Receiver<Option<RangeItem>>,
+    gifts: async_channel::Receiver<Option<RunItem>>,
 }
 
 /// Where a shard's mesh relays pass on the peers' take-over messages.
 struct TakeOverRoute {
     asks: async_channel::Sender<usize>,
-    gifts: async_channel::Sender<Option<RangeItem>>,
+    gifts: async_channel::Sender<Option<RunItem>>,
 }
 
 impl TakeOverRoute {
@@ -617,14 +573,15 @@ fn take_over_for(
     shard: usize,
     work: &Work,
     senders: &Senders<Msg>,
-) -> (RunQueue, rt::Task<()>, TakeOver, Rc<TakeOverRoute>) {
+) -> (SharedQueue, rt::Task<()>, Asking, Rc<TakeOverRoute>) {
     let (ask_tx, ask_rx) = async_channel::unbounded::<usize>();
-    let (gift_tx, gift_rx) = async_channel::unbounded::<Option<RangeItem>>();
-    let queue: RunQueue = Rc::new(RefCell::new(
-        work.ranges.get(shard).cloned().unwrap_or_default().into(),
-    ));
+    let (gift_tx, gift_rx) = async_channel::unbounded::<Option<RunItem>>();
+    let runs = work.ranges.get(shard).cloned().unwrap_or_default();
+    let queue = Rc::new(RefCell::new(RunQueue::new(
+        runs.into_iter().map(|run| queued(work, run)),
+    )));
     let answerer = rt::spawn_local(answer_asks(queue.clone(), senders.clone(), ask_rx));
-    let take_over = TakeOver {
+    let take_over = Asking {
         shard,
         senders: senders.clone(),
         gifts: gift_rx,
@@ -639,13 +596,21 @@ fn take_over_for(
 /// Answers the peers' asks (`Msg::Idle`, relayed as the asking peer's index) with the run
 /// at the back of `queue`, or none. Runs as long as the shard is in the session, also
 /// after its own runs are done, so that no ask goes unanswered.
-async fn answer_asks(queue: RunQueue, senders: Senders<Msg>, asks: async_channel::Receiver<usize>) {
+async fn answer_asks(
+    queue: SharedQueue,
+    senders: Senders<Msg>,
+    asks: async_channel::Receiver<usize>,
+) {
     while let Ok(peer) = asks.recv().await {
-        let run = queue.borrow_mut().pop_back();
-        if senders.send_to(peer, Msg::Give(run)).await.is_err() {
+        let given = queue.borrow_mut().give();
+        if senders
+            .send_to(peer, Msg::Give(given.map(|q| q.run)))
+            .await
+            .is_err()
+        {
             // That peer has stopped (the session is ending): the run stays ours.
-            if let Some(r) = run {
-                queue.borrow_mut().push_back(r);
+            if let Some(q) = given {
+                queue.borrow_mut().receive(q);
             }
         }
     }
@@ -654,19 +619,19 @@ async fn answer_asks(queue: RunQueue, senders: Senders<Msg>, asks: async_channel
 /// Moves the runs of `queue`, one stream each, sending each run's result to `results`.
 /// Keeps as many streams in flight as the connection's tuned flow window asks for
 /// (`window::streams_in_flight`, at least `STREAMS_IN_FLIGHT_MIN`), adding more as the
-/// window grows, as long as their runs fit in `claim_budget`. When the queue is empty, a
-/// stream is free and the budget has room for a whole run, asks the peers one at a time
-/// for one of their queued runs, until each has said it has none left. Adds what moved
-/// to `moved`.
+/// window grows, as long as their runs fit in the claim budget. When the queue is empty,
+/// a stream is free and the budget has room for a whole run, asks the peers one at a
+/// time for one of their queued runs, until each has said it has none left
+/// (`schedule::TakeOver` decides whom). Adds what moved to `moved`.
 #[allow(clippy::too_many_arguments)]
 async fn run_ranges(
     conn: Option<Connection>,
     work: Arc<Work>,
-    queue: RunQueue,
+    queue: SharedQueue,
     moved: Moved,
     results: async_channel::Sender<(u32, Result<u64, Failure>)>,
     latency: Rc<RefCell<Histogram<u64>>>,
-    take_over: TakeOver,
+    asking: Asking,
 ) {
     let results = Rc::new(results);
     let shard_count = work.ranges.len();
@@ -676,31 +641,25 @@ async fn run_ranges(
     let (finished_tx, finished_rx) = async_channel::unbounded::<()>();
     let live = Rc::new(std::cell::Cell::new(0usize));
     let failed = Rc::new(std::cell::Cell::new(false));
-    let claimed: Claimed = Rc::default();
     let mut tasks = Vec::new();
-    // Peers that may still have runs to give, in the order they are asked.
-    let mut may_give: Vec<usize> = match &conn {
-        Some(_) => (1..shard_count)
-            .map(|i| (take_over.shard + i) % shard_count)
-            .collect(),
-        None => Vec::new(),
-    };
-    let mut asked: Option<usize> = None;
+    let mut take_over = TakeOver::new(asking.shard, shard_count);
+    if conn.is_none() {
+        take_over.stop();
+    }
     loop {
         let wanted = conn.as_ref().map_or(STREAMS_IN_FLIGHT_MIN, |c| {
             streams_in_flight(c.flow_window())
         });
-        let budget = claim_budget(conn.as_ref());
+        let budget = budget_of(conn.as_ref());
         while live.get() < wanted {
             // Taken here, so that the queue shows at once what is left for the peers.
-            let Some(first) = claim(&queue, &claimed, budget, &work) else {
+            let Some(first) = queue.borrow_mut().claim(budget) else {
                 break;
             };
             live.set(live.get() + 1);
             tasks.push(rt::spawn_local(range_worker(
                 first,
                 queue.clone(),
-                claimed.clone(),
                 moved.clone(),
                 results.clone(),
                 conn.clone(),
@@ -717,31 +676,27 @@ async fn run_ranges(
         // A shard whose runs fail (its connection was lost, say) takes no more over: it
         // would fail those too, and the session fails anyway.
         if failed.get() || conn.as_ref().is_some_and(|c| c.lost_reason().is_some()) {
-            may_give.clear();
+            take_over.stop();
         }
         // Room for the largest run a peer may give, so that it starts at once.
-        let room = fits(
-            claimed.get(),
-            STREAM_RUN_CHUNKS as u64 * CHUNK_SIZE_BYTES,
-            budget,
-        );
-        if queue.borrow().is_empty() && live.get() < wanted && room && asked.is_none() {
-            if let Some(&peer) = may_give.first() {
-                if take_over.senders.send_to(peer, Msg::Idle).await.is_ok() {
-                    asked = Some(peer);
-                } else {
-                    may_give.remove(0);
-                    continue;
-                }
+        let ready = {
+            let q = queue.borrow();
+            q.is_empty() && live.get() < wanted && q.fits(STREAM_RUN_BYTES_MAX, budget)
+        };
+        if let Some(peer) = take_over.ask(ready) {
+            if asking.senders.send_to(peer, Msg::Idle).await.is_err() {
+                take_over.unreachable();
+                continue;
             }
         }
-        if queue.borrow().is_empty() && live.get() == 0 && asked.is_none() {
+        if queue.borrow().is_empty() && live.get() == 0 && !take_over.waiting() {
             break;
         }
         let gift = async {
-            match asked {
-                Some(_) => Some(take_over.gifts.recv().await.ok().flatten()),
-                None => std::future::pending().await,
+            if take_over.waiting() {
+                Some(asking.gifts.recv().await.ok().flatten())
+            } else {
+                std::future::pending().await
             }
         };
         let tick = async {
@@ -756,14 +711,8 @@ async fn run_ranges(
             None
         };
         if let Some(given) = futures_lite::future::or(gift, tick).await {
-            let peer = asked.take();
-            match given {
-                Some(run) => queue.borrow_mut().push_back(run),
-                // A peer with nothing queued is not asked again. It can hold runs again
-                // only by being given some when it asks, and it starts those at once
-                // (a third shard's ask may come first: then this shard just misses it).
-                // (`may_give` may have been cleared meanwhile, by a failed run.)
-                None => may_give.retain(|&p| Some(p) != peer),
+            if let Some(run) = take_over.answered(given) {
+                queue.borrow_mut().receive(queued(&work, run));
             }
         }
     }
@@ -777,12 +726,12 @@ async fn run_ranges(
 const WINDOW_RECHECK: Duration = Duration::from_millis(50);
 
 /// One stream's worth of `run_ranges`: moves `first`, then takes runs off the shard's
-/// queue (`claim`) until it is empty or its next run does not fit in the budget.
+/// queue (`RunQueue::claim`) until it is empty or its next run does not fit in the
+/// budget.
 #[allow(clippy::too_many_arguments)]
 async fn range_worker(
-    first: (RangeItem, u64),
-    queue: RunQueue,
-    claimed: Claimed,
+    first: QueuedRun,
+    queue: SharedQueue,
     moved: Moved,
     results: Rc<async_channel::Sender<(u32, Result<u64, Failure>)>>,
     conn: Option<Connection>,
@@ -793,7 +742,7 @@ async fn range_worker(
     failed: Rc<std::cell::Cell<bool>>,
 ) {
     let mut next = Some(first);
-    while let Some((item, bytes)) = next {
+    while let Some(QueuedRun { run: item, bytes }) = next {
         let result = match &conn {
             Some(c) => move_range(c, &work, item, &latency).await,
             None => Err(Failure::new(ErrorCode::Io, "no connection to the server")),
@@ -807,14 +756,14 @@ async fn range_worker(
             }
             Err(_) => failed.set(true),
         }
-        claimed.set(claimed.get() - bytes);
+        queue.borrow_mut().finish(bytes);
         let result = result.map(|(n, _)| n);
         if results.send((item.file, result)).await.is_err() {
             break;
         }
         // Unbounded, and the receiver lives as long as run_ranges: this cannot fail.
         let _ = finished.try_send(());
-        next = claim(&queue, &claimed, claim_budget(conn.as_ref()), &work);
+        next = queue.borrow_mut().claim(budget_of(conn.as_ref()));
     }
     live.set(live.get() - 1);
     // Also on the way out, so a coordinator waiting for a range sees the results closed,
@@ -861,7 +810,7 @@ fn record_latencies(
 async fn move_range(
     conn: &Connection,
     work: &Work,
-    item: RangeItem,
+    item: RunItem,
     latency: &RefCell<Histogram<u64>>,
 ) -> Result<(u64, Savings), Failure> {
     let f = &work.files[item.file as usize];
@@ -1434,33 +1383,24 @@ async fn session(
         }
     }
 
-    // Runs of at most STREAM_RUN_CHUNKS, queued on the shard of their range as in a local
-    // copy.
-    let mut ranges: Vec<Vec<RangeItem>> = vec![Vec::new(); shard_count];
-    let mut remaining = vec![0u32; files.len()];
-    for n in needs {
+    for n in &mut needs {
         // Checked above (check_need): a file of the manifest, a run inside it, each file
-        // once.
-        let i = n.file as usize;
-        let path = &entry_paths[i];
-        let end = n.chunk_first + n.chunk_count;
-        let o = owner(path, shard_count);
-        // Hashes of the receiver's old version, as it sent them (at most one per chunk
-        // asked for, which the frame's decoding checked).
-        files[i].have_first = n.chunk_first;
-        files[i].have = n.have;
-        let mut first = n.chunk_first;
-        while first < end {
-            let count = (end - first).min(STREAM_RUN_CHUNKS);
-            let s = range_shard(o, first / RANGE_CHUNKS as u32, shard_count).0 as usize;
-            ranges[s].push(RangeItem {
-                file: n.file,
-                first,
-                count,
-            });
-            remaining[i] += 1;
-            first += count;
-        }
+        // once. Hashes of the receiver's old version, as it sent them (at most one per
+        // chunk asked for, which the frame's decoding checked).
+        let f = &mut files[n.file as usize];
+        f.have_first = n.chunk_first;
+        f.have = std::mem::take(&mut n.have);
+    }
+    let asked = needs.iter().map(|n| Asked {
+        file: n.file,
+        path: &entry_paths[n.file as usize],
+        first: n.chunk_first,
+        count: n.chunk_count,
+    });
+    let ranges = cut_runs(asked, shard_count);
+    let mut remaining = vec![0u32; files.len()];
+    for run in ranges.iter().flatten() {
+        remaining[run.file as usize] += 1;
     }
     let to_move = needed.iter().filter(|&&n| n).count() as u64;
     summary.files = is_file.iter().filter(|&&f| f).count() as u64;
