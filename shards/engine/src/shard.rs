@@ -14,7 +14,7 @@ use tpc_core::limits::{CHUNK_SIZE_BYTES, RANGES_IN_FLIGHT_PER_SHARD};
 use tpc_core::plan::{owner, range_shard};
 use tpc_core::{ChunkHash, ChunkPlan, CommitBatcher, FileId, RangeSpan, RelPath, ShardId};
 
-use crate::confine::{Access, ConfineError, Root};
+use crate::confine::{Access, ConfineError, Dir, Root};
 use crate::mesh::{MeshPeer, Senders};
 use crate::rt::{self, File, ReadBuf};
 use crate::{
@@ -44,6 +44,9 @@ struct Shard {
     progress: Arc<Progress>,
     assembly: RefCell<Assembly<FileError>>,
     completed: Sender<Completed<FileError>>,
+    /// The directory of the last commit, kept for the next (`--fsync never` commits each
+    /// file as it completes).
+    held_dir: RefCell<Option<HeldDir>>,
 }
 
 pub(crate) async fn run(
@@ -68,6 +71,7 @@ pub(crate) async fn run(
         progress,
         assembly: RefCell::new(Assembly::new()),
         completed: completed_tx,
+        held_dir: RefCell::new(None),
     });
 
     // Register owned files and list this shard's ranges. Planning is a pure function of
@@ -455,8 +459,14 @@ async fn commit(
             });
     }
     let roots = shard.job.roots.clone();
-    let (outcomes, warning) =
-        rt::spawn_blocking(move || commit_groups(&roots, groups, durable)).await;
+    let (outcomes, warning) = if durable {
+        rt::spawn_blocking(move || commit_groups(&roots, groups, true, &mut None)).await
+    } else {
+        // Renamed as soon as written, one file at a time: each is one renameat in a
+        // directory held from the commit before (a directory's files complete together),
+        // on this thread, as cheap as the rename by path it replaces.
+        commit_groups(&roots, groups, false, &mut shard.held_dir.borrow_mut())
+    };
     if let Some(e) = warning {
         // The files are in place and complete; only their durability is in doubt.
         eprintln!("tpc-xfer: warning: syncing directories failed: {e}");
@@ -468,6 +478,9 @@ async fn commit(
     }
     committed
 }
+
+/// A directory held from one commit to the next, with its (root, path).
+type HeldDir = ((usize, RelPath), Dir);
 
 /// One file of a commit batch: its temporary and final names.
 struct Renaming {
@@ -483,6 +496,7 @@ fn commit_groups(
     roots: &[Arc<Root>],
     groups: BTreeMap<(usize, RelPath), Vec<Renaming>>,
     durable: bool,
+    held: &mut Option<HeldDir>,
 ) -> (Vec<(FileId, FileOutcome)>, Option<ConfineError>) {
     let mut outcomes = Vec::new();
     let fail = |outcomes: &mut Vec<_>, root: &Root, r: &Renaming, error: FileError| {
@@ -506,9 +520,11 @@ fn commit_groups(
         }
     }
     let mut warning = None;
-    for ((root, parent), files) in groups {
-        let root = &roots[root];
-        let dir = match root.dir(&parent) {
+    for (key, files) in groups {
+        let root = &roots[key.0];
+        let reused = held.take().filter(|(k, _)| *k == key);
+        let opened = reused.map_or_else(|| root.dir(&key.1), |(_, dir)| Ok(dir));
+        let dir = match opened {
             Ok(dir) => Some(dir),
             // A directory this user may write but not read (a drop-box, mode 1733): its
             // renames go through the root, resolved the same way, and are made durable
@@ -546,6 +562,7 @@ fn commit_groups(
                 warning.get_or_insert(e);
             }
         }
+        *held = dir.map(|dir| (key, dir));
     }
     (outcomes, warning)
 }
