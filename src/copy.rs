@@ -241,7 +241,7 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
                     continue;
                 }
             };
-            let dst_meta = dest_meta(&plan.dest, &dst);
+            let dst_meta = dest_meta(&plan.dest, &mut None, &dst);
             match dst_meta.map(|m| file_change_by_digest(&e.meta, &m, ds == dd)) {
                 Some(Change::Skip) => summary.files_unchanged += 1,
                 Some(Change::FixMetadata) => {
@@ -483,6 +483,8 @@ struct Plan {
     /// Temporary names made so far: the next one's number.
     temps: u64,
     sweeper: Sweeper,
+    /// The directory the planner looked in last (`dest_meta`).
+    held_parent: Option<confine::Dir>,
     job: Vec<JobFile>,
     need_digests: Vec<(Beneath, RelPath, Entry)>,
     fix_meta: Vec<(RelPath, Entry)>,
@@ -504,6 +506,7 @@ impl Plan {
             dest_dir,
             lock: None,
             temps: 0,
+            held_parent: None,
             job: Vec::new(),
             need_digests: Vec::new(),
             fix_meta: Vec::new(),
@@ -707,9 +710,24 @@ pub(crate) fn local_target(
 }
 
 /// What is at destination `rel` now: `None` if nothing (or if it cannot be looked at,
-/// which the step that writes it then reports).
-fn dest_meta(dest: &confine::Root, rel: &RelPath) -> Option<EntryMeta> {
-    let st = dest.lstat(rel).ok()??;
+/// which the step that writes it then reports). `held` keeps the last parent directory
+/// open: the walk lists a directory's entries together, so each is one `fstatat` on it
+/// rather than a resolution of its parent beneath the root and a stat.
+fn dest_meta(
+    dest: &confine::Root,
+    held: &mut Option<confine::Dir>,
+    rel: &RelPath,
+) -> Option<EntryMeta> {
+    let parent = rel.parent();
+    if held.as_ref().map(|d| Some(d.rel())) != Some(parent.as_ref()) {
+        // The root itself, or a directory that cannot be held (unreadable): by path.
+        *held = parent.and_then(|p| dest.dir(&p).ok());
+    }
+    let st = match held {
+        Some(dir) => dir.lstat(rel),
+        None => dest.lstat(rel),
+    }
+    .ok()??;
     let kind = match st.kind {
         FileKind::File => EntryKind::File,
         FileKind::Dir => EntryKind::Dir,
@@ -784,7 +802,7 @@ fn plan_root(
         let before = if parent_fresh {
             None
         } else {
-            dest_meta(&plan.dest, &dst)
+            dest_meta(&plan.dest, &mut plan.held_parent, &dst)
         };
         match e.meta.kind {
             EntryKind::Dir => {
