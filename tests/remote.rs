@@ -493,3 +493,32 @@ fn killing_the_server_mid_push_leaves_old_or_new_files_and_a_rerun_completes() {
     assert_identical(&src, &tree);
     assert_eq!(temporaries(&root), Vec::<PathBuf>::new());
 }
+
+/// Issue 25, finding 9: pushing a directory's contents to the served root (`src/` to
+/// `tpc://host/`) once applied the client's directory mode and mtime to the root itself:
+/// a root of mode 755 became 777. The served root's own metadata is the operator's.
+#[test]
+fn a_push_to_the_served_root_leaves_the_roots_own_mode_and_times() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let s = Scratch::new("remote-root-meta");
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"data").unwrap();
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o777)).unwrap();
+    set_mtime(&src, 1_000_000_000, 0);
+    let root = s.path("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (cs, ss) = keys(&s);
+    let server = Server::start(&root, &ss);
+    let out = copy(&cs, with_slash(&src), server.url(""), &["--accept-new"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(std::fs::read(root.join("f")).unwrap(), b"data");
+    let md = std::fs::metadata(&root).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o755, "the root's mode changed");
+    assert_ne!(
+        md.mtime(),
+        1_000_000_000,
+        "the root took the client's mtime"
+    );
+}

@@ -155,6 +155,8 @@ pub struct Receiver {
     sweeper: Sweeper,
     /// One existing directory of each filesystem (device) the plan met.
     devices: BTreeMap<u64, RelPath>,
+    /// See `keep_root_metadata`.
+    keep_root_meta: bool,
     durable: bool,
     planned: Vec<Planned>,
     /// Regular files committed (symlinks and directories are not counted, as in a local
@@ -212,6 +214,7 @@ impl Receiver {
             session,
             sweeper,
             devices: BTreeMap::new(),
+            keep_root_meta: false,
             durable,
             planned: Vec::new(),
             files_written: 0,
@@ -232,6 +235,14 @@ impl Receiver {
     /// [`Receiver::lazy_files`] with those streams once planned.
     pub fn create_small_files_on_write(mut self) -> Receiver {
         self.lazy_create = true;
+        self
+    }
+
+    /// Leaves the root's own mode and times alone: a server's root is its operator's,
+    /// and no peer's directory metadata is applied to it (issue 25, finding 9). (A
+    /// pulling client's destination takes the source's, as a local copy's does.)
+    pub fn keep_root_metadata(mut self) -> Receiver {
+        self.keep_root_meta = true;
         self
     }
 
@@ -325,7 +336,10 @@ impl Receiver {
                 self.devices
                     .entry(st.inode.0)
                     .or_insert_with(|| full.clone());
-                if st.mode & 0o700 != 0o700 {
+                if full.is_root() && self.keep_root_meta {
+                    // The root is not unlocked, nor given the peer's mode later.
+                    self.planned[i].meta_ok = true;
+                } else if st.mode & 0o700 != 0o700 {
                     // Read-only from an earlier copy: writable until `finish` sets its mode.
                     self.root
                         .set_dir_meta(full, st.mode | 0o700, st.atime, st.mtime)
@@ -653,6 +667,7 @@ impl Receiver {
         let mut order: Vec<usize> = (0..self.planned.len())
             .filter(|&i| self.planned[i].entry.kind == WireKind::Dir)
             .filter(|&i| self.changed || !self.planned[i].meta_ok)
+            .filter(|&i| !(self.keep_root_meta && self.planned[i].full.is_root()))
             .collect();
         order.sort_by_key(|&i| std::cmp::Reverse(self.planned[i].full.depth()));
         for i in order {

@@ -407,7 +407,8 @@ async fn control_push(
         durable,
         true,
     )
-    .create_small_files_on_write();
+    .create_small_files_on_write()
+    .keep_root_metadata();
     let mut budget = ManifestBudget::default();
     loop {
         match expect_frame(recv).await.map_err(session_failure)? {
