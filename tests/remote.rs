@@ -522,3 +522,42 @@ fn a_push_to_the_served_root_leaves_the_roots_own_mode_and_times() {
         "the root took the client's mtime"
     );
 }
+
+/// Issue 25, finding 7: a pull that fails part way left its preallocated temporaries in
+/// the client's destination (the session's error path skipped the receiver's abort), so
+/// a hostile or dying server could fill the client's disk. The server is killed once the
+/// client's temporary exists; the client fails, and leaves none.
+#[test]
+fn a_pull_that_fails_part_way_leaves_no_temporary_in_the_destination() {
+    let s = Scratch::new("remote-pull-kill");
+    let (cs, ss) = keys(&s);
+    let root = s.path("root");
+    std::fs::create_dir_all(root.join("tree")).unwrap();
+    random_file(&root.join("tree/big.bin"), 128 * CHUNK_BYTES, 3);
+    let server = Server::start(&root, &ss);
+    let dst = s.path("dst");
+    let client = Command::new(bin())
+        .args(["copy", "-q", "--accept-new", "--state"])
+        .arg(&cs)
+        .arg(server.url("tree/"))
+        .arg(&dst)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while temporaries(&dst).is_empty() && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    drop(server);
+    let out = client.wait_with_output().unwrap();
+    assert_ne!(
+        code(&out),
+        0,
+        "the pull completed before the kill: the test proved nothing"
+    );
+    assert_eq!(temporaries(&dst), Vec::<PathBuf>::new(), "{}", stderr(&out));
+    assert!(
+        !dst.join("big.bin").exists(),
+        "a partial file under its name"
+    );
+}

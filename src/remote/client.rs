@@ -1217,9 +1217,10 @@ async fn session(
     // Which files the receiver asked for, filled as its answer is checked (check_need).
     let mut needed: Vec<bool>;
     let mut entry_paths: Vec<Vec<u8>> = Vec::new();
-    let mut local_receiver: Option<Receiver> = None;
-    // A pull's run lock in its destination root, held until the session ends.
+    // A pull's run lock in its destination root, held until the session ends: declared
+    // first, so that it is dropped after the receiver (which removes its temporaries).
     let mut _run_lock: Option<RunLock> = None;
+    let mut local_receiver: Option<Receiver> = None;
     let mut local_root = None;
     // Which entries are regular files: the summary counts files, as a local copy does.
     let is_file: Vec<bool>;

@@ -753,6 +753,17 @@ impl Receiver {
     }
 }
 
+/// However a session ends, files it never committed leave no temporary behind: a
+/// session that fails part way (a lost or hostile peer, any early return) drops its
+/// receiver without `finish`, and the temporaries it created, preallocated at full size,
+/// would stay (issue 25, finding 7). After `finish` or `abort` there is nothing left to
+/// remove.
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
 /// BLAKE3 of each chunk of a new file's layout (`new_size` bytes) that an old version
 /// (`old`, of `old_size` bytes) covers whole, from the first chunk on, up to
 /// `NEED_HAVE_HASHES_MAX`: what a receiver tells the sender it already has. Unreadable,
