@@ -874,14 +874,52 @@ impl Reader<'_> {
         // An unknown code from a newer peer is still an error: report it as Io.
         Ok(ErrorCode::from_u16(v).unwrap_or(ErrorCode::Io))
     }
+    /// A peer's human-readable message, with its control characters escaped here, at
+    /// the one place every peer message passes: printed or logged anywhere, it cannot
+    /// move the cursor, clear a screen or forge a line of its own (issue 25, finding 10).
     fn message(&mut self) -> Result<String, WireError> {
         let b = self.bytes("message", MESSAGE_BYTES_MAX)?;
-        Ok(String::from_utf8_lossy(&b).into_owned())
+        Ok(escape_controls(&String::from_utf8_lossy(&b)))
     }
+}
+
+/// `text` with every control character written out as `\xNN` (newline and tab too).
+/// Backslashes are left as they are: a peer's paths arrive already quoted that way.
+pub fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
+    use super::escape_controls;
+
+    #[test]
+    fn peer_messages_arrive_with_control_characters_escaped() {
+        let mut buf = Vec::new();
+        Frame::Error {
+            code: ErrorCode::Io,
+            message: "bad\n\x1b[2Jline\\x0a".into(),
+        }
+        .encode(&mut buf);
+        let (k, _) = Frame::header(buf[..FRAME_HEADER_BYTES].try_into().unwrap()).unwrap();
+        match Frame::decode(k, &buf[FRAME_HEADER_BYTES..]).unwrap() {
+            Frame::Error { message, .. } => {
+                assert_eq!(message, "bad\\x0a\\x1b[2Jline\\x0a");
+                assert!(!message.chars().any(char::is_control));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(escape_controls("plain text"), "plain text");
+    }
+
     use super::*;
 
     #[test]
