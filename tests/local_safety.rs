@@ -1135,3 +1135,87 @@ fn a_file_copied_into_a_drop_box_is_synced_before_its_rename() {
         "the file was renamed into the drop-box before anything synced it; the trace:\n{text}"
     );
 }
+
+/// Issue 25, finding 8, for a push: a source rewritten in place (same size) while the
+/// client reads it was pushed as a mix of two versions and reported as success. Held
+/// by strace after its first chunk is read (portable driver: pread), the file is
+/// rewritten; the push must fail that file, or the server must hold exactly what the
+/// source now holds.
+#[test]
+fn a_source_rewritten_during_its_push_is_not_committed_torn() {
+    if !strace_works() {
+        return;
+    }
+    let s = Scratch::new("changing-push-source");
+    let src = s.path("big");
+    random_file(&src, 3 * CHUNK_BYTES, 2);
+    let old = std::fs::read(&src).unwrap();
+    let (cs, ss) = keys(&s);
+    let root = s.path("root");
+    let server = Server::start(&root, &ss);
+    // First contact, so that the traced push needs no prompt.
+    std::fs::write(s.path("hello"), b"hi").unwrap();
+    let out = copy(&cs, s.path("hello"), server.url("hello"), &["--accept-new"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let log = s.path("read.trace");
+    let hold = format!("inject=pread64,preadv,preadv2:delay_exit={}", HOLD_US / 3);
+    let url = server.url("big");
+    let mut run = Traced::start(
+        &s,
+        &[
+            "-f",
+            "-qq",
+            "-y",
+            "-o",
+            log.to_str().unwrap(),
+            "-e",
+            "trace=pread64,preadv,preadv2",
+            "-e",
+            &hold,
+        ],
+        &[("TPC_XFER_IO", "portable")],
+        &[
+            OsStr::new("copy"),
+            OsStr::new("-q"),
+            OsStr::new("--cores"),
+            OsStr::new("1"),
+            OsStr::new("--state"),
+            cs.as_os_str(),
+            src.as_os_str(),
+            OsStr::new(&url),
+        ],
+    );
+    let marker = format!("<{}>", src.display());
+    let seen = wait_while_running(&mut run, || {
+        std::fs::read_to_string(&log).is_ok_and(|t| {
+            t.lines()
+                .any(|l| l.contains(&marker) && l.contains(&format!("= {CHUNK_BYTES}")))
+        })
+    });
+    if seen {
+        let new: Vec<u8> = old.iter().map(|b| !b).collect();
+        let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+        f.write_all_at(&new, 0).unwrap();
+    }
+    let out = run.wait();
+    assert!(
+        seen,
+        "never saw the first chunk of the source read: {}",
+        stderr(&out)
+    );
+    let pushed = std::fs::read(root.join("big")).ok();
+    let now = std::fs::read(&src).unwrap();
+    if code(&out) == 0 {
+        assert!(
+            pushed.as_ref() == Some(&now),
+            "exit 0, but the server does not hold what the source holds"
+        );
+    } else {
+        assert!(
+            pushed.is_none(),
+            "the failed push left a file under its name: {}",
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains("big"), "{}", stderr(&out));
+    }
+}

@@ -37,7 +37,7 @@ use tpc_engine::confine::{Access, Root};
 use tpc_engine::mesh::{MeshPeer, Receivers, Senders};
 use tpc_engine::quic::{bind_socket, udp_payload_max_towards, Connection, Endpoint, QuicError};
 use tpc_engine::rt::{self, File};
-use tpc_engine::{Driver, Durability};
+use tpc_engine::{Driver, Durability, Listed, SourceChanged};
 
 use super::data::{open_direct, receive_run, send_run, DataError, RunLog, Savings};
 use tpc_engine::temp::RunLock;
@@ -48,7 +48,7 @@ use super::{
     SessionError, CLOSE_DONE, CONNECT_TIMEOUT,
 };
 use crate::auth::{self, Identity, KnownServers, ServerTrust};
-use crate::copy::{landing_base, local_dest, local_target};
+use crate::copy::{beneath, hold_tree, landing_base, local_dest, local_target};
 use crate::exit::{Exit, Problems};
 use crate::summary::{LatencySummary, Network, PathSummary, Summary};
 use crate::walk::{self, quote};
@@ -108,7 +108,7 @@ struct WorkFile {
     remote: Vec<u8>,
     size: u64,
     /// Push: the local source. Pull: the local temporary file beneath `Job::local_root`.
-    local_src: Option<PathBuf>,
+    local_src: Option<PushSource>,
     local_tmp: Option<RelPath>,
     /// Push: the server's hashes of its old version of the file, from chunk `have_first`
     /// on: chunks that match are not sent (`CODEC_SAME`).
@@ -118,6 +118,17 @@ struct WorkFile {
 
 const _: () = assert!(STREAM_RUN_CHUNKS >= 1 && STREAM_RUN_CHUNKS <= STREAM_CHUNKS_MAX);
 
+/// A file a push reads: beneath one of its held source roots (`Work::src_roots`), as
+/// the local copy reads its sources, never by a path a symlink swapped in could redirect;
+/// and checked against what the walk listed when opened and after it is read.
+struct PushSource {
+    root: usize,
+    rel: RelPath,
+    listed: Listed,
+    /// Its path as the user named it, for messages.
+    shown: PathBuf,
+}
+
 /// What shard 0 hands every shard once the receiver has answered.
 struct Work {
     push: bool,
@@ -126,6 +137,8 @@ struct Work {
     /// Runs per shard, as first queued (shards then take runs over from each other).
     ranges: Vec<Vec<RunItem>>,
     local_root: Option<Arc<Root>>,
+    /// A push's sources, held open (`PushSource`).
+    src_roots: Vec<Arc<Root>>,
     compression: Compression,
 }
 
@@ -186,6 +199,9 @@ struct Source {
     arg: OsString,
     path: PathBuf,
     entries: Vec<walk::Entry>,
+    /// The source held open (`copy::hold_tree`), and where it is beneath that.
+    root: Arc<Root>,
+    base: RelPath,
 }
 
 pub fn push(sources: &[OsString], remote: RemoteSpec, opts: &RemoteOptions) -> Exit {
@@ -201,11 +217,19 @@ pub fn push(sources: &[OsString], remote: RemoteSpec, opts: &RemoteOptions) -> E
                         format!("cannot read {}: {}", quote(&e.path), e.error),
                     );
                 }
-                walked.push(Source {
-                    arg: s.clone(),
-                    path,
-                    entries,
-                });
+                let is_dir = entries
+                    .first()
+                    .is_some_and(|e| e.meta.kind == EntryKind::Dir);
+                match hold_tree(&path, is_dir) {
+                    Ok((root, base)) => walked.push(Source {
+                        arg: s.clone(),
+                        path,
+                        entries,
+                        root: Arc::new(root),
+                        base,
+                    }),
+                    Err(e) => problems.report(Exit::Source, e),
+                }
             }
             Err(e) => problems.report(Exit::Source, format!("source {}: {e}", quote(&path))),
         }
@@ -845,11 +869,19 @@ async fn move_range(
     };
     write_frame(&mut send, &header).await.map_err(io)?;
     if work.push {
-        let src = f.local_src.as_ref().expect("push has sources");
-        let file = File::open(src)
-            .await
-            .map_err(|e| Failure::new(ErrorCode::Io, format!("cannot open {}: {e}", quote(src))))?;
-        let what = quote(src);
+        let Some(src) = f.local_src.as_ref() else {
+            return Err(Failure::new(
+                ErrorCode::PathRefused,
+                format!("cannot read file {}: its path is too long", item.file),
+            ));
+        };
+        let what = quote(&src.shown);
+        let opened = work.src_roots[src.root]
+            .open(&src.rel, Access::Read)
+            .map_err(|e| Failure::new(ErrorCode::Io, format!("cannot open {what}: {e}")))?;
+        let changed = |e: SourceChanged| Failure::new(ErrorCode::Changed, format!("{what}: {e}"));
+        src.listed.check(&opened, f.size).map_err(changed)?;
+        let file = File::from_std(opened);
         let mut log = RunLog::default();
         let sent = send_run(
             &file,
@@ -864,7 +896,11 @@ async fn move_range(
         // End the stream before anything else can yield: the server stops reading once
         // the run is complete, and a finish after that would be refused.
         let finished = sent.is_ok().then(|| send.finish());
+        // Read from one version of the file only: otherwise the run fails, and with it
+        // the file, which the server then never commits.
+        let unchanged = file.with_std(|f_| src.listed.check(f_, f.size));
         let _ = file.close().await;
+        unchanged.map_err(changed)?;
         let n = match sent {
             // The server refused the run part way and stopped reading: its answer says why.
             Err(DataError::Session(SessionError::Quic(QuicError::Stopped(_)))) => {
@@ -1222,11 +1258,13 @@ async fn session(
     let mut _run_lock: Option<RunLock> = None;
     let mut local_receiver: Option<Receiver> = None;
     let mut local_root = None;
+    let mut src_roots = Vec::new();
     // Which entries are regular files: the summary counts files, as a local copy does.
     let is_file: Vec<bool>;
     let mut plan_failed_files = 0u64;
     match plan {
         Plan::Push { sources } => {
+            src_roots = sources.iter().map(|s| s.root.clone()).collect();
             let (entries, srcs, skipped) = push_manifest(&sources, &path, dest_kind);
             summary.skipped = skipped;
             is_file = entries.iter().map(|e| e.kind == WireKind::File).collect();
@@ -1412,6 +1450,7 @@ async fn session(
         files,
         ranges,
         local_root,
+        src_roots,
         compression: job.compression,
     });
     for peer in 1..shard_count {
@@ -1685,7 +1724,7 @@ fn push_manifest(
     sources: &[Source],
     dest: &[u8],
     dest_kind: DestKind,
-) -> (Vec<Entry>, Vec<Option<PathBuf>>, u64) {
+) -> (Vec<Entry>, Vec<Option<PushSource>>, u64) {
     let named: Vec<Vec<u8>> = sources
         .iter()
         .map(|s| walk::bytes(&s.arg).into_owned())
@@ -1711,7 +1750,7 @@ fn push_manifest(
     let mut entries = Vec::new();
     let mut srcs = Vec::new();
     let mut has_base = false;
-    for (s, landing) in sources.iter().zip(&placement.landings) {
+    for (i, (s, landing)) in sources.iter().zip(&placement.landings).enumerate() {
         let prefix: Vec<u8> = match landing {
             place::Landing::Named(name) => name.clone(),
             place::Landing::Contents | place::Landing::AsDest => Vec::new(),
@@ -1732,7 +1771,7 @@ fn push_manifest(
                     WireKind::File,
                     Vec::new(),
                     e.meta.size_bytes,
-                    Some(s.path.join(&e.rel)),
+                    Some(push_source(i, s, e)),
                 ),
                 EntryKind::Dir => (WireKind::Dir, Vec::new(), 0, None),
                 EntryKind::Symlink => (
@@ -1750,13 +1789,8 @@ fn push_manifest(
                     continue;
                 }
             };
-            let src = src.map(|p| {
-                if e.rel.as_os_str().is_empty() {
-                    s.path.clone()
-                } else {
-                    p
-                }
-            });
+            // A name the walk gave that no RelPath can hold (too long) fails at open.
+            let src = src.flatten();
             entries.push(Entry {
                 kind,
                 path,
@@ -1793,6 +1827,24 @@ fn push_manifest(
         srcs.insert(0, None);
     }
     (entries, srcs, skipped)
+}
+
+/// Where entry `e` of source `s` (the `i`th) is read; `None` if its path cannot be a
+/// `RelPath` (longer than the limit).
+fn push_source(i: usize, s: &Source, e: &walk::Entry) -> Option<PushSource> {
+    Some(PushSource {
+        root: i,
+        rel: beneath(&s.base, &e.rel).ok()?,
+        listed: Listed {
+            inode: (e.inode.0, e.inode.1),
+            mtime: (e.meta.mtime_sec, e.meta.mtime_nsec),
+        },
+        shown: if e.rel.as_os_str().is_empty() {
+            s.path.clone()
+        } else {
+            s.path.join(&e.rel)
+        },
+    })
 }
 
 /// Directories and symlinks of a manifest, for the summary (files are counted as the

@@ -68,6 +68,45 @@ pub struct Listed {
     pub mtime: (i64, u32),
 }
 
+impl Listed {
+    /// Whether the open source `file` of `size_bytes` is still the file and the version
+    /// listed: the same inode (a symlink or another file swapped in since the walk is
+    /// not), size and mtime (an edit that keeps the size moves the mtime). Checked when a
+    /// source is opened and again after it is read, by the local copy and by a push.
+    pub fn check(&self, file: &std::fs::File, size_bytes: u64) -> Result<(), SourceChanged> {
+        let st = confine::fstat(file).map_err(SourceChanged::Stat)?;
+        let same_file = self.inode == (0, 0) || st.inode == self.inode;
+        if !same_file {
+            return Err(SourceChanged::Replaced);
+        }
+        if st.size_bytes != size_bytes || st.mtime != self.mtime {
+            return Err(SourceChanged::Changed);
+        }
+        Ok(())
+    }
+}
+
+/// Why a source is not what was listed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceChanged {
+    /// Another file is at its name (swapped in after the walk).
+    Replaced,
+    /// Its size or mtime moved: written to while it was copied.
+    Changed,
+    /// It could not be looked at (the errno).
+    Stat(i32),
+}
+
+impl std::fmt::Display for SourceChanged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceChanged::Replaced => f.write_str("the file was replaced after it was listed"),
+            SourceChanged::Changed => f.write_str("the file changed while it was being copied"),
+            SourceChanged::Stat(errno) => f.write_str(&os::errno_text(*errno)),
+        }
+    }
+}
+
 /// Where a copied file is written and what it looks like when done.
 #[derive(Clone, Debug)]
 pub struct Destination {

@@ -589,29 +589,18 @@ fn sync_through_renamed(
     })
 }
 
-/// Fails a source that is no longer what was listed: another file (swapped in since the
-/// walk), or another version (size or mtime moved).
+/// Fails a source that is no longer what was listed (`Listed::check`).
 fn source_unchanged(src: &std::fs::File, file: &JobFile) -> Result<(), FileError> {
     let Some(listed) = file.listed else {
         return Ok(());
     };
-    let st = crate::confine::fstat(src).map_err(|errno| FileError {
+    listed.check(src, file.size_bytes).map_err(|e| FileError {
         stage: Stage::Read,
-        errno: Some(errno),
-        message: crate::os::errno_text(errno),
-    })?;
-    let same_file = listed.inode == (0, 0) || st.inode == listed.inode;
-    if same_file && st.size_bytes == file.size_bytes && st.mtime == listed.mtime {
-        return Ok(());
-    }
-    Err(FileError {
-        stage: Stage::Read,
-        errno: None,
-        message: if same_file {
-            "the file changed while it was being copied".into()
-        } else {
-            "the file was replaced after it was listed".into()
+        errno: match e {
+            crate::SourceChanged::Stat(errno) => Some(errno),
+            _ => None,
         },
+        message: e.to_string(),
     })
 }
 
