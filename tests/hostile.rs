@@ -591,3 +591,69 @@ fn a_small_file_is_created_only_by_one_run_that_matches_its_manifest_entry() {
         .collect();
     assert_eq!(names, ["z"], "only the committed file is in the root");
 }
+
+/// Resident memory of process `pid`, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// Issue 25, finding 3: each frame header made the server allocate the length it
+/// announced (up to 4 MiB) before a byte of the payload arrived: 4 connections of 60
+/// header-only streams took it from 21 MB to 520 MB. A payload's buffer now grows as its
+/// bytes arrive. The server's resident memory may grow by less than 100 MB while the
+/// streams hang there.
+#[test]
+fn header_only_frames_do_not_make_the_server_allocate_what_they_announce() {
+    use std::time::Duration;
+    let s = Scratch::new("hostile-headers");
+    let (cs, ss) = keys(&s);
+    let server = Server::start(&s.path("root"), &ss);
+    let pid = server.child.id();
+    let idle = rss_bytes(pid);
+    let mut header = vec![1u8];
+    header.extend_from_slice(&(tpc_core::wire::FRAME_BYTES_MAX as u32).to_le_bytes());
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (cs, header) = (cs.clone(), header.clone());
+            let port = server.port;
+            std::thread::spawn(move || {
+                with_connection(&cs, port, move |conn| async move {
+                    let mut streams = Vec::new();
+                    for _ in 0..60 {
+                        let Ok((mut send, recv)) = conn.open_bi().await else {
+                            break;
+                        };
+                        if send.write_all(&header).await.is_err() {
+                            break;
+                        }
+                        streams.push((send, recv));
+                    }
+                    tpc_engine::rt::sleep(Duration::from_secs(3)).await;
+                    drop(streams);
+                })
+            })
+        })
+        .collect();
+    let mut peak = idle;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(100));
+        peak = peak.max(rss_bytes(pid));
+    }
+    for c in clients {
+        c.join().unwrap();
+    }
+    let grew = peak.saturating_sub(idle);
+    assert!(
+        grew < 100 << 20,
+        "the server grew by {} MiB (from {} MiB) under header-only streams",
+        grew >> 20,
+        idle >> 20
+    );
+}

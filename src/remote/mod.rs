@@ -100,7 +100,14 @@ impl RemoteSpec {
         let slash = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
         let authority =
             std::str::from_utf8(&rest[..slash]).map_err(|_| "host is not UTF-8".to_string())?;
-        let path = rest.get(slash + 1..).unwrap_or(&[]).to_vec();
+        let mut path = rest.get(slash + 1..).unwrap_or(&[]).to_vec();
+        // `dir/.` means `dir/` (its contents), as for a local path (`tpc_core::place`);
+        // the wire has no `.` component.
+        if path == b"." {
+            path.clear();
+        } else if path.ends_with(b"/.") {
+            path.pop();
+        }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let close = v6
                 .find(']')
@@ -207,12 +214,22 @@ pub async fn read_frame(recv: &mut RecvStream) -> Result<Option<Frame>, SessionE
         return Ok(None);
     }
     let (kind, len) = Frame::header(&header)?;
-    let mut payload = vec![0u8; len];
-    if !recv.read_exact(&mut payload).await? && len > 0 {
-        return Err(SessionError::Ended);
+    // The buffer grows as the payload's bytes arrive, never from the length the header
+    // announces: a peer's header-only streams would otherwise make this end allocate
+    // FRAME_BYTES_MAX each (issue 25, finding 3).
+    let mut payload = Vec::with_capacity(len.min(FRAME_PREALLOC_BYTES_MAX));
+    while payload.len() < len {
+        match recv.read_chunk(len - payload.len()).await? {
+            Some(bytes) => payload.extend_from_slice(&bytes),
+            None => return Err(SessionError::Ended),
+        }
     }
     Ok(Some(Frame::decode(kind, &payload)?))
 }
+
+/// Bytes of a frame's payload buffer made before any of them arrived (most frames are
+/// smaller; a larger one grows its buffer as its bytes come in).
+const FRAME_PREALLOC_BYTES_MAX: usize = 64 * 1024;
 
 /// Reads a frame that must be there; an `Error` frame from the peer becomes `Remote`.
 pub async fn expect_frame(recv: &mut RecvStream) -> Result<Frame, SessionError> {
@@ -271,6 +288,10 @@ mod tests {
         let r = RemoteSpec::parse(b"tpc://10.0.0.1:7441").unwrap().unwrap();
         assert_eq!((r.port, r.path.len()), (7441, 0));
         assert!(RemoteSpec::parse(b"/local/path").is_none());
+        let r = RemoteSpec::parse(b"tpc://h/a/b/.").unwrap().unwrap();
+        assert_eq!(&r.path[..], b"a/b/");
+        let r = RemoteSpec::parse(b"tpc://h/.").unwrap().unwrap();
+        assert_eq!(r.path.len(), 0);
         assert!(RemoteSpec::parse(b"tpc://:80/x").unwrap().is_err());
         assert!(RemoteSpec::parse(b"tpc://h:0/x").unwrap().is_err());
         assert!(RemoteSpec::parse(b"tpc://h:99999/x").unwrap().is_err());
