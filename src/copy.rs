@@ -584,34 +584,32 @@ fn resolve_roots(
     dest: &Path,
     problems: &mut Problems,
 ) -> Option<(Vec<Root>, PathBuf)> {
-    // Every source as given, found or not: the placement counts them all ("several
-    // sources" land in DEST as a directory even when one of them is missing).
-    let mut given = Vec::new();
+    // The sources found: a missing one is reported and counts for nothing, as in rsync
+    // (`copy missing f dst` writes the file f at dst).
+    let mut found = Vec::new();
     for s in sources {
         let src = PathBuf::from(s);
         let named = walk::bytes(s).into_owned();
-        let is_dir = match std::fs::symlink_metadata(&src) {
+        match std::fs::symlink_metadata(&src) {
             Ok(md) => {
                 // A symlink is copied as a link, unless its name asks for the directory
                 // it points to (`link/`).
                 let follows = named.ends_with(b"/") || place::last_name(&named).is_none();
-                Some(md.is_dir() || (follows && std::fs::metadata(&src).is_ok_and(|m| m.is_dir())))
+                let is_dir =
+                    md.is_dir() || (follows && std::fs::metadata(&src).is_ok_and(|m| m.is_dir()));
+                found.push((src, named, is_dir));
             }
-            Err(e) => {
-                problems.report(Exit::Source, format!("source {}: {e}", quote(&src)));
-                None
-            }
-        };
-        given.push((src, named, is_dir));
+            Err(e) => problems.report(Exit::Source, format!("source {}: {e}", quote(&src))),
+        }
     }
-    if given.iter().all(|(_, _, is_dir)| is_dir.is_none()) {
+    if found.is_empty() {
         return None;
     }
-    let named: Vec<place::Source<'_>> = given
+    let named: Vec<place::Source<'_>> = found
         .iter()
         .map(|(_, named, is_dir)| place::Source {
             named,
-            is_dir: is_dir.unwrap_or(false),
+            is_dir: *is_dir,
         })
         .collect();
     let placement = place::place(&named, local_dest(dest));
@@ -623,10 +621,7 @@ fn resolve_roots(
         }
     };
     let mut roots = Vec::new();
-    for ((src, _, is_dir), landing) in given.iter().zip(&placement.landings) {
-        if is_dir.is_none() {
-            continue;
-        }
+    for ((src, _, _), landing) in found.iter().zip(&placement.landings) {
         let dst = match landing {
             place::Landing::Named(name) => dest.join(&*walk::os(name)),
             place::Landing::Contents | place::Landing::AsDest => dest.to_path_buf(),

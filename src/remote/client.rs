@@ -1267,8 +1267,19 @@ async fn session(
             src_roots = sources.iter().map(|s| s.root.clone()).collect();
             let (entries, srcs, skipped) = push_manifest(&sources, &path, dest_kind);
             summary.skipped = skipped;
+            // As a local copy counts them: the entries walked (not the destination
+            // directory a push of several sources creates).
+            let walked: Vec<&walk::Entry> = sources.iter().flat_map(|s| &s.entries).collect();
+            summary.dirs = walked
+                .iter()
+                .filter(|e| e.meta.kind == EntryKind::Dir)
+                .count() as u64;
+            summary.symlinks = walked
+                .iter()
+                .filter(|e| e.meta.kind == EntryKind::Symlink)
+                .count() as u64;
             is_file = entries.iter().map(|e| e.kind == WireKind::File).collect();
-            count_kinds(&mut summary, &entries);
+
             for batch in entry_frames(&entries) {
                 write_frame(&mut send, &Frame::Entries(batch.to_vec()))
                     .await

@@ -144,7 +144,13 @@ pub enum QuicError {
 impl std::fmt::Display for QuicError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            QuicError::Lost(e) => write!(f, "connection lost: {e}"),
+            // A close's reason is the peer's text: its control characters are escaped,
+            // as every peer message's are (`wire::escape_controls`).
+            QuicError::Lost(e) => write!(
+                f,
+                "connection lost: {}",
+                tpc_core::wire::escape_controls(&e.to_string())
+            ),
             QuicError::Reset(c) => write!(f, "stream reset by peer (code {c})"),
             QuicError::Stopped(c) => write!(f, "stream stopped by peer (code {c})"),
             QuicError::Closed => write!(f, "stream already closed"),

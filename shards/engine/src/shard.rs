@@ -434,7 +434,8 @@ async fn finalize_loop(
 /// of the batch is renamed. Then each directory is held open in turn, beneath the
 /// destination root, for its renames and its own sync: the renames happen in
 /// directories resolved without symlinks, and a batch of thousands of directories holds
-/// one open at a time. It all blocks, so it runs off the executor thread.
+/// one open at a time. A durable commit blocks, so it runs off the executor thread; with
+/// `--fsync never` each file is one rename on this thread.
 async fn commit(
     shard: &Shard,
     batch: &mut Vec<(FileId, tpc_core::FileDigest)>,
