@@ -9,8 +9,8 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use tpc_core::codec::{
-    check_codec, check_compressed_len, Compression, Decoder, Encoder, CODECS_SAME, CODECS_ZSTD,
-    CODEC_RAW, CODEC_SAME, CODEC_ZSTD, FRAME_PLAIN_BYTES,
+    ChunkHeader, Compression, Decoder, Encoder, CHUNK_HEADER_BYTES_MAX, CODECS_SAME, CODECS_ZSTD,
+    FRAME_PLAIN_BYTES,
 };
 use tpc_core::limits::CHUNK_SIZE_BYTES;
 use tpc_core::relpath::RelPath;
@@ -248,7 +248,8 @@ pub async fn send_run(
             Some(theirs) => {
                 let ours = ChunkHash::of(bytes);
                 if ours == *theirs {
-                    send.write_all(&[CODEC_SAME])
+                    let (header, len) = ChunkHeader::Same.encode();
+                    send.write_all(&header[..len])
                         .await
                         .map_err(SessionError::from)?;
                     send.write_all(&ours.0).await.map_err(SessionError::from)?;
@@ -295,10 +296,14 @@ pub async fn send_run(
                 tpc_engine::rt::yield_now().await;
             }
             if kept {
-                let mut header = [0u8; 5];
-                header[0] = CODEC_ZSTD;
-                header[1..].copy_from_slice(&(frames.len() as u32).to_le_bytes());
-                send.write_all(&header).await.map_err(SessionError::from)?;
+                // Smaller than the chunk (`Encoder::keep`): its length fits a u32.
+                let (header, len) = ChunkHeader::Zstd {
+                    compressed_len: frames.len() as u32,
+                }
+                .encode();
+                send.write_all(&header[..len])
+                    .await
+                    .map_err(SessionError::from)?;
                 send.write_all(&frames).await.map_err(SessionError::from)?;
                 let hash = known.unwrap_or_else(|| ChunkHash(*hasher.finalize().as_bytes()));
                 send.write_all(&hash.0).await.map_err(SessionError::from)?;
@@ -311,7 +316,8 @@ pub async fn send_run(
             }
             hasher = blake3::Hasher::new();
         }
-        send.write_all(&[CODEC_RAW])
+        let (header, len) = ChunkHeader::Raw.encode();
+        send.write_all(&header[..len])
             .await
             .map_err(SessionError::from)?;
         // QUIC keeps slices of the chunk's own buffer until they are acknowledged: no
@@ -582,15 +588,20 @@ pub async fn receive_run(
     for (pos, n) in spans {
         buf.clear();
         let mut hasher = blake3::Hasher::new();
-        let codec = read_array::<1>(recv).await?;
-        check_codec(codec[0], run.codecs).map_err(|e| protocol_failure(what, e))?;
+        let [codec] = read_array::<1>(recv).await?;
+        let mut rest = [0u8; CHUNK_HEADER_BYTES_MAX - 1];
+        let rest = &mut rest[..ChunkHeader::rest_len(codec)];
+        if !rest.is_empty() && !recv.read_exact(rest).await.map_err(SessionError::from)? {
+            return Err(DataError::Session(SessionError::Ended));
+        }
+        // Bounded by the chunk's own length before a byte of it is buffered.
+        let header = ChunkHeader::decode(codec, rest, run.codecs, n as u64)
+            .map_err(|e| protocol_failure(what, e))?;
         let mut reused = false;
-        match codec[0] {
-            CODEC_ZSTD => {
-                let zlen = u32::from_le_bytes(read_array::<4>(recv).await?);
-                // Bounded by the chunk's own length before a byte of it is buffered.
-                check_compressed_len(u64::from(zlen), n as u64)
-                    .map_err(|e| protocol_failure(what, e))?;
+        match header {
+            ChunkHeader::Zstd {
+                compressed_len: zlen,
+            } => {
                 frames.clear();
                 frames.reserve(zlen as usize);
                 read_exactly(recv, zlen as usize, &mut frames, None).await?;
@@ -612,7 +623,7 @@ pub async fn receive_run(
                     ..Savings::default()
                 });
             }
-            CODEC_SAME => {
+            ChunkHeader::Same => {
                 // The sender says our old version holds this chunk: read it from there;
                 // the hash check below holds it to what the sender has.
                 let Some(old) = old else {
@@ -641,7 +652,7 @@ pub async fn receive_run(
                 }
                 reused = true;
             }
-            _ => read_exactly(recv, n, &mut buf, Some(&mut hasher)).await?,
+            ChunkHeader::Raw => read_exactly(recv, n, &mut buf, Some(&mut hasher)).await?,
         }
         let hash = read_array::<32>(recv).await?;
         if hasher.finalize().as_bytes() != &hash {

@@ -118,6 +118,73 @@ impl fmt::Display for CodecError {
 
 impl std::error::Error for CodecError {}
 
+/// The header of one chunk in a data stream, before its bytes (none for `Same`); the
+/// chunk's 32-byte BLAKE3 hash follows its bytes. The one encoding of it, for the sender
+/// and the receiver (docs/PROTOCOL.md, data streams).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkHeader {
+    /// The chunk's plain bytes follow.
+    Raw,
+    /// `compressed_len` bytes of zstd frames follow.
+    Zstd { compressed_len: u32 },
+    /// No bytes: the receiver's old version holds the chunk.
+    Same,
+}
+
+/// Bytes of the longest chunk header (zstd: the codec byte and a `u32` length).
+pub const CHUNK_HEADER_BYTES_MAX: usize = 5;
+
+impl ChunkHeader {
+    /// The header's bytes, in a buffer of which the first `len` are used.
+    pub fn encode(self) -> ([u8; CHUNK_HEADER_BYTES_MAX], usize) {
+        let mut out = [0u8; CHUNK_HEADER_BYTES_MAX];
+        match self {
+            ChunkHeader::Raw => (out, 1),
+            ChunkHeader::Same => {
+                out[0] = CODEC_SAME;
+                (out, 1)
+            }
+            ChunkHeader::Zstd { compressed_len } => {
+                out[0] = CODEC_ZSTD;
+                out[1..].copy_from_slice(&compressed_len.to_le_bytes());
+                (out, CHUNK_HEADER_BYTES_MAX)
+            }
+        }
+    }
+
+    /// Bytes of the header after its codec byte `codec` (to read before `decode`).
+    pub fn rest_len(codec: u8) -> usize {
+        if codec == CODEC_ZSTD {
+            CHUNK_HEADER_BYTES_MAX - 1
+        } else {
+            0
+        }
+    }
+
+    /// Decodes a header read from a peer, given its codec byte and the `rest_len` bytes
+    /// after it: the codec must be one the run allows (`allowed`, its `codecs` bits), and
+    /// a compressed length is checked against the chunk's `plain_len` before a byte of it
+    /// is buffered.
+    pub fn decode(
+        codec: u8,
+        rest: &[u8],
+        allowed: u8,
+        plain_len: u64,
+    ) -> Result<ChunkHeader, CodecError> {
+        check_codec(codec, allowed)?;
+        match codec {
+            CODEC_ZSTD => {
+                let len: [u8; 4] = rest.try_into().map_err(|_| CodecError::Codec(codec))?;
+                let compressed_len = u32::from_le_bytes(len);
+                check_compressed_len(u64::from(compressed_len), plain_len)?;
+                Ok(ChunkHeader::Zstd { compressed_len })
+            }
+            CODEC_SAME => Ok(ChunkHeader::Same),
+            _ => Ok(ChunkHeader::Raw),
+        }
+    }
+}
+
 /// Checks a run header's `codecs` bits.
 pub fn codecs_valid(codecs: u8) -> bool {
     codecs & !CODECS_KNOWN == 0
@@ -335,6 +402,31 @@ impl Decoder {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn chunk_headers_round_trip_and_are_checked() {
+        let all = CODECS_ZSTD | CODECS_SAME;
+        for h in [
+            ChunkHeader::Raw,
+            ChunkHeader::Same,
+            ChunkHeader::Zstd { compressed_len: 7 },
+        ] {
+            let (bytes, len) = h.encode();
+            let rest = &bytes[1..len];
+            assert_eq!(rest.len(), ChunkHeader::rest_len(bytes[0]));
+            assert_eq!(ChunkHeader::decode(bytes[0], rest, all, 100), Ok(h));
+        }
+        // Not allowed by the run, unknown, or a compressed length that is no saving.
+        assert!(ChunkHeader::decode(CODEC_SAME, &[], CODECS_ZSTD, 100).is_err());
+        assert!(ChunkHeader::decode(9, &[], all, 100).is_err());
+        let (bytes, _) = ChunkHeader::Zstd {
+            compressed_len: 100,
+        }
+        .encode();
+        assert!(ChunkHeader::decode(CODEC_ZSTD, &bytes[1..], all, 100).is_err());
+        let (bytes, _) = ChunkHeader::Zstd { compressed_len: 0 }.encode();
+        assert!(ChunkHeader::decode(CODEC_ZSTD, &bytes[1..], all, 100).is_err());
+    }
+
     use super::*;
 
     fn text(len: usize) -> Vec<u8> {
