@@ -520,7 +520,7 @@ fn dead_pid() -> u32 {
         .expect("some pid is free")
 }
 
-/// Files in the destination that only look like tpc-xfer temporaries (`.tpcx.<pid>.<n>.tmp`)
+/// Files in the destination named as earlier versions named temporaries (`.tpcx.<pid>.<n>.tmp`)
 /// belong to the user: neither a dead nor a live pid in the name lets a copy delete them.
 #[test]
 fn files_named_like_stale_temporaries_in_the_destination_are_not_deleted() {
