@@ -1191,7 +1191,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Exactly one crypto provider, passed explicitly: with two compiled in, rustls's implicit
-/// default panics (DESIGN.md §5). Its TLS 1.3 suites with AES-128-GCM first (ring's default
+/// default panics (docs/ARCHITECTURE.md, "Facts measured"). Its TLS 1.3 suites with AES-128-GCM first (ring's default
 /// puts AES-256-GCM first): every byte of a transfer is encrypted and decrypted once, and
 /// 10 AES rounds instead of 14 took about 10% off that work, and about 3% off a loopback
 /// push in one 8-round test (PERFORMANCE.md, "AES-128-GCM first"). It is what QUIC's own Initial packets use and

@@ -2,7 +2,7 @@
 //! driven from the shard's executor, with async streams for the shard's tasks.
 //!
 //! Why not glommio's own `UdpSocket`: it has no GSO, GRO or recvmmsg, and moving bulk
-//! data through QUIC is packet-rate bound (DESIGN.md §5 measured ~3x). So datagrams go
+//! data through QUIC is packet-rate bound (~3x, docs/ARCHITECTURE.md "Facts measured"). So datagrams go
 //! through `quinn-udp` on a non-blocking socket on either driver, and the driver only
 //! says when the socket is readable (`rt::Readable`).
 //!
@@ -34,7 +34,8 @@ use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
 use tpc_core::window::{WindowTuner, ENDPOINT_WINDOW_BYTES_MAX};
 
 /// Largest UDP payload of one `sendmsg`: a GSO batch must fit, or the kernel refuses it
-/// with EMSGSIZE and quinn-udp drops the whole batch silently (DESIGN.md §5).
+/// with EMSGSIZE and quinn-udp drops the whole batch silently (docs/ARCHITECTURE.md,
+/// "Facts measured").
 const GSO_BATCH_BYTES_MAX: usize = 65507;
 
 /// Socket buffers. On loopback or a fast link a burst arrives faster than one executor
