@@ -49,7 +49,7 @@ struct Root {
     /// The source as the user named it, and where it lands, for messages.
     src: PathBuf,
     dst: PathBuf,
-    /// The source beneath its own held root (`Trees::roots[src_root]`).
+    /// The source beneath its own held root (`JobSpec::roots[src_root]`).
     src_root: usize,
     src_base: RelPath,
     /// Where it lands beneath the destination root.
@@ -75,13 +75,9 @@ fn join_rel(base: &Path, rel: &Path) -> PathBuf {
     }
 }
 
-/// The held directories of a run: the destination root first (`DEST`), then one per
-/// source. Job files name them by index (`tpc_engine::Beneath`).
-struct Trees {
-    roots: Vec<Arc<confine::Root>>,
-}
-
-/// Index of the destination root in `Trees::roots`.
+/// Index of the destination root among a run's held directories (`JobSpec::roots`):
+/// the destination first, then one per source. Job files name them by index
+/// (`tpc_engine::Beneath`).
 const DEST: usize = 0;
 
 /// `base` and then the names of `rel` (a walk's relative path), as one `RelPath`.
@@ -99,6 +95,14 @@ pub(crate) fn beneath(base: &RelPath, rel: &Path) -> Result<RelPath, tpc_core::P
     RelPath::parse(&joined)
 }
 
+/// The directory `path` is in: its parent, or `.` for a bare name.
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 /// Holds the tree at `path` open: a directory is its own root (base: the root itself);
 /// anything else is reached through its parent directory (base: its name).
 pub(crate) fn hold_tree(path: &Path, is_dir: bool) -> Result<(confine::Root, RelPath), String> {
@@ -109,11 +113,7 @@ pub(crate) fn hold_tree(path: &Path, is_dir: bool) -> Result<(confine::Root, Rel
             .file_name()
             .ok_or_else(|| format!("{} names no file", quote(path)))?;
         let base = RelPath::parse(&walk::bytes(name)).map_err(|e| e.to_string())?;
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        (parent, base)
+        (parent_dir(path), base)
     };
     let root = confine::Root::open_ambient(&dir)
         .map_err(|e| format!("cannot open {}: {e}", quote(&dir)))?;
@@ -147,9 +147,7 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
             return problems.exit();
         }
     };
-    let mut trees = Trees {
-        roots: vec![dest_root.clone()],
-    };
+    let mut held = vec![dest_root.clone()];
     for root in &mut roots {
         match walk::walk(&root.src) {
             Ok((entries, errors)) => {
@@ -181,10 +179,10 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
             continue;
         }
         match hold_tree(&root.src, is_dir) {
-            Ok((held, base)) => {
-                root.src_root = trees.roots.len();
+            Ok((tree, base)) => {
+                root.src_root = held.len();
                 root.src_base = base;
-                trees.roots.push(Arc::new(held));
+                held.push(Arc::new(tree));
             }
             Err(e) => {
                 problems.report(Exit::Source, e);
@@ -214,7 +212,7 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
                 .map(|at| hash_file(at, e.meta.size_bytes))
             })
             .collect();
-        let digests = match hash_job(trees.roots.clone(), files, opts) {
+        let digests = match hash_job(held.clone(), files, opts) {
             Ok(d) => d,
             Err(e) => {
                 problems.report(Exit::Engine, e);
@@ -274,7 +272,7 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
         "copy",
     );
     let spec = JobSpec {
-        roots: trees.roots.clone(),
+        roots: held.clone(),
         files: std::mem::take(&mut plan.job),
         shard_count: opts.shard_count,
         durability: opts.durability,
@@ -314,7 +312,7 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
                         Exit::Source,
                         format!(
                             "cannot read {}: {}",
-                            quote(&trees.shown_source(&roots, file)),
+                            quote(&shown_source(&roots, file)),
                             err.message
                         ),
                     ),
@@ -375,7 +373,7 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
                 )
             })
             .collect();
-        match hash_job(trees.roots.clone(), files, opts) {
+        match hash_job(held.clone(), files, opts) {
             Ok(digests) => {
                 for ((rel, _, want), got) in to_verify.iter().zip(digests) {
                     let path = plan.shown(rel);
@@ -446,17 +444,15 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
     problems.exit()
 }
 
-impl Trees {
-    /// The source path of a job file, for messages.
-    fn shown_source(&self, roots: &[Root], file: &JobFile) -> PathBuf {
-        let root = roots.iter().find(|r| r.src_root == file.src.root);
-        let rel = walk::os(file.src.rel.as_bytes());
-        match root {
-            // `src_base` is the file's own name when the source is a single file.
-            Some(r) if !r.src_base.is_root() => r.src.clone(),
-            Some(r) => join_rel(&r.src, Path::new(&*rel)),
-            None => PathBuf::from(&*rel),
-        }
+/// The source path of a job file, for messages.
+fn shown_source(roots: &[Root], file: &JobFile) -> PathBuf {
+    let root = roots.iter().find(|r| r.src_root == file.src.root);
+    let rel = walk::os(file.src.rel.as_bytes());
+    match root {
+        // `src_base` is the file's own name when the source is a single file.
+        Some(r) if !r.src_base.is_root() => r.src.clone(),
+        Some(r) => join_rel(&r.src, Path::new(&*rel)),
+        None => PathBuf::from(&*rel),
     }
 }
 
@@ -697,11 +693,7 @@ pub(crate) fn local_target(
             format!("destination {}: {e}", quote(dest)),
         )
     })?;
-    let parent = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    Ok((parent, Some(name)))
+    Ok((parent_dir(dest), Some(name)))
 }
 
 /// What is at destination `rel` now: `None` if nothing (or if it cannot be looked at,

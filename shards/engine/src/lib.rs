@@ -60,6 +60,15 @@ pub struct JobFile {
     pub size_bytes: u64,
 }
 
+impl JobFile {
+    /// Whether several shards write this file (it has more than one range): its
+    /// temporary is then made before the shards start, and its metadata is applied by
+    /// its owner once every range is in.
+    pub(crate) fn shared(&self) -> bool {
+        tpc_core::ChunkPlan::new(self.size_bytes).is_ok_and(|p| p.range_count() > 1)
+    }
+}
+
 /// A source's identity and version as the walk saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Listed {
@@ -330,11 +339,9 @@ pub fn run_job(spec: JobSpec, progress: Arc<Progress>) -> Result<JobReport, Engi
 fn create_shared_temporaries(spec: &JobSpec) -> std::collections::HashMap<FileId, FileError> {
     let mut failed = std::collections::HashMap::new();
     for (i, file) in spec.files.iter().enumerate() {
-        let Some(dst) = &file.dst else { continue };
-        let several = tpc_core::ChunkPlan::new(file.size_bytes).is_ok_and(|p| p.range_count() > 1);
-        if !several {
+        let Some(dst) = file.dst.as_ref().filter(|_| file.shared()) else {
             continue;
-        }
+        };
         let created =
             spec.roots[dst.root].open(&dst.tmp, confine::Access::CreateNew { mode: 0o600 });
         if let Err(e) = created {

@@ -258,11 +258,7 @@ impl Shard {
             return Err(error.clone());
         }
         let root = &self.job.roots[meta.root];
-        let access = if ChunkPlan::new(file.size_bytes)
-            .expect("checked")
-            .range_count()
-            > 1
-        {
+        let access = if file.shared() {
             Access::Write
         } else {
             Access::CreateNew { mode: 0o600 }
@@ -398,8 +394,7 @@ async fn finalize_loop(
                     finished.push((file, FileOutcome::Done(digest)));
                     continue;
                 };
-                let plan = ChunkPlan::new(f.size_bytes).expect("checked");
-                if plan.range_count() > 1 {
+                if f.shared() {
                     // Several shards wrote it; they have all closed their files by now.
                     if let Err(e) = apply_metadata_beneath(&shard.job, dst, shard.durable()) {
                         let _ = shard.job.roots[dst.root].remove_file(&dst.tmp);
@@ -539,7 +534,7 @@ fn commit_groups(
                 continue;
             }
         };
-        let mut renamed = false;
+        let mut renamed: Option<&RelPath> = None;
         for r in &files {
             let moved = match &dir {
                 Some(dir) => dir.rename(&r.tmp, &r.path),
@@ -547,17 +542,18 @@ fn commit_groups(
             };
             match moved {
                 Ok(()) => {
-                    renamed = true;
+                    renamed.get_or_insert(&r.path);
                     outcomes.push((r.file, FileOutcome::Done(r.digest)));
                 }
                 Err(e) => fail(&mut outcomes, root, r, confine_error(Stage::Commit, &e)),
             }
         }
-        if durable && renamed {
-            // The renames themselves become durable when their directory is synced.
+        if let (true, Some(first)) = (durable, renamed) {
+            // The renames themselves become durable when their directory is synced, or,
+            // where it cannot be read, its filesystem through a file renamed there.
             let synced = match &dir {
                 Some(dir) => dir.sync(),
-                None => sync_through_renamed(root, &files, &outcomes),
+                None => root.sync_filesystems([(&key.1, Some(first))]),
             };
             if let Err(e) = synced {
                 warning.get_or_insert(e);
@@ -566,28 +562,6 @@ fn commit_groups(
         *held = dir.map(|dir| (key, dir));
     }
     (outcomes, warning)
-}
-
-/// Makes the renames in a directory that cannot be read durable: one syncfs (which
-/// commits the filesystem's journal, directory entries and all) through a file of
-/// `files` that was renamed into place.
-fn sync_through_renamed(
-    root: &Root,
-    files: &[Renaming],
-    outcomes: &[(FileId, FileOutcome)],
-) -> Result<(), ConfineError> {
-    let done = |r: &&Renaming| {
-        (outcomes.iter().rev()).any(|(f, o)| *f == r.file && matches!(o, FileOutcome::Done(_)))
-    };
-    let Some(r) = files.iter().find(done) else {
-        return Ok(());
-    };
-    let file = root.open(&r.path, Access::Read)?;
-    crate::confine::sync_filesystem_through(&file).map_err(|e| crate::confine::ConfineError::Io {
-        op: "sync filesystem of",
-        rel: r.path.clone(),
-        errno: crate::os::errno_or_eio(&e),
-    })
 }
 
 /// Fails a source that is no longer what was listed (`Listed::check`).

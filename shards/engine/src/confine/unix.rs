@@ -409,20 +409,11 @@ impl Dir {
         sync_dir(self.fd.as_fd(), &self.rel)
     }
 
-    /// Metadata of this directory itself.
-    pub fn stat(&self) -> Result<Stat, ConfineError> {
-        fstat_fd(self.fd.as_fd()).map_err(|errno| io_error("stat", &self.rel, errno))
-    }
-
     /// Makes everything written to this directory's filesystem durable, as
     /// [`Root::syncfs`] does for the root's.
     pub fn syncfs(&self) -> Result<(), ConfineError> {
-        #[cfg(target_os = "linux")]
-        // SAFETY: valid fd.
-        let r = cvt(unsafe { libc::syncfs(self.fd.as_raw_fd()) }).map(drop);
-        #[cfg(not(target_os = "linux"))]
-        let r = sync_fd(self.fd.as_fd()).map_err(|e| os::errno_or_eio(&e));
-        r.map_err(|errno| io_error("sync filesystem of", &self.rel, errno))
+        syncfs_fd(self.fd.as_fd())
+            .map_err(|e| io_error("sync filesystem of", &self.rel, os::errno_or_eio(&e)))
     }
 
     /// Appends the names in this directory (without `.` and `..`) to `names`, at most
@@ -601,13 +592,19 @@ fn sync_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// Elsewhere there is none: files are synced through their own fds as they are
 /// finished, and this syncs `file` itself (as a barrier; F_FULLFSYNC on macOS).
 pub fn sync_filesystem_through(file: &File) -> io::Result<()> {
+    syncfs_fd(file.as_fd())
+}
+
+/// syncfs through `fd` on Linux; elsewhere a sync of `fd` itself (see
+/// `sync_filesystem_through`).
+fn syncfs_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     // SAFETY: valid fd.
-    if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
+    if unsafe { libc::syncfs(fd.as_raw_fd()) } != 0 {
         return Err(io::Error::last_os_error());
     }
     #[cfg(not(target_os = "linux"))]
-    sync_fd(file.as_fd())?;
+    sync_fd(fd)?;
     Ok(())
 }
 

@@ -412,14 +412,6 @@ impl Dir {
         sync_dir(&self.dir, &self.rel)
     }
 
-    /// Metadata of this directory itself.
-    pub fn stat(&self) -> Result<Stat, ConfineError> {
-        self.dir
-            .dir_metadata()
-            .map(|md| stat_of(&md))
-            .map_err(|e| io_error("stat", &self.rel, os::errno_or_eio(&e)))
-    }
-
     /// As [`Root::syncfs`]: Windows has no syncfs, so this flushes this directory.
     pub fn syncfs(&self) -> Result<(), ConfineError> {
         self.sync()
