@@ -16,6 +16,7 @@ pub mod place;
 pub mod plan;
 pub mod relpath;
 pub mod schedule;
+pub mod session;
 pub mod temp;
 pub mod window;
 pub mod wire;

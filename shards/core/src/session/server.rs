@@ -1,0 +1,444 @@
+//! The server's side of a session as a sans-IO state machine (contract:
+//! `crate::session`): what a new stream is (`open_stream`), and the control stream of a
+//! push (which the server receives) or of a pull (which it lists).
+//!
+//! ```text
+//! push: Hello → [LookUp] → Welcome → Entries… EntriesEnd → [Plan] → Failed… Need… NeedEnd
+//!       → (Commit → [Commit] → Failed… Committed)… → Finish → [Finish] → Failed… Done
+//! pull: Hello → [Walk] → Welcome → Entries… EntriesEnd → Finish → Done
+//! ```
+//!
+//! Data streams (`Put`, `Get`) carry no session state here: any shard serves them
+//! (docs/PROTOCOL.md §7). Any frame out of this order, or a request the driver answers
+//! with a failure that ends the session, ends it with an `Error` frame queued for the
+//! client.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+
+use crate::relpath::RelPath;
+use crate::session::{Failure, Planned, TRANSMIT_QUEUE_MAX};
+use crate::wire::{
+    entry_frames, need_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, NeedItem, Op,
+    Run, PROTOCOL_VERSION,
+};
+
+/// What the server's settings say about every stream.
+#[derive(Clone, Debug)]
+pub struct ServerFacts {
+    pub read_only: bool,
+    /// The UDP port of each server shard, for `Welcome`.
+    pub ports: Vec<u16>,
+}
+
+/// What a stream is, decided by its first frame.
+#[derive(Debug)]
+pub enum Opened {
+    /// A session's control stream: drive the machine.
+    Control(Box<ServerSession>),
+    /// A push's data stream: receive this run.
+    Put(Run),
+    /// A pull's data stream: the stream must end here; then send this run.
+    Get(Run),
+    /// The stream ended before any frame: nothing to do.
+    Quiet,
+    /// Refused: answer `Error` with this failure and finish.
+    Refused(Failure),
+}
+
+/// Decides what a new stream is from its first frame (`None`: it ended before one).
+/// `session` is a fresh random id the driver drew, used if this starts a session.
+pub fn open_stream(first: Option<Frame>, facts: &ServerFacts, session: u64) -> Opened {
+    let read_only = || {
+        Opened::Refused(Failure::new(
+            ErrorCode::NotWritable,
+            "this server is --read-only",
+        ))
+    };
+    match first {
+        None => Opened::Quiet,
+        Some(Frame::Hello { version, .. }) if version != PROTOCOL_VERSION => {
+            Opened::Refused(Failure::new(
+                ErrorCode::Version,
+                format!("protocol version {version} is not spoken here (this server speaks {PROTOCOL_VERSION})"),
+            ))
+        }
+        Some(Frame::Hello {
+            op: Op::Push { .. },
+            ..
+        }) if facts.read_only => read_only(),
+        Some(Frame::Hello { op, .. }) => {
+            match ServerSession::new(op, facts.ports.clone(), session) {
+                Ok(s) => Opened::Control(Box::new(s)),
+                Err(f) => Opened::Refused(f),
+            }
+        }
+        Some(Frame::Put(_)) if facts.read_only => read_only(),
+        Some(Frame::Put(run)) => Opened::Put(run),
+        Some(Frame::Get(run)) => Opened::Get(run),
+        Some(f) => Opened::Refused(Failure::protocol(format!(
+            "a stream cannot start with frame type {}",
+            f.kind()
+        ))),
+    }
+}
+
+/// A path the client named, beneath the root. A trailing slash only says "a directory"
+/// to the client's placement rules.
+pub fn parse_path(bytes: &[u8]) -> Result<RelPath, Failure> {
+    let trimmed = bytes.strip_suffix(b"/").unwrap_or(bytes);
+    RelPath::parse(trimmed).map_err(|e| Failure::new(ErrorCode::PathRefused, e.to_string()))
+}
+
+/// Work the server's driver carries out for a control stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Push: what stands at the destination; answer with `handle_looked_up`.
+    LookUp(RelPath),
+    /// Pull: list the tree at the source; answer with `handle_listed`.
+    Walk(RelPath),
+    /// Push: check the manifest's paths and plan the receiver (directories, quick check,
+    /// temporary files); answer with `handle_planned`.
+    Plan {
+        base: RelPath,
+        session: u64,
+        durable: bool,
+        entries: Vec<Entry>,
+    },
+    /// Push: commit these files; answer with `handle_committed`.
+    Commit(Vec<u32>),
+    /// Push: place symlinks, set directory metadata; answer with `handle_finished`.
+    Finish,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    LookingUp,
+    Walking,
+    Manifest,
+    Planning,
+    /// Frames queued (lazily) for the client; then `next`.
+    Sending,
+    Transfer,
+    Committing,
+    Finishing,
+    AwaitFinish,
+    Over,
+}
+
+/// Frames produced as the driver polls, so a long list is never encoded ahead of the
+/// stream: a head, per-file failures, the items of a list cut into frames, a tail.
+#[derive(Debug, Default)]
+struct Outbox {
+    head: Option<Frame>,
+    failed: VecDeque<(u32, Failure)>,
+    entries: Vec<Entry>,
+    needs: Vec<NeedItem>,
+    frames: VecDeque<Range<usize>>,
+    tail: VecDeque<Frame>,
+}
+
+impl Outbox {
+    fn next(&mut self) -> Option<Frame> {
+        if let Some(f) = self.head.take() {
+            return Some(f);
+        }
+        if let Some((file, f)) = self.failed.pop_front() {
+            return Some(Frame::Failed {
+                file,
+                code: f.code,
+                message: f.message,
+            });
+        }
+        if let Some(r) = self.frames.pop_front() {
+            return Some(if self.needs.is_empty() {
+                Frame::Entries(self.entries[r].to_vec())
+            } else {
+                Frame::Need(self.needs[r].to_vec())
+            });
+        }
+        (self.entries, self.needs) = (Vec::new(), Vec::new());
+        self.tail.pop_front()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.head.is_none()
+            && self.failed.is_empty()
+            && self.frames.is_empty()
+            && self.tail.is_empty()
+    }
+}
+
+/// The bounds of consecutive slices of a list.
+fn bounds<T>(frames: Vec<&[T]>) -> VecDeque<Range<usize>> {
+    let mut start = 0;
+    frames
+        .into_iter()
+        .map(|s| {
+            start += s.len();
+            start - s.len()..start
+        })
+        .collect()
+}
+
+#[derive(Debug)]
+pub struct ServerSession {
+    push: bool,
+    session: u64,
+    ports: Vec<u16>,
+    base: RelPath,
+    durable: bool,
+    phase: Phase,
+    /// The phase once the outbox is empty.
+    next: Phase,
+    outbox: Outbox,
+    requests: VecDeque<Request>,
+    incoming: Vec<Entry>,
+    budget: ManifestBudget,
+    outcome: Option<Result<(), Failure>>,
+}
+
+impl ServerSession {
+    fn new(op: Op, ports: Vec<u16>, session: u64) -> Result<ServerSession, Failure> {
+        let (push, path, durable) = match op {
+            Op::Push { dest, durable } => (true, dest, durable),
+            Op::Pull { src } => (false, src, false),
+        };
+        let base = parse_path(&path)?;
+        let (phase, request) = if push {
+            (Phase::LookingUp, Request::LookUp(base.clone()))
+        } else {
+            (Phase::Walking, Request::Walk(base.clone()))
+        };
+        Ok(ServerSession {
+            push,
+            session,
+            ports,
+            base,
+            durable,
+            phase,
+            next: phase,
+            outbox: Outbox::default(),
+            requests: VecDeque::from([request]),
+            incoming: Vec::new(),
+            budget: ManifestBudget::default(),
+            outcome: None,
+        })
+    }
+
+    pub fn is_push(&self) -> bool {
+        self.push
+    }
+
+    pub fn session_id(&self) -> u64 {
+        self.session
+    }
+
+    /// Whether the driver should read the next control frame now.
+    pub fn wants_frame(&self) -> bool {
+        self.outcome.is_none()
+            && matches!(
+                self.phase,
+                Phase::Manifest | Phase::Transfer | Phase::AwaitFinish
+            )
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Frame> {
+        let f = self.outbox.next();
+        if self.phase == Phase::Sending && self.outbox.is_empty() {
+            self.phase = self.next;
+        }
+        f
+    }
+
+    pub fn poll_request(&mut self) -> Option<Request> {
+        self.requests.pop_front()
+    }
+
+    pub fn poll_outcome(&mut self) -> Option<Result<(), Failure>> {
+        if self.outbox.is_empty() && self.requests.is_empty() {
+            self.outcome.take()
+        } else {
+            None
+        }
+    }
+
+    /// Frames queued outside the lazily produced lists (for the bounded-queue invariant).
+    pub fn queued(&self) -> usize {
+        self.outbox.tail.len() + self.requests.len()
+    }
+
+    fn send_then(&mut self, next: Phase) {
+        debug_assert!(self.outbox.tail.len() <= TRANSMIT_QUEUE_MAX);
+        self.next = next;
+        self.phase = if self.outbox.is_empty() {
+            next
+        } else {
+            Phase::Sending
+        };
+    }
+
+    fn welcome(&self, dest: DestKind) -> Frame {
+        Frame::Welcome {
+            session: self.session,
+            shard_ports: self.ports.clone(),
+            dest,
+        }
+    }
+
+    /// Push: what stands at the destination.
+    pub fn handle_looked_up(&mut self, dest: Result<DestKind, Failure>) {
+        if self.phase != Phase::LookingUp {
+            return;
+        }
+        match dest {
+            Ok(kind) => {
+                self.outbox.tail.push_back(self.welcome(kind));
+                self.send_then(Phase::Manifest);
+            }
+            Err(f) => self.end(f),
+        }
+    }
+
+    /// Pull: the tree at the source, and what its top is (Dir or Other).
+    pub fn handle_listed(&mut self, listed: Result<(DestKind, Vec<Entry>), Failure>) {
+        if self.phase != Phase::Walking {
+            return;
+        }
+        match listed {
+            Ok((kind, entries)) => {
+                self.outbox.head = Some(self.welcome(kind));
+                let count = entries.len() as u64;
+                self.outbox.frames = bounds(entry_frames(&entries));
+                self.outbox.entries = entries;
+                self.outbox.tail.push_back(Frame::EntriesEnd { count });
+                self.send_then(Phase::AwaitFinish);
+            }
+            Err(f) => self.end(f),
+        }
+    }
+
+    /// A control frame from the client (read only while `wants_frame`).
+    pub fn handle_frame(&mut self, frame: Frame) {
+        if self.outcome.is_some() {
+            return;
+        }
+        let result = match (self.phase, frame) {
+            (_, Frame::Error { code, message }) => {
+                Err(Failure::new(code, format!("client: {message}")))
+            }
+            (Phase::Manifest, f) => self.on_manifest(f),
+            (Phase::Transfer, Frame::Commit { files }) => {
+                self.phase = Phase::Committing;
+                self.requests.push_back(Request::Commit(files));
+                Ok(())
+            }
+            (Phase::Transfer, Frame::Finish) => {
+                self.phase = Phase::Finishing;
+                self.requests.push_back(Request::Finish);
+                Ok(())
+            }
+            (Phase::AwaitFinish, Frame::Finish) => {
+                self.outbox
+                    .tail
+                    .push_back(Frame::Done { files: 0, bytes: 0 });
+                self.succeed();
+                Ok(())
+            }
+            (_, f) => Err(Failure::protocol(format!(
+                "unexpected frame type {} in a {}",
+                f.kind(),
+                if self.push { "push" } else { "pull" }
+            ))),
+        };
+        if let Err(f) = result {
+            self.end(f);
+        }
+    }
+
+    fn on_manifest(&mut self, frame: Frame) -> Result<(), Failure> {
+        match frame {
+            Frame::Entries(entries) => {
+                self.budget
+                    .take(&entries)
+                    .map_err(|e| Failure::protocol(e.to_string()))?;
+                self.incoming.extend(entries);
+                Ok(())
+            }
+            Frame::EntriesEnd { count } if count == self.incoming.len() as u64 => {
+                self.phase = Phase::Planning;
+                self.requests.push_back(Request::Plan {
+                    base: self.base.clone(),
+                    session: self.session,
+                    durable: self.durable,
+                    entries: std::mem::take(&mut self.incoming),
+                });
+                Ok(())
+            }
+            Frame::EntriesEnd { count } => Err(Failure::protocol(format!(
+                "manifest ended at {} entries, announced {count}",
+                self.incoming.len()
+            ))),
+            f => Err(Failure::protocol(format!(
+                "frame type {} inside the manifest",
+                f.kind()
+            ))),
+        }
+    }
+
+    /// Push: the receiver's plan: files that failed already, and the chunks it needs.
+    /// A failure refuses the whole manifest.
+    pub fn handle_planned(&mut self, planned: Planned) {
+        if self.phase != Phase::Planning {
+            return;
+        }
+        match planned {
+            Ok((needs, failed)) => {
+                self.outbox.failed = failed.into();
+                self.outbox.frames = bounds(need_frames(&needs));
+                self.outbox.needs = needs;
+                self.outbox.tail.push_back(Frame::NeedEnd);
+                self.send_then(Phase::Transfer);
+            }
+            Err(f) => self.end(f),
+        }
+    }
+
+    /// Push: the batch of the last Commit: committed, or failed one by one.
+    pub fn handle_committed(&mut self, ok: Vec<u32>, failed: Vec<(u32, Failure)>) {
+        if self.phase != Phase::Committing {
+            return;
+        }
+        self.outbox.failed = failed.into();
+        self.outbox.tail.push_back(Frame::Committed { files: ok });
+        self.send_then(Phase::Transfer);
+    }
+
+    /// Push: symlinks and directories placed; what the session put in place in all.
+    pub fn handle_finished(&mut self, failed: Vec<(u32, Failure)>, files: u64, bytes: u64) {
+        if self.phase != Phase::Finishing {
+            return;
+        }
+        self.outbox.failed = failed.into();
+        self.outbox.tail.push_back(Frame::Done { files, bytes });
+        self.succeed();
+    }
+
+    fn succeed(&mut self) {
+        self.send_then(Phase::Over);
+        self.outcome = Some(Ok(()));
+    }
+
+    /// Ends the session: the client hears why (an `Error` frame), nothing queued before
+    /// it is sent, and the driver aborts what the session had planned.
+    fn end(&mut self, f: Failure) {
+        self.outbox = Outbox::default();
+        self.requests.clear();
+        self.outbox.tail.push_back(Frame::Error {
+            code: f.code,
+            message: f.message.clone(),
+        });
+        self.phase = Phase::Over;
+        self.outcome = Some(Err(f));
+    }
+}
