@@ -23,19 +23,21 @@ use tpc_core::codec::{Compression, CODECS_SAME, CODECS_ZSTD};
 use tpc_core::place;
 use tpc_core::relpath::RelPath;
 use tpc_core::schedule::{
-    claim_budget, cut_runs, Asked, QueuedRun, RunItem, RunQueue, TakeOver, STREAM_RUN_BYTES_MAX,
-    STREAM_RUN_CHUNKS,
+    claim_budget, QueuedRun, RunItem, RunQueue, TakeOver, STREAM_RUN_BYTES_MAX, STREAM_RUN_CHUNKS,
 };
+use tpc_core::session::client::{ClientSession, Request};
+use tpc_core::session::Ended;
 use tpc_core::window::{streams_in_flight, STREAMS_IN_FLIGHT_MIN};
 use tpc_core::wire::{
-    entry_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, NeedItem, Op, Run, WireKind,
-    ITEMS_PER_FRAME_MAX, PROTOCOL_VERSION, STREAM_CHUNKS_MAX,
+    DestKind, Entry, ErrorCode, Frame, NeedItem, Op, Run, WireKind, STREAM_CHUNKS_MAX,
 };
 use tpc_core::EntryKind;
 use tpc_core::{ChunkHash, ChunkPlan};
 use tpc_engine::confine::{Access, Root};
 use tpc_engine::mesh::{MeshPeer, Receivers, Senders};
-use tpc_engine::quic::{bind_socket, udp_payload_max_towards, Connection, Endpoint, QuicError};
+use tpc_engine::quic::{
+    bind_socket, udp_payload_max_towards, Connection, Endpoint, QuicError, SendStream,
+};
 use tpc_engine::rt::{self, File};
 use tpc_engine::{Driver, Durability, Listed, SourceChanged};
 
@@ -44,8 +46,8 @@ use tpc_engine::temp::RunLock;
 
 use super::receiver::{full_path, temp_path, Failure, Receiver};
 use super::{
-    congestion::Congestion, expect_end, expect_frame, transport_config, write_frame, RemoteSpec,
-    SessionError, CLOSE_DONE, CONNECT_TIMEOUT,
+    congestion::Congestion, expect_end, expect_frame, read_frame, transport_config, write_frame,
+    RemoteSpec, SessionError, CLOSE_DONE, CONNECT_TIMEOUT,
 };
 use crate::auth::{self, Identity, KnownServers, ServerTrust};
 use crate::copy::{beneath, hold_tree, landing_base, local_dest, local_target};
@@ -966,61 +968,6 @@ async fn move_range(
     }
 }
 
-/// Checks one item of the receiver's answer: a regular file of the manifest, a non-empty
-/// run of chunks inside it, and a file not asked for before (marked in `asked`). Every
-/// item is checked before any is used, a server's as each frame arrives.
-fn check_need(
-    n: &NeedItem,
-    files: &[WorkFile],
-    is_file: &[bool],
-    asked: &mut [bool],
-) -> Result<(), (Exit, String)> {
-    let i = n.file as usize;
-    let (Some(true), Some(f)) = (is_file.get(i), files.get(i)) else {
-        return Err((
-            Exit::Protocol,
-            format!("receiver asked for entry {} which is not a file", n.file),
-        ));
-    };
-    let chunks = ChunkPlan::new(f.size).map_or(0, |p| p.chunk_count());
-    let end = u64::from(n.chunk_first) + u64::from(n.chunk_count);
-    if n.chunk_count == 0 || end > u64::from(chunks) {
-        return Err((
-            Exit::Protocol,
-            format!(
-                "receiver asked for chunks {}..{end} of file {}, which has {chunks}",
-                n.chunk_first, n.file
-            ),
-        ));
-    }
-    if std::mem::replace(&mut asked[i], true) {
-        return Err((
-            Exit::Protocol,
-            format!("receiver asked for file {} twice", n.file),
-        ));
-    }
-    Ok(())
-}
-
-/// Marks file `f` of the Commit in flight as answered; false if it was not in it (or was
-/// answered already): a server answering for other files breaks the protocol.
-fn settle(committing: &mut [bool], f: u32) -> bool {
-    match committing.get_mut(f as usize) {
-        Some(c) if *c => {
-            *c = false;
-            true
-        }
-        _ => false,
-    }
-}
-
-fn uncommitted(f: u32) -> (Exit, String) {
-    (
-        Exit::Protocol,
-        format!("server answered for file {f}, which is not being committed"),
-    )
-}
-
 /// How shard 0 reports a failure that ends the session.
 fn fail_session(out: &mut ShardOut, exit: Exit, message: String, direction: &'static str) {
     let mut p = Problems::default();
@@ -1176,6 +1123,67 @@ async fn coordinator(
 
 type SessionResult = Result<(), (Exit, String)>;
 
+/// Events shard 0 waits for, at most this many queued: run results (its own and the
+/// peers') and control frames.
+const EVENTS_MAX: usize = 1024;
+
+enum Ev {
+    Range(u32, Result<u64, Failure>),
+    Frame(Result<Frame, SessionError>),
+    Lost(Exit, String),
+}
+
+/// Why the connection or its control stream failed, for the exit code and message.
+fn lost(job: &Job, e: SessionError) -> (Exit, String) {
+    match e {
+        SessionError::Wire(w) => (Exit::Protocol, format!("server sent an invalid frame: {w}")),
+        SessionError::Quic(q) if refused(job, &q).is_some() => {
+            refused(job, &q).expect("just matched")
+        }
+        other => (
+            Exit::Network,
+            format!("connection to {} lost: {other}", job.remote.authority),
+        ),
+    }
+}
+
+/// The exit code and message of a session the state machine ended.
+fn ended(e: Ended) -> (Exit, String) {
+    (exit_for(e.code, e.at_destination), e.message)
+}
+
+/// The data shards' side of the transfer, once started: shard 0's own runs, the relays
+/// of the peers' results, and what moved.
+struct Transfer {
+    own: rt::Task<()>,
+    answerer: rt::Task<()>,
+    relays: Vec<rt::Task<()>>,
+    moved: Moved,
+    latency: Rc<RefCell<Histogram<u64>>>,
+}
+
+/// Shard 0's driver of the session (`tpc_core::session::client`): carries out what the
+/// state machine asks, on the local files and the other shards, and feeds back what
+/// happened. It makes no protocol decision of its own.
+struct SessionDriver<'a> {
+    job: &'a Job,
+    senders: &'a Senders<Msg>,
+    shard_count: usize,
+    plan: Option<Plan>,
+    events: Rc<async_channel::Sender<Ev>>,
+    files: Vec<WorkFile>,
+    src_roots: Vec<Arc<Root>>,
+    summary: Summary,
+    problems: Problems,
+    /// A pull's local receiver. Declared before the run lock, so that it is dropped
+    /// (removing its temporaries) while the lock is still held.
+    local_receiver: Option<Receiver>,
+    /// A pull's run lock in its destination root (`tpc_engine::temp`).
+    _run_lock: Option<RunLock>,
+    local_root: Option<Arc<Root>>,
+    transfer: Option<Transfer>,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn session(
     job: &Job,
@@ -1187,545 +1195,346 @@ async fn session(
     out: &mut ShardOut,
 ) -> SessionResult {
     let push = matches!(plan, Plan::Push { .. });
-    let lost = |e: SessionError| match e {
-        SessionError::Remote { code, message } => {
-            (exit_for(code, push), format!("server: {message}"))
-        }
-        SessionError::Wire(w) => (Exit::Protocol, format!("server sent an invalid frame: {w}")),
-        SessionError::Quic(q) if refused(job, &q).is_some() => {
-            refused(job, &q).expect("just matched")
-        }
-        other => (
-            Exit::Network,
-            format!("connection to {} lost: {other}", job.remote.authority),
-        ),
-    };
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(e.into()))?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(job, e.into()))?;
     let path = job.remote.path.clone();
     let op = if push {
         Op::Push {
-            dest: path.clone(),
+            dest: path,
             durable: job.opts_durable,
         }
     } else {
-        Op::Pull { src: path.clone() }
+        Op::Pull { src: path }
     };
-    write_frame(
-        &mut send,
-        &Frame::Hello {
-            version: PROTOCOL_VERSION,
-            op,
-        },
-    )
-    .await
-    .map_err(lost)?;
-    let (session, ports, dest_kind) = match expect_frame(&mut recv).await.map_err(lost)? {
-        Frame::Welcome {
-            session,
-            shard_ports,
-            dest,
-        } => (session, shard_ports, dest),
-        f => {
-            return Err((
-                Exit::Protocol,
-                format!("server answered Hello with frame type {}", f.kind()),
-            ))
-        }
-    };
-    for peer in 1..shard_count {
-        let _ = senders.send_to(peer, Msg::Dial(ports.clone())).await;
-    }
-    let mut summary = Summary {
-        direction: if push { "push" } else { "pull" },
-        remote: Some(job.remote.authority.clone()),
-        network: Some(Network {
-            server_shards: ports.len(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let mut problems = Problems::default();
-    let base_trimmed = path.strip_suffix(b"/").unwrap_or(&path).to_vec();
-
-    // The manifest, and the receiver's answer.
-    let mut files: Vec<WorkFile> = Vec::new();
-    let mut needs: Vec<NeedItem> = Vec::new();
-    // Which files the receiver asked for, filled as its answer is checked (check_need).
-    let mut needed: Vec<bool>;
-    let mut entry_paths: Vec<Vec<u8>> = Vec::new();
-    // A pull's run lock in its destination root, held until the session ends: declared
-    // first, so that it is dropped after the receiver (which removes its temporaries).
-    let mut _run_lock: Option<RunLock> = None;
-    let mut local_receiver: Option<Receiver> = None;
-    let mut local_root = None;
-    let mut src_roots = Vec::new();
-    // Which entries are regular files: the summary counts files, as a local copy does.
-    let is_file: Vec<bool>;
-    let mut plan_failed_files = 0u64;
-    match plan {
-        Plan::Push { sources } => {
-            src_roots = sources.iter().map(|s| s.root.clone()).collect();
-            let (entries, srcs, skipped) = push_manifest(&sources, &path, dest_kind);
-            summary.skipped = skipped;
-            // As a local copy counts them: the entries walked (not the destination
-            // directory a push of several sources creates).
-            let walked: Vec<&walk::Entry> = sources.iter().flat_map(|s| &s.entries).collect();
-            summary.dirs = walked
-                .iter()
-                .filter(|e| e.meta.kind == EntryKind::Dir)
-                .count() as u64;
-            summary.symlinks = walked
-                .iter()
-                .filter(|e| e.meta.kind == EntryKind::Symlink)
-                .count() as u64;
-            is_file = entries.iter().map(|e| e.kind == WireKind::File).collect();
-
-            for batch in entry_frames(&entries) {
-                write_frame(&mut send, &Frame::Entries(batch.to_vec()))
-                    .await
-                    .map_err(lost)?;
-            }
-            write_frame(
-                &mut send,
-                &Frame::EntriesEnd {
-                    count: entries.len() as u64,
-                },
-            )
-            .await
-            .map_err(lost)?;
-            let base =
-                RelPath::parse(&base_trimmed).map_err(|e| (Exit::Destination, e.to_string()))?;
-            for (e, src) in entries.iter().zip(srcs) {
-                let remote = full_path(&base, &e.path)
-                    .map(|p| p.into_bytes())
-                    .unwrap_or_default();
-                files.push(WorkFile {
-                    remote,
-                    size: e.size,
-                    local_src: src,
-                    local_tmp: None,
-                    have_first: 0,
-                    have: Vec::new(),
-                });
-                entry_paths.push(e.path.clone());
-            }
-            needed = vec![false; files.len()];
-            loop {
-                match expect_frame(&mut recv).await.map_err(lost)? {
-                    Frame::Need(items) => {
-                        // At most one item per file of the manifest (checked in full below).
-                        if needs.len() + items.len() > files.len() {
-                            return Err((
-                                Exit::Protocol,
-                                "server asked for more runs than the manifest has files".into(),
-                            ));
-                        }
-                        // Each item checked in full before it is kept (a file of the
-                        // manifest, a non-empty run inside it, each file once): its `have`
-                        // hashes are then bounded by the manifest's own chunks, not by
-                        // what the server claims.
-                        for item in &items {
-                            check_need(item, &files, &is_file, &mut needed)?;
-                        }
-                        needs.extend(items)
-                    }
-                    Frame::Failed {
-                        file,
-                        code,
-                        message,
-                    } => {
-                        problems.report(exit_for(code, true), format!("server: {message}"));
-                        summary.failed += 1;
-                        plan_failed_files += u64::from(is_file.get(file as usize) == Some(&true));
-                    }
-                    Frame::NeedEnd => break,
-                    f => {
-                        return Err((
-                            Exit::Protocol,
-                            format!("unexpected frame type {} before NeedEnd", f.kind()),
-                        ))
-                    }
-                }
-            }
-        }
-        Plan::Pull { dest } => {
-            let mut entries = Vec::new();
-            let mut budget = ManifestBudget::default();
-            loop {
-                match expect_frame(&mut recv).await.map_err(lost)? {
-                    Frame::Entries(batch) => {
-                        budget.take(&batch).map_err(|e| {
-                            (Exit::Protocol, format!("server manifest refused: {e}"))
-                        })?;
-                        entries.extend(batch)
-                    }
-                    Frame::EntriesEnd { count } if count == entries.len() as u64 => break,
-                    f => {
-                        return Err((
-                            Exit::Protocol,
-                            format!("unexpected frame type {} in the manifest", f.kind()),
-                        ))
-                    }
-                }
-            }
-            is_file = entries.iter().map(|e| e.kind == WireKind::File).collect();
-            count_kinds(&mut summary, &entries);
-            let (root, root_path, base) = pull_target(&path, dest_kind, &dest)?;
-            let root = Arc::new(root);
-            // The run's lock, before the first temporary file (`tpc_engine::temp`).
-            _run_lock =
-                Some(RunLock::acquire(root.clone()).unwrap_or_else(|_| RunLock::unlocked()));
-            // No old-version hashes for the server (see `Receiver::new`): a pull moves
-            // changed files whole.
-            let mut receiver = Receiver::new(
-                root.clone(),
-                &root_path,
-                base,
-                session,
-                job.opts_durable,
-                false,
-            );
-            let src_base =
-                RelPath::parse(&base_trimmed).map_err(|e| (Exit::Source, e.to_string()))?;
-            for e in &entries {
-                let remote = full_path(&src_base, &e.path)
-                    .map(|p| p.into_bytes())
-                    .map_err(|f| (Exit::Protocol, f.message))?;
-                files.push(WorkFile {
-                    remote,
-                    size: e.size,
-                    local_src: None,
-                    local_tmp: None,
-                    have_first: 0,
-                    have: Vec::new(),
-                });
-                entry_paths.push(e.path.clone());
-            }
-            receiver.add(entries).map_err(|f| {
-                (
-                    Exit::Protocol,
-                    format!("server manifest refused: {}", f.message),
-                )
-            })?;
-            let (receiver, (n, failed)) = rt::spawn_blocking(move || {
-                let plan = receiver.plan();
-                (receiver, plan)
-            })
-            .await;
-            for (file, f) in failed {
-                problems.report(exit_for(f.code, true), f.message);
-                summary.failed += 1;
-                plan_failed_files += u64::from(is_file.get(file as usize) == Some(&true));
-            }
-            for item in &n {
-                if let Some((full, _)) = receiver.receiving(item.file) {
-                    files[item.file as usize].local_tmp = temp_path(&full, session, item.file).ok();
-                }
-            }
-            // Our own receiver's answer, checked as a server's would be.
-            needed = vec![false; files.len()];
-            for item in &n {
-                check_need(item, &files, &is_file, &mut needed)?;
-            }
-            needs = n;
-            local_receiver = Some(receiver);
-            local_root = Some(root);
-        }
-    }
-
-    for n in &mut needs {
-        // Checked above (check_need): a file of the manifest, a run inside it, each file
-        // once. Hashes of the receiver's old version, as it sent them (at most one per
-        // chunk asked for, which the frame's decoding checked).
-        let f = &mut files[n.file as usize];
-        f.have_first = n.chunk_first;
-        f.have = std::mem::take(&mut n.have);
-    }
-    let asked = needs.iter().map(|n| Asked {
-        file: n.file,
-        path: &entry_paths[n.file as usize],
-        first: n.chunk_first,
-        count: n.chunk_count,
-    });
-    let ranges = cut_runs(asked, shard_count);
-    let mut remaining = vec![0u32; files.len()];
-    for run in ranges.iter().flatten() {
-        remaining[run.file as usize] += 1;
-    }
-    let to_move = needed.iter().filter(|&&n| n).count() as u64;
-    summary.files = is_file.iter().filter(|&&f| f).count() as u64;
-    summary.files_unchanged = summary.files.saturating_sub(to_move + plan_failed_files);
-    let work = Arc::new(Work {
-        push,
-        session,
-        files,
-        ranges,
-        local_root,
-        src_roots,
-        compression: job.compression,
-    });
-    for peer in 1..shard_count {
-        let _ = senders.send_to(peer, Msg::Start(work.clone())).await;
-    }
-
-    // Events: range results (this shard's and the peers'), and control frames.
-    enum Ev {
-        Range(u32, Result<u64, Failure>),
-        Frame(Result<Frame, SessionError>),
-        Lost(Exit, String),
-    }
-    let (tx, rx) = async_channel::unbounded::<Ev>();
-    let (rtx, rrx) = async_channel::unbounded::<(u32, Result<u64, Failure>)>();
-    let latency = Rc::new(RefCell::new(latency_histogram()));
-    // Take-over between the shards (see `Msg::Idle`): the peers' asks and answers arrive
-    // among their results, and are relayed from there.
-    let (queue, answerer, take_over, route) = take_over_for(0, &work, senders);
-    let moved: Moved = Rc::default();
-    let own = run_ranges(
-        Some(conn.clone()),
-        work.clone(),
-        queue,
-        moved.clone(),
-        rtx,
-        latency.clone(),
-        take_over,
-    );
-    let tx = Rc::new(tx);
-    let relay_own = {
-        let tx = tx.clone();
-        async move {
-            while let Ok((f, r)) = rrx.recv().await {
-                let _ = tx.send(Ev::Range(f, r)).await;
-            }
-        }
-    };
-    let mut peer_relays = Vec::new();
-    for (peer, stream) in receivers.streams() {
-        if peer == 0 {
-            continue;
-        }
-        let tx = tx.clone();
-        let route = route.clone();
-        // Each peer's results arrive on its own mesh receiver.
-        peer_relays.push(rt::spawn_local(async move {
-            while let Ok(msg) = stream.recv().await {
-                let ev = match route.route(peer, msg).await {
-                    Some(Msg::Result { file, result }) => Ev::Range(file, result),
-                    Some(Msg::Lost(exit, message)) => Ev::Lost(exit, message),
-                    _ => continue,
-                };
-                if tx.send(ev).await.is_err() {
-                    break;
-                }
-            }
-        }));
-    }
+    let (tx, rx) = async_channel::bounded::<Ev>(EVENTS_MAX);
     let control_reader = {
         let tx = tx.clone();
         rt::spawn_local(async move {
             loop {
-                let f = expect_frame(&mut recv).await;
-                let end = f.is_err();
-                if tx.send(Ev::Frame(f)).await.is_err() || end {
+                let (ev, end) = match read_frame(&mut recv).await {
+                    Ok(Some(f)) => (Ev::Frame(Ok(f)), false),
+                    Ok(None) => (Ev::Frame(Err(SessionError::Ended)), true),
+                    Err(e) => (Ev::Frame(Err(e)), true),
+                };
+                if tx.send(ev).await.is_err() || end {
                     break;
                 }
             }
-            recv
         })
     };
-    let own_task = rt::spawn_local(async move {
-        futures_lite::future::zip(own, relay_own).await;
-    });
-    drop(tx);
-
-    let mut unresolved: u64 = to_move;
-    let mut batch: Vec<u32> = Vec::new();
-    let mut in_commit: u64 = 0;
-    // A push sends Finish right behind its last Commit: the server takes control frames
-    // in order, so it commits, then finishes, and the session saves a round trip.
-    let mut finish_sent = false;
-    let mut session_error = None;
-    let mut failed_files = vec![false; remaining.len()];
-    // Files of the Commit in flight: the server may answer only for those, once each.
-    let mut committing = vec![false; remaining.len()];
-    while unresolved > 0 {
-        if push && in_commit == 0 && !batch.is_empty() {
-            let files: Vec<u32> = batch
-                .drain(..batch.len().min(ITEMS_PER_FRAME_MAX))
-                .collect();
-            in_commit = files.len() as u64;
-            for &f in &files {
-                committing[f as usize] = true;
-            }
-            if let Err(e) = write_frame(&mut send, &Frame::Commit { files }).await {
-                session_error = Some(lost(e));
-                break;
-            }
-            if unresolved == in_commit {
-                if let Err(e) = write_frame(&mut send, &Frame::Finish).await {
-                    session_error = Some(lost(e));
-                    break;
-                }
-                finish_sent = true;
-            }
+    let mut d = SessionDriver {
+        job,
+        senders,
+        shard_count,
+        plan: Some(plan),
+        events: Rc::new(tx),
+        files: Vec::new(),
+        src_roots: Vec::new(),
+        summary: Summary {
+            direction: if push { "push" } else { "pull" },
+            remote: Some(job.remote.authority.clone()),
+            ..Default::default()
+        },
+        problems: Problems::default(),
+        local_receiver: None,
+        _run_lock: None,
+        local_root: None,
+        transfer: None,
+    };
+    let mut s = ClientSession::new(op, shard_count);
+    let result = d.drive(&mut s, &mut send, &rx, conn, receivers).await;
+    if let Some(t) = d.transfer.take() {
+        if result.is_err() {
+            // The server may never answer the runs still in flight: abandon them.
+            t.own.cancel().await;
+        } else {
+            t.own.await;
         }
-        if !push && !batch.is_empty() {
-            let files = std::mem::take(&mut batch);
-            let mut r = local_receiver.take().expect("receiver is home");
-            let (r, (ok, failed)) = rt::spawn_blocking(move || {
-                let out = r.commit(&files);
-                (r, out)
-            })
-            .await;
-            local_receiver = Some(r);
-            summary.files_copied += ok.len() as u64;
-            unresolved -= ok.len() as u64;
-            for (_, f) in failed {
-                problems.report(exit_for(f.code, true), f.message);
-                summary.failed += 1;
-                unresolved -= 1;
-            }
-            continue;
+        (out.bytes, out.ranges, out.saved) = *t.moved.borrow();
+        out.chunk_latency = Some(t.latency.borrow().clone());
+        for r in t.relays {
+            r.cancel().await;
         }
-        let Ok(ev) = rx.recv().await else {
-            break;
-        };
-        match ev {
-            Ev::Range(file, Ok(n)) => {
-                summary.bytes += n;
-                let i = file as usize;
-                remaining[i] -= 1;
-                if remaining[i] == 0 && !failed_files[i] {
-                    batch.push(file);
-                }
-            }
-            Ev::Range(file, Err(f)) => {
-                let i = file as usize;
-                remaining[i] -= 1;
-                if !failed_files[i] {
-                    failed_files[i] = true;
-                    problems.report(exit_for(f.code, push), f.message.clone());
-                    summary.failed += 1;
-                    unresolved -= 1;
-                    if let Some(r) = local_receiver.as_mut() {
-                        r.fail(file);
-                    }
-                }
-            }
-            Ev::Frame(Ok(Frame::Committed { files })) => {
-                if let Some(bad) = files.iter().find(|&&f| !settle(&mut committing, f)) {
-                    session_error = Some(uncommitted(*bad));
-                    break;
-                }
-                summary.files_copied += files.len() as u64;
-                unresolved = unresolved.saturating_sub(files.len() as u64);
-                in_commit = in_commit.saturating_sub(files.len() as u64);
-            }
-            Ev::Frame(Ok(Frame::Failed {
-                file,
-                code,
-                message,
-            })) => {
-                if !settle(&mut committing, file) {
-                    session_error = Some(uncommitted(file));
-                    break;
-                }
-                problems.report(exit_for(code, push), format!("server: {message}"));
-                summary.failed += 1;
-                unresolved = unresolved.saturating_sub(1);
-                in_commit = in_commit.saturating_sub(1);
-            }
-            Ev::Frame(Ok(f)) => {
-                session_error = Some((
-                    Exit::Protocol,
-                    format!("unexpected frame type {} from the server", f.kind()),
-                ));
-                break;
-            }
-            Ev::Frame(Err(e)) => {
-                session_error = Some(lost(e));
-                break;
-            }
-            Ev::Lost(exit, message) => {
-                session_error = Some((exit, message));
-                break;
-            }
-        }
-    }
-    if session_error.is_some() {
-        // The server may never answer the ranges still in flight: abandon them.
-        own_task.cancel().await;
-    } else {
-        own_task.await;
-    }
-    let m = *moved.borrow();
-    (out.bytes, out.ranges, out.saved) = m;
-    out.chunk_latency = Some(latency.borrow().clone());
-    if let Some(e) = session_error {
-        out.summary = Some((summary, problems));
-        return Err(e);
-    }
-    // Symlinks and directory metadata, then the end of the session.
-    if let Some(mut r) = local_receiver.take() {
-        let (r, failed) = rt::spawn_blocking(move || {
-            let out = r.finish();
-            (r, out)
-        })
-        .await;
-        for (_, f) in failed {
-            problems.report(exit_for(f.code, true), f.message);
-            summary.failed += 1;
-        }
-        summary.files_copied = r.files_written;
-    }
-    if !finish_sent {
-        if let Err(e) = write_frame(&mut send, &Frame::Finish).await {
-            out.summary = Some((summary, problems));
-            return Err(lost(e));
-        }
-    }
-    let _ = send.finish();
-    // The control reader goes on delivering frames: wait for the server's Done.
-    loop {
-        match rx.recv().await.ok() {
-            Some(Ev::Frame(Ok(Frame::Done { files, .. }))) => {
-                if push {
-                    summary.files_copied = files;
-                }
-                break;
-            }
-            Some(Ev::Frame(Ok(Frame::Failed { code, message, .. }))) => {
-                problems.report(exit_for(code, push), format!("server: {message}"));
-                summary.failed += 1;
-            }
-            // The answer to a last Commit whose files all failed: their Failed frames
-            // already settled them, and the loop above ended on the last one.
-            Some(Ev::Frame(Ok(Frame::Committed { files }))) if files.is_empty() => {}
-            Some(Ev::Frame(Ok(f))) => {
-                out.summary = Some((summary, problems));
-                return Err((
-                    Exit::Protocol,
-                    format!("unexpected frame type {} at the end", f.kind()),
-                ));
-            }
-            Some(Ev::Frame(Err(e))) => {
-                out.summary = Some((summary, problems));
-                return Err(lost(e));
-            }
-            Some(Ev::Range(..)) | Some(Ev::Lost(..)) => {}
-            None => {
-                out.summary = Some((summary, problems));
-                return Err(lost(SessionError::Ended));
-            }
-        }
+        t.answerer.cancel().await;
     }
     control_reader.cancel().await;
-    for r in peer_relays {
-        r.cancel().await;
+    let _ = send.finish();
+    let t = s.tally();
+    let sm = &mut d.summary;
+    (sm.files, sm.files_copied, sm.files_unchanged) = (t.files, t.files_copied, t.files_unchanged);
+    (sm.failed, sm.bytes) = (t.failed, t.bytes);
+    if !push {
+        (sm.dirs, sm.symlinks) = (t.dirs, t.symlinks);
     }
-    answerer.cancel().await;
-    out.summary = Some((summary, problems));
-    Ok(())
+    out.summary = Some((
+        std::mem::take(&mut d.summary),
+        std::mem::take(&mut d.problems),
+    ));
+    result
+}
+
+impl SessionDriver<'_> {
+    /// The driver's loop (contract: `tpc_core::session`).
+    async fn drive(
+        &mut self,
+        s: &mut ClientSession,
+        send: &mut SendStream,
+        events: &async_channel::Receiver<Ev>,
+        conn: &Connection,
+        receivers: &mut Receivers<Msg>,
+    ) -> SessionResult {
+        loop {
+            while let Some(f) = s.poll_transmit() {
+                write_frame(send, &f).await.map_err(|e| lost(self.job, e))?;
+            }
+            while let Some(p) = s.poll_problem() {
+                self.problems
+                    .report(exit_for(p.code, p.at_destination), p.message);
+            }
+            if let Some(r) = s.poll_request() {
+                self.carry_out(r, s, conn, receivers).await?;
+                continue;
+            }
+            if let Some(outcome) = s.poll_outcome() {
+                return outcome.map_err(ended);
+            }
+            match events.recv().await {
+                Ok(Ev::Range(file, result)) => s.handle_run(file, result),
+                Ok(Ev::Frame(Ok(f))) => s.handle_frame(f),
+                Ok(Ev::Frame(Err(e))) => return Err(lost(self.job, e)),
+                Ok(Ev::Lost(exit, message)) => return Err((exit, message)),
+                Err(_) => return Err(lost(self.job, SessionError::Ended)),
+            }
+        }
+    }
+
+    async fn carry_out(
+        &mut self,
+        request: Request,
+        s: &mut ClientSession,
+        conn: &Connection,
+        receivers: &mut Receivers<Msg>,
+    ) -> SessionResult {
+        match request {
+            Request::Dial { ports, .. } => {
+                self.summary.network = Some(Network {
+                    server_shards: ports.len(),
+                    ..Default::default()
+                });
+                for peer in 1..self.shard_count {
+                    let _ = self.senders.send_to(peer, Msg::Dial(ports.clone())).await;
+                }
+            }
+            Request::BuildManifest(dest) => s.handle_manifest(self.build_manifest(dest)?),
+            Request::Plan { dest, entries } => {
+                let planned = self.plan_pull(dest, entries, s.session_id()).await?;
+                s.handle_planned(planned);
+            }
+            Request::Start { runs, needs } => self.start(runs, needs, s, conn, receivers).await,
+            Request::Abandon(file) => {
+                if let Some(r) = self.local_receiver.as_mut() {
+                    r.fail(file);
+                }
+            }
+            Request::Commit(files) => {
+                let mut r = self.local_receiver.take().expect("a pull commits locally");
+                let (r, (ok, failed)) = rt::spawn_blocking(move || {
+                    let out = r.commit(&files);
+                    (r, out)
+                })
+                .await;
+                self.local_receiver = Some(r);
+                s.handle_committed(ok, failed);
+            }
+            Request::Finish => {
+                let mut r = self.local_receiver.take().expect("a pull finishes locally");
+                let (r, failed) = rt::spawn_blocking(move || {
+                    let out = r.finish();
+                    (r, out)
+                })
+                .await;
+                s.handle_finished(failed, r.files_written);
+                self.local_receiver = Some(r);
+            }
+        }
+        Ok(())
+    }
+
+    /// Push: the manifest by rsync's placement rules, and where each file is read.
+    fn build_manifest(&mut self, dest_kind: DestKind) -> Result<Vec<Entry>, (Exit, String)> {
+        let Some(Plan::Push { sources }) = self.plan.take() else {
+            return Err((Exit::Protocol, "internal: no push to build".into()));
+        };
+        let path = &self.job.remote.path;
+        self.src_roots = sources.iter().map(|s| s.root.clone()).collect();
+        let (entries, srcs, skipped) = push_manifest(&sources, path, dest_kind);
+        self.summary.skipped = skipped;
+        // As a local copy counts them: the entries walked (not the destination
+        // directory a push of several sources creates).
+        let walked = sources.iter().flat_map(|s| &s.entries);
+        for e in walked {
+            self.summary.dirs += u64::from(e.meta.kind == EntryKind::Dir);
+            self.summary.symlinks += u64::from(e.meta.kind == EntryKind::Symlink);
+        }
+        let trimmed = path.strip_suffix(b"/").unwrap_or(path);
+        let base = RelPath::parse(trimmed).map_err(|e| (Exit::Destination, e.to_string()))?;
+        for (e, src) in entries.iter().zip(srcs) {
+            self.files.push(WorkFile {
+                remote: full_path(&base, &e.path)
+                    .map(|p| p.into_bytes())
+                    .unwrap_or_default(),
+                size: e.size,
+                local_src: src,
+                local_tmp: None,
+                have_first: 0,
+                have: Vec::new(),
+            });
+        }
+        Ok(entries)
+    }
+
+    /// Pull: where the tree lands locally, the local receiver, and its plan.
+    async fn plan_pull(
+        &mut self,
+        dest: DestKind,
+        entries: Vec<Entry>,
+        session: u64,
+    ) -> Result<tpc_core::session::Planned, (Exit, String)> {
+        let Some(Plan::Pull { dest: local }) = self.plan.take() else {
+            return Err((Exit::Protocol, "internal: no pull to plan".into()));
+        };
+        let path = &self.job.remote.path;
+        let (root, root_path, base) = pull_target(path, dest, &local)?;
+        let root = Arc::new(root);
+        // The run's lock, before the first temporary file (`tpc_engine::temp`).
+        self._run_lock =
+            Some(RunLock::acquire(root.clone()).unwrap_or_else(|_| RunLock::unlocked()));
+        // No old-version hashes for the server (see `Receiver::new`): a pull moves
+        // changed files whole.
+        let mut receiver = Receiver::new(
+            root.clone(),
+            &root_path,
+            base,
+            session,
+            self.job.opts_durable,
+            false,
+        );
+        let trimmed = path.strip_suffix(b"/").unwrap_or(path);
+        let src_base = RelPath::parse(trimmed).map_err(|e| (Exit::Source, e.to_string()))?;
+        for e in &entries {
+            let remote = full_path(&src_base, &e.path)
+                .map(|p| p.into_bytes())
+                .map_err(|f| (Exit::Protocol, f.message))?;
+            self.files.push(WorkFile {
+                remote,
+                size: e.size,
+                local_src: None,
+                local_tmp: None,
+                have_first: 0,
+                have: Vec::new(),
+            });
+        }
+        if let Err(f) = receiver.add(entries) {
+            let why = format!("server manifest refused: {}", f.message);
+            return Ok(Err(Failure::protocol(why)));
+        }
+        let (receiver, (needs, failed)) = rt::spawn_blocking(move || {
+            let plan = receiver.plan();
+            (receiver, plan)
+        })
+        .await;
+        for item in &needs {
+            let tmp = receiver.receiving(item.file).map(|(full, _)| full);
+            if let (Some(full), Some(f)) = (tmp, self.files.get_mut(item.file as usize)) {
+                f.local_tmp = temp_path(&full, session, item.file).ok();
+            }
+        }
+        self.local_receiver = Some(receiver);
+        self.local_root = Some(root);
+        Ok(Ok((needs, failed)))
+    }
+
+    /// Hands every shard its runs, and starts shard 0's own.
+    async fn start(
+        &mut self,
+        runs: Vec<Vec<RunItem>>,
+        needs: Vec<NeedItem>,
+        s: &ClientSession,
+        conn: &Connection,
+        receivers: &mut Receivers<Msg>,
+    ) {
+        for n in needs {
+            // Checked by the session: a file of the manifest, a run inside it. Hashes of
+            // the receiver's old version, at most one per chunk asked for.
+            if let Some(f) = self.files.get_mut(n.file as usize) {
+                f.have_first = n.chunk_first;
+                f.have = n.have;
+            }
+        }
+        let work = Arc::new(Work {
+            push: s.is_push(),
+            session: s.session_id(),
+            files: std::mem::take(&mut self.files),
+            ranges: runs,
+            local_root: self.local_root.clone(),
+            src_roots: std::mem::take(&mut self.src_roots),
+            compression: self.job.compression,
+        });
+        for peer in 1..self.shard_count {
+            let _ = self.senders.send_to(peer, Msg::Start(work.clone())).await;
+        }
+        let (rtx, rrx) = async_channel::unbounded::<(u32, Result<u64, Failure>)>();
+        let latency = Rc::new(RefCell::new(latency_histogram()));
+        // Take-over between the shards (see `Msg::Idle`): the peers' asks and answers
+        // arrive among their results, and are relayed from there.
+        let (queue, answerer, take_over, route) = take_over_for(0, &work, self.senders);
+        let moved: Moved = Rc::default();
+        let own = run_ranges(
+            Some(conn.clone()),
+            work.clone(),
+            queue,
+            moved.clone(),
+            rtx,
+            latency.clone(),
+            take_over,
+        );
+        let tx = self.events.clone();
+        let relay_own = async move {
+            while let Ok((f, r)) = rrx.recv().await {
+                let _ = tx.send(Ev::Range(f, r)).await;
+            }
+        };
+        let mut relays = Vec::new();
+        for (peer, stream) in receivers.streams() {
+            if peer == 0 {
+                continue;
+            }
+            let tx = self.events.clone();
+            let route = route.clone();
+            // Each peer's results arrive on its own mesh receiver.
+            relays.push(rt::spawn_local(async move {
+                while let Ok(msg) = stream.recv().await {
+                    let ev = match route.route(peer, msg).await {
+                        Some(Msg::Result { file, result }) => Ev::Range(file, result),
+                        Some(Msg::Lost(exit, message)) => Ev::Lost(exit, message),
+                        _ => continue,
+                    };
+                    if tx.send(ev).await.is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        let own = rt::spawn_local(async move {
+            futures_lite::future::zip(own, relay_own).await;
+        });
+        self.transfer = Some(Transfer {
+            own,
+            answerer,
+            relays,
+            moved,
+            latency,
+        });
+    }
 }
 
 /// The manifest of a push: rsync's rules decide where each source lands beneath the
@@ -1856,16 +1665,6 @@ fn push_source(i: usize, s: &Source, e: &walk::Entry) -> Option<PushSource> {
             s.path.join(&e.rel)
         },
     })
-}
-
-/// Directories and symlinks of a manifest, for the summary (files are counted as the
-/// receiver plans them).
-fn count_kinds(summary: &mut Summary, entries: &[Entry]) {
-    summary.dirs = entries.iter().filter(|e| e.kind == WireKind::Dir).count() as u64;
-    summary.symlinks = entries
-        .iter()
-        .filter(|e| e.kind == WireKind::Symlink)
-        .count() as u64;
 }
 
 /// Where a pull lands locally: the root the receiver is confined to, its path, and the

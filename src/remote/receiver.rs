@@ -24,29 +24,17 @@ use tpc_engine::temp::{process_token, Sweeper, SWEEP_NAMES_MAX};
 use super::temp_name;
 
 /// A per-file or per-session failure, as sent to the peer.
-#[derive(Clone, Debug)]
-pub struct Failure {
-    pub code: ErrorCode,
-    pub message: String,
-}
+pub use tpc_core::session::Failure;
 
-impl Failure {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
-        Failure {
-            code,
-            message: message.into(),
+/// What a confinement error means on the wire.
+pub fn confine_failure(e: &ConfineError) -> Failure {
+    let code = match e {
+        ConfineError::Path(_) | ConfineError::Escapes { .. } | ConfineError::Symlink { .. } => {
+            ErrorCode::PathRefused
         }
-    }
-
-    pub fn confine(e: &ConfineError) -> Failure {
-        let code = match e {
-            ConfineError::Path(_) | ConfineError::Escapes { .. } | ConfineError::Symlink { .. } => {
-                ErrorCode::PathRefused
-            }
-            _ => e.errno().map_or(ErrorCode::Io, ErrorCode::for_errno),
-        };
-        Failure::new(code, e.to_string())
-    }
+        _ => e.errno().map_or(ErrorCode::Io, ErrorCode::for_errno),
+    };
+    Failure::new(code, e.to_string())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -293,7 +281,7 @@ impl Receiver {
         if let Some(parent) = self.base.parent() {
             if let Err(e) = self.root.mkdir_all(&parent, 0o755) {
                 // Every entry lands beneath it; report once per file below.
-                let f = Failure::confine(&e);
+                let f = confine_failure(&e);
                 for (i, p) in self.planned.iter_mut().enumerate() {
                     p.state = FileState::Failed;
                     failed.push((i as u32, f.clone()));
@@ -329,7 +317,7 @@ impl Receiver {
     fn prepare_dir(&mut self, i: usize) -> Result<(), Failure> {
         let p = &self.planned[i];
         let full = &p.full;
-        match self.root.lstat(full).map_err(|e| Failure::confine(&e))? {
+        match self.root.lstat(full).map_err(|e| confine_failure(&e))? {
             Some(st) if st.kind == FileKind::Dir => {
                 // New directories are on their parent's filesystem; existing ones may be
                 // mount points: `finish` syncs one directory of each filesystem seen.
@@ -343,7 +331,7 @@ impl Receiver {
                     // Read-only from an earlier copy: writable until `finish` sets its mode.
                     self.root
                         .set_dir_meta(full, st.mode | 0o700, st.atime, st.mtime)
-                        .map_err(|e| Failure::confine(&e))?;
+                        .map_err(|e| confine_failure(&e))?;
                 } else {
                     // set_dir_meta clears setuid/setgid, as for files: compare likewise.
                     self.planned[i].meta_ok = os::mode_matches(st.mode, p.entry.mode & 0o1777)
@@ -356,16 +344,16 @@ impl Receiver {
                 self.changed = true;
                 self.root
                     .remove_file(full)
-                    .map_err(|e| Failure::confine(&e))?;
+                    .map_err(|e| confine_failure(&e))?;
                 self.root
                     .mkdir(full, 0o700)
-                    .map_err(|e| Failure::confine(&e))
+                    .map_err(|e| confine_failure(&e))
             }
             None => {
                 self.changed = true;
                 self.root
                     .mkdir_all(full, 0o700)
-                    .map_err(|e| Failure::confine(&e))
+                    .map_err(|e| confine_failure(&e))
             }
         }
     }
@@ -390,7 +378,7 @@ impl Receiver {
             Some(d) if *d.rel() == parent => d,
             _ => {
                 *dir = None;
-                let d = self.root.dir(&parent).map_err(|e| Failure::confine(&e))?;
+                let d = self.root.dir(&parent).map_err(|e| confine_failure(&e))?;
                 if dirs_seen.insert(parent.as_bytes().to_vec()) {
                     self.remove_stale_temps(&d);
                 }
@@ -399,7 +387,7 @@ impl Receiver {
         };
         let p = &self.planned[i];
         let mut old_size = None;
-        match dir.lstat(&p.full).map_err(|e| Failure::confine(&e))? {
+        match dir.lstat(&p.full).map_err(|e| confine_failure(&e))? {
             Some(st) if st.kind == FileKind::Dir => {
                 return Err(Failure::new(
                     ErrorCode::NotWritable,
@@ -414,7 +402,7 @@ impl Receiver {
                 if !os::mode_matches(st.mode, p.entry.mode & 0o1777) {
                     let file = dir
                         .open(&p.full, Access::Metadata)
-                        .map_err(|e| Failure::confine(&e))?;
+                        .map_err(|e| confine_failure(&e))?;
                     set_file_meta(&file, p.entry.mode, st.atime, st.mtime)
                         .map_err(|e| io_failure(&p.full, &e))?;
                 }
@@ -430,7 +418,7 @@ impl Receiver {
         } else {
             let fd = dir
                 .open(&tmp, Access::CreateNew { mode: 0o600 })
-                .map_err(|e| Failure::confine(&e))?;
+                .map_err(|e| confine_failure(&e))?;
             Some(fd)
         };
         if let Some(fd) = fd.as_ref().filter(|_| p.entry.size > 0) {
@@ -513,7 +501,7 @@ impl Receiver {
             let dir = match self.root.dir(&parent) {
                 Ok(d) => d,
                 Err(e) => {
-                    let f = Failure::confine(&e);
+                    let f = confine_failure(&e);
                     failed.extend(group.iter().map(|&i| (i, f.clone())));
                     continue;
                 }
@@ -551,7 +539,7 @@ impl Receiver {
                 .collect();
             let places = firsts.iter().map(|(d, f)| (d, f.as_ref()));
             if let Err(e) = self.root.sync_filesystems(places) {
-                let f = Failure::confine(&e);
+                let f = confine_failure(&e);
                 for (_, group) in ready.drain(..) {
                     failed.extend(group.into_iter().map(|i| (i, f.clone())));
                 }
@@ -583,7 +571,7 @@ impl Receiver {
         for &f in files {
             let p = &self.planned[f as usize];
             let moved = temp_path(&p.full, self.session, f)
-                .and_then(|tmp| dir.rename(&tmp, &p.full).map_err(|e| Failure::confine(&e)));
+                .and_then(|tmp| dir.rename(&tmp, &p.full).map_err(|e| confine_failure(&e)));
             match moved {
                 Ok(()) => renamed.push(f),
                 Err(e) => failed.push((f, e)),
@@ -592,7 +580,7 @@ impl Receiver {
         if self.durable && !renamed.is_empty() {
             if let Err(e) = dir.sync() {
                 // In place but not known durable: not acknowledged as committed.
-                let f = Failure::confine(&e);
+                let f = confine_failure(&e);
                 failed.extend(renamed.drain(..).map(|i| (i, f.clone())));
             }
         }
@@ -611,7 +599,7 @@ impl Receiver {
         let tmp = temp_path(&p.full, self.session, f)?;
         let file = dir
             .open(&tmp, Access::Write)
-            .map_err(|e| Failure::confine(&e))?;
+            .map_err(|e| confine_failure(&e))?;
         set_meta(&file, &p.full, p.entry.mode, p.entry.mtime)?;
         if self.durable && !cfg!(target_os = "linux") {
             // No syncfs for the batch off Linux: sync through this handle, the one sure way
@@ -676,7 +664,7 @@ impl Receiver {
                 self.root
                     .set_dir_meta(&p.full, p.entry.mode, p.entry.mtime, p.entry.mtime)
             {
-                failed.push((i as u32, Failure::confine(&e)));
+                failed.push((i as u32, confine_failure(&e)));
             }
         }
         // Durability is synced whatever this session did: an earlier session may have left
@@ -697,7 +685,7 @@ impl Receiver {
 
     fn place_symlink(&mut self, i: usize) -> Result<Option<RelPath>, Failure> {
         let p = &self.planned[i];
-        let before = self.root.lstat(&p.full).map_err(|e| Failure::confine(&e))?;
+        let before = self.root.lstat(&p.full).map_err(|e| confine_failure(&e))?;
         match before {
             Some(st) if st.kind == FileKind::Dir => {
                 return Err(Failure::new(
@@ -709,12 +697,12 @@ impl Receiver {
                 let target = self
                     .root
                     .read_link(&p.full)
-                    .map_err(|e| Failure::confine(&e))?;
+                    .map_err(|e| confine_failure(&e))?;
                 if target == p.entry.target {
                     if !os::same_time(st.mtime, p.entry.mtime) {
                         self.root
                             .set_symlink_times(&p.full, p.entry.mtime, p.entry.mtime)
-                            .map_err(|e| Failure::confine(&e))?;
+                            .map_err(|e| confine_failure(&e))?;
                     }
                     return Ok(None);
                 }
@@ -733,7 +721,7 @@ impl Receiver {
             .and_then(|_| self.root.rename(&tmp, &p.full));
         if let Err(e) = placed {
             let _ = self.root.remove_file(&tmp);
-            return Err(Failure::confine(&e));
+            return Err(confine_failure(&e));
         }
         Ok(Some(p.full.parent().unwrap_or_else(RelPath::root)))
     }

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 
 use tpc_core::codec::{Compression, CODECS_SAME};
 use tpc_core::relpath::RelPath;
-use tpc_core::wire::{
-    entry_frames, need_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, Op, Run,
-    WireKind, MANIFEST_ENTRIES_MAX, PROTOCOL_VERSION,
+use tpc_core::session::server::{
+    open_stream, parse_path, Opened, Request, ServerFacts, ServerSession,
 };
+use tpc_core::wire::{DestKind, Entry, ErrorCode, Frame, Run, WireKind, MANIFEST_ENTRIES_MAX};
 use tpc_engine::confine::{fstat, sync_file, Access, FileKind, Root};
 use tpc_engine::quic::{
     bind_socket, udp_payload_max_towards, Connection, Endpoint, RecvStream, SendStream,
@@ -35,8 +35,10 @@ use super::congestion::Congestion;
 use super::data::{open_direct, receive_run, send_run, DataError, RunLog};
 use tpc_engine::temp::RunLock;
 
-use super::receiver::{io_failure, set_meta, temp_path, Failure, LazyFile, LazyFiles, Receiver};
-use super::{expect_end, expect_frame, read_frame, transport_config, write_frame, SessionError};
+use super::receiver::{
+    confine_failure, io_failure, set_meta, temp_path, Failure, LazyFile, LazyFiles, Receiver,
+};
+use super::{expect_end, read_frame, transport_config, write_frame, SessionError};
 use crate::auth::{self, AuthorizedClients, Identity};
 use crate::exit::Exit;
 
@@ -65,8 +67,8 @@ struct Shared {
     root: Arc<Root>,
     /// The served root's path, where other runs' locks are looked up.
     root_path: std::path::PathBuf,
-    ports: Vec<u16>,
-    read_only: bool,
+    /// What every session and stream is told or checked against.
+    facts: ServerFacts,
     sessions: Arc<Sessions>,
 }
 
@@ -205,8 +207,10 @@ pub fn run(opts: ServeOptions) -> Exit {
             let shared = Rc::new(Shared {
                 root: root.clone(),
                 root_path: root_path.clone(),
-                ports: ports.clone(),
-                read_only,
+                facts: ServerFacts {
+                    read_only,
+                    ports: ports.clone(),
+                },
                 sessions: sessions.clone(),
             });
             let crypto = crypto.clone();
@@ -268,54 +272,45 @@ async fn serve_connection(conn: Connection, shared: Rc<Shared>) {
 }
 
 async fn serve_stream(mut send: SendStream, mut recv: RecvStream, shared: Rc<Shared>) {
-    let result = match read_frame(&mut recv).await {
-        Ok(Some(Frame::Hello { version, op })) => {
-            if version != PROTOCOL_VERSION {
-                Err(Failure::new(
-                    ErrorCode::Version,
-                    format!("protocol version {version} is not spoken here (this server speaks {PROTOCOL_VERSION})"),
-                ))
-            } else {
-                match op {
-                    Op::Push { dest, durable } => {
-                        control_push(&mut send, &mut recv, &shared, dest, durable).await
-                    }
-                    Op::Pull { src } => control_pull(&mut send, &mut recv, &shared, src).await,
-                }
-            }
+    let first = match read_frame(&mut recv).await {
+        Ok(f) => f,
+        Err(SessionError::Wire(e)) => {
+            return refuse(&mut send, Failure::protocol(e.to_string())).await
         }
-        Ok(Some(Frame::Put(p))) => put(&mut send, &mut recv, &shared, p).await,
-        Ok(Some(Frame::Get(g))) => match expect_end(&mut recv).await {
+        Err(_) => return,
+    };
+    let result = match open_stream(first, &shared.facts, new_session_id) {
+        Opened::Control(session) => return control(&mut send, &mut recv, &shared, *session).await,
+        Opened::Put(p) => put(&mut send, &mut recv, &shared, p).await,
+        Opened::Get(g) => match expect_end(&mut recv).await {
             // A Get is the whole request.
             Ok(()) => get(&mut send, &shared, g).await,
             Err(e) => Err(session_failure(e)),
         },
-        Ok(Some(f)) => Err(Failure::new(
-            ErrorCode::Protocol,
-            format!("a stream cannot start with frame type {}", f.kind()),
-        )),
-        Ok(None) => Ok(()),
-        Err(SessionError::Wire(e)) => Err(Failure::new(ErrorCode::Protocol, e.to_string())),
-        Err(_) => return,
+        Opened::Quiet => Ok(()),
+        Opened::Refused(f) => Err(f),
     };
     match result {
         Ok(()) => {
             let _ = send.finish();
         }
-        Err(f) => {
-            // The client hears why; the operator sees it too. Nothing else is affected.
-            log!("tpc-xfer: refused: {}", f.message);
-            let _ = write_frame(
-                &mut send,
-                &Frame::Error {
-                    code: f.code,
-                    message: f.message,
-                },
-            )
-            .await;
-            let _ = send.finish();
-        }
+        Err(f) => refuse(&mut send, f).await,
     }
+}
+
+/// Answers a stream that failed with `Error`, and finishes it. The client hears why; the
+/// operator sees it too. Nothing else is affected.
+async fn refuse(send: &mut SendStream, f: Failure) {
+    log!("tpc-xfer: refused: {}", f.message);
+    let _ = write_frame(
+        send,
+        &Frame::Error {
+            code: f.code,
+            message: f.message,
+        },
+    )
+    .await;
+    let _ = send.finish();
 }
 
 fn session_failure(e: SessionError) -> Failure {
@@ -323,12 +318,6 @@ fn session_failure(e: SessionError) -> Failure {
         SessionError::Remote { code, message } => Failure::new(code, message),
         other => Failure::new(ErrorCode::Protocol, other.to_string()),
     }
-}
-
-fn parse_path(bytes: &[u8]) -> Result<RelPath, Failure> {
-    // A trailing slash only says "a directory" to the client's rules.
-    let trimmed = bytes.strip_suffix(b"/").unwrap_or(bytes);
-    RelPath::parse(trimmed).map_err(|e| Failure::new(ErrorCode::PathRefused, e.to_string()))
 }
 
 fn new_session_id() -> u64 {
@@ -364,178 +353,136 @@ async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> 
     rt::spawn_blocking(f).await
 }
 
-async fn control_push(
+/// What a control stream's session has on this end: the push's receiver once planned,
+/// and its small files published for the data streams (`Sessions`).
+#[derive(Default)]
+struct Held {
+    receiver: Option<Receiver>,
+    published: Option<Published>,
+}
+
+/// Drives a control stream's session (`tpc_core::session::server`): reads its frames
+/// when it wants one, writes what it sends, and carries out its requests on the
+/// blocking pool, so that the shard's endpoint keeps answering packets meanwhile.
+async fn control(
     send: &mut SendStream,
     recv: &mut RecvStream,
     shared: &Shared,
-    dest: Vec<u8>,
-    durable: bool,
-) -> Result<(), Failure> {
-    if shared.read_only {
-        return Err(Failure::new(
-            ErrorCode::NotWritable,
-            "this server is --read-only",
-        ));
-    }
-    let base = parse_path(&dest)?;
-    let root = shared.root.clone();
-    let lookup = base.clone();
-    let kind = blocking(move || root.lstat(&lookup))
-        .await
-        .map_err(|e| Failure::confine(&e))?;
-    let dest_kind = match kind {
-        None => DestKind::Missing,
-        Some(s) if s.kind == FileKind::Dir => DestKind::Dir,
-        Some(_) => DestKind::Other,
+    mut session: ServerSession,
+) {
+    let mut held = Held::default();
+    let outcome = 'session: loop {
+        while let Some(f) = session.poll_transmit() {
+            if let Err(e) = write_frame(send, &f).await {
+                // The client went away.
+                break 'session Err(session_failure(e));
+            }
+        }
+        if let Some(outcome) = session.poll_outcome() {
+            break outcome;
+        }
+        if let Some(request) = session.poll_request() {
+            carry_out(request, &mut session, shared, &mut held).await;
+            continue;
+        }
+        if !session.wants_frame() {
+            // The machine's contract rules this out; never hang on it.
+            break Err(Failure::new(ErrorCode::Io, "internal: the session stalled"));
+        }
+        match read_frame(recv).await {
+            Ok(Some(f)) => session.handle_frame(f),
+            Err(SessionError::Wire(e)) => session.handle_malformed(e.to_string()),
+            // The client went away.
+            Ok(None) => break Err(session_failure(SessionError::Ended)),
+            Err(e) => break Err(session_failure(e)),
+        }
     };
-    let session = new_session_id();
-    write_frame(
-        send,
-        &Frame::Welcome {
-            session,
-            shard_ports: shared.ports.clone(),
-            dest: dest_kind,
-        },
-    )
-    .await
-    .map_err(session_failure)?;
-    let mut receiver = Receiver::new(
-        shared.root.clone(),
-        &shared.root_path,
-        base,
-        session,
-        durable,
-        true,
-    )
-    .create_small_files_on_write()
-    .keep_root_metadata();
-    let mut budget = ManifestBudget::default();
-    loop {
-        match expect_frame(recv).await.map_err(session_failure)? {
-            Frame::Entries(entries) => {
-                budget
-                    .take(&entries)
-                    .map_err(|e| Failure::new(ErrorCode::Protocol, e.to_string()))?;
-                receiver.add(entries)?;
-            }
-            Frame::EntriesEnd { count } if count == receiver.entry_count() as u64 => break,
-            Frame::EntriesEnd { count } => {
-                return Err(Failure::new(
-                    ErrorCode::Protocol,
-                    format!(
-                        "manifest ended at {} entries, announced {count}",
-                        receiver.entry_count()
-                    ),
-                ))
-            }
-            f => {
-                return Err(Failure::new(
-                    ErrorCode::Protocol,
-                    format!("frame type {} inside the manifest", f.kind()),
-                ))
-            }
+    drop(held.published.take());
+    match outcome {
+        Ok(()) => {
+            let _ = send.finish();
         }
-    }
-    let (receiver, (needs, failed)) = blocking(move || {
-        let plan = receiver.plan();
-        (receiver, plan)
-    })
-    .await;
-    let published = shared.sessions.publish(session, receiver.lazy_files());
-    let (receiver, outcome) = push_session(send, recv, receiver, needs, failed).await;
-    drop(published);
-    if outcome.is_err() {
-        // The client went away or broke the protocol: leave no temporary file behind.
-        let mut receiver = receiver;
-        blocking(move || receiver.abort()).await;
-    }
-    outcome
-}
-
-/// The rest of a push after planning. The receiver moves to the blocking pool and back for
-/// each batch, and is handed back at the end so the caller can clean up after a failure.
-async fn push_session(
-    send: &mut SendStream,
-    recv: &mut RecvStream,
-    receiver: Receiver,
-    needs: Vec<tpc_core::wire::NeedItem>,
-    failed: Vec<(u32, Failure)>,
-) -> (Receiver, Result<(), Failure>) {
-    let mut r = receiver;
-    macro_rules! attempt {
-        ($e:expr) => {
-            match $e {
-                Ok(v) => v,
-                Err(f) => return (r, Err(f)),
-            }
-        };
-    }
-    for (file, f) in failed {
-        attempt!(send_failed(send, file, f).await);
-    }
-    for batch in need_frames(&needs) {
-        attempt!(write_frame(send, &Frame::Need(batch.to_vec()))
-            .await
-            .map_err(session_failure));
-    }
-    attempt!(write_frame(send, &Frame::NeedEnd)
-        .await
-        .map_err(session_failure));
-    loop {
-        match attempt!(expect_frame(recv).await.map_err(session_failure)) {
-            Frame::Commit { files } => {
-                let (back, (ok, failed)) = blocking(move || {
-                    let out = r.commit(&files);
-                    (r, out)
-                })
-                .await;
-                r = back;
-                for (file, f) in failed {
-                    attempt!(send_failed(send, file, f).await);
-                }
-                attempt!(write_frame(send, &Frame::Committed { files: ok })
-                    .await
-                    .map_err(session_failure));
-            }
-            Frame::Finish => {
-                let (back, failed) = blocking(move || {
-                    let out = r.finish();
-                    (r, out)
-                })
-                .await;
-                r = back;
-                for (file, f) in failed {
-                    attempt!(send_failed(send, file, f).await);
-                }
-                let done = Frame::Done {
-                    files: r.files_written,
-                    bytes: r.bytes_written,
-                };
-                attempt!(write_frame(send, &done).await.map_err(session_failure));
-                return (r, Ok(()));
-            }
-            f => {
-                let err = Failure::new(
-                    ErrorCode::Protocol,
-                    format!("unexpected frame type {} in a push", f.kind()),
-                );
-                return (r, Err(err));
+        Err(f) => {
+            log!("tpc-xfer: refused: {}", f.message);
+            let _ = send.finish();
+            // Leave no temporary file behind.
+            if let Some(mut r) = held.receiver.take() {
+                blocking(move || r.abort()).await;
             }
         }
     }
 }
 
-async fn send_failed(send: &mut SendStream, file: u32, f: Failure) -> Result<(), Failure> {
-    write_frame(
-        send,
-        &Frame::Failed {
-            file,
-            code: f.code,
-            message: f.message,
-        },
-    )
-    .await
-    .map_err(session_failure)
+/// Carries out one request of a control stream's session and feeds back the answer.
+async fn carry_out(
+    request: Request,
+    session: &mut ServerSession,
+    shared: &Shared,
+    held: &mut Held,
+) {
+    match request {
+        Request::LookUp(base) => {
+            let root = shared.root.clone();
+            let kind = blocking(move || root.lstat(&base)).await;
+            session.handle_looked_up(kind.map_err(|e| confine_failure(&e)).map(|k| match k {
+                None => DestKind::Missing,
+                Some(s) if s.kind == FileKind::Dir => DestKind::Dir,
+                Some(_) => DestKind::Other,
+            }));
+        }
+        Request::Walk(base) => {
+            let root = shared.root.clone();
+            session.handle_listed(blocking(move || list(&root, &base)).await);
+        }
+        Request::Plan {
+            base,
+            session: id,
+            durable,
+            entries,
+        } => {
+            let mut r = Receiver::new(
+                shared.root.clone(),
+                &shared.root_path,
+                base,
+                id,
+                durable,
+                true,
+            )
+            .create_small_files_on_write()
+            .keep_root_metadata();
+            if let Err(f) = r.add(entries) {
+                return session.handle_planned(Err(f));
+            }
+            let (r, planned) = blocking(move || {
+                let plan = r.plan();
+                (r, plan)
+            })
+            .await;
+            held.published = Some(shared.sessions.publish(id, r.lazy_files()));
+            held.receiver = Some(r);
+            session.handle_planned(Ok(planned));
+        }
+        Request::Commit(files) => {
+            let mut r = held.receiver.take().expect("a commit follows the plan");
+            let (r, (ok, failed)) = blocking(move || {
+                let out = r.commit(&files);
+                (r, out)
+            })
+            .await;
+            held.receiver = Some(r);
+            session.handle_committed(ok, failed);
+        }
+        Request::Finish => {
+            let mut r = held.receiver.take().expect("a finish follows the plan");
+            let (r, failed) = blocking(move || {
+                let out = r.finish();
+                (r, out)
+            })
+            .await;
+            session.handle_finished(failed, r.files_written, r.bytes_written);
+            held.receiver = Some(r);
+        }
+    }
 }
 
 /// A data stream of a push: verify and write one run of chunks into the file's temporary
@@ -547,12 +494,6 @@ async fn put(
     shared: &Shared,
     p: Run,
 ) -> Result<(), Failure> {
-    if shared.read_only {
-        return Err(Failure::new(
-            ErrorCode::NotWritable,
-            "this server is --read-only",
-        ));
-    }
     let full = parse_path(&p.path)?;
     let tmp = temp_path(&full, p.session, p.file)?;
     let lazy_files = shared.sessions.get(p.session);
@@ -565,7 +506,7 @@ async fn put(
             let fd = shared
                 .root
                 .open(&tmp, Access::Write)
-                .map_err(|e| Failure::confine(&e))?;
+                .map_err(|e| confine_failure(&e))?;
             // The announced size must be the planned one, or a run could extend the file.
             if fstat(&fd).map(|st| st.size_bytes) != Ok(p.size) {
                 return Err(Failure::new(
@@ -658,7 +599,7 @@ fn create_lazy(
         Err(e) => {
             // Nothing was created: another run may try.
             lazy.release();
-            return Err(Failure::confine(&e));
+            return Err(confine_failure(&e));
         }
     };
     if lazy.is_dead() {
@@ -702,7 +643,7 @@ async fn get(send: &mut SendStream, shared: &Shared, g: Run) -> Result<(), Failu
     let fd = shared
         .root
         .open(&full, Access::Read)
-        .map_err(|e| Failure::confine(&e))?;
+        .map_err(|e| confine_failure(&e))?;
     if fstat(&fd).map(|st| st.size_bytes) != Ok(g.size) {
         return Err(Failure::new(
             ErrorCode::Changed,
@@ -742,20 +683,13 @@ async fn get(send: &mut SendStream, shared: &Shared, g: Run) -> Result<(), Failu
     }
 }
 
-/// The control stream of a pull: walk the source beneath the root and send the manifest;
-/// the client then fetches what it needs with `Get` streams and says `Finish`.
-async fn control_pull(
-    send: &mut SendStream,
-    recv: &mut RecvStream,
-    shared: &Shared,
-    src: Vec<u8>,
-) -> Result<(), Failure> {
-    let base = parse_path(&src)?;
-    let root = shared.root.clone();
-    let walked = base.clone();
-    let (entries, errors) = blocking(move || root.walk(&walked, MANIFEST_ENTRIES_MAX as usize))
-        .await
-        .map_err(|e| Failure::confine(&e))?;
+/// A pull's listing: the tree at `base` beneath the root, as manifest entries, and what
+/// its top is. Special files, unreadable symlinks and problems met during the walk are
+/// left out and logged (docs/PROTOCOL.md §6).
+fn list(root: &Root, base: &RelPath) -> Result<(DestKind, Vec<Entry>), Failure> {
+    let (entries, errors) = root
+        .walk(base, MANIFEST_ENTRIES_MAX as usize)
+        .map_err(|e| confine_failure(&e))?;
     for e in &errors {
         log!("tpc-xfer: pull of {base}: {e}");
     }
@@ -767,16 +701,6 @@ async fn control_pull(
     } else {
         DestKind::Other
     };
-    write_frame(
-        send,
-        &Frame::Welcome {
-            session: new_session_id(),
-            shard_ports: shared.ports.clone(),
-            dest,
-        },
-    )
-    .await
-    .map_err(session_failure)?;
     let mut wire = Vec::with_capacity(entries.len());
     for (rel, st) in entries {
         let path = rel.as_bytes()[base.as_bytes().len()..]
@@ -786,17 +710,13 @@ async fn control_pull(
         let (kind, target) = match st.kind {
             FileKind::File => (WireKind::File, Vec::new()),
             FileKind::Dir => (WireKind::Dir, Vec::new()),
-            FileKind::Symlink => {
-                let root = shared.root.clone();
-                let r = rel.clone();
-                match blocking(move || root.read_link(&r)).await {
-                    Ok(t) => (WireKind::Symlink, t),
-                    Err(e) => {
-                        log!("tpc-xfer: {e}");
-                        continue;
-                    }
+            FileKind::Symlink => match root.read_link(&rel) {
+                Ok(t) => (WireKind::Symlink, t),
+                Err(e) => {
+                    log!("tpc-xfer: {e}");
+                    continue;
                 }
-            }
+            },
             FileKind::Other => continue,
         };
         wire.push(Entry {
@@ -813,22 +733,5 @@ async fn control_pull(
             hashes: Vec::new(),
         });
     }
-    let count = wire.len() as u64;
-    for batch in entry_frames(&wire) {
-        write_frame(send, &Frame::Entries(batch.to_vec()))
-            .await
-            .map_err(session_failure)?;
-    }
-    write_frame(send, &Frame::EntriesEnd { count })
-        .await
-        .map_err(session_failure)?;
-    match expect_frame(recv).await.map_err(session_failure)? {
-        Frame::Finish => write_frame(send, &Frame::Done { files: 0, bytes: 0 })
-            .await
-            .map_err(session_failure),
-        f => Err(Failure::new(
-            ErrorCode::Protocol,
-            format!("unexpected frame type {} in a pull", f.kind()),
-        )),
-    }
+    Ok((dest, wire))
 }

@@ -320,7 +320,7 @@ impl Run<'_> {
                 read_only: false,
                 ports: vec![7440, 7441],
             };
-            match open_stream(Some(frame), &facts, 0x5e55) {
+            match open_stream(Some(frame), &facts, || 0x5e55) {
                 Opened::Control(s) => self.server = Some(s),
                 Opened::Refused(f) => {
                     self.s2c.push_back(Frame::Error {

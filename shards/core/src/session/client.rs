@@ -370,7 +370,7 @@ impl ClientSession {
         }
         if std::mem::replace(&mut f.answered, true) {
             return Err(Failure::protocol(format!(
-                "receiver answered for file {} twice",
+                "receiver asked for file {} twice",
                 n.file
             )));
         }

@@ -47,8 +47,12 @@ pub enum Opened {
 }
 
 /// Decides what a new stream is from its first frame (`None`: it ended before one).
-/// `session` is a fresh random id the driver drew, used if this starts a session.
-pub fn open_stream(first: Option<Frame>, facts: &ServerFacts, session: u64) -> Opened {
+/// `session` draws a fresh random id, if this starts a session.
+pub fn open_stream(
+    first: Option<Frame>,
+    facts: &ServerFacts,
+    session: impl FnOnce() -> u64,
+) -> Opened {
     let read_only = || {
         Opened::Refused(Failure::new(
             ErrorCode::NotWritable,
@@ -68,7 +72,7 @@ pub fn open_stream(first: Option<Frame>, facts: &ServerFacts, session: u64) -> O
             ..
         }) if facts.read_only => read_only(),
         Some(Frame::Hello { op, .. }) => {
-            match ServerSession::new(op, facts.ports.clone(), session) {
+            match ServerSession::new(op, facts.ports.clone(), session()) {
                 Ok(s) => Opened::Control(Box::new(s)),
                 Err(f) => Opened::Refused(f),
             }
@@ -315,6 +319,13 @@ impl ServerSession {
                 self.send_then(Phase::AwaitFinish);
             }
             Err(f) => self.end(f),
+        }
+    }
+
+    /// A control frame that could not be decoded: the session ends with `Protocol`.
+    pub fn handle_malformed(&mut self, why: String) {
+        if self.outcome.is_none() {
+            self.end(Failure::protocol(why));
         }
     }
 
