@@ -25,7 +25,7 @@ use tpc_core::relpath::RelPath;
 use tpc_core::schedule::{
     claim_budget, QueuedRun, RunItem, RunQueue, TakeOver, STREAM_RUN_BYTES_MAX, STREAM_RUN_CHUNKS,
 };
-use tpc_core::session::client::{ClientSession, Request};
+use tpc_core::session::client::{check_run_answer, refusal, run_header, ClientSession, Request};
 use tpc_core::session::Ended;
 use tpc_core::window::{streams_in_flight, STREAMS_IN_FLIGHT_MIN};
 use tpc_core::wire::{
@@ -46,7 +46,7 @@ use tpc_engine::temp::RunLock;
 
 use super::receiver::{full_path, temp_path, Failure, Receiver};
 use super::{
-    congestion::Congestion, expect_end, expect_frame, read_frame, transport_config, write_frame,
+    congestion::Congestion, expect_answer, expect_end, read_frame, transport_config, write_frame,
     RemoteSpec, SessionError, CLOSE_DONE, CONNECT_TIMEOUT,
 };
 use crate::auth::{self, Identity, KnownServers, ServerTrust};
@@ -800,7 +800,6 @@ async fn range_worker(
 fn data_failure(e: DataError) -> Failure {
     match e {
         DataError::Local(f) => f,
-        DataError::Session(SessionError::Remote { code, message }) => Failure::new(code, message),
         // The server failed part way through a run it was sending (see server::get).
         DataError::Session(SessionError::Quic(QuicError::Reset(code))) => {
             match u16::try_from(code).ok().and_then(ErrorCode::from_u16) {
@@ -864,11 +863,7 @@ async fn move_range(
             Compression::Auto | Compression::Always => CODECS_ZSTD,
         } | if have.is_empty() { 0 } else { CODECS_SAME },
     };
-    let header = if work.push {
-        Frame::Put(run.clone())
-    } else {
-        Frame::Get(run.clone())
-    };
+    let header = run_header(work.push, run.clone());
     write_frame(&mut send, &header).await.map_err(io)?;
     if work.push {
         let Some(src) = f.local_src.as_ref() else {
@@ -906,12 +901,9 @@ async fn move_range(
         let n = match sent {
             // The server refused the run part way and stopped reading: its answer says why.
             Err(DataError::Session(SessionError::Quic(QuicError::Stopped(_)))) => {
-                return Err(match expect_frame(&mut recv).await {
+                return Err(match expect_answer(&mut recv).await {
                     Err(e) => io(e),
-                    Ok(f) => Failure::new(
-                        ErrorCode::Protocol,
-                        format!("server answered a range with frame type {}", f.kind()),
-                    ),
+                    Ok(f) => refusal(f),
                 });
             }
             other => other.map_err(data_failure)?,
@@ -919,30 +911,17 @@ async fn move_range(
         if let Some(Err(e)) = finished {
             return Err(io(e.into()));
         }
-        match expect_frame(&mut recv).await.map_err(io)? {
-            Frame::RangeOk => {
-                let ok = Instant::now();
-                record_latencies(latency, log.times.iter().map(|&t| (t, ok)));
-                expect_end(&mut recv).await.map_err(io)?;
-                Ok((n, log.saved))
-            }
-            other => Err(Failure::new(
-                ErrorCode::Protocol,
-                format!("server answered a range with frame type {}", other.kind()),
-            )),
-        }
+        let answer = expect_answer(&mut recv).await.map_err(io)?;
+        check_run_answer(true, item.count, answer)?;
+        let ok = Instant::now();
+        record_latencies(latency, log.times.iter().map(|&t| (t, ok)));
+        expect_end(&mut recv).await.map_err(io)?;
+        Ok((n, log.saved))
     } else {
         let asked = Instant::now();
         send.finish().map_err(|e| io(e.into()))?;
-        match expect_frame(&mut recv).await.map_err(io)? {
-            Frame::Data { chunk_count } if chunk_count == item.count => {}
-            other => {
-                return Err(Failure::new(
-                    ErrorCode::Protocol,
-                    format!("server answered a Get with frame type {}", other.kind()),
-                ))
-            }
-        }
+        let answer = expect_answer(&mut recv).await.map_err(io)?;
+        check_run_answer(false, item.count, answer)?;
         let root = work.local_root.as_ref().expect("pull has a local root");
         let tmp = f.local_tmp.as_ref().expect("pull has temporaries");
         let fd = root

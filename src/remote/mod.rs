@@ -162,11 +162,6 @@ pub enum SessionError {
     Quic(QuicError),
     /// The peer sent something we refuse (bad frame, broken limit, wrong order).
     Wire(WireError),
-    /// The peer reported an error.
-    Remote {
-        code: tpc_core::wire::ErrorCode,
-        message: String,
-    },
     /// The stream ended where a frame was due.
     Ended,
     /// The stream carried bytes after its last frame or run.
@@ -178,7 +173,6 @@ impl std::fmt::Display for SessionError {
         match self {
             SessionError::Quic(e) => e.fmt(f),
             SessionError::Wire(e) => write!(f, "protocol error: {e}"),
-            SessionError::Remote { message, .. } => write!(f, "{message}"),
             SessionError::Ended => write!(f, "peer ended the stream early"),
             SessionError::Trailing => write!(f, "peer sent bytes after the end of a stream"),
         }
@@ -231,13 +225,10 @@ pub async fn read_frame(recv: &mut RecvStream) -> Result<Option<Frame>, SessionE
 /// smaller; a larger one grows its buffer as its bytes come in).
 const FRAME_PREALLOC_BYTES_MAX: usize = 64 * 1024;
 
-/// Reads a frame that must be there; an `Error` frame from the peer becomes `Remote`.
-pub async fn expect_frame(recv: &mut RecvStream) -> Result<Frame, SessionError> {
-    match read_frame(recv).await? {
-        Some(Frame::Error { code, message }) => Err(SessionError::Remote { code, message }),
-        Some(f) => Ok(f),
-        None => Err(SessionError::Ended),
-    }
+/// Reads a frame that must be there (an `Error` frame included: the session decides
+/// what it means).
+pub async fn expect_answer(recv: &mut RecvStream) -> Result<Frame, SessionError> {
+    read_frame(recv).await?.ok_or(SessionError::Ended)
 }
 
 /// Reads the end of a stream whose last frame or run has been read. Every stream is read

@@ -314,10 +314,7 @@ async fn refuse(send: &mut SendStream, f: Failure) {
 }
 
 fn session_failure(e: SessionError) -> Failure {
-    match e {
-        SessionError::Remote { code, message } => Failure::new(code, message),
-        other => Failure::new(ErrorCode::Protocol, other.to_string()),
-    }
+    Failure::new(ErrorCode::Protocol, e.to_string())
 }
 
 fn new_session_id() -> u64 {

@@ -20,7 +20,7 @@ use crate::schedule::{cut_runs, Asked, RunItem};
 use crate::session::tracker::{RunEnded, Tracker};
 use crate::session::{Ended, Failure, Planned, Problem};
 use crate::wire::{
-    entry_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, NeedItem, Op, WireKind,
+    entry_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, NeedItem, Op, Run, WireKind,
     PROTOCOL_VERSION,
 };
 
@@ -644,4 +644,35 @@ fn facts_of(entries: &[Entry]) -> Vec<FileFacts> {
             answered: false,
         })
         .collect()
+}
+
+/// The first frame of a data stream that moves `run`: `Put` in a push, `Get` in a pull.
+pub fn run_header(push: bool, run: Run) -> Frame {
+    if push {
+        Frame::Put(run)
+    } else {
+        Frame::Get(run)
+    }
+}
+
+/// Checks the server's answer on a data stream: `RangeOk` once a Put's run is in; `Data`
+/// with the chunk count asked for, before a Get's run. An `Error` says why the run failed.
+pub fn check_run_answer(push: bool, asked_chunks: u32, answer: Frame) -> Result<(), Failure> {
+    match answer {
+        Frame::RangeOk if push => Ok(()),
+        Frame::Data { chunk_count } if !push && chunk_count == asked_chunks => Ok(()),
+        other => Err(refusal(other)),
+    }
+}
+
+/// Why the server refused a run it stopped reading part way: its `Error`. Any other
+/// frame there breaks the protocol.
+pub fn refusal(answer: Frame) -> Failure {
+    match answer {
+        Frame::Error { code, message } => Failure::new(code, message),
+        other => Failure::protocol(format!(
+            "server answered a run with frame type {}",
+            other.kind()
+        )),
+    }
 }
