@@ -557,7 +557,7 @@ impl ServerTrust {
     }
 }
 
-/// Server TLS config: TLS 1.3 only, ALPN `tpc-xfer/2`, a client certificate required and
+/// Server TLS config: TLS 1.3 only, ALPN `tpc-xfer/3`, a client certificate required and
 /// admitted iff its key is in `authorized`. A refused client receives the `access_denied`
 /// alert (see [`refused_by_server`]).
 pub fn server_crypto(
@@ -570,7 +570,7 @@ pub fn server_crypto(
     Ok(finish_server_config(config))
 }
 
-/// Client TLS config: TLS 1.3 only, ALPN `tpc-xfer/2`, presents this identity's
+/// Client TLS config: TLS 1.3 only, ALPN `tpc-xfer/3`, presents this identity's
 /// certificate and accepts the server per `server` (known key, or trust on first use).
 pub fn client_crypto(
     identity: &Identity,
@@ -592,6 +592,14 @@ pub fn quic_server_config(
     Ok(quinn_proto::ServerConfig::with_crypto(Arc::new(crypto)))
 }
 
+/// A [`server_crypto`] config wrapped for quinn-proto, so QUIC and TCP share one.
+pub fn quic_server_config_from(
+    crypto: Arc<rustls::ServerConfig>,
+) -> Result<quinn_proto::ServerConfig, AuthError> {
+    let crypto = QuicServerConfig::try_from(crypto).map_err(AuthError::Quic)?;
+    Ok(quinn_proto::ServerConfig::with_crypto(Arc::new(crypto)))
+}
+
 /// [`client_crypto`] wrapped for quinn-proto. Transport parameters are the caller's.
 pub fn quic_client_config(
     identity: &Identity,
@@ -608,30 +616,6 @@ pub fn refused_by_server(error: &rustls::Error) -> bool {
         error,
         rustls::Error::AlertReceived(AlertDescription::AccessDenied)
     )
-}
-
-/// Whether a client's QUIC connection error means the server refused this client's key:
-/// QUIC carries the TLS alert as the CRYPTO_ERROR code 0x100 + alert.
-pub fn quic_refused_by_server(error: &quinn_proto::ConnectionError) -> bool {
-    match error {
-        quinn_proto::ConnectionError::ConnectionClosed(close) => {
-            close.error_code
-                == quinn_proto::TransportErrorCode::crypto(AlertDescription::AccessDenied.into())
-        }
-        _ => false,
-    }
-}
-
-/// Whether a QUIC connection failed because the peer offered no protocol version this
-/// end speaks (TLS `no_application_protocol`: an older or newer tpc-xfer at the far end).
-pub fn quic_protocol_mismatch(error: &quinn_proto::ConnectionError) -> bool {
-    let code =
-        quinn_proto::TransportErrorCode::crypto(AlertDescription::NoApplicationProtocol.into());
-    match error {
-        quinn_proto::ConnectionError::ConnectionClosed(close) => close.error_code == code,
-        quinn_proto::ConnectionError::TransportError(e) => e.code == code,
-        _ => false,
-    }
 }
 
 /// The peer's key fingerprint from quinn-proto's `crypto_session().peer_identity()`, which
@@ -1372,6 +1356,7 @@ fn tls12_refused() -> rustls::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tpc_engine::transport::{quic_why, Why};
 
     #[test]
     fn aes_128_gcm_is_offered_first_and_the_other_tls13_suites_still_are() {
@@ -2383,8 +2368,7 @@ mod tests {
             quic_server_config(&p.server, AuthorizedClients::default()).unwrap(),
         );
         let reason = lost_reason(&run);
-        assert!(quic_refused_by_server(reason), "{reason:?}");
-        assert!(!quic_protocol_mismatch(reason), "{reason:?}");
+        assert_eq!(quic_why(reason), Why::Refused, "{reason:?}");
     }
 
     #[test]
@@ -2392,9 +2376,9 @@ mod tests {
         let p = peers("quic-version");
         let known = known_with(&p.client_dir, p.server.fingerprint());
         let trust = ServerTrust::new(&known, HOST_PORT, false).unwrap();
-        // A client of protocol version 1, as an older release would be.
+        // A client of protocol version 2, as an older release would be.
         let mut old = (*client_crypto(&p.client, trust).unwrap()).clone();
-        old.alpn_protocols = vec![b"tpc-xfer/1".to_vec()];
+        old.alpn_protocols = vec![b"tpc-xfer/2".to_vec()];
         let crypto = QuicClientConfig::try_from(Arc::new(old)).unwrap();
         let authorized = AuthorizedClients::from_fingerprints([p.client.fingerprint()]);
         let run = quic_connect(
@@ -2402,7 +2386,6 @@ mod tests {
             quic_server_config(&p.server, authorized).unwrap(),
         );
         let reason = lost_reason(&run);
-        assert!(quic_protocol_mismatch(reason), "{reason:?}");
-        assert!(!quic_refused_by_server(reason), "{reason:?}");
+        assert_eq!(quic_why(reason), Why::Version, "{reason:?}");
     }
 }

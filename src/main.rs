@@ -14,6 +14,7 @@ use tpc_engine::rt::IoChoice;
 use tpc_engine::Durability;
 use tpc_xfer::exit::{Exit, EXIT_CODES_HELP};
 use tpc_xfer::remote::congestion::Congestion;
+use tpc_xfer::remote::TransportChoice;
 use tpc_xfer::{auth, check, copy, remote, walk};
 
 /// Thread-per-core file transfer: every chunk hashed with BLAKE3, every file written
@@ -68,6 +69,11 @@ enum Command {
         /// plain bytes either way. For a pull, `never` asks the server not to compress.
         #[arg(long, value_name = "WHEN", default_value = "auto", value_parser = compression_parser())]
         compress: Compression,
+        /// What a remote transfer travels over: `quic` (UDP), `tcp` (TCP with TLS 1.3, the
+        /// same keys), or `auto`: QUIC, and TCP when no QUIC handshake completes within
+        /// 1.5 s (UDP blocked by a firewall), with a notice on stderr.
+        #[arg(long, value_enum, env = "TPC_XFER_TRANSPORT", default_value_t = TransportChoice::Auto)]
+        transport: TransportChoice,
         #[command(flatten)]
         state: StateArg,
         #[command(flatten)]
@@ -91,6 +97,10 @@ enum Command {
         /// Refuse pushes; serve pulls only.
         #[arg(long)]
         read_only: bool,
+        /// What clients may connect over: `auto` both QUIC (UDP) and TCP, each shard on
+        /// the same port number for both; `quic` or `tcp` only that one.
+        #[arg(long, value_enum, default_value_t = TransportChoice::Auto)]
+        transport: TransportChoice,
         /// Congestion control of the data this end sends over QUIC (`tolerant` keeps
         /// long paths with random loss full; `cubic` and `bbr` are quinn-proto's own).
         #[arg(long, value_enum, default_value_t = Congestion::Tolerant)]
@@ -190,6 +200,7 @@ fn main() -> ExitCode {
             accept_new,
             congestion,
             compress,
+            transport,
             state,
             common,
         } => match options(&common, checksum, verify, fsync) {
@@ -198,6 +209,7 @@ fn main() -> ExitCode {
                     accept_new,
                     congestion,
                     compress,
+                    transport,
                 };
                 copy_any(&sources, &dest, &opts, &remote, &state)
             }
@@ -207,6 +219,7 @@ fn main() -> ExitCode {
             root,
             listen,
             read_only,
+            transport,
             congestion,
             state,
             common,
@@ -219,6 +232,7 @@ fn main() -> ExitCode {
                 state_dir,
                 congestion,
                 driver: opts.driver,
+                transport,
             }),
             (Err(e), _) | (_, Err(e)) => e,
         },
@@ -248,6 +262,7 @@ struct RemoteArgs {
     accept_new: bool,
     congestion: Congestion,
     compress: Compression,
+    transport: TransportChoice,
 }
 
 /// `--compress` values, listed in `--help`.
@@ -297,6 +312,7 @@ fn copy_any(
         congestion: remote_args.congestion,
         driver: opts.driver,
         compression: remote_args.compress,
+        transport: remote_args.transport,
     };
     match (remote_dest, remote_srcs.len(), sources.len()) {
         (Some(Ok(spec)), 0, _) => remote::client::push(sources, spec, &ropts),

@@ -43,6 +43,8 @@ pub struct Summary {
 /// The network side of a push or pull.
 #[derive(Serialize, Default)]
 pub struct Network {
+    /// "quic" or "tcp": what carried the session.
+    pub transport: &'static str,
     pub server_shards: usize,
     /// Largest UDP payload each shard's connection reached by path MTU discovery.
     pub udp_payload_per_shard: Vec<u16>,

@@ -15,12 +15,14 @@ use std::path::Path;
 use common::*;
 use tpc_core::codec::{CODECS_SAME, CODECS_ZSTD, CODEC_RAW, CODEC_SAME, CODEC_ZSTD};
 use tpc_core::wire::{Entry, ErrorCode, Frame, Op, Run, WireKind, PROTOCOL_VERSION};
-use tpc_engine::quic::{bind_socket, Connection, Endpoint};
-use tpc_xfer::auth::{quic_client_config, Identity, KnownServers, ServerTrust};
+use tpc_engine::quic::{bind_socket, Endpoint};
+use tpc_engine::transport::Connection;
+use tpc_xfer::auth::{client_crypto, quic_client_config, Identity, KnownServers, ServerTrust};
 use tpc_xfer::remote::{read_frame, transport_config, write_frame};
 
-/// Runs `body` on a shard of the suite's driver with a QUIC connection to the server on `port`,
-/// authenticated with the client key in `state`.
+/// Runs `body` on a shard of the suite's driver with a connection to the server on `port`,
+/// authenticated with the client key in `state`: QUIC, or TCP when the suite runs with
+/// `TPC_XFER_TRANSPORT=tcp`.
 fn with_connection<F, Fut>(state: &Path, port: u16, body: F)
 where
     F: FnOnce(Connection) -> Fut + Send + 'static,
@@ -32,12 +34,23 @@ where
         let identity = Identity::load_or_create(&state).unwrap();
         let known = KnownServers::load(&state).unwrap();
         let trust = ServerTrust::new(&known, &server.to_string(), true).unwrap();
+        if std::env::var("TPC_XFER_TRANSPORT").as_deref() == Ok("tcp") {
+            let config = client_crypto(&identity, trust).unwrap();
+            let wait = std::time::Duration::from_secs(5);
+            let conn = tpc_engine::tcp::Connection::connect(server, config, "tpc-xfer", wait)
+                .await
+                .unwrap();
+            body(Connection::Tcp(conn.clone())).await;
+            conn.close(0, b"done");
+            conn.wait_closed().await;
+            return;
+        }
         let mut config = quic_client_config(&identity, trust).unwrap();
         config.transport_config(transport_config(1452, Default::default()));
         let endpoint =
             Endpoint::new(bind_socket("127.0.0.1:0".parse().unwrap()).unwrap(), None).unwrap();
         let conn = endpoint.connect(config, server, "tpc-xfer").await.unwrap();
-        body(conn.clone()).await;
+        body(Connection::Quic(conn.clone())).await;
         conn.close(0, b"done");
         endpoint.shutdown();
         endpoint.wait_idle().await;
@@ -303,8 +316,8 @@ async fn open_session(
     conn: &Connection,
     size: u64,
 ) -> (
-    tpc_engine::quic::SendStream,
-    tpc_engine::quic::RecvStream,
+    tpc_engine::transport::SendStream,
+    tpc_engine::transport::RecvStream,
     u64,
     Vec<tpc_core::ChunkHash>,
 ) {
@@ -331,8 +344,8 @@ async fn open_session(
 
 /// Commits file 0 of the session on `ctl`, finishes it, and checks the server committed it.
 async fn commit_file_0(
-    ctl: &mut tpc_engine::quic::SendStream,
-    ctl_recv: &mut tpc_engine::quic::RecvStream,
+    ctl: &mut tpc_engine::transport::SendStream,
+    ctl_recv: &mut tpc_engine::transport::RecvStream,
 ) {
     write_frame(ctl, &Frame::Commit { files: vec![0] })
         .await

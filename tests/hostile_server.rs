@@ -13,7 +13,9 @@ use std::sync::Arc;
 use common::*;
 use tpc_core::wire::{DestKind, Frame, NeedItem};
 use tpc_engine::quic::{bind_socket, Endpoint};
-use tpc_xfer::auth::{quic_server_config, AuthorizedClients, Identity};
+use tpc_xfer::auth::{
+    quic_server_config, quic_server_config_from, server_crypto, AuthorizedClients, Identity,
+};
 use tpc_xfer::remote::{read_frame, transport_config, write_frame};
 
 /// What the fake server answers once it has read the client's manifest.
@@ -51,7 +53,7 @@ fn push_to_liar(state: &Path, client_state: &Path, src: &Path, lie: Lie) -> std:
             Arc::new(c)
         };
         let endpoint = Endpoint::new(socket, Some(Box::new(make))).unwrap();
-        let conn = endpoint.accept().await.unwrap();
+        let conn = tpc_engine::transport::Connection::Quic(endpoint.accept().await.unwrap());
         let (mut send, mut recv) = conn.accept_bi().await.unwrap();
         let hello = read_frame(&mut recv).await.unwrap().unwrap();
         assert!(matches!(hello, Frame::Hello { .. }), "{hello:?}");
@@ -102,7 +104,8 @@ fn push_to_liar(state: &Path, client_state: &Path, src: &Path, lie: Lie) -> std:
         client_state,
         src,
         format!("tpc://127.0.0.1:{port}/dest"),
-        &["--accept-new"],
+        // The liar is a QUIC server only, whatever transport the suite runs over.
+        &["--accept-new", "--transport", "quic"],
     );
     // A server stuck waiting would hang here; the client's exit closed its connection.
     server.join().unwrap();
@@ -195,4 +198,60 @@ fn a_server_shard_that_never_answers_ends_the_push_as_a_network_error() {
     let out = push_to_liar(&ss, &cs, &with_slash_path(&src), Lie::DeadShard);
     assert_eq!(code(&out), 8, "{}", stderr(&out));
     assert!(stderr(&out).contains("did not answer"), "{}", stderr(&out));
+}
+
+/// A server of the previous protocol version (ALPN `tpc-xfer/2`), over QUIC and over
+/// TCP: the client refuses it with exit 10 and says why, as an old client is refused by
+/// a new server (`auth.rs`, `another_protocol_version_is_recognised_by_the_client`).
+#[test]
+fn a_server_of_another_protocol_version_is_exit_10_with_a_clear_message() {
+    let s = Scratch::new("old-server");
+    let (cs, ss) = keys(&s);
+    let src = s.path("f");
+    random_file(&src, 1000, 1);
+    let identity = Identity::load_or_create(&ss).unwrap();
+    let authorized = AuthorizedClients::load(&ss).unwrap();
+    let mut old = (*server_crypto(&identity, authorized).unwrap()).clone();
+    old.alpn_protocols = vec![b"tpc-xfer/2".to_vec()];
+    let old = Arc::new(old);
+    for transport in ["quic", "tcp"] {
+        let socket = bind_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let listener =
+            tpc_engine::tcp::bind_listener(format!("127.0.0.1:{port}").parse().unwrap()).unwrap();
+        let old = old.clone();
+        let server = spawn_shard(move || async move {
+            if transport == "quic" {
+                let crypto = Arc::new(quic_server_config_from(old).unwrap());
+                let make = move |_: SocketAddr| {
+                    let mut c = (*crypto).clone();
+                    c.transport_config(transport_config(1452, Default::default()));
+                    Arc::new(c)
+                };
+                let endpoint = Endpoint::new(socket, Some(Box::new(make))).unwrap();
+                // The handshake fails inside the endpoint: nothing is ever accepted.
+                tpc_engine::rt::sleep(std::time::Duration::from_secs(2)).await;
+                endpoint.shutdown();
+            } else {
+                let listener = tpc_engine::rt::TcpListener::from_std(listener).unwrap();
+                let sock = listener.accept().await.unwrap();
+                let peer = "127.0.0.1:1".parse().unwrap();
+                let refused = tpc_engine::tcp::Connection::accept(sock, old, peer).await;
+                assert!(refused.is_err(), "an old server's handshake succeeded");
+            }
+        });
+        let out = copy(
+            &cs,
+            &src,
+            format!("tpc://127.0.0.1:{port}/f"),
+            &["--accept-new", "--transport", transport],
+        );
+        server.join().unwrap();
+        assert_eq!(code(&out), 10, "{transport}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("speaks another version"),
+            "{transport}: {}",
+            stderr(&out)
+        );
+    }
 }

@@ -115,3 +115,79 @@ fn push_and_pull_over_a_veth_link_at_mtu_1500() {
 fn push_and_pull_over_a_veth_link_at_mtu_9000() {
     tree_over_veth("9000", 9000);
 }
+
+/// Whether `nft` is here (tools/test.sh installs Debian's nftables).
+fn has_nft() -> bool {
+    let found = Command::new("nft").arg("--version").output().is_ok();
+    if !found {
+        eprintln!("skipped: nft not found (tools/test.sh installs nftables)");
+    }
+    found
+}
+
+/// With UDP dropped between the namespaces (an nftables rule in the server's namespace),
+/// `--transport auto` falls back to TCP, says so on stderr and in `--json`, and moves the
+/// edge-case tree both ways; with UDP open it uses QUIC.
+#[test]
+fn auto_falls_back_to_tcp_where_udp_is_blocked() {
+    if !can_run() || !has_nft() {
+        return;
+    }
+    let s = Scratch::new("netns-udp-blocked");
+    let src = s.path("src");
+    edge_case_tree(&src, 2 * CHUNK_BYTES + 5, 100);
+    let (cs, ss) = keys(&s);
+    let link = Link::new("udp", 1500);
+    let server = Server::start_in(
+        Some(&link.server_ns),
+        &s.path("root"),
+        &ss,
+        &format!("{SERVER_IP}:0"),
+    );
+    let ns = Some(link.client_ns.as_str());
+    let auto = ["--accept-new", "--json", "--transport", "auto"];
+
+    let out = copy_in(ns, &cs, with_slash(&src), server.url("open"), &auto);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(json(&out)["transport"], "quic", "{}", stderr(&out));
+    assert!(!stderr(&out).contains("using TCP"), "{}", stderr(&out));
+
+    let rules = "add table inet tpcx\n\
+                 add chain inet tpcx input { type filter hook input priority 0; }\n\
+                 add rule inet tpcx input meta l4proto udp drop\n";
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", &link.server_ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft runs");
+    use std::io::Write;
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .unwrap();
+    assert!(nft.wait().unwrap().success(), "nft refused the rules");
+
+    let started = std::time::Instant::now();
+    let out = copy_in(ns, &cs, with_slash(&src), server.url("tree"), &auto);
+    let took = started.elapsed();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("using TCP"), "{}", stderr(&out));
+    let summary = json(&out);
+    assert_eq!(summary["transport"], "tcp", "{summary}");
+    assert_identical(&src, &s.path("root").join("tree"));
+    eprintln!("push over the TCP fallback took {took:?}: {summary}");
+
+    let back = s.path("back");
+    let out = copy_in(
+        ns,
+        &cs,
+        server.url("tree/"),
+        &back,
+        &["--transport", "auto"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("using TCP"), "{}", stderr(&out));
+    assert_identical(&src, &back);
+    drop(server);
+}

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . tools/need.sh
-install_missing diff:diffutils mount:mount setpriv:util-linux strace:strace
+install_missing diff:diffutils mount:mount setpriv:util-linux strace:strace nft:nftables
 if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
@@ -43,3 +43,7 @@ cargo test --release --workspace
 # tests' own shards read TPC_XFER_IO). tests/io.rs mixes the drivers itself.
 TPC_XFER_IO=portable cargo test --release -p tpc-xfer \
   --test copy --test local_safety --test remote --test hostile --test hostile_server --test netns --test wan
+# The remote suites again over TCP + TLS (`--transport tcp`, which the binary reads from
+# TPC_XFER_TRANSPORT; tests/hostile.rs dials TCP itself then). tests/netns.rs tests the
+# automatic fallback where UDP is blocked.
+TPC_XFER_TRANSPORT=tcp cargo test --release -p tpc-xfer --test remote --test hostile --test hostile_server

@@ -17,9 +17,10 @@ use tpc_core::codec::{Compression, CODECS_SAME, CODECS_ZSTD};
 use tpc_core::wire::Run;
 use tpc_core::ChunkHash;
 use tpc_engine::direct::DirectFile;
-use tpc_engine::quic::{bind_socket, Connection, Endpoint, RecvStream, SendStream};
+use tpc_engine::quic::{bind_socket, Endpoint};
 use tpc_engine::rt::File;
 use tpc_engine::rt::{self, Driver, IoChoice};
+use tpc_engine::transport::{Connection, RecvStream, SendStream};
 use tpc_xfer::auth::{
     quic_client_config, quic_server_config, AuthorizedClients, Identity, KnownServers, ServerTrust,
 };
@@ -192,6 +193,7 @@ impl QuicPair {
                 let Some(conn) = endpoint.accept().await else {
                     return;
                 };
+                let conn = Connection::Quic(conn);
                 while let Some((send, recv)) = conn.accept_bi().await {
                     let serve = serve.clone();
                     rt::spawn_local(async move { serve(send, recv).await }).detach();
@@ -214,6 +216,7 @@ impl QuicPair {
                 let conn = endpoint
                     .connect(config, addr, "tpc-xfer")
                     .await
+                    .map(Connection::Quic)
                     .expect("connect");
                 while let Ok((job, done)) = job_rx.recv().await {
                     let start = Instant::now();

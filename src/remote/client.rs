@@ -35,10 +35,10 @@ use tpc_core::EntryKind;
 use tpc_core::{ChunkHash, ChunkPlan};
 use tpc_engine::confine::{Access, Root};
 use tpc_engine::mesh::{MeshPeer, Receivers, Senders};
-use tpc_engine::quic::{
-    bind_socket, udp_payload_max_towards, Connection, Endpoint, QuicError, SendStream,
-};
+use tpc_engine::quic::{bind_socket, udp_payload_max_towards, Endpoint};
 use tpc_engine::rt::{self, File};
+use tpc_engine::tcp;
+use tpc_engine::transport::{Connection, Error as TransportError, Kind, SendStream, Why};
 use tpc_engine::{Driver, Durability, Listed, SourceChanged};
 
 use super::data::{open_direct, receive_run, send_run, DataError, RunLog, Savings};
@@ -47,7 +47,7 @@ use tpc_engine::temp::RunLock;
 use super::receiver::{full_path, temp_path, Failure, Receiver};
 use super::{
     congestion::Congestion, expect_answer, expect_end, read_frame, transport_config, write_frame,
-    RemoteSpec, SessionError, CLOSE_DONE, CONNECT_TIMEOUT,
+    RemoteSpec, SessionError, TransportChoice, AUTO_QUIC_WAIT, CLOSE_DONE, CONNECT_TIMEOUT,
 };
 use crate::auth::{self, Identity, KnownServers, ServerTrust};
 use crate::copy::{beneath, hold_tree, landing_base, local_dest, local_target};
@@ -69,6 +69,8 @@ pub struct RemoteOptions {
     /// Which chunks this end compresses when it sends (a push); `Never` also asks the
     /// server not to compress what it sends (a pull).
     pub compression: Compression,
+    /// `--transport`.
+    pub transport: TransportChoice,
 }
 
 /// setuid and setgid are never sent as such: ownership is not transferred.
@@ -93,7 +95,9 @@ impl LatencySummary {
 
 impl PathSummary {
     fn of(conn: &Connection) -> Self {
-        conn.stats().map_or_else(Self::default, |s| Self {
+        // Over TCP the path is the kernel's: nothing of it is counted here.
+        let stats = conn.quic().and_then(|q| q.stats());
+        stats.map_or_else(Self::default, |s| Self {
             rtt_us: s.path.rtt.as_micros() as u64,
             congestion_window_bytes: s.path.cwnd,
             flow_window_bytes: conn.flow_window(),
@@ -145,9 +149,10 @@ struct Work {
 }
 
 enum Msg {
-    /// The server shards' ports, sent as soon as the server has welcomed the session, so
-    /// that every shard's handshake overlaps the manifest exchange.
-    Dial(Vec<u16>),
+    /// The server shards' ports and the transport shard 0 reached the server over, sent
+    /// as soon as the server has welcomed the session, so that every shard's handshake
+    /// overlaps the manifest exchange.
+    Dial(Vec<u16>, Kind),
     Start(Arc<Work>),
     Result {
         file: u32,
@@ -183,6 +188,9 @@ struct Job {
     remote: RemoteSpec,
     server: SocketAddr,
     client_config: quinn_proto::ClientConfig,
+    /// The same TLS settings and key checks, for TCP.
+    tcp_config: Arc<rustls::ClientConfig>,
+    transport: TransportChoice,
     trust: ServerTrust,
     state_dir: PathBuf,
     opts_durable: bool,
@@ -272,9 +280,10 @@ fn run(remote: RemoteSpec, opts: &RemoteOptions, plan: Plan) -> Exit {
             udp_payload_max_towards(server).unwrap_or(1452),
             opts.congestion,
         ));
-        Ok::<_, auth::AuthError>((config, trust))
+        let tcp_config = auth::client_crypto(&identity, trust.clone())?;
+        Ok::<_, auth::AuthError>((config, tcp_config, trust))
     })();
-    let (client_config, trust) = match setup {
+    let (client_config, tcp_config, trust) = match setup {
         Ok(x) => x,
         Err(e) => {
             eprintln!("tpc-xfer: {e}");
@@ -285,6 +294,8 @@ fn run(remote: RemoteSpec, opts: &RemoteOptions, plan: Plan) -> Exit {
         remote,
         server,
         client_config,
+        tcp_config,
+        transport: opts.transport,
         trust,
         state_dir: opts.state_dir.clone(),
         opts_durable: opts.durability == Durability::Batch,
@@ -406,47 +417,40 @@ async fn worker_shard(
     receivers: &mut Receivers<Msg>,
     out: &mut ShardOut,
 ) {
-    let ports = match receivers.recv_from(0).await {
-        Some(Msg::Dial(p)) => p,
+    let (ports, kind) = match receivers.recv_from(0).await {
+        Some(Msg::Dial(p, kind)) => (p, kind),
         _ => return,
     };
     let mut addr = job.server;
     addr.set_port(ports[shard % ports.len()]);
-    let conn =
-        match tokio_free_timeout(endpoint.connect(job.client_config.clone(), addr, "tpc-xfer"))
-            .await
-        {
-            Some(Ok(c)) => c,
-            failed => {
-                // Its ranges cannot move: the whole session fails, for the reason this
-                // connect failed (a key that changed, a port that does not answer).
-                let (exit, message) = match failed {
-                    Some(Err(e)) => {
-                        let (exit, why) = connect_failure(job, &e);
-                        (exit, format!("shard {shard} ({addr}): {why}"))
-                    }
-                    _ => (
-                        Exit::Network,
-                        format!(
-                            "server shard at {addr} did not answer within {} s",
-                            CONNECT_TIMEOUT.as_secs()
-                        ),
+    let conn = match dial(job, endpoint, kind, addr, CONNECT_TIMEOUT).await {
+        Some(Ok(c)) => c,
+        failed => {
+            // Its ranges cannot move: the whole session fails, for the reason this
+            // connect failed (a key that changed, a port that does not answer).
+            let (exit, message) = match failed {
+                Some(Err(e)) => {
+                    let (exit, why) = connect_failure(job, &e);
+                    (exit, format!("shard {shard} ({addr}): {why}"))
+                }
+                _ => (
+                    Exit::Network,
+                    format!(
+                        "server shard at {addr} did not answer within {} s",
+                        CONNECT_TIMEOUT.as_secs()
                     ),
-                };
-                let _ = senders.send_to(0, Msg::Lost(exit, message)).await;
-                let _ = receivers.recv_from(0).await;
-                endpoint.wait_idle().await;
-                return;
-            }
-        };
+                ),
+            };
+            let _ = senders.send_to(0, Msg::Lost(exit, message)).await;
+            let _ = receivers.recv_from(0).await;
+            endpoint.wait_idle().await;
+            return;
+        }
+    };
     let work = match receivers.recv_from(0).await {
         Some(Msg::Start(w)) => w,
         // The session ended before any work was handed out.
-        _ => {
-            conn.close(CLOSE_DONE, b"done");
-            endpoint.wait_closed().await;
-            return;
-        }
+        _ => return close(&conn, endpoint).await,
     };
     let conn = Some(conn);
     // From here on the peers' messages are relayed by kind: asks to `answer_asks`, gifts
@@ -514,23 +518,85 @@ async fn worker_shard(
         r.cancel().await;
     }
     if let Some(c) = &conn {
-        out.udp_payload = c.current_mtu();
+        out.udp_payload = c.quic().map_or(0, |q| q.current_mtu());
         out.path = PathSummary::of(c);
+        close(c, endpoint).await;
     }
-    if let Some(c) = conn {
-        c.close(CLOSE_DONE, b"done");
-    }
-    // The session is over: once the close is on the wire there is nothing to wait for.
-    endpoint.wait_closed().await;
 }
 
-/// `CONNECT_TIMEOUT` around a connect: `None` if the server did not answer in time.
-async fn tokio_free_timeout<T>(f: impl std::future::Future<Output = T>) -> Option<T> {
+/// Closes the session's connection; once the close is on the wire there is nothing
+/// to wait for.
+async fn close(conn: &Connection, endpoint: &Endpoint) {
+    conn.close(CLOSE_DONE, b"done");
+    match conn {
+        Connection::Quic(_) => endpoint.wait_closed().await,
+        Connection::Tcp(c) => c.wait_closed().await,
+    }
+}
+
+/// `wait` around a future: `None` if it did not finish in time.
+async fn within<T>(wait: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
     futures_lite::future::or(async { Some(f.await) }, async {
-        rt::sleep(CONNECT_TIMEOUT).await;
+        rt::sleep(wait).await;
         None
     })
     .await
+}
+
+/// Dials the server shard at `addr` over `kind`: `None` if no handshake completed
+/// within `wait`.
+async fn dial(
+    job: &Job,
+    endpoint: &Endpoint,
+    kind: Kind,
+    addr: SocketAddr,
+    wait: Duration,
+) -> Option<Result<Connection, TransportError>> {
+    match kind {
+        Kind::Quic => within(
+            wait,
+            endpoint.connect(job.client_config.clone(), addr, auth::SERVER_NAME),
+        )
+        .await
+        .map(|r| r.map(Connection::Quic).map_err(TransportError::from)),
+        Kind::Tcp => within(
+            wait,
+            tcp::Connection::connect(addr, job.tcp_config.clone(), auth::SERVER_NAME, wait),
+        )
+        .await
+        .map(|r| r.map(Connection::Tcp)),
+    }
+}
+
+/// Shard 0's connection, over the transport `--transport` asks for. `auto` tries QUIC
+/// for `AUTO_QUIC_WAIT`, then TCP, saying so on stderr; a key refused either way is
+/// not retried (it would be refused the same over TCP).
+async fn dial_first(job: &Job, endpoint: &Endpoint) -> Option<Result<Connection, TransportError>> {
+    let kind = match job.transport {
+        TransportChoice::Quic => Kind::Quic,
+        TransportChoice::Tcp => Kind::Tcp,
+        TransportChoice::Auto => {
+            let tried = dial(job, endpoint, Kind::Quic, job.server, AUTO_QUIC_WAIT).await;
+            match &tried {
+                Some(Ok(_)) => return tried,
+                Some(Err(e)) if job.trust.failure().is_some() || refused(job, e).is_some() => {
+                    return tried
+                }
+                _ => {}
+            }
+            // Said even with -q, as warnings are: the path is not what the user expects.
+            let why = match tried {
+                Some(Err(e)) => e.to_string(),
+                _ => format!("no answer within {:.1} s", AUTO_QUIC_WAIT.as_secs_f64()),
+            };
+            eprintln!(
+                "tpc-xfer: no QUIC connection to {} ({why}); UDP may be blocked: using TCP",
+                job.remote.authority
+            );
+            Kind::Tcp
+        }
+    };
+    dial(job, endpoint, kind, job.server, CONNECT_TIMEOUT).await
 }
 
 /// This shard's queue of runs not yet started, and the bytes its streams have claimed
@@ -701,7 +767,7 @@ async fn run_ranges(
         }
         // A shard whose runs fail (its connection was lost, say) takes no more over: it
         // would fail those too, and the session fails anyway.
-        if failed.get() || conn.as_ref().is_some_and(|c| c.lost_reason().is_some()) {
+        if failed.get() || conn.as_ref().is_some_and(|c| c.is_lost()) {
             take_over.stop();
         }
         // Room for the largest run a peer may give, so that it starts at once.
@@ -801,7 +867,7 @@ fn data_failure(e: DataError) -> Failure {
     match e {
         DataError::Local(f) => f,
         // The server failed part way through a run it was sending (see server::get).
-        DataError::Session(SessionError::Quic(QuicError::Reset(code))) => {
+        DataError::Session(SessionError::Transport(TransportError::Reset(code))) => {
             match u16::try_from(code).ok().and_then(ErrorCode::from_u16) {
                 Some(code) => Failure::new(code, format!("server failed while sending: {code:?}")),
                 None => Failure::new(ErrorCode::Io, "server abandoned a data stream"),
@@ -900,7 +966,7 @@ async fn move_range(
         unchanged.map_err(changed)?;
         let n = match sent {
             // The server refused the run part way and stopped reading: its answer says why.
-            Err(DataError::Session(SessionError::Quic(QuicError::Stopped(_)))) => {
+            Err(DataError::Session(SessionError::Transport(TransportError::Stopped(_)))) => {
                 return Err(match expect_answer(&mut recv).await {
                     Err(e) => io(e),
                     Ok(f) => refusal(f),
@@ -981,14 +1047,14 @@ fn exit_for(code: ErrorCode, push: bool) -> Exit {
 
 /// Explains a failed connect: the server's key (unknown or changed), this client refused
 /// by the server, or no server at all.
-fn connect_failure(job: &Job, e: &QuicError) -> (Exit, String) {
+fn connect_failure(job: &Job, e: &TransportError) -> (Exit, String) {
     if let Some(auth) = job.trust.failure() {
         return (Exit::Auth, auth.to_string());
     }
     refused(job, e).unwrap_or_else(|| {
         (
             Exit::Network,
-            format!("cannot connect to server {}: {e}", job.remote.authority),
+            format!("server {} unreachable: {e}", job.remote.authority),
         )
     })
 }
@@ -996,9 +1062,9 @@ fn connect_failure(job: &Job, e: &QuicError) -> (Exit, String) {
 /// The server refused this client's key, or speaks another protocol version. In TLS 1.3
 /// the client's handshake completes before the server has checked the client's
 /// certificate, so a refusal can arrive at connect or at the first stream.
-fn refused(job: &Job, e: &QuicError) -> Option<(Exit, String)> {
+fn refused(job: &Job, e: &TransportError) -> Option<(Exit, String)> {
     match e {
-        QuicError::Lost(reason) if auth::quic_protocol_mismatch(reason) => Some((
+        TransportError::Lost(Why::Version) => Some((
             Exit::Protocol,
             format!(
                 "server {} speaks another version of the tpc-xfer protocol than this client ({}): run the same release at both ends",
@@ -1006,7 +1072,7 @@ fn refused(job: &Job, e: &QuicError) -> Option<(Exit, String)> {
                 String::from_utf8_lossy(auth::ALPN)
             ),
         )),
-        QuicError::Lost(reason) if auth::quic_refused_by_server(reason) => Some((
+        TransportError::Lost(Why::Refused) => Some((
             Exit::Auth,
             format!(
                 "server {} refused this client: add this host's key (tpc-xfer id --state {}) to the server's authorized-clients",
@@ -1040,13 +1106,7 @@ async fn coordinator(
             let _ = senders.send_to(peer, Msg::Stop).await;
         }
     };
-    let conn = match tokio_free_timeout(endpoint.connect(
-        job.client_config.clone(),
-        job.server,
-        "tpc-xfer",
-    ))
-    .await
-    {
+    let conn = match dial_first(job, endpoint).await {
         Some(Ok(c)) => c,
         Some(Err(e)) => {
             let (exit, msg) = connect_failure(job, &e);
@@ -1092,12 +1152,16 @@ async fn coordinator(
         };
         out.summary = Some((summary, p));
     }
-    out.udp_payload = conn.current_mtu();
+    out.udp_payload = conn.quic().map_or(0, |q| q.current_mtu());
     out.path = PathSummary::of(&conn);
+    if let Some((summary, _)) = out.summary.as_mut() {
+        summary
+            .network
+            .get_or_insert_with(Network::default)
+            .transport = conn.kind().name();
+    }
     stop_peers().await;
-    conn.close(CLOSE_DONE, b"done");
-    // The session is over: once the close is on the wire there is nothing to wait for.
-    endpoint.wait_closed().await;
+    close(&conn, endpoint).await;
 }
 
 type SessionResult = Result<(), (Exit, String)>;
@@ -1116,7 +1180,7 @@ enum Ev {
 fn lost(job: &Job, e: SessionError) -> (Exit, String) {
     match e {
         SessionError::Wire(w) => (Exit::Protocol, format!("server sent an invalid frame: {w}")),
-        SessionError::Quic(q) if refused(job, &q).is_some() => {
+        SessionError::Transport(q) if refused(job, &q).is_some() => {
             refused(job, &q).expect("just matched")
         }
         other => (
@@ -1300,7 +1364,8 @@ impl SessionDriver<'_> {
                     ..Default::default()
                 });
                 for peer in 1..self.shard_count {
-                    let _ = self.senders.send_to(peer, Msg::Dial(ports.clone())).await;
+                    let dial = Msg::Dial(ports.clone(), conn.kind());
+                    let _ = self.senders.send_to(peer, dial).await;
                 }
             }
             Request::BuildManifest(dest) => s.handle_manifest(self.build_manifest(dest)?),

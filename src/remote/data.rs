@@ -20,8 +20,8 @@ use tpc_core::{ChunkHash, ChunkPlan};
 use tpc_engine::confine::{Access, Root};
 use tpc_engine::direct::{self, aligned_buf, AlignedBuf, DirectFile, DirectReader, DIRECT_ALIGN};
 use tpc_engine::os;
-use tpc_engine::quic::{RecvStream, SendStream};
 use tpc_engine::rt::{File, ReadBuf};
+use tpc_engine::transport::{RecvStream, SendStream};
 
 use super::receiver::Failure;
 use super::{expect_end, SessionError};
@@ -212,7 +212,7 @@ pub async fn send_run(
     };
     // Bounds the large chunks this connection's senders hold read but not yet handed to
     // QUIC (`send_staged_chunks`).
-    let staging = send.connection().send_staging();
+    let staging = send.send_staging();
     for (index, (pos, n)) in spans.enumerate() {
         let large = n >= STAGED_CHUNK_BYTES_MIN;
         let _staged = match (&staging, large) {
@@ -266,10 +266,9 @@ pub async fn send_run(
         };
         let mut hasher = blake3::Hasher::new();
         // The path's rate is asked only where compression is on at all.
-        let try_zstd = encoder.as_mut().is_some_and(|e| {
-            e.get()
-                .worth_trying(bytes, send.connection().send_rate_estimate())
-        });
+        let try_zstd = encoder
+            .as_mut()
+            .is_some_and(|e| e.get().worth_trying(bytes, send.send_rate_estimate()));
         if let Some(enc) = encoder
             .as_mut()
             .filter(|_| try_zstd)

@@ -24,7 +24,7 @@ use tpc_core::window::{
     STREAM_WINDOW_BYTES,
 };
 use tpc_core::wire::{Frame, WireError, FRAME_HEADER_BYTES};
-use tpc_engine::quic::{QuicError, ReadExactError, RecvStream, SendStream};
+use tpc_engine::transport::{Error as TransportError, ReadExactError, RecvStream, SendStream};
 
 /// Port `serve` listens on by default (shard 0; shard i listens on this + i).
 pub const DEFAULT_PORT: u16 = 7440;
@@ -156,10 +156,28 @@ fn parse_port(p: &str) -> Result<u16, String> {
         .ok_or_else(|| format!("bad port {p:?}"))
 }
 
+/// `--transport`: what a client dials, or what a server listens on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportChoice {
+    /// Client: QUIC, and TCP when no QUIC handshake completes within `AUTO_QUIC_WAIT`
+    /// (UDP blocked on the way). Server: both, on the same port numbers.
+    #[default]
+    Auto,
+    /// QUIC over UDP only.
+    Quic,
+    /// TCP with TLS 1.3 only.
+    Tcp,
+}
+
+/// How long `--transport auto` waits for a QUIC handshake before it dials TCP. A QUIC
+/// handshake takes one round trip and a little; this leaves room for slow paths and
+/// still starts a blocked transfer within a few seconds.
+pub const AUTO_QUIC_WAIT: Duration = Duration::from_millis(1500);
+
 /// Why a session with a peer failed, for the one-line message and the exit code.
 #[derive(Debug)]
 pub enum SessionError {
-    Quic(QuicError),
+    Transport(TransportError),
     /// The peer sent something we refuse (bad frame, broken limit, wrong order).
     Wire(WireError),
     /// The stream ended where a frame was due.
@@ -171,7 +189,7 @@ pub enum SessionError {
 impl std::fmt::Display for SessionError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SessionError::Quic(e) => e.fmt(f),
+            SessionError::Transport(e) => e.fmt(f),
             SessionError::Wire(e) => write!(f, "protocol error: {e}"),
             SessionError::Ended => write!(f, "peer ended the stream early"),
             SessionError::Trailing => write!(f, "peer sent bytes after the end of a stream"),
@@ -179,9 +197,9 @@ impl std::fmt::Display for SessionError {
     }
 }
 
-impl From<QuicError> for SessionError {
-    fn from(e: QuicError) -> Self {
-        SessionError::Quic(e)
+impl From<TransportError> for SessionError {
+    fn from(e: TransportError) -> Self {
+        SessionError::Transport(e)
     }
 }
 
@@ -194,7 +212,7 @@ impl From<WireError> for SessionError {
 impl From<ReadExactError> for SessionError {
     fn from(e: ReadExactError) -> Self {
         match e {
-            ReadExactError::Quic(q) => SessionError::Quic(q),
+            ReadExactError::Transport(q) => SessionError::Transport(q),
             ReadExactError::Truncated => SessionError::Ended,
         }
     }

@@ -26,10 +26,10 @@ use tpc_core::session::server::{
 };
 use tpc_core::wire::{DestKind, Entry, ErrorCode, Frame, Run, WireKind, MANIFEST_ENTRIES_MAX};
 use tpc_engine::confine::{fstat, sync_file, Access, FileKind, Root};
-use tpc_engine::quic::{
-    bind_socket, udp_payload_max_towards, Connection, Endpoint, RecvStream, SendStream,
-};
+use tpc_engine::quic::{bind_socket, udp_payload_max_towards, Endpoint};
 use tpc_engine::rt::{self, File};
+use tpc_engine::tcp;
+use tpc_engine::transport::{Connection, RecvStream, SendStream};
 
 use super::congestion::Congestion;
 use super::data::{open_direct, receive_run, send_run, DataError, RunLog};
@@ -38,7 +38,10 @@ use tpc_engine::temp::RunLock;
 use super::receiver::{
     confine_failure, io_failure, set_meta, temp_path, Failure, LazyFile, LazyFiles, Receiver,
 };
-use super::{expect_end, read_frame, transport_config, write_frame, SessionError};
+use super::{
+    expect_end, read_frame, transport_config, write_frame, SessionError, TransportChoice,
+    CONNECT_TIMEOUT,
+};
 use crate::auth::{self, AuthorizedClients, Identity};
 use crate::exit::Exit;
 
@@ -61,6 +64,8 @@ pub struct ServeOptions {
     pub congestion: Congestion,
     /// The driver the shards run on (`--io`).
     pub driver: tpc_engine::Driver,
+    /// `--transport`: QUIC, TCP, or both (on the same port numbers).
+    pub transport: TransportChoice,
 }
 
 struct Shared {
@@ -138,7 +143,14 @@ pub fn run(opts: ServeOptions) -> Exit {
             opts.state_dir.join("authorized-clients").display()
         );
     }
-    let crypto = match auth::quic_server_config(&identity, authorized) {
+    let tls = match auth::server_crypto(&identity, authorized) {
+        Ok(c) => c,
+        Err(e) => {
+            log!("tpc-xfer: {e}");
+            return Exit::Auth;
+        }
+    };
+    let crypto = match auth::quic_server_config_from(tls.clone()) {
         Ok(c) => c,
         Err(e) => {
             log!("tpc-xfer: {e}");
@@ -160,27 +172,28 @@ pub fn run(opts: ServeOptions) -> Exit {
                 }
             });
         }
-        match bind_retrying(addr) {
+        match bind_shard(addr, opts.transport) {
             Ok(s) => sockets.push(Some(s)),
             Err(e) => {
-                log!("tpc-xfer: cannot listen on UDP {addr}: {e}");
+                log!("tpc-xfer: cannot listen on {addr}: {e}");
                 return Exit::Usage;
             }
         }
     }
     let ports: Vec<u16> = sockets
         .iter()
-        .map(|s| {
-            s.as_ref()
-                .and_then(|s| s.local_addr().ok())
-                .map_or(0, |a| a.port())
-        })
+        .map(|s| s.as_ref().map_or(0, |s| s.port))
         .collect();
-    let first = sockets[0].as_ref().and_then(|s| s.local_addr().ok());
+    let mut first = opts.listen;
+    first.set_port(ports[0]);
+    let over = match opts.transport {
+        TransportChoice::Auto => "UDP and TCP",
+        TransportChoice::Quic => "UDP",
+        TransportChoice::Tcp => "TCP",
+    };
     log!(
-        "tpc-xfer: serving {} on {} ({} shards, UDP ports {}); server key {}",
+        "tpc-xfer: serving {} on {first} ({} shards, {over} ports {}); server key {}",
         opts.root.display(),
-        first.map_or_else(String::new, |a| a.to_string()),
         opts.shard_count,
         ports
             .iter()
@@ -201,9 +214,9 @@ pub fn run(opts: ServeOptions) -> Exit {
     let root_path = opts.root.clone();
     let result =
         tpc_engine::run_shards::<(), (), _, _>(opts.driver, opts.shard_count, 1, move |ctx| {
-            let socket = sockets.lock().expect("not poisoned")[ctx.shard]
+            let bound = sockets.lock().expect("not poisoned")[ctx.shard]
                 .take()
-                .expect("each shard takes its own socket");
+                .expect("each shard takes its own sockets");
             let shared = Rc::new(Shared {
                 root: root.clone(),
                 root_path: root_path.clone(),
@@ -214,25 +227,17 @@ pub fn run(opts: ServeOptions) -> Exit {
                 sessions: sessions.clone(),
             });
             let crypto = crypto.clone();
+            let tls = tls.clone();
             async move {
                 drop(ctx.mesh);
-                let make = move |remote: SocketAddr| {
-                    let mut c = (*crypto).clone();
-                    c.transport_config(transport_config(
-                        udp_payload_max_towards(remote).unwrap_or(1452),
-                        congestion,
-                    ));
-                    Arc::new(c)
-                };
-                let ep = match Endpoint::new(socket, Some(Box::new(make))) {
-                    Ok(ep) => ep,
-                    Err(e) => {
-                        log!("tpc-xfer: shard cannot start its endpoint: {e}");
-                        return;
-                    }
-                };
-                while let Some(conn) = ep.accept().await {
-                    rt::spawn_local(serve_connection(conn, shared.clone())).detach();
+                let tcp = bound
+                    .tcp
+                    .map(|l| rt::spawn_local(accept_tcp(l, tls, shared.clone())));
+                if let Some(socket) = bound.udp {
+                    accept_quic(socket, crypto, congestion, shared).await;
+                }
+                if let Some(t) = tcp {
+                    t.await;
                 }
             }
         });
@@ -245,16 +250,134 @@ pub fn run(opts: ServeOptions) -> Exit {
     }
 }
 
+/// One shard's listening sockets: UDP for QUIC, TCP, or both at the same port number.
+struct Bound {
+    udp: Option<std::net::UdpSocket>,
+    tcp: Option<std::net::TcpListener>,
+    port: u16,
+}
+
+/// How many times a UDP port picked by the system (`--listen ...:0`) is tried for TCP
+/// before giving up: the same number may be taken by another TCP socket.
+const PORT_PAIR_TRIES: usize = 32;
+
+/// Binds a shard's sockets at `addr`, for the transports `choice` serves.
+fn bind_shard(addr: SocketAddr, choice: TransportChoice) -> std::io::Result<Bound> {
+    let tries = if addr.port() == 0 { PORT_PAIR_TRIES } else { 1 };
+    let mut last = None;
+    for _ in 0..tries {
+        let udp = match choice {
+            TransportChoice::Tcp => None,
+            _ => Some(bind_retrying(addr, bind_socket)?),
+        };
+        let mut at = addr;
+        if let Some(u) = &udp {
+            at.set_port(u.local_addr()?.port());
+        }
+        let tcp = match choice {
+            TransportChoice::Quic => None,
+            _ => match bind_retrying(at, tcp::bind_listener) {
+                Ok(l) => Some(l),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries > 1 => {
+                    last = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let port = match (&udp, &tcp) {
+            (Some(u), _) => u.local_addr()?.port(),
+            (None, Some(t)) => t.local_addr()?.port(),
+            (None, None) => 0,
+        };
+        return Ok(Bound { udp, tcp, port });
+    }
+    Err(last.unwrap_or_else(|| std::io::ErrorKind::AddrInUse.into()))
+}
+
+/// A shard's QUIC endpoint: serves every connection it accepts.
+async fn accept_quic(
+    socket: std::net::UdpSocket,
+    crypto: Arc<quinn_proto::ServerConfig>,
+    congestion: Congestion,
+    shared: Rc<Shared>,
+) {
+    let make = move |remote: SocketAddr| {
+        let mut c = (*crypto).clone();
+        c.transport_config(transport_config(
+            udp_payload_max_towards(remote).unwrap_or(1452),
+            congestion,
+        ));
+        Arc::new(c)
+    };
+    let ep = match Endpoint::new(socket, Some(Box::new(make))) {
+        Ok(ep) => ep,
+        Err(e) => {
+            log!("tpc-xfer: shard cannot start its endpoint: {e}");
+            return;
+        }
+    };
+    while let Some(conn) = ep.accept().await {
+        rt::spawn_local(serve_connection(Connection::Quic(conn), shared.clone())).detach();
+    }
+}
+
+/// A shard's TCP listener: each connection's TLS handshake (bounded by
+/// `CONNECT_TIMEOUT`), then its streams.
+async fn accept_tcp(
+    listener: std::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shared: Rc<Shared>,
+) {
+    let listener = match rt::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            log!("tpc-xfer: shard cannot listen on TCP: {e}");
+            return;
+        }
+    };
+    loop {
+        let sock = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors, or the like: a moment later may do.
+                log!("tpc-xfer: accepting a TCP connection: {e}");
+                rt::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let remote = sock.with_socket(|s| s.peer_addr().ok().and_then(|a| a.as_socket()));
+        let Some(remote) = remote else { continue };
+        let (tls, shared) = (tls.clone(), shared.clone());
+        rt::spawn_local(async move {
+            let handshake = tcp::Connection::accept(sock, tls, remote);
+            let timeout = async {
+                rt::sleep(CONNECT_TIMEOUT).await;
+                None
+            };
+            match futures_lite::future::or(async { Some(handshake.await) }, timeout).await {
+                Some(Ok(conn)) => serve_connection(Connection::Tcp(conn), shared).await,
+                Some(Err(e)) => log!("tpc-xfer: TCP connection from {remote}: {e}"),
+                None => log!("tpc-xfer: TCP connection from {remote}: no TLS handshake in time"),
+            }
+        })
+        .detach();
+    }
+}
+
 /// How long a listen address that is in use is retried before giving up.
 const BIND_RETRY: Duration = Duration::from_secs(3);
 
 /// Binds `addr`, retrying for `BIND_RETRY` while it is in use: a server restarted right
 /// after being killed finds its ports still held for a moment, because the kernel tears
 /// down the dead process's io_uring (which holds the sockets) asynchronously.
-fn bind_retrying(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+fn bind_retrying<S>(
+    addr: SocketAddr,
+    bind: impl Fn(SocketAddr) -> std::io::Result<S>,
+) -> std::io::Result<S> {
     let started = Instant::now();
     loop {
-        match bind_socket(addr) {
+        match bind(addr) {
             Err(e)
                 if e.kind() == std::io::ErrorKind::AddrInUse && started.elapsed() < BIND_RETRY =>
             {

@@ -15,12 +15,14 @@
 use crate::digest::ChunkHash;
 use crate::limits::{FILE_SIZE_BYTES_MAX, PATH_BYTES_MAX, RANGE_CHUNKS, SHARDS_MAX};
 
-/// ALPN of protocol version 2; a peer that speaks anything else fails the TLS handshake.
-pub const ALPN: &[u8] = b"tpc-xfer/2";
+/// ALPN of protocol version 3; a peer that speaks anything else fails the TLS handshake.
+pub const ALPN: &[u8] = b"tpc-xfer/3";
 
 /// Version carried in `Hello`; bumped on any incompatible change. Version 2 added the
-/// per-chunk codec byte (zstd) and the run header's `codecs`.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// per-chunk codec byte (zstd) and the run header's `codecs`; version 3 the TCP transport
+/// (its stream multiplexer, `tpc_engine::tcp`) beside QUIC, with `Welcome`'s ports
+/// naming both a UDP and a TCP port of each server shard.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Bytes of a frame header: type (1) + payload length (4).
 pub const FRAME_HEADER_BYTES: usize = 5;

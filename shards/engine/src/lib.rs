@@ -24,7 +24,9 @@ pub mod quic;
 mod recv_pool;
 pub mod rt;
 mod shard;
+pub mod tcp;
 pub mod temp;
+pub mod transport;
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -451,3 +451,92 @@ fn memlock_limit() -> u64 {
     }
     lim.rlim_cur
 }
+
+/// A connected TCP stream of this shard's driver, shared by one reading and one writing
+/// task (clones are handles to the same stream).
+#[derive(Clone)]
+pub enum TcpStream {
+    #[cfg(uring)]
+    Uring(tpc_uring::TcpStream),
+    Portable(tpc_portable::TcpStream),
+}
+
+impl TcpStream {
+    /// Connects within `timeout`.
+    pub async fn connect(addr: std::net::SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+        Ok(match driver() {
+            #[cfg(uring)]
+            Driver::Uring => TcpStream::Uring(tpc_uring::TcpStream::connect(addr, timeout).await?),
+            Driver::Portable => {
+                TcpStream::Portable(tpc_portable::TcpStream::connect(addr, timeout).await?)
+            }
+        })
+    }
+
+    pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            #[cfg(uring)]
+            TcpStream::Uring(s) => s.read(buf).await,
+            TcpStream::Portable(s) => s.read(buf).await,
+        }
+    }
+
+    pub async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            let n = match self {
+                #[cfg(uring)]
+                TcpStream::Uring(s) => s.write(buf).await?,
+                TcpStream::Portable(s) => s.write(buf).await?,
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the socket (options, addresses, shutdown) without taking it over.
+    pub fn with_socket<R>(&self, f: impl FnOnce(socket2::SockRef<'_>) -> R) -> R {
+        match self {
+            #[cfg(uring)]
+            TcpStream::Uring(s) => {
+                // SAFETY: the descriptor stays open for the length of this call: `s` holds
+                // it, and the view is never closed (ManuallyDrop).
+                let view = std::mem::ManuallyDrop::new(unsafe {
+                    use std::os::fd::FromRawFd;
+                    std::net::TcpStream::from_raw_fd(s.as_raw_fd())
+                });
+                f(socket2::SockRef::from(&*view))
+            }
+            TcpStream::Portable(s) => f(socket2::SockRef::from(s.as_std())),
+        }
+    }
+}
+
+/// A listening TCP socket, bound by the caller, accepting on this shard's driver.
+pub enum TcpListener {
+    #[cfg(uring)]
+    Uring(tpc_uring::TcpListener),
+    Portable(tpc_portable::TcpListener),
+}
+
+impl TcpListener {
+    pub fn from_std(listener: std::net::TcpListener) -> io::Result<TcpListener> {
+        Ok(match driver() {
+            #[cfg(uring)]
+            Driver::Uring => TcpListener::Uring(tpc_uring::TcpListener::from_std(listener)?),
+            Driver::Portable => {
+                TcpListener::Portable(tpc_portable::TcpListener::from_std(listener)?)
+            }
+        })
+    }
+
+    pub async fn accept(&self) -> io::Result<TcpStream> {
+        Ok(match self {
+            #[cfg(uring)]
+            TcpListener::Uring(l) => TcpStream::Uring(l.accept().await?),
+            TcpListener::Portable(l) => TcpStream::Portable(l.accept().await?),
+        })
+    }
+}

@@ -286,3 +286,50 @@ fn pin_to(cpu: usize) -> io::Result<()> {
     let _ = cpu;
     Ok(())
 }
+
+/// A connected TCP stream, shared by the task that reads it and the task that writes it.
+#[derive(Clone)]
+pub struct TcpStream(Rc<async_io::Async<std::net::TcpStream>>);
+
+impl TcpStream {
+    /// Connects within `timeout`.
+    pub async fn connect(addr: std::net::SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+        let connect = async { Some(async_io::Async::<std::net::TcpStream>::connect(addr).await) };
+        let expire = async {
+            async_io::Timer::after(timeout).await;
+            None
+        };
+        match futures_lite::future::or(connect, expire).await {
+            Some(s) => Ok(TcpStream(Rc::new(s?))),
+            None => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+        }
+    }
+
+    pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        use futures_lite::AsyncReadExt;
+        (&*self.0).read(buf).await
+    }
+
+    pub async fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        use futures_lite::AsyncWriteExt;
+        (&*self.0).write(buf).await
+    }
+
+    pub fn as_std(&self) -> &std::net::TcpStream {
+        self.0.get_ref()
+    }
+}
+
+/// A listening TCP socket, bound by the caller.
+pub struct TcpListener(async_io::Async<std::net::TcpListener>);
+
+impl TcpListener {
+    pub fn from_std(listener: std::net::TcpListener) -> io::Result<TcpListener> {
+        Ok(TcpListener(async_io::Async::new(listener)?))
+    }
+
+    pub async fn accept(&self) -> io::Result<TcpStream> {
+        let (s, _) = self.0.accept().await?;
+        Ok(TcpStream(Rc::new(s)))
+    }
+}

@@ -185,3 +185,53 @@ impl Readable {
         let _ = self.peek.peek_from(&mut one).await;
     }
 }
+
+/// A connected TCP stream, shared by the task that reads it and the task that writes it
+/// (glommio keeps a separate pending operation for each direction).
+#[derive(Clone)]
+pub struct TcpStream(std::rc::Rc<std::cell::RefCell<glommio::net::TcpStream>>);
+
+impl TcpStream {
+    fn wrap(s: glommio::net::TcpStream) -> TcpStream {
+        TcpStream(std::rc::Rc::new(std::cell::RefCell::new(s)))
+    }
+
+    /// Connects within `timeout`.
+    pub async fn connect(addr: std::net::SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+        let s = glommio::net::TcpStream::connect_timeout(addr, timeout).await?;
+        Ok(TcpStream::wrap(s))
+    }
+
+    pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        use futures_lite::AsyncRead;
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf))
+            .await
+    }
+
+    pub async fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        use futures_lite::AsyncWrite;
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf))
+            .await
+    }
+
+    pub fn as_raw_fd(&self) -> i32 {
+        self.0.borrow().as_raw_fd()
+    }
+}
+
+/// A listening TCP socket, bound by the caller.
+pub struct TcpListener(glommio::net::TcpListener);
+
+impl TcpListener {
+    pub fn from_std(listener: std::net::TcpListener) -> io::Result<TcpListener> {
+        listener.set_nonblocking(true)?;
+        // SAFETY: the descriptor is a fresh, owned, bound and listening socket.
+        Ok(TcpListener(unsafe {
+            glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd())
+        }))
+    }
+
+    pub async fn accept(&self) -> io::Result<TcpStream> {
+        Ok(TcpStream::wrap(self.0.accept().await?))
+    }
+}
