@@ -55,6 +55,9 @@ use crate::transport::{Error, Why};
 pub const STREAMS_MAX: u32 = 64;
 /// What a stream's receiver grants at first, and at most holds unread.
 pub const STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
+/// Largest stream number: a connection opens at most half of these on each side, far
+/// more than any session needs, and the counters never wrap.
+const STREAM_ID_MAX: u32 = 1 << 31;
 /// Largest DATA payload: large enough that framing costs nothing, small enough that
 /// streams interleave finely on the wire.
 pub const DATA_FRAME_BYTES_MAX: u32 = 256 * 1024;
@@ -63,6 +66,8 @@ const OUT_QUEUE_BYTES_MAX: usize = 2 * 1024 * 1024;
 /// Longest close reason.
 pub const CLOSE_REASON_BYTES_MAX: u32 = 1024;
 const HEADER_BYTES: usize = 9;
+/// DATA payloads this large keep sharing the receive buffer rather than being copied.
+const SHARE_PAYLOAD_BYTES_MIN: usize = 64 * 1024;
 /// Socket reads at a time.
 const READ_BYTES: usize = 256 * 1024;
 /// A peer silent this long with data outstanding is gone (TCP_USER_TIMEOUT), and idle
@@ -191,7 +196,7 @@ impl State {
     }
 
     fn protocol(&mut self, why: &str) {
-        let reason = format!("peer broke the stream protocol: {why}");
+        let reason = format!("received a bad frame: {why}");
         self.queue(CLOSE, 1, reason.len() as u32, reason.as_bytes());
         self.closing = true;
         self.lose(Error::Lost(Why::Other(reason)));
@@ -201,6 +206,9 @@ impl State {
     /// `None` for one already closed (late frames are dropped).
     fn stream_for(&mut self, id: u32, opens: bool) -> Result<Option<&mut Stream>, &'static str> {
         let peer_parity = u32::from(self.is_client_tls()) ^ 1;
+        if id > STREAM_ID_MAX {
+            return Err("stream number out of range");
+        }
         if id % 2 == peer_parity && id >= self.next_remote {
             // A stream opens with its first frame, and the peer's tasks may write their
             // first frames in another order than they opened the streams: as in QUIC,
@@ -249,7 +257,9 @@ impl State {
             }
             _ => {}
         }
-        let opens = matches!(kind, DATA | FIN | RESET);
+        // Any frame but WINDOW may be a stream's first: a reader may stop a stream
+        // before its writer sent anything (QUIC's STOP_SENDING opens a stream too).
+        let opens = kind != WINDOW;
         let Some(s) = self.stream_for(id, opens)? else {
             return Ok(());
         };
@@ -259,14 +269,16 @@ impl State {
                 if s.rx_total > s.rx_allowed || s.rx_fin {
                     return Err("data beyond the stream's window or end");
                 }
-                if s.rx_open {
+                if payload.is_empty() {
+                    // Carries nothing; kept, it would cost memory outside the window.
+                } else if s.rx_open {
                     s.rx.push_back(payload);
                     wake(&mut s.reader);
                 } else {
-                    // Stopped: dropped, and its window given back at once.
-                    let n = payload.len() as u32;
-                    s.rx_allowed += u64::from(n);
-                    self.queue(WINDOW, id, n, &[]);
+                    // Stopped: dropped. An honest peer stops sending once it sees the
+                    // STOP; what was in flight is allowed here, and no WINDOW answers it
+                    // (a peer could make us queue one per frame otherwise).
+                    s.rx_allowed += payload.len() as u64;
                 }
             }
             FIN => {
@@ -283,7 +295,7 @@ impl State {
                 wake(&mut s.writer);
             }
             WINDOW => {
-                s.tx_credit += u64::from(value);
+                s.tx_credit = s.tx_credit.saturating_add(u64::from(value));
                 wake(&mut s.writer);
             }
             _ => return Err("unknown frame kind"),
@@ -470,6 +482,11 @@ impl Connection {
             if let Some(e) = &st.lost {
                 return Poll::Ready(Err(e.clone()));
             }
+            if st.next_local > STREAM_ID_MAX {
+                return Poll::Ready(Err(Error::Lost(Why::Other(
+                    "stream numbers ran out".into(),
+                ))));
+            }
             if st.open_credit == 0 {
                 st.waiters.push(cx.waker().clone());
                 return Poll::Pending;
@@ -543,10 +560,22 @@ async fn read_loop(sock: TcpStream, state: Rc<RefCell<State>>) {
     let mut plain = BytesMut::new();
     // What arrived with the end of the handshake (a client's first frames travel in the
     // same segment as its Finished) is decrypted already.
-    if let Err(e) = drain_plaintext(&mut state.borrow_mut(), &mut plain) {
+    let first = drain_plaintext(&mut state.borrow_mut(), &mut plain);
+    if let Err(e) = first {
         return state.borrow_mut().protocol(e);
     }
     loop {
+        // While the peer does not read what this end queued (answers to its frames
+        // included), this end reads no more of its frames.
+        poll_fn(|cx| {
+            let mut st = state.borrow_mut();
+            if st.out_bytes <= OUT_QUEUE_BYTES_MAX || st.lost.is_some() {
+                return Poll::Ready(());
+            }
+            st.waiters.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
         let n = match sock.read(&mut buf).await {
             Ok(0) => {
                 let mut st = state.borrow_mut();
@@ -603,7 +632,15 @@ fn drain_plaintext(st: &mut State, plain: &mut BytesMut) -> Result<(), &'static 
             break;
         }
         plain.advance(HEADER_BYTES);
-        let payload = plain.split_to(len).freeze();
+        // A small payload is copied out, so that it never pins the large buffer it
+        // arrived in past its own bytes; a large one shares it.
+        let payload = if len < SHARE_PAYLOAD_BYTES_MIN {
+            let p = Bytes::copy_from_slice(&plain[..len]);
+            plain.advance(len);
+            p
+        } else {
+            plain.split_to(len).freeze()
+        };
         st.frame(kind, id, value, payload)?;
     }
     Ok(())
@@ -742,6 +779,16 @@ impl SendStream {
         if let Some(e) = self.conn.lost() {
             return Err(e);
         }
+        let stopped = self
+            .conn
+            .state
+            .borrow()
+            .streams
+            .get(&self.id)
+            .and_then(|s| s.tx_stopped);
+        if let Some(code) = stopped {
+            return Err(Error::Stopped(code));
+        }
         self.end_with(FIN, 0)
     }
 
@@ -836,14 +883,9 @@ impl RecvStream {
         };
         s.rx_open = false;
         let ended = s.rx_fin || s.rx_reset.is_some();
-        let freed: u64 = s.rx.drain(..).map(|b| b.len() as u64).sum::<u64>() + s.rx_unacked;
-        s.rx_unacked = 0;
+        s.rx.clear();
         if !ended {
-            s.rx_allowed += freed;
             st.queue(STOP, self.id, code, &[]);
-            if freed > 0 {
-                st.queue(WINDOW, self.id, freed as u32, &[]);
-            }
         }
         st.reap(self.id);
     }
