@@ -24,7 +24,8 @@
 #                     small = SMALL_COUNT files of 8 KiB; rerun = unchanged small tree again
 #   TOOLS="tpc tpc-never scp rsync-ssh rsyncd floor floor-never floor-bare"   (also:
 #                     tpc-cubic, tpc-bbr: tpc-xfer with quinn-proto's own congestion
-#                     controllers instead of the default). floor, floor-never: the small
+#                     controllers instead of the default; tpc-tcp: over TCP + TLS
+#                     instead of QUIC). floor, floor-never: the small
 #                     part only, tools/fs-floor.c copying the tree locally with one thread
 #                     per core, durable or not: what this filesystem allows any faithful
 #                     copy at best; floor-bare: the same without temporary names, renames,
@@ -118,7 +119,7 @@ install_missing
 
 # Build only when there is no binary: the machine is shared and a rebuild is not ours to
 # start. Check that this binary has the remote commands before spending any time.
-tpc_on() { tool_on tpc || tool_on tpc-never || tool_on tpc-cubic || tool_on tpc-bbr; }
+tpc_on() { tool_on tpc || tool_on tpc-never || tool_on tpc-cubic || tool_on tpc-bbr || tool_on tpc-tcp; }
 if tpc_on; then
   [ -x "$TPC" ] || cargo build --release --quiet
   "$TPC" serve --help >/dev/null 2>&1 ||
@@ -380,6 +381,8 @@ push_cmd() {
     # quinn-proto's Cubic instead of the default controller, to show the difference.
     tpc-cubic) echo "$CLI $TPC copy -q --fsync never --congestion cubic --state $TPC_CLIENT $src tpc://$HOST:$TPC_PORT/$name" ;;
     tpc-bbr) echo "$CLI $TPC copy -q --fsync never --congestion bbr --state $TPC_CLIENT $src tpc://$HOST:$TPC_PORT/$name" ;;
+    # The same over TCP + TLS 1.3 instead of QUIC (the kernel's congestion control).
+    tpc-tcp) echo "$CLI $TPC copy -q --fsync never --transport tcp --state $TPC_CLIENT $src tpc://$HOST:$TPC_PORT/$name" ;;
     # Local, no network: what the filesystem allows (durable like tpc, or not).
     floor) echo "$FLOOR $src $DST/$name $(nproc) 1 > /dev/null" ;;
     floor-never) echo "$FLOOR $src $DST/$name $(nproc) 0 > /dev/null" ;;
@@ -654,6 +657,7 @@ LABELS = {
     "tpc-never": "tpc-xfer copy --fsync never",
     "tpc-cubic": "tpc-xfer copy --fsync never --congestion cubic",
     "tpc-bbr": "tpc-xfer copy --fsync never --congestion bbr",
+    "tpc-tcp": "tpc-xfer copy --fsync never --transport tcp",
     "scp": "scp -c aes128-gcm",
     "rsync-ssh": "rsync -a over ssh -c aes128-gcm",
     "rsyncd": "rsync -a to rsync daemon",
