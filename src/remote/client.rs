@@ -44,7 +44,7 @@ use tpc_engine::{Driver, Durability, Listed, SourceChanged};
 use super::data::{open_direct, receive_run, send_run, DataError, RunLog, Savings};
 use tpc_engine::temp::RunLock;
 
-use super::receiver::{full_path, temp_path, Failure, Receiver};
+use super::receiver::{full_path, off_thread, temp_path, Failure, Receiver};
 use super::{
     congestion::Congestion, expect_answer, expect_end, read_frame, transport_config, write_frame,
     RemoteSpec, SessionError, TransportChoice, AUTO_QUIC_WAIT, CLOSE_DONE, CONNECT_TIMEOUT,
@@ -1380,24 +1380,14 @@ impl SessionDriver<'_> {
                 }
             }
             Request::Commit(files) => {
-                let mut r = self.local_receiver.take().expect("a pull commits locally");
-                let (r, (ok, failed)) = rt::spawn_blocking(move || {
-                    let out = r.commit(&files);
-                    (r, out)
-                })
-                .await;
-                self.local_receiver = Some(r);
+                let r = &mut self.local_receiver;
+                let (ok, failed) = off_thread(r, move |r| r.commit(&files)).await;
                 s.handle_committed(ok, failed);
             }
             Request::Finish => {
-                let mut r = self.local_receiver.take().expect("a pull finishes locally");
-                let (r, failed) = rt::spawn_blocking(move || {
-                    let out = r.finish();
-                    (r, out)
-                })
-                .await;
-                s.handle_finished(failed, r.files_written);
-                self.local_receiver = Some(r);
+                let r = &mut self.local_receiver;
+                let (failed, written) = off_thread(r, |r| (r.finish(), r.files_written)).await;
+                s.handle_finished(failed, written);
             }
         }
         Ok(())
@@ -1481,11 +1471,9 @@ impl SessionDriver<'_> {
             let why = format!("server manifest refused: {}", f.message);
             return Ok(Err(Failure::protocol(why)));
         }
-        let (receiver, (needs, failed)) = rt::spawn_blocking(move || {
-            let plan = receiver.plan();
-            (receiver, plan)
-        })
-        .await;
+        let mut slot = Some(receiver);
+        let (needs, failed) = off_thread(&mut slot, |r| r.plan()).await;
+        let receiver = slot.expect("put back");
         for item in &needs {
             let tmp = receiver.receiving(item.file).map(|(full, _)| full);
             if let (Some(full), Some(f)) = (tmp, self.files.get_mut(item.file as usize)) {

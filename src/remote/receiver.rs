@@ -746,6 +746,22 @@ impl Receiver {
 /// receiver without `finish`, and the temporaries it created, preallocated at full size,
 /// would stay (issue 25, finding 7). After `finish` or `abort` there is nothing left to
 /// remove.
+/// Runs `f` on the receiver in `slot` on the blocking pool, so that the shard's endpoint
+/// keeps answering packets while it plans, syncs and renames, and puts it back.
+pub async fn off_thread<R: Send + 'static>(
+    slot: &mut Option<Receiver>,
+    f: impl FnOnce(&mut Receiver) -> R + Send + 'static,
+) -> R {
+    let mut r = slot.take().expect("the receiver is in its slot");
+    let (r, out) = tpc_engine::rt::spawn_blocking(move || {
+        let out = f(&mut r);
+        (r, out)
+    })
+    .await;
+    *slot = Some(r);
+    out
+}
+
 impl Drop for Receiver {
     fn drop(&mut self) {
         self.abort();

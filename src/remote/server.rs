@@ -36,7 +36,8 @@ use super::data::{open_direct, receive_run, send_run, DataError, RunLog};
 use tpc_engine::temp::RunLock;
 
 use super::receiver::{
-    confine_failure, io_failure, set_meta, temp_path, Failure, LazyFile, LazyFiles, Receiver,
+    confine_failure, io_failure, off_thread, set_meta, temp_path, Failure, LazyFile, LazyFiles,
+    Receiver,
 };
 use super::{
     expect_end, read_frame, transport_config, write_frame, SessionError, TransportChoice,
@@ -573,34 +574,22 @@ async fn carry_out(
             if let Err(f) = r.add(entries) {
                 return session.handle_planned(Err(f));
             }
-            let (r, planned) = blocking(move || {
-                let plan = r.plan();
-                (r, plan)
-            })
-            .await;
-            held.published = Some(shared.sessions.publish(id, r.lazy_files()));
             held.receiver = Some(r);
+            let planned = off_thread(&mut held.receiver, |r| r.plan()).await;
+            let lazy = held.receiver.as_ref().expect("put back").lazy_files();
+            held.published = Some(shared.sessions.publish(id, lazy));
             session.handle_planned(Ok(planned));
         }
         Request::Commit(files) => {
-            let mut r = held.receiver.take().expect("a commit follows the plan");
-            let (r, (ok, failed)) = blocking(move || {
-                let out = r.commit(&files);
-                (r, out)
-            })
-            .await;
-            held.receiver = Some(r);
+            let r = &mut held.receiver;
+            let (ok, failed) = off_thread(r, move |r| r.commit(&files)).await;
             session.handle_committed(ok, failed);
         }
         Request::Finish => {
-            let mut r = held.receiver.take().expect("a finish follows the plan");
-            let (r, failed) = blocking(move || {
-                let out = r.finish();
-                (r, out)
-            })
-            .await;
-            session.handle_finished(failed, r.files_written, r.bytes_written);
-            held.receiver = Some(r);
+            let r = &mut held.receiver;
+            let done = |r: &mut Receiver| (r.finish(), r.files_written, r.bytes_written);
+            let (failed, files, bytes) = off_thread(r, done).await;
+            session.handle_finished(failed, files, bytes);
         }
     }
 }

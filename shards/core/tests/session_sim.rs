@@ -30,19 +30,15 @@ const STEPS_MAX: usize = 100_000;
 /// What either machine may hold queued (frames, requests, problems) at once.
 const QUEUED_MAX: usize = 8;
 
-/// SplitMix64: a tiny, well-known seeded generator, so a seed replays exactly.
-struct Rng(u64);
+/// The scheduler's choices: fastrand's seeded generator, so a seed replays exactly.
+struct Rng(fastrand::Rng);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+    fn new(seed: u64) -> Rng {
+        Rng(fastrand::Rng::with_seed(seed))
     }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.0.u64(..n.max(1))
     }
     fn chance(&mut self, per_mille: u64) -> bool {
         self.below(1000) < per_mille
@@ -626,7 +622,7 @@ fn faults_for(rng: &mut Rng) -> Faults {
 /// One scenario: a session with faults, then, if it did not complete, a fresh session
 /// without faults, which must.
 fn scenario_run(seed: u64, seen: &mut HashMap<String, u64>) -> Result<(), String> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let (sc, mut disk) = scenario(&mut rng);
     let faults = faults_for(&mut rng);
     let trace = std::env::var("TPC_SIM_SEED").is_ok();

@@ -341,13 +341,7 @@ impl ClientSession {
         };
         f.answered = true;
         self.plan_failed_files += u64::from(f.is_file);
-        self.tally.failed += 1;
-        self.problems.push_back(Problem {
-            file,
-            code,
-            message,
-            at_destination: true,
-        });
+        self.fail_file(file, code, message);
         Ok(())
     }
 
