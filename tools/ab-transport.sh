@@ -51,6 +51,8 @@ use chroot = no
 [ab]
   path = $WORK/root-rsync
   read only = no
+  uid = $(id -u)
+  gid = $(id -g)
 CONF
 rsync --daemon --no-detach --config="$WORK/rsyncd.conf" --address=127.0.0.1 \
   --port=$((PORT + 20)) &
