@@ -105,7 +105,7 @@ install_missing() {
   local need=() pair
   for pair in /usr/sbin/sshd:openssh-server ssh:openssh-client scp:openssh-client \
     rsync:rsync iperf3:iperf3 hyperfine:hyperfine python3:python3 ss:iproute2 \
-    cmp:diffutils diff:diffutils getconf:libc-bin cc:gcc; do
+    cmp:diffutils diff:diffutils getconf:libc-bin cc:gcc ping:iputils-ping; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
   done
   if [ ${#need[@]} -gt 0 ]; then
