@@ -1167,8 +1167,11 @@ async fn coordinator(
 type SessionResult = Result<(), (Exit, String)>;
 
 /// Events shard 0 waits for, at most this many queued: run results (its own and the
-/// peers') and control frames.
+/// peers').
 const EVENTS_MAX: usize = 1024;
+
+/// The control frames the reader hands on, one at a time.
+type Frames = async_channel::Receiver<Result<Frame, SessionError>>;
 
 enum Ev {
     Range(u32, Result<u64, Failure>),
@@ -1249,21 +1252,22 @@ async fn session(
         Op::Pull { src: path }
     };
     let (tx, rx) = async_channel::bounded::<Ev>(EVENTS_MAX);
-    let control_reader = {
-        let tx = tx.clone();
-        rt::spawn_local(async move {
-            loop {
-                let (ev, end) = match read_frame(&mut recv).await {
-                    Ok(Some(f)) => (Ev::Frame(Ok(f)), false),
-                    Ok(None) => (Ev::Frame(Err(SessionError::Ended)), true),
-                    Err(e) => (Ev::Frame(Err(e)), true),
-                };
-                if tx.send(ev).await.is_err() || end {
-                    break;
-                }
+    // Control frames come one at a time: the reader holds the next frame until the
+    // session takes it (it reads only while it `wants_frame`), so a peer's frames wait in
+    // the transport's flow-controlled buffers, not here.
+    let (ftx, frames) = async_channel::bounded::<Result<Frame, SessionError>>(1);
+    let control_reader = rt::spawn_local(async move {
+        loop {
+            let (f, end) = match read_frame(&mut recv).await {
+                Ok(Some(f)) => (Ok(f), false),
+                Ok(None) => (Err(SessionError::Ended), true),
+                Err(e) => (Err(e), true),
+            };
+            if ftx.send(f).await.is_err() || end {
+                break;
             }
-        })
-    };
+        }
+    });
     let mut d = SessionDriver {
         job,
         senders,
@@ -1284,7 +1288,16 @@ async fn session(
         transfer: None,
     };
     let mut s = ClientSession::new(op, shard_count);
-    let result = d.drive(&mut s, &mut send, &rx, conn, receivers).await;
+    let result = d
+        .drive(&mut s, &mut send, (&rx, &frames), conn, receivers)
+        .await;
+    // Problems the machine still holds (one that came with the error that ended it).
+    while let Some(p) = s.poll_problem() {
+        d.problems
+            .report(exit_for(p.code, p.at_destination), p.message);
+    }
+    // Nobody reads run results any more: their senders must not wait for room.
+    rx.close();
     if let Some(t) = d.transfer.take() {
         if result.is_err() {
             // The server may never answer the runs still in flight: abandon them.
@@ -1321,17 +1334,17 @@ impl SessionDriver<'_> {
         &mut self,
         s: &mut ClientSession,
         send: &mut SendStream,
-        events: &async_channel::Receiver<Ev>,
+        (events, frames): (&async_channel::Receiver<Ev>, &Frames),
         conn: &Connection,
         receivers: &mut Receivers<Msg>,
     ) -> SessionResult {
         loop {
-            while let Some(f) = s.poll_transmit() {
-                write_frame(send, &f).await.map_err(|e| lost(self.job, e))?;
-            }
             while let Some(p) = s.poll_problem() {
                 self.problems
                     .report(exit_for(p.code, p.at_destination), p.message);
+            }
+            while let Some(f) = s.poll_transmit() {
+                write_frame(send, &f).await.map_err(|e| lost(self.job, e))?;
             }
             if let Some(r) = s.poll_request() {
                 self.carry_out(r, s, conn, receivers).await?;
@@ -1340,12 +1353,23 @@ impl SessionDriver<'_> {
             if let Some(outcome) = s.poll_outcome() {
                 return outcome.map_err(ended);
             }
-            match events.recv().await {
-                Ok(Ev::Range(file, result)) => s.handle_run(file, result),
-                Ok(Ev::Frame(Ok(f))) => s.handle_frame(f),
-                Ok(Ev::Frame(Err(e))) => return Err(lost(self.job, e)),
-                Ok(Ev::Lost(exit, message)) => return Err((exit, message)),
-                Err(_) => return Err(lost(self.job, SessionError::Ended)),
+            let next = async { events.recv().await.ok() };
+            let ev = if s.wants_frame() {
+                let frame = async {
+                    Some(Ev::Frame(
+                        frames.recv().await.unwrap_or(Err(SessionError::Ended)),
+                    ))
+                };
+                futures_lite::future::or(frame, next).await
+            } else {
+                next.await
+            };
+            match ev {
+                Some(Ev::Range(file, result)) => s.handle_run(file, result),
+                Some(Ev::Frame(Ok(f))) => s.handle_frame(f),
+                Some(Ev::Frame(Err(e))) => return Err(lost(self.job, e)),
+                Some(Ev::Lost(exit, message)) => return Err((exit, message)),
+                None => return Err(lost(self.job, SessionError::Ended)),
             }
         }
     }

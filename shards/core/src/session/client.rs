@@ -589,12 +589,22 @@ impl ClientSession {
                 self.phase = Phase::Over;
                 self.outcome = Some(Ok(()));
             }
-            // Files the server's finish could not place (symlinks, directories).
+            // Entries the server's finish could not place: symlinks and directories, each
+            // reported once (one that failed while planning already counts).
             Frame::Failed {
                 file,
                 code,
                 message,
-            } if self.push => self.fail_file(file, code, format!("server: {message}")),
+            } if self.push => {
+                let Some(f) = self.files.get_mut(file as usize).filter(|f| !f.is_file) else {
+                    return Err(Failure::protocol(format!(
+                        "server failed entry {file} at the end, which is not a directory or symlink"
+                    )));
+                };
+                if !std::mem::replace(&mut f.answered, true) {
+                    self.fail_file(file, code, format!("server: {message}"));
+                }
+            }
             // The answer to a last Commit whose files all failed: their Failed frames
             // settled them already.
             Frame::Committed { files } if self.push && files.is_empty() => {}

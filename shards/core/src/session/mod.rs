@@ -26,8 +26,10 @@
 //!    a peer's next frames stay in the transport's flow-controlled buffer, so no peer can
 //!    make this end hold more than one frame's worth of control input.
 //!
-//! Every queue the machines keep is bounded by a constant (`TRANSMIT_QUEUE_MAX`),
-//! except the manifest itself, which is bounded by the wire's `MANIFEST_*_MAX` limits.
+//! Every queue the machines keep is bounded by a constant (`TRANSMIT_QUEUE_MAX`) or by
+//! the manifest, which the wire's `MANIFEST_*_MAX` limits bound: the manifest itself,
+//! and the per-file problems and `Failed` frames (at most one per entry while planning,
+//! and one per file of a commit batch).
 //! A manifest's `Entries` frames are produced one at a time as the driver polls, so a
 //! large manifest is never encoded in full ahead of the stream.
 //!
