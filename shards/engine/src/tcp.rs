@@ -363,8 +363,11 @@ fn io_lost(e: &io::Error) -> Error {
     Error::Lost(Why::Other(e.to_string()))
 }
 
-/// Runs the TLS handshake on `sock`.
-async fn handshake(sock: &TcpStream, tls: &mut rustls::Connection) -> Result<(), Error> {
+/// Runs the TLS handshake on `sock`. Returns what was read past its end: the peer's
+/// first records may arrive in the same segment as its last handshake message, and
+/// rustls holds only a little plaintext unread, so the read loop feeds them in, draining
+/// as it goes.
+async fn handshake(sock: &TcpStream, tls: &mut rustls::Connection) -> Result<Vec<u8>, Error> {
     let mut buf = vec![0u8; READ_BYTES];
     let mut out = Vec::new();
     loop {
@@ -374,7 +377,7 @@ async fn handshake(sock: &TcpStream, tls: &mut rustls::Connection) -> Result<(),
             sock.write_all(&out).await.map_err(|e| io_lost(&e))?;
         }
         if !tls.is_handshaking() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let n = sock.read(&mut buf).await.map_err(|e| io_lost(&e))?;
         if n == 0 {
@@ -383,7 +386,7 @@ async fn handshake(sock: &TcpStream, tls: &mut rustls::Connection) -> Result<(),
             )));
         }
         let mut data = &buf[..n];
-        while !data.is_empty() {
+        while !data.is_empty() && tls.is_handshaking() {
             tls.read_tls(&mut data).map_err(|e| io_lost(&e))?;
             if let Err(e) = tls.process_new_packets() {
                 // Our alert goes out before we give up.
@@ -394,6 +397,14 @@ async fn handshake(sock: &TcpStream, tls: &mut rustls::Connection) -> Result<(),
                 }
                 return Err(Error::Lost(tls_why(&e)));
             }
+        }
+        if !tls.is_handshaking() {
+            while tls.wants_write() {
+                out.clear();
+                tls.write_tls(&mut out).map_err(|e| io_lost(&e))?;
+                sock.write_all(&out).await.map_err(|e| io_lost(&e))?;
+            }
+            return Ok(data.to_vec());
         }
     }
 }
@@ -415,8 +426,8 @@ impl Connection {
         let client = rustls::ClientConnection::new(config, name)
             .map_err(|e| Error::Connect(e.to_string()))?;
         let mut tls = rustls::Connection::Client(client);
-        handshake(&sock, &mut tls).await?;
-        Ok(Connection::start(sock, tls, addr, 1))
+        let early = handshake(&sock, &mut tls).await?;
+        Ok(Connection::start(sock, tls, addr, 1, early))
     }
 
     /// Completes TLS as a server on an accepted stream.
@@ -429,8 +440,8 @@ impl Connection {
         let server =
             rustls::ServerConnection::new(config).map_err(|e| Error::Connect(e.to_string()))?;
         let mut tls = rustls::Connection::Server(server);
-        handshake(&sock, &mut tls).await?;
-        Ok(Connection::start(sock, tls, remote, 2))
+        let early = handshake(&sock, &mut tls).await?;
+        Ok(Connection::start(sock, tls, remote, 2, early))
     }
 
     fn start(
@@ -438,6 +449,7 @@ impl Connection {
         mut tls: rustls::Connection,
         remote: SocketAddr,
         first: u32,
+        early: Vec<u8>,
     ) -> Connection {
         // The out queue bounds what is buffered (`OUT_QUEUE_BYTES_MAX`); rustls's own
         // 64 KiB limit would refuse a whole DATA frame.
@@ -459,7 +471,7 @@ impl Connection {
             closed: false,
             remote_addr: remote,
         }));
-        let reader = rt::spawn_local(read_loop(sock.clone(), state.clone()));
+        let reader = rt::spawn_local(read_loop(sock.clone(), state.clone(), early));
         let writer = rt::spawn_local(write_loop(sock, state.clone()));
         Connection {
             state,
@@ -555,14 +567,13 @@ impl Connection {
 }
 
 /// Reads TLS records, decrypts them and hands each frame to its stream.
-async fn read_loop(sock: TcpStream, state: Rc<RefCell<State>>) {
+async fn read_loop(sock: TcpStream, state: Rc<RefCell<State>>, early: Vec<u8>) {
     let mut buf = vec![0u8; READ_BYTES];
     let mut plain = BytesMut::new();
-    // What arrived with the end of the handshake (a client's first frames travel in the
-    // same segment as its Finished) is decrypted already.
-    let first = drain_plaintext(&mut state.borrow_mut(), &mut plain);
-    if let Err(e) = first {
-        return state.borrow_mut().protocol(e);
+    // What arrived with the end of the handshake: a client's first frames travel in the
+    // same segment as its Finished.
+    if !feed(&mut state.borrow_mut(), &mut plain, &early) {
+        return;
     }
     loop {
         // While the peer does not read what this end queued (answers to its frames
@@ -588,23 +599,36 @@ async fn read_loop(sock: TcpStream, state: Rc<RefCell<State>>) {
             Ok(n) => n,
             Err(e) => return state.borrow_mut().lose(io_lost(&e)),
         };
-        let mut st = state.borrow_mut();
-        let mut data = &buf[..n];
-        while !data.is_empty() {
-            if let Err(e) = st.tls.read_tls(&mut data) {
-                return st.lose(io_lost(&e));
-            }
-            if let Err(e) = st.tls.process_new_packets() {
-                return st.lose(Error::Lost(tls_why(&e)));
-            }
-            if let Err(e) = drain_plaintext(&mut st, &mut plain) {
-                return st.protocol(e);
-            }
-        }
-        if st.tls.wants_write() {
-            wake(&mut st.writer);
+        if !feed(&mut state.borrow_mut(), &mut plain, &buf[..n]) {
+            return;
         }
     }
+}
+
+/// Decrypts `data` a record batch at a time (rustls holds little plaintext unread) and
+/// handles the frames; false once the connection is lost.
+fn feed(st: &mut State, plain: &mut BytesMut, mut data: &[u8]) -> bool {
+    loop {
+        if let Err(e) = drain_plaintext(st, plain) {
+            st.protocol(e);
+            return false;
+        }
+        if data.is_empty() {
+            break;
+        }
+        if let Err(e) = st.tls.read_tls(&mut data) {
+            st.lose(io_lost(&e));
+            return false;
+        }
+        if let Err(e) = st.tls.process_new_packets() {
+            st.lose(Error::Lost(tls_why(&e)));
+            return false;
+        }
+    }
+    if st.tls.wants_write() {
+        wake(&mut st.writer);
+    }
+    true
 }
 
 /// Moves the decrypted bytes into `plain` and handles every whole frame there.
