@@ -670,3 +670,51 @@ fn header_only_frames_do_not_make_the_server_allocate_what_they_announce() {
         idle >> 20
     );
 }
+
+/// A QUIC Initial from an address that has not shown it receives gets a stateless Retry,
+/// not a connection: a spoofed Initial costs the server one small packet and no state
+/// (issue 25, finding 4). The Initial comes from a quinn-proto client endpoint driven by
+/// hand, sent from a plain UDP socket that never answers the Retry.
+#[test]
+fn an_unvalidated_initial_gets_a_retry_not_a_connection() {
+    let s = Scratch::new("hostile-retry");
+    let (cs, ss) = keys(&s);
+    let server = Server::start(&s.path("root"), &ss);
+    let addr: SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    let identity = Identity::load_or_create(&cs).unwrap();
+    let known = KnownServers::load(&cs).unwrap();
+    let trust = ServerTrust::new(&known, &addr.to_string(), true).unwrap();
+    let config = quic_client_config(&identity, trust).unwrap();
+    let endpoint_config = std::sync::Arc::new(quinn_proto::EndpointConfig::default());
+    let mut endpoint = quinn_proto::Endpoint::new(endpoint_config, None, true, None);
+    let now = std::time::Instant::now();
+    let (_, mut conn) = endpoint.connect(now, config, addr, "tpc-xfer").unwrap();
+    let mut initial = Vec::new();
+    let t = conn
+        .poll_transmit(now, 1, &mut initial)
+        .expect("an Initial");
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    sock.send_to(&initial[..t.size], addr).unwrap();
+    let mut answer = [0u8; 2048];
+    let (n, _) = sock
+        .recv_from(&mut answer)
+        .expect("an answer to the Initial");
+    // A long header (bit 7) of packet type Retry (bits 5-4 = 0b11 in QUIC version 1).
+    assert!(
+        n > 0 && answer[0] & 0x80 != 0 && answer[0] & 0x30 == 0x30,
+        "not a Retry: {:02x?}",
+        &answer[..n.min(16)]
+    );
+    // The server goes on serving: a real client (which follows the Retry) pushes.
+    let f = s.path("f");
+    random_file(&f, 1000, 3);
+    let out = copy(
+        &cs,
+        &f,
+        server.url("f"),
+        &["--accept-new", "--transport", "quic"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}

@@ -38,6 +38,11 @@ use tpc_core::window::{WindowTuner, ENDPOINT_WINDOW_BYTES_MAX};
 /// "Facts measured").
 const GSO_BATCH_BYTES_MAX: usize = 65507;
 
+/// Handshakes one endpoint carries at once from validated addresses; further Initials
+/// are refused (CONNECTION_REFUSED) until some complete. A session opens one connection
+/// per client shard, so this is many sessions starting at the same moment.
+pub const HANDSHAKES_MAX: usize = 256;
+
 /// Socket buffers. On loopback or a fast link a burst arrives faster than one executor
 /// turn; a kernel default of ~200 KiB drops it and the congestion controller collapses.
 pub const SOCKET_BUFFER_BYTES: usize = 16 * 1024 * 1024;
@@ -537,6 +542,32 @@ impl State {
             return;
         };
         if self.closing {
+            let t = self.endpoint.refuse(incoming, buf);
+            let _ = self.send_now(&t, &buf[..t.size]);
+            return;
+        }
+        // Address validation first: an Initial whose source address has not proved it
+        // receives (a Retry round trip) costs this end one stateless Retry packet, no
+        // connection state and no route lookup (`make`), so spoofed Initials cannot
+        // make the server do work for an address that never answers (issue 25,
+        // finding 4).
+        if !incoming.remote_address_validated() {
+            if incoming.may_retry() {
+                match self.endpoint.retry(incoming, buf) {
+                    Ok(t) => {
+                        let _ = self.send_now(&t, &buf[..t.size]);
+                    }
+                    Err(e) => self.endpoint.ignore(e.into_incoming()),
+                }
+            } else {
+                // A retry token that did not validate: refused, never retried again.
+                let t = self.endpoint.refuse(incoming, buf);
+                let _ = self.send_now(&t, &buf[..t.size]);
+            }
+            return;
+        }
+        let handshaking = self.conns.values().filter(|c| !c.connected).count();
+        if handshaking >= HANDSHAKES_MAX {
             let t = self.endpoint.refuse(incoming, buf);
             let _ = self.send_now(&t, &buf[..t.size]);
             return;
