@@ -569,6 +569,53 @@ fn files_named_like_stale_temporaries_in_the_destination_are_not_deleted() {
     assert_eq!(std::fs::read(dst.join("single")).unwrap(), b"one file\n");
 }
 
+/// Runs tpc-xfer with `args` on one portable shard under strace, each read of `src`
+/// held a while, and rewrites `src` in place (same size and inode, every byte new) as
+/// soon as its first chunk has been read (strace writes a held call's line before
+/// holding it). Returns the run's output, whether the first chunk was seen read, and the
+/// trace.
+fn rewrite_after_first_chunk(
+    s: &Scratch,
+    src: &Path,
+    old: &[u8],
+    args: &[&OsStr],
+) -> (Output, bool, String) {
+    let log = s.path("read.trace");
+    let hold = format!("inject=pread64,preadv,preadv2:delay_exit={}", HOLD_US / 3);
+    // One shard reads the chunks one after another; the portable driver reads with
+    // pread, which strace sees and can hold.
+    let mut run = Traced::start(
+        s,
+        &[
+            "-f",
+            "-qq",
+            "-y",
+            "-o",
+            log.to_str().unwrap(),
+            "-e",
+            "trace=pread64,preadv,preadv2",
+            "-e",
+            &hold,
+        ],
+        &[("TPC_XFER_IO", "portable")],
+        args,
+    );
+    let marker = format!("<{}>", src.display());
+    let seen = wait_while_running(&mut run, || {
+        std::fs::read_to_string(&log).is_ok_and(|t| {
+            t.lines()
+                .any(|l| l.contains(&marker) && l.contains(&format!("= {CHUNK_BYTES}")))
+        })
+    });
+    if seen {
+        let new: Vec<u8> = old.iter().map(|b| !b).collect();
+        let f = std::fs::OpenOptions::new().write(true).open(src).unwrap();
+        f.write_all_at(&new, 0).unwrap();
+    }
+    let out = run.wait();
+    (out, seen, std::fs::read_to_string(&log).unwrap_or_default())
+}
+
 /// A source file rewritten in place (same size) while it is being read: the copy, held
 /// after reading its first chunk, would otherwise commit the old first chunk with the new
 /// rest, a file that never existed, and report success. It must either fail or end with
@@ -583,54 +630,19 @@ fn a_source_rewritten_during_its_copy_is_not_reported_as_copied() {
     random_file(&src, 3 * CHUNK_BYTES, 1);
     let old = std::fs::read(&src).unwrap();
     let dst = s.path("out");
-    let log = s.path("read.trace");
-    let log_arg = log.to_str().unwrap();
-    let hold = format!("inject=pread64,preadv,preadv2:delay_exit={}", HOLD_US / 3);
-    // One shard reads the chunks one after another; the portable driver reads with
-    // pread, which strace sees and can hold.
-    let mut run = Traced::start(
-        &s,
-        &[
-            "-f",
-            "-qq",
-            "-y",
-            "-o",
-            log_arg,
-            "-e",
-            "trace=pread64,preadv,preadv2",
-            "-e",
-            &hold,
-        ],
-        &[("TPC_XFER_IO", "portable")],
-        &[
-            OsStr::new("copy"),
-            OsStr::new("-q"),
-            OsStr::new("--cores"),
-            OsStr::new("1"),
-            src.as_os_str(),
-            dst.as_os_str(),
-        ],
-    );
-    // strace writes a held call's line before holding it: the first chunk has been read.
-    let marker = format!("<{}>", src.display());
-    let seen = wait_while_running(&mut run, || {
-        std::fs::read_to_string(&log).is_ok_and(|t| {
-            t.lines()
-                .any(|l| l.contains(&marker) && l.contains(&format!("= {CHUNK_BYTES}")))
-        })
-    });
-    if seen {
-        // New bytes over the whole file, in place: same size, same inode.
-        let new: Vec<u8> = old.iter().map(|b| !b).collect();
-        let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
-        f.write_all_at(&new, 0).unwrap();
-    }
-    let out = run.wait();
+    let args = [
+        OsStr::new("copy"),
+        OsStr::new("-q"),
+        OsStr::new("--cores"),
+        OsStr::new("1"),
+        src.as_os_str(),
+        dst.as_os_str(),
+    ];
+    let (out, seen, trace) = rewrite_after_first_chunk(&s, &src, &old, &args);
     assert!(
         seen,
-        "never saw the first chunk of the source read: {}\n{}",
-        stderr(&out),
-        std::fs::read_to_string(&log).unwrap_or_default()
+        "never saw the first chunk of the source read: {}\n{trace}",
+        stderr(&out)
     );
     if code(&out) == 0 {
         let copied = std::fs::read(&dst).unwrap();
@@ -1157,50 +1169,21 @@ fn a_source_rewritten_during_its_push_is_not_committed_torn() {
     std::fs::write(s.path("hello"), b"hi").unwrap();
     let out = copy(&cs, s.path("hello"), server.url("hello"), &["--accept-new"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let log = s.path("read.trace");
-    let hold = format!("inject=pread64,preadv,preadv2:delay_exit={}", HOLD_US / 3);
     let url = server.url("big");
-    let mut run = Traced::start(
-        &s,
-        &[
-            "-f",
-            "-qq",
-            "-y",
-            "-o",
-            log.to_str().unwrap(),
-            "-e",
-            "trace=pread64,preadv,preadv2",
-            "-e",
-            &hold,
-        ],
-        &[("TPC_XFER_IO", "portable")],
-        &[
-            OsStr::new("copy"),
-            OsStr::new("-q"),
-            OsStr::new("--cores"),
-            OsStr::new("1"),
-            OsStr::new("--state"),
-            cs.as_os_str(),
-            src.as_os_str(),
-            OsStr::new(&url),
-        ],
-    );
-    let marker = format!("<{}>", src.display());
-    let seen = wait_while_running(&mut run, || {
-        std::fs::read_to_string(&log).is_ok_and(|t| {
-            t.lines()
-                .any(|l| l.contains(&marker) && l.contains(&format!("= {CHUNK_BYTES}")))
-        })
-    });
-    if seen {
-        let new: Vec<u8> = old.iter().map(|b| !b).collect();
-        let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
-        f.write_all_at(&new, 0).unwrap();
-    }
-    let out = run.wait();
+    let args = [
+        OsStr::new("copy"),
+        OsStr::new("-q"),
+        OsStr::new("--cores"),
+        OsStr::new("1"),
+        OsStr::new("--state"),
+        cs.as_os_str(),
+        src.as_os_str(),
+        OsStr::new(&url),
+    ];
+    let (out, seen, trace) = rewrite_after_first_chunk(&s, &src, &old, &args);
     assert!(
         seen,
-        "never saw the first chunk of the source read: {}",
+        "never saw the first chunk of the source read: {}\n{trace}",
         stderr(&out)
     );
     let pushed = std::fs::read(root.join("big")).ok();
