@@ -12,6 +12,8 @@
 //! Decoding never panics and never trusts a length: every count is checked against its
 //! named limit and against the bytes actually present before a vector is reserved.
 
+use std::ops::Range;
+
 use crate::digest::ChunkHash;
 use crate::limits::{FILE_SIZE_BYTES_MAX, PATH_BYTES_MAX, RANGE_CHUNKS, SHARDS_MAX};
 
@@ -134,26 +136,31 @@ impl Entry {
 
 /// Splits a manifest into the runs that each fit one `Entries` frame: at most
 /// `ENTRIES_PER_FRAME_MAX` entries and `FRAME_BYTES_MAX` bytes (long paths or many hashes
-/// fill a frame before the count does).
-pub fn entry_frames(entries: &[Entry]) -> Vec<&[Entry]> {
+/// fill a frame before the count does). Returns each run's bounds, so that a sender can
+/// keep the manifest and encode one frame at a time.
+pub fn entry_frames(entries: &[Entry]) -> Vec<Range<usize>> {
     frames_within(entries, ENTRIES_PER_FRAME_MAX, Entry::encoded_bytes)
 }
 
 /// Splits `items` into consecutive runs of at most `per_frame` items whose encodings
-/// (`bytes` each, after a 4-byte count) fit `FRAME_BYTES_MAX`.
-fn frames_within<T>(items: &[T], per_frame: usize, bytes: impl Fn(&T) -> usize) -> Vec<&[T]> {
+/// (`bytes` each, after a 4-byte count) fit `FRAME_BYTES_MAX`; returns their bounds.
+fn frames_within<T>(
+    items: &[T],
+    per_frame: usize,
+    bytes: impl Fn(&T) -> usize,
+) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     let (mut start, mut used) = (0, 4);
     for (i, item) in items.iter().enumerate() {
         let n = bytes(item);
         if i > start && (i - start == per_frame || used + n > FRAME_BYTES_MAX) {
-            out.push(&items[start..i]);
+            out.push(start..i);
             (start, used) = (i, 4);
         }
         used += n;
     }
     if start < items.len() {
-        out.push(&items[start..]);
+        out.push(start..items.len());
     }
     out
 }
@@ -213,8 +220,8 @@ impl NeedItem {
 }
 
 /// Splits need items into the runs that each fit one `Need` frame: at most
-/// `ITEMS_PER_FRAME_MAX` items and `FRAME_BYTES_MAX` bytes.
-pub fn need_frames(items: &[NeedItem]) -> Vec<&[NeedItem]> {
+/// `ITEMS_PER_FRAME_MAX` items and `FRAME_BYTES_MAX` bytes; returns their bounds.
+pub fn need_frames(items: &[NeedItem]) -> Vec<Range<usize>> {
     frames_within(items, ITEMS_PER_FRAME_MAX, NeedItem::encoded_bytes)
 }
 
@@ -986,7 +993,10 @@ mod tests {
             .map(|i| e(i, 10))
             .collect();
         for (entries, frames_at_least) in [(&long, 2), (&short, 3)] {
-            let frames = entry_frames(entries);
+            let frames: Vec<&[Entry]> = entry_frames(entries)
+                .into_iter()
+                .map(|r| &entries[r])
+                .collect();
             assert!(frames.len() >= frames_at_least, "{} frames", frames.len());
             assert_eq!(frames.iter().map(|f| f.len()).sum::<usize>(), entries.len());
             for f in frames {
@@ -1191,7 +1201,7 @@ mod tests {
             have: vec![ChunkHash([9; 32]); NEED_HAVE_HASHES_MAX],
         };
         let items = vec![big; 5];
-        let frames = need_frames(&items);
+        let frames: Vec<&[NeedItem]> = need_frames(&items).into_iter().map(|r| &items[r]).collect();
         assert_eq!(frames.iter().map(|f| f.len()).sum::<usize>(), 5);
         for f in frames {
             let mut buf = Vec::new();

@@ -280,15 +280,7 @@ impl ClientSession {
             return;
         }
         self.files = facts_of(&entries);
-        // The frames are consecutive slices of the manifest: keep their bounds.
-        let mut start = 0;
-        self.outgoing_frames = entry_frames(&entries)
-            .into_iter()
-            .map(|s| {
-                start += s.len();
-                start - s.len()..start
-            })
-            .collect();
+        self.outgoing_frames = entry_frames(&entries).into();
         self.outgoing = entries;
         self.phase = Phase::SendingManifest;
     }

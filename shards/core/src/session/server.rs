@@ -173,18 +173,6 @@ impl Outbox {
     }
 }
 
-/// The bounds of consecutive slices of a list.
-fn bounds<T>(frames: Vec<&[T]>) -> VecDeque<Range<usize>> {
-    let mut start = 0;
-    frames
-        .into_iter()
-        .map(|s| {
-            start += s.len();
-            start - s.len()..start
-        })
-        .collect()
-}
-
 #[derive(Debug)]
 pub struct ServerSession {
     push: bool,
@@ -313,7 +301,7 @@ impl ServerSession {
             Ok((kind, entries)) => {
                 self.outbox.head = Some(self.welcome(kind));
                 let count = entries.len() as u64;
-                self.outbox.frames = bounds(entry_frames(&entries));
+                self.outbox.frames = entry_frames(&entries).into();
                 self.outbox.entries = entries;
                 self.outbox.tail.push_back(Frame::EntriesEnd { count });
                 self.send_then(Phase::AwaitFinish);
@@ -406,7 +394,7 @@ impl ServerSession {
         match planned {
             Ok((needs, failed)) => {
                 self.outbox.failed = failed.into();
-                self.outbox.frames = bounds(need_frames(&needs));
+                self.outbox.frames = need_frames(&needs).into();
                 self.outbox.needs = needs;
                 self.outbox.tail.push_back(Frame::NeedEnd);
                 self.send_then(Phase::Transfer);
