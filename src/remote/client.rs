@@ -534,15 +534,6 @@ async fn close(conn: &Connection, endpoint: &Endpoint) {
     }
 }
 
-/// `wait` around a future: `None` if it did not finish in time.
-async fn within<T>(wait: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
-    futures_lite::future::or(async { Some(f.await) }, async {
-        rt::sleep(wait).await;
-        None
-    })
-    .await
-}
-
 /// Dials the server shard at `addr` over `kind`: `None` if no handshake completed
 /// within `wait`.
 async fn dial(
@@ -553,13 +544,13 @@ async fn dial(
     wait: Duration,
 ) -> Option<Result<Connection, TransportError>> {
     match kind {
-        Kind::Quic => within(
+        Kind::Quic => rt::within(
             wait,
             endpoint.connect(job.client_config.clone(), addr, auth::SERVER_NAME),
         )
         .await
         .map(|r| r.map(Connection::Quic).map_err(TransportError::from)),
-        Kind::Tcp => within(
+        Kind::Tcp => rt::within(
             wait,
             tcp::Connection::connect(addr, job.tcp_config.clone(), auth::SERVER_NAME, wait),
         )
@@ -1287,7 +1278,7 @@ async fn session(
         local_root: None,
         transfer: None,
     };
-    let mut s = ClientSession::new(op, shard_count);
+    let mut s = ClientSession::new(op, shard_count, job.opts_durable);
     let result = d
         .drive(&mut s, &mut send, (&rx, &frames), conn, receivers)
         .await;

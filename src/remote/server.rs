@@ -352,11 +352,7 @@ async fn accept_tcp(
         let (tls, shared) = (tls.clone(), shared.clone());
         rt::spawn_local(async move {
             let handshake = tcp::Connection::accept(sock, tls, remote);
-            let timeout = async {
-                rt::sleep(CONNECT_TIMEOUT).await;
-                None
-            };
-            match futures_lite::future::or(async { Some(handshake.await) }, timeout).await {
+            match rt::within(CONNECT_TIMEOUT, handshake).await {
                 Some(Ok(conn)) => serve_connection(Connection::Tcp(conn), shared).await,
                 Some(Err(e)) => log!("tpc-xfer: TCP connection from {remote}: {e}"),
                 None => log!("tpc-xfer: TCP connection from {remote}: no TLS handshake in time"),

@@ -32,10 +32,11 @@ pub const JOB_FILES_MAX: usize = u32::MAX as usize;
 /// allocation and directory locks).
 pub const RANGES_IN_FLIGHT_PER_SHARD: usize = 16;
 
-/// Files a shard renames into place per durability batch.
+/// Files a durable commit batch holds at most, and how many ready files make one due
+/// (see `commit`).
 pub const COMMIT_BATCH_FILES_MAX: usize = 8192;
 
-/// Bytes a shard lets accumulate before forcing a durability batch.
+/// Bytes written since the last batch that make a durable commit batch due.
 pub const COMMIT_BATCH_BYTES_MAX: u64 = 2 * 1024 * 1024 * 1024;
 
 /// Longest path, in bytes, accepted from a walk (Linux PATH_MAX).

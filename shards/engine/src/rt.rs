@@ -141,6 +141,15 @@ pub async fn sleep(d: Duration) {
     }
 }
 
+/// `f`'s output, or `None` if `wait` passes first (`f` is then dropped).
+pub async fn within<T>(wait: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(f.await) }, async {
+        sleep(wait).await;
+        None
+    })
+    .await
+}
+
 /// Lets the shard's other tasks run (at once on the portable driver, once this task's
 /// time slice is used up on io_uring).
 pub async fn yield_now() {

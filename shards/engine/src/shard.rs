@@ -12,7 +12,7 @@ use async_lock::Semaphore;
 use tpc_core::assembly::{Assembly, Completed};
 use tpc_core::limits::{CHUNK_SIZE_BYTES, RANGES_IN_FLIGHT_PER_SHARD};
 use tpc_core::plan::{owner, range_shard};
-use tpc_core::{ChunkHash, ChunkPlan, CommitBatcher, FileId, RangeSpan, RelPath, ShardId};
+use tpc_core::{ChunkHash, ChunkPlan, FileId, RangeSpan, RelPath, ShardId, Tracker};
 
 use crate::confine::{Access, ConfineError, Dir, Root};
 use crate::mesh::{MeshPeer, Senders};
@@ -76,7 +76,7 @@ pub(crate) async fn run(
 
     // Register owned files and list this shard's ranges. Planning is a pure function of
     // the job, so every shard computes the same assignment without talking.
-    let mut owned = 0usize;
+    let mut owned = Vec::new();
     // This shard's ranges, grouped by file: one task works a file's ranges in order, so
     // a file never has two writers on one shard (ext4 serializes buffered writes to one
     // inode, and concurrent writers only spin on its lock).
@@ -96,7 +96,7 @@ pub(crate) async fn run(
                 .borrow_mut()
                 .expect(file_id, plan)
                 .expect("each file registered once");
-            owned += 1;
+            owned.push(file_id);
         }
         let mine: Vec<RangeSpan> = plan
             .ranges()
@@ -364,65 +364,97 @@ impl Shard {
     }
 }
 
-/// Commits owned files as they complete; returns their outcomes and how many were committed.
+/// Commits owned files as they complete; returns their outcomes and how many were
+/// committed. Batches form by group commit ([`Tracker`]): while one batch is made
+/// durable, the files completed meanwhile wait in the channel and make up the next.
 async fn finalize_loop(
     shard: Rc<Shard>,
     completed: Receiver<Completed<FileError>>,
-    owned: usize,
+    owned: Vec<FileId>,
 ) -> (Finished, u64) {
-    let mut finished: Finished = Vec::with_capacity(owned);
-    let mut batch: Vec<(FileId, tpc_core::FileDigest)> = Vec::new();
-    let mut batcher = CommitBatcher::default();
+    let owned_ids = owned.iter().map(|f| f.0);
+    let mut tracker = Tracker::new(shard.job.files.len(), owned_ids, shard.durable());
+    let mut finished: Finished = Vec::with_capacity(owned.len());
+    // Digests of the files ready to commit.
+    let mut ready: HashMap<FileId, tpc_core::FileDigest> = HashMap::new();
     let mut committed = 0u64;
-    while finished.len() + batch.len() < owned {
-        let Ok(done) = completed.recv().await else {
-            break;
-        };
-        match done {
-            Completed::Failed {
-                file,
-                failure: error,
-            } => {
-                if let Some(dst) = &shard.file(file).dst {
-                    let _ = shard.job.roots[dst.root].remove_file(&dst.tmp);
-                }
-                finished.push((file, FileOutcome::Failed(error)));
+    while tracker.unresolved() > 0 {
+        if let Some(batch) = tracker.take_batch() {
+            let batch = batch.into_iter().map(|f| {
+                let file = FileId(f);
+                (
+                    file,
+                    ready.remove(&file).expect("a ready file has its digest"),
+                )
+            });
+            for (file, outcome) in commit(&shard, batch.collect()).await {
+                tracker
+                    .settle(file.0)
+                    .expect("each file of a batch settles once");
+                committed += u64::from(matches!(outcome, FileOutcome::Done(_)));
+                finished.push((file, outcome));
             }
-            Completed::Ok { file, digest } => {
-                let f = shard.file(file);
-                let Some(dst) = &f.dst else {
-                    finished.push((file, FileOutcome::Done(digest)));
-                    continue;
-                };
-                if f.shared() {
-                    // Several shards wrote it; they have all closed their files by now.
-                    if let Err(e) = apply_metadata_beneath(&shard.job, dst, shard.durable()) {
-                        let _ = shard.job.roots[dst.root].remove_file(&dst.tmp);
-                        finished.push((file, FileOutcome::Failed(e)));
-                        continue;
-                    }
-                }
-                batch.push((file, digest));
-                let full = batcher.push(f.size_bytes);
-                if full || shard.job.durability == Durability::Never {
-                    committed += commit(&shard, &mut batch, &mut finished).await;
-                    batcher.reset();
-                }
+        } else {
+            // Nothing ready: wait for a completion, then take all that have arrived.
+            let Ok(done) = completed.recv().await else {
+                break;
+            };
+            let mut done = Some(done);
+            while let Some(d) = done.take().or_else(|| completed.try_recv().ok()) {
+                shard.completed(d, &mut tracker, &mut ready, &mut finished);
             }
         }
         shard.progress.shards[shard.id]
             .files
-            .store((finished.len() + batch.len()) as u64, Ordering::Relaxed);
+            .store((finished.len() + ready.len()) as u64, Ordering::Relaxed);
     }
-    committed += commit(&shard, &mut batch, &mut finished).await;
-    shard.progress.shards[shard.id]
-        .files
-        .store(finished.len() as u64, Ordering::Relaxed);
     (finished, committed)
 }
 
+impl Shard {
+    /// An owned file's every range was reported: it failed, or is ready to commit.
+    fn completed(
+        &self,
+        done: Completed<FileError>,
+        tracker: &mut Tracker,
+        ready: &mut HashMap<FileId, tpc_core::FileDigest>,
+        finished: &mut Finished,
+    ) {
+        let (file, outcome) = match done {
+            Completed::Failed { file, failure } => (file, Err(failure)),
+            Completed::Ok { file, digest } => {
+                let f = self.file(file);
+                // Several shards wrote a shared file; they have all closed it by now.
+                let applied = match &f.dst {
+                    Some(dst) if f.shared() => {
+                        apply_metadata_beneath(&self.job, dst, self.durable())
+                    }
+                    _ => Ok(()),
+                };
+                (file, applied.map(|()| digest))
+            }
+        };
+        let ok = match outcome {
+            Ok(digest) => {
+                ready.insert(file, digest);
+                true
+            }
+            Err(error) => {
+                if let Some(dst) = &self.file(file).dst {
+                    let _ = self.job.roots[dst.root].remove_file(&dst.tmp);
+                }
+                finished.push((file, FileOutcome::Failed(error)));
+                false
+            }
+        };
+        tracker
+            .run_ended(file.0, ok, self.file(file).size_bytes)
+            .expect("an owned file completes once");
+    }
+}
+
 /// Makes a batch of written files durable, renames them into place, syncs their
-/// directories. Returns how many were committed.
+/// directories. Returns each file's outcome.
 ///
 /// Durability covers every filesystem the batch touched: one syncfs per device among
 /// its directories (a filesystem mounted below the root is synced too), before any file
@@ -433,16 +465,17 @@ async fn finalize_loop(
 /// `--fsync never` each file is one rename on this thread.
 async fn commit(
     shard: &Shard,
-    batch: &mut Vec<(FileId, tpc_core::FileDigest)>,
-    finished: &mut Finished,
-) -> u64 {
-    if batch.is_empty() {
-        return 0;
-    }
+    batch: Vec<(FileId, tpc_core::FileDigest)>,
+) -> Vec<(FileId, FileOutcome)> {
+    let mut outcomes = Vec::new();
     let durable = shard.job.durability == Durability::Batch;
     let mut groups: BTreeMap<(usize, RelPath), Vec<Renaming>> = BTreeMap::new();
-    for (file, digest) in batch.drain(..) {
-        let dst = shard.file(file).dst.as_ref().expect("copy job");
+    for (file, digest) in batch {
+        let Some(dst) = shard.file(file).dst.as_ref() else {
+            // Checked, not copied: nothing to commit.
+            outcomes.push((file, FileOutcome::Done(digest)));
+            continue;
+        };
         let parent = dst.path.parent().unwrap_or_else(RelPath::root);
         groups
             .entry((dst.root, parent))
@@ -454,8 +487,11 @@ async fn commit(
                 path: dst.path.clone(),
             });
     }
+    if groups.is_empty() {
+        return outcomes;
+    }
     let roots = shard.job.roots.clone();
-    let (outcomes, warning) = if durable {
+    let (renamed, warning) = if durable {
         rt::spawn_blocking(move || commit_groups(&roots, groups, true, &mut None)).await
     } else {
         // Renamed as soon as written, one file at a time: each is one renameat in a
@@ -467,12 +503,8 @@ async fn commit(
         // The files are in place and complete; only their durability is in doubt.
         eprintln!("tpc-xfer: warning: syncing directories failed: {e}");
     }
-    let mut committed = 0;
-    for (file, outcome) in outcomes {
-        committed += u64::from(matches!(outcome, FileOutcome::Done(_)));
-        finished.push((file, outcome));
-    }
-    committed
+    outcomes.extend(renamed);
+    outcomes
 }
 
 /// A directory held from one commit to the next, with its (root, path).

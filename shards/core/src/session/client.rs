@@ -15,9 +15,9 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 
+use crate::commit::{RunEnded, Tracker};
 use crate::plan::ChunkPlan;
 use crate::schedule::{cut_runs, Asked, RunItem};
-use crate::session::tracker::{RunEnded, Tracker};
 use crate::session::{Ended, Failure, Planned, Problem};
 use crate::wire::{
     entry_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, NeedItem, Op, Run, WireKind,
@@ -91,6 +91,8 @@ struct FileFacts {
 
 pub struct ClientSession {
     push: bool,
+    /// Commits sync what they commit: batches are amortized (`commit::Tracker`).
+    durable: bool,
     shard_count: usize,
     phase: Phase,
     session: u64,
@@ -115,16 +117,22 @@ pub struct ClientSession {
 
 impl ClientSession {
     /// A session that asks the server for `op` and moves its runs over `shard_count`
-    /// shards.
-    pub fn new(op: Op, shard_count: usize) -> ClientSession {
+    /// shards; `durable`: a pull's commits (here) sync what they commit (a push asks the
+    /// server for that in `op`).
+    pub fn new(op: Op, shard_count: usize, durable: bool) -> ClientSession {
         assert!(shard_count >= 1, "at least one shard");
         let push = matches!(op, Op::Push { .. });
+        let durable = match op {
+            Op::Push { durable, .. } => durable,
+            Op::Pull { .. } => durable,
+        };
         let hello = Frame::Hello {
             version: PROTOCOL_VERSION,
             op,
         };
         ClientSession {
             push,
+            durable,
             shard_count,
             phase: Phase::Welcome,
             session: 0,
@@ -428,7 +436,8 @@ impl ClientSession {
             count: n.chunk_count,
         });
         let runs = cut_runs(asked, self.shard_count);
-        self.tracker = Tracker::new(self.files.len(), runs.iter().flatten().map(|r| r.file));
+        let files = runs.iter().flatten().map(|r| r.file);
+        self.tracker = Tracker::new(self.files.len(), files, self.durable);
         self.tally.files = self.files.iter().filter(|f| f.is_file).count() as u64;
         self.tally.files_unchanged = self
             .tally
@@ -444,8 +453,8 @@ impl ClientSession {
         if self.phase != Phase::Transfer || self.outcome.is_some() {
             return;
         }
-        let ok = result.is_ok();
-        let ended = self.tracker.run_ended(file, ok);
+        let written = *result.as_ref().unwrap_or(&0);
+        let ended = self.tracker.run_ended(file, result.is_ok(), written);
         match (ended, result) {
             (Ok(_), Ok(n)) => self.tally.bytes += n,
             (Ok(RunEnded::FileFailed), Err(f)) => {

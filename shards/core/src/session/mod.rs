@@ -45,7 +45,6 @@
 
 pub mod client;
 pub mod server;
-pub mod tracker;
 
 use crate::wire::ErrorCode;
 
