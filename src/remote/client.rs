@@ -1278,7 +1278,7 @@ async fn session(
         local_root: None,
         transfer: None,
     };
-    let mut s = ClientSession::new(op, shard_count, job.opts_durable);
+    let mut s = ClientSession::new(op, shard_count);
     let result = d
         .drive(&mut s, &mut send, (&rx, &frames), conn, receivers)
         .await;

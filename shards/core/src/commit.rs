@@ -9,15 +9,22 @@
 //! of the batch in flight is settled once: committed or failed. The work is over when no
 //! file is unresolved.
 //!
-//! When a batch is taken depends on what a commit costs. A durable commit syncs every
-//! filesystem it touches and each directory it renames into, whatever the batch's size,
-//! so durable batches wait until [`COMMIT_BATCH_FILES_MAX`] files are ready,
-//! [`COMMIT_BATCH_BYTES_MAX`] bytes were written since the last batch, or no unresolved
-//! file is still moving (the end of the work, so nothing waits for a threshold it cannot
-//! reach). Taking a batch whenever none was in flight (group commit) was measured
-//! against that on disk: 20,000 files of 8 KiB made 2,602 syncfs and 2,767 directory
-//! syncs instead of 5 and 202, and took 1.20x the time. A commit that is only renames
-//! (`--fsync never`) is taken as soon as a file is ready: files appear as they complete.
+//! When a batch is taken is the caller's [`Batching`], chosen by measurement (20,000
+//! files of 8 KiB on this VM's disk, durable; PERFORMANCE.md, "One commit tracker"):
+//! - The local copy's durable commit blocks its owner shard's finalizer and syncs every
+//!   filesystem and directory it touches whatever the batch's size, so it is
+//!   [`Batching::Amortized`]: a batch waits for [`COMMIT_BATCH_FILES_MAX`] ready files,
+//!   [`COMMIT_BATCH_BYTES_MAX`] bytes written since the last batch, or the end of the
+//!   work (no unresolved file still moving, so nothing waits for a threshold it cannot
+//!   reach). Taking a batch whenever none was in flight made 2,602 syncfs and 2,767
+//!   directory syncs instead of 5 and 202, and took 1.20x the time.
+//! - A remote commit is carried out by the receiver while data still moves, so the
+//!   client's is [`Batching::Eager`]: a batch whenever none is in flight, holding every
+//!   file that became ready meanwhile (group commit). Amortized batches there leave the
+//!   whole commit to the end: a durable push took a median 2.12 s against 1.78 s
+//!   (1.19x; three of seven rounds near 4 s).
+//! - A local commit that is only renames (`--fsync never`) is eager too: files appear
+//!   as they complete.
 
 use crate::limits::{COMMIT_BATCH_BYTES_MAX, COMMIT_BATCH_FILES_MAX};
 use crate::session::Failure;
@@ -36,10 +43,20 @@ pub struct Tracker {
     ready: Vec<u32>,
     in_commit: usize,
     unresolved: u64,
-    /// Commits are durable: batches are amortized (see the module's notes).
-    durable: bool,
+    batching: Batching,
     /// Bytes of runs that ended since the last batch was taken.
     written_bytes: u64,
+}
+
+/// When a batch of ready files is taken (see the module's notes).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Batching {
+    /// Whenever none is in flight.
+    #[default]
+    Eager,
+    /// When none is in flight and enough files or bytes are ready, or every unresolved
+    /// file is.
+    Amortized,
 }
 
 /// What a run's end meant for its file.
@@ -55,8 +72,12 @@ pub enum RunEnded {
 
 impl Tracker {
     /// Tracks `file_count` files, of which the ones named by `runs` (one item per run)
-    /// are to move; `durable`: each commit syncs what it commits.
-    pub fn new(file_count: usize, runs: impl IntoIterator<Item = u32>, durable: bool) -> Tracker {
+    /// are to move, batched as `batching` says.
+    pub fn new(
+        file_count: usize,
+        runs: impl IntoIterator<Item = u32>,
+        batching: Batching,
+    ) -> Tracker {
         let mut remaining = vec![0u32; file_count];
         for f in runs {
             remaining[f as usize] += 1;
@@ -69,7 +90,7 @@ impl Tracker {
             ready: Vec::new(),
             in_commit: 0,
             unresolved,
-            durable,
+            batching,
             written_bytes: 0,
         }
     }
@@ -112,7 +133,7 @@ impl Tracker {
         if self.in_commit > 0 || self.ready.is_empty() {
             return None;
         }
-        let due = !self.durable
+        let due = self.batching == Batching::Eager
             || self.ready.len() >= COMMIT_BATCH_FILES_MAX
             || self.written_bytes >= COMMIT_BATCH_BYTES_MAX
             || self.ready.len() as u64 == self.unresolved;
@@ -157,7 +178,7 @@ mod tests {
 
     #[test]
     fn a_file_is_ready_after_its_last_run_and_settles_once() {
-        let mut t = Tracker::new(3, [0, 0, 2], false);
+        let mut t = Tracker::new(3, [0, 0, 2], Batching::Eager);
         assert_eq!(t.unresolved(), 2);
         assert_eq!(t.run_ended(0, true, 1), Ok(RunEnded::Progress));
         assert_eq!(t.take_batch(), None);
@@ -177,7 +198,7 @@ mod tests {
 
     #[test]
     fn a_failed_run_fails_its_file_once_and_never_commits_it() {
-        let mut t = Tracker::new(1, [0, 0], true);
+        let mut t = Tracker::new(1, [0, 0], Batching::Amortized);
         assert_eq!(t.run_ended(0, false, 0), Ok(RunEnded::FileFailed));
         assert_eq!(t.run_ended(0, true, 1), Ok(RunEnded::AlreadyFailed));
         assert_eq!(t.take_batch(), None);
@@ -187,9 +208,9 @@ mod tests {
     }
 
     #[test]
-    fn durable_batches_wait_for_a_threshold_or_the_end() {
+    fn amortized_batches_wait_for_a_threshold_or_the_end() {
         let files = COMMIT_BATCH_FILES_MAX + 3;
-        let mut t = Tracker::new(files, 0..files as u32, true);
+        let mut t = Tracker::new(files, 0..files as u32, Batching::Amortized);
         for f in 0..COMMIT_BATCH_FILES_MAX as u32 - 1 {
             t.run_ended(f, true, 1).unwrap();
             assert_eq!(t.take_batch(), None, "under every threshold");

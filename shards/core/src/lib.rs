@@ -22,7 +22,7 @@ pub mod window;
 pub mod wire;
 
 pub use assembly::{Assembly, AssemblyError, Completed};
-pub use commit::Tracker;
+pub use commit::{Batching, Tracker};
 pub use compare::{Change, CheckedEntry, Difference, EntryKind, EntryMeta, SkipPolicy};
 pub use digest::{ChunkHash, FileDigest};
 pub use plan::{ChunkPlan, FileId, RangeSpan, ShardId};

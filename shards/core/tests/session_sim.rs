@@ -81,17 +81,12 @@ struct Faults {
 
 struct Scenario {
     push: bool,
-    /// Commits are asked to be durable, which makes the client batch them until the end
-    /// (these trees are small); otherwise each batch goes as soon as a file is ready.
-    /// The model's commits are durable either way.
-    durable: bool,
     shards: usize,
     entries: Vec<Entry>,
 }
 
 fn scenario(rng: &mut Rng) -> (Scenario, Disk) {
     let push = rng.chance(600);
-    let durable = rng.chance(500);
     let shards = 1 + rng.below(4) as usize;
     let n = rng.below(14) as usize;
     let mut entries = Vec::new();
@@ -137,7 +132,6 @@ fn scenario(rng: &mut Rng) -> (Scenario, Disk) {
     (
         Scenario {
             push,
-            durable,
             shards,
             entries,
         },
@@ -359,7 +353,7 @@ fn session(rng: &mut Rng, sc: &Scenario, disk: &mut Disk, faults: Faults) -> Res
     let op = if sc.push {
         Op::Push {
             dest: b"dst/".to_vec(),
-            durable: sc.durable,
+            durable: true,
         }
     } else {
         Op::Pull {
@@ -370,7 +364,7 @@ fn session(rng: &mut Rng, sc: &Scenario, disk: &mut Disk, faults: Faults) -> Res
         rng,
         sc,
         faults,
-        client: ClientSession::new(op, sc.shards, sc.durable),
+        client: ClientSession::new(op, sc.shards),
         server: None,
         server_open: true,
         c2s: VecDeque::new(),

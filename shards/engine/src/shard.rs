@@ -12,7 +12,7 @@ use async_lock::Semaphore;
 use tpc_core::assembly::{Assembly, Completed};
 use tpc_core::limits::{CHUNK_SIZE_BYTES, RANGES_IN_FLIGHT_PER_SHARD};
 use tpc_core::plan::{owner, range_shard};
-use tpc_core::{ChunkHash, ChunkPlan, FileId, RangeSpan, RelPath, ShardId, Tracker};
+use tpc_core::{Batching, ChunkHash, ChunkPlan, FileId, RangeSpan, RelPath, ShardId, Tracker};
 
 use crate::confine::{Access, ConfineError, Dir, Root};
 use crate::mesh::{MeshPeer, Senders};
@@ -365,15 +365,19 @@ impl Shard {
 }
 
 /// Commits owned files as they complete; returns their outcomes and how many were
-/// committed. Batches form by group commit ([`Tracker`]): while one batch is made
-/// durable, the files completed meanwhile wait in the channel and make up the next.
+/// committed, in the batches [`Tracker`] forms (amortized when durable: each commit
+/// syncs every filesystem and directory it touches).
 async fn finalize_loop(
     shard: Rc<Shard>,
     completed: Receiver<Completed<FileError>>,
     owned: Vec<FileId>,
 ) -> (Finished, u64) {
     let owned_ids = owned.iter().map(|f| f.0);
-    let mut tracker = Tracker::new(shard.job.files.len(), owned_ids, shard.durable());
+    let batching = match shard.durable() {
+        true => Batching::Amortized,
+        false => Batching::Eager,
+    };
+    let mut tracker = Tracker::new(shard.job.files.len(), owned_ids, batching);
     let mut finished: Finished = Vec::with_capacity(owned.len());
     // Digests of the files ready to commit.
     let mut ready: HashMap<FileId, tpc_core::FileDigest> = HashMap::new();

@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 
-use crate::commit::{RunEnded, Tracker};
+use crate::commit::{Batching, RunEnded, Tracker};
 use crate::plan::ChunkPlan;
 use crate::schedule::{cut_runs, Asked, RunItem};
 use crate::session::{Ended, Failure, Planned, Problem};
@@ -91,8 +91,6 @@ struct FileFacts {
 
 pub struct ClientSession {
     push: bool,
-    /// Commits sync what they commit: batches are amortized (`commit::Tracker`).
-    durable: bool,
     shard_count: usize,
     phase: Phase,
     session: u64,
@@ -117,22 +115,16 @@ pub struct ClientSession {
 
 impl ClientSession {
     /// A session that asks the server for `op` and moves its runs over `shard_count`
-    /// shards; `durable`: a pull's commits (here) sync what they commit (a push asks the
-    /// server for that in `op`).
-    pub fn new(op: Op, shard_count: usize, durable: bool) -> ClientSession {
+    /// shards.
+    pub fn new(op: Op, shard_count: usize) -> ClientSession {
         assert!(shard_count >= 1, "at least one shard");
         let push = matches!(op, Op::Push { .. });
-        let durable = match op {
-            Op::Push { durable, .. } => durable,
-            Op::Pull { .. } => durable,
-        };
         let hello = Frame::Hello {
             version: PROTOCOL_VERSION,
             op,
         };
         ClientSession {
             push,
-            durable,
             shard_count,
             phase: Phase::Welcome,
             session: 0,
@@ -436,8 +428,9 @@ impl ClientSession {
             count: n.chunk_count,
         });
         let runs = cut_runs(asked, self.shard_count);
+        // Eager: a remote commit overlaps the data still moving (see `commit`).
         let files = runs.iter().flatten().map(|r| r.file);
-        self.tracker = Tracker::new(self.files.len(), files, self.durable);
+        self.tracker = Tracker::new(self.files.len(), files, Batching::Eager);
         self.tally.files = self.files.iter().filter(|f| f.is_file).count() as u64;
         self.tally.files_unchanged = self
             .tally
