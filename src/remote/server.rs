@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use tpc_core::codec::{Compression, CODECS_SAME};
 use tpc_core::relpath::RelPath;
 use tpc_core::session::server::{
-    open_stream, parse_path, Opened, Request, ServerFacts, ServerSession,
+    check_get, check_put, open_stream, parse_path, Opened, PutTarget, Request, ServerFacts,
+    ServerSession,
 };
 use tpc_core::wire::{DestKind, Entry, ErrorCode, Frame, Run, WireKind, MANIFEST_ENTRIES_MAX};
 use tpc_engine::confine::{fstat, sync_file, Access, FileKind, Root};
@@ -612,13 +613,10 @@ async fn put(
                 .root
                 .open(&tmp, Access::Write)
                 .map_err(|e| confine_failure(&e))?;
-            // The announced size must be the planned one, or a run could extend the file.
-            if fstat(&fd).map(|st| st.size_bytes) != Ok(p.size) {
-                return Err(Failure::new(
-                    ErrorCode::Protocol,
-                    format!("{full}: size {} does not match the manifest", p.size),
-                ));
-            }
+            let size = fstat(&fd)
+                .map_err(|e| io_failure(&full, &std::io::Error::from_raw_os_error(e)))?
+                .size_bytes;
+            check_put(&p, &full, PutTarget::Planned { size })?;
             fd
         }
     };
@@ -687,12 +685,11 @@ fn create_lazy(
     tmp: &RelPath,
     p: &Run,
 ) -> Result<std::fs::File, Failure> {
-    if *full != lazy.full || p.size != lazy.size || p.chunk_first != 0 || p.chunk_count != 1 {
-        return Err(Failure::new(
-            ErrorCode::Protocol,
-            format!("{full}: the run does not match the manifest"),
-        ));
-    }
+    let planned = PutTarget::Unmade {
+        path: &lazy.full,
+        size: lazy.size,
+    };
+    check_put(p, full, planned)?;
     if !lazy.begin() {
         return Err(Failure::new(
             ErrorCode::Protocol,
@@ -749,12 +746,10 @@ async fn get(send: &mut SendStream, shared: &Shared, g: Run) -> Result<(), Failu
         .root
         .open(&full, Access::Read)
         .map_err(|e| confine_failure(&e))?;
-    if fstat(&fd).map(|st| st.size_bytes) != Ok(g.size) {
-        return Err(Failure::new(
-            ErrorCode::Changed,
-            format!("{full} changed size since the manifest"),
-        ));
-    }
+    let size = fstat(&fd)
+        .map_err(|e| io_failure(&full, &std::io::Error::from_raw_os_error(e)))?
+        .size_bytes;
+    check_get(&g, &full, size)?;
     write_frame(
         send,
         &Frame::Data {

@@ -94,6 +94,55 @@ pub fn parse_path(bytes: &[u8]) -> Result<RelPath, Failure> {
     RelPath::parse(trimmed).map_err(|e| Failure::new(ErrorCode::PathRefused, e.to_string()))
 }
 
+/// What a push's data stream writes into, as the driver found it.
+#[derive(Debug)]
+pub enum PutTarget<'a> {
+    /// The temporary file the control stream planned, of this size.
+    Planned { size: u64 },
+    /// A small file the session left to its data stream to create (its path and size as
+    /// planned), not yet created.
+    Unmade { path: &'a RelPath, size: u64 },
+}
+
+/// Whether a Put's run (to `path`, parsed from it) may write into `target`. The run
+/// must agree with what the session planned: the planned size (or a run could extend a
+/// file), and, for a file the stream creates, the planned path, whole, in one run (or a
+/// client could create a file its manifest did not plan).
+pub fn check_put(run: &Run, path: &RelPath, target: PutTarget) -> Result<(), Failure> {
+    match target {
+        PutTarget::Planned { size } if size != run.size => Err(Failure::protocol(format!(
+            "{path}: size {} does not match the manifest",
+            run.size
+        ))),
+        PutTarget::Unmade {
+            path: planned,
+            size,
+        } if path != planned
+            || run.size != size
+            || run.chunk_first != 0
+            || run.chunk_count != 1 =>
+        {
+            Err(Failure::protocol(format!(
+                "{path}: the run does not match the manifest"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether a Get's run may be read from the file at `path`, which is `size` bytes now:
+/// a file that changed size since the manifest is refused, so no run reads past the
+/// listed end or sends a mix of two versions' lengths.
+pub fn check_get(run: &Run, path: &RelPath, size: u64) -> Result<(), Failure> {
+    if size != run.size {
+        return Err(Failure::new(
+            ErrorCode::Changed,
+            format!("{path} changed size since the manifest"),
+        ));
+    }
+    Ok(())
+}
+
 /// Work the server's driver carries out for a control stream.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request {
@@ -439,5 +488,54 @@ impl ServerSession {
         });
         self.phase = Phase::Over;
         self.outcome = Some(Err(f));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(path: &str, size: u64, chunk_first: u32, chunk_count: u32) -> Run {
+        Run {
+            session: 1,
+            file: 0,
+            path: path.as_bytes().to_vec(),
+            size,
+            chunk_first,
+            chunk_count,
+            codecs: 0,
+        }
+    }
+
+    #[test]
+    fn a_put_must_match_what_the_session_planned() {
+        let a = RelPath::parse(b"d/a").unwrap();
+        let b = RelPath::parse(b"d/b").unwrap();
+        let planned = |size| PutTarget::Planned { size };
+        assert!(check_put(&run("d/a", 9, 0, 1), &a, planned(9)).is_ok());
+        let grow = check_put(&run("d/a", 10, 0, 1), &a, planned(9)).unwrap_err();
+        assert_eq!(
+            grow.code,
+            ErrorCode::Protocol,
+            "a run may not extend a file"
+        );
+        let unmade = |path| PutTarget::Unmade { path, size: 9 };
+        assert!(check_put(&run("d/a", 9, 0, 1), &a, unmade(&a)).is_ok());
+        for (r, full) in [
+            (run("d/b", 9, 0, 1), &b), // another path than planned
+            (run("d/a", 8, 0, 1), &a), // another size
+            (run("d/a", 9, 1, 1), &a), // not the whole file
+            (run("d/a", 9, 0, 2), &a),
+        ] {
+            assert!(check_put(&r, full, unmade(&a)).is_err(), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn a_get_of_a_file_that_changed_size_is_refused_as_changed() {
+        let a = RelPath::parse(b"a").unwrap();
+        assert!(check_get(&run("a", 5, 0, 1), &a, 5).is_ok());
+        let changed = check_get(&run("a", 5, 0, 1), &a, 6).unwrap_err();
+        assert_eq!(changed.code, ErrorCode::Changed);
     }
 }
