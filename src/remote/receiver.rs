@@ -11,10 +11,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tpc_core::limits::CHUNK_SIZE_BYTES;
 use tpc_core::relpath::RelPath;
+use tpc_core::session::arrivals::Arrivals;
 use tpc_core::wire::{Entry, ErrorCode, NeedItem, WireKind, NEED_HAVE_HASHES_MAX};
 use tpc_core::{ChunkHash, ChunkPlan};
 use tpc_engine::confine::{set_file_meta, sync_file, Access, ConfineError, Dir, FileKind, Root};
@@ -126,10 +127,13 @@ impl LazyFile {
     }
 }
 
-/// One session's lazily created files, by file index; shared with the data streams.
+/// What a push session shares with its data streams on every shard: its lazily created
+/// files, by file index, and the chunks of the others that have arrived.
 #[derive(Debug)]
-pub struct LazyFiles {
+pub struct SessionShare {
     pub files: HashMap<u32, LazyFile>,
+    /// The runs of the files the plan created (not the lazy ones): claimed, arrived.
+    pub arrivals: Mutex<Arrivals>,
     /// Off Linux a durable session syncs each file through its own handle (no syncfs).
     pub durable: bool,
 }
@@ -158,7 +162,9 @@ pub struct Receiver {
     offer_old_hashes: bool,
     /// Whether small files are left for their data streams to create.
     lazy_create: bool,
-    lazy: Arc<LazyFiles>,
+    lazy: Arc<SessionShare>,
+    /// See `commit_only_arrived`.
+    bound: bool,
 }
 
 /// The path under the root where an entry with `path` (relative to `base`) lands.
@@ -209,8 +215,10 @@ impl Receiver {
             bytes_written: 0,
             changed: false,
             lazy_create: false,
-            lazy: Arc::new(LazyFiles {
+            bound: false,
+            lazy: Arc::new(SessionShare {
                 files: HashMap::new(),
+                arrivals: Mutex::new(Arrivals::default()),
                 durable,
             }),
         }
@@ -220,9 +228,18 @@ impl Receiver {
     /// streams: the plan then only looks at each such file, and the streams create,
     /// write and finish them in parallel on every shard while the data flows, instead of
     /// one thread creating them all before any data moves. The caller shares
-    /// [`Receiver::lazy_files`] with those streams once planned.
+    /// [`Receiver::stream_share`] with those streams once planned.
     pub fn create_small_files_on_write(mut self) -> Receiver {
         self.lazy_create = true;
+        self
+    }
+
+    /// Commits a file only once every chunk the plan asked for has arrived, as the data
+    /// streams record in [`SessionShare::arrivals`] (a server's push, where the data
+    /// streams and the `Commit` come from the peer; issue 25, finding 5). A pulling
+    /// client's own runs are already checked by its session's tracker.
+    pub fn commit_only_arrived(mut self) -> Receiver {
+        self.bound = true;
         self
     }
 
@@ -234,8 +251,8 @@ impl Receiver {
         self
     }
 
-    /// The files left to their data streams; complete once planned.
-    pub fn lazy_files(&self) -> Arc<LazyFiles> {
+    /// What the data streams share; complete once planned.
+    pub fn stream_share(&self) -> Arc<SessionShare> {
         self.lazy.clone()
     }
 
@@ -311,6 +328,9 @@ impl Receiver {
                 }
             }
         }
+        let share = Arc::get_mut(&mut self.lazy).expect("shared only once planned");
+        let created = needs.iter().filter(|n| !share.files.contains_key(&n.file));
+        share.arrivals = Mutex::new(Arrivals::new(created));
         (needs, failed)
     }
 
@@ -480,7 +500,16 @@ impl Receiver {
         let mut failed = Vec::new();
         let mut valid = Vec::with_capacity(files.len());
         for &f in files {
+            let arrived = || {
+                let lazy = self.lazy.files.contains_key(&f);
+                let arrivals = self.lazy.arrivals.lock().expect("not poisoned");
+                !self.bound || lazy || arrivals.complete(f)
+            };
             match self.planned.get(f as usize) {
+                Some(p) if p.state == FileState::Receiving && !arrived() => failed.push((
+                    f,
+                    Failure::protocol(format!("file {f} was committed before its data arrived")),
+                )),
                 Some(p) if p.state == FileState::Receiving => valid.push((parent_of(&p.full), f)),
                 _ => failed.push((
                     f,

@@ -37,8 +37,8 @@ use super::data::{open_direct, receive_run, send_run, DataError, RunLog};
 use tpc_engine::temp::RunLock;
 
 use super::receiver::{
-    confine_failure, io_failure, off_thread, set_meta, temp_path, Failure, LazyFile, LazyFiles,
-    Receiver,
+    confine_failure, io_failure, off_thread, set_meta, temp_path, Failure, LazyFile, Receiver,
+    SessionShare,
 };
 use super::{
     expect_end, read_frame, transport_config, write_frame, SessionError, TransportChoice,
@@ -79,24 +79,23 @@ struct Shared {
     sessions: Arc<Sessions>,
 }
 
-/// The push sessions in progress (on any shard) that left files for their data streams
-/// to create. Looked up once per data stream; the lock is held only to clone an `Arc`.
+/// The push sessions in progress (on any shard), with what they share with their data
+/// streams: a data stream writes only for a session here, and only what its plan asked
+/// for. Looked up once per data stream; the lock is held only to clone an `Arc`.
 #[derive(Default)]
-struct Sessions(Mutex<HashMap<u64, Arc<LazyFiles>>>);
+struct Sessions(Mutex<HashMap<u64, Arc<SessionShare>>>);
 
 impl Sessions {
     /// Publishes `files` of `session` until the returned guard is dropped.
-    fn publish(self: &Arc<Self>, session: u64, files: Arc<LazyFiles>) -> Published {
-        if !files.files.is_empty() {
-            self.0.lock().expect("not poisoned").insert(session, files);
-        }
+    fn publish(self: &Arc<Self>, session: u64, files: Arc<SessionShare>) -> Published {
+        self.0.lock().expect("not poisoned").insert(session, files);
         Published {
             sessions: self.clone(),
             session,
         }
     }
 
-    fn get(&self, session: u64) -> Option<Arc<LazyFiles>> {
+    fn get(&self, session: u64) -> Option<Arc<SessionShare>> {
         self.0.lock().expect("not poisoned").get(&session).cloned()
     }
 }
@@ -567,13 +566,14 @@ async fn carry_out(
                 true,
             )
             .create_small_files_on_write()
+            .commit_only_arrived()
             .keep_root_metadata();
             if let Err(f) = r.add(entries) {
                 return session.handle_planned(Err(f));
             }
             held.receiver = Some(r);
             let planned = off_thread(&mut held.receiver, |r| r.plan()).await;
-            let lazy = held.receiver.as_ref().expect("put back").lazy_files();
+            let lazy = held.receiver.as_ref().expect("put back").stream_share();
             held.published = Some(shared.sessions.publish(id, lazy));
             session.handle_planned(Ok(planned));
         }
@@ -593,7 +593,10 @@ async fn carry_out(
 
 /// A data stream of a push: verify and write one run of chunks into the file's temporary
 /// file, which the session's control stream created, or which this stream creates for a
-/// small file the session left to it (`create_lazy`).
+/// small file the session left to it (`create_lazy`). Only for a push session in
+/// progress here, and only what its plan asked for: the run claims its chunks in the
+/// session's [`Arrivals`](tpc_core::session::arrivals) first, and they count as arrived
+/// (which a `Commit` of the file needs) before `RangeOk` is sent.
 async fn put(
     send: &mut SendStream,
     recv: &mut RecvStream,
@@ -602,32 +605,70 @@ async fn put(
 ) -> Result<(), Failure> {
     let full = parse_path(&p.path)?;
     let tmp = temp_path(&full, p.session, p.file)?;
-    let lazy_files = shared.sessions.get(p.session);
-    let lazy = lazy_files.as_ref().and_then(|l| l.files.get(&p.file));
-    let fd = match lazy {
-        Some(lazy) => create_lazy(&shared.root, lazy, &full, &tmp, &p)?,
-        None => {
-            // Otherwise only a temporary file the control stream created can be written:
-            // no create (`Access::Write`).
-            let fd = shared
-                .root
-                .open(&tmp, Access::Write)
-                .map_err(|e| confine_failure(&e))?;
-            let size = fstat(&fd)
-                .map_err(|e| io_failure(&full, &std::io::Error::from_raw_os_error(e)))?
-                .size_bytes;
-            check_put(&p, &full, PutTarget::Planned { size })?;
-            fd
+    let share = shared
+        .sessions
+        .get(p.session)
+        .ok_or_else(|| Failure::protocol(format!("{full}: no push session {} here", p.session)))?;
+    let bound = !share.files.contains_key(&p.file);
+    let arrivals = || share.arrivals.lock().expect("not poisoned");
+    if bound {
+        arrivals().claim(p.file, p.chunk_first, p.chunk_count)?;
+    }
+    let written = write_run(recv, shared, &share, &p, &full, &tmp).await;
+    if bound {
+        match written {
+            Ok(()) => arrivals().arrived(p.file, p.chunk_first),
+            Err(_) => arrivals().release(p.file, p.chunk_first),
         }
-    };
-    let direct = open_direct(&shared.root, &tmp, p.size, &fd);
+    }
+    match written {
+        Ok(()) => write_frame(send, &Frame::RangeOk)
+            .await
+            .map_err(session_failure),
+        Err(DataError::Local(f)) => Err(f),
+        Err(DataError::Session(e)) => Err(session_failure(e)),
+    }
+}
+
+/// The body of [`put`]: opens (or, for a lazy file, creates) the temporary file, receives
+/// the run into it and, for a lazy file, finishes it.
+async fn write_run(
+    recv: &mut RecvStream,
+    shared: &Shared,
+    share: &SessionShare,
+    p: &Run,
+    full: &RelPath,
+    tmp: &RelPath,
+) -> Result<(), DataError> {
+    let lazy = share.files.get(&p.file);
+    let fd = match lazy {
+        Some(lazy) => create_lazy(&shared.root, lazy, full, tmp, p),
+        // Otherwise only a temporary file the control stream created can be written: no
+        // create (`Access::Write`).
+        None => (shared.root.open(tmp, Access::Write))
+            .map_err(|e| confine_failure(&e))
+            .and_then(|fd| {
+                let st = fstat(&fd)
+                    .map_err(|e| io_failure(full, &std::io::Error::from_raw_os_error(e)))?;
+                check_put(
+                    p,
+                    full,
+                    PutTarget::Planned {
+                        size: st.size_bytes,
+                    },
+                )?;
+                Ok(fd)
+            }),
+    }
+    .map_err(DataError::Local)?;
+    let direct = open_direct(&shared.root, tmp, p.size, &fd);
     let file = File::from_std(fd);
     let what = full.to_string();
     // The old version of the file, where the client may send chunks as already here.
     let old = if p.codecs & CODECS_SAME != 0 {
         shared
             .root
-            .open(&full, Access::Read)
+            .open(full, Access::Read)
             .ok()
             .map(File::from_std)
     } else {
@@ -639,23 +680,22 @@ async fn put(
         &file,
         direct.as_ref(),
         &what,
-        &p,
+        p,
         old.as_ref(),
         &mut log,
     )
     .await;
     let result = match lazy {
         Some(lazy) => {
-            let durable = lazy_files.as_ref().is_some_and(|l| l.durable);
             let finished = match result {
-                Ok(_) => finish_lazy(lazy, &file, durable)
+                Ok(_) => finish_lazy(lazy, &file, share.durable)
                     .await
                     .map_err(DataError::Local),
                 Err(e) => Err(e),
             };
             if finished.is_err() {
                 // Nothing of a failed run stays behind, and the file may be sent again.
-                let _ = shared.root.remove_file(&tmp);
+                let _ = shared.root.remove_file(tmp);
                 lazy.release();
             }
             finished
@@ -666,13 +706,7 @@ async fn put(
     if let Some(old) = old {
         let _ = old.close().await;
     }
-    match result {
-        Ok(()) => write_frame(send, &Frame::RangeOk)
-            .await
-            .map_err(session_failure),
-        Err(DataError::Local(f)) => Err(f),
-        Err(DataError::Session(e)) => Err(session_failure(e)),
-    }
+    result
 }
 
 /// Creates the temporary file of a file that its session left to its data stream (see

@@ -3,7 +3,10 @@
 //! with models of the drivers (a receiver's disk, the data runs) and a seeded scheduler
 //! that reorders their events and injects faults: failed runs, plans and commits,
 //! duplicated, dropped and forged control frames, lost connections, and a crash of the
-//! receiving side followed by a fresh session.
+//! receiving side followed by a fresh session. (A crash of the sending side is, to both
+//! machines, a lost connection: the sender's disk holds nothing of the transfer, and
+//! the receiver keeps what it had made durable, which is what the lost-connection fault
+//! models.)
 //!
 //! Checked at every step: a destination name only ever holds the complete old or the
 //! complete new content; nothing is reported committed before it is durable; no queue of

@@ -43,6 +43,7 @@
 //! Time never enters the machines: timeouts (the connect bound, QUIC's idle timeout) are
 //! the transport's, and end the session through `handle_end`.
 
+pub mod arrivals;
 pub mod client;
 pub mod server;
 
