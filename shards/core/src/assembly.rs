@@ -40,6 +40,15 @@ pub enum Completed<F> {
     Failed { file: FileId, failure: F },
 }
 
+impl<F> Completed<F> {
+    /// The file that completed.
+    pub fn file(&self) -> FileId {
+        match self {
+            Completed::Ok { file, .. } | Completed::Failed { file, .. } => *file,
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum AssemblyError {
     UnknownFile(FileId),

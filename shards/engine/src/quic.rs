@@ -560,11 +560,10 @@ impl State {
         // no route lookup (`make`), so spoofed Initials cannot make the server do work
         // for an address that never answers (issue 25, finding 4).
         let handshaking = self.conns.values().filter(|c| !c.connected).count();
+        // (A Retry token that does not validate never gets here: quinn-proto closes
+        // with INVALID_TOKEN, and an unvalidated Initial may always be retried.)
         let refuse = if incoming.remote_address_validated() {
             handshaking >= HANDSHAKES_MAX
-        } else if !incoming.may_retry() {
-            // A Retry token that did not validate: refused, never retried again.
-            true
         } else if handshaking >= RETRY_ABOVE_HANDSHAKES {
             match self.endpoint.retry(incoming, buf) {
                 Ok(t) => {

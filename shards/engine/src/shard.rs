@@ -372,20 +372,22 @@ async fn finalize_loop(
     completed: Receiver<Completed<FileError>>,
     owned: Vec<FileId>,
 ) -> (Finished, u64) {
-    let owned_ids = owned.iter().map(|f| f.0);
     let batching = match shard.durable() {
         true => Batching::Amortized,
         false => Batching::Eager,
     };
-    let mut tracker = Tracker::new(shard.job.files.len(), owned_ids, batching);
+    // The tracker counts this shard's files by their place in `owned` (ascending), so
+    // each shard's memory follows what it owns, not the whole job.
+    let mut tracker = Tracker::new(owned.len(), 0..owned.len() as u32, batching);
+    let place = |file: FileId| owned.binary_search(&file).expect("an owned file") as u32;
     let mut finished: Finished = Vec::with_capacity(owned.len());
     // Digests of the files ready to commit.
     let mut ready: HashMap<FileId, tpc_core::FileDigest> = HashMap::new();
     let mut committed = 0u64;
     while tracker.unresolved() > 0 {
         if let Some(batch) = tracker.take_batch() {
-            let batch = batch.into_iter().map(|f| {
-                let file = FileId(f);
+            let batch = batch.into_iter().map(|i| {
+                let file = owned[i as usize];
                 (
                     file,
                     ready.remove(&file).expect("a ready file has its digest"),
@@ -393,19 +395,26 @@ async fn finalize_loop(
             });
             for (file, outcome) in commit(&shard, batch.collect()).await {
                 tracker
-                    .settle(file.0)
+                    .settle(place(file))
                     .expect("each file of a batch settles once");
-                committed += u64::from(matches!(outcome, FileOutcome::Done(_)));
+                // Files of a `check` have nothing to commit and are not counted.
+                let copied = shard.file(file).dst.is_some();
+                committed += u64::from(copied && matches!(outcome, FileOutcome::Done(_)));
                 finished.push((file, outcome));
             }
+            assert_eq!(
+                tracker.in_commit(),
+                0,
+                "every file of a batch has an outcome"
+            );
         } else {
             // Nothing ready: wait for a completion, then take all that have arrived.
-            let Ok(done) = completed.recv().await else {
-                break;
-            };
+            // (The shard holds the channel's sender, so it never closes under us.)
+            let done = completed.recv().await.expect("the shard holds the sender");
             let mut done = Some(done);
             while let Some(d) = done.take().or_else(|| completed.try_recv().ok()) {
-                shard.completed(d, &mut tracker, &mut ready, &mut finished);
+                let i = place(d.file());
+                shard.completed(d, i, &mut tracker, &mut ready, &mut finished);
             }
         }
         shard.progress.shards[shard.id]
@@ -417,9 +426,11 @@ async fn finalize_loop(
 
 impl Shard {
     /// An owned file's every range was reported: it failed, or is ready to commit.
+    /// `place`: the file's place among the shard's owned files (the tracker's index).
     fn completed(
         &self,
         done: Completed<FileError>,
+        place: u32,
         tracker: &mut Tracker,
         ready: &mut HashMap<FileId, tpc_core::FileDigest>,
         finished: &mut Finished,
@@ -452,7 +463,7 @@ impl Shard {
             }
         };
         tracker
-            .run_ended(file.0, ok, self.file(file).size_bytes)
+            .run_ended(place, ok, self.file(file).size_bytes)
             .expect("an owned file completes once");
     }
 }
@@ -542,10 +553,12 @@ fn commit_groups(
                 .filter(|((i, _), _)| *i == root.0)
                 .map(|((_, dir), files)| (dir, files.first().map(|r| &r.tmp)));
             if let Err(e) = root.1.sync_filesystems(places) {
+                // Nothing is renamed yet: every file of the batch fails, whichever root.
                 let error = confine_error(Stage::Commit, &e);
-                let files = groups.iter().filter(|((i, _), _)| *i == root.0);
-                for r in files.flat_map(|(_, files)| files) {
-                    fail(&mut outcomes, root.1, r, error.clone());
+                for ((i, _), files) in &groups {
+                    for r in files {
+                        fail(&mut outcomes, &roots[*i], r, error.clone());
+                    }
                 }
                 return (outcomes, None);
             }
