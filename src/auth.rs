@@ -290,7 +290,8 @@ impl AuthorizedClients {
         }
     }
 
-    fn parse(path: &Path, text: &str) -> Result<AuthorizedClients, AuthError> {
+    /// Parses the text of an authorized-clients file read from `path` (named in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<AuthorizedClients, AuthError> {
         let mut clients = HashMap::new();
         parse_lines(path, text, |_, line| {
             let (first, comment) = match line.split_once(char::is_whitespace) {
@@ -344,7 +345,8 @@ impl KnownServers {
         Ok(KnownServers { path, servers })
     }
 
-    fn parse(path: &Path, text: &str) -> Result<HashMap<String, Fingerprint>, AuthError> {
+    /// Parses the text of a known-servers file read from `path` (named in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<HashMap<String, Fingerprint>, AuthError> {
         let mut servers: HashMap<String, (Fingerprint, usize)> = HashMap::new();
         parse_lines(path, text, |number, line| {
             let mut fields = line.split_whitespace();

@@ -1,0 +1,169 @@
+//! The fuzz targets' bodies (fuzz/src/lib.rs) in the ordinary test suite: each runs over
+//! seeds made by the encoders, a fixed number of seeded mutations of them, and the
+//! inputs saved under fuzz/regressions/<target>/ (crashes that coverage-guided runs
+//! found, kept as regression tests). The long coverage-guided runs are cargo-fuzz's
+//! (fuzz/README.md).
+
+#[path = "../fuzz/src/lib.rs"]
+mod targets;
+
+use tpc_core::codec::{CODECS_SAME, CODECS_ZSTD, CODEC_RAW, CODEC_SAME, CODEC_ZSTD};
+use tpc_core::wire::{DestKind, Entry, ErrorCode, Frame, NeedItem, Op, Run, WireKind};
+use tpc_core::ChunkHash;
+
+/// Mutations per seed: enough to reach every field's edge of a small frame, cheap
+/// enough for every test run (well under a second in a release build).
+const MUTATIONS_PER_SEED: usize = 2_000;
+
+fn replay(target: &str, seeds: &[Vec<u8>], body: fn(&[u8])) {
+    let mut rng = fastrand::Rng::with_seed(0x7c0_f022);
+    for seed in seeds {
+        body(seed);
+        for _ in 0..MUTATIONS_PER_SEED {
+            let mut m = seed.clone();
+            for _ in 0..=rng.usize(..4) {
+                match rng.u8(..5) {
+                    0 if !m.is_empty() => {
+                        let i = rng.usize(..m.len());
+                        m[i] ^= 1 << rng.u8(..8);
+                    }
+                    1 if !m.is_empty() => {
+                        let i = rng.usize(..m.len());
+                        m[i] = [0, 0xff, 0x7f, 0x80][rng.usize(..4)];
+                    }
+                    2 => m.truncate(rng.usize(..=m.len())),
+                    3 => {
+                        let i = rng.usize(..=m.len());
+                        m.insert(i, rng.u8(..));
+                    }
+                    _ => m.extend(std::iter::repeat_n(rng.u8(..), rng.usize(..64))),
+                }
+            }
+            body(&m);
+        }
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/regressions")
+        .join(target);
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries {
+            body(&std::fs::read(e.unwrap().path()).unwrap());
+        }
+    }
+}
+
+fn encoded(frames: &[Frame]) -> Vec<Vec<u8>> {
+    frames
+        .iter()
+        .map(|f| {
+            let mut out = Vec::new();
+            f.encode(&mut out);
+            out
+        })
+        .collect()
+}
+
+#[test]
+fn frames() {
+    let file = Entry {
+        kind: WireKind::File,
+        path: b"d/x".to_vec(),
+        size: 5,
+        mode: 0o644,
+        mtime: (-1, 999_999_999),
+        target: vec![],
+        hashes: vec![ChunkHash([7; 32])],
+    };
+    let link = Entry {
+        kind: WireKind::Symlink,
+        target: b"../t".to_vec(),
+        hashes: vec![],
+        ..file.clone()
+    };
+    let run = Run {
+        session: 1,
+        file: 2,
+        path: b"p".to_vec(),
+        size: 10,
+        chunk_first: 0,
+        chunk_count: 2,
+        codecs: CODECS_ZSTD | CODECS_SAME,
+    };
+    let seeds = encoded(&[
+        Frame::Hello {
+            version: 3,
+            op: Op::Push {
+                dest: b"a/b".to_vec(),
+                durable: true,
+            },
+        },
+        Frame::Hello {
+            version: 3,
+            op: Op::Pull { src: b"s".to_vec() },
+        },
+        Frame::Welcome {
+            session: 9,
+            shard_ports: vec![7440, 7441],
+            dest: DestKind::Dir,
+        },
+        Frame::Entries(vec![file, link]),
+        Frame::EntriesEnd { count: 2 },
+        Frame::Need(vec![NeedItem {
+            file: 2,
+            chunk_first: 4,
+            chunk_count: 3,
+            have: vec![ChunkHash([1; 32])],
+        }]),
+        Frame::Put(run.clone()),
+        Frame::Get(run),
+        Frame::Data { chunk_count: 1 },
+        Frame::Commit { files: vec![1, 2] },
+        Frame::Committed { files: vec![3] },
+        Frame::Failed {
+            file: 4,
+            code: ErrorCode::NoSpace,
+            message: "disk full\u{7}".into(),
+        },
+        Frame::Done { files: 1, bytes: 2 },
+        Frame::Error {
+            code: ErrorCode::PathRefused,
+            message: "no".into(),
+        },
+    ]);
+    replay("frame", &seeds, targets::frame);
+}
+
+#[test]
+fn chunk_headers() {
+    let mut seeds = Vec::new();
+    for codec in [CODEC_RAW, CODEC_SAME, CODEC_ZSTD, 9] {
+        for allowed in [0, CODECS_ZSTD, CODECS_SAME, 0xff] {
+            // Plain length 4096, then a compressed length of 100.
+            seeds.push(vec![codec, allowed, 0, 16, 0, 100, 0, 0, 0]);
+        }
+    }
+    replay("chunk_header", &seeds, targets::chunk_header);
+}
+
+#[test]
+fn zstd_chunks() {
+    let plain: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+    let mut seeds = Vec::new();
+    for kib in [8u16, 4, 0] {
+        let mut s = kib.to_le_bytes().to_vec();
+        s.extend(zstd::bulk::compress(&plain, 1).unwrap());
+        seeds.push(s);
+    }
+    replay("zstd_chunk", &seeds, targets::zstd_chunk);
+}
+
+#[test]
+fn trust_files() {
+    let fp = "tpc1:".to_string() + &"a1".repeat(32);
+    let seeds = vec![
+        format!("{fp} laptop\n# a comment\n\n{fp}\n").into_bytes(),
+        format!("host.example:7440 {fp}\n[::1]:7440 {fp}\n").into_bytes(),
+        b"garbage line\n\xff\n".to_vec(),
+    ];
+    replay("trust_files", &seeds, targets::trust_files);
+}
