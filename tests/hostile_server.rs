@@ -1,8 +1,10 @@
 //! A hostile server against the real `tpc-xfer copy` client: it speaks the wire protocol
 //! directly and answers a push with what no honest server sends (runs of files that do
 //! not exist or are not files, empty or overlong runs, more runs than files, commits of
-//! files never committed). The client must stop with exit 10 (protocol) and a one-line
-//! reason, never panic or hang.
+//! files never committed), and a pull with names that climb out, a file through a
+//! symlink to the outside, chunks that do not match their hash or end early. The client
+//! must stop with a typed exit code and a one-line reason, write nothing outside its
+//! destination and leave nothing unverified, never panic or hang.
 
 mod common;
 
@@ -11,7 +13,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::*;
-use tpc_core::wire::{DestKind, Frame, NeedItem};
+use tpc_core::codec::CODEC_RAW;
+use tpc_core::wire::{DestKind, Entry, Frame, NeedItem, WireKind};
 use tpc_engine::quic::{bind_socket, Endpoint};
 use tpc_xfer::auth::{
     quic_server_config, quic_server_config_from, server_crypto, AuthorizedClients, Identity,
@@ -254,4 +257,200 @@ fn a_server_of_another_protocol_version_is_exit_10_with_a_clear_message() {
             stderr(&out)
         );
     }
+}
+
+/// How the fake server answers a pull's data streams.
+#[derive(Clone, Copy)]
+enum Data {
+    /// Each chunk's bytes as announced, with a hash of other bytes.
+    WrongHash,
+    /// Fewer bytes than the run's chunks hold, then the end of the stream.
+    Short,
+    /// The bytes and their hash, honestly.
+    Honest,
+}
+
+/// Serves one pull on 127.0.0.1 with the server key in `state`: the manifest `entries`
+/// (entry 0 is the source itself), then `data` on every data stream, while the real
+/// client pulls into `dest`. Returns the client's output.
+fn pull_from_liar(
+    state: &Path,
+    client_state: &Path,
+    dest: &Path,
+    entries: Vec<Entry>,
+    data: Data,
+) -> std::process::Output {
+    let socket = bind_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let state = state.to_path_buf();
+    let sizes: Vec<u64> = entries.iter().map(|e| e.size).collect();
+    let server = spawn_shard(move || async move {
+        let identity = Identity::load_or_create(&state).unwrap();
+        let authorized = AuthorizedClients::load(&state).unwrap();
+        let crypto = Arc::new(quic_server_config(&identity, authorized).unwrap());
+        let make = move |_: SocketAddr| {
+            let mut c = (*crypto).clone();
+            c.transport_config(transport_config(1452, Default::default()));
+            Arc::new(c)
+        };
+        let endpoint = Endpoint::new(socket, Some(Box::new(make))).unwrap();
+        let conn = tpc_engine::transport::Connection::Quic(endpoint.accept().await.unwrap());
+        let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+        let hello = read_frame(&mut recv).await.unwrap().unwrap();
+        assert!(matches!(hello, Frame::Hello { .. }), "{hello:?}");
+        let welcome = Frame::Welcome {
+            session: 7,
+            shard_ports: vec![port],
+            dest: DestKind::Dir,
+        };
+        write_frame(&mut send, &welcome).await.unwrap();
+        let count = entries.len() as u64;
+        write_frame(&mut send, &Frame::Entries(entries))
+            .await
+            .unwrap();
+        write_frame(&mut send, &Frame::EntriesEnd { count })
+            .await
+            .unwrap();
+        // Data streams until the client is done with us (its control stream ends).
+        let control = async {
+            while let Ok(Some(f)) = read_frame(&mut recv).await {
+                if f == Frame::Finish {
+                    let done = Frame::Done { files: 0, bytes: 0 };
+                    let _ = write_frame(&mut send, &done).await;
+                    let _ = send.finish();
+                }
+            }
+        };
+        let streams = async {
+            while let Some((mut s, mut r)) = conn.accept_bi().await {
+                let Ok(Some(Frame::Get(run))) = read_frame(&mut r).await else {
+                    continue;
+                };
+                let size = sizes.get(run.file as usize).copied().unwrap_or(0) as usize;
+                let chunk = vec![b'x'; size];
+                let body = match data {
+                    Data::WrongHash => [&[CODEC_RAW][..], &chunk, &[0; 32]].concat(),
+                    Data::Short => [&[CODEC_RAW][..], &chunk[..size / 2]].concat(),
+                    Data::Honest => {
+                        let hash = blake3::hash(&chunk);
+                        [&[CODEC_RAW][..], &chunk, hash.as_bytes()].concat()
+                    }
+                };
+                let data = Frame::Data {
+                    chunk_count: run.chunk_count,
+                };
+                let _ = write_frame(&mut s, &data).await;
+                let _ = s.write_all(&body).await;
+                let _ = s.finish();
+            }
+        };
+        futures_lite::future::or(control, streams).await;
+        conn.close(0, b"done");
+        endpoint.shutdown();
+        endpoint.wait_idle().await;
+    });
+    let out = copy(
+        client_state,
+        format!("tpc://127.0.0.1:{port}/src/"),
+        dest,
+        // The liar is a QUIC server only, whatever transport the suite runs over.
+        &["--accept-new", "--transport", "quic"],
+    );
+    server.join().unwrap();
+    out
+}
+
+/// Everything below `dir`, as paths relative to it.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_pulling_client_confines_and_verifies_what_a_lying_server_sends() {
+    let s = Scratch::new("hostile-pull");
+    let (cs, ss) = keys(&s);
+    let outside = s.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let outside_bytes = outside.as_os_str().as_encoded_bytes().to_vec();
+    let entry = |kind, path: &[u8], size| Entry {
+        kind,
+        path: path.to_vec(),
+        size,
+        mode: if kind == WireKind::Dir { 0o755 } else { 0o644 },
+        mtime: (1_700_000_000, 0),
+        target: Vec::new(),
+        hashes: Vec::new(),
+    };
+    let top = entry(WireKind::Dir, b"", 0);
+    let file = |path: &[u8]| entry(WireKind::File, path, 1000);
+    let link = Entry {
+        target: outside_bytes,
+        ..entry(WireKind::Symlink, b"l", 0)
+    };
+    // Names no honest server sends: the whole session is refused (exit 10).
+    for name in [&b"../x"[..], b"/etc/x", b"a\0b"] {
+        let dest = s.path("dest-names");
+        let out = pull_from_liar(&ss, &cs, &dest, vec![top.clone(), file(name)], Data::Honest);
+        let what = String::from_utf8_lossy(name);
+        assert_eq!(code(&out), 10, "{what}: {}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("panicked"),
+            "{what}: {}",
+            stderr(&out)
+        );
+        assert!(tree(&dest).is_empty(), "{what}: wrote {:?}", tree(&dest));
+    }
+    // A symlink to the outside, then a file through it: the symlink lands as a symlink,
+    // the file is refused, and nothing appears outside.
+    let dest = s.path("dest-link");
+    let entries = vec![top.clone(), link, file(b"l/x")];
+    let out = pull_from_liar(&ss, &cs, &dest, entries, Data::Honest);
+    assert_ne!(code(&out), 0, "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    assert!(
+        tree(&outside).is_empty(),
+        "wrote outside: {:?}",
+        tree(&outside)
+    );
+    // Data that does not match its hash, or ends early: the file fails, nothing of it
+    // (not even a temporary file) stays, and the client says why.
+    for (what, data, code_want) in [
+        ("a wrong hash", Data::WrongHash, 6),
+        ("a short run", Data::Short, 3),
+    ] {
+        let dest = s.path(&format!("dest-{code_want}"));
+        let out = pull_from_liar(&ss, &cs, &dest, vec![top.clone(), file(b"f")], data);
+        assert_eq!(code(&out), code_want, "{what}: {}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("panicked"),
+            "{what}: {}",
+            stderr(&out)
+        );
+        assert_eq!(
+            tree(&dest),
+            Vec::<String>::new(),
+            "{what}: left {:?}",
+            tree(&dest)
+        );
+    }
+    // The same fake server, honest: the pull completes (the harness itself is sound).
+    let dest = s.path("dest-honest");
+    let out = pull_from_liar(&ss, &cs, &dest, vec![top, file(b"f")], Data::Honest);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(std::fs::read(dest.join("f")).unwrap(), vec![b'x'; 1000]);
 }

@@ -787,11 +787,7 @@ impl Writer<'_> {
     }
     fn message(&mut self, m: &str) {
         // Messages are for humans: cut at a char boundary rather than refuse to send.
-        let mut end = m.len().min(MESSAGE_BYTES_MAX);
-        while !m.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.bytes(&m.as_bytes()[..end], MESSAGE_BYTES_MAX);
+        self.bytes(message_prefix(m).as_bytes(), MESSAGE_BYTES_MAX);
     }
 }
 
@@ -886,10 +882,24 @@ impl Reader<'_> {
     /// A peer's human-readable message, with its control characters escaped here, at
     /// the one place every peer message passes: printed or logged anywhere, it cannot
     /// move the cursor, clear a screen or forge a line of its own (issue 25, finding 10).
+    /// Escaping (and replacing bytes that are not UTF-8) can make a message up to four
+    /// times longer; it is cut back to `MESSAGE_BYTES_MAX` at a char boundary, so that a
+    /// decoded frame is one this side could send as it is (the `frame` fuzz target found
+    /// a decoded `Error` that re-encoded shorter).
     fn message(&mut self) -> Result<String, WireError> {
         let b = self.bytes("message", MESSAGE_BYTES_MAX)?;
-        Ok(escape_controls(&String::from_utf8_lossy(&b)))
+        let m = escape_controls(&String::from_utf8_lossy(&b));
+        Ok(message_prefix(&m).to_string())
     }
+}
+
+/// The longest prefix of `m` within `MESSAGE_BYTES_MAX` that ends at a char boundary.
+fn message_prefix(m: &str) -> &str {
+    let mut end = m.len().min(MESSAGE_BYTES_MAX);
+    while !m.is_char_boundary(end) {
+        end -= 1;
+    }
+    &m[..end]
 }
 
 /// `text` with every control character written out as `\xNN` (newline and tab too).
