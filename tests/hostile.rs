@@ -837,3 +837,93 @@ fn under_a_flood_of_initials_unvalidated_addresses_get_a_retry_not_a_connection(
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
+
+#[test]
+fn handshakes_in_flight_are_capped_and_the_next_is_refused() {
+    // Issue 25, finding 4: HANDSHAKES_MAX handshakes from addresses that answered a Retry
+    // are held at once; one more is refused (CONNECTION_REFUSED), not queued. Each
+    // connection here is driven by hand: its first Initial is sent, a Retry (once
+    // RETRY_ABOVE_HANDSHAKES are in flight) is answered with the token, and nothing
+    // after that, so every handshake stays in flight.
+    use quinn_proto::{DatagramEvent, Event};
+    use tpc_engine::quic::HANDSHAKES_MAX;
+    let s = Scratch::new("hostile-handshakes");
+    let (cs, ss) = keys(&s);
+    let server = Server::start(&s.path("root"), &ss);
+    let addr: SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    let identity = Identity::load_or_create(&cs).unwrap();
+    let known = KnownServers::load(&cs).unwrap();
+    let trust = ServerTrust::new(&known, &addr.to_string(), true).unwrap();
+    let config = quic_client_config(&identity, trust).unwrap();
+    let endpoint_config = std::sync::Arc::new(quinn_proto::EndpointConfig::default());
+    let mut endpoint = quinn_proto::Endpoint::new(endpoint_config, None, true, None);
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut conns = std::collections::HashMap::new();
+    let mut buf = Vec::new();
+    let mut datagram = [0u8; 2048];
+    let send_all = |conn: &mut quinn_proto::Connection, sock: &std::net::UdpSocket| {
+        let mut out = Vec::new();
+        while let Some(t) = conn.poll_transmit(std::time::Instant::now(), 1, &mut out) {
+            sock.send_to(&out[..t.size], addr).unwrap();
+            out.clear();
+        }
+    };
+    let mut refused = None;
+    for i in 0..=HANDSHAKES_MAX {
+        let now = std::time::Instant::now();
+        let (h, mut conn) = endpoint
+            .connect(now, config.clone(), addr, "tpc-xfer")
+            .unwrap();
+        send_all(&mut conn, &sock);
+        conns.insert(h, conn);
+        // Until the server answers this connection with something other than a Retry:
+        // the start of its handshake, or a refusal.
+        loop {
+            let (n, _) = sock.recv_from(&mut datagram).expect("an answer in time");
+            let retry = datagram[0] & 0xb0 == 0xb0;
+            let data = bytes::BytesMut::from(&datagram[..n]);
+            let now = std::time::Instant::now();
+            let Some(DatagramEvent::ConnectionEvent(ch, ev)) =
+                endpoint.handle(now, addr, None, None, data, &mut buf)
+            else {
+                continue;
+            };
+            let conn = conns.get_mut(&ch).expect("one of ours");
+            conn.handle_event(ev);
+            while let Some(e) = conn.poll_endpoint_events() {
+                if let Some(ev) = endpoint.handle_event(ch, e) {
+                    conn.handle_event(ev);
+                }
+            }
+            if retry && ch == h {
+                // The Initial again, with the token: the address is now validated.
+                send_all(conn, &sock);
+                continue;
+            }
+            // Anything else the client would send next (it would finish the handshake)
+            // is dropped.
+            let mut drop_out = Vec::new();
+            while conn.poll_transmit(now, 1, &mut drop_out).is_some() {
+                drop_out.clear();
+            }
+            let mut lost = None;
+            while let Some(e) = conn.poll() {
+                if let Event::ConnectionLost { reason } = e {
+                    lost = Some(reason);
+                }
+            }
+            if ch != h {
+                continue; // a retransmission for an earlier connection
+            }
+            if let Some(reason) = lost {
+                assert_eq!(i, HANDSHAKES_MAX, "connection {i} refused: {reason}");
+                refused = Some(reason.to_string());
+            }
+            break;
+        }
+    }
+    let refused = refused.expect("the handshake past the cap was not refused");
+    assert!(refused.to_lowercase().contains("refused"), "{refused}");
+}
