@@ -12,10 +12,12 @@ use tpc_core::wire::{DestKind, Entry, ErrorCode, Frame, NeedItem, Op, Run, WireK
 use tpc_core::ChunkHash;
 
 /// Mutations per seed: enough to reach every field's edge of a small frame, cheap
-/// enough for every test run (well under a second in a release build).
+/// enough for every test run (well under a second in the suite's release build).
 const MUTATIONS_PER_SEED: usize = 2_000;
 
-fn replay(target: &str, seeds: &[Vec<u8>], body: fn(&[u8])) {
+/// Runs `body` over `seeds`, their mutations and the saved regressions of `target`;
+/// returns how many saved regressions ran.
+fn replay(target: &str, seeds: &[Vec<u8>], body: fn(&[u8])) -> usize {
     let mut rng = fastrand::Rng::with_seed(0x7c0_f022);
     for seed in seeds {
         body(seed);
@@ -45,11 +47,18 @@ fn replay(target: &str, seeds: &[Vec<u8>], body: fn(&[u8])) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz/regressions")
         .join(target);
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries {
-            body(&std::fs::read(e.unwrap().path()).unwrap());
+    let mut saved = 0;
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => {
+            for e in entries {
+                body(&std::fs::read(e.unwrap().path()).unwrap());
+                saved += 1;
+            }
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("{}: {e}", dir.display()),
     }
+    saved
 }
 
 fn encoded(frames: &[Frame]) -> Vec<Vec<u8>> {
@@ -130,7 +139,11 @@ fn frames() {
             message: "no".into(),
         },
     ]);
-    replay("frame", &seeds, targets::frame);
+    let saved = replay("frame", &seeds, targets::frame);
+    assert!(
+        saved >= 1,
+        "fuzz/regressions/frame was not found: its inputs did not run"
+    );
 }
 
 #[test]

@@ -840,11 +840,13 @@ fn under_a_flood_of_initials_unvalidated_addresses_get_a_retry_not_a_connection(
 
 #[test]
 fn handshakes_in_flight_are_capped_and_the_next_is_refused() {
-    // Issue 25, finding 4: HANDSHAKES_MAX handshakes from addresses that answered a Retry
-    // are held at once; one more is refused (CONNECTION_REFUSED), not queued. Each
-    // connection here is driven by hand: its first Initial is sent, a Retry (once
-    // RETRY_ABOVE_HANDSHAKES are in flight) is answered with the token, and nothing
-    // after that, so every handshake stays in flight.
+    // Issue 25, finding 4: HANDSHAKES_MAX handshakes are held at once; one more is
+    // refused (CONNECTION_REFUSED), not queued. Each connection here is driven by hand:
+    // its first Initial is sent (the first RETRY_ABOVE_HANDSHAKES start a handshake at
+    // once; later ones get a Retry, answered with the token), and nothing after that,
+    // so every handshake stays in flight. All of it must happen within the server's
+    // idle timeout (10 s), which drops a handshake that hears nothing; on loopback it
+    // takes a fraction of a second.
     use quinn_proto::{DatagramEvent, Event};
     use tpc_engine::quic::HANDSHAKES_MAX;
     let s = Scratch::new("hostile-handshakes");
@@ -857,9 +859,13 @@ fn handshakes_in_flight_are_capped_and_the_next_is_refused() {
     let config = quic_client_config(&identity, trust).unwrap();
     let endpoint_config = std::sync::Arc::new(quinn_proto::EndpointConfig::default());
     let mut endpoint = quinn_proto::Endpoint::new(endpoint_config, None, true, None);
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Large socket buffers: 256 handshakes' retransmissions must not crowd out the
+    // answer being waited for (a Retry or a refusal is never sent twice).
+    let sock = bind_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+    sock.set_nonblocking(false).unwrap();
     sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .unwrap();
+    let started = std::time::Instant::now();
     let mut conns = std::collections::HashMap::new();
     let mut buf = Vec::new();
     let mut datagram = [0u8; 2048];
@@ -881,7 +887,13 @@ fn handshakes_in_flight_are_capped_and_the_next_is_refused() {
         // Until the server answers this connection with something other than a Retry:
         // the start of its handshake, or a refusal.
         loop {
-            let (n, _) = sock.recv_from(&mut datagram).expect("an answer in time");
+            let (n, _) = sock.recv_from(&mut datagram).unwrap_or_else(|e| {
+                panic!(
+                    "no answer to connection {i}, {:?} in: {e}",
+                    started.elapsed()
+                )
+            });
+            // A long header (bit 7) of packet type Retry (bits 5-4 = 0b11 in QUIC v1).
             let retry = datagram[0] & 0xb0 == 0xb0;
             let data = bytes::BytesMut::from(&datagram[..n]);
             let now = std::time::Instant::now();
@@ -918,12 +930,19 @@ fn handshakes_in_flight_are_capped_and_the_next_is_refused() {
                 continue; // a retransmission for an earlier connection
             }
             if let Some(reason) = lost {
-                assert_eq!(i, HANDSHAKES_MAX, "connection {i} refused: {reason}");
-                refused = Some(reason.to_string());
+                let elapsed = started.elapsed();
+                assert_eq!(
+                    i, HANDSHAKES_MAX,
+                    "connection {i} lost after {elapsed:?}: {reason}"
+                );
+                refused = Some(reason);
             }
             break;
         }
     }
-    let refused = refused.expect("the handshake past the cap was not refused");
-    assert!(refused.to_lowercase().contains("refused"), "{refused}");
+    match refused {
+        Some(quinn_proto::ConnectionError::ConnectionClosed(c))
+            if c.error_code == quinn_proto::TransportErrorCode::CONNECTION_REFUSED => {}
+        other => panic!("the handshake past the cap ended {other:?}"),
+    }
 }

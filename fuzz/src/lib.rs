@@ -1,5 +1,5 @@
-//! The fuzz targets' bodies: each takes arbitrary bytes, feeds them to a decoder a peer
-//! (or an edited trust file) can reach, and checks what must hold for any input — no
+//! The fuzz targets' bodies: each takes arbitrary bytes, feeds them to a decoder that a
+//! peer's bytes (or an edited trust file) reach, and checks what must hold for any input — no
 //! panic, limits kept, and what decodes re-encodes to something that decodes the same.
 //! cargo-fuzz drives them through `fuzz_targets/`; tests/fuzz_replay.rs runs them over
 //! seeds, their mutations and the saved regressions in every test run.
@@ -49,23 +49,24 @@ pub fn chunk_header(data: &[u8]) {
     assert!(ChunkHeader::rest_len(*codec) < CHUNK_HEADER_BYTES_MAX);
 }
 
-/// A compressed chunk: zstd frames decompressed into a buffer of the chunk's plain
-/// length (the first two bytes, in KiB), as the receiver does. Whatever the frames say,
-/// nothing is written past the buffer and no more is allocated than it.
+/// A compressed chunk: zstd frames decoded by the receiver's own `codec::Decoder` into a
+/// buffer of the chunk's plain length (the first two bytes, in KiB). A decode that
+/// succeeds filled the buffer exactly; any other outcome is a typed error, never a
+/// panic or a write past the buffer.
 pub fn zstd_chunk(data: &[u8]) {
     let [k0, k1, frames @ ..] = data else {
         return;
     };
     let plain_len = usize::from(u16::from_le_bytes([*k0, *k1]) % 4097) * 1024;
     let mut buf = vec![0u8; plain_len];
-    let mut decoder = zstd::bulk::Decompressor::new().expect("a decoder");
-    if let Ok(n) = decoder.decompress_to_buffer(frames, &mut buf[..]) {
-        assert!(n <= plain_len);
+    let mut decoder = tpc_core::codec::Decoder::new().expect("a decoder");
+    if decoder.decompress_into(frames, &mut buf).is_ok() {
+        assert!(frames.len() < plain_len, "the length check let it through");
     }
 }
 
 /// The trust files an operator edits (authorized-clients, known-servers): any text
-/// parses to a result or a typed error naming the line.
+/// parses to a result or a typed error, never a panic.
 pub fn trust_files(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
