@@ -762,6 +762,23 @@ fn header_only_frames_do_not_make_the_server_allocate_what_they_announce() {
     );
 }
 
+/// A quinn-proto client endpoint for the server on `port`, to drive by hand over a plain
+/// UDP socket: the server's address, a client config with the key in `state`, and the
+/// endpoint.
+fn hand_driven_client(
+    state: &Path,
+    port: u16,
+) -> (SocketAddr, quinn_proto::ClientConfig, quinn_proto::Endpoint) {
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let identity = Identity::load_or_create(state).unwrap();
+    let known = KnownServers::load(state).unwrap();
+    let trust = ServerTrust::new(&known, &addr.to_string(), true).unwrap();
+    let config = quic_client_config(&identity, trust).unwrap();
+    let endpoint_config = std::sync::Arc::new(quinn_proto::EndpointConfig::default());
+    let endpoint = quinn_proto::Endpoint::new(endpoint_config, None, true, None);
+    (addr, config, endpoint)
+}
+
 /// A QUIC Initial from an address that has not shown it receives gets a stateless Retry,
 /// not a connection: a spoofed Initial costs the server one small packet and no state
 /// (issue 25, finding 4). The Initial comes from a quinn-proto client endpoint driven by
@@ -771,13 +788,7 @@ fn under_a_flood_of_initials_unvalidated_addresses_get_a_retry_not_a_connection(
     let s = Scratch::new("hostile-retry");
     let (cs, ss) = keys(&s);
     let server = Server::start(&s.path("root"), &ss);
-    let addr: SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
-    let identity = Identity::load_or_create(&cs).unwrap();
-    let known = KnownServers::load(&cs).unwrap();
-    let trust = ServerTrust::new(&known, &addr.to_string(), true).unwrap();
-    let config = quic_client_config(&identity, trust).unwrap();
-    let endpoint_config = std::sync::Arc::new(quinn_proto::EndpointConfig::default());
-    let mut endpoint = quinn_proto::Endpoint::new(endpoint_config, None, true, None);
+    let (addr, config, mut endpoint) = hand_driven_client(&cs, server.port);
     let now = std::time::Instant::now();
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     // Initials that are never followed up: each leaves a handshake in flight.
@@ -852,13 +863,7 @@ fn handshakes_in_flight_are_capped_and_the_next_is_refused() {
     let s = Scratch::new("hostile-handshakes");
     let (cs, ss) = keys(&s);
     let server = Server::start(&s.path("root"), &ss);
-    let addr: SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
-    let identity = Identity::load_or_create(&cs).unwrap();
-    let known = KnownServers::load(&cs).unwrap();
-    let trust = ServerTrust::new(&known, &addr.to_string(), true).unwrap();
-    let config = quic_client_config(&identity, trust).unwrap();
-    let endpoint_config = std::sync::Arc::new(quinn_proto::EndpointConfig::default());
-    let mut endpoint = quinn_proto::Endpoint::new(endpoint_config, None, true, None);
+    let (addr, config, mut endpoint) = hand_driven_client(&cs, server.port);
     // Large socket buffers: 256 handshakes' retransmissions must not crowd out the
     // answer being waited for (a Retry or a refusal is never sent twice).
     let sock = bind_socket("127.0.0.1:0".parse().unwrap()).unwrap();

@@ -16,6 +16,7 @@ use common::*;
 use tpc_core::codec::CODEC_RAW;
 use tpc_core::wire::{DestKind, Entry, Frame, NeedItem, WireKind};
 use tpc_engine::quic::{bind_socket, Endpoint};
+use tpc_engine::transport::{Connection, RecvStream, SendStream};
 use tpc_xfer::auth::{
     quic_server_config, quic_server_config_from, server_crypto, AuthorizedClients, Identity,
 };
@@ -33,6 +34,28 @@ enum Lie {
     DeadShard,
 }
 
+/// The fake server's start: a QUIC endpoint on `socket` with the server key in `state`,
+/// its first connection, and that connection's control stream, read up to its Hello.
+async fn accept_session(
+    state: &Path,
+    socket: std::net::UdpSocket,
+) -> (Endpoint, Connection, SendStream, RecvStream) {
+    let identity = Identity::load_or_create(state).unwrap();
+    let authorized = AuthorizedClients::load(state).unwrap();
+    let crypto = Arc::new(quic_server_config(&identity, authorized).unwrap());
+    let make = move |_: SocketAddr| {
+        let mut c = (*crypto).clone();
+        c.transport_config(transport_config(1452, Default::default()));
+        Arc::new(c)
+    };
+    let endpoint = Endpoint::new(socket, Some(Box::new(make))).unwrap();
+    let conn = Connection::Quic(endpoint.accept().await.unwrap());
+    let (send, mut recv) = conn.accept_bi().await.unwrap();
+    let hello = read_frame(&mut recv).await.unwrap().unwrap();
+    assert!(matches!(hello, Frame::Hello { .. }), "{hello:?}");
+    (endpoint, conn, send, recv)
+}
+
 /// Serves one connection on 127.0.0.1 with the server key in `state`, answering the push
 /// with `lie`, while the real client pushes `src`. Returns the client's output.
 fn push_to_liar(state: &Path, client_state: &Path, src: &Path, lie: Lie) -> std::process::Output {
@@ -47,19 +70,7 @@ fn push_to_liar(state: &Path, client_state: &Path, src: &Path, lie: Lie) -> std:
     };
     let state = state.to_path_buf();
     let server = spawn_shard(move || async move {
-        let identity = Identity::load_or_create(&state).unwrap();
-        let authorized = AuthorizedClients::load(&state).unwrap();
-        let crypto = Arc::new(quic_server_config(&identity, authorized).unwrap());
-        let make = move |_: SocketAddr| {
-            let mut c = (*crypto).clone();
-            c.transport_config(transport_config(1452, Default::default()));
-            Arc::new(c)
-        };
-        let endpoint = Endpoint::new(socket, Some(Box::new(make))).unwrap();
-        let conn = tpc_engine::transport::Connection::Quic(endpoint.accept().await.unwrap());
-        let (mut send, mut recv) = conn.accept_bi().await.unwrap();
-        let hello = read_frame(&mut recv).await.unwrap().unwrap();
-        assert!(matches!(hello, Frame::Hello { .. }), "{hello:?}");
+        let (endpoint, conn, mut send, mut recv) = accept_session(&state, socket).await;
         write_frame(
             &mut send,
             &Frame::Welcome {
@@ -289,19 +300,7 @@ fn pull_from_liar(
     let client_exited = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let exited = client_exited.clone();
     let server = spawn_shard(move || async move {
-        let identity = Identity::load_or_create(&state).unwrap();
-        let authorized = AuthorizedClients::load(&state).unwrap();
-        let crypto = Arc::new(quic_server_config(&identity, authorized).unwrap());
-        let make = move |_: SocketAddr| {
-            let mut c = (*crypto).clone();
-            c.transport_config(transport_config(1452, Default::default()));
-            Arc::new(c)
-        };
-        let endpoint = Endpoint::new(socket, Some(Box::new(make))).unwrap();
-        let conn = tpc_engine::transport::Connection::Quic(endpoint.accept().await.unwrap());
-        let (mut send, mut recv) = conn.accept_bi().await.unwrap();
-        let hello = read_frame(&mut recv).await.unwrap().unwrap();
-        assert!(matches!(hello, Frame::Hello { .. }), "{hello:?}");
+        let (endpoint, conn, mut send, mut recv) = accept_session(&state, socket).await;
         let welcome = Frame::Welcome {
             session: 7,
             shard_ports: vec![port],

@@ -648,15 +648,8 @@ async fn write_run(
         None => (shared.root.open(tmp, Access::Write))
             .map_err(|e| confine_failure(&e))
             .and_then(|fd| {
-                let st = fstat(&fd)
-                    .map_err(|e| io_failure(full, &std::io::Error::from_raw_os_error(e)))?;
-                check_put(
-                    p,
-                    full,
-                    PutTarget::Planned {
-                        size: st.size_bytes,
-                    },
-                )?;
+                let size = size_of(&fd, full)?;
+                check_put(p, full, PutTarget::Planned { size })?;
                 Ok(fd)
             }),
     }
@@ -772,6 +765,12 @@ async fn finish_lazy(lazy: &LazyFile, file: &File, durable: bool) -> Result<(), 
     Ok(())
 }
 
+/// The size of the open file at `full`, for the run checks of Put and Get.
+fn size_of(fd: &std::fs::File, full: &RelPath) -> Result<u64, Failure> {
+    let st = fstat(fd).map_err(|e| io_failure(full, &std::io::Error::from_raw_os_error(e)))?;
+    Ok(st.size_bytes)
+}
+
 /// A data stream of a pull: read one run of chunks of a file beneath the root and send
 /// it, each chunk followed by its hash.
 async fn get(send: &mut SendStream, shared: &Shared, g: Run) -> Result<(), Failure> {
@@ -780,10 +779,7 @@ async fn get(send: &mut SendStream, shared: &Shared, g: Run) -> Result<(), Failu
         .root
         .open(&full, Access::Read)
         .map_err(|e| confine_failure(&e))?;
-    let size = fstat(&fd)
-        .map_err(|e| io_failure(&full, &std::io::Error::from_raw_os_error(e)))?
-        .size_bytes;
-    check_get(&g, &full, size)?;
+    check_get(&g, &full, size_of(&fd, &full)?)?;
     write_frame(
         send,
         &Frame::Data {
