@@ -180,3 +180,22 @@ fn trust_files() {
     ];
     replay("trust_files", &seeds, targets::trust_files);
 }
+
+#[test]
+fn relpaths() {
+    let seeds: Vec<Vec<u8>> = [
+        &b"a/b/c"[..],
+        b"dir/file name\n-x",
+        b"a/./b",
+        b"a/../b",
+        b"/etc/passwd",
+        b"a//b",
+        b"a/\0/b",
+        b"\xff\xfe/\xc3\xa9",
+        b"",
+    ]
+    .iter()
+    .map(|s| s.to_vec())
+    .collect();
+    replay("relpath", &seeds, targets::relpath);
+}

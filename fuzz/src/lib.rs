@@ -75,3 +75,26 @@ pub fn trust_files(data: &[u8]) {
     let _ = tpc_xfer::auth::AuthorizedClients::parse(path, text);
     let _ = tpc_xfer::auth::KnownServers::parse(path, text);
 }
+
+/// A path from a peer's manifest, Put or Get: `RelPath::parse` accepts only plain names
+/// joined by single slashes, within the limits, and what it accepts rebuilds from its
+/// parent and name to the same bytes.
+pub fn relpath(data: &[u8]) {
+    use tpc_core::limits::{NAME_BYTES_MAX, PATH_BYTES_MAX, TREE_DEPTH_MAX};
+    use tpc_core::relpath::RelPath;
+    let Ok(path) = RelPath::parse(data) else {
+        return;
+    };
+    assert_eq!(path.as_bytes(), data);
+    assert!(data.len() <= PATH_BYTES_MAX && path.depth() <= TREE_DEPTH_MAX);
+    for name in path.components() {
+        assert!(!name.is_empty() && name != b"." && name != b"..");
+        assert!(name.len() <= NAME_BYTES_MAX && !name.contains(&0) && !name.contains(&b'/'));
+    }
+    if let (Some(parent), Some(name)) = (path.parent(), path.file_name()) {
+        assert_eq!(
+            parent.join(name).expect("a parsed path's name rejoins"),
+            path
+        );
+    }
+}
