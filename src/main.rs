@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -74,6 +75,11 @@ enum Command {
         /// 1.5 s (UDP blocked by a firewall), with a notice on stderr.
         #[arg(long, value_enum, env = "TPC_XFER_TRANSPORT", default_value_t = TransportChoice::Auto)]
         transport: TransportChoice,
+        /// Give up a remote transfer that moves no data and no control message for this
+        /// many seconds (rsync's `--timeout`): a server that answers keep-alives but
+        /// nothing else. 0: wait for ever. Exit 8.
+        #[arg(long, value_name = "SECONDS", default_value_t = remote::STALL_TIMEOUT_DEFAULT.as_secs())]
+        timeout: u64,
         #[command(flatten)]
         state: StateArg,
         #[command(flatten)]
@@ -105,6 +111,11 @@ enum Command {
         /// long paths with random loss full; `cubic` and `bbr` are quinn-proto's own).
         #[arg(long, value_enum, default_value_t = Congestion::Tolerant)]
         congestion: Congestion,
+        /// End a client's session that moves no data and sends no control message for
+        /// this many seconds (keep-alives do not count), and release the space its plan
+        /// reserved. 0: never.
+        #[arg(long, value_name = "SECONDS", default_value_t = remote::STALL_TIMEOUT_DEFAULT.as_secs())]
+        timeout: u64,
         #[command(flatten)]
         state: StateArg,
         #[command(flatten)]
@@ -201,6 +212,7 @@ fn main() -> ExitCode {
             congestion,
             compress,
             transport,
+            timeout,
             state,
             common,
         } => match options(&common, checksum, verify, fsync) {
@@ -210,6 +222,7 @@ fn main() -> ExitCode {
                     congestion,
                     compress,
                     transport,
+                    timeout: seconds(timeout),
                 };
                 copy_any(&sources, &dest, &opts, &remote, &state)
             }
@@ -221,6 +234,7 @@ fn main() -> ExitCode {
             read_only,
             transport,
             congestion,
+            timeout,
             state,
             common,
         } => match (options(&common, false, false, Fsync::Batch), state.dir()) {
@@ -233,6 +247,7 @@ fn main() -> ExitCode {
                 congestion,
                 driver: opts.driver,
                 transport,
+                timeout: seconds(timeout),
             }),
             (Err(e), _) | (_, Err(e)) => e,
         },
@@ -263,6 +278,12 @@ struct RemoteArgs {
     congestion: Congestion,
     compress: Compression,
     transport: TransportChoice,
+    timeout: Option<Duration>,
+}
+
+/// `--timeout SECONDS`, where 0 means none.
+fn seconds(s: u64) -> Option<Duration> {
+    (s > 0).then(|| Duration::from_secs(s))
 }
 
 /// `--compress` values, listed in `--help`.
@@ -313,6 +334,7 @@ fn copy_any(
         driver: opts.driver,
         compression: remote_args.compress,
         transport: remote_args.transport,
+        timeout: remote_args.timeout,
     };
     match (remote_dest, remote_srcs.len(), sources.len()) {
         (Some(Ok(spec)), 0, _) => remote::client::push(sources, spec, &ropts),

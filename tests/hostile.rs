@@ -951,3 +951,91 @@ fn handshakes_in_flight_are_capped_and_the_next_is_refused() {
         other => panic!("the handshake past the cap ended {other:?}"),
     }
 }
+
+/// Issue 25, finding 3: a planned session held its reserved space for as long as the
+/// client answered keep-alives. Now a session that sends no frame and moves no chunk for
+/// `--timeout` is ended: the client is told why, and its temporary file (and the space
+/// reserved for it) is gone. The old server kept the session, and the test's bound of
+/// 20 s fails it.
+#[test]
+fn a_session_that_makes_no_progress_is_ended_and_its_reservation_released() {
+    use std::time::{Duration, Instant};
+    let s = Scratch::new("hostile-stall");
+    let (cs, ss) = keys(&s);
+    let root = s.path("root");
+    let server = Server::start_with(None, &root, &ss, "127.0.0.1:0", &["--timeout", "2"]);
+    let (root2, log_root) = (root.clone(), root.clone());
+    with_connection(&cs, server.port, move |conn| async move {
+        let (_ctl, mut ctl_recv, _, _) = open_session(&conn, 64 << 20).await;
+        assert_eq!(
+            temporaries(&root2).len(),
+            1,
+            "the plan made its temporary file"
+        );
+        let started = Instant::now();
+        let end = async {
+            let mut frames = Vec::new();
+            while let Ok(Some(f)) = read_frame(&mut ctl_recv).await {
+                frames.push(f);
+            }
+            frames
+        };
+        let frames = tpc_engine::rt::within(Duration::from_secs(20), end)
+            .await
+            .expect("the stalled session is ended");
+        let waited = started.elapsed();
+        assert!(
+            frames.iter().any(|f| matches!(f, Frame::Error { code: ErrorCode::Busy, message } if message.contains("no progress"))),
+            "{frames:?}"
+        );
+        eprintln!("ended after {waited:?}");
+    });
+    // The server removes the temporary file and logs once the client has heard: give it
+    // a moment.
+    let settled = || temporaries(&log_root).is_empty() && server.log().contains("no progress");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !settled() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(temporaries(&log_root), Vec::<std::path::PathBuf>::new());
+    assert!(server.log().contains("no progress"), "{}", server.log());
+}
+
+/// Issue 25, finding 3: sessions were unlimited. One key may run
+/// `SESSIONS_PER_KEY_MAX` at once; the next is refused with `Busy`, and once one ends
+/// another may start.
+#[test]
+fn a_key_runs_at_most_its_share_of_sessions() {
+    use tpc_core::admission::SESSIONS_PER_KEY_MAX;
+    let s = Scratch::new("hostile-sessions");
+    let (cs, ss) = keys(&s);
+    let server = Server::start(&s.path("root"), &ss);
+    with_connection(&cs, server.port, |conn| async move {
+        let welcomed = |conn: Connection| async move {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            write_frame(&mut send, &push(b"d")).await.unwrap();
+            let first = read_frame(&mut recv).await.unwrap().unwrap();
+            (send, recv, first)
+        };
+        let mut held = Vec::new();
+        for i in 0..SESSIONS_PER_KEY_MAX {
+            let (send, recv, first) = welcomed(conn.clone()).await;
+            assert!(
+                matches!(first, Frame::Welcome { .. }),
+                "session {i}: {first:?}"
+            );
+            held.push((send, recv));
+        }
+        let (_, _, first) = welcomed(conn.clone()).await;
+        assert!(
+            matches!(&first, Frame::Error { code: ErrorCode::Busy, message } if message.contains("sessions")),
+            "{first:?}"
+        );
+        // One ends (its client finishes the stream): a new one is admitted.
+        let (mut send, mut recv) = held.pop().unwrap();
+        let _ = send.finish();
+        while let Ok(Some(_)) = read_frame(&mut recv).await {}
+        let (_, _, first) = welcomed(conn.clone()).await;
+        assert!(matches!(first, Frame::Welcome { .. }), "{first:?}");
+    });
+}

@@ -279,6 +279,10 @@ enum Data {
     Short,
     /// The bytes and their hash, honestly.
     Honest,
+    /// Nothing at all: the stream is held open (and the connection answers keep-alives).
+    Stall,
+    /// The run's header, then one byte a second.
+    Trickle,
 }
 
 /// Serves one pull on 127.0.0.1 with the server key in `state`: the manifest `entries`
@@ -325,10 +329,32 @@ fn pull_from_liar(
             }
         };
         let streams = async {
+            let mut held = Vec::new();
             while let Some((mut s, mut r)) = conn.accept_bi().await {
                 let Ok(Some(Frame::Get(run))) = read_frame(&mut r).await else {
                     continue;
                 };
+                let header = Frame::Data {
+                    chunk_count: run.chunk_count,
+                };
+                match data {
+                    Data::Stall => {
+                        held.push((s, r));
+                        continue;
+                    }
+                    Data::Trickle => {
+                        let trickle = async move {
+                            let _ = write_frame(&mut s, &header).await;
+                            while s.write_all(&[CODEC_RAW]).await.is_ok() {
+                                tpc_engine::rt::sleep(std::time::Duration::from_secs(1)).await;
+                            }
+                            drop(r);
+                        };
+                        tpc_engine::rt::spawn_local(trickle).detach();
+                        continue;
+                    }
+                    _ => {}
+                }
                 let size = sizes.get(run.file as usize).copied().unwrap_or(0) as usize;
                 let chunk = vec![b'x'; size];
                 let body = match data {
@@ -338,11 +364,9 @@ fn pull_from_liar(
                         let hash = blake3::hash(&chunk);
                         [&[CODEC_RAW][..], &chunk, hash.as_bytes()].concat()
                     }
+                    Data::Stall | Data::Trickle => unreachable!("answered above"),
                 };
-                let data = Frame::Data {
-                    chunk_count: run.chunk_count,
-                };
-                let _ = write_frame(&mut s, &data).await;
+                let _ = write_frame(&mut s, &header).await;
                 let _ = s.write_all(&body).await;
                 let _ = s.finish();
             }
@@ -363,8 +387,9 @@ fn pull_from_liar(
         client_state,
         format!("tpc://127.0.0.1:{port}/src/"),
         dest,
-        // The liar is a QUIC server only, whatever transport the suite runs over.
-        &["--accept-new", "--transport", "quic"],
+        // The liar is a QUIC server only, whatever transport the suite runs over. A
+        // stalling liar is given up after 2 s without progress.
+        &["--accept-new", "--transport", "quic", "--timeout", "2"],
     );
     client_exited.store(true, std::sync::atomic::Ordering::Relaxed);
     server.join().unwrap();
@@ -462,6 +487,27 @@ fn a_pulling_client_confines_and_verifies_what_a_lying_server_sends() {
             "{what}: left {:?}",
             tree(&dest)
         );
+    }
+    // A server that answers keep-alives but sends nothing, or a byte a second: the
+    // client gives up after `--timeout` without progress (exit 8, "no progress") instead
+    // of waiting for ever, and leaves nothing behind.
+    for (what, data) in [("a stall", Data::Stall), ("a trickle", Data::Trickle)] {
+        let dest = s.path(&format!("dest-{}", what.replace(' ', "-")));
+        let started = std::time::Instant::now();
+        let out = pull_from_liar(&ss, &cs, &dest, vec![top.clone(), file(b"f")], data);
+        assert_eq!(code(&out), 8, "{what}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("no progress"),
+            "{what}: {}",
+            stderr(&out)
+        );
+        assert_eq!(
+            tree(&dest),
+            Vec::<String>::new(),
+            "{what}: left {:?}",
+            tree(&dest)
+        );
+        eprintln!("{what}: given up after {:?}", started.elapsed());
     }
     // The same fake server, honest: the pull completes (the harness itself is sound).
     let dest = s.path("dest-honest");

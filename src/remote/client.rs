@@ -41,13 +41,14 @@ use tpc_engine::tcp;
 use tpc_engine::transport::{Connection, Error as TransportError, Kind, SendStream, Why};
 use tpc_engine::{Driver, Durability, Listed, SourceChanged};
 
-use super::data::{open_direct, receive_run, send_run, DataError, RunLog, Savings};
+use super::data::{open_direct, receive_run, send_run, DataError, Progress, RunLog, Savings};
 use tpc_engine::temp::RunLock;
 
 use super::receiver::{full_path, off_thread, temp_path, Failure, Receiver};
 use super::{
-    congestion::Congestion, expect_answer, expect_end, read_frame, transport_config, write_frame,
-    RemoteSpec, SessionError, TransportChoice, AUTO_QUIC_WAIT, CLOSE_DONE, CONNECT_TIMEOUT,
+    congestion::Congestion, expect_answer, expect_end, read_frame, transport_config,
+    unless_stalled, write_frame, RemoteSpec, SessionError, TransportChoice, AUTO_QUIC_WAIT,
+    CLOSE_DONE, CONNECT_TIMEOUT,
 };
 use crate::auth::{self, Identity, KnownServers, ServerTrust};
 use crate::copy::{beneath, hold_tree, landing_base, local_dest, local_target};
@@ -71,6 +72,8 @@ pub struct RemoteOptions {
     pub compression: Compression,
     /// `--transport`.
     pub transport: TransportChoice,
+    /// `--timeout`: how long the session may make no progress; `None` for ever.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// setuid and setgid are never sent as such: ownership is not transferred.
@@ -146,6 +149,8 @@ struct Work {
     /// A push's sources, held open (`PushSource`).
     src_roots: Vec<Arc<Root>>,
     compression: Compression,
+    /// Chunks moved by every shard's streams, for the session's stall watchdog.
+    progress: Progress,
 }
 
 enum Msg {
@@ -197,6 +202,9 @@ struct Job {
     quiet: bool,
     compression: Compression,
     plan: Mutex<Option<Plan>>,
+    /// `--timeout`, and what the session's watchdog watches.
+    timeout: Option<std::time::Duration>,
+    progress: Progress,
 }
 
 enum Plan {
@@ -302,6 +310,8 @@ fn run(remote: RemoteSpec, opts: &RemoteOptions, plan: Plan) -> Exit {
         quiet: opts.quiet,
         compression: opts.compression,
         plan: Mutex::new(Some(plan)),
+        timeout: opts.timeout,
+        progress: Progress::default(),
     });
     let shard_count = opts.shard_count;
     let outs =
@@ -936,7 +946,7 @@ async fn move_range(
         let changed = |e: SourceChanged| Failure::new(ErrorCode::Changed, format!("{what}: {e}"));
         src.listed.check(&opened, f.size).map_err(changed)?;
         let file = File::from_std(opened);
-        let mut log = RunLog::default();
+        let mut log = RunLog::watched_by(&work.progress);
         let sent = send_run(
             &file,
             &what,
@@ -987,7 +997,7 @@ async fn move_range(
         let direct = open_direct(root, tmp, run.size, &fd);
         let file = File::from_std(fd);
         let what = tmp.to_string();
-        let mut log = RunLog::default();
+        let mut log = RunLog::watched_by(&work.progress);
         let got = receive_run(
             &mut recv,
             &file,
@@ -1002,6 +1012,15 @@ async fn move_range(
         record_latencies(latency, log.times.iter().map(|&t| (asked, t)));
         got.map(|n| (n, log.saved)).map_err(data_failure)
     }
+}
+
+/// Why a session that stopped making progress is given up (`--timeout`).
+fn stall_message(job: &Job) -> String {
+    format!(
+        "server {} made no progress for {} s (--timeout): giving up",
+        job.remote.authority,
+        job.timeout.map_or(0, |t| t.as_secs())
+    )
 }
 
 /// How shard 0 reports a failure that ends the session.
@@ -1345,15 +1364,22 @@ impl SessionDriver<'_> {
                 return outcome.map_err(ended);
             }
             let next = async { events.recv().await.ok() };
-            let ev = if s.wants_frame() {
-                let frame = async {
-                    Some(Ev::Frame(
-                        frames.recv().await.unwrap_or(Err(SessionError::Ended)),
-                    ))
-                };
-                futures_lite::future::or(frame, next).await
-            } else {
-                next.await
+            let wants_frame = s.wants_frame();
+            let wait = async {
+                if wants_frame {
+                    let frame = async {
+                        Some(Ev::Frame(
+                            frames.recv().await.unwrap_or(Err(SessionError::Ended)),
+                        ))
+                    };
+                    futures_lite::future::or(frame, next).await
+                } else {
+                    next.await
+                }
+            };
+            // Both waits are on channels, so a wait given up by the watchdog loses nothing.
+            let Some(ev) = unless_stalled(self.job.timeout, &self.job.progress, wait).await else {
+                return Err((Exit::Network, stall_message(self.job)));
             };
             match ev {
                 Some(Ev::Range(file, result)) => s.handle_run(file, result),
@@ -1524,6 +1550,7 @@ impl SessionDriver<'_> {
             ranges: runs,
             local_root: self.local_root.clone(),
             src_roots: std::mem::take(&mut self.src_roots),
+            progress: self.job.progress.clone(),
             compression: self.job.compression,
         });
         for peer in 1..self.shard_count {

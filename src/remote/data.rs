@@ -4,6 +4,8 @@
 //! run, decode every chunk (or take it from the old version of the file) and verify it
 //! against its hash, and only then write it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -168,6 +170,39 @@ pub struct RunLog {
     /// When each chunk was read off disk (sender) or verified and written (receiver).
     pub times: Vec<Instant>,
     pub saved: Savings,
+    /// Where each chunk is also counted for a stall watchdog (`super::unless_stalled`).
+    pub progress: Option<Progress>,
+}
+
+impl RunLog {
+    pub fn watched_by(progress: &Progress) -> RunLog {
+        RunLog {
+            progress: Some(progress.clone()),
+            ..RunLog::default()
+        }
+    }
+
+    fn chunk_done(&mut self) {
+        self.times.push(Instant::now());
+        if let Some(p) = &self.progress {
+            p.tick();
+        }
+    }
+}
+
+/// Chunks moved by a session's streams, on any shard: what tells a slow transfer from a
+/// stalled one (`super::unless_stalled`). Keep-alives and idle streams do not count.
+#[derive(Clone, Debug, Default)]
+pub struct Progress(Arc<AtomicU64>);
+
+impl Progress {
+    pub fn tick(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn seen(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 fn protocol_failure(what: &str, e: impl std::fmt::Display) -> DataError {
@@ -240,7 +275,7 @@ pub async fn send_run(
         } else {
             None
         };
-        log.times.push(Instant::now());
+        log.chunk_done();
         let bytes: &[u8] = data.as_deref().unwrap_or(&[]);
         // Where the receiver has an old version of this chunk, hash it first: if the
         // hashes match, only the codec byte and the hash travel.
@@ -677,7 +712,7 @@ pub async fn receive_run(
         if n > 0 {
             buf = write_chunk(file, &mut direct, buf, pos, what).await?;
         }
-        log.times.push(Instant::now());
+        log.chunk_done();
     }
     expect_end(recv).await.map_err(|e| match e {
         SessionError::Trailing => DataError::Local(Failure::new(

@@ -23,7 +23,8 @@ use tpc_core::window::{
     FLOW_WINDOW_BYTES_INITIAL, SEND_WINDOW_BYTES_INITIAL, STREAMS_IN_FLIGHT_MAX,
     STREAM_WINDOW_BYTES,
 };
-use tpc_core::wire::{Frame, WireError, FRAME_HEADER_BYTES};
+use tpc_core::wire::{ErrorCode, Frame, WireError, FRAME_HEADER_BYTES};
+use tpc_engine::rt;
 use tpc_engine::transport::{Error as TransportError, ReadExactError, RecvStream, SendStream};
 
 /// Port `serve` listens on by default (shard 0; shard i listens on this + i).
@@ -48,6 +49,8 @@ const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Application close codes (QUIC CONNECTION_CLOSE), seen by the peer.
 pub const CLOSE_DONE: u32 = 0;
+/// The server is over a limit of its own (`tpc_core::admission`): the reason says which.
+pub const CLOSE_BUSY: u32 = ErrorCode::Busy as u32;
 
 /// Transport parameters for a connection whose path carries UDP payloads up to
 /// `udp_payload_max` (from the route's MTU). The connection's windows start at
@@ -173,6 +176,36 @@ pub enum TransportChoice {
 /// handshake takes one round trip and a little; this leaves room for slow paths and
 /// still starts a blocked transfer within a few seconds.
 pub const AUTO_QUIC_WAIT: Duration = Duration::from_millis(1500);
+
+/// `--timeout` when not given, on both ends: a session that moves no chunk and no control
+/// frame for this long is given up. Long enough that a plan of a million files, or a
+/// 4 MiB chunk on one of 32 streams sharing a 10 Mbit/s path (about 110 s), is not
+/// mistaken for a stall; short enough that a stalled peer does not hold a transfer (or a
+/// server's reserved space) for long. Keep-alives keep a connection open; only this
+/// ends a peer that answers them and does nothing else.
+pub const STALL_TIMEOUT_DEFAULT: Duration = Duration::from_secs(600);
+
+/// Runs `fut` for as long as `progress` moves: `None` once a whole `timeout` passed in
+/// which it did not (`fut` is then dropped), and never with no timeout (`--timeout 0`).
+pub async fn unless_stalled<F: std::future::Future>(
+    timeout: Option<Duration>,
+    progress: &data::Progress,
+    fut: F,
+) -> Option<F::Output> {
+    let Some(timeout) = timeout else {
+        return Some(fut.await);
+    };
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        let seen = progress.seen();
+        if let Some(out) = rt::within(timeout, fut.as_mut()).await {
+            return Some(out);
+        }
+        if progress.seen() == seen {
+            return None;
+        }
+    }
+}
 
 /// Why a session with a peer failed, for the one-line message and the exit code.
 #[derive(Debug)]

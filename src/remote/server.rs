@@ -16,9 +16,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use tpc_core::admission::Admission;
 use tpc_core::codec::{Compression, CODECS_SAME};
 use tpc_core::relpath::RelPath;
 use tpc_core::session::server::{
@@ -33,7 +34,7 @@ use tpc_engine::tcp;
 use tpc_engine::transport::{Connection, RecvStream, SendStream};
 
 use super::congestion::Congestion;
-use super::data::{open_direct, receive_run, send_run, DataError, RunLog};
+use super::data::{open_direct, receive_run, send_run, DataError, Progress, RunLog};
 use tpc_engine::temp::RunLock;
 
 use super::receiver::{
@@ -41,10 +42,10 @@ use super::receiver::{
     SessionShare,
 };
 use super::{
-    expect_end, read_frame, transport_config, write_frame, SessionError, TransportChoice,
-    CONNECT_TIMEOUT,
+    expect_end, read_frame, transport_config, unless_stalled, write_frame, SessionError,
+    TransportChoice, CLOSE_BUSY, CONNECT_TIMEOUT,
 };
-use crate::auth::{self, AuthorizedClients, Identity};
+use crate::auth::{self, AuthorizedClients, Fingerprint, Identity};
 use crate::exit::Exit;
 
 /// A line for the operator on stderr. A server outlives the terminal it started from: a
@@ -68,6 +69,8 @@ pub struct ServeOptions {
     pub driver: tpc_engine::Driver,
     /// `--transport`: QUIC, TCP, or both (on the same port numbers).
     pub transport: TransportChoice,
+    /// `--timeout`: a session that makes no progress this long is ended; `None` never.
+    pub timeout: Option<Duration>,
 }
 
 struct Shared {
@@ -77,25 +80,44 @@ struct Shared {
     /// What every session and stream is told or checked against.
     facts: ServerFacts,
     sessions: Arc<Sessions>,
+    /// `--timeout`: how long a session may make no progress.
+    timeout: Option<Duration>,
+    /// Connections and sessions held per client key and in total (all shards).
+    admission: Arc<Mutex<Admission<Fingerprint>>>,
 }
 
-/// The push sessions in progress (on any shard), with what they share with their data
-/// streams: a data stream writes only for a session here, and only what its plan asked
-/// for. Looked up once per data stream; the lock is held only to clone an `Arc`.
+/// The sessions in progress (on any shard), with what they share with their data
+/// streams: a data stream writes only for a push session here, and only what its plan
+/// asked for; the chunks every data stream moves count as its session's progress. Looked
+/// up once per data stream; the lock is held only to clone an `Arc`.
 #[derive(Default)]
-struct Sessions(Mutex<HashMap<u64, Arc<SessionShare>>>);
+struct Sessions(Mutex<HashMap<u64, Arc<Live>>>);
+
+/// A session in progress, as its data streams see it.
+#[derive(Default)]
+struct Live {
+    /// Chunks its data streams moved, push or pull (`super::unless_stalled`).
+    progress: Progress,
+    /// What a push's plan shares with its data streams, once planned.
+    share: OnceLock<Arc<SessionShare>>,
+}
 
 impl Sessions {
-    /// Publishes `files` of `session` until the returned guard is dropped.
-    fn publish(self: &Arc<Self>, session: u64, files: Arc<SessionShare>) -> Published {
-        self.0.lock().expect("not poisoned").insert(session, files);
+    /// Publishes `session` until the returned guard is dropped.
+    fn publish(self: &Arc<Self>, session: u64) -> Published {
+        let live = Arc::new(Live::default());
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .insert(session, live.clone());
         Published {
             sessions: self.clone(),
             session,
+            live,
         }
     }
 
-    fn get(&self, session: u64) -> Option<Arc<SessionShare>> {
+    fn get(&self, session: u64) -> Option<Arc<Live>> {
         self.0.lock().expect("not poisoned").get(&session).cloned()
     }
 }
@@ -104,6 +126,7 @@ impl Sessions {
 struct Published {
     sessions: Arc<Sessions>,
     session: u64,
+    live: Arc<Live>,
 }
 
 impl Drop for Published {
@@ -208,6 +231,8 @@ pub fn run(opts: ServeOptions) -> Exit {
     let read_only = opts.read_only;
     let congestion = opts.congestion;
     let sessions = Arc::new(Sessions::default());
+    let admission = Arc::new(Mutex::new(Admission::default()));
+    let timeout = opts.timeout;
     // This server's run lock, held while it serves: its sessions' temporaries are alive
     // for any other run that sweeps the tree (`tpc_engine::temp`).
     let _run_lock = (!read_only)
@@ -226,6 +251,8 @@ pub fn run(opts: ServeOptions) -> Exit {
                     ports: ports.clone(),
                 },
                 sessions: sessions.clone(),
+                timeout,
+                admission: admission.clone(),
             });
             let crypto = crypto.clone();
             let tls = tls.clone();
@@ -385,13 +412,55 @@ fn bind_retrying<S>(
     }
 }
 
+/// Serves an authenticated connection's streams, if its client key is within the
+/// connection limits (`tpc_core::admission`); refuses it with `CLOSE_BUSY` otherwise.
 async fn serve_connection(conn: Connection, shared: Rc<Shared>) {
+    let key = conn
+        .peer_certificate()
+        .and_then(|c| Fingerprint::of_certificate(&c).ok());
+    let Some(key) = key else {
+        // The handshake admits only keys in authorized-clients; never reached.
+        return conn.close(CLOSE_BUSY, b"no client key");
+    };
+    if let Err(r) = shared.admit(|a| a.connect(&key)) {
+        log!("tpc-xfer: refused a connection of {key}: {}", r.message());
+        return conn.close(CLOSE_BUSY, r.message().as_bytes());
+    }
+    let _held = Admitted {
+        shared: shared.clone(),
+        key,
+        end: Admission::connection_ended,
+    };
     while let Some((send, recv)) = conn.accept_bi().await {
-        rt::spawn_local(serve_stream(send, recv, shared.clone())).detach();
+        rt::spawn_local(serve_stream(send, recv, shared.clone(), key)).detach();
     }
 }
 
-async fn serve_stream(mut send: SendStream, mut recv: RecvStream, shared: Rc<Shared>) {
+impl Shared {
+    fn admit<R>(&self, f: impl FnOnce(&mut Admission<Fingerprint>) -> R) -> R {
+        f(&mut self.admission.lock().expect("not poisoned"))
+    }
+}
+
+/// A connection or session admitted for `key`, given back when dropped.
+struct Admitted {
+    shared: Rc<Shared>,
+    key: Fingerprint,
+    end: fn(&mut Admission<Fingerprint>, &Fingerprint),
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.shared.admit(|a| (self.end)(a, &self.key));
+    }
+}
+
+async fn serve_stream(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    shared: Rc<Shared>,
+    key: Fingerprint,
+) {
     let first = match read_frame(&mut recv).await {
         Ok(f) => f,
         Err(SessionError::Wire(e)) => {
@@ -400,7 +469,17 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream, shared: Rc<Sha
         Err(_) => return,
     };
     let result = match open_stream(first, &shared.facts, new_session_id) {
-        Opened::Control(session) => return control(&mut send, &mut recv, &shared, *session).await,
+        Opened::Control(session) => match shared.admit(|a| a.start_session(&key)) {
+            Ok(()) => {
+                let _held = Admitted {
+                    shared: shared.clone(),
+                    key,
+                    end: Admission::session_ended,
+                };
+                return control(&mut send, &mut recv, &shared, *session).await;
+            }
+            Err(r) => Err(Failure::new(ErrorCode::Busy, r.message())),
+        },
         Opened::Put(p) => put(&mut send, &mut recv, &shared, p).await,
         Opened::Get(g) => match expect_end(&mut recv).await {
             // A Get is the whole request.
@@ -471,11 +550,10 @@ async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> 
 }
 
 /// What a control stream's session has on this end: the push's receiver once planned,
-/// and its small files published for the data streams (`Sessions`).
-#[derive(Default)]
+/// and the session as its data streams see it (`Sessions`).
 struct Held {
     receiver: Option<Receiver>,
-    published: Option<Published>,
+    published: Published,
 }
 
 /// Drives a control stream's session (`tpc_core::session::server`): reads its frames
@@ -487,7 +565,11 @@ async fn control(
     shared: &Shared,
     mut session: ServerSession,
 ) {
-    let mut held = Held::default();
+    let mut held = Held {
+        receiver: None,
+        published: shared.sessions.publish(session.session_id()),
+    };
+    let progress = held.published.live.progress.clone();
     let outcome = 'session: loop {
         while let Some(f) = session.poll_transmit() {
             if let Err(e) = write_frame(send, &f).await {
@@ -506,7 +588,13 @@ async fn control(
             // The machine's contract rules this out; never hang on it.
             break Err(Failure::new(ErrorCode::Io, "internal: the session stalled"));
         }
-        match read_frame(recv).await {
+        // Waiting on the client: it must send a frame, or its data streams move chunks,
+        // within every `--timeout`; keep-alives alone do not hold the session (and the
+        // space its plan reserved).
+        let Some(frame) = unless_stalled(shared.timeout, &progress, read_frame(recv)).await else {
+            break Err(stalled(send, shared.timeout).await);
+        };
+        match frame {
             Ok(Some(f)) => session.handle_frame(f),
             Err(SessionError::Wire(e)) => session.handle_malformed(e.to_string()),
             // The client went away.
@@ -514,7 +602,12 @@ async fn control(
             Err(e) => break Err(session_failure(e)),
         }
     };
-    drop(held.published.take());
+    let Held {
+        receiver,
+        published,
+    } = held;
+    drop(published);
+    let mut receiver = receiver;
     match outcome {
         Ok(()) => {
             let _ = send.finish();
@@ -523,11 +616,35 @@ async fn control(
             log!("tpc-xfer: refused: {}", f.message);
             let _ = send.finish();
             // Leave no temporary file behind.
-            if let Some(mut r) = held.receiver.take() {
+            if let Some(mut r) = receiver.take() {
                 blocking(move || r.abort()).await;
             }
         }
     }
+}
+
+/// Tells the client of a session that stopped making progress why it ends (if it still
+/// reads), and what to log.
+async fn stalled(send: &mut SendStream, timeout: Option<Duration>) -> Failure {
+    let f = no_progress(timeout);
+    let error = Frame::Error {
+        code: f.code,
+        message: f.message.clone(),
+    };
+    // A client that stalled may not read either: do not wait on it for long.
+    let _ = rt::within(Duration::from_secs(1), write_frame(send, &error)).await;
+    f
+}
+
+/// Why a session or its stream was given up by the stall watchdog.
+fn no_progress(timeout: Option<Duration>) -> Failure {
+    Failure::new(
+        ErrorCode::Busy,
+        format!(
+            "no progress for {} s (--timeout): given up",
+            timeout.map_or(0, |t| t.as_secs())
+        ),
+    )
 }
 
 /// Carries out one request of a control stream's session and feeds back the answer.
@@ -574,7 +691,7 @@ async fn carry_out(
             held.receiver = Some(r);
             let planned = off_thread(&mut held.receiver, |r| r.plan()).await;
             let lazy = held.receiver.as_ref().expect("put back").stream_share();
-            held.published = Some(shared.sessions.publish(id, lazy));
+            let _ = held.published.live.share.set(lazy);
             session.handle_planned(Ok(planned));
         }
         Request::Commit(files) => {
@@ -605,16 +722,15 @@ async fn put(
 ) -> Result<(), Failure> {
     let full = parse_path(&p.path)?;
     let tmp = temp_path(&full, p.session, p.file)?;
-    let share = shared
-        .sessions
-        .get(p.session)
-        .ok_or_else(|| Failure::protocol(format!("{full}: no push session {} here", p.session)))?;
+    let no_session = || Failure::protocol(format!("{full}: no push session {} here", p.session));
+    let live = shared.sessions.get(p.session).ok_or_else(no_session)?;
+    let share = live.share.get().ok_or_else(no_session)?;
     let bound = !share.files.contains_key(&p.file);
     let arrivals = || share.arrivals.lock().expect("not poisoned");
     if bound {
         arrivals().claim(p.file, p.chunk_first, p.chunk_count)?;
     }
-    let written = write_run(recv, shared, &share, &p, &full, &tmp).await;
+    let written = write_run(recv, shared, share, &live, &p, &full, &tmp).await;
     if bound {
         match written {
             Ok(()) => arrivals().arrived(p.file, p.chunk_first),
@@ -636,6 +752,7 @@ async fn write_run(
     recv: &mut RecvStream,
     shared: &Shared,
     share: &SessionShare,
+    live: &Live,
     p: &Run,
     full: &RelPath,
     tmp: &RelPath,
@@ -667,8 +784,10 @@ async fn write_run(
     } else {
         None
     };
-    let mut log = RunLog::default(); // per-chunk timing is the client's to report
-    let result = receive_run(
+    // Per-chunk timing is the client's to report; the chunks count as the session's
+    // progress, and a run that makes none while its session makes none is given up.
+    let mut log = RunLog::watched_by(&live.progress);
+    let run = receive_run(
         recv,
         &file,
         direct.as_ref(),
@@ -676,8 +795,10 @@ async fn write_run(
         p,
         old.as_ref(),
         &mut log,
-    )
-    .await;
+    );
+    let result = unless_stalled(shared.timeout, &live.progress, run)
+        .await
+        .unwrap_or_else(|| Err(DataError::Local(no_progress(shared.timeout))));
     let result = match lazy {
         Some(lazy) => {
             let finished = match result {
@@ -790,10 +911,20 @@ async fn get(send: &mut SendStream, shared: &Shared, g: Run) -> Result<(), Failu
     .map_err(session_failure)?;
     let file = File::from_std(fd);
     let what = full.to_string();
-    let mut log = RunLog::default(); // per-chunk timing is the client's to report
-                                     // The client's `codecs` say whether it takes compressed chunks; which ones pay is
-                                     // decided here, chunk by chunk.
-    let result = send_run(&file, &what, &g, &[], Compression::Auto, send, &mut log).await;
+    // Per-chunk timing is the client's to report; the chunks count as the session's
+    // progress (a Get of no session here counts on its own), and a run that makes none
+    // while its session makes none is given up.
+    let progress = shared
+        .sessions
+        .get(g.session)
+        .map_or_else(Progress::default, |l| l.progress.clone());
+    let mut log = RunLog::watched_by(&progress);
+    // The client's `codecs` say whether it takes compressed chunks; which ones pay is
+    // decided here, chunk by chunk.
+    let run = send_run(&file, &what, &g, &[], Compression::Auto, send, &mut log);
+    let result = unless_stalled(shared.timeout, &progress, run)
+        .await
+        .unwrap_or_else(|| Err(DataError::Local(no_progress(shared.timeout))));
     // End the stream before anything else can yield: the client is waiting for its end.
     let finished = result.is_ok().then(|| send.finish());
     let _ = file.close().await;

@@ -6,6 +6,7 @@
 //! range was hashed, a shard reported back, a file was written — and carry out what it
 //! decides. That keeps the decisions deterministic and testable without any I/O.
 
+pub mod admission;
 pub mod assembly;
 pub mod codec;
 pub mod commit;

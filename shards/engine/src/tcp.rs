@@ -483,6 +483,12 @@ impl Connection {
         self.state.borrow().remote_addr
     }
 
+    /// The certificate the peer proved it holds the key of (the first of its chain).
+    pub fn peer_certificate(&self) -> Option<rustls::pki_types::CertificateDer<'static>> {
+        let st = self.state.borrow();
+        Some(st.tls.peer_certificates()?.first()?.clone().into_owned())
+    }
+
     /// Why the connection is gone, once it is.
     pub fn lost(&self) -> Option<Error> {
         self.state.borrow().lost.clone()

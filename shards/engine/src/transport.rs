@@ -189,6 +189,20 @@ impl Connection {
         }
     }
 
+    /// The certificate the peer proved it holds the key of, once the handshake is done:
+    /// what the server identifies a client by.
+    pub fn peer_certificate(&self) -> Option<rustls::pki_types::CertificateDer<'static>> {
+        match self {
+            Connection::Quic(c) => {
+                let chain = c.peer_identity()?;
+                let chain =
+                    chain.downcast_ref::<Vec<rustls::pki_types::CertificateDer<'static>>>()?;
+                chain.first().cloned()
+            }
+            Connection::Tcp(c) => c.peer_certificate(),
+        }
+    }
+
     /// Whether the connection is gone.
     pub fn is_lost(&self) -> bool {
         match self {
