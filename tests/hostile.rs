@@ -712,21 +712,36 @@ fn rss_bytes(pid: u32) -> u64 {
 /// announced (up to 4 MiB) before a byte of the payload arrived: 4 connections of 60
 /// header-only streams took it from 21 MB to 520 MB. A payload's buffer now grows as its
 /// bytes arrive. The server's resident memory may grow by less than 100 MB while the
-/// streams hang there.
+/// streams hang there (from its size after one real push), and a real push from another
+/// client completes meanwhile.
 #[test]
 fn header_only_frames_do_not_make_the_server_allocate_what_they_announce() {
     use std::time::Duration;
     let s = Scratch::new("hostile-headers");
     let (cs, ss) = keys(&s);
+    // A second client, authorized beside the first.
+    let other = s.path("other-state");
+    let other_key = tpc(&[os("id"), os("--state"), other.clone().into()]);
+    let mut authorized = std::fs::read_to_string(ss.join("authorized-clients")).unwrap();
+    authorized.push_str(&String::from_utf8_lossy(&other_key.stdout));
+    std::fs::write(ss.join("authorized-clients"), authorized).unwrap();
     let server = Server::start(&s.path("root"), &ss);
     let pid = server.child.id();
+    // A real push first: the server's idle size is that of a server that has served one
+    // (the data path keeps its buffers for the next transfer).
+    let src = s.path("real");
+    random_file(&src, 32 << 20, 11);
+    let out = copy(&other, &src, server.url("warm"), &["--accept-new"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
     let idle = rss_bytes(pid);
     let mut header = vec![1u8];
     header.extend_from_slice(&(tpc_core::wire::FRAME_BYTES_MAX as u32).to_le_bytes());
+    let attacking = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let clients: Vec<_> = (0..4)
         .map(|_| {
             let (cs, header) = (cs.clone(), header.clone());
             let port = server.port;
+            let attacking = attacking.clone();
             std::thread::spawn(move || {
                 with_connection(&cs, port, move |conn| async move {
                     let mut streams = Vec::new();
@@ -739,21 +754,47 @@ fn header_only_frames_do_not_make_the_server_allocate_what_they_announce() {
                         }
                         streams.push((send, recv));
                     }
-                    tpc_engine::rt::sleep(Duration::from_secs(3)).await;
+                    // Held at least 2 s, and until the real push is done.
+                    tpc_engine::rt::sleep(Duration::from_secs(2)).await;
+                    while attacking.load(std::sync::atomic::Ordering::Relaxed) {
+                        tpc_engine::rt::sleep(Duration::from_millis(50)).await;
+                    }
                     drop(streams);
                 })
             })
         })
         .collect();
     let mut peak = idle;
-    for _ in 0..20 {
+    for _ in 0..10 {
         std::thread::sleep(Duration::from_millis(100));
         peak = peak.max(rss_bytes(pid));
     }
+    // Meanwhile, another client pushes a real file.
+    let push = std::thread::spawn({
+        let (other, url) = (other.clone(), server.url("real"));
+        move || copy(&other, &src, url, &["--accept-new"])
+    });
+    while !push.is_finished() {
+        std::thread::sleep(Duration::from_millis(100));
+        peak = peak.max(rss_bytes(pid));
+    }
+    let out = push.join().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_identical(&s.path("real"), &s.path("root/real"));
+    attacking.store(false, std::sync::atomic::Ordering::Relaxed);
     for c in clients {
         c.join().unwrap();
     }
     let grew = peak.saturating_sub(idle);
+    // Not asserted: the size after. It stays near the peak (12-34 MiB above `idle` in
+    // the runs so far); neither the receive pools, glibc's arenas nor malloc_trim
+    // explained it (docs/PROTOCOL.md, "Limits").
+    eprintln!(
+        "idle {} MiB, peak {} MiB, after {} MiB",
+        idle >> 20,
+        peak >> 20,
+        rss_bytes(pid) >> 20
+    );
     assert!(
         grew < 100 << 20,
         "the server grew by {} MiB (from {} MiB) under header-only streams",
