@@ -1080,3 +1080,71 @@ fn a_key_runs_at_most_its_share_of_sessions() {
         assert!(matches!(first, Frame::Welcome { .. }), "{first:?}");
     });
 }
+
+/// Issue 25, finding 3: a manifest of a few bytes made the server reserve whatever size
+/// it announced. A session's plan now reserves at most `RESERVED_BYTES_PER_SESSION_MAX`;
+/// the files past it are sized but hold no blocks until their data arrives, and
+/// everything goes when the session does.
+#[test]
+fn a_session_reserves_at_most_its_limit_of_disk_space() {
+    use std::os::unix::fs::MetadataExt;
+    use tpc_xfer::remote::receiver::RESERVED_BYTES_PER_SESSION_MAX as MAX;
+    let s = Scratch::new("hostile-reserve");
+    let (cs, ss) = keys(&s);
+    let root = s.path("root");
+    let server = Server::start(&root, &ss);
+    let (first, second) = (MAX - (1 << 30), 2 << 30);
+    let root2 = root.clone();
+    with_connection(&cs, server.port, move |conn| async move {
+        let dir = Entry {
+            kind: WireKind::Dir,
+            size: 0,
+            mode: 0o755,
+            ..file(b"")
+        };
+        let big = |name: &[u8], size| Entry { size, ..file(name) };
+        let (mut ctl, mut ctl_recv) = conn.open_bi().await.unwrap();
+        for f in [
+            push(b"d"),
+            Frame::Entries(vec![dir, big(b"a", first), big(b"b", second)]),
+            Frame::EntriesEnd { count: 3 },
+        ] {
+            write_frame(&mut ctl, &f).await.unwrap();
+        }
+        loop {
+            match read_frame(&mut ctl_recv).await.unwrap() {
+                Some(Frame::NeedEnd) => break,
+                Some(Frame::Error { message, .. }) => panic!("{message}"),
+                None => panic!("the session ended before its needs"),
+                Some(_) => {}
+            }
+        }
+        let mut allocated: Vec<(u64, u64)> = temporaries(&root2)
+            .iter()
+            .map(|t| {
+                let m = std::fs::metadata(root2.join(t)).unwrap();
+                (m.len(), m.blocks() * 512)
+            })
+            .collect();
+        allocated.sort();
+        assert_eq!(allocated.len(), 2, "{allocated:?}");
+        assert_eq!(
+            allocated[0],
+            (second, 0),
+            "the file past the limit is not reserved"
+        );
+        assert_eq!(allocated[1].0, first);
+        assert!(
+            allocated[1].1 >= first,
+            "the first file is reserved: {allocated:?}"
+        );
+        // The client goes: the session, its temporary files and their space go too.
+        let _ = ctl.finish();
+        while let Ok(Some(_)) = read_frame(&mut ctl_recv).await {}
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !temporaries(&root).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(temporaries(&root), Vec::<std::path::PathBuf>::new());
+}

@@ -64,7 +64,6 @@ struct Planned {
 pub const LAZY_FILE_BYTES_MAX: u64 = 1024 * 1024;
 
 const _: () = assert!(LAZY_FILE_BYTES_MAX <= CHUNK_SIZE_BYTES);
-#[cfg(target_os = "linux")]
 const _: () = assert!(LAZY_FILE_BYTES_MAX <= RESERVE_FILE_BYTES_MIN);
 
 /// A file whose temporary file its data stream creates: what the stream must match, and
@@ -155,6 +154,8 @@ pub struct Receiver {
     /// copy's summary).
     pub files_written: u64,
     pub bytes_written: u64,
+    /// Disk space reserved by the plan (`reserve`), against `RESERVED_BYTES_PER_SESSION_MAX`.
+    reserved: u64,
     /// Whether this session changed anything beneath the root (a directory's entries, so
     /// its mtime, or any file's data).
     changed: bool,
@@ -213,6 +214,7 @@ impl Receiver {
             planned: Vec::new(),
             files_written: 0,
             bytes_written: 0,
+            reserved: 0,
             changed: false,
             lazy_create: false,
             bound: false,
@@ -442,9 +444,16 @@ impl Receiver {
             Some(fd)
         };
         if let Some(fd) = fd.as_ref().filter(|_| p.entry.size > 0) {
-            // Size it now, and reserve the space of a large file: a full disk fails it
-            // here, before any of its bytes are sent.
-            if let Err(rc) = reserve(fd, p.entry.size) {
+            // Size it now, and reserve the space of a large file while the session's
+            // reservations stay within their limit: a full disk fails it here, before
+            // any of its bytes are sent.
+            let size = p.entry.size;
+            let reserving = size >= RESERVE_FILE_BYTES_MIN
+                && self.reserved + size <= RESERVED_BYTES_PER_SESSION_MAX;
+            if reserving {
+                self.reserved += size;
+            }
+            if let Err(rc) = reserve(fd, size, reserving) {
                 let _ = dir.remove_file(&tmp);
                 return Err(Failure::new(
                     ErrorCode::for_errno(rc),
@@ -854,26 +863,32 @@ pub fn io_failure(rel: &RelPath, e: &std::io::Error) -> Failure {
     )
 }
 
-/// On Linux, files from this size up have their space reserved when planned, so a full
-/// disk fails them before any of their bytes are sent. Smaller ones are only created (and
+/// Disk space one session's plan may reserve for data not yet sent: a client's manifest
+/// of a few bytes must not hold a server's disk (nor a hostile server's a pulling
+/// client's) for the length of a session (issue 25, finding 3). Files planned past it
+/// are sized but not reserved: a full disk fails them at a write instead, with the same
+/// `NoSpace`.
+pub const RESERVED_BYTES_PER_SESSION_MAX: u64 = 4 << 30;
+
+/// On Linux, files from this size up have their space reserved when planned (within
+/// `RESERVED_BYTES_PER_SESSION_MAX`), so a full disk fails them before any of their
+/// bytes are sent. Smaller ones are only created (and
 /// extended to their size, unless their data stream creates them), and a full disk fails
 /// them at their write, after at most this much was sent: reserving costs a block
 /// allocation per file now and an extent conversion at the write, and the plan runs on
 /// one thread while the data waits for it.
-#[cfg(target_os = "linux")]
 const RESERVE_FILE_BYTES_MIN: u64 = 1024 * 1024;
 
-// Every file written with direct I/O has its space reserved: direct writes never meet a
-// full disk part way through a large file.
-#[cfg(target_os = "linux")]
+// Files small enough to be written without direct I/O are never reserved: reserving
+// pays for direct writes, which then meet no allocation part way through a large file.
 const _: () = assert!(super::data::DIRECT_FILE_BYTES_MIN >= RESERVE_FILE_BYTES_MIN);
 
-/// Gives a new file its `size`; the errno on failure. From `RESERVE_FILE_BYTES_MIN` up on
-/// Linux, posix_fallocate reserves the space too. Elsewhere files are only extended
-/// (sparse), so a full disk shows up on a write instead of here.
-fn reserve(file: &std::fs::File, size: u64) -> Result<(), i32> {
+/// Gives a new file its `size`; the errno on failure. With `reserving`, on Linux,
+/// posix_fallocate reserves the space too. Otherwise (and elsewhere) files are only
+/// extended (sparse), so a full disk shows up on a write instead of here.
+fn reserve(file: &std::fs::File, size: u64, reserving: bool) -> Result<(), i32> {
     #[cfg(target_os = "linux")]
-    if size >= RESERVE_FILE_BYTES_MIN {
+    if reserving {
         use std::os::fd::AsRawFd;
         let len = libc::off_t::try_from(size).map_err(|_| libc::EFBIG)?;
         // SAFETY: valid fd.
@@ -882,5 +897,7 @@ fn reserve(file: &std::fs::File, size: u64) -> Result<(), i32> {
             errno => Err(errno),
         };
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = reserving;
     file.set_len(size).map_err(|e| os::errno_or_eio(&e))
 }
