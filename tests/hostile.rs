@@ -1148,3 +1148,95 @@ fn a_session_reserves_at_most_its_limit_of_disk_space() {
     }
     assert_eq!(temporaries(&root), Vec::<std::path::PathBuf>::new());
 }
+
+/// Issue 25, finding 3: every session's plan ran in its shard's blocking pool, where
+/// every session's direct writes and commits wait too, so a few sessions with slow plans
+/// stalled everyone. strace holds each space reservation (fallocate, which only plans
+/// make) of the server for 5 s, and four sessions plan a large file each: that filled
+/// the pool's four threads. A second client's push of a small file must complete while
+/// all four plans are still held. Plans now run on threads of their own.
+#[test]
+fn slow_plans_of_some_sessions_do_not_stall_another_clients_push() {
+    use std::io::BufRead;
+    use std::time::Instant;
+    if !strace_works() {
+        return;
+    }
+    let s = Scratch::new("hostile-slow-plans");
+    let (cs, ss) = keys(&s);
+    let other = s.path("other-state");
+    let other_key = tpc(&[os("id"), os("--state"), other.clone().into()]);
+    let mut authorized = std::fs::read_to_string(ss.join("authorized-clients")).unwrap();
+    authorized.push_str(&String::from_utf8_lossy(&other_key.stdout));
+    std::fs::write(ss.join("authorized-clients"), authorized).unwrap();
+    let server = Server::start(&s.path("root"), &ss);
+    let mut strace = std::process::Command::new("strace")
+        .args(["-f", "-o", "/dev/null", "-e", "trace=fallocate"])
+        .args(["-e", "inject=fallocate:delay_enter=5000000", "-p"])
+        .arg(server.child.id().to_string())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // strace says "Process N attached" for each of the server's threads.
+    let mut lines = std::io::BufReader::new(strace.stderr.take().unwrap()).lines();
+    assert!(lines.next().unwrap().unwrap().contains("attached"));
+    std::thread::spawn(move || lines.for_each(drop));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+    let slow = std::thread::spawn({
+        let cs = cs.clone();
+        let port = server.port;
+        move || {
+            let planned = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let out = planned.clone();
+            with_connection(&cs, port, move |conn| async move {
+                let mut controls = Vec::new();
+                for i in 0..4 {
+                    let (mut ctl, recv) = conn.open_bi().await.unwrap();
+                    let entry = Entry {
+                        size: 2 << 20,
+                        ..file(b"")
+                    };
+                    for f in [
+                        push(format!("slow{i}").as_bytes()),
+                        Frame::Entries(vec![entry]),
+                        Frame::EntriesEnd { count: 1 },
+                    ] {
+                        write_frame(&mut ctl, &f).await.unwrap();
+                    }
+                    controls.push((ctl, recv));
+                }
+                sent_tx.send(()).unwrap();
+                for (_ctl, mut recv) in controls {
+                    while let Ok(Some(f)) = read_frame(&mut recv).await {
+                        if f == Frame::NeedEnd {
+                            out.lock().unwrap().push(Instant::now());
+                            break;
+                        }
+                    }
+                }
+            });
+            std::sync::Arc::try_unwrap(planned)
+                .unwrap()
+                .into_inner()
+                .unwrap()
+        }
+    });
+    sent_rx.recv().unwrap();
+    // Let the four plans reach their reservations.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let src = s.path("small");
+    random_file(&src, 1000, 3);
+    let out = copy(&other, &src, server.url("small"), &["--accept-new"]);
+    let pushed = Instant::now();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let planned = slow.join().unwrap();
+    let _ = strace.kill();
+    let _ = strace.wait();
+    assert_eq!(planned.len(), 4);
+    assert!(
+        planned.iter().all(|&t| t > pushed),
+        "the push waited for a slow plan to finish ({} of 4 were done first)",
+        planned.iter().filter(|&&t| t <= pushed).count()
+    );
+}

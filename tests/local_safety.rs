@@ -32,22 +32,6 @@ fn binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(bin()))
 }
 
-/// Whether strace runs here and can delay a syscall; if not, says the test is skipped.
-/// (A container without ptrace has strace but cannot use it: that is a skip too.)
-fn strace_works() -> bool {
-    let ok = Command::new("strace")
-        .args(["-qq", "-o", "/dev/null", "-e", "trace=getpid"])
-        .args(["-e", "inject=getpid:delay_exit=1", "true"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("skipped: needs a working strace with syscall delay injection");
-    }
-    ok
-}
-
 /// One run of the binary (under strace, or prlimit, or setpriv), in a process group of its
 /// own so that the test can end the wrapper and the binary together if the run does not
 /// stop by itself.

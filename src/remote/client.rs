@@ -44,7 +44,7 @@ use tpc_engine::{Driver, Durability, Listed, SourceChanged};
 use super::data::{open_direct, receive_run, send_run, DataError, Progress, RunLog, Savings};
 use tpc_engine::temp::RunLock;
 
-use super::receiver::{full_path, off_thread, temp_path, Failure, Receiver};
+use super::receiver::{full_path, off_thread, temp_path, Failure, Receiver, Span};
 use super::{
     congestion::Congestion, expect_answer, expect_end, read_frame, transport_config,
     unless_stalled, write_frame, RemoteSpec, SessionError, TransportChoice, AUTO_QUIC_WAIT,
@@ -1422,12 +1422,13 @@ impl SessionDriver<'_> {
             }
             Request::Commit(files) => {
                 let r = &mut self.local_receiver;
-                let (ok, failed) = off_thread(r, move |r| r.commit(&files)).await;
+                let (ok, failed) = off_thread(r, Span::Short, move |r| r.commit(&files)).await;
                 s.handle_committed(ok, failed);
             }
             Request::Finish => {
                 let r = &mut self.local_receiver;
-                let (failed, written) = off_thread(r, |r| (r.finish(), r.files_written)).await;
+                let (failed, written) =
+                    off_thread(r, Span::Short, |r| (r.finish(), r.files_written)).await;
                 s.handle_finished(failed, written);
             }
         }
@@ -1513,7 +1514,7 @@ impl SessionDriver<'_> {
             return Ok(Err(Failure::protocol(why)));
         }
         let mut slot = Some(receiver);
-        let (needs, failed) = off_thread(&mut slot, |r| r.plan()).await;
+        let (needs, failed) = off_thread(&mut slot, Span::Long, |r| r.plan()).await;
         let receiver = slot.expect("put back");
         for item in &needs {
             let tmp = receiver.receiving(item.file).map(|(full, _)| full);

@@ -779,27 +779,43 @@ impl Receiver {
     }
 }
 
+/// How long the work handed to [`off_thread`] may take, which says where it runs.
+#[derive(Clone, Copy)]
+pub enum Span {
+    /// A commit or a finish: the shard's blocking pool, shared with the direct writes.
+    Short,
+    /// A plan of a whole manifest: a thread of its own (`rt::spawn_thread`), so that a
+    /// session's long plan never holds the pool every other session's writes and commits
+    /// wait on (issue 25, finding 3).
+    Long,
+}
+
+/// Runs `f` on the receiver in `slot` off the shard's thread (where `span` says), so that
+/// the shard's endpoint keeps answering packets while it plans, syncs and renames, and
+/// puts it back.
+pub async fn off_thread<R: Send + 'static>(
+    slot: &mut Option<Receiver>,
+    span: Span,
+    f: impl FnOnce(&mut Receiver) -> R + Send + 'static,
+) -> R {
+    let mut r = slot.take().expect("the receiver is in its slot");
+    let work = move || {
+        let out = f(&mut r);
+        (r, out)
+    };
+    let (r, out) = match span {
+        Span::Short => tpc_engine::rt::spawn_blocking(work).await,
+        Span::Long => tpc_engine::rt::spawn_thread(work).await,
+    };
+    *slot = Some(r);
+    out
+}
+
 /// However a session ends, files it never committed leave no temporary behind: a
 /// session that fails part way (a lost or hostile peer, any early return) drops its
 /// receiver without `finish`, and the temporaries it created, preallocated at full size,
 /// would stay (issue 25, finding 7). After `finish` or `abort` there is nothing left to
 /// remove.
-/// Runs `f` on the receiver in `slot` on the blocking pool, so that the shard's endpoint
-/// keeps answering packets while it plans, syncs and renames, and puts it back.
-pub async fn off_thread<R: Send + 'static>(
-    slot: &mut Option<Receiver>,
-    f: impl FnOnce(&mut Receiver) -> R + Send + 'static,
-) -> R {
-    let mut r = slot.take().expect("the receiver is in its slot");
-    let (r, out) = tpc_engine::rt::spawn_blocking(move || {
-        let out = f(&mut r);
-        (r, out)
-    })
-    .await;
-    *slot = Some(r);
-    out
-}
-
 impl Drop for Receiver {
     fn drop(&mut self) {
         self.abort();

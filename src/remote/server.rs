@@ -39,7 +39,7 @@ use tpc_engine::temp::RunLock;
 
 use super::receiver::{
     confine_failure, io_failure, off_thread, set_meta, temp_path, Failure, LazyFile, Receiver,
-    SessionShare,
+    SessionShare, Span,
 };
 use super::{
     expect_end, read_frame, transport_config, unless_stalled, write_frame, SessionError,
@@ -617,7 +617,8 @@ async fn control(
             let _ = send.finish();
             // Leave no temporary file behind.
             if let Some(mut r) = receiver.take() {
-                blocking(move || r.abort()).await;
+                // Removing a large session's temporaries is long work too.
+                rt::spawn_thread(move || r.abort()).await;
             }
         }
     }
@@ -666,7 +667,7 @@ async fn carry_out(
         }
         Request::Walk(base) => {
             let root = shared.root.clone();
-            session.handle_listed(blocking(move || list(&root, &base)).await);
+            session.handle_listed(rt::spawn_thread(move || list(&root, &base)).await);
         }
         Request::Plan {
             base,
@@ -689,20 +690,20 @@ async fn carry_out(
                 return session.handle_planned(Err(f));
             }
             held.receiver = Some(r);
-            let planned = off_thread(&mut held.receiver, |r| r.plan()).await;
+            let planned = off_thread(&mut held.receiver, Span::Long, |r| r.plan()).await;
             let lazy = held.receiver.as_ref().expect("put back").stream_share();
             let _ = held.published.live.share.set(lazy);
             session.handle_planned(Ok(planned));
         }
         Request::Commit(files) => {
             let r = &mut held.receiver;
-            let (ok, failed) = off_thread(r, move |r| r.commit(&files)).await;
+            let (ok, failed) = off_thread(r, Span::Short, move |r| r.commit(&files)).await;
             session.handle_committed(ok, failed);
         }
         Request::Finish => {
             let r = &mut held.receiver;
             let done = |r: &mut Receiver| (r.finish(), r.files_written, r.bytes_written);
-            let (failed, files, bytes) = off_thread(r, done).await;
+            let (failed, files, bytes) = off_thread(r, Span::Short, done).await;
             session.handle_finished(failed, files, bytes);
         }
     }

@@ -599,3 +599,19 @@ where
         tpc_engine::rt::run_here(driver, None, body()).expect("test shard starts")
     })
 }
+
+/// Whether strace runs here and can delay a syscall; if not, says the test is skipped.
+/// (A container without ptrace has strace but cannot use it: that is a skip too.)
+pub fn strace_works() -> bool {
+    let ok = Command::new("strace")
+        .args(["-qq", "-o", "/dev/null", "-e", "trace=getpid"])
+        .args(["-e", "inject=getpid:delay_exit=1", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped: needs a working strace with syscall delay injection");
+    }
+    ok
+}

@@ -160,6 +160,37 @@ pub async fn yield_now() {
     }
 }
 
+/// Runs long blocking work (a plan of a whole manifest, a listing of a whole tree) on a
+/// thread of its own, not in the shard's blocking pool: the pool's few threads serve
+/// every session's direct writes and commits, and one session's long work must not hold
+/// them. Falls back to the pool if no thread can be started.
+pub async fn spawn_thread<R, F>(f: F) -> R
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let work = std::sync::Arc::new(std::sync::Mutex::new(Some(f)));
+    let (tx, rx) = async_channel::bounded(1);
+    let theirs = work.clone();
+    let started = std::thread::Builder::new()
+        .name("tpc-session-work".into())
+        .spawn(move || {
+            let f = theirs.lock().expect("not poisoned").take();
+            if let Some(f) = f {
+                let _ = tx.send_blocking(f());
+            }
+        });
+    if started.is_ok() {
+        if let Ok(out) = rx.recv().await {
+            return out;
+        }
+    }
+    // No thread (out of threads or memory), or it died: the work is still here unless
+    // it panicked part way, which takes the shard down as the pool's would.
+    let f = work.lock().expect("not poisoned").take();
+    spawn_blocking(f.expect("the work panicked on its own thread")).await
+}
+
 /// Runs blocking work off the shard's thread, so its network keeps being served.
 pub async fn spawn_blocking<R, F>(f: F) -> R
 where
