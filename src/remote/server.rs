@@ -570,6 +570,7 @@ async fn control(
         published: shared.sessions.publish(session.session_id()),
     };
     let progress = held.published.live.progress.clone();
+    let mut manifest_held = 0;
     let outcome = 'session: loop {
         while let Some(f) = session.poll_transmit() {
             if let Err(e) = write_frame(send, &f).await {
@@ -592,10 +593,21 @@ async fn control(
         // within every `--timeout`; keep-alives alone do not hold the session (and the
         // space its plan reserved).
         let Some(frame) = unless_stalled(shared.timeout, &progress, read_frame(recv)).await else {
-            break Err(stalled(send, shared.timeout).await);
+            break Err(ending(send, no_progress(shared.timeout)).await);
         };
         match frame {
-            Ok(Some(f)) => session.handle_frame(f),
+            Ok(Some(f)) => {
+                session.handle_frame(f);
+                // The manifest it holds counts against what all sessions may hold.
+                let more = session.manifest_bytes() - manifest_held;
+                if more > 0 {
+                    if let Err(r) = shared.admit(|a| a.hold_manifest(more)) {
+                        let f = Failure::new(ErrorCode::Busy, r.message());
+                        break Err(ending(send, f).await);
+                    }
+                    manifest_held += more;
+                }
+            }
             Err(SessionError::Wire(e)) => session.handle_malformed(e.to_string()),
             // The client went away.
             Ok(None) => break Err(session_failure(SessionError::Ended)),
@@ -607,6 +619,7 @@ async fn control(
         published,
     } = held;
     drop(published);
+    shared.admit(|a| a.release_manifest(manifest_held));
     let mut receiver = receiver;
     match outcome {
         Ok(()) => {
@@ -624,10 +637,9 @@ async fn control(
     }
 }
 
-/// Tells the client of a session that stopped making progress why it ends (if it still
-/// reads), and what to log.
-async fn stalled(send: &mut SendStream, timeout: Option<Duration>) -> Failure {
-    let f = no_progress(timeout);
+/// Tells the client of a session that this end gives up (stalled, or over a limit of
+/// the server's) why it ends, if it still reads; returns what to log.
+async fn ending(send: &mut SendStream, f: Failure) -> Failure {
     let error = Frame::Error {
         code: f.code,
         message: f.message.clone(),
@@ -637,7 +649,7 @@ async fn stalled(send: &mut SendStream, timeout: Option<Duration>) -> Failure {
     f
 }
 
-/// Why a session or its stream was given up by the stall watchdog.
+/// Why a session or its stream was given up by the stall watchdog (`--timeout`).
 fn no_progress(timeout: Option<Duration>) -> Failure {
     Failure::new(
         ErrorCode::Busy,

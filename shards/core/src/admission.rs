@@ -23,6 +23,13 @@ pub const SESSIONS_PER_KEY_MAX: usize = 16;
 /// Sessions the server runs at once, all keys together.
 pub const SESSIONS_MAX: usize = 128;
 
+/// Encoded manifest bytes the server holds for all its sessions together (their
+/// in-memory state is two to four times this). One session may hold up to
+/// `wire::MANIFEST_BYTES_MAX`; a session whose manifest would pass this total is refused
+/// with `Busy`, not left to exhaust the server's memory.
+pub const MANIFEST_BYTES_HELD_MAX: u64 = 4 << 30;
+
+const _: () = assert!(crate::wire::MANIFEST_BYTES_MAX <= MANIFEST_BYTES_HELD_MAX);
 const _: () = assert!(SESSIONS_PER_KEY_MAX <= SESSIONS_MAX);
 const _: () = assert!(CONNECTIONS_PER_KEY_MAX <= CONNECTIONS_MAX);
 
@@ -33,6 +40,7 @@ pub enum Refusal {
     Connections,
     SessionsPerKey,
     Sessions,
+    ManifestBytes,
 }
 
 impl Refusal {
@@ -49,6 +57,10 @@ impl Refusal {
                 format!("this key already runs {SESSIONS_PER_KEY_MAX} sessions on the server")
             }
             Refusal::Sessions => format!("the server already runs {SESSIONS_MAX} sessions"),
+            Refusal::ManifestBytes => format!(
+                "the server already holds {} GiB of manifests; try again later",
+                MANIFEST_BYTES_HELD_MAX >> 30
+            ),
         }
     }
 }
@@ -58,6 +70,8 @@ impl Refusal {
 pub struct Admission<K> {
     connections: Counts<K>,
     sessions: Counts<K>,
+    /// Manifest bytes held by all sessions.
+    manifests: u64,
 }
 
 impl<K: Hash + Eq + Clone> Default for Admission<K> {
@@ -65,6 +79,7 @@ impl<K: Hash + Eq + Clone> Default for Admission<K> {
         Admission {
             connections: Counts::new(CONNECTIONS_PER_KEY_MAX, CONNECTIONS_MAX),
             sessions: Counts::new(SESSIONS_PER_KEY_MAX, SESSIONS_MAX),
+            manifests: 0,
         }
     }
 }
@@ -94,6 +109,23 @@ impl<K: Hash + Eq + Clone> Admission<K> {
 
     pub fn session_ended(&mut self, key: &K) {
         self.sessions.give_back(key);
+    }
+
+    /// Holds `bytes` more of a session's manifest, or refuses if all sessions' manifests
+    /// would pass `MANIFEST_BYTES_HELD_MAX`. Given back with [`Admission::release_manifest`].
+    pub fn hold_manifest(&mut self, bytes: u64) -> Result<(), Refusal> {
+        match self.manifests.checked_add(bytes) {
+            Some(held) if held <= MANIFEST_BYTES_HELD_MAX => {
+                self.manifests = held;
+                Ok(())
+            }
+            _ => Err(Refusal::ManifestBytes),
+        }
+    }
+
+    pub fn release_manifest(&mut self, bytes: u64) {
+        debug_assert!(bytes <= self.manifests, "released more than was held");
+        self.manifests = self.manifests.saturating_sub(bytes);
     }
 
     /// Connections and sessions held now, in total.
@@ -196,5 +228,16 @@ mod tests {
         }
         assert_eq!(a.connect(&u32::MAX), Err(Refusal::Connections));
         assert!(Refusal::Connections.message().contains("1024"));
+    }
+
+    #[test]
+    fn manifests_are_held_up_to_the_total_and_given_back() {
+        let mut a = Admission::<u32>::default();
+        a.hold_manifest(MANIFEST_BYTES_HELD_MAX - 10).unwrap();
+        assert_eq!(a.hold_manifest(11), Err(Refusal::ManifestBytes));
+        assert_eq!(a.hold_manifest(u64::MAX), Err(Refusal::ManifestBytes));
+        a.hold_manifest(10).unwrap();
+        a.release_manifest(MANIFEST_BYTES_HELD_MAX);
+        a.hold_manifest(crate::wire::MANIFEST_BYTES_MAX).unwrap();
     }
 }

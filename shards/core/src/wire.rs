@@ -36,15 +36,17 @@ pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Entries in one `Entries` frame.
 pub const ENTRIES_PER_FRAME_MAX: usize = 4096;
 
-/// Entries in a whole manifest. File indices are `u32`; 64 Mi entries keeps the
-/// receiver's per-entry state (a few hundred bytes each) within a few tens of GiB.
-pub const MANIFEST_ENTRIES_MAX: u64 = 64 * 1024 * 1024;
+/// Entries in a whole manifest (one session). 16 Mi entries keeps the receiver's
+/// per-entry state (a few hundred bytes each) within a few GiB; a larger tree goes in
+/// more than one session.
+pub const MANIFEST_ENTRIES_MAX: u64 = 16 * 1024 * 1024;
 
 /// Encoded bytes of a whole manifest (all of its `Entries` frames). With
 /// `MANIFEST_ENTRIES_MAX` it bounds what one peer's manifest makes the receiver hold:
-/// 64 Mi entries with paths of about 200 bytes fit, 64 Mi entries of 4 KiB paths (or of
-/// hashes) do not.
-pub const MANIFEST_BYTES_MAX: u64 = 16 * 1024 * 1024 * 1024;
+/// 16 Mi entries with paths of about 100 bytes fit, 16 Mi entries of 4 KiB paths (or of
+/// hashes) do not. A server also bounds all its sessions' manifests together
+/// (`admission::MANIFEST_BYTES_HELD_MAX`).
+pub const MANIFEST_BYTES_MAX: u64 = 2 * 1024 * 1024 * 1024;
 
 /// Chunk hashes an entry of the manifest may carry (64 Ki x 4 MiB = 256 GiB). Larger
 /// files are announced without hashes, and the receiver asks for all of their chunks.
@@ -173,6 +175,11 @@ pub struct ManifestBudget {
 }
 
 impl ManifestBudget {
+    /// Encoded bytes of the manifest taken so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// Counts one `Entries` frame against `MANIFEST_ENTRIES_MAX` and `MANIFEST_BYTES_MAX`.
     pub fn take(&mut self, batch: &[Entry]) -> Result<(), WireError> {
         let entries = self.entries + batch.len() as u64;

@@ -275,6 +275,12 @@ impl ServerSession {
         self.session
     }
 
+    /// Encoded bytes of the client's manifest received so far: what the driver holds
+    /// against the server's limit for all sessions together (`admission`).
+    pub fn manifest_bytes(&self) -> u64 {
+        self.budget.bytes()
+    }
+
     /// Whether the driver should read the next control frame now.
     pub fn wants_frame(&self) -> bool {
         self.outcome.is_none()
