@@ -639,49 +639,78 @@ fn data_and_commits_are_bound_to_the_session_that_planned_them() {
     // the plan, so only the session's record of arrived chunks stands in the way.
     let s = Scratch::new("hostile-bound");
     let (cs, ss) = keys(&s);
+    // A second client, authorized beside the first.
+    let other = s.path("other-state");
+    let other_key = tpc(&[os("id"), os("--state"), other.clone().into()]);
+    let mut authorized = std::fs::read_to_string(ss.join("authorized-clients")).unwrap();
+    authorized.push_str(&String::from_utf8_lossy(&other_key.stdout));
+    std::fs::write(ss.join("authorized-clients"), authorized).unwrap();
     let root = s.path("root");
     std::fs::create_dir_all(&root).unwrap();
     let server = Server::start(&root, &ss);
     let size = 2 << 20;
+    let run = move |session, chunk_first| Run {
+        session,
+        file: 0,
+        path: b"z".to_vec(),
+        size,
+        chunk_first,
+        chunk_count: 1,
+        codecs: 0,
+    };
+    let body = raw_chunk(&vec![b'x'; size as usize]);
+    let body2 = body.clone();
     let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let out = answers.clone();
-    with_connection(&cs, server.port, move |conn| async move {
-        let (mut ctl, mut ctl_recv, session, _) = open_session(&conn, size).await;
-        let body = raw_chunk(&vec![b'x'; size as usize]);
-        let run = |session, chunk_first| Run {
-            session,
-            file: 0,
-            path: b"z".to_vec(),
-            size,
-            chunk_first,
-            chunk_count: 1,
-            codecs: 0,
-        };
-        // A run for a session that is not here, and one of a chunk not asked for.
-        let a = put_run(&conn, run(session ^ 1, 0), &body).await;
-        out.lock().unwrap().push(("other session", refusal(&a)));
-        let a = put_run(&conn, run(session, 1), &body).await;
-        out.lock()
-            .unwrap()
-            .push(("chunk not asked for", refusal(&a)));
-        // Committed with none of its data: refused, and nothing is renamed into place.
-        write_frame(&mut ctl, &Frame::Commit { files: vec![0] })
-            .await
-            .unwrap();
-        write_frame(&mut ctl, &Frame::Finish).await.unwrap();
-        let _ = ctl.finish();
-        while let Ok(Some(f)) = read_frame(&mut ctl_recv).await {
-            if let Frame::Failed { code, .. } = f {
+    let (id_tx, id_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let port = server.port;
+    let first = std::thread::spawn({
+        let cs = cs.clone();
+        move || {
+            with_connection(&cs, port, move |conn| async move {
+                let (mut ctl, mut ctl_recv, session, _) = open_session(&conn, size).await;
+                // Another key sends a run for this session (its id leaked or guessed).
+                id_tx.send(session).unwrap();
+                while done_rx.try_recv().is_err() {
+                    tpc_engine::rt::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                // A run for a session that is not here, and one of a chunk not asked for.
+                let a = put_run(&conn, run(session ^ 1, 0), &body).await;
+                out.lock().unwrap().push(("other session", refusal(&a)));
+                let a = put_run(&conn, run(session, 1), &body).await;
                 out.lock()
                     .unwrap()
-                    .push(("commit without data", Some(code)));
-            }
+                    .push(("chunk not asked for", refusal(&a)));
+                // Committed with none of its data: refused, and nothing is renamed into place.
+                write_frame(&mut ctl, &Frame::Commit { files: vec![0] })
+                    .await
+                    .unwrap();
+                write_frame(&mut ctl, &Frame::Finish).await.unwrap();
+                let _ = ctl.finish();
+                while let Ok(Some(f)) = read_frame(&mut ctl_recv).await {
+                    if let Frame::Failed { code, .. } = f {
+                        out.lock()
+                            .unwrap()
+                            .push(("commit without data", Some(code)));
+                    }
+                }
+            });
         }
     });
+    let session = id_rx.recv().unwrap();
+    let theirs = answers.clone();
+    with_connection(&other, server.port, move |conn| async move {
+        let a = put_run(&conn, run(session, 0), &body2).await;
+        theirs.lock().unwrap().push(("another key", refusal(&a)));
+    });
+    done_tx.send(()).unwrap();
+    first.join().unwrap();
     let answers = answers.lock().unwrap();
     assert_eq!(
         *answers,
         vec![
+            ("another key", Some(ErrorCode::Protocol)),
             ("other session", Some(ErrorCode::Protocol)),
             ("chunk not asked for", Some(ErrorCode::Protocol)),
             ("commit without data", Some(ErrorCode::Protocol)),

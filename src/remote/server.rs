@@ -94,8 +94,10 @@ struct Shared {
 struct Sessions(Mutex<HashMap<u64, Arc<Live>>>);
 
 /// A session in progress, as its data streams see it.
-#[derive(Default)]
 struct Live {
+    /// The key of the client whose control stream runs it: only its connections may
+    /// write for it (a session id is random, but a guessed or leaked one gets nothing).
+    owner: Fingerprint,
     /// Chunks its data streams moved, push or pull (`super::unless_stalled`).
     progress: Progress,
     /// What a push's plan shares with its data streams, once planned.
@@ -103,9 +105,13 @@ struct Live {
 }
 
 impl Sessions {
-    /// Publishes `session` until the returned guard is dropped.
-    fn publish(self: &Arc<Self>, session: u64) -> Published {
-        let live = Arc::new(Live::default());
+    /// Publishes `session` of `owner` until the returned guard is dropped.
+    fn publish(self: &Arc<Self>, session: u64, owner: Fingerprint) -> Published {
+        let live = Arc::new(Live {
+            owner,
+            progress: Progress::default(),
+            share: OnceLock::new(),
+        });
         self.0
             .lock()
             .expect("not poisoned")
@@ -476,11 +482,11 @@ async fn serve_stream(
                     key,
                     end: Admission::session_ended,
                 };
-                return control(&mut send, &mut recv, &shared, *session).await;
+                return control(&mut send, &mut recv, &shared, *session, key).await;
             }
             Err(r) => Err(Failure::new(ErrorCode::Busy, r.message())),
         },
-        Opened::Put(p) => put(&mut send, &mut recv, &shared, p).await,
+        Opened::Put(p) => put(&mut send, &mut recv, &shared, p, key).await,
         Opened::Get(g) => match expect_end(&mut recv).await {
             // A Get is the whole request.
             Ok(()) => get(&mut send, &shared, g).await,
@@ -564,10 +570,11 @@ async fn control(
     recv: &mut RecvStream,
     shared: &Shared,
     mut session: ServerSession,
+    key: Fingerprint,
 ) {
     let mut held = Held {
         receiver: None,
-        published: shared.sessions.publish(session.session_id()),
+        published: shared.sessions.publish(session.session_id(), key),
     };
     let progress = held.published.live.progress.clone();
     let mut manifest_held = 0;
@@ -732,11 +739,16 @@ async fn put(
     recv: &mut RecvStream,
     shared: &Shared,
     p: Run,
+    key: Fingerprint,
 ) -> Result<(), Failure> {
     let full = parse_path(&p.path)?;
     let tmp = temp_path(&full, p.session, p.file)?;
     let no_session = || Failure::protocol(format!("{full}: no push session {} here", p.session));
-    let live = shared.sessions.get(p.session).ok_or_else(no_session)?;
+    // Another key's session is answered as no session at all: nothing tells a client
+    // which ids are in use.
+    let live = (shared.sessions.get(p.session))
+        .filter(|l| l.owner == key)
+        .ok_or_else(no_session)?;
     let share = live.share.get().ok_or_else(no_session)?;
     let bound = !share.files.contains_key(&p.file);
     let arrivals = || share.arrivals.lock().expect("not poisoned");
