@@ -178,11 +178,13 @@ pub enum TransportChoice {
 pub const AUTO_QUIC_WAIT: Duration = Duration::from_millis(1500);
 
 /// `--timeout` when not given, on both ends: a session that moves no chunk and no control
-/// frame for this long is given up. Long enough that a plan of a million files, or a
-/// 4 MiB chunk on one of 32 streams sharing a 10 Mbit/s path (about 110 s), is not
-/// mistaken for a stall; short enough that a stalled peer does not hold a transfer (or a
-/// server's reserved space) for long. Keep-alives keep a connection open; only this
-/// ends a peer that answers them and does nothing else.
+/// frame for this long is given up. Keep-alives keep a connection open; only this ends
+/// a peer that answers them and does nothing else. The waiting end cannot tell a peer
+/// busy with a long step from a stalled one: the server's plan or listing of a whole
+/// manifest, or a pulling client's own plan, must finish within it (a few million files
+/// at the tens of thousands per second a plan creates them); a larger tree needs a
+/// larger `--timeout`, or 0. A 4 MiB chunk on one of 32 streams sharing a 10 Mbit/s
+/// path takes about 110 s.
 pub const STALL_TIMEOUT_DEFAULT: Duration = Duration::from_secs(600);
 
 /// Runs `fut` for as long as `progress` moves: `None` once a whole `timeout` passed in

@@ -563,8 +563,10 @@ struct Held {
 }
 
 /// Drives a control stream's session (`tpc_core::session::server`): reads its frames
-/// when it wants one, writes what it sends, and carries out its requests on the
-/// blocking pool, so that the shard's endpoint keeps answering packets meanwhile.
+/// when it wants one, writes what it sends, and carries out its requests off the
+/// shard's thread (plans and listings on a thread of their own, commits in the
+/// blocking pool), so that the shard's endpoint keeps answering packets meanwhile. A
+/// session that moves nothing for `--timeout`, reading or writing, is ended.
 async fn control(
     send: &mut SendStream,
     recv: &mut RecvStream,
@@ -579,10 +581,26 @@ async fn control(
     let progress = held.published.live.progress.clone();
     let mut manifest_held = 0;
     let outcome = 'session: loop {
+        // The manifest it holds (received, or listed for a pull) counts against what all
+        // sessions may hold.
+        let more = session.manifest_bytes() - manifest_held;
+        if more > 0 {
+            if let Err(r) = shared.admit(|a| a.hold_manifest(more)) {
+                let f = Failure::new(ErrorCode::Busy, r.message());
+                break Err(ending(send, f).await);
+            }
+            manifest_held += more;
+        }
         while let Some(f) = session.poll_transmit() {
-            if let Err(e) = write_frame(send, &f).await {
+            // A client that stops reading (its window full) is a stall like any other.
+            match unless_stalled(shared.timeout, &progress, write_frame(send, &f)).await {
+                Some(Ok(())) => {}
                 // The client went away.
-                break 'session Err(session_failure(e));
+                Some(Err(e)) => break 'session Err(session_failure(e)),
+                None => {
+                    send.reset(ErrorCode::Busy as u32);
+                    break 'session Err(no_progress(shared.timeout));
+                }
             }
         }
         if let Some(outcome) = session.poll_outcome() {
@@ -603,18 +621,7 @@ async fn control(
             break Err(ending(send, no_progress(shared.timeout)).await);
         };
         match frame {
-            Ok(Some(f)) => {
-                session.handle_frame(f);
-                // The manifest it holds counts against what all sessions may hold.
-                let more = session.manifest_bytes() - manifest_held;
-                if more > 0 {
-                    if let Err(r) = shared.admit(|a| a.hold_manifest(more)) {
-                        let f = Failure::new(ErrorCode::Busy, r.message());
-                        break Err(ending(send, f).await);
-                    }
-                    manifest_held += more;
-                }
-            }
+            Ok(Some(f)) => session.handle_frame(f),
             Err(SessionError::Wire(e)) => session.handle_malformed(e.to_string()),
             // The client went away.
             Ok(None) => break Err(session_failure(SessionError::Ended)),
@@ -651,8 +658,14 @@ async fn ending(send: &mut SendStream, f: Failure) -> Failure {
         code: f.code,
         message: f.message.clone(),
     };
-    // A client that stalled may not read either: do not wait on it for long.
-    let _ = rt::within(Duration::from_secs(1), write_frame(send, &error)).await;
+    // A client that stalled may not read either: do not wait on it for long, and do not
+    // leave it half a frame followed by a clean end.
+    if rt::within(Duration::from_secs(1), write_frame(send, &error))
+        .await
+        .is_none()
+    {
+        send.reset(f.code as u32);
+    }
     f
 }
 

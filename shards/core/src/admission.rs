@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::hash::Hash;
 
 /// Connections one client key may hold at once. A client run opens one connection per
-/// client shard (at most `SHARDS_MAX`, in practice its core count), so this admits a
-/// 256-core client, or several smaller runs of the same key side by side.
+/// client shard (its core count, up to `SHARDS_MAX`), so this admits a client of up to
+/// 256 cores, or several smaller runs of the same key side by side; a larger client
+/// needs `--cores 256` or fewer.
 pub const CONNECTIONS_PER_KEY_MAX: usize = 256;
 
 /// Connections the server holds at once, all keys together. Each costs a socket's
@@ -58,7 +59,7 @@ impl Refusal {
             }
             Refusal::Sessions => format!("the server already runs {SESSIONS_MAX} sessions"),
             Refusal::ManifestBytes => format!(
-                "the server already holds {} GiB of manifests; try again later",
+                "the server's sessions would hold more than {} GiB of manifests; try again later",
                 MANIFEST_BYTES_HELD_MAX >> 30
             ),
         }

@@ -275,8 +275,9 @@ impl ServerSession {
         self.session
     }
 
-    /// Encoded bytes of the client's manifest received so far: what the driver holds
-    /// against the server's limit for all sessions together (`admission`).
+    /// Encoded bytes of the client's manifest received so far, or of the listing sent
+    /// for a pull: what the driver holds against the server's limit for all sessions
+    /// together (`admission`).
     pub fn manifest_bytes(&self) -> u64 {
         self.budget.bytes()
     }
@@ -354,6 +355,15 @@ impl ServerSession {
         }
         match listed {
             Ok((kind, entries)) => {
+                // A listing is held like a received manifest, within the same limits:
+                // the client would refuse a longer one, and the server's memory is
+                // bounded by them (the driver also counts `manifest_bytes`).
+                if let Err(e) = self.budget.take(&entries) {
+                    return self.end(Failure::new(
+                        ErrorCode::Io,
+                        format!("the listing is too large to send: {e}"),
+                    ));
+                }
                 self.outbox.head = Some(self.welcome(kind));
                 let count = entries.len() as u64;
                 self.outbox.frames = entry_frames(&entries).into();
