@@ -1280,3 +1280,87 @@ fn slow_plans_of_some_sessions_do_not_stall_another_clients_push() {
         planned.iter().filter(|&&t| t <= pushed).count()
     );
 }
+
+/// Issue 25, point 2: lengths of 2^63, counts of 2^40, zero-length runs and a NUL in a
+/// manifest entry, each sent by an authorized client to the real server: every one is
+/// refused with a typed error (never a panic, never data accepted), and the server then
+/// serves an honest push.
+#[test]
+fn lengths_and_counts_past_every_limit_are_refused() {
+    let s = Scratch::new("hostile-lengths");
+    let (cs, ss) = keys(&s);
+    let root = s.path("root");
+    let server = Server::start(&root, &ss);
+    let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = answers.clone();
+    with_connection(&cs, server.port, move |conn| async move {
+        let record = |name: &str, a: &[Frame]| {
+            let accepted = a
+                .iter()
+                .any(|f| matches!(f, Frame::RangeOk | Frame::Data { .. }));
+            out.lock()
+                .unwrap()
+                .push((name.to_string(), refusal(a), accepted));
+        };
+        let huge = Entry {
+            size: 1 << 63,
+            ..file(b"huge")
+        };
+        for (name, frames) in [
+            ("an entry of 2^63 bytes", vec![Frame::Entries(vec![huge])]),
+            (
+                "a count of 2^40",
+                vec![
+                    Frame::Entries(vec![file(b"a")]),
+                    Frame::EntriesEnd { count: 1 << 40 },
+                ],
+            ),
+            (
+                "a NUL in an entry",
+                vec![
+                    Frame::Entries(vec![file(b"a\0b")]),
+                    Frame::EntriesEnd { count: 1 },
+                ],
+            ),
+        ] {
+            let mut all = vec![push(b"d")];
+            all.extend(frames);
+            let a = exchange(&conn, &all).await;
+            record(name, &a);
+        }
+        // Runs in a real session, for a file it planned and asked for.
+        let size = 2 << 20;
+        let (_ctl, _ctl_recv, session, _) = open_session(&conn, size).await;
+        let run = |size, chunk_count| Run {
+            session,
+            file: 0,
+            path: b"z".to_vec(),
+            size,
+            chunk_first: 0,
+            chunk_count,
+            codecs: 0,
+        };
+        let body = raw_chunk(&vec![b'x'; size as usize]);
+        let a = put_run(&conn, run(size, 0), &body).await;
+        record("a Put of 0 chunks", &a);
+        let a = put_run(&conn, run(1 << 63, 1), &body).await;
+        record("a Put of a 2^63-byte file", &a);
+        let a = exchange(&conn, &[Frame::Get(run(1 << 63, 1))]).await;
+        record("a Get of a 2^63-byte file", &a);
+    });
+    let answers = answers.lock().unwrap();
+    assert_eq!(answers.len(), 6);
+    for (name, code, accepted) in answers.iter() {
+        eprintln!("{name}: {code:?}");
+        assert!(!accepted, "{name}: accepted");
+        assert!(
+            matches!(code, Some(ErrorCode::Protocol | ErrorCode::PathRefused)),
+            "{name}: answered {code:?}"
+        );
+    }
+    let src = s.path("honest");
+    random_file(&src, 1 << 20, 9);
+    let out = copy(&cs, &src, server.url("honest"), &["--accept-new"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!server.log().contains("panicked"), "{}", server.log());
+}

@@ -1354,7 +1354,12 @@ impl SessionDriver<'_> {
                     .report(exit_for(p.code, p.at_destination), p.message);
             }
             while let Some(f) = s.poll_transmit() {
-                write_frame(send, &f).await.map_err(|e| lost(self.job, e))?;
+                // A server that stops reading (the manifest fills its window) stalls too.
+                let write = write_frame(send, &f);
+                match unless_stalled(self.job.timeout, &self.job.progress, write).await {
+                    Some(written) => written.map_err(|e| lost(self.job, e))?,
+                    None => return Err((Exit::Network, stall_message(self.job))),
+                }
             }
             if let Some(r) = s.poll_request() {
                 self.carry_out(r, s, conn, receivers).await?;

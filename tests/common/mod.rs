@@ -345,6 +345,17 @@ pub fn edge_case_tree(root: &Path, big_bytes: u64, small_files: usize) {
     f("ünïcødé-名前-🦀", b"unicode");
     f("-leading-dash", b"dash");
     f("--double-dash", b"dash dash");
+    // Names that are only bytes to the kernel, each its own file (docs/HARDENING.md):
+    // NFC and NFD forms of the same word, a backslash, an overlong-UTF-8 look-alike of
+    // `..`, and an escape character.
+    f("caf\u{e9}", b"nfc");
+    f("cafe\u{301}", b"nfd");
+    f("back\\slash", b"backslash");
+    let raw = |name: &[u8], data: &[u8]| {
+        std::fs::write(root.join(OsStr::from_bytes(name)), data).unwrap()
+    };
+    raw(b"\xc0\xae\xc0\xae", b"overlong dot dot");
+    raw(b"esc-\x1b[2J", b"escape");
     // Symlinks: absolute, relative, dangling, and to a directory.
     std::os::unix::fs::symlink("/etc/hostname", root.join("abs-link")).unwrap();
     std::os::unix::fs::symlink("name with spaces", root.join("rel-link")).unwrap();
