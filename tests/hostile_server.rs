@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::*;
-use tpc_core::codec::CODEC_RAW;
+use tpc_core::codec::{CODEC_RAW, CODEC_ZSTD};
 use tpc_core::wire::{DestKind, Entry, Frame, NeedItem, WireKind};
 use tpc_engine::quic::{bind_socket, Endpoint};
 use tpc_engine::transport::{Connection, RecvStream, SendStream};
@@ -283,6 +283,9 @@ enum Data {
     Stall,
     /// The run's header, then one byte a second.
     Trickle,
+    /// A zstd chunk of a few bytes that decodes to 1 MiB of zeros (a decompression
+    /// bomb), with the hash of the honest bytes.
+    Bomb,
 }
 
 /// Serves one pull on 127.0.0.1 with the server key in `state`: the manifest `entries`
@@ -363,6 +366,12 @@ fn pull_from_liar(
                     Data::Honest => {
                         let hash = blake3::hash(&chunk);
                         [&[CODEC_RAW][..], &chunk, hash.as_bytes()].concat()
+                    }
+                    Data::Bomb => {
+                        let frames = zstd::bulk::compress(&vec![0u8; 1 << 20], 19).unwrap();
+                        let len = (frames.len() as u32).to_le_bytes();
+                        let hash = blake3::hash(&chunk);
+                        [&[CODEC_ZSTD][..], &len, &frames, hash.as_bytes()].concat()
                     }
                     Data::Stall | Data::Trickle => unreachable!("answered above"),
                 };
@@ -472,6 +481,7 @@ fn a_pulling_client_confines_and_verifies_what_a_lying_server_sends() {
     for (what, data, code_want) in [
         ("a wrong hash", Data::WrongHash, 6),
         ("a short run", Data::Short, 3),
+        ("a zstd bomb", Data::Bomb, 10),
     ] {
         let dest = s.path(&format!("dest-{code_want}"));
         let out = pull_from_liar(&ss, &cs, &dest, vec![top.clone(), file(b"f")], data);

@@ -359,6 +359,59 @@ fn a_full_remote_disk_is_exit_5_leaves_no_partial_file_and_the_server_keeps_serv
     assert_takes_a_file_that_fits(&s, &cs, &server, &mnt.0);
 }
 
+/// The same full disk on the pulling client's side: the large file fails with exit 5 and
+/// leaves nothing (not even a temporary file), the small one arrives (docs/HARDENING.md).
+#[test]
+fn a_full_disk_at_a_pulling_client_is_exit_5_and_leaves_no_partial_file() {
+    if !can_mount_tmpfs() {
+        return;
+    }
+    let s = Scratch::new("remote-pull-full");
+    let (cs, ss) = keys(&s);
+    let root = s.path("root");
+    std::fs::create_dir_all(&root).unwrap();
+    too_large_source(&root.join("src"));
+    let server = Server::start(&root, &ss);
+    let mnt = Tmpfs::mount(s.path("dest"), "size=2m");
+    let out = copy(&cs, server.url("src"), &mnt.0, &["--accept-new"]);
+    assert_full_destination(&out, &mnt.0);
+}
+
+/// setuid and setgid bits never travel (ownership does not), in either direction; mode
+/// 0000 does, and its content arrives all the same (read as root, or skipped when not).
+#[test]
+fn setid_bits_are_cleared_and_mode_0000_is_kept_in_a_push_and_a_pull() {
+    use std::os::unix::fs::PermissionsExt;
+    if !is_root() {
+        eprintln!("skipped: needs root to read a file of mode 0000");
+        return;
+    }
+    let s = Scratch::new("remote-modes");
+    let (cs, ss) = keys(&s);
+    let src = s.path("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("setid"), b"setid").unwrap();
+    chmod(&src.join("setid"), 0o6755);
+    std::fs::write(src.join("none"), b"none").unwrap();
+    chmod(&src.join("none"), 0o000);
+    let root = s.path("root");
+    let server = Server::start(&root, &ss);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let out = copy(&cs, &src, server.url(""), &["--accept-new"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(mode(&root.join("src/setid")), 0o755);
+    assert_eq!(mode(&root.join("src/none")), 0o000);
+    assert_eq!(std::fs::read(root.join("src/none")).unwrap(), b"none");
+    // A file the server holds with setid bits (put there by its operator).
+    chmod(&root.join("src/setid"), 0o6755);
+    let back = s.path("back");
+    let out = copy(&cs, server.url("src/"), &back, &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(mode(&back.join("setid")), 0o755);
+    assert_eq!(mode(&back.join("none")), 0o000);
+    assert_eq!(std::fs::read(back.join("none")).unwrap(), b"none");
+}
+
 /// After a push that filled the 2 MiB tmpfs at `root`, `server` still takes (and
 /// completes) a push of a file that fits in what the failed files gave back.
 fn assert_takes_a_file_that_fits(s: &Scratch, cs: &Path, server: &Server, root: &Path) {
