@@ -816,8 +816,8 @@ fn header_only_frames_do_not_make_the_server_allocate_what_they_announce() {
     }
     let grew = peak.saturating_sub(idle);
     // Not asserted: the size after. It stays near the peak (12-34 MiB above `idle` in
-    // the runs so far); neither the receive pools, glibc's arenas nor malloc_trim
-    // explained it (docs/PROTOCOL.md, "Limits").
+    // the runs so far), and is not freed memory the allocator keeps (docs/PROTOCOL.md
+    // §13).
     eprintln!(
         "idle {} MiB, peak {} MiB, after {} MiB",
         idle >> 20,
