@@ -1364,3 +1364,86 @@ fn lengths_and_counts_past_every_limit_are_refused() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(!server.log().contains("panicked"), "{}", server.log());
 }
+
+/// Issue 25, point 2: a client that trickles a byte at a time into a run, while another
+/// client's real push goes on. The trickle never completes a chunk, so its session
+/// makes no progress: after `--timeout` the run is refused with `Busy` and the session
+/// ended (its temporary file gone), and the real push completes meanwhile.
+#[test]
+fn a_trickling_client_is_given_up_while_a_real_push_completes() {
+    use std::time::Duration;
+    let s = Scratch::new("hostile-trickle");
+    let (cs, ss) = keys(&s);
+    let other = s.path("other-state");
+    let other_key = tpc(&[os("id"), os("--state"), other.clone().into()]);
+    let mut authorized = std::fs::read_to_string(ss.join("authorized-clients")).unwrap();
+    authorized.push_str(&String::from_utf8_lossy(&other_key.stdout));
+    std::fs::write(ss.join("authorized-clients"), authorized).unwrap();
+    let root = s.path("root");
+    let server = Server::start_with(None, &root, &ss, "127.0.0.1:0", &["--timeout", "2"]);
+    let port = server.port;
+    let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = answers.clone();
+    let trickler = std::thread::spawn(move || {
+        with_connection(&cs, port, move |conn| async move {
+            let size = 2 << 20;
+            let (_ctl, mut ctl_recv, session, _) = open_session(&conn, size).await;
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let run = Run {
+                session,
+                file: 0,
+                path: b"z".to_vec(),
+                size,
+                chunk_first: 0,
+                chunk_count: 1,
+                codecs: 0,
+            };
+            write_frame(&mut send, &Frame::Put(run)).await.unwrap();
+            let trickle = async {
+                for b in raw_chunk(&vec![b'x'; size as usize]) {
+                    if send.write_all(&[b]).await.is_err() {
+                        break;
+                    }
+                    tpc_engine::rt::sleep(Duration::from_millis(200)).await;
+                }
+            };
+            let answer = async {
+                let mut frames = Vec::new();
+                while let Ok(Some(f)) = read_frame(&mut recv).await {
+                    frames.push(f);
+                }
+                frames
+            };
+            let frames = futures_lite::future::or(answer, async {
+                trickle.await;
+                Vec::new()
+            })
+            .await;
+            out.lock().unwrap().push(("run", refusal(&frames)));
+            let mut frames = Vec::new();
+            while let Ok(Some(f)) = read_frame(&mut ctl_recv).await {
+                frames.push(f);
+            }
+            out.lock().unwrap().push(("session", refusal(&frames)));
+        })
+    });
+    // Meanwhile, another client pushes a real file.
+    let src = s.path("real");
+    random_file(&src, 16 << 20, 4);
+    let out = copy(&other, &src, server.url("real"), &["--accept-new"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_identical(&src, &root.join("real"));
+    trickler.join().unwrap();
+    assert_eq!(
+        *answers.lock().unwrap(),
+        vec![
+            ("run", Some(ErrorCode::Busy)),
+            ("session", Some(ErrorCode::Busy))
+        ]
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !temporaries(&root).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(temporaries(&root), Vec::<std::path::PathBuf>::new());
+}
