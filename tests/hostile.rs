@@ -1447,3 +1447,51 @@ fn a_trickling_client_is_given_up_while_a_real_push_completes() {
     }
     assert_eq!(temporaries(&root), Vec::<std::path::PathBuf>::new());
 }
+
+/// Issue 25, point 2: 1,000 Initials that are never followed up, sent while a real push
+/// is in flight. Past 16 handshakes in flight they get stateless Retries and cost the
+/// server no state, and the push in flight completes; so does a new one after the flood.
+#[test]
+fn a_push_in_flight_completes_under_a_flood_of_a_thousand_initials() {
+    use std::time::Instant;
+    let s = Scratch::new("hostile-flood");
+    let (cs, ss) = keys(&s);
+    let root = s.path("root");
+    let server = Server::start(&root, &ss);
+    let src = s.path("big");
+    random_file(&src, 256 << 20, 8);
+    let push = std::thread::spawn({
+        let (cs, src, url) = (cs.clone(), src.clone(), server.url("big"));
+        move || {
+            let out = copy(&cs, &src, url, &["--accept-new", "--transport", "quic"]);
+            (out, Instant::now())
+        }
+    });
+    // Once the push has connected and its data flows.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (addr, config, mut endpoint) = hand_driven_client(&cs, server.port);
+    let now = Instant::now();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..1000 {
+        let (_, mut conn) = endpoint
+            .connect(now, config.clone(), addr, "tpc-xfer")
+            .unwrap();
+        let mut initial = Vec::new();
+        let t = conn
+            .poll_transmit(now, 1, &mut initial)
+            .expect("an Initial");
+        sock.send_to(&initial[..t.size], addr).unwrap();
+    }
+    let flooded = Instant::now();
+    let (out, pushed) = push.join().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_identical(&src, &root.join("big"));
+    assert!(
+        pushed > flooded,
+        "the push was over before the flood: it tested nothing"
+    );
+    let f = s.path("f");
+    random_file(&f, 1000, 3);
+    let out = copy(&cs, &f, server.url("f"), &["--transport", "quic"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
