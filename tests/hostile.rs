@@ -1495,3 +1495,52 @@ fn a_push_in_flight_completes_under_a_flood_of_a_thousand_initials() {
     let out = copy(&cs, &f, server.url("f"), &["--transport", "quic"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
+
+/// Issue 25, point 2, over TCP: connections that never start their TLS handshake each
+/// hold a socket and a task until `CONNECT_TIMEOUT`. At most `HANDSHAKES_MAX` are held
+/// per shard; the next is closed at once, and the server serves again once they go.
+#[test]
+fn tcp_handshakes_in_flight_are_capped_and_the_next_is_closed_at_once() {
+    use std::io::Read;
+    use std::time::Duration;
+    use tpc_engine::quic::HANDSHAKES_MAX;
+    let s = Scratch::new("hostile-tcp-handshakes");
+    let (cs, ss) = keys(&s);
+    let server = Server::start(&s.path("root"), &ss);
+    let addr = format!("127.0.0.1:{}", server.port);
+    let held: Vec<_> = (0..HANDSHAKES_MAX)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let mut next = std::net::TcpStream::connect(&addr).unwrap();
+    next.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut byte = [0u8; 1];
+    let closed = match next.read(&mut byte) {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    };
+    assert!(closed, "the connection past the cap was not closed at once");
+    // The first ones are still held (until the handshake timeout).
+    let mut first = &held[0];
+    first
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let err = first.read(&mut byte).unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{err}"
+    );
+    drop(held);
+    let f = s.path("f");
+    random_file(&f, 1000, 3);
+    let out = copy(
+        &cs,
+        &f,
+        server.url("f"),
+        &["--accept-new", "--transport", "tcp"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}

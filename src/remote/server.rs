@@ -28,7 +28,7 @@ use tpc_core::session::server::{
 };
 use tpc_core::wire::{DestKind, Entry, ErrorCode, Frame, Run, WireKind, MANIFEST_ENTRIES_MAX};
 use tpc_engine::confine::{fstat, sync_file, Access, FileKind, Root};
-use tpc_engine::quic::{bind_socket, udp_payload_max_towards, Endpoint};
+use tpc_engine::quic::{bind_socket, udp_payload_max_towards, Endpoint, HANDSHAKES_MAX};
 use tpc_engine::rt::{self, File};
 use tpc_engine::tcp;
 use tpc_engine::transport::{Connection, RecvStream, SendStream};
@@ -370,6 +370,10 @@ async fn accept_tcp(
             return;
         }
     };
+    // TLS handshakes in flight on this shard: each holds a socket and a task for up to
+    // CONNECT_TIMEOUT, so as over QUIC at most HANDSHAKES_MAX run at once; a connection
+    // past them is closed at once, unanswered (and unlogged: a flood would flood the log).
+    let in_flight = Rc::new(std::cell::Cell::new(0usize));
     loop {
         let sock = match listener.accept().await {
             Ok(s) => s,
@@ -380,12 +384,19 @@ async fn accept_tcp(
                 continue;
             }
         };
+        if in_flight.get() >= HANDSHAKES_MAX {
+            continue;
+        }
         let remote = sock.with_socket(|s| s.peer_addr().ok().and_then(|a| a.as_socket()));
         let Some(remote) = remote else { continue };
         let (tls, shared) = (tls.clone(), shared.clone());
+        in_flight.set(in_flight.get() + 1);
+        let in_flight = in_flight.clone();
         rt::spawn_local(async move {
             let handshake = tcp::Connection::accept(sock, tls, remote);
-            match rt::within(CONNECT_TIMEOUT, handshake).await {
+            let handshake = rt::within(CONNECT_TIMEOUT, handshake).await;
+            in_flight.set(in_flight.get() - 1);
+            match handshake {
                 Some(Ok(conn)) => serve_connection(Connection::Tcp(conn), shared).await,
                 Some(Err(e)) => log!("tpc-xfer: TCP connection from {remote}: {e}"),
                 None => log!("tpc-xfer: TCP connection from {remote}: no TLS handshake in time"),
