@@ -639,12 +639,7 @@ fn data_and_commits_are_bound_to_the_session_that_planned_them() {
     // the plan, so only the session's record of arrived chunks stands in the way.
     let s = Scratch::new("hostile-bound");
     let (cs, ss) = keys(&s);
-    // A second client, authorized beside the first.
-    let other = s.path("other-state");
-    let other_key = tpc(&[os("id"), os("--state"), other.clone().into()]);
-    let mut authorized = std::fs::read_to_string(ss.join("authorized-clients")).unwrap();
-    authorized.push_str(&String::from_utf8_lossy(&other_key.stdout));
-    std::fs::write(ss.join("authorized-clients"), authorized).unwrap();
+    let other = another_client(&s, &ss, "other-state");
     let root = s.path("root");
     std::fs::create_dir_all(&root).unwrap();
     let server = Server::start(&root, &ss);
@@ -748,12 +743,7 @@ fn header_only_frames_do_not_make_the_server_allocate_what_they_announce() {
     use std::time::Duration;
     let s = Scratch::new("hostile-headers");
     let (cs, ss) = keys(&s);
-    // A second client, authorized beside the first.
-    let other = s.path("other-state");
-    let other_key = tpc(&[os("id"), os("--state"), other.clone().into()]);
-    let mut authorized = std::fs::read_to_string(ss.join("authorized-clients")).unwrap();
-    authorized.push_str(&String::from_utf8_lossy(&other_key.stdout));
-    std::fs::write(ss.join("authorized-clients"), authorized).unwrap();
+    let other = another_client(&s, &ss, "other-state");
     let server = Server::start(&s.path("root"), &ss);
     let pid = server.child.id();
     // A real push first: the server's idle size is that of a server that has served one
@@ -849,6 +839,25 @@ fn hand_driven_client(
     (addr, config, endpoint)
 }
 
+/// Sends from `sock` the Initial of a new connection of `endpoint` to `addr`, and
+/// forgets the connection: a handshake that is never followed up.
+fn send_an_initial(
+    endpoint: &mut quinn_proto::Endpoint,
+    config: &quinn_proto::ClientConfig,
+    addr: SocketAddr,
+    sock: &std::net::UdpSocket,
+) {
+    let now = std::time::Instant::now();
+    let (_, mut conn) = endpoint
+        .connect(now, config.clone(), addr, "tpc-xfer")
+        .unwrap();
+    let mut initial = Vec::new();
+    let t = conn
+        .poll_transmit(now, 1, &mut initial)
+        .expect("an Initial");
+    sock.send_to(&initial[..t.size], addr).unwrap();
+}
+
 /// A QUIC Initial from an address that has not shown it receives gets a stateless Retry,
 /// not a connection: a spoofed Initial costs the server one small packet and no state
 /// (issue 25, finding 4). The Initial comes from a quinn-proto client endpoint driven by
@@ -859,19 +868,9 @@ fn under_a_flood_of_initials_unvalidated_addresses_get_a_retry_not_a_connection(
     let (cs, ss) = keys(&s);
     let server = Server::start(&s.path("root"), &ss);
     let (addr, config, mut endpoint) = hand_driven_client(&cs, server.port);
-    let now = std::time::Instant::now();
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     // Initials that are never followed up: each leaves a handshake in flight.
-    let mut send_initial = || {
-        let (_, mut conn) = endpoint
-            .connect(now, config.clone(), addr, "tpc-xfer")
-            .unwrap();
-        let mut initial = Vec::new();
-        let t = conn
-            .poll_transmit(now, 1, &mut initial)
-            .expect("an Initial");
-        sock.send_to(&initial[..t.size], addr).unwrap();
-    };
+    let mut send_initial = || send_an_initial(&mut endpoint, &config, addr, &sock);
     // A long header (bit 7) of packet type Retry (bits 5-4 = 0b11 in QUIC version 1).
     let is_retry = |p: &[u8]| !p.is_empty() && p[0] & 0x80 != 0 && p[0] & 0x30 == 0x30;
     let mut answer = [0u8; 2048];
@@ -1196,11 +1195,7 @@ fn slow_plans_of_some_sessions_do_not_stall_another_clients_push() {
     }
     let s = Scratch::new("hostile-slow-plans");
     let (cs, ss) = keys(&s);
-    let other = s.path("other-state");
-    let other_key = tpc(&[os("id"), os("--state"), other.clone().into()]);
-    let mut authorized = std::fs::read_to_string(ss.join("authorized-clients")).unwrap();
-    authorized.push_str(&String::from_utf8_lossy(&other_key.stdout));
-    std::fs::write(ss.join("authorized-clients"), authorized).unwrap();
+    let other = another_client(&s, &ss, "other-state");
     let server = Server::start(&s.path("root"), &ss);
     let mut strace = std::process::Command::new("strace")
         .args(["-f", "-o", "/dev/null", "-e", "trace=fallocate"])
@@ -1374,11 +1369,7 @@ fn a_trickling_client_is_given_up_while_a_real_push_completes() {
     use std::time::Duration;
     let s = Scratch::new("hostile-trickle");
     let (cs, ss) = keys(&s);
-    let other = s.path("other-state");
-    let other_key = tpc(&[os("id"), os("--state"), other.clone().into()]);
-    let mut authorized = std::fs::read_to_string(ss.join("authorized-clients")).unwrap();
-    authorized.push_str(&String::from_utf8_lossy(&other_key.stdout));
-    std::fs::write(ss.join("authorized-clients"), authorized).unwrap();
+    let other = another_client(&s, &ss, "other-state");
     let root = s.path("root");
     let server = Server::start_with(None, &root, &ss, "127.0.0.1:0", &["--timeout", "2"]);
     let port = server.port;
@@ -1470,17 +1461,9 @@ fn a_push_in_flight_completes_under_a_flood_of_a_thousand_initials() {
     // Once the push has connected and its data flows.
     std::thread::sleep(std::time::Duration::from_millis(300));
     let (addr, config, mut endpoint) = hand_driven_client(&cs, server.port);
-    let now = Instant::now();
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     for _ in 0..1000 {
-        let (_, mut conn) = endpoint
-            .connect(now, config.clone(), addr, "tpc-xfer")
-            .unwrap();
-        let mut initial = Vec::new();
-        let t = conn
-            .poll_transmit(now, 1, &mut initial)
-            .expect("an Initial");
-        sock.send_to(&initial[..t.size], addr).unwrap();
+        send_an_initial(&mut endpoint, &config, addr, &sock);
     }
     let flooded = Instant::now();
     let (out, pushed) = push.join().unwrap();

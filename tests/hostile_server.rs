@@ -478,38 +478,23 @@ fn a_pulling_client_confines_and_verifies_what_a_lying_server_sends() {
     );
     // Data that does not match its hash, or ends early: the file fails, nothing of it
     // (not even a temporary file) stays, and the client says why.
-    for (what, data, code_want) in [
-        ("a wrong hash", Data::WrongHash, 6),
-        ("a short run", Data::Short, 3),
-        ("a zstd bomb", Data::Bomb, 10),
-    ] {
-        let dest = s.path(&format!("dest-{code_want}"));
-        let out = pull_from_liar(&ss, &cs, &dest, vec![top.clone(), file(b"f")], data);
-        assert_eq!(code(&out), code_want, "{what}: {}", stderr(&out));
-        assert!(
-            !stderr(&out).contains("panicked"),
-            "{what}: {}",
-            stderr(&out)
-        );
-        assert_eq!(
-            tree(&dest),
-            Vec::<String>::new(),
-            "{what}: left {:?}",
-            tree(&dest)
-        );
-    }
     // A server that answers keep-alives but sends nothing, or a byte a second: the
     // client gives up after `--timeout` without progress (exit 8, "no progress") instead
-    // of waiting for ever, and leaves nothing behind.
-    for (what, data) in [("a stall", Data::Stall), ("a trickle", Data::Trickle)] {
+    // of waiting for ever. Whatever the lie, nothing is left behind.
+    for (what, data, code_want, says) in [
+        ("a wrong hash", Data::WrongHash, 6, ""),
+        ("a short run", Data::Short, 3, ""),
+        ("a zstd bomb", Data::Bomb, 10, ""),
+        ("a stall", Data::Stall, 8, "no progress"),
+        ("a trickle", Data::Trickle, 8, "no progress"),
+    ] {
         let dest = s.path(&format!("dest-{}", what.replace(' ', "-")));
-        let started = std::time::Instant::now();
         let out = pull_from_liar(&ss, &cs, &dest, vec![top.clone(), file(b"f")], data);
-        assert_eq!(code(&out), 8, "{what}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(code(&out), code_want, "{what}: {err}");
         assert!(
-            stderr(&out).contains("no progress"),
-            "{what}: {}",
-            stderr(&out)
+            !err.contains("panicked") && err.contains(says),
+            "{what}: {err}"
         );
         assert_eq!(
             tree(&dest),
@@ -517,7 +502,6 @@ fn a_pulling_client_confines_and_verifies_what_a_lying_server_sends() {
             "{what}: left {:?}",
             tree(&dest)
         );
-        eprintln!("{what}: given up after {:?}", started.elapsed());
     }
     // The same fake server, honest: the pull completes (the harness itself is sound).
     let dest = s.path("dest-honest");

@@ -503,6 +503,20 @@ pub fn keys(s: &Scratch) -> (PathBuf, PathBuf) {
     (cs, ss)
 }
 
+/// A second client's state directory (`name` beneath `s`), authorized by the server
+/// state `ss` beside the first.
+pub fn another_client(s: &Scratch, ss: &Path, name: &str) -> PathBuf {
+    let state = s.path(name);
+    let out = tpc(&[os("id"), os("--state"), state.clone().into()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(ss.join("authorized-clients"))
+        .unwrap();
+    f.write_all(&out.stdout).unwrap();
+    state
+}
+
 pub fn os(s: &str) -> std::ffi::OsString {
     s.into()
 }
