@@ -399,3 +399,40 @@ fn unreadable_file_is_exit_3_and_the_rest_is_copied() {
     assert_eq!(std::fs::read(dst.join("src/ok")).unwrap(), b"fine");
     assert!(!dst.join("src/secret").exists());
 }
+
+/// A source that fails with EIO part way (strace makes the copy's first read of the file
+/// fail; the portable driver reads with pread64, which strace sees): exit 3 with
+/// the error and the file named, nothing of it at the destination, the rest copied
+/// (docs/HARDENING.md).
+#[test]
+fn an_io_error_reading_a_source_is_exit_3_and_leaves_nothing_of_it() {
+    if !strace_works() {
+        return;
+    }
+    let s = Scratch::new("eio-read");
+    let src = s.path("src");
+    std::fs::create_dir(&src).unwrap();
+    random_file(&src.join("big"), 8 << 20, 4);
+    std::fs::write(src.join("ok"), b"fine").unwrap();
+    let dst = s.path("dst");
+    let out = Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=pread64", "-P"])
+        .arg(src.join("big"))
+        .args(["-e", "inject=pread64:error=EIO:when=1", bin()])
+        .args(["copy", "--io", "portable"])
+        .arg(&src)
+        .arg(&dst)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("big") && err.contains("Input/output error"),
+        "{err}"
+    );
+    assert!(
+        !dst.join("src/big").exists(),
+        "a partial file under the final name"
+    );
+    assert!(temporaries(&dst).is_empty());
+}

@@ -614,3 +614,59 @@ fn a_pull_that_fails_part_way_leaves_no_temporary_in_the_destination() {
         "a partial file under its name"
     );
 }
+
+/// An I/O error on the server's disk mid-push (strace makes the server's first data
+/// write fail with EIO; the portable driver writes with pwrite64, which strace sees):
+/// the push fails with exit 4 naming the error, leaves no partial file or temporary,
+/// and the same server then takes the file (docs/HARDENING.md).
+#[test]
+fn an_io_error_writing_at_the_server_fails_the_file_cleanly_and_the_server_goes_on() {
+    use std::io::BufRead;
+    if !strace_works() {
+        return;
+    }
+    let s = Scratch::new("remote-eio");
+    let (cs, ss) = keys(&s);
+    let root = s.path("root");
+    let server = Server::start_with(None, &root, &ss, "127.0.0.1:0", &["--io", "portable"]);
+    let mut strace = Command::new("strace")
+        .args(["-f", "-o", "/dev/null", "-e", "trace=pwrite64"])
+        .args(["-e", "inject=pwrite64:error=EIO:when=1", "-p"])
+        .arg(server.child.id().to_string())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(strace.stderr.take().unwrap()).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    if !first.contains("attached") {
+        eprintln!("skipped: strace cannot attach to the server: {first}");
+        let _ = strace.kill();
+        let _ = strace.wait();
+        return;
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    std::thread::sleep(Duration::from_millis(300));
+    let src = s.path("f");
+    random_file(&src, 8 << 20, 6);
+    let out = copy(&cs, &src, server.url("f"), &["--accept-new"]);
+    let _ = strace.kill();
+    let _ = strace.wait();
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Input/output error"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !root.join("f").exists(),
+        "a partial file under the final name"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !temporaries(&root).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(temporaries(&root), Vec::<PathBuf>::new());
+    let out = copy(&cs, &src, server.url("f"), &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_identical(&src, &root.join("f"));
+}
