@@ -615,23 +615,29 @@ fn a_pull_that_fails_part_way_leaves_no_temporary_in_the_destination() {
     );
 }
 
-/// An I/O error on the server's disk mid-push (strace makes the server's first data
-/// write fail with EIO; the portable driver writes with pwrite64, which strace sees):
-/// the push fails with exit 4 naming the error, leaves no partial file or temporary,
-/// and the same server then takes the file (docs/HARDENING.md).
-#[test]
-fn an_io_error_writing_at_the_server_fails_the_file_cleanly_and_the_server_goes_on() {
+/// An I/O error on the server's disk mid-push, injected by strace into the first call of
+/// `syscall`: the push fails with exit 4 naming the error, leaves no file under its name
+/// and no temporary, and the same server then takes the file (docs/HARDENING.md).
+fn an_io_error_at_the_server(syscall: &str) {
     use std::io::BufRead;
     if !strace_works() {
         return;
     }
-    let s = Scratch::new("remote-eio");
+    let s = Scratch::new(&format!("remote-eio-{syscall}"));
     let (cs, ss) = keys(&s);
     let root = s.path("root");
     let server = Server::start_with(None, &root, &ss, "127.0.0.1:0", &["--io", "portable"]);
     let mut strace = Command::new("strace")
-        .args(["-f", "-o", "/dev/null", "-e", "trace=pwrite64"])
-        .args(["-e", "inject=pwrite64:error=EIO:when=1", "-p"])
+        .args([
+            "-f",
+            "-o",
+            "/dev/null",
+            "-e",
+            &format!("trace={syscall}"),
+            "-e",
+        ])
+        .arg(format!("inject={syscall}:error=EIO:when=1"))
+        .arg("-p")
         .arg(server.child.id().to_string())
         .stderr(Stdio::piped())
         .spawn()
@@ -651,7 +657,7 @@ fn an_io_error_writing_at_the_server_fails_the_file_cleanly_and_the_server_goes_
     let out = copy(&cs, &src, server.url("f"), &["--accept-new"]);
     let _ = strace.kill();
     let _ = strace.wait();
-    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert_eq!(code(&out), 4, "{syscall}: {}", stderr(&out));
     assert!(
         stderr(&out).contains("Input/output error"),
         "{}",
@@ -659,7 +665,7 @@ fn an_io_error_writing_at_the_server_fails_the_file_cleanly_and_the_server_goes_
     );
     assert!(
         !root.join("f").exists(),
-        "a partial file under the final name"
+        "{syscall}: a file under the final name"
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     while !temporaries(&root).is_empty() && Instant::now() < deadline {
@@ -669,4 +675,17 @@ fn an_io_error_writing_at_the_server_fails_the_file_cleanly_and_the_server_goes_
     let out = copy(&cs, &src, server.url("f"), &[]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_identical(&src, &root.join("f"));
+}
+
+/// The first data write fails (the portable driver writes with pwrite64, which strace
+/// sees).
+#[test]
+fn an_io_error_writing_at_the_server_fails_the_file_cleanly_and_the_server_goes_on() {
+    an_io_error_at_the_server("pwrite64");
+}
+
+/// The sync before the rename fails: the file is not renamed into place.
+#[test]
+fn an_io_error_syncing_at_the_server_fails_the_file_cleanly_and_the_server_goes_on() {
+    an_io_error_at_the_server("syncfs");
 }
