@@ -1362,7 +1362,7 @@ fn lengths_and_counts_past_every_limit_are_refused() {
 
 /// Issue 25, point 2: a client that trickles a byte at a time into a run, while another
 /// client's real push goes on. The trickle never completes a chunk, so its session
-/// makes no progress: after `--timeout` the run is refused with `Busy` and the session
+/// makes no progress: after `--timeout` (3 s) the run is refused with `Busy` and the session
 /// ended (its temporary file gone), and the real push completes meanwhile.
 #[test]
 fn a_trickling_client_is_given_up_while_a_real_push_completes() {
@@ -1371,7 +1371,7 @@ fn a_trickling_client_is_given_up_while_a_real_push_completes() {
     let (cs, ss) = keys(&s);
     let other = another_client(&s, &ss, "other-state");
     let root = s.path("root");
-    let server = Server::start_with(None, &root, &ss, "127.0.0.1:0", &["--timeout", "2"]);
+    let server = Server::start_with(None, &root, &ss, "127.0.0.1:0", &["--timeout", "3"]);
     let port = server.port;
     let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let out = answers.clone();
@@ -1458,8 +1458,11 @@ fn a_push_in_flight_completes_under_a_flood_of_a_thousand_initials() {
             (out, Instant::now())
         }
     });
-    // Once the push has connected and its data flows.
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Once the push has connected and its data flows (its temporary file is there).
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    while temporaries(&root).is_empty() && !push.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let (addr, config, mut endpoint) = hand_driven_client(&cs, server.port);
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     for _ in 0..1000 {
@@ -1495,6 +1498,8 @@ fn tcp_handshakes_in_flight_are_capped_and_the_next_is_closed_at_once() {
         .map(|_| std::net::TcpStream::connect(&addr).unwrap())
         .collect();
     let mut next = std::net::TcpStream::connect(&addr).unwrap();
+    // Below CONNECT_TIMEOUT (5 s): a connection held for its handshake would still be
+    // open when this read gives up.
     next.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let mut byte = [0u8; 1];
     let closed = match next.read(&mut byte) {
@@ -1517,6 +1522,17 @@ fn tcp_handshakes_in_flight_are_capped_and_the_next_is_closed_at_once() {
         "{err}"
     );
     drop(held);
+    // Once the server has seen them go (a connection it takes is held, not closed).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut probe = std::net::TcpStream::connect(&addr).unwrap();
+        probe
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        if probe.read(&mut byte).is_err() || std::time::Instant::now() > deadline {
+            break;
+        }
+    }
     let f = s.path("f");
     random_file(&f, 1000, 3);
     let out = copy(

@@ -500,7 +500,7 @@ async fn serve_stream(
         Opened::Put(p) => put(&mut send, &mut recv, &shared, p, key).await,
         Opened::Get(g) => match expect_end(&mut recv).await {
             // A Get is the whole request.
-            Ok(()) => get(&mut send, &shared, g).await,
+            Ok(()) => get(&mut send, &shared, g, key).await,
             Err(e) => Err(session_failure(e)),
         },
         Opened::Quiet => Ok(()),
@@ -943,7 +943,12 @@ fn size_of(fd: &std::fs::File, full: &RelPath) -> Result<u64, Failure> {
 
 /// A data stream of a pull: read one run of chunks of a file beneath the root and send
 /// it, each chunk followed by its hash.
-async fn get(send: &mut SendStream, shared: &Shared, g: Run) -> Result<(), Failure> {
+async fn get(
+    send: &mut SendStream,
+    shared: &Shared,
+    g: Run,
+    key: Fingerprint,
+) -> Result<(), Failure> {
     let full = parse_path(&g.path)?;
     let fd = shared
         .root
@@ -961,11 +966,10 @@ async fn get(send: &mut SendStream, shared: &Shared, g: Run) -> Result<(), Failu
     let file = File::from_std(fd);
     let what = full.to_string();
     // Per-chunk timing is the client's to report; the chunks count as the session's
-    // progress (a Get of no session here counts on its own), and a run that makes none
-    // while its session makes none is given up.
-    let progress = shared
-        .sessions
-        .get(g.session)
+    // progress (a Get of no session of this key here counts on its own), and a run that
+    // makes none while its session makes none is given up.
+    let progress = (shared.sessions.get(g.session))
+        .filter(|l| l.owner == key)
         .map_or_else(Progress::default, |l| l.progress.clone());
     let mut log = RunLog::watched_by(&progress);
     // The client's `codecs` say whether it takes compressed chunks; which ones pay is
