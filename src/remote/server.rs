@@ -596,7 +596,7 @@ async fn control(
         // sessions may hold.
         let more = session.manifest_bytes() - manifest_held;
         if more > 0 {
-            if let Err(r) = shared.admit(|a| a.hold_manifest(more)) {
+            if let Err(r) = shared.admit(|a| a.hold_manifest(&key, more)) {
                 let f = Failure::new(ErrorCode::Busy, r.message());
                 break Err(ending(send, f).await);
             }
@@ -644,7 +644,7 @@ async fn control(
         published,
     } = held;
     drop(published);
-    shared.admit(|a| a.release_manifest(manifest_held));
+    shared.admit(|a| a.release_manifest(&key, manifest_held));
     let mut receiver = receiver;
     match outcome {
         Ok(()) => {

@@ -30,7 +30,13 @@ pub const SESSIONS_MAX: usize = 128;
 /// with `Busy`, not left to exhaust the server's memory.
 pub const MANIFEST_BYTES_HELD_MAX: u64 = 4 << 30;
 
-const _: () = assert!(crate::wire::MANIFEST_BYTES_MAX <= MANIFEST_BYTES_HELD_MAX);
+/// Encoded manifest bytes the sessions of one client key hold together: one manifest of
+/// the largest size, or several smaller ones, so that one key cannot take the whole
+/// `MANIFEST_BYTES_HELD_MAX` from the others.
+pub const MANIFEST_BYTES_PER_KEY_MAX: u64 = crate::wire::MANIFEST_BYTES_MAX;
+
+const _: () = assert!(crate::wire::MANIFEST_BYTES_MAX <= MANIFEST_BYTES_PER_KEY_MAX);
+const _: () = assert!(MANIFEST_BYTES_PER_KEY_MAX < MANIFEST_BYTES_HELD_MAX);
 const _: () = assert!(SESSIONS_PER_KEY_MAX <= SESSIONS_MAX);
 const _: () = assert!(CONNECTIONS_PER_KEY_MAX <= CONNECTIONS_MAX);
 
@@ -41,6 +47,7 @@ pub enum Refusal {
     Connections,
     SessionsPerKey,
     Sessions,
+    ManifestBytesPerKey,
     ManifestBytes,
 }
 
@@ -58,6 +65,10 @@ impl Refusal {
                 format!("this key already runs {SESSIONS_PER_KEY_MAX} sessions on the server")
             }
             Refusal::Sessions => format!("the server already runs {SESSIONS_MAX} sessions"),
+            Refusal::ManifestBytesPerKey => format!(
+                "this key's sessions would hold more than {} GiB of manifests on the server",
+                MANIFEST_BYTES_PER_KEY_MAX >> 30
+            ),
             Refusal::ManifestBytes => format!(
                 "the server's sessions would hold more than {} GiB of manifests; try again later",
                 MANIFEST_BYTES_HELD_MAX >> 30
@@ -71,8 +82,9 @@ impl Refusal {
 pub struct Admission<K> {
     connections: Counts<K>,
     sessions: Counts<K>,
-    /// Manifest bytes held by all sessions.
+    /// Manifest bytes held by all sessions, and by each key's.
     manifests: u64,
+    manifests_per_key: HashMap<K, u64>,
 }
 
 impl<K: Hash + Eq + Clone> Default for Admission<K> {
@@ -81,6 +93,7 @@ impl<K: Hash + Eq + Clone> Default for Admission<K> {
             connections: Counts::new(CONNECTIONS_PER_KEY_MAX, CONNECTIONS_MAX),
             sessions: Counts::new(SESSIONS_PER_KEY_MAX, SESSIONS_MAX),
             manifests: 0,
+            manifests_per_key: HashMap::new(),
         }
     }
 }
@@ -112,21 +125,33 @@ impl<K: Hash + Eq + Clone> Admission<K> {
         self.sessions.give_back(key);
     }
 
-    /// Holds `bytes` more of a session's manifest, or refuses if all sessions' manifests
-    /// would pass `MANIFEST_BYTES_HELD_MAX`. Given back with [`Admission::release_manifest`].
-    pub fn hold_manifest(&mut self, bytes: u64) -> Result<(), Refusal> {
+    /// Holds `bytes` more of a session of `key`'s manifest, or refuses if the key's
+    /// sessions would pass `MANIFEST_BYTES_PER_KEY_MAX` or all sessions'
+    /// `MANIFEST_BYTES_HELD_MAX`. Given back with [`Admission::release_manifest`].
+    pub fn hold_manifest(&mut self, key: &K, bytes: u64) -> Result<(), Refusal> {
+        let mine = self.manifests_per_key.get(key).copied().unwrap_or(0);
+        let mine = match mine.checked_add(bytes) {
+            Some(m) if m <= MANIFEST_BYTES_PER_KEY_MAX => m,
+            _ => return Err(Refusal::ManifestBytesPerKey),
+        };
         match self.manifests.checked_add(bytes) {
             Some(held) if held <= MANIFEST_BYTES_HELD_MAX => {
                 self.manifests = held;
+                self.manifests_per_key.insert(key.clone(), mine);
                 Ok(())
             }
             _ => Err(Refusal::ManifestBytes),
         }
     }
 
-    pub fn release_manifest(&mut self, bytes: u64) {
-        debug_assert!(bytes <= self.manifests, "released more than was held");
+    pub fn release_manifest(&mut self, key: &K, bytes: u64) {
         self.manifests = self.manifests.saturating_sub(bytes);
+        if let Some(mine) = self.manifests_per_key.get_mut(key) {
+            *mine = mine.saturating_sub(bytes);
+            if *mine == 0 {
+                self.manifests_per_key.remove(key);
+            }
+        }
     }
 
     /// Connections and sessions held now, in total.
@@ -232,13 +257,29 @@ mod tests {
     }
 
     #[test]
-    fn manifests_are_held_up_to_the_total_and_given_back() {
+    fn manifests_are_held_up_to_each_keys_share_and_the_total() {
+        use crate::wire::MANIFEST_BYTES_MAX;
         let mut a = Admission::<u32>::default();
-        a.hold_manifest(MANIFEST_BYTES_HELD_MAX - 10).unwrap();
-        assert_eq!(a.hold_manifest(11), Err(Refusal::ManifestBytes));
-        assert_eq!(a.hold_manifest(u64::MAX), Err(Refusal::ManifestBytes));
-        a.hold_manifest(10).unwrap();
-        a.release_manifest(MANIFEST_BYTES_HELD_MAX);
-        a.hold_manifest(crate::wire::MANIFEST_BYTES_MAX).unwrap();
+        a.hold_manifest(&1, MANIFEST_BYTES_PER_KEY_MAX - 10)
+            .unwrap();
+        assert_eq!(a.hold_manifest(&1, 11), Err(Refusal::ManifestBytesPerKey));
+        assert_eq!(
+            a.hold_manifest(&1, u64::MAX),
+            Err(Refusal::ManifestBytesPerKey)
+        );
+        a.hold_manifest(&1, 10).unwrap();
+        // Other keys fill the total.
+        let mut key = 2;
+        while a.manifests + MANIFEST_BYTES_MAX <= MANIFEST_BYTES_HELD_MAX {
+            a.hold_manifest(&key, MANIFEST_BYTES_MAX).unwrap();
+            key += 1;
+        }
+        assert_eq!(
+            a.hold_manifest(&key, MANIFEST_BYTES_MAX),
+            Err(Refusal::ManifestBytes)
+        );
+        a.release_manifest(&1, MANIFEST_BYTES_PER_KEY_MAX);
+        assert!(!a.manifests_per_key.contains_key(&1));
+        a.hold_manifest(&key, MANIFEST_BYTES_MAX).unwrap();
     }
 }
