@@ -1188,35 +1188,20 @@ fn a_session_reserves_at_most_its_limit_of_disk_space() {
 /// all four plans are still held. Plans now run on threads of their own.
 #[test]
 fn slow_plans_of_some_sessions_do_not_stall_another_clients_push() {
-    use std::io::BufRead;
     use std::time::Instant;
-    if !strace_works() {
-        return;
-    }
     let s = Scratch::new("hostile-slow-plans");
     let (cs, ss) = keys(&s);
     let other = another_client(&s, &ss, "other-state");
     let server = Server::start(&s.path("root"), &ss);
-    let mut strace = std::process::Command::new("strace")
-        .args(["-f", "-o", "/dev/null", "-e", "trace=fallocate"])
-        .args(["-e", "inject=fallocate:delay_enter=5000000", "-p"])
-        .arg(server.child.id().to_string())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // strace says "Process N attached" for each of the server's threads. Attaching to a
-    // process it did not start needs CAP_SYS_PTRACE where Yama's ptrace_scope is 1 (CI
-    // runs as root); without it the test is skipped.
-    let mut lines = std::io::BufReader::new(strace.stderr.take().unwrap()).lines();
-    let first = lines.next().and_then(Result::ok).unwrap_or_default();
-    if !first.contains("attached") {
-        eprintln!("skipped: strace cannot attach to the server: {first}");
-        let _ = strace.kill();
-        let _ = strace.wait();
+    let args = [
+        "-e",
+        "trace=fallocate",
+        "-e",
+        "inject=fallocate:delay_enter=5000000",
+    ];
+    let Some(strace) = strace_attached(server.child.id(), &args) else {
         return;
-    }
-    std::thread::spawn(move || lines.for_each(drop));
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    };
     let (sent_tx, sent_rx) = std::sync::mpsc::channel();
     let slow = std::thread::spawn({
         let cs = cs.clone();
@@ -1266,8 +1251,7 @@ fn slow_plans_of_some_sessions_do_not_stall_another_clients_push() {
     let pushed = Instant::now();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let planned = slow.join().unwrap();
-    let _ = strace.kill();
-    let _ = strace.wait();
+    drop(strace);
     assert_eq!(planned.len(), 4);
     assert!(
         planned.iter().all(|&t| t > pushed),

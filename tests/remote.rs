@@ -619,44 +619,19 @@ fn a_pull_that_fails_part_way_leaves_no_temporary_in_the_destination() {
 /// `syscall`: the push fails with exit 4 naming the error, leaves no file under its name
 /// and no temporary, and the same server then takes the file (docs/HARDENING.md).
 fn an_io_error_at_the_server(syscall: &str) {
-    use std::io::BufRead;
-    if !strace_works() {
-        return;
-    }
     let s = Scratch::new(&format!("remote-eio-{syscall}"));
     let (cs, ss) = keys(&s);
     let root = s.path("root");
     let server = Server::start_with(None, &root, &ss, "127.0.0.1:0", &["--io", "portable"]);
-    let mut strace = Command::new("strace")
-        .args([
-            "-f",
-            "-o",
-            "/dev/null",
-            "-e",
-            &format!("trace={syscall}"),
-            "-e",
-        ])
-        .arg(format!("inject={syscall}:error=EIO:when=1"))
-        .arg("-p")
-        .arg(server.child.id().to_string())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(strace.stderr.take().unwrap()).lines();
-    let first = lines.next().and_then(Result::ok).unwrap_or_default();
-    if !first.contains("attached") {
-        eprintln!("skipped: strace cannot attach to the server: {first}");
-        let _ = strace.kill();
-        let _ = strace.wait();
+    let trace = format!("trace={syscall}");
+    let inject = format!("inject={syscall}:error=EIO:when=1");
+    let Some(strace) = strace_attached(server.child.id(), &["-e", &trace, "-e", &inject]) else {
         return;
-    }
-    std::thread::spawn(move || lines.for_each(drop));
-    std::thread::sleep(Duration::from_millis(300));
+    };
     let src = s.path("f");
     random_file(&src, 8 << 20, 6);
     let out = copy(&cs, &src, server.url("f"), &["--accept-new"]);
-    let _ = strace.kill();
-    let _ = strace.wait();
+    drop(strace);
     assert_eq!(code(&out), 4, "{syscall}: {}", stderr(&out));
     assert!(
         stderr(&out).contains("Input/output error"),

@@ -1014,15 +1014,6 @@ async fn move_range(
     }
 }
 
-/// Why a session that stopped making progress is given up (`--timeout`).
-fn stall_message(job: &Job) -> String {
-    format!(
-        "server {} made no progress for {} s (--timeout): giving up",
-        job.remote.authority,
-        job.timeout.map_or(0, |t| t.as_secs())
-    )
-}
-
 /// How shard 0 reports a failure that ends the session.
 fn fail_session(out: &mut ShardOut, exit: Exit, message: String, direction: &'static str) {
     let mut p = Problems::default();
@@ -1355,11 +1346,8 @@ impl SessionDriver<'_> {
             }
             while let Some(f) = s.poll_transmit() {
                 // A server that stops reading (the manifest fills its window) stalls too.
-                let write = write_frame(send, &f);
-                match unless_stalled(self.job.timeout, &self.job.progress, write).await {
-                    Some(written) => written.map_err(|e| lost(self.job, e))?,
-                    None => return Err((Exit::Network, stall_message(self.job))),
-                }
+                let written = self.unless_stalled(write_frame(send, &f)).await?;
+                written.map_err(|e| lost(self.job, e))?;
             }
             if let Some(r) = s.poll_request() {
                 self.carry_out(r, s, conn, receivers).await?;
@@ -1383,9 +1371,7 @@ impl SessionDriver<'_> {
                 }
             };
             // Both waits are on channels, so a wait given up by the watchdog loses nothing.
-            let Some(ev) = unless_stalled(self.job.timeout, &self.job.progress, wait).await else {
-                return Err((Exit::Network, stall_message(self.job)));
-            };
+            let ev = self.unless_stalled(wait).await?;
             match ev {
                 Some(Ev::Range(file, result)) => s.handle_run(file, result),
                 Some(Ev::Frame(Ok(f))) => s.handle_frame(f),
@@ -1394,6 +1380,25 @@ impl SessionDriver<'_> {
                 None => return Err(lost(self.job, SessionError::Ended)),
             }
         }
+    }
+
+    /// `fut`'s output, or the session's end (exit 8) once the session moved nothing for a
+    /// whole `--timeout` (`super::unless_stalled`).
+    async fn unless_stalled<F: std::future::Future>(
+        &self,
+        fut: F,
+    ) -> Result<F::Output, (Exit, String)> {
+        let job = self.job;
+        unless_stalled(job.timeout, &job.progress, fut)
+            .await
+            .ok_or_else(|| {
+                let seconds = job.timeout.map_or(0, |t| t.as_secs());
+                let server = &job.remote.authority;
+                let why = format!(
+                    "server {server} made no progress for {seconds} s (--timeout): giving up"
+                );
+                (Exit::Network, why)
+            })
     }
 
     async fn carry_out(

@@ -123,8 +123,11 @@ impl Sessions {
         }
     }
 
-    fn get(&self, session: u64) -> Option<Arc<Live>> {
-        self.0.lock().expect("not poisoned").get(&session).cloned()
+    /// `session`, if it is here and runs for `key`: another key's session is answered as
+    /// no session at all, so nothing tells a client which ids are in use.
+    fn get(&self, session: u64, key: Fingerprint) -> Option<Arc<Live>> {
+        let sessions = self.0.lock().expect("not poisoned");
+        sessions.get(&session).filter(|l| l.owner == key).cloned()
     }
 }
 
@@ -639,13 +642,8 @@ async fn control(
             Err(e) => break Err(session_failure(e)),
         }
     };
-    let Held {
-        receiver,
-        published,
-    } = held;
-    drop(published);
+    drop(held.published);
     shared.admit(|a| a.release_manifest(&key, manifest_held));
-    let mut receiver = receiver;
     match outcome {
         Ok(()) => {
             let _ = send.finish();
@@ -654,7 +652,7 @@ async fn control(
             log!("tpc-xfer: refused: {}", f.message);
             let _ = send.finish();
             // Leave no temporary file behind.
-            if let Some(mut r) = receiver.take() {
+            if let Some(mut r) = held.receiver.take() {
                 // Removing a large session's temporaries is long work too.
                 rt::spawn_thread(move || r.abort()).await;
             }
@@ -678,6 +676,18 @@ async fn ending(send: &mut SendStream, f: Failure) -> Failure {
         send.reset(f.code as u32);
     }
     f
+}
+
+/// A data stream's run, given up with `no_progress` if its session moves nothing for a
+/// whole `--timeout` (`unless_stalled`).
+async fn watched<T>(
+    shared: &Shared,
+    progress: &Progress,
+    run: impl std::future::Future<Output = Result<T, DataError>>,
+) -> Result<T, DataError> {
+    unless_stalled(shared.timeout, progress, run)
+        .await
+        .unwrap_or_else(|| Err(DataError::Local(no_progress(shared.timeout))))
 }
 
 /// Why a session or its stream was given up by the stall watchdog (`--timeout`).
@@ -768,11 +778,7 @@ async fn put(
     let full = parse_path(&p.path)?;
     let tmp = temp_path(&full, p.session, p.file)?;
     let no_session = || Failure::protocol(format!("{full}: no push session {} here", p.session));
-    // Another key's session is answered as no session at all: nothing tells a client
-    // which ids are in use.
-    let live = (shared.sessions.get(p.session))
-        .filter(|l| l.owner == key)
-        .ok_or_else(no_session)?;
+    let live = shared.sessions.get(p.session, key).ok_or_else(no_session)?;
     let share = live.share.get().ok_or_else(no_session)?;
     let bound = !share.files.contains_key(&p.file);
     let arrivals = || share.arrivals.lock().expect("not poisoned");
@@ -845,9 +851,7 @@ async fn write_run(
         old.as_ref(),
         &mut log,
     );
-    let result = unless_stalled(shared.timeout, &live.progress, run)
-        .await
-        .unwrap_or_else(|| Err(DataError::Local(no_progress(shared.timeout))));
+    let result = watched(shared, &live.progress, run).await;
     let result = match lazy {
         Some(lazy) => {
             let finished = match result {
@@ -968,16 +972,13 @@ async fn get(
     // Per-chunk timing is the client's to report; the chunks count as the session's
     // progress (a Get of no session of this key here counts on its own), and a run that
     // makes none while its session makes none is given up.
-    let progress = (shared.sessions.get(g.session))
-        .filter(|l| l.owner == key)
+    let progress = (shared.sessions.get(g.session, key))
         .map_or_else(Progress::default, |l| l.progress.clone());
     let mut log = RunLog::watched_by(&progress);
     // The client's `codecs` say whether it takes compressed chunks; which ones pay is
     // decided here, chunk by chunk.
     let run = send_run(&file, &what, &g, &[], Compression::Auto, send, &mut log);
-    let result = unless_stalled(shared.timeout, &progress, run)
-        .await
-        .unwrap_or_else(|| Err(DataError::Local(no_progress(shared.timeout))));
+    let result = watched(shared, &progress, run).await;
     // End the stream before anything else can yield: the client is waiting for its end.
     let finished = result.is_ok().then(|| send.finish());
     let _ = file.close().await;

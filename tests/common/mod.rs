@@ -640,3 +640,44 @@ pub fn strace_works() -> bool {
     }
     ok
 }
+
+/// strace attached to the running process `pid` with `args` (its trace and inject
+/// options), stopped when dropped.
+pub struct Attached(Child);
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Attaches strace to every thread of `pid` (a server the test started) with `args`;
+/// `None`, saying the test is skipped, where strace cannot delay or inject, or cannot
+/// attach to a process it did not start (Yama's ptrace_scope 1 without CAP_SYS_PTRACE;
+/// CI runs as root).
+pub fn strace_attached(pid: u32, args: &[&str]) -> Option<Attached> {
+    if !strace_works() {
+        return None;
+    }
+    let mut child = Command::new("strace")
+        .args(["-f", "-o", "/dev/null"])
+        .args(args)
+        .arg("-p")
+        .arg(pid.to_string())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // strace says "Process N attached" for each of the threads.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let attached = Attached(child);
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    if !first.contains("attached") {
+        eprintln!("skipped: strace cannot attach to the server: {first}");
+        return None;
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    // The rest of the threads.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    Some(attached)
+}
