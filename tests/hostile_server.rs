@@ -234,6 +234,9 @@ fn a_server_of_another_protocol_version_is_exit_10_with_a_clear_message() {
         let listener =
             tpc_engine::tcp::bind_listener(format!("127.0.0.1:{port}").parse().unwrap()).unwrap();
         let old = old.clone();
+        // The QUIC server lives until the client has exited, however slow its handshake.
+        let client_exited = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let exited = client_exited.clone();
         let server = spawn_shard(move || async move {
             if transport == "quic" {
                 let crypto = Arc::new(quic_server_config_from(old).unwrap());
@@ -244,7 +247,9 @@ fn a_server_of_another_protocol_version_is_exit_10_with_a_clear_message() {
                 };
                 let endpoint = Endpoint::new(socket, Some(Box::new(make))).unwrap();
                 // The handshake fails inside the endpoint: nothing is ever accepted.
-                tpc_engine::rt::sleep(std::time::Duration::from_secs(2)).await;
+                while !exited.load(std::sync::atomic::Ordering::Relaxed) {
+                    tpc_engine::rt::sleep(std::time::Duration::from_millis(20)).await;
+                }
                 endpoint.shutdown();
             } else {
                 let listener = tpc_engine::rt::TcpListener::from_std(listener).unwrap();
@@ -260,6 +265,7 @@ fn a_server_of_another_protocol_version_is_exit_10_with_a_clear_message() {
             format!("tpc://127.0.0.1:{port}/f"),
             &["--accept-new", "--transport", transport],
         );
+        client_exited.store(true, std::sync::atomic::Ordering::Relaxed);
         server.join().unwrap();
         assert_eq!(code(&out), 10, "{transport}: {}", stderr(&out));
         assert!(
