@@ -583,15 +583,8 @@ async fn write_plain(file: &File, data: Vec<u8>, pos: u64, what: &str) -> Result
         .await
         .map_err(|e| io_failure(what, &e))?;
     if wrote != n {
-        // The write took the buffer, so its rest cannot be written again to learn why it
-        // stopped: one byte stands in for it. The file is a temporary one that this
-        // failure discards, so the byte's value does not matter; its errno names the
-        // cause (ENOSPC for a full disk, EDQUOT, EFBIG), where "short write" would not.
-        let at = pos + wrote as u64;
-        return Err(match file.with_std(|f| os::write_at(f, &[0u8], at)) {
-            Err(e) => io_failure(what, &e),
-            Ok(_) => local_failure(what, "short write", None),
-        });
+        let (errno, message) = file.with_std(|f| os::short_write(f, pos, wrote, n));
+        return Err(local_failure(what, message, Some(errno)));
     }
     Ok(())
 }

@@ -153,6 +153,27 @@ pub fn write_at(file: &File, buf: &[u8], offset: u64) -> io::Result<usize> {
     }
 }
 
+/// Why a positional write of `len` bytes at `offset` to `file`, a temporary that the
+/// failure discards, stopped after `written`: the errno and a message naming it. Writes
+/// to a regular file stop short only when room ran out (device, quota or file size
+/// limit). A driver's write takes the caller's buffer, so its rest cannot be written
+/// again to learn which: one byte past what was written stands in for it, and its errno
+/// names the cause. The byte can go through when another writer gave room back in
+/// between (a failed file's temporary removed, say); room ran out all the same, so that
+/// is ENOSPC.
+pub fn short_write(file: &File, offset: u64, written: usize, len: usize) -> (i32, String) {
+    let at = offset + written as u64;
+    let errno = match write_at(file, &[0u8], at) {
+        Err(e) => e.raw_os_error().unwrap_or(libc::ENOSPC),
+        Ok(_) => libc::ENOSPC,
+    };
+    let message = format!(
+        "{} (short write at offset {offset}: {written} of {len} bytes)",
+        errno_text(errno)
+    );
+    (errno, message)
+}
+
 /// Sets permission bits and access and modification times (seconds, nanoseconds)
 /// through an open file. Windows keeps one permission bit: the file is read-only
 /// when `mode` grants no write (`0o200`), as Rust's `Permissions::set_readonly` maps it.

@@ -695,15 +695,11 @@ async fn write_all_at(file: &File, data: Vec<u8>, offset: u64) -> Result<(), Fil
         .await
         .map_err(|e| file_error(Stage::Write, &e))?;
     if written != len {
-        // Writes to a regular file are only short when the device or quota ran
-        // out mid-write; the next write would fail with ENOSPC, so report that now.
+        let (errno, message) = file.with_std(|f| crate::os::short_write(f, offset, written, len));
         return Err(FileError {
             stage: Stage::Write,
-            errno: Some(libc::ENOSPC),
-            message: format!(
-                "{} (short write at offset {offset}: {written} of {len} bytes)",
-                crate::os::errno_text(libc::ENOSPC)
-            ),
+            errno: Some(errno),
+            message,
         });
     }
     Ok(())
