@@ -12,6 +12,7 @@
 //! failing client or stream only ever ends its own stream or connection; the server
 //! keeps serving.
 
+use std::cell::{Cell, OnceCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -84,6 +85,54 @@ struct Shared {
     timeout: Option<Duration>,
     /// Connections and sessions held per client key and in total (all shards).
     admission: Arc<Mutex<Admission<Fingerprint>>>,
+    /// What this shard serves right now.
+    activity: Activity,
+}
+
+/// What a shard serves, so that it gives its memory back once idle ([`trim_when_idle`]).
+#[derive(Default)]
+struct Activity {
+    /// TCP connections, from their accept (handshake included) to their end.
+    tcp: Cell<usize>,
+    /// The shard's QUIC endpoint, whose connections (handshakes included) count too.
+    quic: OnceCell<Endpoint>,
+    /// Checks in a row that found the shard idle since it last served something.
+    idle_checks: Cell<u32>,
+}
+
+impl Activity {
+    fn busy(&self) -> bool {
+        self.tcp.get() > 0 || self.quic.get().is_some_and(|ep| ep.connection_count() > 0)
+    }
+}
+
+/// How often a shard looks whether it is idle.
+const IDLE_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Gives the shard's free memory back to the kernel (`alloc::trim`) once it has been
+/// idle for two checks in a row (1-2 s) after serving something, so that a burst (a
+/// large transfer, or an attack's thousands of streams) does not leave the server at its
+/// peak size: the allocator keeps free memory for reuse while the thread works
+/// (`alloc::give_back_when_idle`), and an idle thread would keep it for good. A busy shard is
+/// never trimmed, and an idle one once per burst.
+async fn trim_when_idle(shared: Rc<Shared>) {
+    let activity = &shared.activity;
+    loop {
+        rt::sleep(IDLE_CHECK_EVERY).await;
+        if activity.busy() {
+            activity.idle_checks.set(0);
+            continue;
+        }
+        // 0 after work; 1 after one idle check; 2 once trimmed (until work again).
+        match activity.idle_checks.get() {
+            0 => activity.idle_checks.set(1),
+            1 => {
+                crate::alloc::trim();
+                activity.idle_checks.set(2);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The sessions in progress (on any shard), with what they share with their data
@@ -149,6 +198,8 @@ impl Drop for Published {
 }
 
 pub fn run(opts: ServeOptions) -> Exit {
+    // Before the shards start, so that the memory they allocate can go back.
+    crate::alloc::give_back_when_idle();
     let root = match Root::open_ambient(&opts.root) {
         Ok(r) => Arc::new(r),
         Err(e) => {
@@ -262,11 +313,13 @@ pub fn run(opts: ServeOptions) -> Exit {
                 sessions: sessions.clone(),
                 timeout,
                 admission: admission.clone(),
+                activity: Activity::default(),
             });
             let crypto = crypto.clone();
             let tls = tls.clone();
             async move {
                 drop(ctx.mesh);
+                rt::spawn_local(trim_when_idle(shared.clone())).detach();
                 let tcp = bound
                     .tcp
                     .map(|l| rt::spawn_local(accept_tcp(l, tls, shared.clone())));
@@ -354,6 +407,7 @@ async fn accept_quic(
             return;
         }
     };
+    let _ = shared.activity.quic.set(ep.clone());
     while let Some(conn) = ep.accept().await {
         rt::spawn_local(serve_connection(Connection::Quic(conn), shared.clone())).detach();
     }
@@ -395,15 +449,19 @@ async fn accept_tcp(
         let (tls, shared) = (tls.clone(), shared.clone());
         in_flight.set(in_flight.get() + 1);
         let in_flight = in_flight.clone();
+        let activity = &shared.activity;
+        activity.tcp.set(activity.tcp.get() + 1);
         rt::spawn_local(async move {
             let handshake = tcp::Connection::accept(sock, tls, remote);
             let handshake = rt::within(CONNECT_TIMEOUT, handshake).await;
             in_flight.set(in_flight.get() - 1);
             match handshake {
-                Some(Ok(conn)) => serve_connection(Connection::Tcp(conn), shared).await,
+                Some(Ok(conn)) => serve_connection(Connection::Tcp(conn), shared.clone()).await,
                 Some(Err(e)) => log!("tpc-xfer: TCP connection from {remote}: {e}"),
                 None => log!("tpc-xfer: TCP connection from {remote}: no TLS handshake in time"),
             }
+            let activity = &shared.activity;
+            activity.tcp.set(activity.tcp.get() - 1);
         })
         .detach();
     }

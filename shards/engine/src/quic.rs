@@ -374,6 +374,11 @@ impl Endpoint {
         .await
     }
 
+    /// The connections the endpoint holds: in their handshake, established, or draining.
+    pub fn connection_count(&self) -> usize {
+        self.state.borrow().conns.len()
+    }
+
     /// Waits until every connection is closed and its CONNECTION_CLOSE has been handed to
     /// the socket, without waiting out the draining period (three probe timeouts: 0.3 s
     /// at 50 ms RTT) that `wait_idle` does. For a client that exits once its session is
