@@ -1544,3 +1544,62 @@ fn tcp_handshakes_in_flight_are_capped_and_the_next_is_closed_at_once() {
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
+
+/// Issue 25, finding 10 and point 2 ("control characters in names and messages"): what
+/// a hostile client or a hostile tree puts in a name or a message reaches the server's
+/// log and a local copy's stderr escaped, on one line, never as a raw terminal escape or
+/// a line of its own that would pass for tpc-xfer's.
+#[test]
+fn hostile_names_and_messages_reach_the_log_and_stderr_escaped() {
+    let s = Scratch::new("hostile-forged");
+    let (cs, ss) = keys(&s);
+    let root = s.path("root");
+    let src = root.join("tree");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("plain"), b"plain").unwrap();
+    // A special file with the forged name: left out of a pull's listing and of a local
+    // copy, with a line naming it.
+    let fifo = [src.as_os_str().as_encoded_bytes(), b"/", FORGED.as_bytes()].concat();
+    let fifo = std::ffi::CString::new(fifo).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let server = Server::start(&root, &ss);
+    let forged_dest = [b"../".as_slice(), FORGED.as_bytes()].concat();
+    with_connection(&cs, server.port, move |conn| async move {
+        // A destination the server refuses, which its log line names.
+        let a = exchange(&conn, &[push(&forged_dest)]).await;
+        assert_eq!(refusal(&a), Some(ErrorCode::PathRefused), "{a:?}");
+        // A client that fails its own session with the forged message.
+        let error = Frame::Error {
+            code: ErrorCode::Io,
+            message: FORGED.to_string(),
+        };
+        let _ = exchange(&conn, &[push(b"ok"), error]).await;
+        // A pull of the tree, whose listing leaves the special file out.
+        let pull = Frame::Hello {
+            version: PROTOCOL_VERSION,
+            op: Op::Pull {
+                src: b"tree/".to_vec(),
+            },
+        };
+        let _ = exchange(&conn, &[pull]).await;
+    });
+    let log = server.log();
+    assert!(log.contains("client: it broke"), "{log}");
+    assert!(log.contains("all files copied"), "{log}");
+    assert_forgery_escaped(&log, "the server's log");
+    // The same tree copied locally: the walker's line for the special file.
+    let copied = s.path("copied");
+    let out = tpc(&[
+        std::ffi::OsStr::new("copy"),
+        src.as_os_str(),
+        copied.as_os_str(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("it broke"),
+        "the special file is not named: {err}"
+    );
+    assert_forgery_escaped(&err, "a local copy's stderr");
+    assert_eq!(std::fs::read(copied.join("tree/plain")).unwrap(), b"plain");
+}

@@ -292,6 +292,11 @@ enum Data {
     /// A zstd chunk of a few bytes that decodes to 1 MiB of zeros (a decompression
     /// bomb), with the hash of the honest bytes.
     Bomb,
+    /// An `Error` frame whose message carries control characters and a forged line.
+    Refuse,
+    /// The connection closed with a reason that carries control characters and a forged
+    /// line.
+    Close,
 }
 
 /// Serves one pull on 127.0.0.1 with the server key in `state`: the manifest `entries`
@@ -362,6 +367,19 @@ fn pull_from_liar(
                         tpc_engine::rt::spawn_local(trickle).detach();
                         continue;
                     }
+                    Data::Refuse => {
+                        let error = Frame::Error {
+                            code: tpc_core::wire::ErrorCode::Io,
+                            message: FORGED.to_string(),
+                        };
+                        let _ = write_frame(&mut s, &error).await;
+                        let _ = s.finish();
+                        continue;
+                    }
+                    Data::Close => {
+                        conn.close(77, FORGED.as_bytes());
+                        continue;
+                    }
                     _ => {}
                 }
                 let size = sizes.get(run.file as usize).copied().unwrap_or(0) as usize;
@@ -379,7 +397,9 @@ fn pull_from_liar(
                         let hash = blake3::hash(&chunk);
                         [&[CODEC_ZSTD][..], &len, &frames, hash.as_bytes()].concat()
                     }
-                    Data::Stall | Data::Trickle => unreachable!("answered above"),
+                    Data::Stall | Data::Trickle | Data::Refuse | Data::Close => {
+                        unreachable!("answered above")
+                    }
                 };
                 let _ = write_frame(&mut s, &header).await;
                 let _ = s.write_all(&body).await;
@@ -508,6 +528,20 @@ fn a_pulling_client_confines_and_verifies_what_a_lying_server_sends() {
             "{what}: left {:?}",
             tree(&dest)
         );
+    }
+    // A peer's message and close reason, with a forged line and a terminal escape in
+    // them: the client fails the pull and shows them escaped, on one line.
+    for (what, data) in [("an error", Data::Refuse), ("a close", Data::Close)] {
+        let dest = s.path(&format!("dest-{}", what.replace(' ', "-")));
+        let out = pull_from_liar(&ss, &cs, &dest, vec![top.clone(), file(b"f")], data);
+        let err = stderr(&out);
+        assert_ne!(code(&out), 0, "{what}: {err}");
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        assert!(
+            err.contains("it broke"),
+            "{what}: the message is not shown: {err}"
+        );
+        assert_forgery_escaped(&err, what);
     }
     // The same fake server, honest: the pull completes (the harness itself is sound).
     let dest = s.path("dest-honest");

@@ -681,3 +681,22 @@ pub fn strace_attached(pid: u32, args: &[&str]) -> Option<Attached> {
     std::thread::sleep(std::time::Duration::from_millis(300));
     Some(attached)
 }
+
+/// What a hostile peer puts in a message: a new line that would pass for one of
+/// tpc-xfer's own, and a terminal escape that clears the screen.
+pub const FORGED: &str = "it broke\n\x1b[2Jtpc-xfer: all files copied";
+
+/// Asserts that `text` (a client's stderr, a server's log) shows a peer's [`FORGED`]
+/// message only escaped: no raw escape character, no line of the peer's making.
+pub fn assert_forgery_escaped(text: &str, what: &str) {
+    assert!(
+        !text.contains('\x1b'),
+        "{what}: a raw escape reached: {text:?}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("tpc-xfer: all files copied")),
+        "{what}: a forged line reached: {text}"
+    );
+}
