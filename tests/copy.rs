@@ -269,6 +269,8 @@ fn special_files_skipped_by_name_hard_links_kept_setid_cleared() {
     std::fs::hard_link(src.join("a"), src.join("b")).unwrap();
     std::fs::write(src.join("setuid"), b"#!/bin/sh\n").unwrap();
     chmod(&src.join("setuid"), 0o6755);
+    std::fs::create_dir(src.join("sgid")).unwrap();
+    chmod(&src.join("sgid"), 0o2775);
     let fifo = std::ffi::CString::new(src.join("pipe").as_os_str().as_encoded_bytes()).unwrap();
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
     let dst = s.path("dst");
@@ -294,6 +296,8 @@ fn special_files_skipped_by_name_hard_links_kept_setid_cleared() {
     // Ownership is not copied, so setuid/setgid must not be either.
     let mode = std::fs::metadata(dst.join("src/setuid")).unwrap().mode() & 0o7777;
     assert_eq!(mode, 0o755);
+    let mode = std::fs::metadata(dst.join("src/sgid")).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o775, "setgid on a directory is cleared too");
 }
 
 #[test]
@@ -370,13 +374,17 @@ fn read_only_destination_is_exit_4() {
 }
 
 #[test]
-fn unreadable_file_is_exit_3_and_the_rest_is_copied() {
+fn unreadable_file_and_directory_are_exit_3_and_the_rest_is_copied() {
     let s = Scratch::new("unreadable");
     let src = s.path("src");
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("ok"), b"fine").unwrap();
     std::fs::write(src.join("secret"), b"no").unwrap();
     chmod(&src.join("secret"), 0o000);
+    // A directory of mode 0000: what is in it cannot be listed.
+    std::fs::create_dir(src.join("shut")).unwrap();
+    std::fs::write(src.join("shut/f"), b"hidden").unwrap();
+    chmod(&src.join("shut"), 0o000);
     let dst = s.path("dst");
     let mut cmd = Command::new(bin());
     if is_root() {
@@ -398,6 +406,14 @@ fn unreadable_file_is_exit_3_and_the_rest_is_copied() {
     );
     assert_eq!(std::fs::read(dst.join("src/ok")).unwrap(), b"fine");
     assert!(!dst.join("src/secret").exists());
+    assert!(
+        stderr(&out)
+            .lines()
+            .any(|l| l.contains("shut") && l.contains("Permission denied")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dst.join("src/shut/f").exists());
 }
 
 /// A source that fails with EIO part way (strace makes the copy's first read of the file

@@ -377,8 +377,9 @@ fn a_full_disk_at_a_pulling_client_is_exit_5_and_leaves_no_partial_file() {
     assert_full_destination(&out, &mnt.0);
 }
 
-/// setuid and setgid bits never travel (ownership does not), in either direction; mode
-/// 0000 does, and its content arrives all the same (read as root, or skipped when not).
+/// setuid and setgid bits never travel (ownership does not), in either direction, on
+/// files or directories; mode 0000 does, and the content of such a file or directory
+/// arrives all the same (read as root, or skipped when not).
 #[test]
 fn setid_bits_are_cleared_and_mode_0000_is_kept_in_a_push_and_a_pull() {
     use std::os::unix::fs::PermissionsExt;
@@ -394,22 +395,35 @@ fn setid_bits_are_cleared_and_mode_0000_is_kept_in_a_push_and_a_pull() {
     chmod(&src.join("setid"), 0o6755);
     std::fs::write(src.join("none"), b"none").unwrap();
     chmod(&src.join("none"), 0o000);
+    // A setgid directory, and a directory of mode 0000 with a file in it.
+    std::fs::create_dir(src.join("sgid")).unwrap();
+    std::fs::write(src.join("sgid/f"), b"in sgid").unwrap();
+    chmod(&src.join("sgid"), 0o2775);
+    std::fs::create_dir(src.join("shut")).unwrap();
+    std::fs::write(src.join("shut/f"), b"in shut").unwrap();
+    chmod(&src.join("shut"), 0o000);
     let root = s.path("root");
     let server = Server::start(&root, &ss);
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let kept = |dir: &Path| {
+        assert_eq!(mode(&dir.join("setid")), 0o755);
+        assert_eq!(mode(&dir.join("none")), 0o000);
+        assert_eq!(std::fs::read(dir.join("none")).unwrap(), b"none");
+        assert_eq!(mode(&dir.join("sgid")), 0o775);
+        assert_eq!(std::fs::read(dir.join("sgid/f")).unwrap(), b"in sgid");
+        assert_eq!(mode(&dir.join("shut")), 0o000);
+        assert_eq!(std::fs::read(dir.join("shut/f")).unwrap(), b"in shut");
+    };
     let out = copy(&cs, &src, server.url(""), &["--accept-new"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(mode(&root.join("src/setid")), 0o755);
-    assert_eq!(mode(&root.join("src/none")), 0o000);
-    assert_eq!(std::fs::read(root.join("src/none")).unwrap(), b"none");
-    // A file the server holds with setid bits (put there by its operator).
+    kept(&root.join("src"));
+    // What the server holds with setid bits (put there by its operator).
     chmod(&root.join("src/setid"), 0o6755);
+    chmod(&root.join("src/sgid"), 0o2775);
     let back = s.path("back");
     let out = copy(&cs, server.url("src/"), &back, &[]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(mode(&back.join("setid")), 0o755);
-    assert_eq!(mode(&back.join("none")), 0o000);
-    assert_eq!(std::fs::read(back.join("none")).unwrap(), b"none");
+    kept(&back);
 }
 
 /// After a push that filled the 2 MiB tmpfs at `root`, `server` still takes (and
