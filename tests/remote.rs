@@ -682,3 +682,58 @@ fn an_io_error_writing_at_the_server_fails_the_file_cleanly_and_the_server_goes_
 fn an_io_error_syncing_at_the_server_fails_the_file_cleanly_and_the_server_goes_on() {
     an_io_error_at_the_server("syncfs");
 }
+
+/// Issue 25, point 2 ("depth 4096"): a source tree 4,096 directories deep, on disk. The
+/// limit is 1,024 path components (`TREE_DEPTH_MAX`): a local copy, a push and a pull
+/// each take the tree down to it, fail what lies deeper with a line saying why, and
+/// exit non-zero; the file beside the tree arrives. Before, a push's server refused the
+/// whole session over the one entry too deep, and a pull left the deeper part out with
+/// exit 0 (only the server's log said so).
+#[test]
+fn a_tree_deeper_than_the_limit_arrives_down_to_it_and_fails_past_it() {
+    let s = Scratch::new("remote-deep");
+    let (cs, ss) = keys(&s);
+    let src = s.path("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("top"), b"top").unwrap();
+    deep_tree(&src, 4096);
+    let quiet = |out: &std::process::Output| stderr(out).replace(&"d/".repeat(64), "");
+    // Local copy: `dst/src` plus 1,023 levels make 1,024 components.
+    let dst = s.path("dst");
+    let out = tpc(&[
+        std::ffi::OsStr::new("copy"),
+        src.as_os_str(),
+        dst.as_os_str(),
+    ]);
+    assert_eq!(code(&out), 3, "{}", quiet(&out));
+    assert!(
+        stderr(&out).contains("nested deeper than 1024 levels"),
+        "{}",
+        quiet(&out)
+    );
+    assert_eq!(std::fs::read(dst.join("src/top")).unwrap(), b"top");
+    assert_eq!(depth_of(&dst.join("src")), 1023);
+    // Push into the server's root: the same.
+    let root = s.path("root");
+    let server = Server::start(&root, &ss);
+    let out = copy(&cs, &src, server.url(""), &["--accept-new"]);
+    assert_ne!(code(&out), 0, "{}", quiet(&out));
+    assert!(
+        stderr(&out).contains("cannot push to") && stderr(&out).contains("at most 1024"),
+        "{}",
+        quiet(&out)
+    );
+    assert_eq!(std::fs::read(root.join("src/top")).unwrap(), b"top");
+    assert_eq!(depth_of(&root.join("src")), 1023);
+    // Pull it back: the server's walk stops at the limit and says so to the client.
+    let back = s.path("back");
+    let out = copy(&cs, server.url("src/"), &back, &[]);
+    assert_eq!(code(&out), 3, "{}", quiet(&out));
+    assert!(
+        stderr(&out).contains("tpc-xfer: server: 'src/d/d"),
+        "{}",
+        quiet(&out)
+    );
+    assert_eq!(std::fs::read(back.join("top")).unwrap(), b"top");
+    assert_eq!(depth_of(&back), 1023);
+}

@@ -54,7 +54,7 @@ use crate::auth::{self, Identity, KnownServers, ServerTrust};
 use crate::copy::{beneath, hold_tree, landing_base, local_dest, local_target};
 use crate::exit::{Exit, Problems};
 use crate::summary::{LatencySummary, Network, PathSummary, Summary};
-use crate::walk::{self, quote};
+use crate::walk::{self, quote, quote_bytes};
 
 pub struct RemoteOptions {
     pub shard_count: usize,
@@ -1318,7 +1318,8 @@ async fn session(
     let t = s.tally();
     let sm = &mut d.summary;
     (sm.files, sm.files_copied, sm.files_unchanged) = (t.files, t.files_copied, t.files_unchanged);
-    (sm.failed, sm.bytes) = (t.failed, t.bytes);
+    // Added to what the driver counted itself (entries left out of a push's manifest).
+    (sm.failed, sm.bytes) = (sm.failed + t.failed, t.bytes);
     if !push {
         (sm.dirs, sm.symlinks) = (t.dirs, t.symlinks);
     }
@@ -1463,19 +1464,38 @@ impl SessionDriver<'_> {
         }
         let trimmed = path.strip_suffix(b"/").unwrap_or(path);
         let base = RelPath::parse(trimmed).map_err(|e| (Exit::Destination, e.to_string()))?;
-        for (e, src) in entries.iter().zip(srcs) {
+        let mut kept = Vec::with_capacity(entries.len());
+        for (e, src) in entries.into_iter().zip(srcs) {
+            // An entry the server would refuse once beneath the destination (deeper than
+            // `TREE_DEPTH_MAX` there, or longer than a path may be) fails alone, as in a
+            // local copy, instead of the server ending the whole session over it.
+            let remote = match full_path(&base, &e.path) {
+                Ok(p) => p.into_bytes(),
+                Err(f) => {
+                    let at = match (trimmed.is_empty(), e.path.is_empty()) {
+                        (true, _) => e.path.clone(),
+                        (false, true) => trimmed.to_vec(),
+                        (false, false) => [trimmed, b"/".as_slice(), &e.path].concat(),
+                    };
+                    self.problems.report(
+                        exit_for(f.code, true),
+                        format!("cannot push to {}: {}", quote_bytes(&at), f.message),
+                    );
+                    self.summary.failed += 1;
+                    continue;
+                }
+            };
             self.files.push(WorkFile {
-                remote: full_path(&base, &e.path)
-                    .map(|p| p.into_bytes())
-                    .unwrap_or_default(),
+                remote,
                 size: e.size,
                 local_src: src,
                 local_tmp: None,
                 have_first: 0,
                 have: Vec::new(),
             });
+            kept.push(e);
         }
-        Ok(entries)
+        Ok(kept)
     }
 
     /// Pull: where the tree lands locally, the local receiver, and its plan.

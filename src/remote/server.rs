@@ -24,8 +24,8 @@ use tpc_core::admission::Admission;
 use tpc_core::codec::{Compression, CODECS_SAME};
 use tpc_core::relpath::RelPath;
 use tpc_core::session::server::{
-    check_get, check_put, open_stream, parse_path, Opened, PutTarget, Request, ServerFacts,
-    ServerSession,
+    check_get, check_put, open_stream, parse_path, Listing, Opened, PutTarget, Request,
+    ServerFacts, ServerSession,
 };
 use tpc_core::wire::{DestKind, Entry, ErrorCode, Frame, Run, WireKind, MANIFEST_ENTRIES_MAX};
 use tpc_engine::confine::{fstat, sync_file, Access, FileKind, Root};
@@ -1057,14 +1057,17 @@ async fn get(
 }
 
 /// A pull's listing: the tree at `base` beneath the root, as manifest entries, and what
-/// its top is. Special files, unreadable symlinks and problems met during the walk are
-/// left out and logged (docs/PROTOCOL.md §6).
-fn list(root: &Root, base: &RelPath) -> Result<(DestKind, Vec<Entry>), Failure> {
+/// its top is. Special files are left out. Problems met during the walk and symlinks
+/// whose target cannot be read are left out, logged, and told to the client
+/// (`Unlisted`, docs/PROTOCOL.md §6).
+fn list(root: &Root, base: &RelPath) -> Result<Listing, Failure> {
     let (entries, errors) = root
         .walk(base, MANIFEST_ENTRIES_MAX as usize)
         .map_err(|e| confine_failure(&e))?;
+    let mut unlisted = Vec::with_capacity(errors.len());
     for e in &errors {
         log!("tpc-xfer: pull of {base}: {e}");
+        unlisted.push(confine_failure(e));
     }
     let dest = if entries
         .first()
@@ -1086,7 +1089,8 @@ fn list(root: &Root, base: &RelPath) -> Result<(DestKind, Vec<Entry>), Failure> 
             FileKind::Symlink => match root.read_link(&rel) {
                 Ok(t) => (WireKind::Symlink, t),
                 Err(e) => {
-                    log!("tpc-xfer: {e}");
+                    log!("tpc-xfer: pull of {base}: {e}");
+                    unlisted.push(confine_failure(&e));
                     continue;
                 }
             },
@@ -1106,5 +1110,9 @@ fn list(root: &Root, base: &RelPath) -> Result<(DestKind, Vec<Entry>), Failure> 
             hashes: Vec::new(),
         });
     }
-    Ok((dest, wire))
+    Ok(Listing {
+        kind: dest,
+        entries: wire,
+        unlisted,
+    })
 }

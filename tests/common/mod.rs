@@ -700,3 +700,62 @@ pub fn assert_forgery_escaped(text: &str, what: &str) {
         "{what}: a forged line reached: {text}"
     );
 }
+
+/// Makes `depth` directories named `d`, each inside the one before, beneath `dir`, with a
+/// file `leaf` at the bottom. Each is made relative to the one above it (mkdirat), since
+/// the whole path soon outgrows PATH_MAX.
+pub fn deep_tree(dir: &Path, depth: usize) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let open = |at: i32, name: &std::ffi::CStr| {
+        // SAFETY: a valid directory fd or AT_FDCWD, and a NUL-terminated name.
+        let fd = unsafe { libc::openat(at, name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
+        assert!(fd >= 0, "openat: {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh fd that nothing else owns.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    };
+    let top = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    let mut at = open(libc::AT_FDCWD, &top);
+    for _ in 0..depth {
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { libc::mkdirat(at.as_raw_fd(), c"d".as_ptr(), 0o755) },
+            0
+        );
+        at = open(at.as_raw_fd(), c"d");
+    }
+    // SAFETY: as above.
+    let fd = unsafe {
+        libc::openat(
+            at.as_raw_fd(),
+            c"leaf".as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            0o644,
+        )
+    };
+    assert!(fd >= 0, "leaf: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh fd that nothing else owns.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+}
+
+/// How many directories named `d` nest beneath `dir` (see `deep_tree`).
+pub fn depth_of(dir: &Path) -> usize {
+    let mut at = std::fs::File::open(dir).unwrap();
+    let mut depth = 0;
+    loop {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: a valid directory fd and a NUL-terminated name.
+        let fd = unsafe {
+            libc::openat(
+                at.as_raw_fd(),
+                c"d".as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+            )
+        };
+        if fd < 0 {
+            return depth;
+        }
+        // SAFETY: a fresh fd that nothing else owns.
+        at = unsafe { std::fs::File::from_raw_fd(fd) };
+        depth += 1;
+    }
+}

@@ -17,14 +17,15 @@ use std::ops::Range;
 use crate::digest::ChunkHash;
 use crate::limits::{FILE_SIZE_BYTES_MAX, PATH_BYTES_MAX, RANGE_CHUNKS, SHARDS_MAX};
 
-/// ALPN of protocol version 3; a peer that speaks anything else fails the TLS handshake.
-pub const ALPN: &[u8] = b"tpc-xfer/3";
+/// ALPN of protocol version 4; a peer that speaks anything else fails the TLS handshake.
+pub const ALPN: &[u8] = b"tpc-xfer/4";
 
 /// Version carried in `Hello`; bumped on any incompatible change. Version 2 added the
 /// per-chunk codec byte (zstd) and the run header's `codecs`; version 3 the TCP transport
 /// (its stream multiplexer, `tpc_engine::tcp`) beside QUIC, with `Welcome`'s ports
-/// naming both a UDP and a TCP port of each server shard.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// naming both a UDP and a TCP port of each server shard; version 4 the `Unlisted` frame,
+/// which tells a pulling client what the server's listing had to leave out.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Bytes of a frame header: type (1) + payload length (4).
 pub const FRAME_HEADER_BYTES: usize = 5;
@@ -79,6 +80,7 @@ mod kind {
     pub const FINISH: u8 = 14;
     pub const DONE: u8 = 15;
     pub const ERROR: u8 = 16;
+    pub const UNLISTED: u8 = 17;
 }
 
 /// What a client asks for in `Hello`.
@@ -356,7 +358,19 @@ pub enum Frame {
         code: ErrorCode,
         message: String,
     },
+    /// Pull: a part of the source the server could not list (an unreadable directory, a
+    /// tree too deep), left out of the manifest; the session goes on. At most
+    /// `UNLISTED_MAX` per session, among the `Entries` frames.
+    Unlisted {
+        code: ErrorCode,
+        message: String,
+    },
 }
+
+/// `Unlisted` frames in one pull session. A listing with more problems sends this many,
+/// the last one counting the rest, so that a tree of unreadable directories cannot make
+/// the client hold a message for each.
+pub const UNLISTED_MAX: usize = 1024;
 
 /// Why a frame was refused. Carries what was wrong, for the one-line error.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -429,6 +443,7 @@ impl Frame {
             Frame::Finish => kind::FINISH,
             Frame::Done { .. } => kind::DONE,
             Frame::Error { .. } => kind::ERROR,
+            Frame::Unlisted { .. } => kind::UNLISTED,
         }
     }
 
@@ -521,7 +536,7 @@ impl Frame {
                 w.u64(*files);
                 w.u64(*bytes);
             }
-            Frame::Error { code, message } => {
+            Frame::Error { code, message } | Frame::Unlisted { code, message } => {
                 w.u16(*code as u16);
                 w.message(message);
             }
@@ -737,6 +752,10 @@ impl Frame {
                 bytes: r.u64("bytes")?,
             },
             kind::ERROR => Frame::Error {
+                code: r.code()?,
+                message: r.message()?,
+            },
+            kind::UNLISTED => Frame::Unlisted {
                 code: r.code()?,
                 message: r.message()?,
             },
@@ -1126,6 +1145,10 @@ mod tests {
         round_trip(Frame::Error {
             code: ErrorCode::PathRefused,
             message: "no".into(),
+        });
+        round_trip(Frame::Unlisted {
+            code: ErrorCode::Io,
+            message: "'d': Permission denied".into(),
         });
     }
 

@@ -560,7 +560,11 @@ fn server_request(run: &mut Run, rx: &mut Receiver) {
     let Some(s) = run.server.as_mut() else { return };
     match r {
         server::Request::LookUp(_) => s.handle_looked_up(Ok(DestKind::Dir)),
-        server::Request::Walk(_) => s.handle_listed(Ok((DestKind::Dir, run.sc.entries.clone()))),
+        server::Request::Walk(_) => s.handle_listed(Ok(server::Listing {
+            kind: DestKind::Dir,
+            entries: run.sc.entries.clone(),
+            unlisted: Vec::new(),
+        })),
         server::Request::Plan { entries, .. } => {
             let planned = if entries == run.sc.entries {
                 Ok(rx.plan(run.rng))
@@ -583,7 +587,7 @@ fn finish(run: &Run, disk: &Disk, end: Result<(), Ended>) -> Result<End, String>
         if run.sc.push && !matches!(run.server_done, Some(Ok(()))) {
             return Err("the client succeeded before the server did".into());
         }
-        let failed: HashSet<u32> = run.problems.iter().map(|p| p.file).collect();
+        let failed: HashSet<u32> = run.problems.iter().filter_map(|p| p.file).collect();
         // Every regular file is counted once: copied, unchanged or failed.
         let t = run.client.tally();
         if t.files_copied + t.files_unchanged + t.failed != t.files {

@@ -21,7 +21,7 @@ use crate::schedule::{cut_runs, Asked, RunItem};
 use crate::session::{Ended, Failure, Planned, Problem};
 use crate::wire::{
     entry_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, NeedItem, Op, Run, WireKind,
-    PROTOCOL_VERSION,
+    PROTOCOL_VERSION, UNLISTED_MAX,
 };
 
 /// Work the client's driver carries out for the session.
@@ -98,6 +98,8 @@ pub struct ClientSession {
     transmit: VecDeque<Frame>,
     requests: VecDeque<Request>,
     problems: VecDeque<Problem>,
+    /// Pull: `Unlisted` frames the server sent.
+    unlisted: usize,
     outcome: Option<Result<(), Ended>>,
     files: Vec<FileFacts>,
     /// Push: the manifest being sent, and the entries of each frame still to go.
@@ -132,6 +134,7 @@ impl ClientSession {
             transmit: VecDeque::from([hello]),
             requests: VecDeque::new(),
             problems: VecDeque::new(),
+            unlisted: 0,
             outcome: None,
             files: Vec::new(),
             outgoing: Vec::new(),
@@ -365,6 +368,24 @@ impl ClientSession {
 
     fn on_manifest(&mut self, frame: Frame) -> Result<(), Failure> {
         match frame {
+            Frame::Unlisted { code, message } => {
+                self.unlisted += 1;
+                if self.unlisted > UNLISTED_MAX {
+                    return Err(Failure::protocol(format!(
+                        "server sent more than {UNLISTED_MAX} Unlisted frames"
+                    )));
+                }
+                // A part of the source that does not arrive: a failure of this pull, as
+                // an unreadable directory is of a local copy.
+                self.tally.failed += 1;
+                self.problems.push_back(Problem {
+                    file: None,
+                    code,
+                    message: format!("server: {message}"),
+                    at_destination: false,
+                });
+                Ok(())
+            }
             Frame::Entries(batch) => {
                 self.budget
                     .take(&batch)
@@ -453,7 +474,7 @@ impl ClientSession {
             (Ok(RunEnded::FileFailed), Err(f)) => {
                 self.tally.failed += 1;
                 self.problems.push_back(Problem {
-                    file,
+                    file: Some(file),
                     code: f.code,
                     message: f.message,
                     at_destination: self.push,
@@ -533,7 +554,7 @@ impl ClientSession {
     fn fail_file(&mut self, file: u32, code: ErrorCode, message: String) {
         self.tally.failed += 1;
         self.problems.push_back(Problem {
-            file,
+            file: Some(file),
             code,
             message,
             at_destination: true,
@@ -672,5 +693,41 @@ pub fn refusal(answer: Frame) -> Failure {
             "server answered a run with frame type {}",
             other.kind()
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_pull_left_unlisted_fails_alone_up_to_the_limit() {
+        let mut s = ClientSession::new(Op::Pull { src: b"t".to_vec() }, 1);
+        assert!(matches!(s.poll_transmit(), Some(Frame::Hello { .. })));
+        s.handle_frame(Frame::Welcome {
+            session: 7,
+            shard_ports: vec![1],
+            dest: DestKind::Dir,
+        });
+        let unlisted = || Frame::Unlisted {
+            code: ErrorCode::Io,
+            message: "'t/d': Permission denied".into(),
+        };
+        s.handle_frame(unlisted());
+        let p = s.poll_problem().expect("told");
+        assert_eq!(p.file, None);
+        assert_eq!(p.message, "server: 't/d': Permission denied");
+        assert_eq!(s.tally().failed, 1);
+        assert!(s.poll_outcome().is_none(), "the pull goes on");
+        for _ in 1..UNLISTED_MAX {
+            s.handle_frame(unlisted());
+        }
+        assert!(s.poll_outcome().is_none());
+        assert_eq!(s.tally().failed, UNLISTED_MAX as u64);
+        // One past the limit: the server is not keeping to the protocol.
+        s.handle_frame(unlisted());
+        while s.poll_problem().is_some() {}
+        let ended = s.poll_outcome().expect("ended").unwrap_err();
+        assert_eq!(ended.code, ErrorCode::Protocol, "{ended:?}");
     }
 }

@@ -86,7 +86,9 @@ pub type Planned = Result<(Vec<crate::wire::NeedItem>, Failures), Failure>;
 /// One file that failed while the session went on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
-    pub file: u32,
+    /// The manifest entry it concerns; `None` for a part of a pull's source that the
+    /// server could not list (`Unlisted`), which has no entry.
+    pub file: Option<u32>,
     pub code: ErrorCode,
     pub message: String,
     /// The failure was the destination's (the receiving side's): its code means what it

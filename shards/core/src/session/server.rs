@@ -20,7 +20,7 @@ use crate::relpath::RelPath;
 use crate::session::{Failure, Planned, TRANSMIT_QUEUE_MAX};
 use crate::wire::{
     entry_frames, need_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, NeedItem, Op,
-    Run, PROTOCOL_VERSION,
+    Run, PROTOCOL_VERSION, UNLISTED_MAX,
 };
 
 /// What the server's settings say about every stream.
@@ -85,6 +85,41 @@ pub fn open_stream(
             f.kind()
         ))),
     }
+}
+
+/// A pull's listing, as the driver's walk found it.
+pub struct Listing {
+    /// What the source's top is.
+    pub kind: DestKind,
+    pub entries: Vec<Entry>,
+    /// What the walk could not list (an unreadable directory, a tree too deep), each
+    /// left out of `entries`.
+    pub unlisted: Vec<Failure>,
+}
+
+/// The `Unlisted` frames that tell the client of `unlisted`: one each, at most
+/// `UNLISTED_MAX`, the last one counting those past it.
+fn unlisted_frames(unlisted: Vec<Failure>) -> Vec<Frame> {
+    let total = unlisted.len();
+    let mut frames = Vec::with_capacity(total.min(UNLISTED_MAX));
+    for (i, f) in unlisted.into_iter().enumerate() {
+        if i + 1 == UNLISTED_MAX && total > UNLISTED_MAX {
+            frames.push(Frame::Unlisted {
+                code: f.code,
+                message: format!(
+                    "{} more parts of the source could not be listed (the server's log \
+                     names each)",
+                    total - i
+                ),
+            });
+            break;
+        }
+        frames.push(Frame::Unlisted {
+            code: f.code,
+            message: f.message,
+        });
+    }
+    frames
 }
 
 /// A path the client named, beneath the root. A trailing slash only says "a directory"
@@ -185,6 +220,8 @@ enum Phase {
 struct Outbox {
     head: Option<Frame>,
     failed: VecDeque<(u32, Failure)>,
+    /// Pull: the `Unlisted` frames, before the listing (at most `UNLISTED_MAX`).
+    unlisted: VecDeque<Frame>,
     entries: Vec<Entry>,
     needs: Vec<NeedItem>,
     frames: VecDeque<Range<usize>>,
@@ -203,6 +240,9 @@ impl Outbox {
                 message: f.message,
             });
         }
+        if let Some(f) = self.unlisted.pop_front() {
+            return Some(f);
+        }
         if let Some(r) = self.frames.pop_front() {
             return Some(if self.needs.is_empty() {
                 Frame::Entries(self.entries[r].to_vec())
@@ -217,6 +257,7 @@ impl Outbox {
     fn is_empty(&self) -> bool {
         self.head.is_none()
             && self.failed.is_empty()
+            && self.unlisted.is_empty()
             && self.frames.is_empty()
             && self.tail.is_empty()
     }
@@ -348,13 +389,18 @@ impl ServerSession {
         }
     }
 
-    /// Pull: the tree at the source, and what its top is (Dir or Other).
-    pub fn handle_listed(&mut self, listed: Result<(DestKind, Vec<Entry>), Failure>) {
+    /// Pull: the tree at the source, what its top is (Dir or Other), and what the walk
+    /// had to leave out (told to the client as `Unlisted`).
+    pub fn handle_listed(&mut self, listed: Result<Listing, Failure>) {
         if self.phase != Phase::Walking {
             return;
         }
         match listed {
-            Ok((kind, entries)) => {
+            Ok(Listing {
+                kind,
+                entries,
+                unlisted,
+            }) => {
                 // A listing is held like a received manifest, within the same limits:
                 // the client would refuse a longer one, and the server's memory is
                 // bounded by them (the driver also counts `manifest_bytes`).
@@ -366,6 +412,7 @@ impl ServerSession {
                 }
                 self.outbox.head = Some(self.welcome(kind));
                 let count = entries.len() as u64;
+                self.outbox.unlisted = unlisted_frames(unlisted).into();
                 self.outbox.frames = entry_frames(&entries).into();
                 self.outbox.entries = entries;
                 self.outbox.tail.push_back(Frame::EntriesEnd { count });
@@ -545,6 +592,54 @@ mod tests {
         ] {
             assert!(check_put(&r, full, unmade(&a)).is_err(), "{r:?}");
         }
+    }
+
+    #[test]
+    fn a_listing_tells_what_it_left_out_before_the_entries_and_within_its_limit() {
+        let facts = ServerFacts {
+            read_only: false,
+            ports: vec![1],
+        };
+        let hello = Frame::Hello {
+            version: PROTOCOL_VERSION,
+            op: Op::Pull { src: b"t".to_vec() },
+        };
+        let Opened::Control(mut s) = open_stream(Some(hello), &facts, || 7) else {
+            panic!("a pull is a session");
+        };
+        assert!(matches!(s.poll_request(), Some(Request::Walk(_))));
+        let problem = |i| Failure::new(ErrorCode::Io, format!("'t/d{i}': Permission denied"));
+        let entry = Entry {
+            kind: crate::wire::WireKind::Dir,
+            path: Vec::new(),
+            size: 0,
+            mode: 0o755,
+            mtime: (0, 0),
+            target: Vec::new(),
+            hashes: Vec::new(),
+        };
+        s.handle_listed(Ok(Listing {
+            kind: DestKind::Dir,
+            entries: vec![entry],
+            unlisted: (0..UNLISTED_MAX + 976).map(problem).collect(),
+        }));
+        let sent: Vec<Frame> = std::iter::from_fn(|| s.poll_transmit()).collect();
+        assert!(matches!(sent[0], Frame::Welcome { .. }), "{:?}", sent[0]);
+        let unlisted: Vec<&String> = sent
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Unlisted { message, .. } => Some(message),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(unlisted.len(), UNLISTED_MAX);
+        assert_eq!(unlisted[0], "'t/d0': Permission denied");
+        assert!(
+            unlisted[UNLISTED_MAX - 1].starts_with("977 more"),
+            "{unlisted:?}"
+        );
+        assert!(matches!(sent[UNLISTED_MAX + 1], Frame::Entries(_)));
+        assert_eq!(sent.last(), Some(&Frame::EntriesEnd { count: 1 }));
     }
 
     #[test]
