@@ -680,6 +680,10 @@ fn drain_plaintext(st: &mut State, plain: &mut BytesMut) -> Result<(), &'static 
 async fn write_loop(sock: TcpStream, state: Rc<RefCell<State>>) {
     let mut out = Vec::new();
     loop {
+        // Emptied before anything else: a pass that ends the loop (closing, or lost)
+        // encrypts nothing, and must not send the last pass's records a second time (the
+        // peer would fail to decrypt the copy, and lose the close reason with it).
+        out.clear();
         let done = poll_fn(|cx| {
             let mut st = state.borrow_mut();
             if st.lost.is_some() && !st.closing {
@@ -692,7 +696,6 @@ async fn write_loop(sock: TcpStream, state: Rc<RefCell<State>>) {
                 st.writer = Some(cx.waker().clone());
                 return Poll::Pending;
             }
-            out.clear();
             let mut moved = 0;
             while let Some(f) = st.out.pop_front() {
                 moved += f.len();
