@@ -1603,3 +1603,105 @@ fn hostile_names_and_messages_reach_the_log_and_stderr_escaped() {
     assert_forgery_escaped(&err, "a local copy's stderr");
     assert_eq!(std::fs::read(copied.join("tree/plain")).unwrap(), b"plain");
 }
+
+/// Issue 25, point 2 ("100,000 streams requested"): a client that asks for 100,000
+/// streams on one connection, each held open after a byte of a frame header, gets the
+/// per-connection limit (64, `STREAMS_PER_CONNECTION_MAX` over QUIC and
+/// `tcp::STREAMS_MAX` over TCP) and waits for more, while another client's push
+/// completes. Over TCP, where the multiplexer is ours, one raw frame that opens
+/// 100,000 streams at once (a stream opens every lower one of its side) closes the
+/// connection with a reason, and the server goes on serving.
+#[test]
+fn a_client_asking_for_a_hundred_thousand_streams_gets_the_limit() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+    let s = Scratch::new("hostile-streams");
+    let (cs, ss) = keys(&s);
+    let other = another_client(&s, &ss, "other-state");
+    let server = Server::start(&s.path("root"), &ss);
+    let limit = tpc_xfer::remote::STREAMS_PER_CONNECTION_MAX as usize;
+    assert_eq!(limit, tpc_engine::tcp::STREAMS_MAX as usize);
+    let opened = Arc::new(AtomicUsize::new(0));
+    let (asked, release) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let attacker = std::thread::spawn({
+        let (cs, port) = (cs.clone(), server.port);
+        let (opened, asked, release) = (opened.clone(), asked.clone(), release.clone());
+        move || {
+            with_connection(&cs, port, move |conn| async move {
+                let mut held = Vec::new();
+                for _ in 0..100_000 {
+                    // The one past the limit waits for a stream to end: 2 s tells.
+                    let wait = Duration::from_secs(2);
+                    let Some(Ok((mut send, recv))) =
+                        tpc_engine::rt::within(wait, conn.open_bi()).await
+                    else {
+                        break;
+                    };
+                    if send.write_all(&[1]).await.is_err() {
+                        break;
+                    }
+                    held.push((send, recv));
+                    opened.store(held.len(), Ordering::Relaxed);
+                }
+                asked.store(true, Ordering::Relaxed);
+                while !release.load(Ordering::Relaxed) {
+                    tpc_engine::rt::sleep(Duration::from_millis(50)).await;
+                }
+                drop(held);
+            })
+        }
+    });
+    while !asked.load(Ordering::Relaxed) && !attacker.is_finished() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(opened.load(Ordering::Relaxed), limit);
+    let src = s.path("real");
+    random_file(&src, 4 << 20, 12);
+    let out = copy(&other, &src, server.url("real"), &["--accept-new"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_identical(&src, &s.path("root/real"));
+    release.store(true, Ordering::Relaxed);
+    attacker.join().unwrap();
+
+    // Raw TLS to the server's TCP port, and one multiplexer frame (kind, stream, value,
+    // payload) for client stream 199,999: the 100,000th odd number.
+    let identity = Identity::load_or_create(&cs).unwrap();
+    let known = KnownServers::load(&cs).unwrap();
+    let addr = format!("127.0.0.1:{}", server.port);
+    let trust = ServerTrust::new(&known, &addr, true).unwrap();
+    let config = client_crypto(&identity, trust).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("tpc-xfer").unwrap();
+    let tls = rustls::ClientConnection::new(config, name).unwrap();
+    let tcp = std::net::TcpStream::connect(&addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut stream = rustls::StreamOwned::new(tls, tcp);
+    let mut frame = vec![0u8]; // DATA
+    frame.extend_from_slice(&199_999u32.to_le_bytes());
+    frame.extend_from_slice(&1u32.to_le_bytes());
+    frame.push(1);
+    stream.write_all(&frame).unwrap();
+    stream.flush().unwrap();
+    // What the server sends back, up to its close: the reason, in records that all
+    // decrypt (its writer once sent its last records a second time as it closed, and a
+    // client that read both lost the reason to a decrypt error).
+    let mut got = Vec::new();
+    let read = stream.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.contains("too many streams"),
+        "the server answered {read:?} {got:?}"
+    );
+    assert!(
+        read.as_ref()
+            .err()
+            .is_none_or(|e| e.kind() != std::io::ErrorKind::InvalidData),
+        "{read:?}"
+    );
+    let out = copy(&other, &src, server.url("again"), &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
