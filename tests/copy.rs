@@ -452,3 +452,34 @@ fn an_io_error_reading_a_source_is_exit_3_and_leaves_nothing_of_it() {
     );
     assert!(temporaries(&dst).is_empty());
 }
+
+/// An I/O error from the sync before the renames (strace fails the copy's first syncfs):
+/// exit 4 with the error and the file named, nothing under its final name and no
+/// temporary left (docs/HARDENING.md).
+#[test]
+fn an_io_error_syncing_a_local_copy_is_exit_4_and_leaves_nothing_under_its_name() {
+    if !strace_works() {
+        return;
+    }
+    let s = Scratch::new("eio-sync");
+    let src = s.path("src");
+    std::fs::create_dir(&src).unwrap();
+    random_file(&src.join("big"), 8 << 20, 5);
+    let dst = s.path("dst");
+    let out = Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=syncfs"])
+        .args(["-e", "inject=syncfs:error=EIO:when=1", bin()])
+        .args(["copy", "--io", "portable"])
+        .arg(&src)
+        .arg(&dst)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("big") && err.contains("Input/output error"),
+        "{err}"
+    );
+    assert!(!dst.join("src/big").exists(), "a file under its final name");
+    assert!(temporaries(&dst).is_empty());
+}

@@ -737,3 +737,98 @@ fn a_tree_deeper_than_the_limit_arrives_down_to_it_and_fails_past_it() {
     assert_eq!(std::fs::read(back.join("top")).unwrap(), b"top");
     assert_eq!(depth_of(&back), 1023);
 }
+
+/// An I/O error on a pulling client's disk, injected by strace into the client's first
+/// call of `syscall` (on the portable driver, whose writes strace sees): the pull fails
+/// with exit 4 naming the error, leaves no file under its name and no temporary, and a
+/// second pull brings the file (docs/HARDENING.md).
+fn an_io_error_at_a_pulling_client(syscall: &str) {
+    if !strace_works() {
+        return;
+    }
+    let s = Scratch::new(&format!("remote-pull-eio-{syscall}"));
+    let (cs, ss) = keys(&s);
+    let root = s.path("root");
+    std::fs::create_dir_all(&root).unwrap();
+    random_file(&root.join("f"), 8 << 20, 7);
+    let server = Server::start(&root, &ss);
+    // Known first, so that the traced run writes nothing but the pulled file.
+    let warm = s.path("warm");
+    let out = copy(&cs, server.url("f"), &warm, &["--accept-new"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let dst = s.path("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let out = Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+        .arg(format!("trace={syscall}"))
+        .arg("-e")
+        .arg(format!("inject={syscall}:error=EIO:when=1"))
+        .args([bin(), "copy", "-q", "--io", "portable", "--state"])
+        .arg(&cs)
+        .arg(server.url("f"))
+        .arg(&dst)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 4, "{syscall}: {}", stderr(&out));
+    // Named as the file where it lands, not as its temporary.
+    assert!(
+        stderr(&out)
+            .lines()
+            .any(|l| l.starts_with("tpc-xfer: f: ") && l.contains("Input/output error")),
+        "{syscall}: {}",
+        stderr(&out)
+    );
+    assert!(!dst.join("f").exists(), "{syscall}: a file under its name");
+    assert_eq!(temporaries(&dst), Vec::<PathBuf>::new(), "{syscall}");
+    let out = copy(&cs, server.url("f"), &dst, &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_identical(&root.join("f"), &dst.join("f"));
+}
+
+#[test]
+fn an_io_error_writing_at_a_pulling_client_fails_the_file_cleanly() {
+    an_io_error_at_a_pulling_client("pwrite64");
+}
+
+#[test]
+fn an_io_error_syncing_at_a_pulling_client_fails_the_file_cleanly() {
+    an_io_error_at_a_pulling_client("syncfs");
+}
+
+/// An I/O error reading a push's source (strace fails the client's first read of it, on
+/// the portable driver): the file fails as a source problem (exit 3, as in a local copy,
+/// where it was exit 4 when every run failure of a push counted as the server's), named,
+/// with nothing of it at the server; the file beside it arrives.
+#[test]
+fn an_io_error_reading_a_pushed_source_is_exit_3_and_leaves_nothing_of_it() {
+    if !strace_works() {
+        return;
+    }
+    let s = Scratch::new("remote-push-eio");
+    let (cs, ss) = keys(&s);
+    let src = s.path("src");
+    std::fs::create_dir(&src).unwrap();
+    random_file(&src.join("big"), 8 << 20, 8);
+    std::fs::write(src.join("ok"), b"fine").unwrap();
+    let root = s.path("root");
+    let server = Server::start(&root, &ss);
+    let out = Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=pread64", "-P"])
+        .arg(src.join("big"))
+        .args(["-e", "inject=pread64:error=EIO:when=1", bin()])
+        .args(["copy", "-q", "--io", "portable", "--accept-new", "--state"])
+        .arg(&cs)
+        .arg(&src)
+        .arg(server.url(""))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("big") && err.contains("Input/output error"),
+        "{err}"
+    );
+    assert!(!root.join("src/big").exists(), "a file under its name");
+    assert_eq!(temporaries(&root), Vec::<PathBuf>::new());
+    assert_eq!(std::fs::read(root.join("src/ok")).unwrap(), b"fine");
+}

@@ -26,7 +26,7 @@ use tpc_core::schedule::{
     claim_budget, QueuedRun, RunItem, RunQueue, TakeOver, STREAM_RUN_BYTES_MAX, STREAM_RUN_CHUNKS,
 };
 use tpc_core::session::client::{check_run_answer, refusal, run_header, ClientSession, Request};
-use tpc_core::session::Ended;
+use tpc_core::session::{Ended, RunFailed};
 use tpc_core::window::{streams_in_flight, STREAMS_IN_FLIGHT_MIN};
 use tpc_core::wire::{
     DestKind, Entry, ErrorCode, Frame, NeedItem, Op, Run, WireKind, STREAM_CHUNKS_MAX,
@@ -116,9 +116,9 @@ struct WorkFile {
     /// Path beneath the server root.
     remote: Vec<u8>,
     size: u64,
-    /// Push: the local source. Pull: the local temporary file beneath `Job::local_root`.
+    /// Push: the local source. Pull: where the file lands beneath `Job::local_root`.
     local_src: Option<PushSource>,
-    local_tmp: Option<RelPath>,
+    local_tmp: Option<Landing>,
     /// Push: the server's hashes of its old version of the file, from chunk `have_first`
     /// on: chunks that match are not sent (`CODEC_SAME`).
     have_first: u32,
@@ -126,6 +126,14 @@ struct WorkFile {
 }
 
 const _: () = assert!(STREAM_RUN_CHUNKS >= 1 && STREAM_RUN_CHUNKS <= STREAM_CHUNKS_MAX);
+
+/// Where a pulled file lands, beneath the pull's local root.
+struct Landing {
+    /// Its path, as failures name it.
+    full: RelPath,
+    /// The temporary file its runs write.
+    tmp: RelPath,
+}
 
 /// A file a push reads: beneath one of its held source roots (`Work::src_roots`), as
 /// the local copy reads its sources, never by a path a symlink swapped in could redirect;
@@ -161,7 +169,7 @@ enum Msg {
     Start(Arc<Work>),
     Result {
         file: u32,
-        result: Result<u64, Failure>,
+        result: Result<u64, RunFailed>,
     },
     /// A shard could not connect to its server shard: the session cannot complete.
     Lost(Exit, String),
@@ -483,7 +491,7 @@ async fn worker_shard(
             }
         }));
     }
-    let (tx, rx) = async_channel::unbounded::<(u32, Result<u64, Failure>)>();
+    let (tx, rx) = async_channel::unbounded::<(u32, Result<u64, RunFailed>)>();
     let forward = async {
         while let Ok((file, result)) = rx.recv().await {
             if senders
@@ -722,7 +730,7 @@ async fn run_ranges(
     work: Arc<Work>,
     queue: SharedQueue,
     moved: Moved,
-    results: async_channel::Sender<(u32, Result<u64, Failure>)>,
+    results: async_channel::Sender<(u32, Result<u64, RunFailed>)>,
     latency: Rc<RefCell<Histogram<u64>>>,
     asking: Asking,
 ) {
@@ -826,7 +834,7 @@ async fn range_worker(
     first: QueuedRun,
     queue: SharedQueue,
     moved: Moved,
-    results: Rc<async_channel::Sender<(u32, Result<u64, Failure>)>>,
+    results: Rc<async_channel::Sender<(u32, Result<u64, RunFailed>)>>,
     conn: Option<Connection>,
     work: Arc<Work>,
     latency: Rc<RefCell<Histogram<u64>>>,
@@ -838,7 +846,10 @@ async fn range_worker(
     while let Some(QueuedRun { run: item, bytes }) = next {
         let result = match &conn {
             Some(c) => move_range(c, &work, item, &latency).await,
-            None => Err(Failure::new(ErrorCode::Io, "no connection to the server")),
+            None => Err(there(
+                work.push,
+                Failure::new(ErrorCode::Io, "no connection to the server"),
+            )),
         };
         match &result {
             Ok((n, saved)) => {
@@ -864,17 +875,36 @@ async fn range_worker(
     let _ = finished.try_send(());
 }
 
-fn data_failure(e: DataError) -> Failure {
+/// A run's failure, at this end (`DataError::Local`: reading the source of a push,
+/// writing the destination of a pull) or at the server's.
+fn data_failure(push: bool, e: DataError) -> RunFailed {
     match e {
-        DataError::Local(f) => f,
+        DataError::Local(f) => here(push, f),
         // The server failed part way through a run it was sending (see server::get).
-        DataError::Session(SessionError::Transport(TransportError::Reset(code))) => {
+        DataError::Session(SessionError::Transport(TransportError::Reset(code))) => there(
+            push,
             match u16::try_from(code).ok().and_then(ErrorCode::from_u16) {
                 Some(code) => Failure::new(code, format!("server failed while sending: {code:?}")),
                 None => Failure::new(ErrorCode::Io, "server abandoned a data stream"),
-            }
-        }
-        DataError::Session(e) => Failure::new(ErrorCode::Io, e.to_string()),
+            },
+        ),
+        DataError::Session(e) => there(push, Failure::new(ErrorCode::Io, e.to_string())),
+    }
+}
+
+/// A run's failure at this end: the source of a push, the destination of a pull.
+fn here(push: bool, failure: Failure) -> RunFailed {
+    RunFailed {
+        failure,
+        at_destination: !push,
+    }
+}
+
+/// A run's failure at the server's end, or between the two.
+fn there(push: bool, failure: Failure) -> RunFailed {
+    RunFailed {
+        failure,
+        at_destination: push,
     }
 }
 
@@ -904,13 +934,14 @@ async fn move_range(
     work: &Work,
     item: RunItem,
     latency: &RefCell<Histogram<u64>>,
-) -> Result<(u64, Savings), Failure> {
+) -> Result<(u64, Savings), RunFailed> {
     let f = &work.files[item.file as usize];
+    let push = work.push;
     let (mut send, mut recv) = conn
         .open_bi()
         .await
-        .map_err(|e| Failure::new(ErrorCode::Io, e.to_string()))?;
-    let io = |e: SessionError| data_failure(DataError::Session(e));
+        .map_err(|e| there(push, Failure::new(ErrorCode::Io, e.to_string())))?;
+    let io = |e: SessionError| data_failure(push, DataError::Session(e));
     // Push: the server's hashes of this range's chunks in its old version, if it has one.
     let have: &[ChunkHash] = item
         .first
@@ -934,16 +965,27 @@ async fn move_range(
     write_frame(&mut send, &header).await.map_err(io)?;
     if work.push {
         let Some(src) = f.local_src.as_ref() else {
-            return Err(Failure::new(
-                ErrorCode::PathRefused,
-                format!("cannot read file {}: its path is too long", item.file),
+            return Err(here(
+                push,
+                Failure::new(
+                    ErrorCode::PathRefused,
+                    format!("cannot read file {}: its path is too long", item.file),
+                ),
             ));
         };
         let what = quote(&src.shown);
         let opened = work.src_roots[src.root]
             .open(&src.rel, Access::Read)
-            .map_err(|e| Failure::new(ErrorCode::Io, format!("cannot open {what}: {e}")))?;
-        let changed = |e: SourceChanged| Failure::new(ErrorCode::Changed, format!("{what}: {e}"));
+            .map_err(|e| {
+                let code = e.errno().map_or(ErrorCode::Io, ErrorCode::for_errno);
+                here(push, Failure::new(code, format!("cannot open {what}: {e}")))
+            })?;
+        let changed = |e: SourceChanged| {
+            here(
+                push,
+                Failure::new(ErrorCode::Changed, format!("{what}: {e}")),
+            )
+        };
         src.listed.check(&opened, f.size).map_err(changed)?;
         let file = File::from_std(opened);
         let mut log = RunLog::watched_by(&work.progress);
@@ -970,16 +1012,16 @@ async fn move_range(
             Err(DataError::Session(SessionError::Transport(TransportError::Stopped(_)))) => {
                 return Err(match expect_answer(&mut recv).await {
                     Err(e) => io(e),
-                    Ok(f) => refusal(f),
+                    Ok(f) => there(push, refusal(f)),
                 });
             }
-            other => other.map_err(data_failure)?,
+            other => other.map_err(|e| data_failure(push, e))?,
         };
         if let Some(Err(e)) = finished {
             return Err(io(e.into()));
         }
         let answer = expect_answer(&mut recv).await.map_err(io)?;
-        check_run_answer(true, item.count, answer)?;
+        check_run_answer(true, item.count, answer).map_err(|f| there(push, f))?;
         let ok = Instant::now();
         record_latencies(latency, log.times.iter().map(|&t| (t, ok)));
         expect_end(&mut recv).await.map_err(io)?;
@@ -988,15 +1030,18 @@ async fn move_range(
         let asked = Instant::now();
         send.finish().map_err(|e| io(e.into()))?;
         let answer = expect_answer(&mut recv).await.map_err(io)?;
-        check_run_answer(false, item.count, answer)?;
+        check_run_answer(false, item.count, answer).map_err(|f| there(push, f))?;
         let root = work.local_root.as_ref().expect("pull has a local root");
-        let tmp = f.local_tmp.as_ref().expect("pull has temporaries");
-        let fd = root
-            .open(tmp, Access::Write)
-            .map_err(|e| Failure::new(ErrorCode::Io, e.to_string()))?;
+        let landing = f.local_tmp.as_ref().expect("pull has temporaries");
+        let tmp = &landing.tmp;
+        // Failures name the file where it lands, not its temporary.
+        let what = landing.full.to_string();
+        let fd = root.open(tmp, Access::Write).map_err(|e| {
+            let code = e.errno().map_or(ErrorCode::Io, ErrorCode::for_errno);
+            here(push, Failure::new(code, format!("{what}: {e}")))
+        })?;
         let direct = open_direct(root, tmp, run.size, &fd);
         let file = File::from_std(fd);
-        let what = tmp.to_string();
         let mut log = RunLog::watched_by(&work.progress);
         let got = receive_run(
             &mut recv,
@@ -1010,7 +1055,8 @@ async fn move_range(
         .await;
         let _ = file.close().await;
         record_latencies(latency, log.times.iter().map(|&t| (asked, t)));
-        got.map(|n| (n, log.saved)).map_err(data_failure)
+        got.map(|n| (n, log.saved))
+            .map_err(|e| data_failure(push, e))
     }
 }
 
@@ -1175,7 +1221,7 @@ const EVENTS_MAX: usize = 1024;
 type Frames = async_channel::Receiver<Result<Frame, SessionError>>;
 
 enum Ev {
-    Range(u32, Result<u64, Failure>),
+    Range(u32, Result<u64, RunFailed>),
     Frame(Result<Frame, SessionError>),
     Lost(Exit, String),
 }
@@ -1549,7 +1595,9 @@ impl SessionDriver<'_> {
         for item in &needs {
             let tmp = receiver.receiving(item.file).map(|(full, _)| full);
             if let (Some(full), Some(f)) = (tmp, self.files.get_mut(item.file as usize)) {
-                f.local_tmp = temp_path(&full, session, item.file).ok();
+                f.local_tmp = temp_path(&full, session, item.file)
+                    .ok()
+                    .map(|tmp| Landing { full, tmp });
             }
         }
         self.local_receiver = Some(receiver);
@@ -1587,7 +1635,7 @@ impl SessionDriver<'_> {
         for peer in 1..self.shard_count {
             let _ = self.senders.send_to(peer, Msg::Start(work.clone())).await;
         }
-        let (rtx, rrx) = async_channel::unbounded::<(u32, Result<u64, Failure>)>();
+        let (rtx, rrx) = async_channel::unbounded::<(u32, Result<u64, RunFailed>)>();
         let latency = Rc::new(RefCell::new(latency_histogram()));
         // Take-over between the shards (see `Msg::Idle`): the peers' asks and answers
         // arrive among their results, and are relayed from there.

@@ -579,7 +579,7 @@ impl Receiver {
             if let Err(e) = self.root.sync_filesystems(places) {
                 let f = confine_failure(&e);
                 for (_, group) in ready.drain(..) {
-                    failed.extend(group.into_iter().map(|i| (i, f.clone())));
+                    failed.extend(group.into_iter().map(|i| (i, self.named(i, &f))));
                 }
             }
         }
@@ -619,7 +619,7 @@ impl Receiver {
             if let Err(e) = dir.sync() {
                 // In place but not known durable: not acknowledged as committed.
                 let f = confine_failure(&e);
-                failed.extend(renamed.drain(..).map(|i| (i, f.clone())));
+                failed.extend(renamed.drain(..).map(|i| (i, self.named(i, &f))));
             }
         }
         for &f in &renamed {
@@ -629,6 +629,12 @@ impl Receiver {
             self.bytes_written += p.entry.size;
         }
         renamed
+    }
+
+    /// `f` failed for what failed the batch it was in: the same, named for the file.
+    fn named(&self, f: u32, why: &Failure) -> Failure {
+        let full = &self.planned[f as usize].full;
+        Failure::new(why.code, format!("{full}: not committed: {}", why.message))
     }
 
     /// Applies mode and times through the temporary file's handle (`dir` is its directory).

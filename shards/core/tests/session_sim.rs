@@ -24,7 +24,7 @@ use tpc_core::limits::CHUNK_SIZE_BYTES;
 use tpc_core::schedule::RunItem;
 use tpc_core::session::client::{self, ClientSession};
 use tpc_core::session::server::{self, open_stream, Opened, ServerFacts, ServerSession};
-use tpc_core::session::{Ended, Failure, Problem};
+use tpc_core::session::{Ended, Failure, Problem, RunFailed};
 use tpc_core::wire::{DestKind, Entry, ErrorCode, Frame, NeedItem, Op, WireKind};
 use tpc_core::ChunkPlan;
 
@@ -508,10 +508,11 @@ fn end_run(run: &mut Run, rx: &mut Receiver) {
     let fail = run.rng.chance(run.faults.run_fails);
     rx.write_run(&r, run.rng, fail);
     let result = if fail {
-        Err(Failure::new(
-            ErrorCode::HashMismatch,
-            "run failed (injected)",
-        ))
+        Err(RunFailed {
+            failure: Failure::new(ErrorCode::HashMismatch, "run failed (injected)"),
+            // Found by the receiver's check, as a hash mismatch is.
+            at_destination: true,
+        })
     } else {
         Ok(u64::from(r.count))
     };

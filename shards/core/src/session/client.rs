@@ -18,7 +18,7 @@ use std::ops::Range;
 use crate::commit::{Batching, RunEnded, Tracker};
 use crate::plan::ChunkPlan;
 use crate::schedule::{cut_runs, Asked, RunItem};
-use crate::session::{Ended, Failure, Planned, Problem};
+use crate::session::{Ended, Failure, Planned, Problem, RunFailed};
 use crate::wire::{
     entry_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, NeedItem, Op, Run, WireKind,
     PROTOCOL_VERSION, UNLISTED_MAX,
@@ -462,8 +462,8 @@ impl ClientSession {
         self.advance();
     }
 
-    /// One run of `file` ended: its bytes moved and verified, or why it failed.
-    pub fn handle_run(&mut self, file: u32, result: Result<u64, Failure>) {
+    /// One run of `file` ended: its bytes moved and verified, or why (and where) it failed.
+    pub fn handle_run(&mut self, file: u32, result: Result<u64, RunFailed>) {
         if self.phase != Phase::Transfer || self.outcome.is_some() {
             return;
         }
@@ -475,9 +475,9 @@ impl ClientSession {
                 self.tally.failed += 1;
                 self.problems.push_back(Problem {
                     file: Some(file),
-                    code: f.code,
-                    message: f.message,
-                    at_destination: self.push,
+                    code: f.failure.code,
+                    message: f.failure.message,
+                    at_destination: f.at_destination,
                 });
                 if !self.push {
                     self.requests.push_back(Request::Abandon(file));

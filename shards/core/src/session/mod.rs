@@ -79,6 +79,15 @@ impl Failure {
 /// Files that failed, each with why.
 pub type Failures = Vec<(u32, Failure)>;
 
+/// Why a run failed, and at which end: the one that writes the file (the destination:
+/// its disk, or a server that refused a push's data) or the one that reads it (the
+/// source). The same code means a different thing at each (`Problem::at_destination`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunFailed {
+    pub failure: Failure,
+    pub at_destination: bool,
+}
+
 /// A receiver's plan of a manifest: the chunks it needs, and the files that failed
 /// already. `Err` refuses the whole manifest.
 pub type Planned = Result<(Vec<crate::wire::NeedItem>, Failures), Failure>;
