@@ -453,33 +453,52 @@ fn an_io_error_reading_a_source_is_exit_3_and_leaves_nothing_of_it() {
     assert!(temporaries(&dst).is_empty());
 }
 
-/// An I/O error from the sync before the renames (strace fails the copy's first syncfs):
-/// exit 4 with the error and the file named, nothing under its final name and no
-/// temporary left (docs/HARDENING.md).
-#[test]
-fn an_io_error_syncing_a_local_copy_is_exit_4_and_leaves_nothing_under_its_name() {
+/// An error writing a local copy's destination, injected by strace into the copy's first
+/// call of `syscall` (`errno`, whose text is `says`; portable driver): exit 4 with the
+/// error and the file named, nothing under its final name and no temporary left
+/// (docs/HARDENING.md).
+fn an_error_in_a_local_copy(syscall: &str, errno: &str, says: &str) {
     if !strace_works() {
         return;
     }
-    let s = Scratch::new("eio-sync");
+    let s = Scratch::new(&format!("copy-{errno}-{syscall}"));
     let src = s.path("src");
     std::fs::create_dir(&src).unwrap();
     random_file(&src.join("big"), 8 << 20, 5);
     let dst = s.path("dst");
     let out = Command::new("strace")
-        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=syncfs"])
-        .args(["-e", "inject=syncfs:error=EIO:when=1", bin()])
-        .args(["copy", "--io", "portable"])
+        .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+        .arg(format!("trace={syscall}"))
+        .arg("-e")
+        .arg(format!("inject={syscall}:error={errno}:when=1"))
+        .args([bin(), "copy", "--io", "portable"])
         .arg(&src)
         .arg(&dst)
         .output()
         .unwrap();
-    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert_eq!(code(&out), 4, "{syscall}: {}", stderr(&out));
     let err = stderr(&out);
     assert!(
-        err.contains("big") && err.contains("Input/output error"),
-        "{err}"
+        err.contains("big") && err.contains(says),
+        "{syscall}: {err}"
     );
-    assert!(!dst.join("src/big").exists(), "a file under its final name");
-    assert!(temporaries(&dst).is_empty());
+    assert!(
+        !dst.join("src/big").exists(),
+        "{syscall}: a file under its final name"
+    );
+    assert!(temporaries(&dst).is_empty(), "{syscall}");
+}
+
+/// The sync before the renames fails.
+#[test]
+fn an_io_error_syncing_a_local_copy_is_exit_4_and_leaves_nothing_under_its_name() {
+    an_error_in_a_local_copy("syncfs", "EIO", "Input/output error");
+}
+
+/// The destination's filesystem goes read-only mid-copy: as a remount to read-only is
+/// refused while files are open for writing, the copy meets it as ext4's
+/// `errors=remount-ro` makes it, at its next write.
+#[test]
+fn a_destination_gone_read_only_mid_copy_is_exit_4_and_leaves_nothing_under_its_name() {
+    an_error_in_a_local_copy("pwrite64", "EROFS", "Read-only file system");
 }

@@ -633,16 +633,17 @@ fn a_pull_that_fails_part_way_leaves_no_temporary_in_the_destination() {
     );
 }
 
-/// An I/O error on the server's disk mid-push, injected by strace into the first call of
-/// `syscall`: the push fails with exit 4 naming the error, leaves no file under its name
-/// and no temporary, and the same server then takes the file (docs/HARDENING.md).
-fn an_io_error_at_the_server(syscall: &str) {
-    let s = Scratch::new(&format!("remote-eio-{syscall}"));
+/// An error on the server's disk mid-push, injected by strace into the first call of
+/// `syscall` (`errno`, whose text is `says`): the push fails with exit 4 naming the
+/// error, leaves no file under its name and no temporary, and the same server then
+/// takes the file (docs/HARDENING.md).
+fn an_error_at_the_server(syscall: &str, errno: &str, says: &str) {
+    let s = Scratch::new(&format!("remote-{errno}-{syscall}"));
     let (cs, ss) = keys(&s);
     let root = s.path("root");
     let server = Server::start_with(None, &root, &ss, "127.0.0.1:0", &["--io", "portable"]);
     let trace = format!("trace={syscall}");
-    let inject = format!("inject={syscall}:error=EIO:when=1");
+    let inject = format!("inject={syscall}:error={errno}:when=1");
     let Some(strace) = strace_attached(server.child.id(), &["-e", &trace, "-e", &inject]) else {
         return;
     };
@@ -651,11 +652,7 @@ fn an_io_error_at_the_server(syscall: &str) {
     let out = copy(&cs, &src, server.url("f"), &["--accept-new"]);
     drop(strace);
     assert_eq!(code(&out), 4, "{syscall}: {}", stderr(&out));
-    assert!(
-        stderr(&out).contains("Input/output error"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains(says), "{}", stderr(&out));
     assert!(
         !root.join("f").exists(),
         "{syscall}: a file under the final name"
@@ -674,13 +671,21 @@ fn an_io_error_at_the_server(syscall: &str) {
 /// sees).
 #[test]
 fn an_io_error_writing_at_the_server_fails_the_file_cleanly_and_the_server_goes_on() {
-    an_io_error_at_the_server("pwrite64");
+    an_error_at_the_server("pwrite64", "EIO", "Input/output error");
+}
+
+/// A filesystem gone read-only mid-transfer. The kernel refuses to remount one read-only
+/// while a file on it is open for writing (EBUSY), so a transfer meets it as ext4's
+/// `errors=remount-ro` makes it: its next write fails with EROFS.
+#[test]
+fn a_filesystem_gone_read_only_at_the_server_fails_the_file_cleanly() {
+    an_error_at_the_server("pwrite64", "EROFS", "Read-only file system");
 }
 
 /// The sync before the rename fails: the file is not renamed into place.
 #[test]
 fn an_io_error_syncing_at_the_server_fails_the_file_cleanly_and_the_server_goes_on() {
-    an_io_error_at_the_server("syncfs");
+    an_error_at_the_server("syncfs", "EIO", "Input/output error");
 }
 
 /// Issue 25, point 2 ("depth 4096"): a source tree 4,096 directories deep, on disk. The
@@ -738,15 +743,16 @@ fn a_tree_deeper_than_the_limit_arrives_down_to_it_and_fails_past_it() {
     assert_eq!(depth_of(&back), 1023);
 }
 
-/// An I/O error on a pulling client's disk, injected by strace into the client's first
-/// call of `syscall` (on the portable driver, whose writes strace sees): the pull fails
-/// with exit 4 naming the error, leaves no file under its name and no temporary, and a
-/// second pull brings the file (docs/HARDENING.md).
-fn an_io_error_at_a_pulling_client(syscall: &str) {
+/// An error on a pulling client's disk, injected by strace into the client's first call
+/// of `syscall` (`errno`, whose text is `says`; on the portable driver, whose writes
+/// strace sees): the pull fails with exit 4 naming the error and the file, leaves no
+/// file under its name and no temporary, and a second pull brings the file
+/// (docs/HARDENING.md).
+fn an_error_at_a_pulling_client(syscall: &str, errno: &str, says: &str) {
     if !strace_works() {
         return;
     }
-    let s = Scratch::new(&format!("remote-pull-eio-{syscall}"));
+    let s = Scratch::new(&format!("remote-pull-{errno}-{syscall}"));
     let (cs, ss) = keys(&s);
     let root = s.path("root");
     std::fs::create_dir_all(&root).unwrap();
@@ -762,7 +768,7 @@ fn an_io_error_at_a_pulling_client(syscall: &str) {
         .args(["-f", "-qq", "-o", "/dev/null", "-e"])
         .arg(format!("trace={syscall}"))
         .arg("-e")
-        .arg(format!("inject={syscall}:error=EIO:when=1"))
+        .arg(format!("inject={syscall}:error={errno}:when=1"))
         .args([bin(), "copy", "-q", "--io", "portable", "--state"])
         .arg(&cs)
         .arg(server.url("f"))
@@ -774,7 +780,7 @@ fn an_io_error_at_a_pulling_client(syscall: &str) {
     assert!(
         stderr(&out)
             .lines()
-            .any(|l| l.starts_with("tpc-xfer: f: ") && l.contains("Input/output error")),
+            .any(|l| l.starts_with("tpc-xfer: f: ") && l.contains(says)),
         "{syscall}: {}",
         stderr(&out)
     );
@@ -787,12 +793,18 @@ fn an_io_error_at_a_pulling_client(syscall: &str) {
 
 #[test]
 fn an_io_error_writing_at_a_pulling_client_fails_the_file_cleanly() {
-    an_io_error_at_a_pulling_client("pwrite64");
+    an_error_at_a_pulling_client("pwrite64", "EIO", "Input/output error");
+}
+
+/// As `a_filesystem_gone_read_only_at_the_server_…`, at a pulling client.
+#[test]
+fn a_filesystem_gone_read_only_at_a_pulling_client_fails_the_file_cleanly() {
+    an_error_at_a_pulling_client("pwrite64", "EROFS", "Read-only file system");
 }
 
 #[test]
 fn an_io_error_syncing_at_a_pulling_client_fails_the_file_cleanly() {
-    an_io_error_at_a_pulling_client("syncfs");
+    an_error_at_a_pulling_client("syncfs", "EIO", "Input/output error");
 }
 
 /// An I/O error reading a push's source (strace fails the client's first read of it, on
