@@ -1186,3 +1186,93 @@ fn a_source_rewritten_during_its_push_is_not_committed_torn() {
         assert!(stderr(&out).contains("big"), "{}", stderr(&out));
     }
 }
+
+/// Issue 25, finding 8, for a pull: a file on the server rewritten in place (same size)
+/// while the server reads it for a pulling client. Held by strace after the server has
+/// read its first chunk (portable driver: pread), the file is rewritten; the pull must
+/// fail that file, or the client must hold exactly what the server's file now holds.
+#[test]
+fn a_source_rewritten_on_the_server_during_its_pull_is_not_committed_torn() {
+    if !strace_works() {
+        return;
+    }
+    let s = Scratch::new("changing-pull-source");
+    let (cs, ss) = keys(&s);
+    let root = s.path("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let src = root.join("big");
+    random_file(&src, 3 * CHUNK_BYTES, 3);
+    let old = std::fs::read(&src).unwrap();
+    std::fs::write(root.join("hello"), b"hi").unwrap();
+    let server = Server::start_with(
+        None,
+        &root,
+        &ss,
+        "127.0.0.1:0",
+        &["--io", "portable", "--cores", "1"],
+    );
+    // First contact, so that the traced pull needs no prompt.
+    let out = copy(&cs, server.url("hello"), s.path("hello"), &["--accept-new"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let log = s.path("read.trace");
+    let hold = format!("inject=pread64,preadv,preadv2:delay_exit={}", HOLD_US / 3);
+    let trace = ["-y", "-o", log.to_str().unwrap()];
+    let calls = ["-e", "trace=pread64,preadv,preadv2", "-e", &hold];
+    let Some(strace) = strace_attached(server.child.id(), &[&trace[..], &calls[..]].concat())
+    else {
+        return;
+    };
+    let dst = s.path("dst");
+    let pull = std::thread::spawn({
+        let (cs, url, dst) = (cs.clone(), server.url("big"), dst.clone());
+        move || copy(&cs, url, &dst, &["--cores", "1"])
+    });
+    let marker = format!("<{}>", src.display());
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let first_read = || {
+        std::fs::read_to_string(&log).is_ok_and(|t| {
+            t.lines()
+                .any(|l| l.contains(&marker) && l.contains(&format!("= {CHUNK_BYTES}")))
+        })
+    };
+    let mut seen = false;
+    while Instant::now() < deadline && !pull.is_finished() {
+        if first_read() {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    if seen {
+        let new: Vec<u8> = old.iter().map(|b| !b).collect();
+        let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+        f.write_all_at(&new, 0).unwrap();
+    }
+    let out = pull.join().unwrap();
+    drop(strace);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        seen,
+        "never saw the first chunk of the file read: {}\n{text}",
+        stderr(&out)
+    );
+    let pulled = std::fs::read(&dst).ok();
+    let now = std::fs::read(&src).unwrap();
+    if code(&out) == 0 {
+        assert!(
+            pulled.as_ref() == Some(&now),
+            "exit 0, but the client does not hold what the server's file holds"
+        );
+    } else {
+        assert!(
+            pulled.is_none(),
+            "the failed pull left a file under its name: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains("dst: changed on the server"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}

@@ -877,15 +877,25 @@ async fn range_worker(
 
 /// A run's failure, at this end (`DataError::Local`: reading the source of a push,
 /// writing the destination of a pull) or at the server's.
-fn data_failure(push: bool, e: DataError) -> RunFailed {
+fn data_failure(push: bool, e: DataError, what: &str) -> RunFailed {
     match e {
         DataError::Local(f) => here(push, f),
         // The server failed part way through a run it was sending (see server::get).
         DataError::Session(SessionError::Transport(TransportError::Reset(code))) => there(
             push,
             match u16::try_from(code).ok().and_then(ErrorCode::from_u16) {
-                Some(code) => Failure::new(code, format!("server failed while sending: {code:?}")),
-                None => Failure::new(ErrorCode::Io, "server abandoned a data stream"),
+                Some(ErrorCode::Changed) => Failure::new(
+                    ErrorCode::Changed,
+                    format!("{what}: changed on the server while it was read"),
+                ),
+                Some(code) => Failure::new(
+                    code,
+                    format!("{what}: the server failed while sending it: {code:?}"),
+                ),
+                None => Failure::new(
+                    ErrorCode::Io,
+                    format!("{what}: the server abandoned its data stream"),
+                ),
             },
         ),
         DataError::Session(e) => there(push, Failure::new(ErrorCode::Io, e.to_string())),
@@ -937,11 +947,17 @@ async fn move_range(
 ) -> Result<(u64, Savings), RunFailed> {
     let f = &work.files[item.file as usize];
     let push = work.push;
+    // The file as failures name it: this end's source, or where a pulled file lands.
+    let shown = match (&f.local_src, &f.local_tmp) {
+        (Some(src), _) => quote(&src.shown),
+        (None, Some(landing)) => landing.full.to_string(),
+        (None, None) => quote_bytes(&f.remote),
+    };
     let (mut send, mut recv) = conn
         .open_bi()
         .await
         .map_err(|e| there(push, Failure::new(ErrorCode::Io, e.to_string())))?;
-    let io = |e: SessionError| data_failure(push, DataError::Session(e));
+    let io = |e: SessionError| data_failure(push, DataError::Session(e), &shown);
     // Push: the server's hashes of this range's chunks in its old version, if it has one.
     let have: &[ChunkHash] = item
         .first
@@ -1015,7 +1031,7 @@ async fn move_range(
                     Ok(f) => there(push, refusal(f)),
                 });
             }
-            other => other.map_err(|e| data_failure(push, e))?,
+            other => other.map_err(|e| data_failure(push, e, &shown))?,
         };
         if let Some(Err(e)) = finished {
             return Err(io(e.into()));
@@ -1035,7 +1051,7 @@ async fn move_range(
         let landing = f.local_tmp.as_ref().expect("pull has temporaries");
         let tmp = &landing.tmp;
         // Failures name the file where it lands, not its temporary.
-        let what = landing.full.to_string();
+        let what = &shown;
         let fd = root.open(tmp, Access::Write).map_err(|e| {
             let code = e.errno().map_or(ErrorCode::Io, ErrorCode::for_errno);
             here(push, Failure::new(code, format!("{what}: {e}")))
@@ -1047,7 +1063,7 @@ async fn move_range(
             &mut recv,
             &file,
             direct.as_ref(),
-            &what,
+            what,
             &run,
             None,
             &mut log,
@@ -1056,7 +1072,7 @@ async fn move_range(
         let _ = file.close().await;
         record_latencies(latency, log.times.iter().map(|&t| (asked, t)));
         got.map(|n| (n, log.saved))
-            .map_err(|e| data_failure(push, e))
+            .map_err(|e| data_failure(push, e, &shown))
     }
 }
 

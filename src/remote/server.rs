@@ -33,6 +33,7 @@ use tpc_engine::quic::{bind_socket, udp_payload_max_towards, Endpoint, HANDSHAKE
 use tpc_engine::rt::{self, File};
 use tpc_engine::tcp;
 use tpc_engine::transport::{Connection, RecvStream, SendStream};
+use tpc_engine::Listed;
 
 use super::congestion::Congestion;
 use super::data::{open_direct, receive_run, send_run, DataError, Progress, RunLog};
@@ -151,6 +152,10 @@ struct Live {
     progress: Progress,
     /// What a push's plan shares with its data streams, once planned.
     share: OnceLock<Arc<SessionShare>>,
+    /// A pull's files as its listing found them (by path beneath the root), once listed:
+    /// a Get reads only that version, and fails as `Changed` if the file is no longer it
+    /// when opened or once read (issue 25, finding 8).
+    listed: OnceLock<Arc<HashMap<Vec<u8>, Listed>>>,
 }
 
 impl Sessions {
@@ -160,6 +165,7 @@ impl Sessions {
             owner,
             progress: Progress::default(),
             share: OnceLock::new(),
+            listed: OnceLock::new(),
         });
         self.0
             .lock()
@@ -778,7 +784,11 @@ async fn carry_out(
         }
         Request::Walk(base) => {
             let root = shared.root.clone();
-            session.handle_listed(rt::spawn_thread(move || list(&root, &base)).await);
+            let listed = rt::spawn_thread(move || list(&root, &base)).await;
+            session.handle_listed(listed.map(|(listing, files)| {
+                let _ = held.published.live.listed.set(Arc::new(files));
+                listing
+            }));
         }
         Request::Plan {
             base,
@@ -1017,6 +1027,18 @@ async fn get(
         .open(&full, Access::Read)
         .map_err(|e| confine_failure(&e))?;
     check_get(&g, &full, size_of(&fd, &full)?)?;
+    let live = shared.sessions.get(g.session, key);
+    // The version the session's listing found, where there is one (a Get outside a pull
+    // session is checked by size only).
+    let listed = live
+        .as_ref()
+        .and_then(|l| l.listed.get())
+        .and_then(|files| files.get(full.as_bytes()).copied());
+    let changed =
+        |e: tpc_engine::SourceChanged| Failure::new(ErrorCode::Changed, format!("{full}: {e}"));
+    if let Some(l) = &listed {
+        l.check(&fd, g.size).map_err(changed)?;
+    }
     write_frame(
         send,
         &Frame::Data {
@@ -1030,13 +1052,21 @@ async fn get(
     // Per-chunk timing is the client's to report; the chunks count as the session's
     // progress (a Get of no session of this key here counts on its own), and a run that
     // makes none while its session makes none is given up.
-    let progress = (shared.sessions.get(g.session, key))
-        .map_or_else(Progress::default, |l| l.progress.clone());
+    let progress = live.map_or_else(Progress::default, |l| l.progress.clone());
     let mut log = RunLog::watched_by(&progress);
     // The client's `codecs` say whether it takes compressed chunks; which ones pay is
     // decided here, chunk by chunk.
     let run = send_run(&file, &what, &g, &[], Compression::Auto, send, &mut log);
-    let result = watched(shared, &progress, run).await;
+    let mut result = watched(shared, &progress, run).await;
+    // Read from the listed version only: a file rewritten while it was read (its size
+    // kept) would otherwise reach the client as a mix of two versions, each chunk's hash
+    // taken from the bytes read. The check comes before the stream's end, which the
+    // client waits for before it takes the run.
+    if let (Ok(_), Some(l)) = (&result, &listed) {
+        if let Err(e) = file.with_std(|f| l.check(f, g.size)) {
+            result = Err(DataError::Local(changed(e)));
+        }
+    }
     // End the stream before anything else can yield: the client is waiting for its end.
     let finished = result.is_ok().then(|| send.finish());
     let _ = file.close().await;
@@ -1057,10 +1087,10 @@ async fn get(
 }
 
 /// A pull's listing: the tree at `base` beneath the root, as manifest entries, and what
-/// its top is. Special files are left out. Problems met during the walk and symlinks
+/// its top is; and each file's version as listed, by its path beneath the root. Special files are left out. Problems met during the walk and symlinks
 /// whose target cannot be read are left out, logged, and told to the client
 /// (`Unlisted`, docs/PROTOCOL.md §6).
-fn list(root: &Root, base: &RelPath) -> Result<Listing, Failure> {
+fn list(root: &Root, base: &RelPath) -> Result<(Listing, HashMap<Vec<u8>, Listed>), Failure> {
     let (entries, errors) = root
         .walk(base, MANIFEST_ENTRIES_MAX as usize)
         .map_err(|e| confine_failure(&e))?;
@@ -1078,7 +1108,15 @@ fn list(root: &Root, base: &RelPath) -> Result<Listing, Failure> {
         DestKind::Other
     };
     let mut wire = Vec::with_capacity(entries.len());
+    let mut files = HashMap::new();
     for (rel, st) in entries {
+        if st.kind == FileKind::File {
+            let listed = Listed {
+                inode: st.inode,
+                mtime: st.mtime,
+            };
+            files.insert(rel.as_bytes().to_vec(), listed);
+        }
         let path = rel.as_bytes()[base.as_bytes().len()..]
             .strip_prefix(b"/")
             .unwrap_or(&rel.as_bytes()[base.as_bytes().len()..])
@@ -1110,9 +1148,10 @@ fn list(root: &Root, base: &RelPath) -> Result<Listing, Failure> {
             hashes: Vec::new(),
         });
     }
-    Ok(Listing {
+    let listing = Listing {
         kind: dest,
         entries: wire,
         unlisted,
-    })
+    };
+    Ok((listing, files))
 }
