@@ -1276,3 +1276,138 @@ fn a_source_rewritten_on_the_server_during_its_pull_is_not_committed_torn() {
         );
     }
 }
+
+/// A source tree of `d` holding 20 files and `keep` (named like the outside directory's
+/// private file), and a private outside directory holding `keep`.
+fn swap_scene(s: &Scratch) -> (PathBuf, PathBuf) {
+    let src = s.path("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    for i in 0..20 {
+        std::fs::write(src.join(format!("d/f{i:02}")), format!("file {i}\n")).unwrap();
+    }
+    std::fs::write(src.join("d/keep"), b"from the source\n").unwrap();
+    let outside = s.path("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("keep"), b"private\n").unwrap();
+    chmod(&outside.join("keep"), 0o600);
+    chmod(&outside, 0o700);
+    (src, outside)
+}
+
+/// Once `made` appears (and while `running`), moves it to `d.moved` beside it and puts
+/// a symlink to `outside` in its place. Whether it did.
+fn swap_when_made(made: &Path, outside: &Path, running: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while Instant::now() < deadline && running() {
+        if made.is_dir() {
+            std::fs::rename(made, made.with_file_name("d.moved")).unwrap();
+            std::os::unix::fs::symlink(outside, made).unwrap();
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    false
+}
+
+/// Nothing was written through the swapped-in link, and success (exit 0) means the
+/// files are in the directory the transfer made.
+fn assert_not_followed(out: &Output, outside: &Path, before: &[Listed], made: &Path) {
+    assert_eq!(
+        list(outside),
+        before,
+        "written through the symlink into the outside directory (exit {}): {}",
+        code(out),
+        stderr(out)
+    );
+    assert_eq!(format!("{:o}", mode_of(outside)), "700");
+    assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"private\n");
+    if code(out) == 0 {
+        for i in 0..20 {
+            assert_eq!(
+                std::fs::read(made.with_file_name("d.moved").join(format!("f{i:02}"))).ok(),
+                Some(format!("file {i}\n").into_bytes()),
+                "exit 0, but f{i:02} is not in the directory the transfer made"
+            );
+        }
+    }
+}
+
+/// As `a_destination_directory_swapped_for_a_symlink_mid_copy_…`, in a push: the
+/// server, held by strace after it makes `d` beneath its root, finds `d` swapped for a
+/// symlink to a directory outside the root.
+#[test]
+fn a_server_directory_swapped_for_a_symlink_mid_push_is_not_followed() {
+    if !strace_works() {
+        return;
+    }
+    let s = Scratch::new("swap-dir-push");
+    let (src, outside) = swap_scene(&s);
+    let before = list(&outside);
+    let (cs, ss) = keys(&s);
+    let root = s.path("root");
+    let server = Server::start_with(None, &root, &ss, "127.0.0.1:0", &["--io", "portable"]);
+    std::fs::write(s.path("hello"), b"hi").unwrap();
+    let out = copy(&cs, s.path("hello"), server.url("hello"), &["--accept-new"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let hold = format!("inject=mkdir,mkdirat:delay_exit={HOLD_US}");
+    let trace = ["-e", "trace=mkdir,mkdirat", "-e", &hold];
+    let Some(strace) = strace_attached(server.child.id(), &trace) else {
+        return;
+    };
+    let push = std::thread::spawn({
+        let (cs, src, url) = (cs.clone(), with_slash(&src), server.url("t/"));
+        move || copy(&cs, src, url, &[])
+    });
+    let made = root.join("t/d");
+    let seen = swap_when_made(&made, &outside, || !push.is_finished());
+    let out = push.join().unwrap();
+    drop(strace);
+    assert!(seen, "t/d never appeared at the server: {}", stderr(&out));
+    assert_not_followed(&out, &outside, &before, &made);
+}
+
+/// The same in a pull: the client, held after it makes `d` in its destination, finds it
+/// swapped for a symlink to a directory outside.
+#[test]
+fn a_client_directory_swapped_for_a_symlink_mid_pull_is_not_followed() {
+    if !strace_works() {
+        return;
+    }
+    let s = Scratch::new("swap-dir-pull");
+    let (cs, ss) = keys(&s);
+    let root = s.path("root");
+    std::fs::create_dir(&root).unwrap();
+    let (src, outside) = swap_scene(&s);
+    std::fs::rename(&src, root.join("src")).unwrap();
+    let before = list(&outside);
+    let server = Server::start(&root, &ss);
+    std::fs::write(root.join("hello"), b"hi").unwrap();
+    let out = copy(&cs, server.url("hello"), s.path("hello"), &["--accept-new"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let dst = s.path("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let strace = hold_after_mkdir();
+    let url = server.url("src/");
+    let mut run = Traced::start(
+        &s,
+        &str_args(&strace),
+        &[],
+        &[
+            OsStr::new("copy"),
+            OsStr::new("-q"),
+            OsStr::new("--state"),
+            cs.as_os_str(),
+            OsStr::new(&url),
+            dst.as_os_str(),
+        ],
+    );
+    let made = dst.join("d");
+    let seen = wait_while_running(&mut run, || made.is_dir());
+    if seen {
+        std::fs::rename(&made, dst.join("d.moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, &made).unwrap();
+    }
+    let out = run.wait();
+    assert!(seen, "dst/d never appeared at the client: {}", stderr(&out));
+    assert_not_followed(&out, &outside, &before, &made);
+}
