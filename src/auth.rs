@@ -559,8 +559,8 @@ impl ServerTrust {
     }
 }
 
-/// Server TLS config: TLS 1.3 only, ALPN `tpc-xfer/3`, a client certificate required and
-/// admitted iff its key is in `authorized`. A refused client receives the `access_denied`
+/// Server TLS config: TLS 1.3 only, ALPN `wire::ALPN`, a client certificate required
+/// and admitted iff its key is in `authorized`. A refused client receives the `access_denied`
 /// alert (see [`refused_by_server`]).
 pub fn server_crypto(
     identity: &Identity,
@@ -572,7 +572,7 @@ pub fn server_crypto(
     Ok(finish_server_config(config))
 }
 
-/// Client TLS config: TLS 1.3 only, ALPN `tpc-xfer/3`, presents this identity's
+/// Client TLS config: TLS 1.3 only, ALPN `wire::ALPN`, presents this identity's
 /// certificate and accepts the server per `server` (known key, or trust on first use).
 pub fn client_crypto(
     identity: &Identity,
@@ -2380,7 +2380,7 @@ mod tests {
         let trust = ServerTrust::new(&known, HOST_PORT, false).unwrap();
         // A client of protocol version 2, as an older release would be.
         let mut old = (*client_crypto(&p.client, trust).unwrap()).clone();
-        old.alpn_protocols = vec![b"tpc-xfer/2".to_vec()];
+        old.alpn_protocols = vec![b"tpc-xfer/3".to_vec()];
         let crypto = QuicClientConfig::try_from(Arc::new(old)).unwrap();
         let authorized = AuthorizedClients::from_fingerprints([p.client.fingerprint()]);
         let run = quic_connect(

@@ -214,7 +214,7 @@ fn a_server_shard_that_never_answers_ends_the_push_as_a_network_error() {
     assert!(stderr(&out).contains("did not answer"), "{}", stderr(&out));
 }
 
-/// A server of the previous protocol version (ALPN `tpc-xfer/2`), over QUIC and over
+/// A server of the previous protocol version (ALPN `tpc-xfer/3`), over QUIC and over
 /// TCP: the client refuses it with exit 10 and says why, as an old client is refused by
 /// a new server (`auth.rs`, `another_protocol_version_is_recognised_by_the_client`).
 #[test]
@@ -226,7 +226,7 @@ fn a_server_of_another_protocol_version_is_exit_10_with_a_clear_message() {
     let identity = Identity::load_or_create(&ss).unwrap();
     let authorized = AuthorizedClients::load(&ss).unwrap();
     let mut old = (*server_crypto(&identity, authorized).unwrap()).clone();
-    old.alpn_protocols = vec![b"tpc-xfer/2".to_vec()];
+    old.alpn_protocols = vec![b"tpc-xfer/3".to_vec()];
     let old = Arc::new(old);
     for transport in ["quic", "tcp"] {
         let socket = bind_socket("127.0.0.1:0".parse().unwrap()).unwrap();
