@@ -2378,7 +2378,7 @@ mod tests {
         let p = peers("quic-version");
         let known = known_with(&p.client_dir, p.server.fingerprint());
         let trust = ServerTrust::new(&known, HOST_PORT, false).unwrap();
-        // A client of protocol version 2, as an older release would be.
+        // A client of protocol version 3, as an older release would be.
         let mut old = (*client_crypto(&p.client, trust).unwrap()).clone();
         old.alpn_protocols = vec![b"tpc-xfer/3".to_vec()];
         let crypto = QuicClientConfig::try_from(Arc::new(old)).unwrap();
