@@ -29,8 +29,7 @@ const PURGE_DELAY_IDLE_MS: std::os::raw::c_long = 1000;
 
 /// For a process that outlives its jobs (`serve`): memory free for a second goes back to
 /// the kernel, and [`trim`] gives back what an idle thread holds. Kept for good, a burst's
-/// peak stays: a server idle after two 2 GiB pushes held 190-240 MiB with purging off,
-/// and 100-112 MiB with this and its shards' trim (docs/PROTOCOL.md §13). With
+/// peak stays (PERFORMANCE.md, "A server gives its memory back once idle"). With
 /// purging off (a negative delay), mimalloc marks each segment it creates as never purged,
 /// so a later [`trim`] could not give it back: call this before the threads that should
 /// give memory back allocate.

@@ -200,6 +200,13 @@ enum Fsync {
 
 fn main() -> ExitCode {
     tpc_xfer::alloc::keep_freed_memory();
+    // A write past the file size limit (RLIMIT_FSIZE) then fails with EFBIG, which the
+    // file's failure names (`os::short_write`), instead of SIGXFSZ ending the process.
+    #[cfg(unix)]
+    // SAFETY: sets a signal's disposition to ignore, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let cli = Cli::parse();
     let exit = match cli.command {
         Command::Copy {

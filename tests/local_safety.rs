@@ -1264,6 +1264,7 @@ fn a_source_rewritten_on_the_server_during_its_pull_is_not_committed_torn() {
             "exit 0, but the client does not hold what the server's file holds"
         );
     } else {
+        assert_eq!(code(&out), 3, "{}", stderr(&out));
         assert!(
             pulled.is_none(),
             "the failed pull left a file under its name: {}",
@@ -1321,7 +1322,14 @@ fn assert_not_followed(out: &Output, outside: &Path, before: &[Listed], made: &P
     );
     assert_eq!(format!("{:o}", mode_of(outside)), "700");
     assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"private\n");
-    if code(out) == 0 {
+    if code(out) != 0 {
+        assert_eq!(code(out), 4, "{}", stderr(out));
+        assert!(
+            stderr(out).contains("is or goes through a symlink, which is never followed"),
+            "{}",
+            stderr(out)
+        );
+    } else {
         for i in 0..20 {
             assert_eq!(
                 std::fs::read(made.with_file_name("d.moved").join(format!("f{i:02}"))).ok(),

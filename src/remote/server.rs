@@ -97,6 +97,9 @@ struct Activity {
     tcp: Cell<usize>,
     /// The shard's QUIC endpoint, whose connections (handshakes included) count too.
     quic: OnceCell<Endpoint>,
+    /// Connections accepted so far (QUIC and TCP): one that came and went between two
+    /// checks counts as work too.
+    accepted: Cell<u64>,
     /// Checks in a row that found the shard idle since it last served something.
     idle_checks: Cell<u32>,
 }
@@ -118,9 +121,12 @@ const IDLE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// never trimmed, and an idle one once per burst.
 async fn trim_when_idle(shared: Rc<Shared>) {
     let activity = &shared.activity;
+    let mut accepted = 0;
     loop {
         rt::sleep(IDLE_CHECK_EVERY).await;
-        if activity.busy() {
+        let now = activity.accepted.get();
+        if activity.busy() || now != accepted {
+            accepted = now;
             activity.idle_checks.set(0);
             continue;
         }
@@ -415,6 +421,8 @@ async fn accept_quic(
     };
     let _ = shared.activity.quic.set(ep.clone());
     while let Some(conn) = ep.accept().await {
+        let accepted = &shared.activity.accepted;
+        accepted.set(accepted.get() + 1);
         rt::spawn_local(serve_connection(Connection::Quic(conn), shared.clone())).detach();
     }
 }
@@ -457,6 +465,7 @@ async fn accept_tcp(
         let in_flight = in_flight.clone();
         let activity = &shared.activity;
         activity.tcp.set(activity.tcp.get() + 1);
+        activity.accepted.set(activity.accepted.get() + 1);
         rt::spawn_local(async move {
             let handshake = tcp::Connection::accept(sock, tls, remote);
             let handshake = rt::within(CONNECT_TIMEOUT, handshake).await;
@@ -638,6 +647,8 @@ async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> 
 struct Held {
     receiver: Option<Receiver>,
     published: Published,
+    /// Bytes of a pull's listed versions (`Live::listed`), held beside its listing.
+    listed_bytes: u64,
 }
 
 /// Drives a control stream's session (`tpc_core::session::server`): reads its frames
@@ -655,13 +666,14 @@ async fn control(
     let mut held = Held {
         receiver: None,
         published: shared.sessions.publish(session.session_id(), key),
+        listed_bytes: 0,
     };
     let progress = held.published.live.progress.clone();
     let mut manifest_held = 0;
     let outcome = 'session: loop {
-        // The manifest it holds (received, or listed for a pull) counts against what all
-        // sessions may hold.
-        let more = session.manifest_bytes() - manifest_held;
+        // The manifest it holds (received, or listed for a pull, with the listed versions
+        // of a pull's files) counts against what all sessions may hold.
+        let more = session.manifest_bytes() + held.listed_bytes - manifest_held;
         if more > 0 {
             if let Err(r) = shared.admit(|a| a.hold_manifest(&key, more)) {
                 let f = Failure::new(ErrorCode::Busy, r.message());
@@ -786,6 +798,10 @@ async fn carry_out(
             let root = shared.root.clone();
             let listed = rt::spawn_thread(move || list(&root, &base)).await;
             session.handle_listed(listed.map(|(listing, files)| {
+                held.listed_bytes = files
+                    .keys()
+                    .map(|path| (path.len() + std::mem::size_of::<(Vec<u8>, Listed)>()) as u64)
+                    .sum();
                 let _ = held.published.live.listed.set(Arc::new(files));
                 listing
             }));
@@ -1034,8 +1050,10 @@ async fn get(
         .as_ref()
         .and_then(|l| l.listed.get())
         .and_then(|files| files.get(full.as_bytes()).copied());
-    let changed =
-        |e: tpc_engine::SourceChanged| Failure::new(ErrorCode::Changed, format!("{full}: {e}"));
+    let changed = |e: tpc_engine::SourceChanged| {
+        let why = format!("{full}: changed on the server since it was listed ({e})");
+        Failure::new(ErrorCode::Changed, why)
+    };
     if let Some(l) = &listed {
         l.check(&fd, g.size).map_err(changed)?;
     }
@@ -1087,9 +1105,9 @@ async fn get(
 }
 
 /// A pull's listing: the tree at `base` beneath the root, as manifest entries, and what
-/// its top is; and each file's version as listed, by its path beneath the root. Special files are left out. Problems met during the walk and symlinks
-/// whose target cannot be read are left out, logged, and told to the client
-/// (`Unlisted`, docs/PROTOCOL.md §6).
+/// its top is; and each file's version as listed, by its path beneath the root. Special
+/// files are left out. Problems met during the walk and symlinks whose target cannot be
+/// read are left out, logged, and told to the client (`Unlisted`, docs/PROTOCOL.md §6).
 fn list(root: &Root, base: &RelPath) -> Result<(Listing, HashMap<Vec<u8>, Listed>), Failure> {
     let (entries, errors) = root
         .walk(base, MANIFEST_ENTRIES_MAX as usize)

@@ -360,7 +360,7 @@ pub enum Frame {
     },
     /// Pull: a part of the source the server could not list (an unreadable directory, a
     /// tree too deep), left out of the manifest; the session goes on. At most
-    /// `UNLISTED_MAX` per session, among the `Entries` frames.
+    /// `UNLISTED_MAX` per session, between `Welcome` and `EntriesEnd`.
     Unlisted {
         code: ErrorCode,
         message: String,

@@ -160,7 +160,8 @@ pub fn write_at(file: &File, buf: &[u8], offset: u64) -> io::Result<usize> {
 /// again to learn which: one byte past what was written stands in for it, and its errno
 /// names the cause. The byte can go through when another writer gave room back in
 /// between (a failed file's temporary removed, say); room ran out all the same, so that
-/// is ENOSPC.
+/// is ENOSPC. At the file size limit the byte raises SIGXFSZ, which `tpc-xfer` ignores
+/// (`main`) so that the byte fails with EFBIG instead.
 pub fn short_write(file: &File, offset: u64, written: usize, len: usize) -> (i32, String) {
     let at = offset + written as u64;
     let errno = match write_at(file, &[0u8], at) {
