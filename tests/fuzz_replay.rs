@@ -138,6 +138,10 @@ fn frames() {
             code: ErrorCode::PathRefused,
             message: "no".into(),
         },
+        Frame::Unlisted {
+            code: ErrorCode::Io,
+            message: "'d': Permission denied\n".into(),
+        },
     ]);
     let saved = replay("frame", &seeds, targets::frame);
     assert!(
