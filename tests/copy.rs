@@ -431,10 +431,7 @@ fn an_io_error_reading_a_source_is_exit_3_and_leaves_nothing_of_it() {
     random_file(&src.join("big"), 8 << 20, 4);
     std::fs::write(src.join("ok"), b"fine").unwrap();
     let dst = s.path("dst");
-    let out = Command::new("strace")
-        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=pread64", "-P"])
-        .arg(src.join("big"))
-        .args(["-e", "inject=pread64:error=EIO:when=1", bin()])
+    let out = failing_first("pread64", "EIO", Some(&src.join("big")))
         .args(["copy", "--io", "portable"])
         .arg(&src)
         .arg(&dst)
@@ -466,12 +463,8 @@ fn an_error_in_a_local_copy(syscall: &str, errno: &str, says: &str) {
     std::fs::create_dir(&src).unwrap();
     random_file(&src.join("big"), 8 << 20, 5);
     let dst = s.path("dst");
-    let out = Command::new("strace")
-        .args(["-f", "-qq", "-o", "/dev/null", "-e"])
-        .arg(format!("trace={syscall}"))
-        .arg("-e")
-        .arg(format!("inject={syscall}:error={errno}:when=1"))
-        .args([bin(), "copy", "--io", "portable"])
+    let out = failing_first(syscall, errno, None)
+        .args(["copy", "--io", "portable"])
         .arg(&src)
         .arg(&dst)
         .output()

@@ -1297,7 +1297,7 @@ fn swap_scene(s: &Scratch) -> (PathBuf, PathBuf) {
 
 /// Once `made` appears (and while `running`), moves it to `d.moved` beside it and puts
 /// a symlink to `outside` in its place. Whether it did.
-fn swap_when_made(made: &Path, outside: &Path, running: impl Fn() -> bool) -> bool {
+fn swap_when_made(made: &Path, outside: &Path, mut running: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + RUN_TIMEOUT;
     while Instant::now() < deadline && running() {
         if made.is_dir() {
@@ -1410,11 +1410,7 @@ fn a_client_directory_swapped_for_a_symlink_mid_pull_is_not_followed() {
         ],
     );
     let made = dst.join("d");
-    let seen = wait_while_running(&mut run, || made.is_dir());
-    if seen {
-        std::fs::rename(&made, dst.join("d.moved")).unwrap();
-        std::os::unix::fs::symlink(&outside, &made).unwrap();
-    }
+    let seen = swap_when_made(&made, &outside, || run.running());
     let out = run.wait();
     assert!(seen, "dst/d never appeared at the client: {}", stderr(&out));
     assert_not_followed(&out, &outside, &before, &made);

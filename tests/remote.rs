@@ -771,12 +771,8 @@ fn an_error_at_a_pulling_client(syscall: &str, errno: &str, says: &str) {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let dst = s.path("dst");
     std::fs::create_dir(&dst).unwrap();
-    let out = Command::new("strace")
-        .args(["-f", "-qq", "-o", "/dev/null", "-e"])
-        .arg(format!("trace={syscall}"))
-        .arg("-e")
-        .arg(format!("inject={syscall}:error={errno}:when=1"))
-        .args([bin(), "copy", "-q", "--io", "portable", "--state"])
+    let out = failing_first(syscall, errno, None)
+        .args(["copy", "-q", "--io", "portable", "--state"])
         .arg(&cs)
         .arg(server.url("f"))
         .arg(&dst)
@@ -831,10 +827,7 @@ fn an_io_error_reading_a_pushed_source_is_exit_3_and_leaves_nothing_of_it() {
     std::fs::write(src.join("ok"), b"fine").unwrap();
     let root = s.path("root");
     let server = Server::start(&root, &ss);
-    let out = Command::new("strace")
-        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=pread64", "-P"])
-        .arg(src.join("big"))
-        .args(["-e", "inject=pread64:error=EIO:when=1", bin()])
+    let out = failing_first("pread64", "EIO", Some(&src.join("big")))
         .args(["copy", "-q", "--io", "portable", "--accept-new", "--state"])
         .arg(&cs)
         .arg(&src)

@@ -759,3 +759,19 @@ pub fn depth_of(dir: &Path) -> usize {
         depth += 1;
     }
 }
+
+/// `strace … tpc-xfer`, failing its first call of `syscall` with `errno` (on `path` only,
+/// if given); the caller adds the command and its arguments, `--io portable` among them
+/// (the portable driver's file I/O is what strace sees).
+pub fn failing_first(syscall: &str, errno: &str, path: Option<&Path>) -> Command {
+    let mut c = Command::new("strace");
+    c.args(["-f", "-qq", "-o", "/dev/null", "-e"])
+        .arg(format!("trace={syscall}"));
+    if let Some(p) = path {
+        c.arg("-P").arg(p);
+    }
+    c.arg("-e")
+        .arg(format!("inject={syscall}:error={errno}:when=1"))
+        .arg(bin());
+    c
+}
