@@ -44,7 +44,7 @@ use tpc_engine::{Driver, Durability, Listed, SourceChanged};
 use super::data::{open_direct, receive_run, send_run, DataError, Progress, RunLog, Savings};
 use tpc_engine::temp::RunLock;
 
-use super::receiver::{full_path, off_thread, temp_path, Failure, Receiver, Span};
+use super::receiver::{full_path, joined, off_thread, temp_path, Failure, Receiver, Span};
 use super::{
     congestion::Congestion, expect_answer, expect_end, read_frame, transport_config,
     unless_stalled, write_frame, RemoteSpec, SessionError, TransportChoice, AUTO_QUIC_WAIT,
@@ -118,7 +118,7 @@ struct WorkFile {
     size: u64,
     /// Push: the local source. Pull: where the file lands beneath `Job::local_root`.
     local_src: Option<PushSource>,
-    local_tmp: Option<Landing>,
+    landing: Option<Landing>,
     /// Push: the server's hashes of its old version of the file, from chunk `have_first`
     /// on: chunks that match are not sent (`CODEC_SAME`).
     have_first: u32,
@@ -948,7 +948,7 @@ async fn move_range(
     let f = &work.files[item.file as usize];
     let push = work.push;
     // The file as failures name it: this end's source, or where a pulled file lands.
-    let shown = match (&f.local_src, &f.local_tmp) {
+    let shown = match (&f.local_src, &f.landing) {
         (Some(src), _) => quote(&src.shown),
         (None, Some(landing)) => landing.full.to_string(),
         (None, None) => quote_bytes(&f.remote),
@@ -1048,7 +1048,7 @@ async fn move_range(
         let answer = expect_answer(&mut recv).await.map_err(io)?;
         check_run_answer(false, item.count, answer).map_err(|f| there(push, f))?;
         let root = work.local_root.as_ref().expect("pull has a local root");
-        let landing = f.local_tmp.as_ref().expect("pull has temporaries");
+        let landing = f.landing.as_ref().expect("pull has temporaries");
         let tmp = &landing.tmp;
         // Failures name the file where it lands, not its temporary.
         let what = &shown;
@@ -1534,11 +1534,7 @@ impl SessionDriver<'_> {
             let remote = match full_path(&base, &e.path) {
                 Ok(p) => p.into_bytes(),
                 Err(f) => {
-                    let at = match (trimmed.is_empty(), e.path.is_empty()) {
-                        (true, _) => e.path.clone(),
-                        (false, true) => trimmed.to_vec(),
-                        (false, false) => [trimmed, b"/".as_slice(), &e.path].concat(),
-                    };
+                    let at = joined(&base, &e.path);
                     self.problems.report(
                         exit_for(f.code, true),
                         format!("cannot push to {}: {}", quote_bytes(&at), f.message),
@@ -1551,7 +1547,7 @@ impl SessionDriver<'_> {
                 remote,
                 size: e.size,
                 local_src: src,
-                local_tmp: None,
+                landing: None,
                 have_first: 0,
                 have: Vec::new(),
             });
@@ -1596,7 +1592,7 @@ impl SessionDriver<'_> {
                 remote,
                 size: e.size,
                 local_src: None,
-                local_tmp: None,
+                landing: None,
                 have_first: 0,
                 have: Vec::new(),
             });
@@ -1611,7 +1607,7 @@ impl SessionDriver<'_> {
         for item in &needs {
             let tmp = receiver.receiving(item.file).map(|(full, _)| full);
             if let (Some(full), Some(f)) = (tmp, self.files.get_mut(item.file as usize)) {
-                f.local_tmp = temp_path(&full, session, item.file)
+                f.landing = temp_path(&full, session, item.file)
                     .ok()
                     .map(|tmp| Landing { full, tmp });
             }

@@ -170,14 +170,20 @@ pub struct Receiver {
 
 /// The path under the root where an entry with `path` (relative to `base`) lands.
 pub fn full_path(base: &RelPath, path: &[u8]) -> Result<RelPath, Failure> {
-    let joined = if base.is_root() {
+    RelPath::parse(&joined(base, path))
+        .map_err(|e| Failure::new(ErrorCode::PathRefused, e.to_string()))
+}
+
+/// Manifest path `path` beneath `base`, as bytes: what [`full_path`] checks, and what a
+/// failure names when the check refuses it.
+pub fn joined(base: &RelPath, path: &[u8]) -> Vec<u8> {
+    if base.is_root() {
         path.to_vec()
     } else if path.is_empty() {
         base.as_bytes().to_vec()
     } else {
         [base.as_bytes(), b"/", path].concat()
-    };
-    RelPath::parse(&joined).map_err(|e| Failure::new(ErrorCode::PathRefused, e.to_string()))
+    }
 }
 
 /// The temporary name of file `file` of `session` beside `full`.
