@@ -203,3 +203,58 @@ fn relpaths() {
     .collect();
     replay("relpath", &seeds, targets::relpath);
 }
+
+#[test]
+fn muxes() {
+    // One multiplexer frame: kind, stream, value, payload.
+    fn frame(kind: u8, id: u32, value: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![kind];
+        f.extend_from_slice(&id.to_le_bytes());
+        f.extend_from_slice(&value.to_le_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+    // Hostile: a server (mode 0) and a client (mode 2) each fed a run of frames from the
+    // peer (op 0 with argument 31: 256 bytes), between accepts, reads, writes, a stop,
+    // a send of the queue and a close.
+    let mut peer = Vec::new();
+    for f in [
+        frame(0, 1, 5, b"hello"),
+        frame(0, 2, 3, b"abc"),
+        frame(1, 1, 0, &[]),
+        frame(3, 5, 9, &[]),
+        frame(4, 1, 100, &[]),
+        frame(5, 0, 1, &[]),
+        frame(2, 7, 4, &[]),
+        frame(6, 3, 4, b"bye!"),
+    ] {
+        peer.extend(f);
+    }
+    peer.resize(256, 0);
+    let ops = [4u8, 4, 5, 13, 6, 14, 3, 7, 15, 23, 31, 0x7f];
+    let mut seeds = Vec::new();
+    for mode in [0u8, 2] {
+        let mut s = vec![mode, 31 << 3];
+        s.extend(&peer);
+        s.extend(ops);
+        seeds.push(s);
+    }
+    // A server fed DATA frames made by the target (op 2: stream 1, a 3-byte length):
+    // sixteen of 256 KiB fill the stream's window, and a byte more breaks it.
+    let mut s = vec![0u8];
+    for _ in 0..16 {
+        s.extend([2, 0, 0, 4]);
+    }
+    s.extend([2, 1, 0, 0, 5, 0xff, 2, 0, 0, 0x10]);
+    seeds.push(s);
+    // Honest pair (mode 1): the client opens, writes and finishes, bytes go across cut
+    // in two, the server accepts, reads, answers and finishes, the client reads; then a
+    // second stream is reset, and one stopped. Op: bit 0 the end, bits 1-3 the action
+    // (0 open, 1 accept, 2 write, 3 read, 4 finish, 5 reset, 6 stop, 7 deliver + a
+    // length byte), bits 4-7 an argument.
+    seeds.push(vec![
+        1, 0, 4, 0x14, 8, 14, 3, 14, 200, 3, 7, 7, 7, 5, 9, 15, 255, 6, 6, 6, 0, 4, 10, 14, 255, 3,
+        7, 13, 1, 15, 255, 6, 14, 255, 15, 255,
+    ]);
+    replay("mux", &seeds, targets::mux);
+}

@@ -1,5 +1,6 @@
 //! Sans-IO shard logic of tpc-xfer: chunk planning, partitioning, digests, file assembly,
-//! commit batching, change detection, tree comparison and flow-window tuning.
+//! commit batching, change detection, tree comparison, flow-window tuning, the remote
+//! session's state machines and the TCP transport's stream multiplexer.
 //!
 //! Nothing in this crate opens a file, touches a socket or reads a clock. Drivers (the
 //! glommio/io_uring driver in `shards/uring`, and later a portable one) feed it facts — a
@@ -13,6 +14,7 @@ pub mod commit;
 pub mod compare;
 pub mod digest;
 pub mod limits;
+pub mod mux;
 pub mod place;
 pub mod plan;
 pub mod relpath;

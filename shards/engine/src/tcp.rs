@@ -1,74 +1,34 @@
 //! TCP + TLS 1.3 for one shard: the transport where UDP is blocked. One TCP connection
-//! carries TLS (rustls, the same configs and key checks as QUIC) and, inside it, a small
-//! multiplexer that gives the session what QUIC streams give it: bidirectional streams,
-//! each with its own flow control, finish, reset and stop with a code, and a connection
-//! close with a code and reason.
+//! carries TLS (rustls, the same configs and key checks as QUIC) and, inside it, the
+//! stream multiplexer of `tpc_core::mux` (its frames, limits and why it is our own are
+//! there), which gives the session what QUIC streams give it.
 //!
-//! Why our own multiplexer: the session needs a reset code per stream (a server that
-//! fails part way through a Get says why in the reset, docs/PROTOCOL.md §7) and runs on
-//! two drivers of single-threaded shards. yamux (libp2p's) resets without a code and
-//! wants a polled connection object behind `futures::io`; h2 needs tokio; both frame
-//! data in small units for interactive use. What the session needs here is about as
-//! long as driving either would be, shares its shape with `quic.rs` (state in one
-//! `Rc<RefCell>`, tasks woken by wakers), and TLS is driven directly through rustls's
-//! sans-IO `Connection` with no async adapter in between.
-//!
-//! The multiplexer's frames, inside the TLS stream (all integers little-endian):
-//!
-//! ```text
-//! frame = kind:u8 stream:u32 value:u32 [payload]
-//!   0 DATA    value = payload length (≤ DATA_FRAME_BYTES_MAX), payload follows
-//!   1 FIN     the sender's half of the stream ends
-//!   2 RESET   value = code: the sender abandons its half
-//!   3 STOP    value = code: the receiver wants no more data on the stream
-//!   4 WINDOW  value = bytes more the receiver of the frame may send on the stream
-//!   5 CREDIT  value = streams more the receiver of the frame may open
-//!   6 CLOSE   stream = code, value = reason length (≤ CLOSE_REASON_BYTES_MAX), reason
-//! ```
-//!
-//! The client opens odd stream numbers, the server even ones, each in increasing order; a
-//! stream opens with its first frame, and opens every lower-numbered one of its side with
-//! it (their first frames may follow it). Each side may have `STREAMS_MAX` streams open that
-//! it opened; the other returns a credit when one is done on both halves. Each stream's
-//! receiver grants `STREAM_WINDOW_BYTES` at first and more as its reader consumes, so
-//! what one end buffers is bounded by streams × window, and a slow stream never blocks
-//! another. Every length and count from the peer is checked before use; a violation
-//! closes the connection.
+//! This file is the driver: it runs the TLS handshake, then one task that reads the
+//! socket, decrypts and feeds the plaintext to the multiplexer, and one that takes the
+//! multiplexer's queued frames, encrypts and writes them; stream handles poll the
+//! multiplexer and wait on wakers it fires. State is one `Rc<RefCell>`, as in `quic.rs`,
+//! and TLS is driven directly through rustls's sans-IO `Connection` with no async
+//! adapter in between.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use rustls::pki_types::ServerName;
+use tpc_core::mux::{self, Mux, Signal, StreamError};
 
 use crate::rt::{self, TcpStream};
 use crate::transport::{Error, Why};
 
-/// Streams one side may have open that it opened: as QUIC's stream limit.
-pub const STREAMS_MAX: u32 = 64;
-/// What a stream's receiver grants at first, and at most holds unread.
-pub const STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
-/// Largest stream number: a connection opens at most half of these on each side, far
-/// more than any session needs, and the counters never wrap.
-const STREAM_ID_MAX: u32 = 1 << 31;
-/// Largest DATA payload: large enough that framing costs nothing, small enough that
-/// streams interleave finely on the wire.
-pub const DATA_FRAME_BYTES_MAX: u32 = 256 * 1024;
-/// Plaintext queued for the TLS writer before stream writes wait.
-const OUT_QUEUE_BYTES_MAX: usize = 2 * 1024 * 1024;
-/// Longest close reason.
-pub const CLOSE_REASON_BYTES_MAX: u32 = 1024;
-const HEADER_BYTES: usize = 9;
-/// DATA payloads this large keep sharing the receive buffer rather than being copied.
-const SHARE_PAYLOAD_BYTES_MIN: usize = 64 * 1024;
-/// Socket reads at a time.
+pub use tpc_core::mux::{STREAMS_MAX, STREAM_WINDOW_BYTES};
+
+/// Socket reads at a time, and plaintext encrypted per pass of the writer.
 const READ_BYTES: usize = 256 * 1024;
 /// A peer silent this long with data outstanding is gone (TCP_USER_TIMEOUT), and idle
 /// connections are probed this often (TCP keep-alive): QUIC's 10 s idle timeout.
@@ -76,233 +36,39 @@ const READ_BYTES: usize = 256 * 1024;
 const USER_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEP_ALIVE: Duration = Duration::from_secs(2);
 
-const DATA: u8 = 0;
-const FIN: u8 = 1;
-const RESET: u8 = 2;
-const STOP: u8 = 3;
-const WINDOW: u8 = 4;
-const CREDIT: u8 = 5;
-const CLOSE: u8 = 6;
-
-/// Wakes the task waiting in `slot`, if any.
-fn wake(slot: &mut Option<Waker>) {
-    if let Some(w) = slot.take() {
-        w.wake();
-    }
-}
-
+/// A task's waker, fired by the multiplexer when what the task waits for may be there.
 #[derive(Default)]
-struct Stream {
-    rx: VecDeque<Bytes>,
-    rx_fin: bool,
-    rx_reset: Option<u64>,
-    /// Bytes the peer may send in all, and has sent.
-    rx_allowed: u64,
-    rx_total: u64,
-    /// Bytes read by the application and not yet granted back.
-    rx_unacked: u64,
-    /// The application still reads this half (not stopped, not dropped).
-    rx_open: bool,
-    reader: Option<Waker>,
-    tx_credit: u64,
-    tx_stopped: Option<u64>,
-    /// The application may still write (not finished, reset or dropped).
-    tx_open: bool,
-    writer: Option<Waker>,
-    /// Opened by the peer.
-    remote: bool,
-}
+struct Wake(Option<Waker>);
 
-impl Stream {
-    fn new(remote: bool) -> Stream {
-        Stream {
-            rx_allowed: u64::from(STREAM_WINDOW_BYTES),
-            rx_open: true,
-            tx_credit: u64::from(STREAM_WINDOW_BYTES),
-            tx_open: true,
-            remote,
-            ..Default::default()
+impl Signal for Wake {
+    fn signal(&mut self) {
+        if let Some(w) = self.0.take() {
+            w.wake();
         }
     }
+}
 
-    fn done(&self) -> bool {
-        !self.tx_open && (self.rx_fin || self.rx_reset.is_some()) && !self.rx_open
+/// What a pending poll leaves for the multiplexer to wake.
+fn waker<'a>(cx: &Context<'a>) -> impl FnOnce() -> Wake + 'a {
+    let w = cx.waker();
+    move || Wake(Some(w.clone()))
+}
+
+impl From<StreamError> for Error {
+    fn from(e: StreamError) -> Error {
+        match e {
+            StreamError::Lost(why) => Error::Lost(why),
+            StreamError::Reset(c) => Error::Reset(c),
+            StreamError::Stopped(c) => Error::Stopped(c),
+            StreamError::Closed => Error::Closed,
+        }
     }
 }
 
 struct State {
     tls: rustls::Connection,
-    streams: HashMap<u32, Stream>,
-    next_local: u32,
-    next_remote: u32,
-    open_credit: u32,
-    remote_open: u32,
-    accepted: VecDeque<u32>,
-    /// Tasks waiting to open or accept a stream, or for room in the out queue.
-    waiters: Vec<Waker>,
-    out: VecDeque<Vec<u8>>,
-    out_bytes: usize,
-    writer: Option<Waker>,
-    lost: Option<Error>,
-    /// Our CLOSE is queued: nothing more goes out after it.
-    closing: bool,
-    closed: bool,
+    mux: Mux<Wake>,
     remote_addr: SocketAddr,
-}
-
-impl State {
-    fn wake_all(&mut self) {
-        for w in self.waiters.drain(..) {
-            w.wake();
-        }
-        for s in self.streams.values_mut() {
-            wake(&mut s.reader);
-            wake(&mut s.writer);
-        }
-        wake(&mut self.writer);
-    }
-
-    fn lose(&mut self, e: Error) {
-        if self.lost.is_none() {
-            self.lost = Some(e);
-        }
-        self.wake_all();
-    }
-
-    fn queue(&mut self, kind: u8, stream: u32, value: u32, payload: &[u8]) {
-        if self.closing {
-            return;
-        }
-        let mut f = Vec::with_capacity(HEADER_BYTES + payload.len());
-        f.push(kind);
-        f.extend_from_slice(&stream.to_le_bytes());
-        f.extend_from_slice(&value.to_le_bytes());
-        f.extend_from_slice(payload);
-        self.out_bytes += f.len();
-        self.out.push_back(f);
-        wake(&mut self.writer);
-    }
-
-    /// Removes a stream both halves of which are done; a stream the peer opened returns
-    /// its credit.
-    fn reap(&mut self, id: u32) {
-        if self.streams.get(&id).is_some_and(Stream::done) {
-            let s = self.streams.remove(&id).expect("present");
-            if s.remote {
-                self.remote_open -= 1;
-                self.queue(CREDIT, 0, 1, &[]);
-            }
-        }
-    }
-
-    fn protocol(&mut self, why: &str) {
-        let reason = format!("received a bad frame: {why}");
-        self.queue(CLOSE, 1, reason.len() as u32, reason.as_bytes());
-        self.closing = true;
-        self.lose(Error::Lost(Why::Other(reason)));
-    }
-
-    /// The stream a frame from the peer names: an open one, a new one the peer opens, or
-    /// `None` for one already closed (late frames are dropped).
-    fn stream_for(&mut self, id: u32, opens: bool) -> Result<Option<&mut Stream>, &'static str> {
-        let peer_parity = u32::from(self.is_client_tls()) ^ 1;
-        if id > STREAM_ID_MAX {
-            return Err("stream number out of range");
-        }
-        if id % 2 == peer_parity && id >= self.next_remote {
-            // A stream opens with its first frame, and the peer's tasks may write their
-            // first frames in another order than they opened the streams: as in QUIC,
-            // a stream opens every lower one of the same side with it.
-            let opened = (id - self.next_remote) / 2 + 1;
-            if !opens {
-                return Err("frame for a stream never opened");
-            }
-            if self.remote_open + opened > STREAMS_MAX {
-                return Err("too many streams");
-            }
-            while self.next_remote <= id {
-                self.streams.insert(self.next_remote, Stream::new(true));
-                self.accepted.push_back(self.next_remote);
-                self.next_remote += 2;
-            }
-            self.remote_open += opened;
-            for w in self.waiters.drain(..) {
-                w.wake();
-            }
-        } else if id % 2 != peer_parity && id >= self.next_local {
-            return Err("frame for a stream never opened");
-        }
-        Ok(self.streams.get_mut(&id))
-    }
-
-    fn is_client_tls(&self) -> bool {
-        matches!(self.tls, rustls::Connection::Client(_))
-    }
-
-    /// Handles one frame from the peer.
-    fn frame(&mut self, kind: u8, id: u32, value: u32, payload: Bytes) -> Result<(), &'static str> {
-        match kind {
-            CREDIT => {
-                self.open_credit = self.open_credit.saturating_add(value).min(STREAMS_MAX);
-                for w in self.waiters.drain(..) {
-                    w.wake();
-                }
-                return Ok(());
-            }
-            CLOSE => {
-                let reason = String::from_utf8_lossy(&payload).into_owned();
-                self.closed = true;
-                self.lose(Error::Lost(Why::Closed { code: id, reason }));
-                return Ok(());
-            }
-            _ => {}
-        }
-        // Any frame but WINDOW may be a stream's first: a reader may stop a stream
-        // before its writer sent anything (QUIC's STOP_SENDING opens a stream too).
-        let opens = kind != WINDOW;
-        let Some(s) = self.stream_for(id, opens)? else {
-            return Ok(());
-        };
-        match kind {
-            DATA => {
-                s.rx_total += payload.len() as u64;
-                if s.rx_total > s.rx_allowed || s.rx_fin {
-                    return Err("data beyond the stream's window or end");
-                }
-                if payload.is_empty() {
-                    // Carries nothing; kept, it would cost memory outside the window.
-                } else if s.rx_open {
-                    s.rx.push_back(payload);
-                    wake(&mut s.reader);
-                } else {
-                    // Stopped: dropped. An honest peer stops sending once it sees the
-                    // STOP; what was in flight is allowed here, and no WINDOW answers it
-                    // (a peer could make us queue one per frame otherwise).
-                    s.rx_allowed += payload.len() as u64;
-                }
-            }
-            FIN => {
-                s.rx_fin = true;
-                wake(&mut s.reader);
-            }
-            RESET => {
-                s.rx_reset = Some(u64::from(value));
-                s.rx.clear();
-                wake(&mut s.reader);
-            }
-            STOP => {
-                s.tx_stopped = Some(u64::from(value));
-                wake(&mut s.writer);
-            }
-            WINDOW => {
-                s.tx_credit = s.tx_credit.saturating_add(u64::from(value));
-                wake(&mut s.writer);
-            }
-            _ => return Err("unknown frame kind"),
-        }
-        self.reap(id);
-        Ok(())
-    }
 }
 
 /// One TCP + TLS connection. Cheap to clone; clones share it.
@@ -359,8 +125,12 @@ fn tls_why(e: &rustls::Error) -> Why {
     }
 }
 
+fn io_why(e: &io::Error) -> Why {
+    Why::Other(e.to_string())
+}
+
 fn io_lost(e: &io::Error) -> Error {
-    Error::Lost(Why::Other(e.to_string()))
+    Error::Lost(io_why(e))
 }
 
 /// Runs the TLS handshake on `sock`. Returns what was read past its end: the peer's
@@ -427,7 +197,7 @@ impl Connection {
             .map_err(|e| Error::Connect(e.to_string()))?;
         let mut tls = rustls::Connection::Client(client);
         let early = handshake(&sock, &mut tls).await?;
-        Ok(Connection::start(sock, tls, addr, 1, early))
+        Ok(Connection::start(sock, tls, addr, early))
     }
 
     /// Completes TLS as a server on an accepted stream.
@@ -441,34 +211,22 @@ impl Connection {
             rustls::ServerConnection::new(config).map_err(|e| Error::Connect(e.to_string()))?;
         let mut tls = rustls::Connection::Server(server);
         let early = handshake(&sock, &mut tls).await?;
-        Ok(Connection::start(sock, tls, remote, 2, early))
+        Ok(Connection::start(sock, tls, remote, early))
     }
 
     fn start(
         sock: TcpStream,
         mut tls: rustls::Connection,
         remote: SocketAddr,
-        first: u32,
         early: Vec<u8>,
     ) -> Connection {
-        // The out queue bounds what is buffered (`OUT_QUEUE_BYTES_MAX`); rustls's own
-        // 64 KiB limit would refuse a whole DATA frame.
+        // The multiplexer's out queue bounds what is buffered (`OUT_QUEUE_BYTES_MAX`);
+        // rustls's own 64 KiB limit would refuse a whole DATA frame.
         tls.set_buffer_limit(None);
+        let client = matches!(tls, rustls::Connection::Client(_));
         let state = Rc::new(RefCell::new(State {
             tls,
-            streams: HashMap::new(),
-            next_local: first,
-            next_remote: 3 - first,
-            open_credit: STREAMS_MAX,
-            remote_open: 0,
-            accepted: VecDeque::new(),
-            waiters: Vec::new(),
-            out: VecDeque::new(),
-            out_bytes: 0,
-            writer: None,
-            lost: None,
-            closing: false,
-            closed: false,
+            mux: Mux::new(client),
             remote_addr: remote,
         }));
         let reader = rt::spawn_local(read_loop(sock.clone(), state.clone(), early));
@@ -491,47 +249,18 @@ impl Connection {
 
     /// Why the connection is gone, once it is.
     pub fn lost(&self) -> Option<Error> {
-        self.state.borrow().lost.clone()
+        self.state.borrow().mux.lost().cloned().map(Error::Lost)
     }
 
     pub async fn open_bi(&self) -> Result<(SendStream, RecvStream), Error> {
-        let id = poll_fn(|cx| {
-            let mut st = self.state.borrow_mut();
-            if let Some(e) = &st.lost {
-                return Poll::Ready(Err(e.clone()));
-            }
-            if st.next_local > STREAM_ID_MAX {
-                return Poll::Ready(Err(Error::Lost(Why::Other(
-                    "stream numbers ran out".into(),
-                ))));
-            }
-            if st.open_credit == 0 {
-                st.waiters.push(cx.waker().clone());
-                return Poll::Pending;
-            }
-            st.open_credit -= 1;
-            let id = st.next_local;
-            st.next_local += 2;
-            st.streams.insert(id, Stream::new(false));
-            Poll::Ready(Ok(id))
-        })
-        .await?;
+        let id = poll_fn(|cx| self.state.borrow_mut().mux.poll_open(waker(cx)))
+            .await
+            .map_err(Error::Lost)?;
         Ok(self.halves(id))
     }
 
     pub async fn accept_bi(&self) -> Option<(SendStream, RecvStream)> {
-        let id = poll_fn(|cx| {
-            let mut st = self.state.borrow_mut();
-            if let Some(id) = st.accepted.pop_front() {
-                return Poll::Ready(Some(id));
-            }
-            if st.lost.is_some() {
-                return Poll::Ready(None);
-            }
-            st.waiters.push(cx.waker().clone());
-            Poll::Pending
-        })
-        .await?;
+        let id = poll_fn(|cx| self.state.borrow_mut().mux.poll_accept(waker(cx))).await?;
         Some(self.halves(id))
     }
 
@@ -551,129 +280,81 @@ impl Connection {
 
     /// Closes the connection with `code` and `reason`: queued behind what was written.
     pub fn close(&self, code: u32, reason: &[u8]) {
-        let mut st = self.state.borrow_mut();
-        let reason = &reason[..reason.len().min(CLOSE_REASON_BYTES_MAX as usize)];
-        st.queue(CLOSE, code, reason.len() as u32, reason);
-        st.closing = true;
+        self.state.borrow_mut().mux.close(code, reason);
     }
 
     /// Waits until the close has gone to the socket (or the connection is gone).
     pub async fn wait_closed(&self) {
-        poll_fn(|cx| {
-            let mut st = self.state.borrow_mut();
-            // Lost: nothing more can go out.
-            if st.closed || st.lost.is_some() {
-                return Poll::Ready(());
-            }
-            st.waiters.push(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
+        poll_fn(|cx| self.state.borrow_mut().mux.poll_closed(waker(cx))).await
     }
 }
 
-/// Reads TLS records, decrypts them and hands each frame to its stream.
+/// Reads TLS records, decrypts them and hands the plaintext to the multiplexer.
 async fn read_loop(sock: TcpStream, state: Rc<RefCell<State>>, early: Vec<u8>) {
     let mut buf = vec![0u8; READ_BYTES];
-    let mut plain = BytesMut::new();
     // What arrived with the end of the handshake: a client's first frames travel in the
     // same segment as its Finished.
-    if !feed(&mut state.borrow_mut(), &mut plain, &early) {
+    if !feed(&mut state.borrow_mut(), &early) {
         return;
     }
     loop {
         // While the peer does not read what this end queued (answers to its frames
         // included), this end reads no more of its frames.
-        poll_fn(|cx| {
-            let mut st = state.borrow_mut();
-            if st.out_bytes <= OUT_QUEUE_BYTES_MAX || st.lost.is_some() {
-                return Poll::Ready(());
-            }
-            st.waiters.push(cx.waker().clone());
-            Poll::Pending
-        })
-        .await;
+        poll_fn(|cx| state.borrow_mut().mux.poll_receive(waker(cx))).await;
         let n = match sock.read(&mut buf).await {
-            Ok(0) => {
-                let mut st = state.borrow_mut();
-                st.closed = true;
-                st.lose(Error::Lost(Why::Other(
-                    "the peer closed the connection".into(),
-                )));
-                return;
-            }
+            Ok(0) => return state.borrow_mut().mux.peer_ended(),
             Ok(n) => n,
-            Err(e) => return state.borrow_mut().lose(io_lost(&e)),
+            Err(e) => return state.borrow_mut().mux.lose(io_why(&e)),
         };
-        if !feed(&mut state.borrow_mut(), &mut plain, &buf[..n]) {
+        if !feed(&mut state.borrow_mut(), &buf[..n]) {
             return;
         }
     }
 }
 
 /// Decrypts `data` a record batch at a time (rustls holds little plaintext unread) and
-/// handles the frames; false once the connection is lost.
-fn feed(st: &mut State, plain: &mut BytesMut, mut data: &[u8]) -> bool {
+/// hands the plaintext to the multiplexer; false once the connection is lost.
+fn feed(st: &mut State, mut data: &[u8]) -> bool {
     loop {
-        if let Err(e) = drain_plaintext(st, plain) {
-            st.protocol(e);
+        if !drain_plaintext(st) {
             return false;
         }
         if data.is_empty() {
             break;
         }
         if let Err(e) = st.tls.read_tls(&mut data) {
-            st.lose(io_lost(&e));
+            st.mux.lose(io_why(&e));
             return false;
         }
         if let Err(e) = st.tls.process_new_packets() {
-            st.lose(Error::Lost(tls_why(&e)));
+            st.mux.lose(tls_why(&e));
             return false;
         }
     }
     if st.tls.wants_write() {
-        wake(&mut st.writer);
+        st.mux.wake_sender();
     }
     true
 }
 
-/// Moves the decrypted bytes into `plain` and handles every whole frame there.
-fn drain_plaintext(st: &mut State, plain: &mut BytesMut) -> Result<(), &'static str> {
+/// Moves the decrypted bytes to the multiplexer; false once the connection is lost.
+fn drain_plaintext(st: &mut State) -> bool {
     let mut chunk = [0u8; 64 * 1024];
     loop {
         match st.tls.reader().read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => plain.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(_) => return Err("TLS stream ended uncleanly"),
+            Ok(0) => return st.mux.lost().is_none(),
+            Ok(n) => {
+                if !st.mux.receive(&chunk[..n]) {
+                    return false;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return st.mux.lost().is_none(),
+            Err(_) => {
+                st.mux.violation("TLS stream ended uncleanly");
+                return false;
+            }
         }
     }
-    while plain.len() >= HEADER_BYTES {
-        let kind = plain[0];
-        let id = u32::from_le_bytes(plain[1..5].try_into().expect("4 bytes"));
-        let value = u32::from_le_bytes(plain[5..9].try_into().expect("4 bytes"));
-        let len = match kind {
-            DATA if value <= DATA_FRAME_BYTES_MAX => value as usize,
-            CLOSE if value <= CLOSE_REASON_BYTES_MAX => value as usize,
-            DATA | CLOSE => return Err("frame longer than its limit"),
-            _ => 0,
-        };
-        if plain.len() < HEADER_BYTES + len {
-            break;
-        }
-        plain.advance(HEADER_BYTES);
-        // A small payload is copied out, so that it never pins the large buffer it
-        // arrived in past its own bytes; a large one shares it.
-        let payload = if len < SHARE_PAYLOAD_BYTES_MIN {
-            let p = Bytes::copy_from_slice(&plain[..len]);
-            plain.advance(len);
-            p
-        } else {
-            plain.split_to(len).freeze()
-        };
-        st.frame(kind, id, value, payload)?;
-    }
-    Ok(())
 }
 
 /// Encrypts queued frames and writes them to the socket, in order.
@@ -684,57 +365,40 @@ async fn write_loop(sock: TcpStream, state: Rc<RefCell<State>>) {
         // encrypts nothing, and must not send the last pass's records a second time (the
         // peer would fail to decrypt the copy, and lose the close reason with it).
         out.clear();
-        let done = poll_fn(|cx| {
-            let mut st = state.borrow_mut();
-            if st.lost.is_some() && !st.closing {
+        let next = poll_fn(|cx| {
+            let st = &mut *state.borrow_mut();
+            let own = st.tls.wants_write();
+            match st.mux.poll_send(own, waker(cx)) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(mux::Send::Stop) => return Poll::Ready(None),
+                Poll::Ready(mux::Send::Frames) => {}
+            }
+            let mut failed = None;
+            st.mux.take_frames(READ_BYTES, |f| {
+                if failed.is_none() {
+                    failed = st.tls.writer().write_all(f).err();
+                }
+            });
+            while failed.is_none() && st.tls.wants_write() {
+                failed = st.tls.write_tls(&mut out).err();
+            }
+            if let Some(e) = failed {
+                st.mux.lose(io_why(&e));
                 return Poll::Ready(None);
-            }
-            if st.out.is_empty() && !st.tls.wants_write() {
-                if st.closing {
-                    return Poll::Ready(None);
-                }
-                st.writer = Some(cx.waker().clone());
-                return Poll::Pending;
-            }
-            let mut moved = 0;
-            while let Some(f) = st.out.pop_front() {
-                moved += f.len();
-                if let Err(e) = st.tls.writer().write_all(&f) {
-                    st.lose(io_lost(&e));
-                    return Poll::Ready(None);
-                }
-                if moved >= READ_BYTES {
-                    break;
-                }
-            }
-            st.out_bytes -= moved;
-            while st.tls.wants_write() {
-                if let Err(e) = st.tls.write_tls(&mut out) {
-                    st.lose(io_lost(&e));
-                    return Poll::Ready(None);
-                }
-            }
-            // Room in the queue: wake writers waiting for it.
-            for w in st.waiters.drain(..) {
-                w.wake();
             }
             Poll::Ready(Some(()))
         })
         .await;
         if !out.is_empty() {
             if let Err(e) = sock.write_all(&out).await {
-                return state.borrow_mut().lose(io_lost(&e));
+                return state.borrow_mut().mux.lose(io_why(&e));
             }
         }
-        if done.is_none() {
+        if next.is_none() {
             let mut st = state.borrow_mut();
-            if st.closing {
-                st.closed = true;
+            if st.mux.closing() {
                 sock.with_socket(|s| s.shutdown(std::net::Shutdown::Write).ok());
-                st.lose(Error::Lost(Why::Closed {
-                    code: 0,
-                    reason: "closed".into(),
-                }));
+                st.mux.close_sent();
             }
             return;
         }
@@ -753,10 +417,16 @@ impl SendStream {
 
     pub async fn write_all(&mut self, mut data: &[u8]) -> Result<(), Error> {
         while !data.is_empty() {
-            let n = poll_fn(|cx| self.poll_room(cx, data.len())).await?;
-            let mut st = self.conn.state.borrow_mut();
-            st.streams.get_mut(&self.id).expect("open").tx_credit -= n as u64;
-            st.queue(DATA, self.id, n as u32, &data[..n]);
+            let n = poll_fn(|cx| {
+                let want = data.len();
+                self.conn
+                    .state
+                    .borrow_mut()
+                    .mux
+                    .poll_room(self.id, want, waker(cx))
+            })
+            .await?;
+            self.conn.state.borrow_mut().mux.send(self.id, &data[..n]);
             data = &data[n..];
         }
         Ok(())
@@ -766,74 +436,19 @@ impl SendStream {
         self.write_all(&data).await
     }
 
-    /// How many bytes may go now: within the stream's credit, a frame, and the queue.
-    fn poll_room(
-        &self,
-        cx: &mut std::task::Context<'_>,
-        want: usize,
-    ) -> Poll<Result<usize, Error>> {
-        let mut st = self.conn.state.borrow_mut();
-        if let Some(e) = &st.lost {
-            return Poll::Ready(Err(e.clone()));
-        }
-        let full = st.out_bytes >= OUT_QUEUE_BYTES_MAX;
-        let Some(s) = st.streams.get_mut(&self.id).filter(|s| s.tx_open) else {
-            return Poll::Ready(Err(Error::Closed));
-        };
-        if let Some(code) = s.tx_stopped {
-            return Poll::Ready(Err(Error::Stopped(code)));
-        }
-        if s.tx_credit == 0 {
-            s.writer = Some(cx.waker().clone());
-            return Poll::Pending;
-        }
-        if full {
-            st.waiters.push(cx.waker().clone());
-            return Poll::Pending;
-        }
-        let n = (want as u64)
-            .min(s.tx_credit)
-            .min(u64::from(DATA_FRAME_BYTES_MAX));
-        Poll::Ready(Ok(n as usize))
-    }
-
-    fn end_with(&mut self, kind: u8, code: u32) -> Result<(), Error> {
-        let mut st = self.conn.state.borrow_mut();
-        let Some(s) = st.streams.get_mut(&self.id).filter(|s| s.tx_open) else {
-            return Err(Error::Closed);
-        };
-        s.tx_open = false;
-        st.queue(kind, self.id, code, &[]);
-        st.reap(self.id);
-        Ok(())
-    }
-
     pub fn finish(&mut self) -> Result<(), Error> {
-        if let Some(e) = self.conn.lost() {
-            return Err(e);
-        }
-        let stopped = self
-            .conn
-            .state
-            .borrow()
-            .streams
-            .get(&self.id)
-            .and_then(|s| s.tx_stopped);
-        if let Some(code) = stopped {
-            return Err(Error::Stopped(code));
-        }
-        self.end_with(FIN, 0)
+        Ok(self.conn.state.borrow_mut().mux.finish(self.id)?)
     }
 
     pub fn reset(&mut self, code: u32) {
-        let _ = self.end_with(RESET, code);
+        self.conn.state.borrow_mut().mux.reset(self.id, code);
     }
 }
 
 impl Drop for SendStream {
     fn drop(&mut self) {
         // Abandoned before it finished: reset with code 0, as a QUIC send half is.
-        let _ = self.end_with(RESET, 0);
+        self.reset(0);
     }
 }
 
@@ -847,42 +462,15 @@ impl RecvStream {
     /// The next bytes of the stream, at most `max`; `None` at its end.
     pub async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, Error> {
         if self.pending.is_empty() {
-            match poll_fn(|cx| self.poll_next(cx)).await? {
+            let id = self.id;
+            let next = poll_fn(|cx| self.conn.state.borrow_mut().mux.poll_read(id, waker(cx)));
+            match next.await? {
                 Some(b) => self.pending = b,
                 None => return Ok(None),
             }
         }
         let n = self.pending.len().min(max.max(1));
         Ok(Some(self.pending.split_to(n)))
-    }
-
-    fn poll_next(&self, cx: &mut std::task::Context<'_>) -> Poll<Result<Option<Bytes>, Error>> {
-        let mut st = self.conn.state.borrow_mut();
-        let lost = st.lost.clone();
-        let Some(s) = st.streams.get_mut(&self.id) else {
-            return Poll::Ready(Ok(None));
-        };
-        if let Some(b) = s.rx.pop_front() {
-            s.rx_unacked += b.len() as u64;
-            if s.rx_unacked >= u64::from(STREAM_WINDOW_BYTES / 2) && !s.rx_fin {
-                let n = s.rx_unacked as u32;
-                s.rx_allowed += s.rx_unacked;
-                s.rx_unacked = 0;
-                st.queue(WINDOW, self.id, n, &[]);
-            }
-            return Poll::Ready(Ok(Some(b)));
-        }
-        if let Some(code) = s.rx_reset {
-            return Poll::Ready(Err(Error::Reset(code)));
-        }
-        if s.rx_fin {
-            return Poll::Ready(Ok(None));
-        }
-        if let Some(e) = lost {
-            return Poll::Ready(Err(e));
-        }
-        s.reader = Some(cx.waker().clone());
-        Poll::Pending
     }
 
     /// Fills `out`; false if the stream ended cleanly before its first byte.
@@ -910,17 +498,7 @@ impl RecvStream {
 
     /// Tells the peer to stop sending; what arrives is dropped.
     pub fn stop(&mut self, code: u32) {
-        let mut st = self.conn.state.borrow_mut();
-        let Some(s) = st.streams.get_mut(&self.id).filter(|s| s.rx_open) else {
-            return;
-        };
-        s.rx_open = false;
-        let ended = s.rx_fin || s.rx_reset.is_some();
-        s.rx.clear();
-        if !ended {
-            st.queue(STOP, self.id, code, &[]);
-        }
-        st.reap(self.id);
+        self.conn.state.borrow_mut().mux.stop(self.id, code);
     }
 }
 

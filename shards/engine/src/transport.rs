@@ -32,18 +32,9 @@ impl Kind {
     }
 }
 
-/// Why a connection is gone, as far as the session tells causes apart.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Why {
-    /// The peer refused this end's key (TLS `access_denied`).
-    Refused,
-    /// The peer speaks another protocol version (TLS `no_application_protocol`).
-    Version,
-    /// The peer closed the connection with this application code and reason.
-    Closed { code: u32, reason: String },
-    /// Anything else: timed out, reset, a TLS or framing failure.
-    Other(String),
-}
+/// Why a connection is gone, as far as the session tells causes apart: one type for
+/// both transports, defined beside the TCP multiplexer that the core drives.
+pub use tpc_core::mux::Why;
 
 /// Why a stream or connection operation failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
