@@ -28,7 +28,7 @@ pub fn run(a: &Path, b: &Path, opts: &CopyOptions) -> Exit {
     let mut problems = Problems::default();
     let mut trees = Vec::new();
     for root in [a, b] {
-        match walk::walk(root) {
+        match walk::walk(root, None) {
             Ok((entries, errors)) => {
                 for e in errors {
                     problems.report(

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tpc_core::compare::{file_change, file_change_by_digest};
+use tpc_core::filter::Filter;
 use tpc_core::limits::FILE_SIZE_BYTES_MAX;
 use tpc_core::place;
 use tpc_core::temp::temp_name;
@@ -42,6 +43,8 @@ pub struct CopyOptions {
     pub json: bool,
     /// The driver the shards run on (`--io`).
     pub driver: Driver,
+    /// What of the sources is taken (`--exclude`, `--include`, `--max-size`, ...).
+    pub filter: Arc<Filter>,
 }
 
 /// One source resolved to where it lands.
@@ -149,7 +152,12 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
     };
     let mut held = vec![dest_root.clone()];
     for root in &mut roots {
-        match walk::walk(&root.src) {
+        let named = walk::bytes(root.src.as_os_str()).into_owned();
+        let within = walk::Within {
+            filter: &opts.filter,
+            name: walk::transfer_name(&named),
+        };
+        match walk::walk(&root.src, Some(within)) {
             Ok((entries, errors)) => {
                 for e in errors {
                     problems.report(

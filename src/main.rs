@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use tpc_core::codec::Compression;
+use tpc_core::filter::Filter;
 use tpc_core::SkipPolicy;
 use tpc_engine::rt::IoChoice;
 use tpc_engine::Durability;
@@ -81,6 +82,8 @@ enum Command {
         #[arg(long, value_name = "SECONDS", default_value_t = remote::STALL_TIMEOUT_DEFAULT.as_secs())]
         timeout: u64,
         #[command(flatten)]
+        filters: FilterArgs,
+        #[command(flatten)]
         state: StateArg,
         #[command(flatten)]
         common: Common,
@@ -142,6 +145,88 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+}
+
+/// rsync's filter flags. `--include` and `--exclude` rules (and the files of rules) apply
+/// in the order given, the first that matches an entry deciding; an entry no rule matches
+/// is taken.
+#[derive(Args)]
+#[command(next_help_heading = "Filters (rsync's meaning)")]
+struct FilterArgs {
+    /// Leave out what matches PATTERN, and everything beneath a directory it matches.
+    /// `*` and `?` stay within a name, `**` crosses `/` (a whole name: `a/**/b`); a
+    /// leading `/` anchors at the transfer's root, a trailing `/` matches directories
+    /// only, `dir/***` a directory and its contents; without a `/`, the last name.
+    #[arg(long, value_name = "PATTERN")]
+    exclude: Vec<String>,
+    /// Take what matches PATTERN even where a later --exclude would leave it out.
+    #[arg(long, value_name = "PATTERN")]
+    include: Vec<String>,
+    /// --exclude each pattern in FILE (one a line; `#` and `;` start comments; `-`:
+    /// standard input).
+    #[arg(long, value_name = "FILE")]
+    exclude_from: Vec<PathBuf>,
+    /// --include each pattern in FILE.
+    #[arg(long, value_name = "FILE")]
+    include_from: Vec<PathBuf>,
+    /// Leave out regular files larger than SIZE (e.g. 100M, 1.5G, 10KB; K, M, G count
+    /// in 1024s, KB, MB, GB in 1000s).
+    #[arg(long, value_name = "SIZE", value_parser = size_parser)]
+    max_size: Option<u64>,
+    /// Leave out regular files smaller than SIZE.
+    #[arg(long, value_name = "SIZE", value_parser = size_parser)]
+    min_size: Option<u64>,
+}
+
+fn size_parser(s: &str) -> Result<u64, String> {
+    tpc_core::filter::parse_size(s).map_err(|e| e.to_string())
+}
+
+impl FilterArgs {
+    /// The rules in the order they were given on the command line (`matches` are the
+    /// copy command's: clap keeps each flag's values apart, with their positions).
+    fn filter(&self, matches: &clap::ArgMatches) -> Result<Filter, String> {
+        use tpc_core::filter::Action;
+        let mut rules: Vec<(usize, Action, Result<String, PathBuf>)> = Vec::new();
+        let mut add = |id: &str, action: Action, from_file: bool| {
+            let Some(at) = matches.indices_of(id) else {
+                return;
+            };
+            let values: Vec<Result<String, PathBuf>> = if from_file {
+                let files = matches.get_many::<PathBuf>(id).into_iter().flatten();
+                files.cloned().map(Err).collect()
+            } else {
+                let pats = matches.get_many::<String>(id).into_iter().flatten();
+                pats.cloned().map(Ok).collect()
+            };
+            rules.extend(at.zip(values).map(|(i, v)| (i, action, v)));
+        };
+        add("exclude", Action::Exclude, false);
+        add("include", Action::Include, false);
+        add("exclude_from", Action::Exclude, true);
+        add("include_from", Action::Include, true);
+        rules.sort_by_key(|r| r.0);
+        let mut filter = Filter::default();
+        filter.min_size = self.min_size;
+        filter.max_size = self.max_size;
+        for (_, action, rule) in rules {
+            match rule {
+                Ok(pattern) => filter.add(action, &pattern).map_err(|e| e.to_string())?,
+                Err(file) => {
+                    let text = if file.as_os_str() == "-" {
+                        std::io::read_to_string(std::io::stdin())
+                    } else {
+                        std::fs::read_to_string(&file)
+                    }
+                    .map_err(|e| format!("cannot read {}: {e}", walk::quote(&file)))?;
+                    filter
+                        .add_lines(action, &text)
+                        .map_err(|e| format!("{}: {e}", walk::quote(&file)))?;
+                }
+            }
+        }
+        Ok(filter)
+    }
 }
 
 #[derive(Args)]
@@ -207,7 +292,11 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let exit = match cli.command {
         Command::Copy {
             sources,
@@ -220,10 +309,19 @@ fn main() -> ExitCode {
             compress,
             transport,
             timeout,
+            filters,
             state,
             common,
         } => match options(&common, checksum, verify, fsync) {
-            Ok(opts) => {
+            Ok(mut opts) => {
+                let copy_matches = matches.subcommand_matches("copy").expect("copy");
+                match filters.filter(copy_matches) {
+                    Ok(filter) => opts.filter = std::sync::Arc::new(filter),
+                    Err(e) => {
+                        eprintln!("tpc-xfer: {e}");
+                        return ExitCode::from(Exit::Usage as u8);
+                    }
+                }
                 let remote = RemoteArgs {
                     accept_new,
                     congestion,
@@ -342,9 +440,14 @@ fn copy_any(
         compression: remote_args.compress,
         transport: remote_args.transport,
         timeout: remote_args.timeout,
+        filter: opts.filter.clone(),
     };
     match (remote_dest, remote_srcs.len(), sources.len()) {
         (Some(Ok(spec)), 0, _) => remote::client::push(sources, spec, &ropts),
+        (None, 1, 1) if !opts.filter.is_empty() => {
+            eprintln!("tpc-xfer: --exclude, --include and the size limits apply to local copies and pushes for now, not to pulls");
+            Exit::Usage
+        }
         (None, 1, 1) => match remote_srcs.into_iter().next().expect("one") {
             Ok(spec) => remote::client::pull(spec, dest, &ropts),
             Err(e) => {
@@ -410,5 +513,6 @@ fn options(
         progress: !common.quiet && !common.json && std::io::stderr().is_terminal(),
         quiet: common.quiet,
         json: common.json,
+        filter: Default::default(),
     })
 }

@@ -5,6 +5,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use tpc_core::filter::Filter;
 use tpc_core::limits::{PATH_BYTES_MAX, TREE_DEPTH_MAX};
 use tpc_core::{EntryKind, EntryMeta};
 
@@ -128,13 +129,54 @@ fn special_kind(_ft: &std::fs::FileType) -> &'static str {
     "special file"
 }
 
+/// A transfer's filter, and the walked root's own path among the transfer's paths
+/// (`transfer_name`): what rsync matches the patterns against.
+#[derive(Clone, Copy)]
+pub struct Within<'a> {
+    pub filter: &'a Filter,
+    pub name: &'a [u8],
+}
+
+impl Within<'_> {
+    /// Whether `entry` is left out.
+    fn excludes(&self, entry: &Entry) -> bool {
+        let rel = bytes(entry.rel.as_os_str());
+        let path = match (self.name.is_empty(), rel.is_empty()) {
+            (_, true) => self.name.to_vec(),
+            (true, false) => rel.into_owned(),
+            (false, false) => [self.name, b"/", &rel].concat(),
+        };
+        if path.is_empty() {
+            // The contents of `SRC/`: their root is not an entry rsync matches.
+            return false;
+        }
+        let file_size = (entry.meta.kind == EntryKind::File).then_some(entry.meta.size_bytes);
+        self.filter
+            .excludes(&path, entry.meta.kind == EntryKind::Dir, file_size)
+    }
+}
+
+/// A source's own path among a transfer's paths, as rsync names it: nothing for `SRC/`
+/// (or `.`), whose contents are the transfer; else its last name.
+pub fn transfer_name(named: &[u8]) -> &[u8] {
+    if named.ends_with(b"/") {
+        return b"";
+    }
+    tpc_core::place::last_name(named).unwrap_or_default()
+}
+
 /// Walks `root` in pre-order (a directory before its children, children sorted by name).
 /// The root itself is the first entry, with an empty relative path. Errors on single
-/// entries are collected, and the walk goes on.
-pub fn walk(root: &Path) -> io::Result<(Vec<Entry>, Vec<WalkError>)> {
+/// entries are collected, and the walk goes on. What `within` leaves out is not listed,
+/// nor is anything beneath a directory it leaves out; a root it leaves out gives no
+/// entries at all.
+pub fn walk(root: &Path, within: Option<Within<'_>>) -> io::Result<(Vec<Entry>, Vec<WalkError>)> {
     let first = lstat(root)?;
-    let mut entries = vec![first];
     let mut errors = Vec::new();
+    if within.is_some_and(|w| w.excludes(&first)) {
+        return Ok((Vec::new(), errors));
+    }
+    let mut entries = vec![first];
     if entries[0].meta.kind != EntryKind::Dir {
         return Ok((entries, errors));
     }
@@ -189,6 +231,9 @@ pub fn walk(root: &Path) -> io::Result<(Vec<Entry>, Vec<WalkError>)> {
                     continue;
                 }
             };
+            if within.is_some_and(|w| w.excludes(&entry)) {
+                continue;
+            }
             let is_dir = entry.meta.kind == EntryKind::Dir;
             entries.push(entry);
             if is_dir {

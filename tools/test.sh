@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . tools/need.sh
-install_missing diff:diffutils mount:mount setpriv:util-linux strace:strace nft:nftables
+install_missing diff:diffutils mount:mount setpriv:util-linux strace:strace nft:nftables rsync:rsync
 if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi

@@ -74,6 +74,8 @@ pub struct RemoteOptions {
     pub transport: TransportChoice,
     /// `--timeout`: how long the session may make no progress; `None` for ever.
     pub timeout: Option<std::time::Duration>,
+    /// What of the sources a push takes (`--exclude`, `--include`, `--max-size`, ...).
+    pub filter: Arc<tpc_core::filter::Filter>,
 }
 
 /// setuid and setgid are never sent as such: ownership is not transferred.
@@ -235,13 +237,22 @@ pub fn push(sources: &[OsString], remote: RemoteSpec, opts: &RemoteOptions) -> E
     let mut walked = Vec::new();
     for s in sources {
         let path = PathBuf::from(s);
-        match walk::walk(&path) {
+        let named = walk::bytes(s);
+        let within = walk::Within {
+            filter: &opts.filter,
+            name: walk::transfer_name(&named),
+        };
+        match walk::walk(&path, Some(within)) {
             Ok((entries, errors)) => {
                 for e in errors {
                     problems.report(
                         Exit::Source,
                         format!("cannot read {}: {}", quote(&e.path), e.error),
                     );
+                }
+                if entries.is_empty() {
+                    // Left out whole by the filter.
+                    continue;
                 }
                 let is_dir = entries
                     .first()

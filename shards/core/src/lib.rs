@@ -13,6 +13,7 @@ pub mod codec;
 pub mod commit;
 pub mod compare;
 pub mod digest;
+pub mod filter;
 pub mod limits;
 pub mod mux;
 pub mod place;

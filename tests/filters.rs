@@ -1,0 +1,278 @@
+//! rsync as the oracle for `--exclude`, `--include`, `--exclude-from`, `--include-from`,
+//! `--max-size` and `--min-size`: for each filter set, `rsync -a` and `tpc-xfer copy`
+//! (local, and pushed to a server) with the same flags must leave identical trees
+//! (content, kinds, modes, mtimes but a symlink's own, symlink targets).
+
+mod common;
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// A tree with something for every kind of rule to catch.
+fn tree(src: &Path) {
+    let files: &[(&str, usize)] = &[
+        ("a.o", 10),
+        ("b.c", 5_000),
+        ("keep.rs", 300),
+        ("kill.rs", 200),
+        ("build", 64),
+        ("{a,b}", 3),
+        (".hidden", 7),
+        ("dir/sub/x.o", 2_000),
+        ("dir/sub/y.rs", 40_000),
+        ("dir/build/out.bin", 200_000),
+        ("docs/readme.md", 900),
+        ("docs/deep/a/b/z", 1),
+        ("docs/deep/b/z", 4_096),
+        ("src/build/tool.rs", 4_097),
+    ];
+    for (name, size) in files {
+        let p = src.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let body: Vec<u8> = (0..*size).map(|i| (i * 7 + name.len()) as u8).collect();
+        std::fs::write(&p, body).unwrap();
+    }
+    std::fs::create_dir_all(src.join("empty")).unwrap();
+    std::os::unix::fs::symlink("keep.rs", src.join("link")).unwrap();
+    chmod(&src.join("kill.rs"), 0o600);
+    // Fixed mtimes everywhere, directories last (writing their entries changes them).
+    let mut entries = list(src);
+    entries.reverse();
+    for (i, e) in entries.iter().enumerate() {
+        if e.1 != 'l' {
+            set_mtime(&src.join(&e.0), 1_700_000_000 + i as i64, 123_456_789);
+        }
+    }
+}
+
+/// The filter sets, as flags both tools take.
+fn filter_sets(rules: &Path) -> Vec<Vec<OsString>> {
+    let r = rules.as_os_str().to_owned();
+    let sets: Vec<Vec<&str>> = vec![
+        vec!["--exclude", "*.o"],
+        vec!["--exclude", "/docs"],
+        vec!["--exclude", "sub/x.o"],
+        vec!["--exclude", "**/b/z"],
+        vec!["--exclude", "build/"],
+        vec!["--include", "*/", "--include", "*.rs", "--exclude", "*"],
+        vec!["--exclude", "docs/***"],
+        vec!["--include", "keep.rs", "--exclude", "k*"],
+        vec!["--exclude", "[ab].*"],
+        vec!["--max-size", "4K"],
+        vec!["--min-size", "1K", "--exclude", "empty"],
+        vec![
+            "--exclude",
+            "{a,b}",
+            "--exclude",
+            ".hidden",
+            "--exclude",
+            "link",
+        ],
+        vec!["--exclude", "*", "--include", "*.rs"],
+        vec!["--exclude", "/dir/*/"],
+        vec![
+            "--max-size",
+            "4096",
+            "--min-size",
+            "10",
+            "--exclude",
+            "/src/",
+        ],
+        vec!["--exclude", "deep/**"],
+        vec!["--exclude-from"],
+        vec!["--include-from", "--exclude", "*"],
+    ];
+    sets.into_iter()
+        .map(|set| {
+            let mut out: Vec<OsString> = Vec::new();
+            for a in set {
+                out.push(a.into());
+                if a.ends_with("-from") {
+                    out.push(r.clone());
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+/// `list(root)` with what neither tool keeps left out: a symlink's own mtime.
+fn listed(root: &Path) -> Vec<Listed> {
+    let mut entries = list(root);
+    for e in &mut entries {
+        if e.1 == 'l' {
+            (e.3, e.4) = (0, 0);
+        }
+    }
+    entries
+}
+
+/// The files' bytes are the same (`diff -r`; `check` would also compare a symlink's own
+/// mtime, which rsync does not keep).
+fn same_content(a: &Path, b: &Path) {
+    let diff = Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    assert!(
+        diff.status.success(),
+        "diff -r: {}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+}
+
+fn rsync(flags: &[OsString], from: &Path, to: &Path) {
+    let out = Command::new("rsync")
+        .arg("-a")
+        .args(flags)
+        .arg(with_slash(from))
+        .arg(to)
+        .output()
+        .expect("rsync runs");
+    assert!(out.status.success(), "rsync: {}", stderr(&out));
+}
+
+fn rules_file(s: &Scratch) -> std::path::PathBuf {
+    let rules = s.path("rules");
+    std::fs::write(
+        &rules,
+        "# build output\n; and objects\n\n*.o\n*/\n/docs/deep/\n",
+    )
+    .unwrap();
+    rules
+}
+
+#[test]
+fn a_local_copy_takes_what_rsync_takes_for_every_filter_set() {
+    let s = Scratch::new("filters-local");
+    let src = s.path("src");
+    tree(&src);
+    let rules = rules_file(&s);
+    let whole = listed(&src);
+    for (i, flags) in filter_sets(&rules).into_iter().enumerate() {
+        let (want, got) = (s.path(&format!("rsync-{i}")), s.path(&format!("tpc-{i}")));
+        rsync(&flags, &src, &want);
+        assert!(
+            listed(&want).len() < whole.len(),
+            "{flags:?} leaves something out"
+        );
+        let mut args: Vec<OsString> = vec!["copy".into(), "-q".into()];
+        args.extend(flags.iter().cloned());
+        args.push(with_slash(&src));
+        args.push(got.clone().into());
+        let out = tpc(&args);
+        assert_eq!(code(&out), 0, "{flags:?}: {}", stderr(&out));
+        assert_eq!(listed(&want), listed(&got), "{flags:?}");
+        same_content(&want, &got);
+    }
+}
+
+#[test]
+fn a_named_source_is_matched_by_its_own_name_as_rsync_does() {
+    let s = Scratch::new("filters-named");
+    let src = s.path("src");
+    tree(&src);
+    for flags in [
+        vec!["--exclude", "/src/docs"],
+        vec!["--exclude", "/docs"],
+        vec!["--exclude", "src/dir/"],
+        vec!["--exclude", "/src"],
+    ] {
+        let flags: Vec<OsString> = flags.into_iter().map(OsString::from).collect();
+        let (want, got) = (s.path("rsync"), s.path("tpc"));
+        for d in [&want, &got] {
+            let _ = std::fs::remove_dir_all(d);
+            std::fs::create_dir(d).unwrap();
+        }
+        let out = Command::new("rsync")
+            .arg("-a")
+            .args(&flags)
+            .arg(&src)
+            .arg(with_slash(&want))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "rsync: {}", stderr(&out));
+        let mut args: Vec<OsString> = vec!["copy".into(), "-q".into()];
+        args.extend(flags.iter().cloned());
+        args.push(src.clone().into());
+        args.push(with_slash(&got));
+        let out = tpc(&args);
+        assert_eq!(code(&out), 0, "{flags:?}: {}", stderr(&out));
+        // The two directories copied into were made here, not by the tools.
+        assert_eq!(listed(&want)[1..], listed(&got)[1..], "{flags:?}");
+    }
+}
+
+#[test]
+fn a_push_takes_what_rsync_takes_for_every_filter_set() {
+    let s = Scratch::new("filters-push");
+    let src = s.path("src");
+    tree(&src);
+    let rules = rules_file(&s);
+    let (cs, ss) = keys(&s);
+    let served = s.path("served");
+    let server = Server::start(&served, &ss);
+    for (i, flags) in filter_sets(&rules).into_iter().enumerate() {
+        let want = s.path(&format!("rsync-{i}"));
+        rsync(&flags, &src, &want);
+        let mut extra: Vec<&str> = vec!["--accept-new"];
+        extra.extend(flags.iter().map(|f| f.to_str().unwrap()));
+        let out = copy(
+            &cs,
+            with_slash(&src),
+            server.url(&format!("tpc-{i}")),
+            &extra,
+        );
+        assert_eq!(code(&out), 0, "{flags:?}: {}", stderr(&out));
+        let got = served.join(format!("tpc-{i}"));
+        assert_eq!(listed(&want), listed(&got), "{flags:?}");
+        same_content(&want, &got);
+    }
+}
+
+#[test]
+fn a_pull_with_filters_is_refused_until_the_server_applies_them() {
+    let s = Scratch::new("filters-pull");
+    let (cs, ss) = keys(&s);
+    let served = s.path("served");
+    std::fs::create_dir_all(served.join("d")).unwrap();
+    let server = Server::start(&served, &ss);
+    let dst = s.path("dst");
+    let out = copy(
+        &cs,
+        server.url("d/"),
+        &dst,
+        &["--accept-new", "--exclude", "*.o"],
+    );
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("not to pulls"), "{}", stderr(&out));
+    assert!(!dst.exists());
+}
+
+#[test]
+fn bad_filters_are_refused_before_anything_is_written() {
+    let s = Scratch::new("filters-bad");
+    let src = s.path("src");
+    tree(&src);
+    let dst = s.path("dst");
+    for (flags, says) in [
+        (vec!["--exclude", "a**b"], "'**' must be a whole name"),
+        (vec!["--max-size", "12X"], "want a number"),
+        (vec!["--exclude-from", "/nonexistent/rules"], "cannot read"),
+        (vec!["--exclude", ""], "an empty pattern"),
+    ] {
+        let mut args: Vec<OsString> = vec!["copy".into()];
+        args.extend(flags.iter().map(OsString::from));
+        args.push(with_slash(&src));
+        args.push(dst.clone().into());
+        let out = tpc(&args);
+        assert_eq!(code(&out), 2, "{flags:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{flags:?}: {}", stderr(&out));
+        assert!(!dst.exists(), "{flags:?} wrote");
+    }
+}
