@@ -17,9 +17,9 @@ use std::time::Instant;
 use tpc_core::compare::{file_change, file_change_by_digest};
 use tpc_core::filter::Filter;
 use tpc_core::limits::FILE_SIZE_BYTES_MAX;
-use tpc_core::place;
 use tpc_core::temp::temp_name;
 use tpc_core::wire::DestKind;
+use tpc_core::{place, prune};
 use tpc_core::{Change, EntryKind, EntryMeta, FileDigest, RelPath, SkipPolicy};
 use tpc_engine::confine::{self, Access, ConfineError, FileKind};
 use tpc_engine::temp::{process_token, RunLock, Sweeper};
@@ -45,7 +45,13 @@ pub struct CopyOptions {
     pub driver: Driver,
     /// What of the sources is taken (`--exclude`, `--include`, `--max-size`, ...).
     pub filter: Arc<Filter>,
+    /// `--delete`, with its `--max-delete` limit: `None` leaves extraneous entries be.
+    pub delete: Option<Option<u64>>,
 }
+
+/// Destination entries `--delete` lists beneath one landing at most: as many as a
+/// manifest may hold.
+const DELETE_SCAN_ENTRIES_MAX: usize = tpc_core::wire::MANIFEST_ENTRIES_MAX as usize;
 
 /// One source resolved to where it lands.
 struct Root {
@@ -402,6 +408,10 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
         }
     }
 
+    if let Some(max) = opts.delete {
+        delete_extraneous(&roots, &mut plan, opts, max, &mut problems, &mut summary);
+    }
+
     // Every temporary is renamed or removed by now: the run's lock goes before the root's
     // own mode is set (a read-only root could not lose it after).
     plan.lock = None;
@@ -450,6 +460,112 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
     summary.throughput_bytes_per_sec = summary.bytes as f64 / summary.seconds.max(1e-9);
     summary.print(opts.json, opts.quiet);
     problems.exit()
+}
+
+/// `--delete`: removes what no source holds beneath each directory source's landing, once
+/// every transfer of the run has succeeded (rsync's `--delete-after`), children before
+/// their directories, at most `max` entries (`--max-delete`). Never when anything failed
+/// before (a source that could not be listed in full would look like files to delete).
+fn delete_extraneous(
+    roots: &[Root],
+    plan: &mut Plan,
+    opts: &CopyOptions,
+    max: Option<u64>,
+    problems: &mut Problems,
+    summary: &mut Summary,
+) {
+    if problems.exit() != Exit::Ok {
+        eprintln!("tpc-xfer: not deleting anything at the destination: the run had errors");
+        return;
+    }
+    // Every destination path a source holds.
+    let mut held: HashSet<Vec<u8>> = HashSet::new();
+    for root in roots {
+        for e in &root.entries {
+            if let Ok(rel) = beneath(&root.dst_base, &e.rel) {
+                held.insert(rel.into_bytes());
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    let mut left = 0u64;
+    for root in roots {
+        let is_dir = root
+            .entries
+            .first()
+            .is_some_and(|e| e.meta.kind == EntryKind::Dir);
+        if !is_dir || !seen.insert(root.dst_base.clone()) {
+            continue;
+        }
+        let (found, errors) = match plan.dest.walk(&root.dst_base, DELETE_SCAN_ENTRIES_MAX) {
+            Ok(listed) => listed,
+            Err(e) => {
+                problems.report(
+                    Exit::for_write(e.errno()),
+                    format!("not deleting: cannot list the destination: {e}"),
+                );
+                return;
+            }
+        };
+        if let Some(e) = errors.first() {
+            problems.report(
+                Exit::for_write(e.errno()),
+                format!("not deleting: cannot list the destination: {e}"),
+            );
+            return;
+        }
+        let base = root.dst_base.as_bytes();
+        let strip = if base.is_empty() { 0 } else { base.len() + 1 };
+        let dest: Vec<prune::Found> = found
+            .iter()
+            .skip(1)
+            .map(|(rel, st)| prune::Found {
+                path: rel.as_bytes()[strip..].to_vec(),
+                is_dir: st.kind == FileKind::Dir,
+            })
+            .collect();
+        let named = walk::bytes(root.src.as_os_str()).into_owned();
+        let sizes = opts.filter.min_size.is_some() || opts.filter.max_size.is_some();
+        let in_source = |path: &[u8]| {
+            let full = [base, if base.is_empty() { b"" } else { b"/" }, path].concat();
+            // A file left out by size is still the source's: rsync lists it, and keeps
+            // the destination's copy.
+            held.contains(&full)
+                || (sizes && std::fs::symlink_metadata(root.src.join(&*walk::os(path))).is_ok())
+        };
+        let doomed = prune::extraneous(&dest, in_source, &opts.filter, walk::transfer_name(&named));
+        for i in doomed {
+            if max.is_some_and(|m| summary.deleted >= m) {
+                left += 1;
+                continue;
+            }
+            let rel = &found[i + 1].0;
+            let removed = if dest[i].is_dir {
+                plan.dest.remove_dir(rel)
+            } else {
+                plan.dest.remove_file(rel)
+            };
+            match removed {
+                Ok(()) => {
+                    summary.deleted += 1;
+                    plan.mark_touched(rel);
+                }
+                Err(e) => problems.report(
+                    Exit::for_write(e.errno()),
+                    format!("cannot delete {}: {e}", quote(&plan.shown(rel))),
+                ),
+            }
+        }
+    }
+    if left > 0 {
+        problems.report(
+            Exit::MaxDelete,
+            format!(
+                "--max-delete {} reached: {left} more extraneous entries left in place",
+                max.unwrap_or(0)
+            ),
+        );
+    }
 }
 
 /// The source path of a job file, for messages.

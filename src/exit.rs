@@ -27,6 +27,9 @@ pub enum Exit {
     Auth = 9,
     /// The peer broke the protocol (or speaks another version).
     Protocol = 10,
+    /// `--max-delete` stopped deletions: everything was copied, and the destination holds
+    /// entries it would have deleted.
+    MaxDelete = 11,
 }
 
 pub const EXIT_CODES_HELP: &str = "\
@@ -41,7 +44,8 @@ Exit codes:
   7  engine failure (--io uring where io_uring cannot be used, shard stopped)
   8  server unreachable, or the connection was lost
   9  authentication failed (unknown or changed server key, client not authorized)
-  10 protocol error (the peer sent something invalid, or speaks another version)";
+  10 protocol error (the peer sent something invalid, or speaks another version)
+  11 --max-delete reached (the rest was copied; extraneous entries left in place)";
 
 impl Exit {
     /// Classifies an error met while writing to the destination.

@@ -81,6 +81,16 @@ enum Command {
         /// nothing else. 0: wait for ever. Exit 8.
         #[arg(long, value_name = "SECONDS", default_value_t = remote::STALL_TIMEOUT_DEFAULT.as_secs())]
         timeout: u64,
+        /// Remove what the destination holds beneath a directory source and the source
+        /// does not (rsync's --delete, after every transfer has succeeded; never when
+        /// anything failed). Names the filter rules exclude are neither copied nor
+        /// deleted. Local copies for now.
+        #[arg(long)]
+        delete: bool,
+        /// With --delete, remove at most N entries; past that, leave the rest and exit 11.
+        /// 0: remove nothing, and exit 11 if anything would have been removed.
+        #[arg(long, value_name = "N", requires = "delete")]
+        max_delete: Option<u64>,
         #[command(flatten)]
         filters: FilterArgs,
         #[command(flatten)]
@@ -309,11 +319,14 @@ fn main() -> ExitCode {
             compress,
             transport,
             timeout,
+            delete,
+            max_delete,
             filters,
             state,
             common,
         } => match options(&common, checksum, verify, fsync) {
             Ok(mut opts) => {
+                opts.delete = delete.then_some(max_delete);
                 let copy_matches = matches.subcommand_matches("copy").expect("copy");
                 match filters.filter(copy_matches) {
                     Ok(filter) => opts.filter = std::sync::Arc::new(filter),
@@ -420,6 +433,10 @@ fn copy_any(
     if remote_dest.is_none() && remote_srcs.is_empty() {
         return copy::run(sources, dest, opts);
     }
+    if opts.delete.is_some() {
+        eprintln!("tpc-xfer: --delete is for local copies for now");
+        return Exit::Usage;
+    }
     if opts.policy == SkipPolicy::Checksum || opts.verify {
         eprintln!("tpc-xfer: --checksum and --verify are for local copies for now; remote transfers verify every chunk's BLAKE3 hash at the receiver");
         return Exit::Usage;
@@ -514,5 +531,6 @@ fn options(
         quiet: common.quiet,
         json: common.json,
         filter: Default::default(),
+        delete: None,
     })
 }

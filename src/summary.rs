@@ -24,6 +24,8 @@ pub struct Summary {
     pub dirs: u64,
     pub symlinks: u64,
     pub hard_links: u64,
+    /// Entries removed from the destination by `--delete`.
+    pub deleted: u64,
     /// Every written file was read back and compared (`--verify`).
     pub verified: bool,
     pub shards: usize,
@@ -105,7 +107,7 @@ impl Summary {
             _ => "copied",
         };
         format!(
-            "{verb} {} of {} files ({}) in {:.2} s, {}/s; {} unchanged, {} skipped, {} failed; {} shards",
+            "{verb} {} of {} files ({}) in {:.2} s, {}/s; {} unchanged, {} skipped, {} failed{}; {} shards",
             self.files_copied,
             self.files,
             human_bytes(self.bytes),
@@ -114,6 +116,11 @@ impl Summary {
             self.files_unchanged,
             self.skipped,
             self.failed,
+            if self.deleted > 0 {
+                format!(", {} deleted", self.deleted)
+            } else {
+                String::new()
+            },
             self.shards
         )
     }

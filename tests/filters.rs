@@ -1,7 +1,7 @@
 //! rsync as the oracle for `--exclude`, `--include`, `--exclude-from`, `--include-from`,
-//! `--max-size` and `--min-size`: for each filter set, `rsync -a` and `tpc-xfer copy`
-//! (local, and pushed to a server) with the same flags must leave identical trees
-//! (content, kinds, modes, mtimes but a symlink's own, symlink targets).
+//! `--max-size`, `--min-size` and `--delete`: for each filter set, `rsync -a` and
+//! `tpc-xfer copy` (local, and pushed to a server) with the same flags must leave
+//! identical trees (content, kinds, modes, mtimes but a symlink's own, symlink targets).
 
 mod common;
 
@@ -275,4 +275,183 @@ fn bad_filters_are_refused_before_anything_is_written() {
         assert!(stderr(&out).contains(says), "{flags:?}: {}", stderr(&out));
         assert!(!dst.exists(), "{flags:?} wrote");
     }
+}
+
+/// What a destination holds before a `--delete` run: part of the source (one file
+/// changed), names the filters exclude, and entries no source has, nested.
+fn stale(dst: &Path, src: &Path) {
+    let entries: &[(&str, Option<usize>)] = &[
+        ("keep.rs", Some(300)),
+        ("b.c", Some(17)),
+        ("a.o", Some(10)),
+        ("junk.o", Some(5)),
+        ("gone.txt", Some(8)),
+        ("dir/sub/x.o", Some(2_000)),
+        ("dir/sub/old.rs", Some(30)),
+        ("dir/old/", None),
+        ("dir/old/deeper/f", Some(1)),
+        ("cache/", None),
+        ("cache/blob", Some(64)),
+        ("dir/build/out.bin", Some(200_000)),
+        ("docs/deep/b/extra", Some(3)),
+    ];
+    for (name, size) in entries {
+        let p = dst.join(name.trim_end_matches('/'));
+        match size {
+            None => std::fs::create_dir_all(&p).unwrap(),
+            Some(n) => {
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                let from = src.join(name);
+                if from.is_file() && *name != "b.c" {
+                    std::fs::copy(&from, &p).unwrap();
+                } else {
+                    std::fs::write(&p, vec![b'z'; *n]).unwrap();
+                }
+            }
+        }
+    }
+    std::os::unix::fs::symlink("nowhere", dst.join("dangling")).unwrap();
+    let mut all = list(dst);
+    all.reverse();
+    for (i, e) in all.iter().enumerate() {
+        if e.1 != 'l' {
+            set_mtime(&dst.join(&e.0), 1_600_000_000 + i as i64, 0);
+        }
+    }
+}
+
+#[test]
+fn delete_removes_what_rsync_removes_and_spares_what_the_filters_exclude() {
+    let s = Scratch::new("filters-delete");
+    let src = s.path("src");
+    tree(&src);
+    let sets: Vec<Vec<&str>> = vec![
+        vec![],
+        vec!["--exclude", "*.o"],
+        vec!["--exclude", "cache/", "--exclude", "/gone.txt"],
+        vec!["--exclude", "dir/***"],
+        vec!["--max-size", "100K"],
+        vec!["--include", "*/", "--include", "*.rs", "--exclude", "*"],
+    ];
+    for (i, flags) in sets.into_iter().enumerate() {
+        let flags: Vec<OsString> = flags.into_iter().map(OsString::from).collect();
+        let (want, got) = (s.path(&format!("rsync-{i}")), s.path(&format!("tpc-{i}")));
+        stale(&want, &src);
+        stale(&got, &src);
+        let mut rsync_flags = flags.clone();
+        rsync_flags.push("--delete".into());
+        rsync(&rsync_flags, &src, &want);
+        let mut args: Vec<OsString> = vec!["copy".into(), "--json".into(), "--delete".into()];
+        args.extend(flags.iter().cloned());
+        args.push(with_slash(&src));
+        args.push(got.clone().into());
+        let out = tpc(&args);
+        assert_eq!(code(&out), 0, "{flags:?}: {}", stderr(&out));
+        assert!(json(&out)["deleted"].as_u64().unwrap() > 0, "{flags:?}");
+        assert_eq!(listed(&want), listed(&got), "{flags:?}");
+        same_content(&want, &got);
+    }
+}
+
+#[test]
+fn max_delete_stops_at_its_limit_and_says_so() {
+    let s = Scratch::new("filters-max-delete");
+    let src = s.path("src");
+    tree(&src);
+    for limit in [0u64, 2] {
+        let dst = s.path(&format!("dst-{limit}"));
+        stale(&dst, &src);
+        let extraneous = |d: &Path| {
+            [
+                "junk.o",
+                "gone.txt",
+                "dangling",
+                "cache/blob",
+                "dir/sub/old.rs",
+            ]
+            .iter()
+            .filter(|n| std::fs::symlink_metadata(d.join(n)).is_ok())
+            .count() as u64
+        };
+        let before = extraneous(&dst);
+        let out = tpc(&[
+            OsString::from("copy"),
+            "--json".into(),
+            "--delete".into(),
+            "--max-delete".into(),
+            limit.to_string().into(),
+            with_slash(&src),
+            dst.clone().into(),
+        ]);
+        assert_eq!(code(&out), 11, "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("--max-delete {limit} reached")),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(json(&out)["deleted"].as_u64(), Some(limit));
+        assert!(extraneous(&dst) >= before - limit, "at most {limit} gone");
+        // Everything was copied all the same.
+        assert_eq!(json(&out)["failed"].as_u64(), Some(0));
+        assert!(dst.join("dir/sub/y.rs").is_file() && dst.join("docs/readme.md").is_file());
+    }
+}
+
+#[test]
+fn a_source_that_cannot_be_listed_in_full_deletes_nothing() {
+    if !strace_works() {
+        eprintln!("skipped: strace cannot trace here");
+        return;
+    }
+    let s = Scratch::new("filters-delete-unlisted");
+    let src = s.path("src");
+    tree(&src);
+    let dst = s.path("dst");
+    stale(&dst, &src);
+    let before = list(&dst).len();
+    let out = failing_first("getdents64", "EIO", Some(&src.join("dir/sub")))
+        .args(["copy", "--io", "portable", "--delete"])
+        .arg(with_slash(&src))
+        .arg(&dst)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not deleting anything"),
+        "{}",
+        stderr(&out)
+    );
+    for name in [
+        "junk.o",
+        "gone.txt",
+        "cache/blob",
+        "dir/old/deeper/f",
+        "dir/sub/old.rs",
+    ] {
+        assert!(dst.join(name).exists(), "{name} deleted");
+    }
+    assert!(list(&dst).len() >= before);
+}
+
+#[test]
+fn delete_is_refused_for_remote_transfers_for_now() {
+    let s = Scratch::new("filters-delete-remote");
+    let (cs, ss) = keys(&s);
+    let served = s.path("served");
+    let server = Server::start(&served, &ss);
+    let src = s.path("src");
+    tree(&src);
+    let out = copy(
+        &cs,
+        with_slash(&src),
+        server.url("d"),
+        &["--accept-new", "--delete"],
+    );
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--delete is for local copies"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!served.join("d").exists());
 }

@@ -199,13 +199,18 @@ impl Filter {
     /// leading `/`) is left out. `file_size` is a regular file's size; `None` for
     /// anything else.
     pub fn excludes(&self, path: &[u8], is_dir: bool, file_size: Option<u64>) -> bool {
-        if let Some(size) = file_size {
-            if self.min_size.is_some_and(|min| size < min)
-                || self.max_size.is_some_and(|max| size > max)
-            {
-                return true;
-            }
-        }
+        file_size.is_some_and(|size| self.excludes_size(size))
+            || self.excludes_by_rule(path, is_dir)
+    }
+
+    /// Whether a regular file of `size` bytes is left out by `--min-size` / `--max-size`.
+    pub fn excludes_size(&self, size: u64) -> bool {
+        self.min_size.is_some_and(|min| size < min) || self.max_size.is_some_and(|max| size > max)
+    }
+
+    /// Whether a rule leaves out the entry at `path`: what also protects a destination
+    /// entry from `--delete`, as in rsync (sizes do not).
+    pub fn excludes_by_rule(&self, path: &[u8], is_dir: bool) -> bool {
         if self.rules.is_empty() {
             return false;
         }

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod mux;
 pub mod place;
 pub mod plan;
+pub mod prune;
 pub mod relpath;
 pub mod schedule;
 pub mod session;

@@ -181,6 +181,23 @@ impl Root {
         unlink_at(parent.as_fd(), &name, rel)
     }
 
+    /// Removes an empty directory (`--delete`): never a symlink to one, never anything
+    /// outside the root.
+    pub fn remove_dir(&self, rel: &RelPath) -> Result<(), ConfineError> {
+        let (parent, name) = self.parent_of("remove", rel)?;
+        // SAFETY: valid fd and C string.
+        let r = unsafe {
+            libc::unlinkat(
+                parent.as_fd().as_raw_fd(),
+                name.as_ptr(),
+                libc::AT_REMOVEDIR,
+            )
+        };
+        cvt(r)
+            .map(drop)
+            .map_err(|errno| at_error("remove directory", rel, errno))
+    }
+
     /// Metadata of the entry itself; `None` if it (or a directory above it) does not exist.
     pub fn lstat(&self, rel: &RelPath) -> Result<Option<Stat>, ConfineError> {
         const OP: &str = "stat";

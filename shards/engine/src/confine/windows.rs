@@ -209,6 +209,15 @@ impl Root {
         unlink_at(parent.get(&self.dir), name, rel)
     }
 
+    /// Removes an empty directory (`--delete`).
+    pub fn remove_dir(&self, rel: &RelPath) -> Result<(), ConfineError> {
+        let (parent, name) = self.parent_of("remove", rel)?;
+        parent
+            .get(&self.dir)
+            .remove_dir(name)
+            .map_err(|e| at_error("remove directory", rel, os::errno_or_eio(&e)))
+    }
+
     /// Metadata of the entry itself; `None` if it (or a directory above it) does not exist.
     pub fn lstat(&self, rel: &RelPath) -> Result<Option<Stat>, ConfineError> {
         const OP: &str = "stat";
