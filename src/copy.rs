@@ -8,6 +8,7 @@
 //! directory fds that never follows a symlink, as the server's writes are; sources are
 //! opened the same way beneath their own root, and checked against what the walk saw.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -17,9 +18,9 @@ use std::time::Instant;
 use tpc_core::compare::{file_change, file_change_by_digest};
 use tpc_core::filter::Filter;
 use tpc_core::limits::FILE_SIZE_BYTES_MAX;
+use tpc_core::place;
 use tpc_core::temp::temp_name;
 use tpc_core::wire::DestKind;
-use tpc_core::{place, prune};
 use tpc_core::{Change, EntryKind, EntryMeta, FileDigest, RelPath, SkipPolicy};
 use tpc_engine::confine::{self, Access, ConfineError, FileKind};
 use tpc_engine::temp::{process_token, RunLock, Sweeper};
@@ -28,6 +29,7 @@ use tpc_engine::{
     Stage,
 };
 
+use crate::delete::Deletion;
 use crate::exit::{Exit, Problems};
 use crate::progress::{human_bytes, Reporter};
 use crate::summary::Summary;
@@ -49,10 +51,6 @@ pub struct CopyOptions {
     pub delete: Option<Option<u64>>,
 }
 
-/// Destination entries `--delete` lists beneath one landing at most: as many as a
-/// manifest may hold.
-const DELETE_SCAN_ENTRIES_MAX: usize = tpc_core::wire::MANIFEST_ENTRIES_MAX as usize;
-
 /// One source resolved to where it lands.
 struct Root {
     /// The source as the user named it, and where it lands, for messages.
@@ -64,6 +62,9 @@ struct Root {
     /// Where it lands beneath the destination root.
     dst_base: RelPath,
     entries: Vec<Entry>,
+    /// Files the size limits left out (relative to `src`): still the source's, so
+    /// `--delete` keeps their destination copies, as rsync does.
+    sized_out: Vec<PathBuf>,
 }
 
 impl Root {
@@ -159,9 +160,11 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
     let mut held = vec![dest_root.clone()];
     for root in &mut roots {
         let named = walk::bytes(root.src.as_os_str()).into_owned();
+        let sized_out = RefCell::new(Vec::new());
         let within = walk::Within {
             filter: &opts.filter,
             name: walk::transfer_name(&named),
+            sized_out: Some(&sized_out),
         };
         match walk::walk(&root.src, Some(within)) {
             Ok((entries, errors)) => {
@@ -172,6 +175,7 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
                     );
                 }
                 root.entries = entries;
+                root.sized_out = sized_out.take();
                 for e in &mut root.entries {
                     if e.meta.kind == EntryKind::File {
                         // Ownership is not copied, so a setuid/setgid file would gain the
@@ -481,14 +485,15 @@ fn delete_extraneous(
     // Every destination path a source holds.
     let mut held: HashSet<Vec<u8>> = HashSet::new();
     for root in roots {
-        for e in &root.entries {
-            if let Ok(rel) = beneath(&root.dst_base, &e.rel) {
+        let rels = root.entries.iter().map(|e| &e.rel).chain(&root.sized_out);
+        for rel in rels {
+            if let Ok(rel) = beneath(&root.dst_base, rel) {
                 held.insert(rel.into_bytes());
             }
         }
     }
     let mut seen = HashSet::new();
-    let mut left = 0u64;
+    let mut deletion = Deletion::new(&plan.dest, &opts.filter, max);
     for root in roots {
         let is_dir = root
             .entries
@@ -497,65 +502,31 @@ fn delete_extraneous(
         if !is_dir || !seen.insert(root.dst_base.clone()) {
             continue;
         }
-        let (found, errors) = match plan.dest.walk(&root.dst_base, DELETE_SCAN_ENTRIES_MAX) {
-            Ok(listed) => listed,
-            Err(e) => {
-                problems.report(
-                    Exit::for_write(e.errno()),
-                    format!("not deleting: cannot list the destination: {e}"),
-                );
-                return;
-            }
+        let base = root.dst_base.as_bytes();
+        let named = walk::bytes(root.src.as_os_str()).into_owned();
+        let in_source = |path: &[u8]| {
+            let full = [base, if base.is_empty() { b"" } else { b"/" }, path].concat();
+            held.contains(&full)
         };
-        if let Some(e) = errors.first() {
+        let name = walk::transfer_name(&named);
+        if let Err(e) = deletion.beneath(&root.dst_base, name, in_source) {
             problems.report(
                 Exit::for_write(e.errno()),
                 format!("not deleting: cannot list the destination: {e}"),
             );
             return;
         }
-        let base = root.dst_base.as_bytes();
-        let strip = if base.is_empty() { 0 } else { base.len() + 1 };
-        let dest: Vec<prune::Found> = found
-            .iter()
-            .skip(1)
-            .map(|(rel, st)| prune::Found {
-                path: rel.as_bytes()[strip..].to_vec(),
-                is_dir: st.kind == FileKind::Dir,
-            })
-            .collect();
-        let named = walk::bytes(root.src.as_os_str()).into_owned();
-        let sizes = opts.filter.min_size.is_some() || opts.filter.max_size.is_some();
-        let in_source = |path: &[u8]| {
-            let full = [base, if base.is_empty() { b"" } else { b"/" }, path].concat();
-            // A file left out by size is still the source's: rsync lists it, and keeps
-            // the destination's copy.
-            held.contains(&full)
-                || (sizes && std::fs::symlink_metadata(root.src.join(&*walk::os(path))).is_ok())
-        };
-        let doomed = prune::extraneous(&dest, in_source, &opts.filter, walk::transfer_name(&named));
-        for i in doomed {
-            if max.is_some_and(|m| summary.deleted >= m) {
-                left += 1;
-                continue;
-            }
-            let rel = &found[i + 1].0;
-            let removed = if dest[i].is_dir {
-                plan.dest.remove_dir(rel)
-            } else {
-                plan.dest.remove_file(rel)
-            };
-            match removed {
-                Ok(()) => {
-                    summary.deleted += 1;
-                    plan.mark_touched(rel);
-                }
-                Err(e) => problems.report(
-                    Exit::for_write(e.errno()),
-                    format!("cannot delete {}: {e}", quote(&plan.shown(rel))),
-                ),
-            }
-        }
+    }
+    for (rel, e) in std::mem::take(&mut deletion.failures) {
+        problems.report(
+            Exit::for_write(e.errno()),
+            format!("cannot delete {}: {e}", quote(&plan.shown(&rel))),
+        );
+    }
+    summary.deleted = deletion.deleted;
+    let (left, removed) = (deletion.left, std::mem::take(&mut deletion.removed));
+    for rel in &removed {
+        plan.mark_touched(rel);
     }
     if left > 0 {
         problems.report(
@@ -754,6 +725,7 @@ fn resolve_roots(
                 src_base: RelPath::root(),
                 dst_base,
                 entries: Vec::new(),
+                sized_out: Vec::new(),
             }),
             Err(e) => problems.report(Exit::Source, format!("source {}: {e}", quote(src))),
         }

@@ -78,8 +78,11 @@ impl Problems {
 
     pub fn record(&mut self, exit: Exit) {
         // Prefer the rarer, more specific classes: out of space over a generic failure.
+        // `--max-delete` reached is the least of them (rsync: "unless some more
+        // important error condition also occurred").
         self.worst = Some(match self.worst {
-            Some(w) if w >= exit => w,
+            Some(w) if exit == Exit::MaxDelete => w,
+            Some(w) if w >= exit && w != Exit::MaxDelete => w,
             _ => exit,
         });
     }

@@ -6,6 +6,7 @@ pub mod alloc;
 pub mod auth;
 pub mod check;
 pub mod copy;
+pub mod delete;
 pub mod exit;
 pub mod progress;
 pub mod remote;

@@ -84,7 +84,7 @@ enum Command {
         /// Remove what the destination holds beneath a directory source and the source
         /// does not (rsync's --delete, after every transfer has succeeded; never when
         /// anything failed). Names the filter rules exclude are neither copied nor
-        /// deleted. Local copies for now.
+        /// deleted. Local copies and pushes for now.
         #[arg(long)]
         delete: bool,
         /// With --delete, remove at most N entries; past that, leave the rest and exit 11.
@@ -433,8 +433,14 @@ fn copy_any(
     if remote_dest.is_none() && remote_srcs.is_empty() {
         return copy::run(sources, dest, opts);
     }
-    if opts.delete.is_some() {
-        eprintln!("tpc-xfer: --delete is for local copies for now");
+    if opts.delete.is_some() && !remote_srcs.is_empty() {
+        eprintln!("tpc-xfer: --delete is for local copies and pushes for now, not pulls");
+        return Exit::Usage;
+    }
+    let sizes = opts.filter.min_size.is_some() || opts.filter.max_size.is_some();
+    if opts.delete.is_some() && sizes {
+        // The server would see a file left out by size as extraneous, and delete its copy.
+        eprintln!("tpc-xfer: --delete with --max-size or --min-size is for local copies for now");
         return Exit::Usage;
     }
     if opts.policy == SkipPolicy::Checksum || opts.verify {
@@ -457,6 +463,7 @@ fn copy_any(
         compression: remote_args.compress,
         transport: remote_args.transport,
         timeout: remote_args.timeout,
+        delete: opts.delete,
         filter: opts.filter.clone(),
     };
     match (remote_dest, remote_srcs.len(), sources.len()) {

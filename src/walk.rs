@@ -1,6 +1,7 @@
 //! Walking a tree without following symlinks, and reading the metadata the engine compares.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -135,6 +136,9 @@ fn special_kind(_ft: &std::fs::FileType) -> &'static str {
 pub struct Within<'a> {
     pub filter: &'a Filter,
     pub name: &'a [u8],
+    /// Where the files left out by size alone are named (relative to the walked root):
+    /// rsync still lists them, so `--delete` keeps the destination's copies.
+    pub sized_out: Option<&'a RefCell<Vec<PathBuf>>>,
 }
 
 impl Within<'_> {
@@ -150,9 +154,18 @@ impl Within<'_> {
             // The contents of `SRC/`: their root is not an entry rsync matches.
             return false;
         }
-        let file_size = (entry.meta.kind == EntryKind::File).then_some(entry.meta.size_bytes);
-        self.filter
-            .excludes(&path, entry.meta.kind == EntryKind::Dir, file_size)
+        if self
+            .filter
+            .excludes_by_rule(&path, entry.meta.kind == EntryKind::Dir)
+        {
+            return true;
+        }
+        let sized_out =
+            entry.meta.kind == EntryKind::File && self.filter.excludes_size(entry.meta.size_bytes);
+        if let (true, Some(list)) = (sized_out, self.sized_out) {
+            list.borrow_mut().push(entry.rel.clone());
+        }
+        sized_out
     }
 }
 

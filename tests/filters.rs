@@ -434,24 +434,142 @@ fn a_source_that_cannot_be_listed_in_full_deletes_nothing() {
 }
 
 #[test]
-fn delete_is_refused_for_remote_transfers_for_now() {
+fn a_pushed_delete_removes_what_rsync_removes_and_stops_at_its_limit() {
+    let s = Scratch::new("filters-push-delete");
+    let src = s.path("src");
+    tree(&src);
+    let (cs, ss) = keys(&s);
+    let served = s.path("served");
+    let server = Server::start(&served, &ss);
+    let sets: Vec<Vec<&str>> = vec![
+        vec![],
+        vec!["--exclude", "*.o"],
+        vec!["--exclude", "cache/", "--exclude", "/gone.txt"],
+        vec!["--exclude", "dir/***"],
+        vec!["--include", "*/", "--include", "*.rs", "--exclude", "*"],
+    ];
+    for (i, flags) in sets.into_iter().enumerate() {
+        let want = s.path(&format!("rsync-{i}"));
+        let got = served.join(format!("tpc-{i}"));
+        stale(&want, &src);
+        stale(&got, &src);
+        let mut rsync_flags: Vec<OsString> = flags.iter().map(OsString::from).collect();
+        rsync_flags.push("--delete".into());
+        rsync(&rsync_flags, &src, &want);
+        let mut extra = vec!["--accept-new", "--json", "--delete"];
+        extra.extend(&flags);
+        let out = copy(
+            &cs,
+            with_slash(&src),
+            server.url(&format!("tpc-{i}")),
+            &extra,
+        );
+        assert_eq!(code(&out), 0, "{flags:?}: {}", stderr(&out));
+        assert!(json(&out)["deleted"].as_u64().unwrap() > 0, "{flags:?}");
+        assert_eq!(listed(&want), listed(&got), "{flags:?}");
+        same_content(&want, &got);
+    }
+    // A named source: only beneath its own landing.
+    let got = served.join("named");
+    std::fs::create_dir_all(got.join("src")).unwrap();
+    std::fs::write(got.join("beside"), b"not the transfer's").unwrap();
+    std::fs::write(got.join("src/extra"), b"extraneous").unwrap();
+    let out = copy(
+        &cs,
+        &src,
+        server.url("named/"),
+        &["--accept-new", "--delete"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(got.join("beside").exists() && !got.join("src/extra").exists());
+    // The limit.
+    let got = served.join("limited");
+    stale(&got, &src);
+    let out = copy(
+        &cs,
+        with_slash(&src),
+        server.url("limited"),
+        &["--accept-new", "--json", "--delete", "--max-delete", "2"],
+    );
+    assert_eq!(code(&out), 11, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--max-delete 2 reached"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(json(&out)["deleted"].as_u64(), Some(2));
+}
+
+#[test]
+fn sizes_keep_the_copies_of_every_source_they_leave_out() {
+    let s = Scratch::new("filters-delete-sizes");
+    let (a, b) = (s.path("a"), s.path("b"));
+    for (dir, name) in [(&a, "small-a"), (&b, "small-b")] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join(name), b"x").unwrap();
+    }
+    std::fs::write(b.join("big"), vec![1u8; 4096]).unwrap();
+    let lone = s.path("lone.iso");
+    std::fs::write(&lone, vec![2u8; 4096]).unwrap();
+    for tool in ["rsync", "tpc"] {
+        let dst = s.path(tool);
+        std::fs::create_dir_all(&dst).unwrap();
+        for name in ["big", "lone.iso", "stale"] {
+            std::fs::write(dst.join(name), b"old").unwrap();
+            set_mtime(&dst.join(name), 1_600_000_000, 0);
+        }
+        let mut cmd = if tool == "rsync" {
+            let mut c = Command::new("rsync");
+            c.arg("-a");
+            c
+        } else {
+            let mut c = Command::new(bin());
+            c.args(["copy", "-q"]);
+            c
+        };
+        let out = cmd
+            .args(["--delete", "--max-size", "1K"])
+            .arg(with_slash(&a))
+            .arg(with_slash(&b))
+            .arg(&lone)
+            .arg(with_slash(&dst))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{tool}: {}", stderr(&out));
+        assert!(
+            dst.join("big").exists() && dst.join("lone.iso").exists(),
+            "{tool}"
+        );
+        assert!(!dst.join("stale").exists(), "{tool}");
+    }
+    assert_eq!(listed(&s.path("rsync"))[1..], listed(&s.path("tpc"))[1..]);
+}
+
+#[test]
+fn delete_is_refused_for_pulls_and_with_sizes_for_pushes_for_now() {
     let s = Scratch::new("filters-delete-remote");
     let (cs, ss) = keys(&s);
     let served = s.path("served");
     let server = Server::start(&served, &ss);
     let src = s.path("src");
     tree(&src);
+    std::fs::create_dir_all(served.join("d")).unwrap();
+    let dst = s.path("pulled");
+    let out = copy(&cs, server.url("d/"), &dst, &["--accept-new", "--delete"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("not pulls"), "{}", stderr(&out));
+    assert!(!dst.exists());
     let out = copy(
         &cs,
         with_slash(&src),
-        server.url("d"),
-        &["--accept-new", "--delete"],
+        server.url("e"),
+        &["--accept-new", "--delete", "--max-size", "1M"],
     );
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("--delete is for local copies"),
+        stderr(&out).contains("for local copies for now"),
         "{}",
         stderr(&out)
     );
-    assert!(!served.join("d").exists());
+    assert!(!served.join("e").exists());
 }

@@ -133,7 +133,12 @@ fn frames() {
             code: ErrorCode::NoSpace,
             message: "disk full\u{7}".into(),
         },
-        Frame::Done { files: 1, bytes: 2 },
+        Frame::Done {
+            files: 1,
+            bytes: 2,
+            deleted: 3,
+            left: 4,
+        },
         Frame::Error {
             code: ErrorCode::PathRefused,
             message: "no".into(),

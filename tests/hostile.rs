@@ -227,7 +227,7 @@ fn a_hostile_client_cannot_write_outside_the_root_and_the_server_keeps_serving()
                 ]),
                 Frame::EntriesEnd { count: 2 },
                 Frame::Commit { files: vec![1] },
-                Frame::Finish,
+                Frame::Finish { delete: None },
             ],
         )
         .await;
@@ -242,7 +242,7 @@ fn a_hostile_client_cannot_write_outside_the_root_and_the_server_keeps_serving()
                 push(b"link"),
                 Frame::Entries(vec![dir, file(b"x")]),
                 Frame::EntriesEnd { count: 2 },
-                Frame::Finish,
+                Frame::Finish { delete: None },
             ],
         )
         .await;
@@ -376,7 +376,9 @@ async fn commit_file_0(
     write_frame(ctl, &Frame::Commit { files: vec![0] })
         .await
         .unwrap();
-    write_frame(ctl, &Frame::Finish).await.unwrap();
+    write_frame(ctl, &Frame::Finish { delete: None })
+        .await
+        .unwrap();
     let _ = ctl.finish();
     let mut done = Vec::new();
     while let Ok(Some(f)) = read_frame(ctl_recv).await {
@@ -681,7 +683,9 @@ fn data_and_commits_are_bound_to_the_session_that_planned_them() {
                 write_frame(&mut ctl, &Frame::Commit { files: vec![0] })
                     .await
                     .unwrap();
-                write_frame(&mut ctl, &Frame::Finish).await.unwrap();
+                write_frame(&mut ctl, &Frame::Finish { delete: None })
+                    .await
+                    .unwrap();
                 let _ = ctl.finish();
                 while let Ok(Some(f)) = read_frame(&mut ctl_recv).await {
                     if let Frame::Failed { code, .. } = f {

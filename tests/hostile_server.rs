@@ -335,8 +335,13 @@ fn pull_from_liar(
         // Data streams until the client is done with us (its control stream ends).
         let control = async {
             while let Ok(Some(f)) = read_frame(&mut recv).await {
-                if f == Frame::Finish {
-                    let done = Frame::Done { files: 0, bytes: 0 };
+                if f == (Frame::Finish { delete: None }) {
+                    let done = Frame::Done {
+                        files: 0,
+                        bytes: 0,
+                        deleted: 0,
+                        left: 0,
+                    };
                     let _ = write_frame(&mut send, &done).await;
                     let _ = send.finish();
                 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use tpc_core::codec::{Compression, CODECS_SAME, CODECS_ZSTD};
+use tpc_core::filter::Action;
 use tpc_core::place;
 use tpc_core::relpath::RelPath;
 use tpc_core::schedule::{
@@ -29,7 +30,8 @@ use tpc_core::session::client::{check_run_answer, refusal, run_header, ClientSes
 use tpc_core::session::{Ended, RunFailed};
 use tpc_core::window::{streams_in_flight, STREAMS_IN_FLIGHT_MIN};
 use tpc_core::wire::{
-    DestKind, Entry, ErrorCode, Frame, NeedItem, Op, Run, WireKind, STREAM_CHUNKS_MAX,
+    DeleteRequest, DestKind, Entry, ErrorCode, Frame, NeedItem, Op, Run, WireKind,
+    STREAM_CHUNKS_MAX,
 };
 use tpc_core::EntryKind;
 use tpc_core::{ChunkHash, ChunkPlan};
@@ -74,6 +76,8 @@ pub struct RemoteOptions {
     pub transport: TransportChoice,
     /// `--timeout`: how long the session may make no progress; `None` for ever.
     pub timeout: Option<std::time::Duration>,
+    /// A push's `--delete`, with its `--max-delete` limit.
+    pub delete: Option<Option<u64>>,
     /// What of the sources a push takes (`--exclude`, `--include`, `--max-size`, ...).
     pub filter: Arc<tpc_core::filter::Filter>,
 }
@@ -218,8 +222,14 @@ struct Job {
 }
 
 enum Plan {
-    Push { sources: Vec<Source> },
-    Pull { dest: PathBuf },
+    /// `delete`: the push's `--delete`, its bases filled in once the manifest is built.
+    Push {
+        sources: Vec<Source>,
+        delete: Option<DeleteRequest>,
+    },
+    Pull {
+        dest: PathBuf,
+    },
 }
 
 /// One local source of a push, walked.
@@ -241,6 +251,7 @@ pub fn push(sources: &[OsString], remote: RemoteSpec, opts: &RemoteOptions) -> E
         let within = walk::Within {
             filter: &opts.filter,
             name: walk::transfer_name(&named),
+            sized_out: None,
         };
         match walk::walk(&path, Some(within)) {
             Ok((entries, errors)) => {
@@ -274,7 +285,31 @@ pub fn push(sources: &[OsString], remote: RemoteSpec, opts: &RemoteOptions) -> E
     if walked.is_empty() {
         return problems.exit();
     }
-    let exit = run(remote, opts, Plan::Push { sources: walked });
+    // rsync's --delete-after: never when a source could not be read in full.
+    let delete = match opts.delete {
+        Some(_) if problems.exit() != Exit::Ok => {
+            eprintln!("tpc-xfer: not deleting anything at the destination: the run had errors");
+            None
+        }
+        Some(max) => Some(DeleteRequest {
+            max: max.unwrap_or(u64::MAX),
+            bases: Vec::new(),
+            rules: opts
+                .filter
+                .rules()
+                .map(|(action, pattern)| (action == Action::Include, pattern.to_owned()))
+                .collect(),
+        }),
+        None => None,
+    };
+    let exit = run(
+        remote,
+        opts,
+        Plan::Push {
+            sources: walked,
+            delete,
+        },
+    );
     problems.record(exit);
     problems.exit()
 }
@@ -1302,6 +1337,8 @@ struct SessionDriver<'a> {
     _run_lock: Option<RunLock>,
     local_root: Option<Arc<Root>>,
     transfer: Option<Transfer>,
+    /// A push's `--delete`, for the session once its manifest is built.
+    delete: Option<DeleteRequest>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1360,7 +1397,15 @@ async fn session(
         _run_lock: None,
         local_root: None,
         transfer: None,
+        delete: None,
     };
+    let asked_delete = matches!(
+        d.plan,
+        Some(Plan::Push {
+            delete: Some(_),
+            ..
+        })
+    );
     let mut s = ClientSession::new(op, shard_count);
     let result = d
         .drive(&mut s, &mut send, (&rx, &frames), conn, receivers)
@@ -1395,6 +1440,21 @@ async fn session(
     (sm.failed, sm.bytes) = (sm.failed + t.failed, t.bytes);
     if !push {
         (sm.dirs, sm.symlinks) = (t.dirs, t.symlinks);
+    }
+    sm.deleted = t.deleted;
+    if asked_delete && result.is_ok() {
+        if sm.failed > 0 {
+            // The session withheld the --delete, or the server did: a file failed.
+            eprintln!("tpc-xfer: not deleting anything at the destination: the run had errors");
+        } else if t.delete_left > 0 {
+            d.problems.report(
+                Exit::MaxDelete,
+                format!(
+                    "--max-delete {} reached: {} more extraneous entries left in place",
+                    t.deleted, t.delete_left
+                ),
+            );
+        }
     }
     out.summary = Some((
         std::mem::take(&mut d.summary),
@@ -1493,7 +1553,12 @@ impl SessionDriver<'_> {
                     let _ = self.senders.send_to(peer, dial).await;
                 }
             }
-            Request::BuildManifest(dest) => s.handle_manifest(self.build_manifest(dest)?),
+            Request::BuildManifest(dest) => {
+                s.handle_manifest(self.build_manifest(dest)?);
+                if let Some(d) = self.delete.take() {
+                    s.delete_after(d);
+                }
+            }
             Request::Plan { dest, entries } => {
                 let planned = self.plan_pull(dest, entries, s.session_id()).await?;
                 s.handle_planned(planned);
@@ -1521,12 +1586,13 @@ impl SessionDriver<'_> {
 
     /// Push: the manifest by rsync's placement rules, and where each file is read.
     fn build_manifest(&mut self, dest_kind: DestKind) -> Result<Vec<Entry>, (Exit, String)> {
-        let Some(Plan::Push { sources }) = self.plan.take() else {
+        let Some(Plan::Push { sources, delete }) = self.plan.take() else {
             return Err((Exit::Protocol, "internal: no push to build".into()));
         };
         let path = &self.job.remote.path;
         self.src_roots = sources.iter().map(|s| s.root.clone()).collect();
-        let (entries, srcs, skipped) = push_manifest(&sources, path, dest_kind);
+        let (entries, srcs, skipped, bases) = push_manifest(&sources, path, dest_kind);
+        self.delete = delete.map(|d| DeleteRequest { bases, ..d });
         self.summary.skipped = skipped;
         // As a local copy counts them: the entries walked (not the destination
         // directory a push of several sources creates).
@@ -1715,12 +1781,14 @@ impl SessionDriver<'_> {
 
 /// The manifest of a push: rsync's rules decide where each source lands beneath the
 /// remote destination (`src/` → its contents; `src` → `dest/src`; a single file onto a
-/// path that is not a directory → that path).
+/// path that is not a directory → that path). Also where each directory source lands,
+/// for a `--delete`.
+#[allow(clippy::type_complexity)]
 fn push_manifest(
     sources: &[Source],
     dest: &[u8],
     dest_kind: DestKind,
-) -> (Vec<Entry>, Vec<Option<PushSource>>, u64) {
+) -> (Vec<Entry>, Vec<Option<PushSource>>, u64, Vec<Vec<u8>>) {
     let named: Vec<Vec<u8>> = sources
         .iter()
         .map(|s| walk::bytes(&s.arg).into_owned())
@@ -1822,7 +1890,20 @@ fn push_manifest(
         );
         srcs.insert(0, None);
     }
-    (entries, srcs, skipped)
+    // The landings of directory sources: where a --delete looks.
+    let mut bases: Vec<Vec<u8>> = Vec::new();
+    for (s, landing) in sources.iter().zip(&placement.landings) {
+        let is_dir = (s.entries.first()).is_some_and(|e| e.meta.kind == EntryKind::Dir);
+        let base = match landing {
+            place::Landing::Named(name) => name.clone(),
+            place::Landing::Contents => Vec::new(),
+            place::Landing::AsDest => continue,
+        };
+        if is_dir && !bases.contains(&base) {
+            bases.push(base);
+        }
+    }
+    (entries, srcs, skipped, bases)
 }
 
 /// Where entry `e` of source `s` (the `i`th) is read; `None` if its path cannot be a

@@ -8,21 +8,23 @@
 //! local destination). Everything here is blocking filesystem work; the shards call it
 //! off their threads (`rt::spawn_blocking`) so their QUIC endpoints keep running meanwhile.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tpc_core::filter::{Action, Filter};
 use tpc_core::limits::CHUNK_SIZE_BYTES;
 use tpc_core::relpath::RelPath;
 use tpc_core::session::arrivals::Arrivals;
-use tpc_core::wire::{Entry, ErrorCode, NeedItem, WireKind, NEED_HAVE_HASHES_MAX};
+use tpc_core::wire::{DeleteRequest, Entry, ErrorCode, NeedItem, WireKind, NEED_HAVE_HASHES_MAX};
 use tpc_core::{ChunkHash, ChunkPlan};
 use tpc_engine::confine::{set_file_meta, sync_file, Access, ConfineError, Dir, FileKind, Root};
 use tpc_engine::os;
 use tpc_engine::temp::{process_token, Sweeper, SWEEP_NAMES_MAX};
 
 use super::temp_name;
+use crate::delete::Deletion;
 
 /// A per-file or per-session failure, as sent to the peer.
 pub use tpc_core::session::Failure;
@@ -677,6 +679,74 @@ impl Receiver {
     /// Symlinks (made under a temporary name, renamed into place), then directory modes
     /// and times, deepest first so that a read-only directory is locked only after its
     /// children are in place. Returns per-entry failures.
+    /// A push's `--delete`, before `finish` sets the directories' metadata: beneath each
+    /// base the client named (relative to the session's base), what the manifest does
+    /// not hold goes, less what the client's rules protect. Returns what was removed and
+    /// left past the limit, and a failure per entry that could not be removed, told as
+    /// a failure of its base's directory entry (the client counts one per entry). A bad
+    /// request (a base outside the root, a rule that does not compile) refuses it all.
+    #[allow(clippy::type_complexity)]
+    pub fn delete(
+        &mut self,
+        request: &DeleteRequest,
+    ) -> Result<(u64, u64, Vec<(u32, Failure)>), Failure> {
+        let mut filter = Filter::default();
+        for (include, pattern) in &request.rules {
+            let action = if *include {
+                Action::Include
+            } else {
+                Action::Exclude
+            };
+            filter
+                .add(action, pattern)
+                .map_err(|e| Failure::protocol(format!("--delete rule: {e}")))?;
+        }
+        let bases = (request.bases.iter())
+            .map(|b| Ok((full_path(&self.base, b)?, b.as_slice())))
+            .collect::<Result<Vec<_>, Failure>>()?;
+        let held: HashSet<&[u8]> = self.planned.iter().map(|p| p.full.as_bytes()).collect();
+        let max = (request.max != u64::MAX).then_some(request.max);
+        let mut deletion = Deletion::new(&self.root, &filter, max);
+        let mut failures: Vec<(RelPath, Failure)> = Vec::new();
+        for (full, name) in &bases {
+            let prefix = full.as_bytes();
+            let in_manifest = |path: &[u8]| {
+                let whole = [prefix, if prefix.is_empty() { b"" } else { b"/" }, path].concat();
+                held.contains(whole.as_slice())
+            };
+            if let Err(e) = deletion.beneath(full, name, in_manifest) {
+                let code = ErrorCode::for_errno(e.errno().unwrap_or(libc::EIO));
+                let message = format!("not deleting beneath {full}: {e}");
+                failures.push((full.clone(), Failure::new(code, message)));
+            }
+        }
+        for (rel, e) in &deletion.failures {
+            let code = ErrorCode::for_errno(e.errno().unwrap_or(libc::EIO));
+            let message = format!("cannot delete {rel}: {e}");
+            let under = |b: &RelPath| {
+                let (r, b) = (rel.as_bytes(), b.as_bytes());
+                b.is_empty() || (r.starts_with(b) && r.get(b.len()) == Some(&b'/'))
+            };
+            let base = bases.iter().map(|b| &b.0).find(|b| under(b));
+            failures.push((
+                base.unwrap_or(&self.base).clone(),
+                Failure::new(code, message),
+            ));
+        }
+        let failures = failures
+            .into_iter()
+            .filter_map(|(base, f)| {
+                let entry = self.planned.iter().position(|p| p.full == base);
+                entry.map(|i| (i as u32, f))
+            })
+            .collect();
+        if deletion.deleted > 0 {
+            // Directories' entries changed: their metadata is set again in `finish`.
+            self.changed = true;
+        }
+        Ok((deletion.deleted, deletion.left, failures))
+    }
+
     pub fn finish(&mut self) -> Vec<(u32, Failure)> {
         // Files never committed (a range failed, or the sender gave up on them) leave
         // no temporary behind.

@@ -24,7 +24,7 @@ use tpc_core::admission::Admission;
 use tpc_core::codec::{Compression, CODECS_SAME};
 use tpc_core::relpath::RelPath;
 use tpc_core::session::server::{
-    check_get, check_put, open_stream, parse_path, Listing, Opened, PutTarget, Request,
+    check_get, check_put, open_stream, parse_path, Finished, Listing, Opened, PutTarget, Request,
     ServerFacts, ServerSession,
 };
 use tpc_core::wire::{DestKind, Entry, ErrorCode, Frame, Run, WireKind, MANIFEST_ENTRIES_MAX};
@@ -837,11 +837,25 @@ async fn carry_out(
             let (ok, failed) = off_thread(r, Span::Short, move |r| r.commit(&files)).await;
             session.handle_committed(ok, failed);
         }
-        Request::Finish => {
+        Request::Finish { delete } => {
             let r = &mut held.receiver;
-            let done = |r: &mut Receiver| (r.finish(), r.files_written, r.bytes_written);
-            let (failed, files, bytes) = off_thread(r, Span::Short, done).await;
-            session.handle_finished(failed, files, bytes);
+            let done = move |r: &mut Receiver| {
+                // --delete first: the directories' metadata is set after it.
+                let (deleted, left, mut failed) = match delete.map(|d| r.delete(&d)) {
+                    None => (0, 0, Vec::new()),
+                    Some(Ok(done)) => done,
+                    Some(Err(f)) => return Err(f),
+                };
+                failed.extend(r.finish());
+                let finished = Finished {
+                    files: r.files_written,
+                    bytes: r.bytes_written,
+                    deleted,
+                    left,
+                };
+                Ok((failed, finished))
+            };
+            session.handle_finished(off_thread(r, Span::Long, done).await);
         }
     }
 }

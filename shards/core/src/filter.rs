@@ -50,8 +50,8 @@ struct Rule {
     action: Action,
     /// What the user wrote, for messages.
     pattern: String,
-    matchers: Vec<GlobMatcher>,
-    dir_only: bool,
+    /// Each with whether it matches directories only.
+    matchers: Vec<(GlobMatcher, bool)>,
     /// Matched against the whole path, not the last name.
     whole_path: bool,
 }
@@ -126,8 +126,21 @@ impl Filter {
         self.rules.is_empty() && self.min_size.is_none() && self.max_size.is_none()
     }
 
-    /// Adds a rule after those already there.
+    /// Adds a rule after those already there. As in rsync's `--include`/`--exclude`, a
+    /// pattern written `+ PAT` or `- PAT` is an include or an exclude whatever the flag,
+    /// and `!` clears the rules given so far.
     pub fn add(&mut self, action: Action, pattern: &str) -> Result<(), FilterError> {
+        if pattern == "!" {
+            self.rules.clear();
+            return Ok(());
+        }
+        let (action, pattern) = if let Some(p) = pattern.strip_prefix("+ ") {
+            (Action::Include, p)
+        } else if let Some(p) = pattern.strip_prefix("- ") {
+            (Action::Exclude, p)
+        } else {
+            (action, pattern)
+        };
         if self.rules.len() >= RULES_MAX {
             return Err(FilterError(format!("more than {RULES_MAX} filter rules")));
         }
@@ -168,18 +181,24 @@ impl Filter {
         } else {
             p
         };
-        let mut matchers = vec![compile(&base, pattern)?];
+        // `dir/***` matches the directory itself "as if `dir/`", and all beneath it.
+        let mut matchers = vec![(compile(&base, pattern)?, dir_only || and_below)];
         if and_below {
-            matchers.push(compile(&format!("{base}/**"), pattern)?);
+            matchers.push((compile(&format!("{base}/**"), pattern)?, false));
         }
         self.rules.push(Rule {
             action,
             pattern: pattern.to_owned(),
             matchers,
-            dir_only,
             whole_path,
         });
         Ok(())
+    }
+
+    /// The rules in order, as they were given: what a push sends its server for a
+    /// `--delete` (`wire::DeleteRequest`).
+    pub fn rules(&self) -> impl Iterator<Item = (Action, &str)> {
+        self.rules.iter().map(|r| (r.action, r.pattern.as_str()))
     }
 
     /// Adds the rules of a rules file (`--exclude-from`, `--include-from`): one pattern
@@ -220,11 +239,11 @@ impl Filter {
         };
         let (whole, last) = (candidate(path), candidate(name));
         for rule in &self.rules {
-            if rule.dir_only && !is_dir {
-                continue;
-            }
             let against = if rule.whole_path { &whole } else { &last };
-            if rule.matchers.iter().any(|m| m.is_match(against.as_ref())) {
+            let hit = |(m, dir_only): &(GlobMatcher, bool)| {
+                (is_dir || !dir_only) && m.is_match(against.as_ref())
+            };
+            if rule.matchers.iter().any(hit) {
                 return rule.action == Action::Exclude;
             }
         }
@@ -277,18 +296,19 @@ pub fn parse_size(text: &str) -> Result<u64, FilterError> {
     let unit = match upper.as_str() {
         "" | "B" => 1.0,
         other => {
-            let letter = &other[..1];
-            let base = match &other[1..] {
+            let mut chars = other.chars();
+            let letter = chars.next().unwrap_or(' ');
+            let base = match chars.as_str() {
                 "" | "IB" => 1024.0,
                 "B" => 1000.0,
                 _ => return Err(bad()),
             };
             let power = match letter {
-                "K" => 1,
-                "M" => 2,
-                "G" => 3,
-                "T" => 4,
-                "P" => 5,
+                'K' => 1,
+                'M' => 2,
+                'G' => 3,
+                'T' => 4,
+                'P' => 5,
                 _ => return Err(bad()),
             };
             f64::powi(base, power)
@@ -354,6 +374,10 @@ mod tests {
         let f = filter(&[(X, "dir/***")]);
         assert!(out_dir(&f, "dir") && out(&f, "dir/x/y") && out_dir(&f, "p/dir"));
         assert!(
+            !out(&f, "dir"),
+            "the base as if `dir/`: a file named dir stays"
+        );
+        assert!(
             Filter::default().add(X, "a**b").is_err(),
             "whole names only"
         );
@@ -374,6 +398,19 @@ mod tests {
         assert!(out(&f, "main.rs"));
         let f = filter(&[(I, "*/"), (X, "*")]);
         assert!(!out_dir(&f, "src") && out(&f, "src/x"));
+    }
+
+    #[test]
+    fn plus_and_minus_prefixes_set_the_action_and_a_bang_clears() {
+        let mut f = Filter::default();
+        f.add_lines(X, "+ /keep/\n- *.tmp\n*.o\n").unwrap();
+        assert!(!out_dir(&f, "keep") && out(&f, "a.tmp") && out(&f, "a.o"));
+        assert_eq!(f.rules().next(), Some((I, "/keep/")));
+        f.add(I, "- x").unwrap();
+        assert!(out(&f, "x"), "an --include of `- x` excludes");
+        f.add(X, "!").unwrap();
+        assert_eq!(f.rules().count(), 0);
+        assert!(!out(&f, "a.o"));
     }
 
     #[test]
@@ -405,7 +442,7 @@ mod tests {
         assert_eq!(parse_size("1.5M"), Ok(1_572_864));
         assert_eq!(parse_size("2G-1"), Ok(2 * 1024 * 1024 * 1024 - 1));
         assert_eq!(parse_size("1M+1"), Ok(1_048_577));
-        for bad in ["", "M", "1X", "1.2.3", "-5", "99999999999P"] {
+        for bad in ["", "M", "1X", "1.2.3", "-5", "99999999999P", "1µ", "1Kµ"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
     }

@@ -15,17 +15,19 @@
 use std::ops::Range;
 
 use crate::digest::ChunkHash;
+use crate::filter::PATTERN_BYTES_MAX;
 use crate::limits::{FILE_SIZE_BYTES_MAX, PATH_BYTES_MAX, RANGE_CHUNKS, SHARDS_MAX};
 
-/// ALPN of protocol version 4; a peer that speaks anything else fails the TLS handshake.
-pub const ALPN: &[u8] = b"tpc-xfer/4";
+/// ALPN of protocol version 5; a peer that speaks anything else fails the TLS handshake.
+pub const ALPN: &[u8] = b"tpc-xfer/5";
 
 /// Version carried in `Hello`; bumped on any incompatible change. Version 2 added the
 /// per-chunk codec byte (zstd) and the run header's `codecs`; version 3 the TCP transport
 /// (its stream multiplexer, `tpc_engine::tcp`) beside QUIC, with `Welcome`'s ports
 /// naming both a UDP and a TCP port of each server shard; version 4 the `Unlisted` frame,
-/// which tells a pulling client what the server's listing had to leave out.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// which tells a pulling client what the server's listing had to leave out; version 5 a
+/// push's `--delete` (`Finish` carries its `DeleteRequest`, `Done` what it removed).
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Bytes of a frame header: type (1) + payload length (4).
 pub const FRAME_HEADER_BYTES: usize = 5;
@@ -82,6 +84,26 @@ mod kind {
     pub const ERROR: u8 = 16;
     pub const UNLISTED: u8 = 17;
 }
+
+/// A push's `--delete`, sent with `Finish` once every file went well on the client's
+/// side: beneath each base, what the manifest does not hold is removed, less what the
+/// rules protect (`tpc_core::prune`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteRequest {
+    /// Entries removed at most (`--max-delete`); `u64::MAX` for no limit.
+    pub max: u64,
+    /// Directories, relative to the push's destination, whose extraneous entries go: the
+    /// landing of each directory source.
+    pub bases: Vec<Vec<u8>>,
+    /// The client's filter rules in order, `true` for an include: what they exclude is
+    /// neither sent nor deleted. Patterns as the user wrote them (UTF-8).
+    pub rules: Vec<(bool, String)>,
+}
+
+/// Bases in a `DeleteRequest`: one per source of the push.
+pub const DELETE_BASES_MAX: usize = 4096;
+/// Rules in a `DeleteRequest`; the frame's size bounds their bytes.
+pub const DELETE_RULES_MAX: usize = 16 * 1024;
 
 /// What a client asks for in `Hello`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -348,10 +370,17 @@ pub enum Frame {
         code: ErrorCode,
         message: String,
     },
-    Finish,
+    /// The client's side is done; a push may ask for `--delete` with it.
+    Finish {
+        delete: Option<DeleteRequest>,
+    },
+    /// The session's end: a push's files put in place and bytes committed, and what its
+    /// `--delete` removed and left (past `--max-delete`).
     Done {
         files: u64,
         bytes: u64,
+        deleted: u64,
+        left: u64,
     },
     /// The session or stream failed as a whole.
     Error {
@@ -440,7 +469,7 @@ impl Frame {
             Frame::Commit { .. } => kind::COMMIT,
             Frame::Committed { .. } => kind::COMMITTED,
             Frame::Failed { .. } => kind::FAILED,
-            Frame::Finish => kind::FINISH,
+            Frame::Finish { .. } => kind::FINISH,
             Frame::Done { .. } => kind::DONE,
             Frame::Error { .. } => kind::ERROR,
             Frame::Unlisted { .. } => kind::UNLISTED,
@@ -506,7 +535,21 @@ impl Frame {
                     w.hashes(&i.have, NEED_HAVE_HASHES_MAX);
                 }
             }
-            Frame::NeedEnd | Frame::RangeOk | Frame::Finish => {}
+            Frame::NeedEnd | Frame::RangeOk => {}
+            Frame::Finish { delete: None } => w.u8(0),
+            Frame::Finish { delete: Some(d) } => {
+                w.u8(1);
+                w.u64(d.max);
+                w.count(d.bases.len(), DELETE_BASES_MAX);
+                for b in &d.bases {
+                    w.bytes(b, PATH_BYTES_MAX);
+                }
+                w.count(d.rules.len(), DELETE_RULES_MAX);
+                for (include, pattern) in &d.rules {
+                    w.u8(*include as u8);
+                    w.bytes(pattern.as_bytes(), PATTERN_BYTES_MAX);
+                }
+            }
             Frame::Put(run) | Frame::Get(run) => {
                 w.u64(run.session);
                 w.u32(run.file);
@@ -532,9 +575,16 @@ impl Frame {
                 w.u16(*code as u16);
                 w.message(message);
             }
-            Frame::Done { files, bytes } => {
+            Frame::Done {
+                files,
+                bytes,
+                deleted,
+                left,
+            } => {
                 w.u64(*files);
                 w.u64(*bytes);
+                w.u64(*deleted);
+                w.u64(*left);
             }
             Frame::Error { code, message } | Frame::Unlisted { code, message } => {
                 w.u16(*code as u16);
@@ -746,10 +796,37 @@ impl Frame {
                 code: r.code()?,
                 message: r.message()?,
             },
-            kind::FINISH => Frame::Finish,
+            kind::FINISH => Frame::Finish {
+                delete: if r.bool("delete")? {
+                    let max = r.u64("max delete")?;
+                    let n = r.count("delete bases", DELETE_BASES_MAX, 4)?;
+                    let mut bases = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        bases.push(r.bytes("delete base", PATH_BYTES_MAX)?);
+                    }
+                    let n = r.count("delete rules", DELETE_RULES_MAX, 5)?;
+                    let mut rules = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let include = r.bool("rule action")?;
+                        let pattern = r.bytes("rule pattern", PATTERN_BYTES_MAX)?;
+                        let len = pattern.len() as u64;
+                        let pattern =
+                            String::from_utf8(pattern).map_err(|_| WireError::BadValue {
+                                field: "rule pattern (not UTF-8), length",
+                                value: len,
+                            })?;
+                        rules.push((include, pattern));
+                    }
+                    Some(DeleteRequest { max, bases, rules })
+                } else {
+                    None
+                },
+            },
             kind::DONE => Frame::Done {
                 files: r.u64("files")?,
                 bytes: r.u64("bytes")?,
+                deleted: r.u64("deleted")?,
+                left: r.u64("left")?,
             },
             kind::ERROR => Frame::Error {
                 code: r.code()?,
@@ -1141,7 +1218,20 @@ mod tests {
             code: ErrorCode::NoSpace,
             message: "disk full".into(),
         });
-        round_trip(Frame::Done { files: 1, bytes: 2 });
+        round_trip(Frame::Done {
+            files: 1,
+            bytes: 2,
+            deleted: 3,
+            left: 4,
+        });
+        round_trip(Frame::Finish { delete: None });
+        round_trip(Frame::Finish {
+            delete: Some(DeleteRequest {
+                max: 7,
+                bases: vec![Vec::new(), b"src".to_vec()],
+                rules: vec![(false, "*.o".into()), (true, "keep/".into())],
+            }),
+        });
         round_trip(Frame::Error {
             code: ErrorCode::PathRefused,
             message: "no".into(),
@@ -1185,7 +1275,7 @@ mod tests {
     fn bad_values_and_strays_are_refused() {
         assert_eq!(Frame::decode(200, &[]), Err(WireError::UnknownFrame(200)));
         assert!(matches!(
-            Frame::decode(kind::FINISH, &[1]),
+            Frame::decode(kind::FINISH, &[0, 1]),
             Err(WireError::Trailing { .. })
         ));
         let mut buf = Vec::new();

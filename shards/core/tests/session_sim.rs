@@ -578,7 +578,13 @@ fn server_request(run: &mut Run, rx: &mut Receiver) {
             let (ok, failed) = rx.commit(&files, run.rng);
             s.handle_committed(ok, failed);
         }
-        server::Request::Finish => s.handle_finished(Vec::new(), rx.written, 0),
+        server::Request::Finish { .. } => s.handle_finished(Ok((
+            Vec::new(),
+            server::Finished {
+                files: rx.written,
+                ..Default::default()
+            },
+        ))),
     }
 }
 

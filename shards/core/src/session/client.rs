@@ -20,8 +20,8 @@ use crate::plan::ChunkPlan;
 use crate::schedule::{cut_runs, Asked, RunItem};
 use crate::session::{Ended, Failure, Planned, Problem, RunFailed};
 use crate::wire::{
-    entry_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, NeedItem, Op, Run, WireKind,
-    PROTOCOL_VERSION, UNLISTED_MAX,
+    entry_frames, DeleteRequest, DestKind, Entry, ErrorCode, Frame, ManifestBudget, NeedItem, Op,
+    Run, WireKind, PROTOCOL_VERSION, UNLISTED_MAX,
 };
 
 /// Work the client's driver carries out for the session.
@@ -63,6 +63,9 @@ pub struct Tally {
     /// Pull only (a push counts what it walked).
     pub dirs: u64,
     pub symlinks: u64,
+    /// Push with `--delete`: what the server removed, and what it left past the limit.
+    pub deleted: u64,
+    pub delete_left: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +116,8 @@ pub struct ClientSession {
     tracker: Tracker,
     finish_sent: bool,
     tally: Tally,
+    /// Push: the `--delete` to ask for with `Finish`, if no file failed by then.
+    delete: Option<DeleteRequest>,
 }
 
 impl ClientSession {
@@ -146,6 +151,24 @@ impl ClientSession {
             tracker: Tracker::default(),
             finish_sent: false,
             tally: Tally::default(),
+            delete: None,
+        }
+    }
+
+    /// Push: ask the server to delete what `request` names once every file is in place
+    /// (sent with `Finish`, and only if no file failed by then; the server withholds it
+    /// too if one failed on its side).
+    pub fn delete_after(&mut self, request: DeleteRequest) {
+        if self.push {
+            self.delete = Some(request);
+        }
+    }
+
+    /// The push's `Finish`: with the `--delete` request while nothing has failed.
+    fn finish_frame(&mut self) -> Frame {
+        let clean = self.tally.failed == 0 && self.plan_failed_files == 0;
+        Frame::Finish {
+            delete: self.delete.take().filter(|_| clean),
         }
     }
 
@@ -498,7 +521,8 @@ impl ClientSession {
             if self.push {
                 self.transmit.push_back(Frame::Commit { files });
                 if self.tracker.last_batch_in_flight() {
-                    self.transmit.push_back(Frame::Finish);
+                    let finish = self.finish_frame();
+                    self.transmit.push_back(finish);
                     self.finish_sent = true;
                 }
             } else {
@@ -510,7 +534,8 @@ impl ClientSession {
         }
         if self.push {
             if !std::mem::replace(&mut self.finish_sent, true) {
-                self.transmit.push_back(Frame::Finish);
+                let finish = self.finish_frame();
+                self.transmit.push_back(finish);
             }
             self.phase = Phase::AwaitDone;
         } else {
@@ -591,15 +616,22 @@ impl ClientSession {
             self.fail_file(file, f.code, f.message);
         }
         self.tally.files_copied = files_written;
-        self.transmit.push_back(Frame::Finish);
+        self.transmit.push_back(Frame::Finish { delete: None });
         self.phase = Phase::AwaitDone;
     }
 
     fn on_done(&mut self, frame: Frame) -> Result<(), Failure> {
         match frame {
-            Frame::Done { files, .. } => {
+            Frame::Done {
+                files,
+                deleted,
+                left,
+                ..
+            } => {
                 if self.push {
                     self.tally.files_copied = files;
+                    self.tally.deleted = deleted;
+                    self.tally.delete_left = left;
                 }
                 self.phase = Phase::Over;
                 self.outcome = Some(Ok(()));

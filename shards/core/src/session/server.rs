@@ -19,8 +19,8 @@ use std::ops::Range;
 use crate::relpath::RelPath;
 use crate::session::{Failure, Planned, TRANSMIT_QUEUE_MAX};
 use crate::wire::{
-    entry_frames, need_frames, DestKind, Entry, ErrorCode, Frame, ManifestBudget, NeedItem, Op,
-    Run, PROTOCOL_VERSION, UNLISTED_MAX,
+    entry_frames, need_frames, DeleteRequest, DestKind, Entry, ErrorCode, Frame, ManifestBudget,
+    NeedItem, Op, Run, PROTOCOL_VERSION, UNLISTED_MAX,
 };
 
 /// What the server's settings say about every stream.
@@ -195,8 +195,20 @@ pub enum Request {
     },
     /// Push: commit these files; answer with `handle_committed`.
     Commit(Vec<u32>),
-    /// Push: place symlinks, set directory metadata; answer with `handle_finished`.
-    Finish,
+    /// Push: carry out the client's `--delete` if it asked and nothing in the session
+    /// failed, then place symlinks and set directory metadata; answer with
+    /// `handle_finished`.
+    Finish { delete: Option<DeleteRequest> },
+}
+
+/// What a push's finish did: regular files put in place and bytes committed in the
+/// session, and entries its `--delete` removed and left (past `--max-delete`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Finished {
+    pub files: u64,
+    pub bytes: u64,
+    pub deleted: u64,
+    pub left: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,6 +290,8 @@ pub struct ServerSession {
     incoming: Vec<Entry>,
     budget: ManifestBudget,
     outcome: Option<Result<(), Failure>>,
+    /// Push: a file of the session failed here, which withholds a `--delete`.
+    any_failed: bool,
 }
 
 impl ServerSession {
@@ -305,6 +319,7 @@ impl ServerSession {
             incoming: Vec::new(),
             budget: ManifestBudget::default(),
             outcome: None,
+            any_failed: false,
         })
     }
 
@@ -444,15 +459,24 @@ impl ServerSession {
                 self.requests.push_back(Request::Commit(files));
                 Ok(())
             }
-            (Phase::Transfer, Frame::Finish) => {
+            (Phase::Transfer, Frame::Finish { delete }) => {
                 self.phase = Phase::Finishing;
-                self.requests.push_back(Request::Finish);
+                // rsync's --delete-after: only once every transfer succeeded. The client
+                // sees its files' failures, and so knows why nothing was deleted.
+                let delete = delete.filter(|_| !self.any_failed);
+                self.requests.push_back(Request::Finish { delete });
                 Ok(())
             }
-            (Phase::AwaitFinish, Frame::Finish) => {
-                self.outbox
-                    .tail
-                    .push_back(Frame::Done { files: 0, bytes: 0 });
+            (Phase::AwaitFinish, Frame::Finish { delete: Some(_) }) => {
+                Err(Failure::protocol("a pull asked for --delete".to_string()))
+            }
+            (Phase::AwaitFinish, Frame::Finish { delete: None }) => {
+                self.outbox.tail.push_back(Frame::Done {
+                    files: 0,
+                    bytes: 0,
+                    deleted: 0,
+                    left: 0,
+                });
                 self.succeed();
                 Ok(())
             }
@@ -505,6 +529,7 @@ impl ServerSession {
         }
         match planned {
             Ok((needs, failed)) => {
+                self.any_failed |= !failed.is_empty();
                 self.outbox.failed = failed.into();
                 self.outbox.frames = need_frames(&needs).into();
                 self.outbox.needs = needs;
@@ -520,18 +545,31 @@ impl ServerSession {
         if self.phase != Phase::Committing {
             return;
         }
+        self.any_failed |= !failed.is_empty();
         self.outbox.failed = failed.into();
         self.outbox.tail.push_back(Frame::Committed { files: ok });
         self.send_then(Phase::Transfer);
     }
 
-    /// Push: symlinks and directories placed; what the session put in place in all.
-    pub fn handle_finished(&mut self, failed: Vec<(u32, Failure)>, files: u64, bytes: u64) {
+    /// Push: symlinks and directories placed; what the session put in place in all, and
+    /// what its `--delete` removed and left past its limit. A `--delete` request the
+    /// driver refused (a base outside the root, a rule that does not compile) ends the
+    /// session instead.
+    pub fn handle_finished(&mut self, finished: Result<(Vec<(u32, Failure)>, Finished), Failure>) {
         if self.phase != Phase::Finishing {
             return;
         }
+        let (failed, done) = match finished {
+            Ok(f) => f,
+            Err(f) => return self.end(f),
+        };
         self.outbox.failed = failed.into();
-        self.outbox.tail.push_back(Frame::Done { files, bytes });
+        self.outbox.tail.push_back(Frame::Done {
+            files: done.files,
+            bytes: done.bytes,
+            deleted: done.deleted,
+            left: done.left,
+        });
         self.succeed();
     }
 
