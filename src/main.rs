@@ -84,7 +84,7 @@ enum Command {
         /// Remove what the destination holds beneath a directory source and the source
         /// does not (rsync's --delete, after every transfer has succeeded; never when
         /// anything failed). Names the filter rules exclude are neither copied nor
-        /// deleted. Local copies and pushes for now.
+        /// deleted. With --max-size or --min-size, local copies only for now.
         #[arg(long)]
         delete: bool,
         /// With --delete, remove at most N entries; past that, leave the rest and exit 11.
@@ -433,10 +433,6 @@ fn copy_any(
     if remote_dest.is_none() && remote_srcs.is_empty() {
         return copy::run(sources, dest, opts);
     }
-    if opts.delete.is_some() && !remote_srcs.is_empty() {
-        eprintln!("tpc-xfer: --delete is for local copies and pushes for now, not pulls");
-        return Exit::Usage;
-    }
     let sizes = opts.filter.min_size.is_some() || opts.filter.max_size.is_some();
     if opts.delete.is_some() && sizes {
         // The server would see a file left out by size as extraneous, and delete its copy.
@@ -468,10 +464,6 @@ fn copy_any(
     };
     match (remote_dest, remote_srcs.len(), sources.len()) {
         (Some(Ok(spec)), 0, _) => remote::client::push(sources, spec, &ropts),
-        (None, 1, 1) if !opts.filter.is_empty() => {
-            eprintln!("tpc-xfer: --exclude, --include and the size limits apply to local copies and pushes for now, not to pulls");
-            Exit::Usage
-        }
         (None, 1, 1) => match remote_srcs.into_iter().next().expect("one") {
             Ok(spec) => remote::client::pull(spec, dest, &ropts),
             Err(e) => {

@@ -169,14 +169,7 @@ impl Within<'_> {
     }
 }
 
-/// A source's own path among a transfer's paths, as rsync names it: nothing for `SRC/`
-/// (or `.`), whose contents are the transfer; else its last name.
-pub fn transfer_name(named: &[u8]) -> &[u8] {
-    if named.ends_with(b"/") {
-        return b"";
-    }
-    tpc_core::place::last_name(named).unwrap_or_default()
-}
+pub use tpc_core::place::transfer_name;
 
 /// Walks `root` in pre-order (a directory before its children, children sorted by name).
 /// The root itself is the first entry, with an empty relative path. Errors on single

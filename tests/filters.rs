@@ -236,22 +236,87 @@ fn a_push_takes_what_rsync_takes_for_every_filter_set() {
 }
 
 #[test]
-fn a_pull_with_filters_is_refused_until_the_server_applies_them() {
+fn a_pull_takes_what_rsync_takes_for_every_filter_set() {
     let s = Scratch::new("filters-pull");
     let (cs, ss) = keys(&s);
     let served = s.path("served");
-    std::fs::create_dir_all(served.join("d")).unwrap();
+    let src = served.join("src");
+    tree(&src);
+    let rules = rules_file(&s);
     let server = Server::start(&served, &ss);
-    let dst = s.path("dst");
+    for (i, flags) in filter_sets(&rules).into_iter().enumerate() {
+        let (want, got) = (s.path(&format!("rsync-{i}")), s.path(&format!("tpc-{i}")));
+        rsync(&flags, &src, &want);
+        let mut extra: Vec<&str> = vec!["--accept-new"];
+        extra.extend(flags.iter().map(|f| f.to_str().unwrap()));
+        let out = copy(&cs, server.url("src/"), &got, &extra);
+        assert_eq!(code(&out), 0, "{flags:?}: {}", stderr(&out));
+        assert_eq!(listed(&want), listed(&got), "{flags:?}");
+        same_content(&want, &got);
+    }
+    // A named source: its own name starts the paths the patterns see.
+    let (want, got) = (s.path("rsync-named"), s.path("tpc-named"));
+    for d in [&want, &got] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let out = Command::new("rsync")
+        .args(["-a", "--exclude", "/src/docs", "--exclude", "src/dir/"])
+        .arg(&src)
+        .arg(with_slash(&want))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "rsync: {}", stderr(&out));
+    let extra = [
+        "--accept-new",
+        "--exclude",
+        "/src/docs",
+        "--exclude",
+        "src/dir/",
+    ];
+    let out = copy(&cs, server.url("src"), with_slash(&got), &extra);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(listed(&want)[1..], listed(&got)[1..]);
+}
+
+#[test]
+fn a_pulled_delete_removes_what_rsync_removes() {
+    let s = Scratch::new("filters-pull-delete");
+    let (cs, ss) = keys(&s);
+    let served = s.path("served");
+    let src = served.join("src");
+    tree(&src);
+    let server = Server::start(&served, &ss);
+    let sets: Vec<Vec<&str>> = vec![
+        vec![],
+        vec!["--exclude", "*.o"],
+        vec!["--exclude", "cache/", "--exclude", "/gone.txt"],
+        vec!["--include", "*/", "--include", "*.rs", "--exclude", "*"],
+    ];
+    for (i, flags) in sets.into_iter().enumerate() {
+        let (want, got) = (s.path(&format!("rsync-{i}")), s.path(&format!("tpc-{i}")));
+        stale(&want, &src);
+        stale(&got, &src);
+        let mut rsync_flags: Vec<OsString> = flags.iter().map(OsString::from).collect();
+        rsync_flags.push("--delete".into());
+        rsync(&rsync_flags, &src, &want);
+        let mut extra = vec!["--accept-new", "--json", "--delete"];
+        extra.extend(&flags);
+        let out = copy(&cs, server.url("src/"), &got, &extra);
+        assert_eq!(code(&out), 0, "{flags:?}: {}", stderr(&out));
+        assert!(json(&out)["deleted"].as_u64().unwrap() > 0, "{flags:?}");
+        assert_eq!(listed(&want), listed(&got), "{flags:?}");
+        same_content(&want, &got);
+    }
+    let got = s.path("limited");
+    stale(&got, &src);
     let out = copy(
         &cs,
-        server.url("d/"),
-        &dst,
-        &["--accept-new", "--exclude", "*.o"],
+        server.url("src/"),
+        &got,
+        &["--accept-new", "--json", "--delete", "--max-delete", "1"],
     );
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(stderr(&out).contains("not to pulls"), "{}", stderr(&out));
-    assert!(!dst.exists());
+    assert_eq!(code(&out), 11, "{}", stderr(&out));
+    assert_eq!(json(&out)["deleted"].as_u64(), Some(1));
 }
 
 #[test]
@@ -546,7 +611,7 @@ fn sizes_keep_the_copies_of_every_source_they_leave_out() {
 }
 
 #[test]
-fn delete_is_refused_for_pulls_and_with_sizes_for_pushes_for_now() {
+fn a_remote_delete_with_size_limits_is_refused_for_now() {
     let s = Scratch::new("filters-delete-remote");
     let (cs, ss) = keys(&s);
     let served = s.path("served");
@@ -555,16 +620,16 @@ fn delete_is_refused_for_pulls_and_with_sizes_for_pushes_for_now() {
     tree(&src);
     std::fs::create_dir_all(served.join("d")).unwrap();
     let dst = s.path("pulled");
-    let out = copy(&cs, server.url("d/"), &dst, &["--accept-new", "--delete"]);
+    let flags = ["--accept-new", "--delete", "--max-size", "1M"];
+    let out = copy(&cs, server.url("d/"), &dst, &flags);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(stderr(&out).contains("not pulls"), "{}", stderr(&out));
-    assert!(!dst.exists());
-    let out = copy(
-        &cs,
-        with_slash(&src),
-        server.url("e"),
-        &["--accept-new", "--delete", "--max-size", "1M"],
+    assert!(
+        stderr(&out).contains("for local copies for now"),
+        "{}",
+        stderr(&out)
     );
+    assert!(!dst.exists());
+    let out = copy(&cs, with_slash(&src), server.url("e"), &flags);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(
         stderr(&out).contains("for local copies for now"),

@@ -108,7 +108,10 @@ fn frames() {
         },
         Frame::Hello {
             version: 3,
-            op: Op::Pull { src: b"s".to_vec() },
+            op: Op::Pull {
+                src: b"s".to_vec(),
+                select: Default::default(),
+            },
         },
         Frame::Welcome {
             session: 9,

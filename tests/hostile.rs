@@ -177,6 +177,7 @@ fn a_hostile_client_cannot_write_outside_the_root_and_the_server_keeps_serving()
             version: PROTOCOL_VERSION,
             op: Op::Pull {
                 src: b"link/".to_vec(),
+                select: Default::default(),
             },
         };
         let a = exchange(&conn, &[pull]).await;
@@ -1583,6 +1584,7 @@ fn hostile_names_and_messages_reach_the_log_and_stderr_escaped() {
             version: PROTOCOL_VERSION,
             op: Op::Pull {
                 src: b"tree/".to_vec(),
+                select: Default::default(),
             },
         };
         let _ = exchange(&conn, &[pull]).await;

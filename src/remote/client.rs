@@ -30,7 +30,7 @@ use tpc_core::session::client::{check_run_answer, refusal, run_header, ClientSes
 use tpc_core::session::{Ended, RunFailed};
 use tpc_core::window::{streams_in_flight, STREAMS_IN_FLIGHT_MIN};
 use tpc_core::wire::{
-    DeleteRequest, DestKind, Entry, ErrorCode, Frame, NeedItem, Op, Run, WireKind,
+    DeleteRequest, DestKind, Entry, ErrorCode, Frame, NeedItem, Op, Run, Selection, WireKind,
     STREAM_CHUNKS_MAX,
 };
 use tpc_core::EntryKind;
@@ -209,6 +209,10 @@ struct Job {
     client_config: quinn_proto::ClientConfig,
     /// The same TLS settings and key checks, for TCP.
     tcp_config: Arc<rustls::ClientConfig>,
+    /// What a pull asks the server to leave out, and what protects a pull's `--delete`.
+    filter: Arc<tpc_core::filter::Filter>,
+    /// A pull's `--delete`, carried out locally once every file is in place.
+    delete: Option<Option<u64>>,
     transport: TransportChoice,
     trust: ServerTrust,
     state_dir: PathBuf,
@@ -357,6 +361,8 @@ fn run(remote: RemoteSpec, opts: &RemoteOptions, plan: Plan) -> Exit {
         server,
         client_config,
         tcp_config,
+        filter: opts.filter.clone(),
+        delete: opts.delete,
         transport: opts.transport,
         trust,
         state_dir: opts.state_dir.clone(),
@@ -1339,6 +1345,8 @@ struct SessionDriver<'a> {
     transfer: Option<Transfer>,
     /// A push's `--delete`, for the session once its manifest is built.
     delete: Option<DeleteRequest>,
+    /// A pull's source is a directory (what a pull's `--delete` needs).
+    pulled_dir: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1360,7 +1368,17 @@ async fn session(
             durable: job.opts_durable,
         }
     } else {
-        Op::Pull { src: path }
+        let rules = job.filter.rules();
+        Op::Pull {
+            src: path,
+            select: Selection {
+                rules: rules
+                    .map(|(a, p)| (a == Action::Include, p.to_owned()))
+                    .collect(),
+                min_size: job.filter.min_size,
+                max_size: job.filter.max_size,
+            },
+        }
     };
     let (tx, rx) = async_channel::bounded::<Ev>(EVENTS_MAX);
     // Control frames come one at a time: the reader holds the next frame until the
@@ -1398,6 +1416,7 @@ async fn session(
         local_root: None,
         transfer: None,
         delete: None,
+        pulled_dir: false,
     };
     let asked_delete = matches!(
         d.plan,
@@ -1441,7 +1460,9 @@ async fn session(
     if !push {
         (sm.dirs, sm.symlinks) = (t.dirs, t.symlinks);
     }
-    sm.deleted = t.deleted;
+    if push {
+        sm.deleted = t.deleted;
+    }
     if asked_delete && result.is_ok() {
         if sm.failed > 0 {
             // The session withheld the --delete, or the server did: a file failed.
@@ -1575,9 +1596,40 @@ impl SessionDriver<'_> {
                 s.handle_committed(ok, failed);
             }
             Request::Finish => {
+                // A pull's --delete, locally, once every file is in place (and never
+                // when anything failed), before the directories' times are set.
+                let clean = s.tally().failed == 0 && self.problems.exit() == Exit::Ok;
+                let delete = match self.job.delete {
+                    Some(_) if !clean => {
+                        eprintln!("tpc-xfer: not deleting anything at the destination: the run had errors");
+                        None
+                    }
+                    Some(max) if self.pulled_dir => Some(max),
+                    _ => None,
+                };
+                let filter = self.job.filter.clone();
+                let name = place::transfer_name(&self.job.remote.path).to_vec();
                 let r = &mut self.local_receiver;
-                let (failed, written) =
-                    off_thread(r, Span::Short, |r| (r.finish(), r.files_written)).await;
+                let (deleted, mut failed, written) = off_thread(r, Span::Long, move |r| {
+                    let deleted = delete.map(|max| r.delete_beneath(&filter, max, &[(b"", &name)]));
+                    let failed = r.finish();
+                    (deleted, failed, r.files_written)
+                })
+                .await;
+                match deleted {
+                    Some(Ok((n, left, fails))) => {
+                        self.summary.deleted = n;
+                        failed.extend(fails);
+                        if left > 0 {
+                            self.problems.report(
+                                Exit::MaxDelete,
+                                format!("--max-delete {n} reached: {left} more extraneous entries left in place"),
+                            );
+                        }
+                    }
+                    Some(Err(f)) => self.problems.report(Exit::Destination, f.message),
+                    None => {}
+                }
                 s.handle_finished(failed, written);
             }
         }
@@ -1644,6 +1696,7 @@ impl SessionDriver<'_> {
             return Err((Exit::Protocol, "internal: no pull to plan".into()));
         };
         let path = &self.job.remote.path;
+        self.pulled_dir = dest == DestKind::Dir;
         let (root, root_path, base) = pull_target(path, dest, &local)?;
         let root = Arc::new(root);
         // The run's lock, before the first temporary file (`tpc_engine::temp`).

@@ -13,11 +13,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tpc_core::filter::{Action, Filter};
+use tpc_core::filter::Filter;
 use tpc_core::limits::CHUNK_SIZE_BYTES;
 use tpc_core::relpath::RelPath;
 use tpc_core::session::arrivals::Arrivals;
-use tpc_core::wire::{DeleteRequest, Entry, ErrorCode, NeedItem, WireKind, NEED_HAVE_HASHES_MAX};
+use tpc_core::wire::{
+    rules_filter, DeleteRequest, Entry, ErrorCode, NeedItem, WireKind, NEED_HAVE_HASHES_MAX,
+};
 use tpc_core::{ChunkHash, ChunkPlan};
 use tpc_engine::confine::{set_file_meta, sync_file, Access, ConfineError, Dir, FileKind, Root};
 use tpc_engine::os;
@@ -690,23 +692,31 @@ impl Receiver {
         &mut self,
         request: &DeleteRequest,
     ) -> Result<(u64, u64, Vec<(u32, Failure)>), Failure> {
-        let mut filter = Filter::default();
-        for (include, pattern) in &request.rules {
-            let action = if *include {
-                Action::Include
-            } else {
-                Action::Exclude
-            };
-            filter
-                .add(action, pattern)
-                .map_err(|e| Failure::protocol(format!("--delete rule: {e}")))?;
-        }
-        let bases = (request.bases.iter())
-            .map(|b| Ok((full_path(&self.base, b)?, b.as_slice())))
+        let filter = rules_filter(&request.rules, None, None)
+            .map_err(|e| Failure::protocol(format!("--delete rule: {e}")))?;
+        // A push's bases are relative to its destination, which is the transfer's root:
+        // each base is also its own name among the transfer's paths.
+        let bases: Vec<(&[u8], &[u8])> = (request.bases.iter())
+            .map(|b| (b.as_slice(), b.as_slice()))
+            .collect();
+        let max = (request.max != u64::MAX).then_some(request.max);
+        self.delete_beneath(&filter, max, &bases)
+    }
+
+    /// `--delete` beneath each `(base, name)`: `base` relative to the session's base,
+    /// `name` its path among the transfer's paths, which the filter's patterns see.
+    #[allow(clippy::type_complexity)]
+    pub fn delete_beneath(
+        &mut self,
+        filter: &Filter,
+        max: Option<u64>,
+        bases: &[(&[u8], &[u8])],
+    ) -> Result<(u64, u64, Vec<(u32, Failure)>), Failure> {
+        let bases = (bases.iter())
+            .map(|&(b, name)| Ok((full_path(&self.base, b)?, name)))
             .collect::<Result<Vec<_>, Failure>>()?;
         let held: HashSet<&[u8]> = self.planned.iter().map(|p| p.full.as_bytes()).collect();
-        let max = (request.max != u64::MAX).then_some(request.max);
-        let mut deletion = Deletion::new(&self.root, &filter, max);
+        let mut deletion = Deletion::new(&self.root, filter, max);
         let mut failures: Vec<(RelPath, Failure)> = Vec::new();
         for (full, name) in &bases {
             let prefix = full.as_bytes();

@@ -13,7 +13,7 @@
 //! keeps serving.
 
 use std::cell::{Cell, OnceCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use tpc_core::admission::Admission;
 use tpc_core::codec::{Compression, CODECS_SAME};
+use tpc_core::filter::Filter;
 use tpc_core::relpath::RelPath;
 use tpc_core::session::server::{
     check_get, check_put, open_stream, parse_path, Finished, Listing, Opened, PutTarget, Request,
@@ -794,9 +795,13 @@ async fn carry_out(
                 Some(_) => DestKind::Other,
             }));
         }
-        Request::Walk(base) => {
+        Request::Walk { base, name, select } => {
+            let filter = match select.filter() {
+                Ok(f) => f,
+                Err(e) => return session.handle_listed(Err(Failure::protocol(e.to_string()))),
+            };
             let root = shared.root.clone();
-            let listed = rt::spawn_thread(move || list(&root, &base)).await;
+            let listed = rt::spawn_thread(move || list(&root, &base, &filter, &name)).await;
             session.handle_listed(listed.map(|(listing, files)| {
                 held.listed_bytes = files
                     .keys()
@@ -1122,7 +1127,15 @@ async fn get(
 /// its top is; and each file's version as listed, by its path beneath the root. Special
 /// files are left out. Problems met during the walk and symlinks whose target cannot be
 /// read are left out, logged, and told to the client (`Unlisted`, docs/PROTOCOL.md §6).
-fn list(root: &Root, base: &RelPath) -> Result<(Listing, HashMap<Vec<u8>, Listed>), Failure> {
+/// What the client's `filter` leaves out is not listed, nor anything beneath a directory
+/// it leaves out; patterns see each path as rsync names it, from `name` (the source's
+/// own name, or nothing for `SRC/`). The top itself is always listed.
+fn list(
+    root: &Root,
+    base: &RelPath,
+    filter: &Filter,
+    name: &[u8],
+) -> Result<(Listing, HashMap<Vec<u8>, Listed>), Failure> {
     let (entries, errors) = root
         .walk(base, MANIFEST_ENTRIES_MAX as usize)
         .map_err(|e| confine_failure(&e))?;
@@ -1141,7 +1154,29 @@ fn list(root: &Root, base: &RelPath) -> Result<(Listing, HashMap<Vec<u8>, Listed
     };
     let mut wire = Vec::with_capacity(entries.len());
     let mut files = HashMap::new();
+    // Directories left out: a walk lists each directory before what it holds.
+    let mut left_out: HashSet<Vec<u8>> = HashSet::new();
     for (rel, st) in entries {
+        if !filter.is_empty() && !rel.is_root() && rel != *base {
+            let inside = rel
+                .parent()
+                .is_some_and(|p| left_out.contains(p.as_bytes()));
+            let own = &rel.as_bytes()[base.as_bytes().len()..];
+            let own = own.strip_prefix(b"/").unwrap_or(own);
+            let path = if name.is_empty() {
+                own.to_vec()
+            } else {
+                [name, b"/", own].concat()
+            };
+            let is_dir = st.kind == FileKind::Dir;
+            let size = (st.kind == FileKind::File).then_some(st.size_bytes);
+            if inside || filter.excludes(&path, is_dir, size) {
+                if is_dir {
+                    left_out.insert(rel.as_bytes().to_vec());
+                }
+                continue;
+            }
+        }
         if st.kind == FileKind::File {
             let listed = Listed {
                 inode: st.inode,

@@ -77,6 +77,16 @@ pub fn place(sources: &[Source<'_>], dest: Dest) -> Placement {
     }
 }
 
+/// A source's own path among a transfer's paths, as rsync names it for its filter
+/// rules: nothing for `SRC/` (or `.`), whose contents are the transfer; else its last
+/// name (`SRC` gives `SRC/...`).
+pub fn transfer_name(named: &[u8]) -> &[u8] {
+    if named.ends_with(b"/") {
+        return b"";
+    }
+    last_name(named).unwrap_or_default()
+}
+
 /// The last name of `named` (trailing slashes aside), or `None` where it names no entry
 /// of its own: empty, `/`, `.` or `..`.
 pub fn last_name(named: &[u8]) -> Option<&[u8]> {

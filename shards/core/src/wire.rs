@@ -102,16 +102,57 @@ pub struct DeleteRequest {
 
 /// Bases in a `DeleteRequest`: one per source of the push.
 pub const DELETE_BASES_MAX: usize = 4096;
-/// Rules in a `DeleteRequest`; the frame's size bounds their bytes.
-pub const DELETE_RULES_MAX: usize = 16 * 1024;
+/// Filter rules in a `DeleteRequest` or a pull's `Selection`; the frame's size bounds
+/// their bytes.
+pub const RULES_MAX: usize = 16 * 1024;
 
 /// What a client asks for in `Hello`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     /// The client sends a tree into `dest` (relative to the server root).
     Push { dest: Vec<u8>, durable: bool },
-    /// The client fetches `src` (relative to the server root).
-    Pull { src: Vec<u8> },
+    /// The client fetches `src` (relative to the server root), less what `select`
+    /// leaves out.
+    Pull { src: Vec<u8>, select: Selection },
+}
+
+/// What a pull's server leaves out of its listing: the client's `--include`/`--exclude`
+/// rules in order (`true` for an include, patterns as written, UTF-8) and size limits.
+/// The default leaves out nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selection {
+    pub rules: Vec<(bool, String)>,
+    pub min_size: Option<u64>,
+    pub max_size: Option<u64>,
+}
+
+impl Selection {
+    /// The filter these rules and limits make; an error names a rule that does not
+    /// compile.
+    pub fn filter(&self) -> Result<crate::filter::Filter, crate::filter::FilterError> {
+        rules_filter(&self.rules, self.min_size, self.max_size)
+    }
+}
+
+/// A filter from rules as the wire carries them (`Selection`, `DeleteRequest`).
+pub fn rules_filter(
+    rules: &[(bool, String)],
+    min_size: Option<u64>,
+    max_size: Option<u64>,
+) -> Result<crate::filter::Filter, crate::filter::FilterError> {
+    use crate::filter::{Action, Filter};
+    let mut filter = Filter::default();
+    for (include, pattern) in rules {
+        let action = if *include {
+            Action::Include
+        } else {
+            Action::Exclude
+        };
+        filter.add(action, pattern)?;
+    }
+    filter.min_size = min_size;
+    filter.max_size = max_size;
+    Ok(filter)
 }
 
 /// What the destination of a push is on the server, so the client can apply the same
@@ -494,9 +535,12 @@ impl Frame {
                         w.bytes(dest, PATH_BYTES_MAX);
                         w.u8(*durable as u8);
                     }
-                    Op::Pull { src } => {
+                    Op::Pull { src, select } => {
                         w.u8(1);
                         w.bytes(src, PATH_BYTES_MAX);
+                        w.rules(&select.rules);
+                        w.u64(select.min_size.unwrap_or(0));
+                        w.u64(select.max_size.unwrap_or(u64::MAX));
                     }
                 }
             }
@@ -544,11 +588,7 @@ impl Frame {
                 for b in &d.bases {
                     w.bytes(b, PATH_BYTES_MAX);
                 }
-                w.count(d.rules.len(), DELETE_RULES_MAX);
-                for (include, pattern) in &d.rules {
-                    w.u8(*include as u8);
-                    w.bytes(pattern.as_bytes(), PATTERN_BYTES_MAX);
-                }
+                w.rules(&d.rules);
             }
             Frame::Put(run) | Frame::Get(run) => {
                 w.u64(run.session);
@@ -623,6 +663,11 @@ impl Frame {
                     },
                     1 => Op::Pull {
                         src: r.bytes("src", PATH_BYTES_MAX)?,
+                        select: Selection {
+                            rules: r.rules()?,
+                            min_size: Some(r.u64("min size")?).filter(|&n| n > 0),
+                            max_size: Some(r.u64("max size")?).filter(|&n| n < u64::MAX),
+                        },
                     },
                     v => {
                         return Err(WireError::BadValue {
@@ -804,19 +849,7 @@ impl Frame {
                     for _ in 0..n {
                         bases.push(r.bytes("delete base", PATH_BYTES_MAX)?);
                     }
-                    let n = r.count("delete rules", DELETE_RULES_MAX, 5)?;
-                    let mut rules = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        let include = r.bool("rule action")?;
-                        let pattern = r.bytes("rule pattern", PATTERN_BYTES_MAX)?;
-                        let len = pattern.len() as u64;
-                        let pattern =
-                            String::from_utf8(pattern).map_err(|_| WireError::BadValue {
-                                field: "rule pattern (not UTF-8), length",
-                                value: len,
-                            })?;
-                        rules.push((include, pattern));
-                    }
+                    let rules = r.rules()?;
                     Some(DeleteRequest { max, bases, rules })
                 } else {
                     None
@@ -874,6 +907,14 @@ impl Writer<'_> {
     fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
+    fn rules(&mut self, rules: &[(bool, String)]) {
+        self.count(rules.len(), RULES_MAX);
+        for (include, pattern) in rules {
+            self.u8(*include as u8);
+            self.bytes(pattern.as_bytes(), PATTERN_BYTES_MAX);
+        }
+    }
+
     fn count(&mut self, n: usize, max: usize) {
         assert!(n <= max, "count {n} over its limit {max}");
         self.u32(n as u32);
@@ -964,6 +1005,22 @@ impl Reader<'_> {
         }
         Ok(n)
     }
+    fn rules(&mut self) -> Result<Vec<(bool, String)>, WireError> {
+        let n = self.count("rules", RULES_MAX, 5)?;
+        let mut rules = Vec::with_capacity(n);
+        for _ in 0..n {
+            let include = self.bool("rule action")?;
+            let pattern = self.bytes("rule pattern", PATTERN_BYTES_MAX)?;
+            let len = pattern.len() as u64;
+            let pattern = String::from_utf8(pattern).map_err(|_| WireError::BadValue {
+                field: "rule pattern (not UTF-8), length",
+                value: len,
+            })?;
+            rules.push((include, pattern));
+        }
+        Ok(rules)
+    }
+
     fn bytes(&mut self, field: &'static str, max: usize) -> Result<Vec<u8>, WireError> {
         let n = self.count(field, max, 1)?;
         Ok(self.take(n, field)?.to_vec())
@@ -1150,7 +1207,10 @@ mod tests {
         });
         round_trip(Frame::Hello {
             version: 1,
-            op: Op::Pull { src: vec![] },
+            op: Op::Pull {
+                src: vec![],
+                select: Default::default(),
+            },
         });
         round_trip(Frame::Welcome {
             session: 9,
@@ -1225,6 +1285,17 @@ mod tests {
             left: 4,
         });
         round_trip(Frame::Finish { delete: None });
+        round_trip(Frame::Hello {
+            version: PROTOCOL_VERSION,
+            op: Op::Pull {
+                src: b"d/".to_vec(),
+                select: Selection {
+                    rules: vec![(true, "*/".into()), (false, "*".into())],
+                    min_size: Some(1),
+                    max_size: Some(1 << 40),
+                },
+            },
+        });
         round_trip(Frame::Finish {
             delete: Some(DeleteRequest {
                 max: 7,

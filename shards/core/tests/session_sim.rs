@@ -261,7 +261,10 @@ fn forged(rng: &mut Rng) -> Frame {
         },
         2 => Frame::Hello {
             version: 2,
-            op: Op::Pull { src: Vec::new() },
+            op: Op::Pull {
+                src: Vec::new(),
+                select: Default::default(),
+            },
         },
         3 => Frame::Need(vec![NeedItem {
             file: rng.below(16) as u32,
@@ -361,6 +364,7 @@ fn session(rng: &mut Rng, sc: &Scenario, disk: &mut Disk, faults: Faults) -> Res
     } else {
         Op::Pull {
             src: b"src".to_vec(),
+            select: Default::default(),
         }
     };
     let mut run = Run {
@@ -561,7 +565,7 @@ fn server_request(run: &mut Run, rx: &mut Receiver) {
     let Some(s) = run.server.as_mut() else { return };
     match r {
         server::Request::LookUp(_) => s.handle_looked_up(Ok(DestKind::Dir)),
-        server::Request::Walk(_) => s.handle_listed(Ok(server::Listing {
+        server::Request::Walk { .. } => s.handle_listed(Ok(server::Listing {
             kind: DestKind::Dir,
             entries: run.sc.entries.clone(),
             unlisted: Vec::new(),

@@ -734,7 +734,13 @@ mod tests {
 
     #[test]
     fn what_a_pull_left_unlisted_fails_alone_up_to_the_limit() {
-        let mut s = ClientSession::new(Op::Pull { src: b"t".to_vec() }, 1);
+        let mut s = ClientSession::new(
+            Op::Pull {
+                src: b"t".to_vec(),
+                select: Default::default(),
+            },
+            1,
+        );
         assert!(matches!(s.poll_transmit(), Some(Frame::Hello { .. })));
         s.handle_frame(Frame::Welcome {
             session: 7,

@@ -20,7 +20,7 @@ use crate::relpath::RelPath;
 use crate::session::{Failure, Planned, TRANSMIT_QUEUE_MAX};
 use crate::wire::{
     entry_frames, need_frames, DeleteRequest, DestKind, Entry, ErrorCode, Frame, ManifestBudget,
-    NeedItem, Op, Run, PROTOCOL_VERSION, UNLISTED_MAX,
+    NeedItem, Op, Run, Selection, PROTOCOL_VERSION, UNLISTED_MAX,
 };
 
 /// What the server's settings say about every stream.
@@ -183,8 +183,14 @@ pub fn check_get(run: &Run, path: &RelPath, size: u64) -> Result<(), Failure> {
 pub enum Request {
     /// Push: what stands at the destination; answer with `handle_looked_up`.
     LookUp(RelPath),
-    /// Pull: list the tree at the source; answer with `handle_listed`.
-    Walk(RelPath),
+    /// Pull: list the tree at the source, less what `select` leaves out (matched against
+    /// paths that start with `name`, the source's own path among the transfer's,
+    /// `place::transfer_name`); answer with `handle_listed`.
+    Walk {
+        base: RelPath,
+        name: Vec<u8>,
+        select: Selection,
+    },
     /// Push: check the manifest's paths and plan the receiver (directories, quick check,
     /// temporary files); answer with `handle_planned`.
     Plan {
@@ -296,15 +302,21 @@ pub struct ServerSession {
 
 impl ServerSession {
     fn new(op: Op, ports: Vec<u16>, session: u64) -> Result<ServerSession, Failure> {
-        let (push, path, durable) = match op {
-            Op::Push { dest, durable } => (true, dest, durable),
-            Op::Pull { src } => (false, src, false),
+        let (push, path, durable, select) = match op {
+            Op::Push { dest, durable } => (true, dest, durable, Selection::default()),
+            Op::Pull { src, select } => (false, src, false, select),
         };
         let base = parse_path(&path)?;
         let (phase, request) = if push {
             (Phase::LookingUp, Request::LookUp(base.clone()))
         } else {
-            (Phase::Walking, Request::Walk(base.clone()))
+            let name = crate::place::transfer_name(&path).to_vec();
+            let walk = Request::Walk {
+                base: base.clone(),
+                name,
+                select,
+            };
+            (Phase::Walking, walk)
         };
         Ok(ServerSession {
             push,
@@ -640,12 +652,15 @@ mod tests {
         };
         let hello = Frame::Hello {
             version: PROTOCOL_VERSION,
-            op: Op::Pull { src: b"t".to_vec() },
+            op: Op::Pull {
+                src: b"t".to_vec(),
+                select: Selection::default(),
+            },
         };
         let Opened::Control(mut s) = open_stream(Some(hello), &facts, || 7) else {
             panic!("a pull is a session");
         };
-        assert!(matches!(s.poll_request(), Some(Request::Walk(_))));
+        assert!(matches!(s.poll_request(), Some(Request::Walk { .. })));
         let problem = |i| Failure::new(ErrorCode::Io, format!("'t/d{i}': Permission denied"));
         let entry = Entry {
             kind: crate::wire::WireKind::Dir,
