@@ -8,7 +8,9 @@
 mod targets;
 
 use tpc_core::codec::{CODECS_SAME, CODECS_ZSTD, CODEC_RAW, CODEC_SAME, CODEC_ZSTD};
-use tpc_core::wire::{DestKind, Entry, ErrorCode, Frame, NeedItem, Op, Run, WireKind};
+use tpc_core::wire::{
+    DeleteRequest, DestKind, Entry, ErrorCode, Frame, NeedItem, Op, Run, Selection, WireKind,
+};
 use tpc_core::ChunkHash;
 
 /// Mutations per seed: enough to reach every field's edge of a small frame, cheap
@@ -112,6 +114,25 @@ fn frames() {
                 src: b"s".to_vec(),
                 select: Default::default(),
             },
+        },
+        Frame::Hello {
+            version: 5,
+            op: Op::Pull {
+                src: b"s/".to_vec(),
+                select: Selection {
+                    rules: vec![(true, "*/".into()), (false, "*.o".into())],
+                    min_size: Some(10),
+                    max_size: None,
+                },
+            },
+        },
+        Frame::Finish { delete: None },
+        Frame::Finish {
+            delete: Some(DeleteRequest {
+                max: 3,
+                bases: vec![Vec::new(), b"src".to_vec()],
+                rules: vec![(false, "cache/".into())],
+            }),
         },
         Frame::Welcome {
             session: 9,
