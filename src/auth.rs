@@ -28,7 +28,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use quinn_proto::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -559,13 +559,102 @@ impl ServerTrust {
     }
 }
 
+/// The clients a running server admits: `authorized-clients` as last read, re-read when
+/// the operator asks (SIGHUP) or the file changes (`reload`), so that a key added or
+/// removed takes effect without a restart. Cheap to clone; clones share the list.
+#[derive(Clone, Debug)]
+pub struct LiveClients {
+    clients: Arc<RwLock<AuthorizedClients>>,
+    /// Where the list comes from, and the file's (mtime, size, inode) when last read;
+    /// `None` for a fixed list.
+    source: Option<Arc<(PathBuf, Mutex<Option<FileStamp>>)>>,
+}
+
+/// What tells a changed file: modification time, size, inode.
+type FileStamp = (std::time::SystemTime, u64, u64);
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    let md = fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(&md);
+    #[cfg(not(unix))]
+    let ino = 0;
+    Some((md.modified().ok()?, md.len(), ino))
+}
+
+impl From<AuthorizedClients> for LiveClients {
+    /// A fixed list, never re-read.
+    fn from(clients: AuthorizedClients) -> LiveClients {
+        LiveClients {
+            clients: Arc::new(RwLock::new(clients)),
+            source: None,
+        }
+    }
+}
+
+impl LiveClients {
+    /// Reads `state_dir/authorized-clients` (a missing file admits nobody).
+    pub fn load(state_dir: &Path) -> Result<LiveClients, AuthError> {
+        let path = state_dir.join(AUTHORIZED_CLIENTS_FILE);
+        let seen = stamp(&path);
+        let clients = AuthorizedClients::load(state_dir)?;
+        Ok(LiveClients {
+            clients: Arc::new(RwLock::new(clients)),
+            source: Some(Arc::new((path, Mutex::new(seen)))),
+        })
+    }
+
+    pub fn contains(&self, fingerprint: &Fingerprint) -> bool {
+        self.read().contains(fingerprint)
+    }
+
+    /// The comment after an admitted key ("" if none), for logs.
+    pub fn comment(&self, fingerprint: &Fingerprint) -> Option<String> {
+        self.read().comment(fingerprint).map(str::to_owned)
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, AuthorizedClients> {
+        // A panic while holding the lock leaves the last list, which is still whole.
+        self.clients.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads the file again if `asked` (SIGHUP) or it changed since it was last read.
+    /// `None` if nothing was read; the new number of keys; or why the file could not be
+    /// used, in which case the list in force stays.
+    pub fn reload(&self, asked: bool) -> Option<Result<usize, AuthError>> {
+        let source = self.source.as_ref()?;
+        let (path, seen) = &**source;
+        let now = stamp(path);
+        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        if !asked && now == *seen {
+            return None;
+        }
+        *seen = now;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        Some(AuthorizedClients::load(dir).map(|fresh| {
+            let n = fresh.len();
+            *self.clients.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+            n
+        }))
+    }
+}
+
 /// Server TLS config: TLS 1.3 only, ALPN `wire::ALPN`, a client certificate required
-/// and admitted iff its key is in `authorized`. A refused client receives the `access_denied`
+/// and admitted iff its key is in `authorized` (as it stands at the handshake). A refused client receives the `access_denied`
 /// alert (see [`refused_by_server`]).
 pub fn server_crypto(
     identity: &Identity,
-    authorized: AuthorizedClients,
+    authorized: impl Into<LiveClients>,
 ) -> Result<Arc<rustls::ServerConfig>, AuthError> {
+    let authorized = authorized.into();
     let config = server_config_builder(authorized)?
         .with_single_cert(vec![identity.certificate.clone()], identity.private_key())
         .map_err(AuthError::Tls)?;
@@ -1192,7 +1281,7 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 fn server_config_builder(
-    authorized: AuthorizedClients,
+    authorized: LiveClients,
 ) -> Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>, AuthError>
 {
     let provider = provider();
@@ -1241,7 +1330,7 @@ fn finish_client_config(mut config: rustls::ClientConfig) -> Arc<rustls::ClientC
 /// Admits a client iff its key fingerprint is authorized and it signs with that key.
 #[derive(Debug)]
 struct AuthorizedClientVerifier {
-    authorized: AuthorizedClients,
+    authorized: LiveClients,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -1266,6 +1355,10 @@ impl ClientCertVerifier for AuthorizedClientVerifier {
         if self.authorized.contains(&fingerprint) {
             Ok(ClientCertVerified::assertion())
         } else {
+            // The operator sees who was turned away, and can authorize the key.
+            crate::log::line(format_args!(
+                "tpc-xfer: refused key {fingerprint}: not in {AUTHORIZED_CLIENTS_FILE}"
+            ));
             // Sent as the access_denied alert, which the client recognises.
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,

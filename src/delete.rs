@@ -10,8 +10,9 @@ use tpc_core::wire::MANIFEST_ENTRIES_MAX;
 use tpc_core::RelPath;
 use tpc_engine::confine::{ConfineError, FileKind, Root};
 
-/// Destination entries listed beneath one landing at most: as many as a manifest may
-/// hold, so a destination cannot make the listing grow without bound.
+/// Destination entries listed at most, for all the landings of one run together: as
+/// many as a manifest may hold, so that neither a destination nor a peer's list of
+/// bases can make the listing grow without bound.
 pub const DELETE_SCAN_ENTRIES_MAX: usize = MANIFEST_ENTRIES_MAX as usize;
 
 /// One run's deletions: what was removed, what the budget left, what failed.
@@ -27,6 +28,8 @@ pub struct Deletion<'a> {
     pub failures: Vec<(RelPath, ConfineError)>,
     /// Every entry removed, so the caller can fix its directory's mtime.
     pub removed: Vec<RelPath>,
+    /// Entries listed so far, within `DELETE_SCAN_ENTRIES_MAX`.
+    scanned: usize,
 }
 
 impl<'a> Deletion<'a> {
@@ -39,6 +42,7 @@ impl<'a> Deletion<'a> {
             left: 0,
             failures: Vec::new(),
             removed: Vec::new(),
+            scanned: 0,
         }
     }
 
@@ -53,7 +57,9 @@ impl<'a> Deletion<'a> {
         name: &[u8],
         held: impl Fn(&[u8]) -> bool,
     ) -> Result<(), ConfineError> {
-        let (found, mut errors) = self.root.walk(base, DELETE_SCAN_ENTRIES_MAX)?;
+        let room = DELETE_SCAN_ENTRIES_MAX - self.scanned;
+        let (found, mut errors) = self.root.walk(base, room)?;
+        self.scanned += found.len() + errors.len();
         if !errors.is_empty() {
             return Err(errors.swap_remove(0));
         }

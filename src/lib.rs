@@ -8,6 +8,7 @@ pub mod check;
 pub mod copy;
 pub mod delete;
 pub mod exit;
+pub mod log;
 pub mod progress;
 pub mod remote;
 pub mod summary;

@@ -31,7 +31,7 @@ use tpc_core::session::{Ended, RunFailed};
 use tpc_core::window::{streams_in_flight, STREAMS_IN_FLIGHT_MIN};
 use tpc_core::wire::{
     DeleteRequest, DestKind, Entry, ErrorCode, Frame, NeedItem, Op, Run, Selection, WireKind,
-    STREAM_CHUNKS_MAX,
+    DELETE_BASES_MAX, FRAME_BYTES_MAX, STREAM_CHUNKS_MAX,
 };
 use tpc_core::EntryKind;
 use tpc_core::{ChunkHash, ChunkPlan};
@@ -1464,9 +1464,9 @@ async fn session(
         sm.deleted = t.deleted;
     }
     if asked_delete && result.is_ok() {
-        if sm.failed > 0 {
+        if sm.failed > 0 && t.deleted == 0 {
             // The session withheld the --delete, or the server did: a file failed.
-            eprintln!("tpc-xfer: not deleting anything at the destination: the run had errors");
+            eprintln!("tpc-xfer: nothing was deleted at the destination: the run had errors");
         } else if t.delete_left > 0 {
             d.problems.report(
                 Exit::MaxDelete,
@@ -1644,7 +1644,21 @@ impl SessionDriver<'_> {
         let path = &self.job.remote.path;
         self.src_roots = sources.iter().map(|s| s.root.clone()).collect();
         let (entries, srcs, skipped, bases) = push_manifest(&sources, path, dest_kind);
-        self.delete = delete.map(|d| DeleteRequest { bases, ..d });
+        // What one frame carries: a push of more directory sources deletes nothing.
+        let base_bytes: usize = bases.iter().map(|b| b.len() + 4).sum();
+        let fits = bases.len() <= DELETE_BASES_MAX && base_bytes < FRAME_BYTES_MAX / 2;
+        self.delete = match delete {
+            Some(_) if !fits => {
+                self.problems.report(
+                    Exit::Usage,
+                    format!(
+                        "not deleting anything: a remote --delete takes at most {DELETE_BASES_MAX} directory sources"
+                    ),
+                );
+                None
+            }
+            d => d.map(|d| DeleteRequest { bases, ..d }),
+        };
         self.summary.skipped = skipped;
         // As a local copy counts them: the entries walked (not the destination
         // directory a push of several sources creates).

@@ -695,10 +695,22 @@ impl Receiver {
         let filter = rules_filter(&request.rules, None, None)
             .map_err(|e| Failure::protocol(format!("--delete rule: {e}")))?;
         // A push's bases are relative to its destination, which is the transfer's root:
-        // each base is also its own name among the transfer's paths.
-        let bases: Vec<(&[u8], &[u8])> = (request.bases.iter())
-            .map(|b| (b.as_slice(), b.as_slice()))
-            .collect();
+        // each base is also its own name among the transfer's paths. Each must be a
+        // directory of the manifest (the landing of a directory source), and is taken
+        // once: a peer cannot make the server list one tree many times.
+        let mut bases: Vec<&[u8]> = request.bases.iter().map(Vec::as_slice).collect();
+        bases.sort_unstable();
+        bases.dedup();
+        for b in &bases {
+            let full = full_path(&self.base, b)?;
+            let is_dir = |p: &Planned| p.full == full && p.entry.kind == WireKind::Dir;
+            if !self.planned.iter().any(is_dir) {
+                return Err(Failure::protocol(format!(
+                    "--delete beneath {full}, which is not a directory of the manifest"
+                )));
+            }
+        }
+        let bases: Vec<(&[u8], &[u8])> = bases.into_iter().map(|b| (b, b)).collect();
         let max = (request.max != u64::MAX).then_some(request.max);
         self.delete_beneath(&filter, max, &bases)
     }

@@ -48,16 +48,14 @@ use super::{
     expect_end, read_frame, transport_config, unless_stalled, write_frame, SessionError,
     TransportChoice, CLOSE_BUSY, CONNECT_TIMEOUT,
 };
-use crate::auth::{self, AuthorizedClients, Fingerprint, Identity};
+use crate::auth::{self, Fingerprint, Identity, LiveClients};
 use crate::exit::Exit;
 
-/// A line for the operator on stderr. A server outlives the terminal it started from: a
-/// closed stderr must not take it down, as `eprintln!` would by panicking.
+/// A line for the operator on stderr, stamped with the time (`crate::log`).
 macro_rules! log {
-    ($($arg:tt)*) => {{
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        crate::log::line(format_args!($($arg)*))
+    };
 }
 
 pub struct ServeOptions {
@@ -89,6 +87,9 @@ struct Shared {
     admission: Arc<Mutex<Admission<Fingerprint>>>,
     /// What this shard serves right now.
     activity: Activity,
+    /// The authorized clients as the handshakes see them, for the log's comments and
+    /// for shard 0's reloads.
+    clients: LiveClients,
 }
 
 /// What a shard serves, so that it gives its memory back once idle ([`trim_when_idle`]).
@@ -108,6 +109,35 @@ struct Activity {
 impl Activity {
     fn busy(&self) -> bool {
         self.tcp.get() > 0 || self.quic.get().is_some_and(|ep| ep.connection_count() > 0)
+    }
+}
+
+/// Set by SIGHUP: shard 0 re-reads authorized-clients at its next look.
+static RELOAD_ASKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(unix)]
+extern "C" fn on_sighup(_: libc::c_int) {
+    // Only an atomic store: what a signal handler may do.
+    RELOAD_ASKED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How often shard 0 looks whether authorized-clients should be read again.
+const RELOAD_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Re-reads authorized-clients when the operator sends SIGHUP, or within a second of the
+/// file changing (its mtime, size or inode), and logs what it found. A file that no
+/// longer parses leaves the list in force, and says why. Runs on shard 0 only: the list
+/// is shared by every shard's handshakes.
+async fn reload_clients(shared: Rc<Shared>) {
+    loop {
+        rt::sleep(RELOAD_CHECK_EVERY).await;
+        let asked = RELOAD_ASKED.swap(false, std::sync::atomic::Ordering::Relaxed);
+        let why = if asked { "on SIGHUP" } else { "as it changed" };
+        match shared.clients.reload(asked) {
+            None => {}
+            Some(Ok(n)) => log!("tpc-xfer: read authorized-clients again {why}: {n} keys"),
+            Some(Err(e)) => log!("tpc-xfer: keeping the authorized clients in force: {e}"),
+        }
     }
 }
 
@@ -227,20 +257,25 @@ pub fn run(opts: ServeOptions) -> Exit {
             return Exit::Auth;
         }
     };
-    let authorized = match AuthorizedClients::load(&opts.state_dir) {
+    let authorized = match LiveClients::load(&opts.state_dir) {
         Ok(a) => a,
         Err(e) => {
             log!("tpc-xfer: {e}");
             return Exit::Auth;
         }
     };
+    #[cfg(unix)]
+    // SAFETY: installs a handler that only stores to an atomic, before the shards start.
+    unsafe {
+        libc::signal(libc::SIGHUP, on_sighup as *const () as libc::sighandler_t);
+    }
     if authorized.is_empty() {
         log!(
             "tpc-xfer: warning: {} lists no client; every client will be refused",
             opts.state_dir.join("authorized-clients").display()
         );
     }
-    let tls = match auth::server_crypto(&identity, authorized) {
+    let tls = match auth::server_crypto(&identity, authorized.clone()) {
         Ok(c) => c,
         Err(e) => {
             log!("tpc-xfer: {e}");
@@ -327,12 +362,16 @@ pub fn run(opts: ServeOptions) -> Exit {
                 timeout,
                 admission: admission.clone(),
                 activity: Activity::default(),
+                clients: authorized.clone(),
             });
             let crypto = crypto.clone();
             let tls = tls.clone();
             async move {
                 drop(ctx.mesh);
                 rt::spawn_local(trim_when_idle(shared.clone())).detach();
+                if ctx.shard == 0 {
+                    rt::spawn_local(reload_clients(shared.clone())).detach();
+                }
                 let tcp = bound
                     .tcp
                     .map(|l| rt::spawn_local(accept_tcp(l, tls, shared.clone())));
@@ -525,8 +564,9 @@ async fn serve_connection(conn: Connection, shared: Rc<Shared>) {
         key,
         end: Admission::connection_ended,
     };
+    let from = conn.remote_address();
     while let Some((send, recv)) = conn.accept_bi().await {
-        rt::spawn_local(serve_stream(send, recv, shared.clone(), key)).detach();
+        rt::spawn_local(serve_stream(send, recv, shared.clone(), key, from)).detach();
     }
 }
 
@@ -554,6 +594,7 @@ async fn serve_stream(
     mut recv: RecvStream,
     shared: Rc<Shared>,
     key: Fingerprint,
+    from: Option<SocketAddr>,
 ) {
     let first = match read_frame(&mut recv).await {
         Ok(f) => f,
@@ -570,7 +611,21 @@ async fn serve_stream(
                     key,
                     end: Admission::session_ended,
                 };
-                return control(&mut send, &mut recv, &shared, *session, key).await;
+                let id = session.session_id();
+                let comment = shared.clients.comment(&key).unwrap_or_default();
+                let from = from.map_or_else(|| "?".to_string(), |a| a.to_string());
+                log!(
+                    "tpc-xfer: session {id:016x}: {} {} by {key} ({}) from {from}",
+                    if session.is_push() {
+                        "push to"
+                    } else {
+                        "pull of"
+                    },
+                    session.path(),
+                    tpc_core::wire::escape_controls(&comment),
+                );
+                control(&mut send, &mut recv, &shared, *session, key).await;
+                return;
             }
             Err(r) => Err(Failure::new(ErrorCode::Busy, r.message())),
         },
@@ -721,12 +776,14 @@ async fn control(
     };
     drop(held.published);
     shared.admit(|a| a.release_manifest(&key, manifest_held));
+    let id = session.session_id();
     match outcome {
         Ok(()) => {
+            log!("tpc-xfer: session {id:016x}: done");
             let _ = send.finish();
         }
         Err(f) => {
-            log!("tpc-xfer: refused: {}", f.message);
+            log!("tpc-xfer: session {id:016x} ended: {}", f.message);
             let _ = send.finish();
             // Leave no temporary file behind.
             if let Some(mut r) = held.receiver.take() {
@@ -796,12 +853,15 @@ async fn carry_out(
             }));
         }
         Request::Walk { base, name, select } => {
-            let filter = match select.filter() {
-                Ok(f) => f,
-                Err(e) => return session.handle_listed(Err(Failure::protocol(e.to_string()))),
-            };
             let root = shared.root.clone();
-            let listed = rt::spawn_thread(move || list(&root, &base, &filter, &name)).await;
+            // The client's rules are compiled off the shard too: each is a small regex.
+            let listed = rt::spawn_thread(move || {
+                let filter = select
+                    .filter()
+                    .map_err(|e| Failure::protocol(e.to_string()))?;
+                list(&root, &base, &filter, &name)
+            })
+            .await;
             session.handle_listed(listed.map(|(listing, files)| {
                 held.listed_bytes = files
                     .keys()

@@ -21,9 +21,12 @@ use std::fmt;
 
 use globset::{GlobBuilder, GlobMatcher};
 
-/// Rules at most: a filter file of a million lines is a mistake, and each rule costs a
-/// compiled matcher.
-pub const RULES_MAX: usize = 100_000;
+/// Rules at most, and their patterns' bytes in all. Each rule costs a compiled matcher
+/// and a look at every entry, and a pull's server or a push's `--delete` compiles the
+/// peer's: these bound what a peer can make it hold and do. rsync users' rule files run
+/// to tens of lines.
+pub const RULES_MAX: usize = 1024;
+pub const RULES_BYTES_MAX: usize = 64 * 1024;
 /// Longest pattern.
 pub const PATTERN_BYTES_MAX: usize = 4096;
 
@@ -60,6 +63,8 @@ struct Rule {
 #[derive(Default)]
 pub struct Filter {
     rules: Vec<Rule>,
+    /// Bytes of the rules' patterns, within `RULES_BYTES_MAX`.
+    rules_bytes: usize,
     /// Regular files smaller than this are left out (`--min-size`).
     pub min_size: Option<u64>,
     /// Regular files larger than this are left out (`--max-size`).
@@ -132,6 +137,7 @@ impl Filter {
     pub fn add(&mut self, action: Action, pattern: &str) -> Result<(), FilterError> {
         if pattern == "!" {
             self.rules.clear();
+            self.rules_bytes = 0;
             return Ok(());
         }
         let (action, pattern) = if let Some(p) = pattern.strip_prefix("+ ") {
@@ -143,6 +149,11 @@ impl Filter {
         };
         if self.rules.len() >= RULES_MAX {
             return Err(FilterError(format!("more than {RULES_MAX} filter rules")));
+        }
+        if self.rules_bytes + pattern.len() > RULES_BYTES_MAX {
+            return Err(FilterError(format!(
+                "filter rules longer than {RULES_BYTES_MAX} bytes in all"
+            )));
         }
         if pattern.len() > PATTERN_BYTES_MAX {
             return Err(FilterError(format!(
@@ -186,6 +197,7 @@ impl Filter {
         if and_below {
             matchers.push((compile(&format!("{base}/**"), pattern)?, false));
         }
+        self.rules_bytes += pattern.len();
         self.rules.push(Rule {
             action,
             pattern: pattern.to_owned(),
@@ -456,5 +468,16 @@ mod tests {
         assert!(out(&f, "a/b.tmp") && out_dir(&f, "cache"));
         assert!(f.add(X, "").is_err() && f.add(X, "/").is_err());
         assert!(f.add(X, &"a".repeat(PATTERN_BYTES_MAX + 1)).is_err());
+        let mut f = Filter::default();
+        for i in 0..RULES_MAX {
+            f.add(X, &format!("n{i}")).unwrap();
+        }
+        assert!(f.add(X, "one-more").is_err(), "{RULES_MAX} rules at most");
+        let mut f = Filter::default();
+        let long = "b".repeat(PATTERN_BYTES_MAX);
+        for _ in 0..RULES_BYTES_MAX / PATTERN_BYTES_MAX {
+            f.add(X, &long).unwrap();
+        }
+        assert!(f.add(X, "c").is_err(), "{RULES_BYTES_MAX} bytes of patterns at most");
     }
 }

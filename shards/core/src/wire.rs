@@ -15,7 +15,7 @@
 use std::ops::Range;
 
 use crate::digest::ChunkHash;
-use crate::filter::PATTERN_BYTES_MAX;
+use crate::filter::{PATTERN_BYTES_MAX, RULES_MAX};
 use crate::limits::{FILE_SIZE_BYTES_MAX, PATH_BYTES_MAX, RANGE_CHUNKS, SHARDS_MAX};
 
 /// ALPN of protocol version 5; a peer that speaks anything else fails the TLS handshake.
@@ -102,9 +102,6 @@ pub struct DeleteRequest {
 
 /// Bases in a `DeleteRequest`: one per source of the push.
 pub const DELETE_BASES_MAX: usize = 4096;
-/// Filter rules in a `DeleteRequest` or a pull's `Selection`; the frame's size bounds
-/// their bytes.
-pub const RULES_MAX: usize = 16 * 1024;
 
 /// What a client asks for in `Hello`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -339,6 +339,11 @@ impl ServerSession {
         self.push
     }
 
+    /// The push's destination or the pull's source, beneath the served root.
+    pub fn path(&self) -> &RelPath {
+        &self.base
+    }
+
     pub fn session_id(&self) -> u64 {
         self.session
     }
