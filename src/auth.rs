@@ -2214,7 +2214,7 @@ mod tests {
         let authorized = AuthorizedClients::from_fingerprints([p.client.fingerprint()]);
         let resolver = rustls::sign::SingleCertAndKey::from(impostor(&p.server, &mallory));
         let server_config = finish_server_config(
-            server_config_builder(authorized)
+            server_config_builder(authorized.into())
                 .unwrap()
                 .with_cert_resolver(Arc::new(resolver)),
         );

@@ -844,3 +844,88 @@ fn an_io_error_reading_a_pushed_source_is_exit_3_and_leaves_nothing_of_it() {
     assert_eq!(temporaries(&root), Vec::<PathBuf>::new());
     assert_eq!(std::fs::read(root.join("src/ok")).unwrap(), b"fine");
 }
+
+/// Polls the server's log until it holds `what` (10 s at most).
+fn await_log(server: &Server, what: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let log = server.log();
+        if log.contains(what) {
+            return log;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no {what:?} in: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_key_authorized_while_serving_is_admitted_after_sighup_and_the_log_says_when_and_who() {
+    let s = Scratch::new("sighup");
+    let (a, ss) = keys(&s);
+    let b = s.path("client-b");
+    let out = tpc(&[os("id"), os("--state"), b.clone().into()]);
+    let b_key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let clients = ss.join("authorized-clients");
+    let a_key = std::fs::read_to_string(&clients)
+        .unwrap()
+        .trim()
+        .to_string();
+    std::fs::write(&clients, format!("{a_key} laptop-a\n")).unwrap();
+    set_mtime(&clients, 1_700_000_000, 0);
+    let served = s.path("served");
+    let server = Server::start(&served, &ss);
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"hello").unwrap();
+    let push =
+        |state: &Path, to: &str| copy(state, with_slash(&src), server.url(to), &["--accept-new"]);
+
+    assert_eq!(code(&push(&b, "b")), 9, "not authorized yet");
+    let log = await_log(
+        &server,
+        &format!("refused key {b_key}: not in authorized-clients"),
+    );
+    // Every line starts with its UTC time: 2026-12-07T23:59:59Z.
+    for line in log.lines() {
+        let (stamp, _) = line.split_once(' ').unwrap();
+        assert!(
+            stamp.len() == 20 && stamp.as_bytes()[10] == b'T' && stamp.ends_with('Z'),
+            "{line}"
+        );
+    }
+
+    // The same bytes' length, rewritten in place and its mtime put back: the file looks
+    // unchanged, so only SIGHUP makes the server read it again.
+    std::fs::write(&clients, format!("{b_key} laptop-b\n")).unwrap();
+    set_mtime(&clients, 1_700_000_000, 0);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(code(&push(&b, "b")), 9, "read again without being asked");
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGHUP) };
+    await_log(&server, "read authorized-clients again on SIGHUP: 1 keys");
+    let out = push(&b, "b");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(std::fs::read(served.join("b/f")).unwrap(), b"hello");
+    let log = await_log(&server, "done");
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("push to b by {b_key} (laptop-b) from 127.0.0.1:"))),
+        "{log}"
+    );
+    assert_eq!(code(&push(&a, "a")), 9, "a key taken out is refused");
+
+    // A file that changes is read again within a second or two, unasked.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&clients)
+        .unwrap();
+    std::io::Write::write_all(&mut f, format!("{a_key} laptop-a\n").as_bytes()).unwrap();
+    await_log(
+        &server,
+        "read authorized-clients again as it changed: 2 keys",
+    );
+    let out = push(&a, "a");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}

@@ -478,6 +478,9 @@ mod tests {
         for _ in 0..RULES_BYTES_MAX / PATTERN_BYTES_MAX {
             f.add(X, &long).unwrap();
         }
-        assert!(f.add(X, "c").is_err(), "{RULES_BYTES_MAX} bytes of patterns at most");
+        assert!(
+            f.add(X, "c").is_err(),
+            "{RULES_BYTES_MAX} bytes of patterns at most"
+        );
     }
 }
