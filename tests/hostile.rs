@@ -940,6 +940,28 @@ fn under_a_flood_of_initials_unvalidated_addresses_get_a_retry_not_a_connection(
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
 
+/// A receive buffer of 32 MiB (forced past `rmem_max` when run as root, as CI is): a
+/// test that holds hundreds of handshakes open hears their retransmissions too, and a
+/// default buffer of ~200 KiB overflows on a loaded machine, dropping the one answer
+/// the test waits for.
+fn grow_receive_buffer(sock: &std::net::UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let bytes: libc::c_int = 32 << 20;
+    // As root SO_RCVBUFFORCE passes rmem_max; otherwise SO_RCVBUF gets what it may.
+    for option in [libc::SO_RCVBUF, libc::SO_RCVBUFFORCE] {
+        // SAFETY: a valid socket and an int option.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
 #[test]
 fn handshakes_in_flight_are_capped_and_the_next_is_refused() {
     // Issue 25, finding 4: HANDSHAKES_MAX handshakes are held at once; one more is
@@ -958,6 +980,7 @@ fn handshakes_in_flight_are_capped_and_the_next_is_refused() {
     // Large socket buffers: 256 handshakes' retransmissions must not crowd out the
     // answer being waited for (a Retry or a refusal is never sent twice).
     let sock = bind_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+    grow_receive_buffer(&sock);
     sock.set_nonblocking(false).unwrap();
     sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .unwrap();
