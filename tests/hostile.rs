@@ -948,7 +948,11 @@ fn grow_receive_buffer(sock: &std::net::UdpSocket) {
     use std::os::fd::AsRawFd;
     let bytes: libc::c_int = 32 << 20;
     // As root SO_RCVBUFFORCE passes rmem_max; otherwise SO_RCVBUF gets what it may.
-    for option in [libc::SO_RCVBUF, libc::SO_RCVBUFFORCE] {
+    #[cfg(target_os = "linux")]
+    let options = [libc::SO_RCVBUF, libc::SO_RCVBUFFORCE];
+    #[cfg(not(target_os = "linux"))]
+    let options = [libc::SO_RCVBUF];
+    for option in options {
         // SAFETY: a valid socket and an int option.
         unsafe {
             libc::setsockopt(
