@@ -132,7 +132,7 @@ enum Command {
         #[command(flatten)]
         state: StateArg,
         #[command(flatten)]
-        common: Common,
+        shards: Shards,
     },
     /// Print this host's key fingerprint (creating the key pair on first use).
     ///
@@ -261,15 +261,23 @@ impl StateArg {
 
 #[derive(Args)]
 struct Common {
-    /// Number of shards (pinned executors, one per core). Default: every usable core.
-    #[arg(long, value_name = "N")]
-    cores: Option<usize>,
+    #[command(flatten)]
+    shards: Shards,
     /// Print nothing but errors.
     #[arg(long, short)]
     quiet: bool,
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// How many shards run, and on which driver: what `serve` takes of `Common` (its log
+/// is its output, and it prints no summary).
+#[derive(Args)]
+struct Shards {
+    /// Number of shards (pinned executors, one per core). Default: every usable core.
+    #[arg(long, value_name = "N")]
+    cores: Option<usize>,
     /// How shards do I/O: `uring` (io_uring, Linux), `portable` (epoll / kqueue / IOCP
     /// with positional file I/O), or `auto`: io_uring where it works, else portable with
     /// a one-line notice.
@@ -354,8 +362,8 @@ fn main() -> ExitCode {
             congestion,
             timeout,
             state,
-            common,
-        } => match (options(&common, false, false, Fsync::Batch), state.dir()) {
+            shards,
+        } => match (serve_options(&shards), state.dir()) {
             (Ok(opts), Ok(state_dir)) => remote::server::run(remote::server::ServeOptions {
                 root,
                 listen,
@@ -482,6 +490,29 @@ fn copy_any(
     }
 }
 
+/// `serve`'s shards: `--cores` above the cores this process may use is capped, with a
+/// note, so that one unit file or command line serves machines of any size.
+fn serve_options(shards: &Shards) -> Result<copy::CopyOptions, Exit> {
+    let usable = tpc_engine::usable_cpus().len().max(1);
+    let capped = Shards {
+        cores: shards.cores.map(|n| {
+            if n > usable {
+                tpc_xfer::log::line(format_args!(
+                    "tpc-xfer: --cores {n} is more than the {usable} cores this process may use; serving with {usable}"
+                ));
+            }
+            n.min(usable)
+        }),
+        io: shards.io,
+    };
+    let common = Common {
+        shards: capped,
+        quiet: false,
+        json: false,
+    };
+    options(&common, false, false, Fsync::Batch)
+}
+
 fn options(
     common: &Common,
     checksum: bool,
@@ -489,14 +520,14 @@ fn options(
     fsync: Fsync,
 ) -> Result<copy::CopyOptions, Exit> {
     let usable = tpc_engine::usable_cpus().len().max(1);
-    let shard_count = common.cores.unwrap_or(usable);
+    let shard_count = common.shards.cores.unwrap_or(usable);
     if shard_count == 0 || shard_count > usable {
         eprintln!(
             "tpc-xfer: --cores must be between 1 and {usable} (the cores this process may use)"
         );
         return Err(Exit::Usage);
     }
-    let choice = match common.io {
+    let choice = match common.shards.io {
         Io::Auto => IoChoice::Auto,
         Io::Uring => IoChoice::Uring,
         Io::Portable => IoChoice::Portable,

@@ -929,3 +929,50 @@ fn a_key_authorized_while_serving_is_admitted_after_sighup_and_the_log_says_when
     let out = push(&a, "a");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
+
+#[test]
+fn serve_caps_cores_past_the_machine_and_takes_no_flag_it_would_ignore() {
+    use std::io::BufRead;
+    let s = Scratch::new("serve-cores");
+    let (_, ss) = keys(&s);
+    let root = s.path("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut child = Command::new(bin())
+        .args([
+            "serve",
+            "--cores",
+            "999",
+            "--listen",
+            "127.0.0.1:0",
+            "--root",
+        ])
+        .arg(&root)
+        .arg("--state")
+        .arg(&ss)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let note = lines.next().unwrap().unwrap();
+    let serving = lines.next().unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let usable = tpc_engine::usable_cpus().len();
+    assert!(
+        note.contains(&format!("--cores 999 is more than the {usable} cores")),
+        "{note}"
+    );
+    assert!(
+        serving.contains("serving") && serving.contains(&format!("{usable} shard")),
+        "{serving}"
+    );
+    // A summary or quiet output is for copies; serve refuses them rather than ignore them.
+    for flag in ["--json", "--quiet"] {
+        let out = Command::new(bin())
+            .args(["serve", flag, "--root"])
+            .arg(&root)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 2, "{flag}: {}", stderr(&out));
+    }
+}
