@@ -229,10 +229,17 @@ fn a_server_of_another_protocol_version_is_exit_10_with_a_clear_message() {
     old.alpn_protocols = vec![b"tpc-xfer/3".to_vec()];
     let old = Arc::new(old);
     for transport in ["quic", "tcp"] {
-        let socket = bind_socket("127.0.0.1:0".parse().unwrap()).unwrap();
-        let port = socket.local_addr().unwrap().port();
-        let listener =
-            tpc_engine::tcp::bind_listener(format!("127.0.0.1:{port}").parse().unwrap()).unwrap();
+        // A free UDP port whose TCP twin is free too: another test's connection may hold
+        // the TCP one, so look again until both are ours.
+        let (socket, port, listener) = (0..100)
+            .find_map(|_| {
+                let socket = bind_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+                let port = socket.local_addr().unwrap().port();
+                let at = format!("127.0.0.1:{port}").parse().unwrap();
+                let listener = tpc_engine::tcp::bind_listener(at).ok()?;
+                Some((socket, port, listener))
+            })
+            .expect("a port free for both UDP and TCP");
         let old = old.clone();
         // The QUIC server lives until the client has exited, however slow its handshake.
         let client_exited = Arc::new(std::sync::atomic::AtomicBool::new(false));

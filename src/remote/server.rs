@@ -241,6 +241,12 @@ impl Drop for Published {
 }
 
 pub fn run(opts: ServeOptions) -> Exit {
+    // First of all: a reload (SIGHUP) that comes while the server starts must not end it.
+    #[cfg(unix)]
+    // SAFETY: installs a handler that only stores to an atomic, before the shards start.
+    unsafe {
+        libc::signal(libc::SIGHUP, on_sighup as *const () as libc::sighandler_t);
+    }
     // Before the shards start, so that the memory they allocate can go back.
     crate::alloc::give_back_when_idle();
     let root = match Root::open_ambient(&opts.root) {
@@ -264,11 +270,6 @@ pub fn run(opts: ServeOptions) -> Exit {
             return Exit::Auth;
         }
     };
-    #[cfg(unix)]
-    // SAFETY: installs a handler that only stores to an atomic, before the shards start.
-    unsafe {
-        libc::signal(libc::SIGHUP, on_sighup as *const () as libc::sighandler_t);
-    }
     if authorized.is_empty() {
         log!(
             "tpc-xfer: warning: {} lists no client; every client will be refused",
@@ -566,6 +567,12 @@ async fn serve_connection(conn: Connection, shared: Rc<Shared>) {
     };
     let from = conn.remote_address();
     while let Some((send, recv)) = conn.accept_bi().await {
+        // A key taken out of authorized-clients (and read again) ends its connections
+        // at their next stream, not only its next handshakes.
+        if !shared.clients.contains(&key) {
+            log!("tpc-xfer: closing a connection of {key}: no longer in authorized-clients");
+            return conn.close(CLOSE_BUSY, b"this key is no longer authorized");
+        }
         rt::spawn_local(serve_stream(send, recv, shared.clone(), key, from)).detach();
     }
 }
