@@ -110,20 +110,12 @@ fn listed(root: &Path) -> Vec<Listed> {
     entries
 }
 
-/// The files' bytes are the same (`diff -r`; `check` would also compare a symlink's own
-/// mtime, which rsync does not keep).
-fn same_content(a: &Path, b: &Path) {
-    let diff = Command::new("diff")
-        .args(["-r", "--no-dereference"])
-        .arg(a)
-        .arg(b)
-        .output()
-        .unwrap();
-    assert!(
-        diff.status.success(),
-        "diff -r: {}",
-        String::from_utf8_lossy(&diff.stdout)
-    );
+/// What rsync left and what tpc-xfer left are the same tree: entries, kinds, modes,
+/// mtimes (a symlink's own aside, `listed`), sizes, targets, and the files' bytes.
+/// (`assert_identical`'s `check` would also compare a symlink's own mtime.)
+fn assert_like_rsync(want: &Path, got: &Path, flags: &[impl std::fmt::Debug]) {
+    assert_eq!(listed(want), listed(got), "{flags:?}");
+    assert_same_bytes(want, got);
 }
 
 fn rsync(flags: &[OsString], from: &Path, to: &Path) {
@@ -167,8 +159,7 @@ fn a_local_copy_takes_what_rsync_takes_for_every_filter_set() {
         args.push(got.clone().into());
         let out = tpc(&args);
         assert_eq!(code(&out), 0, "{flags:?}: {}", stderr(&out));
-        assert_eq!(listed(&want), listed(&got), "{flags:?}");
-        same_content(&want, &got);
+        assert_like_rsync(&want, &got, &flags);
     }
 }
 
@@ -230,8 +221,7 @@ fn a_push_takes_what_rsync_takes_for_every_filter_set() {
         );
         assert_eq!(code(&out), 0, "{flags:?}: {}", stderr(&out));
         let got = served.join(format!("tpc-{i}"));
-        assert_eq!(listed(&want), listed(&got), "{flags:?}");
-        same_content(&want, &got);
+        assert_like_rsync(&want, &got, &flags);
     }
 }
 
@@ -251,8 +241,7 @@ fn a_pull_takes_what_rsync_takes_for_every_filter_set() {
         extra.extend(flags.iter().map(|f| f.to_str().unwrap()));
         let out = copy(&cs, server.url("src/"), &got, &extra);
         assert_eq!(code(&out), 0, "{flags:?}: {}", stderr(&out));
-        assert_eq!(listed(&want), listed(&got), "{flags:?}");
-        same_content(&want, &got);
+        assert_like_rsync(&want, &got, &flags);
     }
     // A named source: its own name starts the paths the patterns see.
     let (want, got) = (s.path("rsync-named"), s.path("tpc-named"));
@@ -304,8 +293,7 @@ fn a_pulled_delete_removes_what_rsync_removes() {
         let out = copy(&cs, server.url("src/"), &got, &extra);
         assert_eq!(code(&out), 0, "{flags:?}: {}", stderr(&out));
         assert!(json(&out)["deleted"].as_u64().unwrap() > 0, "{flags:?}");
-        assert_eq!(listed(&want), listed(&got), "{flags:?}");
-        same_content(&want, &got);
+        assert_like_rsync(&want, &got, &flags);
     }
     let got = s.path("limited");
     stale(&got, &src);
@@ -413,8 +401,7 @@ fn delete_removes_what_rsync_removes_and_spares_what_the_filters_exclude() {
         let out = tpc(&args);
         assert_eq!(code(&out), 0, "{flags:?}: {}", stderr(&out));
         assert!(json(&out)["deleted"].as_u64().unwrap() > 0, "{flags:?}");
-        assert_eq!(listed(&want), listed(&got), "{flags:?}");
-        same_content(&want, &got);
+        assert_like_rsync(&want, &got, &flags);
     }
 }
 
@@ -531,8 +518,7 @@ fn a_pushed_delete_removes_what_rsync_removes_and_stops_at_its_limit() {
         );
         assert_eq!(code(&out), 0, "{flags:?}: {}", stderr(&out));
         assert!(json(&out)["deleted"].as_u64().unwrap() > 0, "{flags:?}");
-        assert_eq!(listed(&want), listed(&got), "{flags:?}");
-        same_content(&want, &got);
+        assert_like_rsync(&want, &got, &flags);
     }
     // A named source: only beneath its own landing.
     let got = served.join("named");
