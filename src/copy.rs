@@ -31,7 +31,8 @@ use tpc_engine::{
 
 use crate::delete::Deletion;
 use crate::exit::{Exit, Problems};
-use crate::progress::{human_bytes, Reporter};
+use crate::progress::{self, human_bytes, FileDone, Reporter, Sample, Show};
+use crate::summary::Done;
 use crate::summary::Summary;
 use crate::walk::{self, quote, Entry};
 
@@ -40,7 +41,8 @@ pub struct CopyOptions {
     pub policy: SkipPolicy,
     pub verify: bool,
     pub durability: Durability,
-    pub progress: bool,
+    /// What is shown while the job runs (`--progress`, `--stats-every`, `--json-log`).
+    pub show: Show,
     pub quiet: bool,
     pub json: bool,
     /// The driver the shards run on (`--io`).
@@ -133,7 +135,7 @@ pub(crate) fn hold_tree(path: &Path, is_dir: bool) -> Result<(confine::Root, Rel
 /// setuid and setgid: cleared on copied files.
 const SETID_BITS: u32 = 0o6000;
 
-pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
+pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Done {
     let started = Instant::now();
     let mut problems = Problems::default();
     let mut summary = Summary {
@@ -145,7 +147,7 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
     };
 
     let Some((mut roots, dest_dir)) = resolve_roots(sources, dest, &mut problems) else {
-        return problems.exit();
+        return problems.exit().into();
     };
     let dest_root = match confine::Root::open_ambient(&dest_dir) {
         Ok(root) => Arc::new(root),
@@ -154,7 +156,7 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
                 Exit::for_write_error(&e),
                 format!("cannot open destination {}: {e}", quote(&dest_dir)),
             );
-            return problems.exit();
+            return problems.exit().into();
         }
     };
     let mut held = vec![dest_root.clone()];
@@ -234,7 +236,7 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
             Ok(d) => d,
             Err(e) => {
                 problems.report(Exit::Engine, e);
-                return problems.exit();
+                return problems.exit().into();
             }
         };
         for (i, (src, dst, e)) in std::mem::take(&mut plan.need_digests)
@@ -281,13 +283,34 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
     // File data: the shards.
     let total_bytes: u64 = plan.job.iter().map(|f| f.size_bytes).sum();
     let job_files = plan.job.len() as u64;
-    let progress = Progress::new(opts.shard_count);
+    let (file_log, finished) = progress::file_log(opts.show);
+    let listener = file_log.map(|log| {
+        let shown: Vec<(String, u64)> = plan
+            .job
+            .iter()
+            .map(|f| {
+                let dst = f.dst.as_ref().expect("copy job");
+                (plan.shown(&dst.path).display().to_string(), f.size_bytes)
+            })
+            .collect();
+        Box::new(move |file: u32, outcome: &FileOutcome| {
+            let (path, bytes) = &shown[file as usize];
+            log.done(FileDone {
+                path: path.clone(),
+                bytes: *bytes,
+                error: match outcome {
+                    FileOutcome::Done(_) => None,
+                    FileOutcome::Failed(e) => Some(e.message.clone()),
+                },
+            });
+        }) as tpc_engine::FinishedListener
+    });
+    let progress = Progress::with_listener(opts.shard_count, listener);
     let reporter = Reporter::start(
-        opts.progress,
-        progress.clone(),
-        total_bytes,
-        job_files,
+        opts.show,
         "copy",
+        counted(&progress, total_bytes, job_files),
+        finished,
     );
     let spec = JobSpec {
         roots: held.clone(),
@@ -303,7 +326,7 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
         Ok(r) => r,
         Err(e) => {
             problems.report(Exit::Engine, e);
-            return problems.exit();
+            return problems.exit().into();
         }
     };
     summary.bytes_per_shard = report.shards.iter().map(|s| s.bytes).collect();
@@ -462,8 +485,10 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Exit {
 
     summary.seconds = started.elapsed().as_secs_f64();
     summary.throughput_bytes_per_sec = summary.bytes as f64 / summary.seconds.max(1e-9);
-    summary.print(opts.json, opts.quiet);
-    problems.exit()
+    Done {
+        exit: problems.exit(),
+        summary: Some(summary),
+    }
 }
 
 /// `--delete`: removes what no source holds beneath each directory source's landing, once
@@ -1127,6 +1152,17 @@ fn set_file_metadata(dest: &confine::Root, rel: &RelPath, e: &Entry) -> Result<(
     })
 }
 
+/// What a reporter samples of a job's shards, whose totals are known before it starts.
+fn counted(progress: &Arc<Progress>, total_bytes: u64, total_files: u64) -> impl Fn() -> Sample {
+    let progress = progress.clone();
+    move || Sample {
+        bytes: progress.bytes(),
+        files: progress.files(),
+        total_bytes,
+        total_files,
+    }
+}
+
 /// Hashes files on the shards; returns each file's digest or error, in order.
 pub fn hash_job(
     roots: Vec<Arc<confine::Root>>,
@@ -1136,7 +1172,11 @@ pub fn hash_job(
     let total: u64 = files.iter().map(|f| f.size_bytes).sum();
     let count = files.len() as u64;
     let progress = Progress::new(opts.shard_count);
-    let reporter = Reporter::start(opts.progress, progress.clone(), total, count, "hash");
+    let show = Show {
+        json_log: false,
+        ..opts.show
+    };
+    let reporter = Reporter::start(show, "hash", counted(&progress, total, count), None);
     let report = tpc_engine::run_job(
         JobSpec {
             roots,

@@ -63,6 +63,44 @@ impl Exit {
     }
 }
 
+/// How many failure messages a run keeps for its summary (`--json`, `--json-log`); past
+/// this they are counted only, so a tree of a million unreadable files cannot grow the
+/// summary without bound.
+pub const FAILURES_LISTED_MAX: usize = 1000;
+
+/// Every failure the process reported, in order: what the summary lists. One process
+/// runs one command, and failures are reported on every shard and from several
+/// collectors (`Problems`), so they gather here.
+static FAILURES: std::sync::Mutex<Failures> = std::sync::Mutex::new(Failures {
+    listed: Vec::new(),
+    unlisted: 0,
+});
+
+/// The failures a summary reports.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Failures {
+    /// The messages, as printed on stderr, the first `FAILURES_LISTED_MAX` of them.
+    pub listed: Vec<String>,
+    /// How many more there were.
+    pub unlisted: u64,
+}
+
+impl Failures {
+    /// What was reported so far.
+    pub fn so_far() -> Failures {
+        FAILURES.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn add(message: String) {
+        let mut f = FAILURES.lock().unwrap_or_else(|e| e.into_inner());
+        if f.listed.len() < FAILURES_LISTED_MAX {
+            f.listed.push(message);
+        } else {
+            f.unlisted += 1;
+        }
+    }
+}
+
 /// Collects problems of a run; the worst one decides the exit code.
 #[derive(Default)]
 pub struct Problems {
@@ -70,9 +108,11 @@ pub struct Problems {
 }
 
 impl Problems {
-    /// Prints a one-line error and records its class.
+    /// Prints a one-line error, keeps it for the summary, and records its class.
     pub fn report(&mut self, exit: Exit, message: impl std::fmt::Display) {
+        let message = message.to_string();
         eprintln!("tpc-xfer: {message}");
+        Failures::add(message);
         self.record(exit);
     }
 

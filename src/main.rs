@@ -2,7 +2,6 @@
 //! documented exit code.
 
 use std::ffi::OsString;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,8 +14,10 @@ use tpc_core::SkipPolicy;
 use tpc_engine::rt::IoChoice;
 use tpc_engine::Durability;
 use tpc_xfer::exit::{Exit, EXIT_CODES_HELP};
+use tpc_xfer::progress::{self, Show};
 use tpc_xfer::remote::congestion::Congestion;
 use tpc_xfer::remote::TransportChoice;
+use tpc_xfer::summary::{Done, Output};
 use tpc_xfer::{auth, check, copy, remote, walk};
 
 /// Thread-per-core file transfer: every chunk hashed with BLAKE3, every file written
@@ -93,6 +94,8 @@ enum Command {
         max_delete: Option<u64>,
         #[command(flatten)]
         filters: FilterArgs,
+        #[command(flatten)]
+        show: ProgressArgs,
         #[command(flatten)]
         state: StateArg,
         #[command(flatten)]
@@ -239,6 +242,43 @@ impl FilterArgs {
     }
 }
 
+/// What a copy shows while it runs.
+#[derive(Args)]
+#[command(next_help_heading = "Progress and logs")]
+struct ProgressArgs {
+    /// Draw the progress line (bytes, percentage, rate over the last seconds, ETA as
+    /// h:mm:ss, files) even where stderr is not a terminal. On a terminal it is drawn
+    /// anyway unless --quiet, --json or --json-log.
+    #[arg(long, short = 'P')]
+    progress: bool,
+    /// Every SECONDS, a plain line with the time and the same figures on stderr (for
+    /// logs); with --json-log, how often it writes a progress object (default 10).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    stats_every: Option<u64>,
+    /// Write the run as JSON lines on stdout (rclone's --use-json-log): a progress object
+    /// every --stats-every seconds, one per finished file, and last the summary with the
+    /// exit code and the failures. Errors are still printed on stderr.
+    #[arg(long, conflicts_with = "json")]
+    json_log: bool,
+}
+
+impl ProgressArgs {
+    /// What to show, given the default `bar` (a terminal, and neither --quiet nor --json).
+    fn show(&self, bar: Option<bool>) -> Show {
+        Show {
+            bar: if self.progress {
+                Some(true)
+            } else if self.json_log {
+                None
+            } else {
+                bar
+            },
+            stats_every: self.stats_every.map(Duration::from_secs),
+            json_log: self.json_log,
+        }
+    }
+}
+
 #[derive(Args)]
 struct StateArg {
     /// Directory holding this host's key pair, authorized-clients and known-servers.
@@ -330,11 +370,22 @@ fn main() -> ExitCode {
             delete,
             max_delete,
             filters,
+            show,
             state,
             common,
         } => match options(&common, checksum, verify, fsync) {
             Ok(mut opts) => {
                 opts.delete = delete.then_some(max_delete);
+                opts.show = show.show(opts.show.bar);
+                let output = if common.json {
+                    Output::Json
+                } else if show.json_log {
+                    Output::JsonLog
+                } else {
+                    Output::Line {
+                        quiet: common.quiet,
+                    }
+                };
                 let copy_matches = matches.subcommand_matches("copy").expect("copy");
                 match filters.filter(copy_matches) {
                     Ok(filter) => opts.filter = std::sync::Arc::new(filter),
@@ -350,7 +401,8 @@ fn main() -> ExitCode {
                     transport,
                     timeout: seconds(timeout),
                 };
-                copy_any(&sources, &dest, &opts, &remote, &state)
+                let (direction, done) = copy_any(&sources, &dest, &opts, &remote, &state);
+                done.print(direction, output)
             }
             Err(e) => e,
         },
@@ -432,34 +484,63 @@ fn copy_any(
     opts: &copy::CopyOptions,
     remote_args: &RemoteArgs,
     state: &StateArg,
-) -> Exit {
+) -> (&'static str, Done) {
     let remote_dest = remote::RemoteSpec::parse(&walk::bytes(dest.as_os_str()));
     let remote_srcs: Vec<_> = sources
         .iter()
         .filter_map(|s| remote::RemoteSpec::parse(&walk::bytes(s)))
         .collect();
     if remote_dest.is_none() && remote_srcs.is_empty() {
-        return copy::run(sources, dest, opts);
+        return ("local", copy::run(sources, dest, opts));
     }
+    let direction = if remote_dest.is_some() {
+        "push"
+    } else {
+        "pull"
+    };
+    let done = copy_remote(
+        sources,
+        dest,
+        (remote_dest, remote_srcs),
+        opts,
+        remote_args,
+        state,
+    );
+    (direction, done)
+}
+
+/// A push or a pull (`copy_any`).
+#[allow(clippy::type_complexity)]
+fn copy_remote(
+    sources: &[OsString],
+    dest: &std::path::Path,
+    (remote_dest, remote_srcs): (
+        Option<Result<remote::RemoteSpec, String>>,
+        Vec<Result<remote::RemoteSpec, String>>,
+    ),
+    opts: &copy::CopyOptions,
+    remote_args: &RemoteArgs,
+    state: &StateArg,
+) -> Done {
     let sizes = opts.filter.min_size.is_some() || opts.filter.max_size.is_some();
     if opts.delete.is_some() && sizes {
         // The server would see a file left out by size as extraneous, and delete its copy.
         eprintln!("tpc-xfer: --delete with --max-size or --min-size is for local copies for now");
-        return Exit::Usage;
+        return Exit::Usage.into();
     }
     if opts.policy == SkipPolicy::Checksum || opts.verify {
         eprintln!("tpc-xfer: --checksum and --verify are for local copies for now; remote transfers verify every chunk's BLAKE3 hash at the receiver");
-        return Exit::Usage;
+        return Exit::Usage.into();
     }
     let state_dir = match state.dir() {
         Ok(d) => d,
-        Err(e) => return e,
+        Err(e) => return e.into(),
     };
     let ropts = remote::client::RemoteOptions {
         shard_count: opts.shard_count,
         durability: opts.durability,
         quiet: opts.quiet,
-        json: opts.json,
+        show: opts.show,
         state_dir,
         accept_new: remote_args.accept_new,
         congestion: remote_args.congestion,
@@ -476,16 +557,16 @@ fn copy_any(
             Ok(spec) => remote::client::pull(spec, dest, &ropts),
             Err(e) => {
                 eprintln!("tpc-xfer: {e}");
-                Exit::Usage
+                Exit::Usage.into()
             }
         },
         (Some(Err(e)), _, _) => {
             eprintln!("tpc-xfer: {e}");
-            Exit::Usage
+            Exit::Usage.into()
         }
         _ => {
             eprintln!("tpc-xfer: a copy is local, a push (remote DEST) or a pull (one remote SOURCE); remote-to-remote and mixed sources are not supported");
-            Exit::Usage
+            Exit::Usage.into()
         }
     }
 }
@@ -557,7 +638,10 @@ fn options(
             Fsync::Batch => Durability::Batch,
             Fsync::Never => Durability::Never,
         },
-        progress: !common.quiet && !common.json && std::io::stderr().is_terminal(),
+        show: Show {
+            bar: (!common.quiet && !common.json && progress::stderr_is_terminal()).then_some(false),
+            ..Show::nothing()
+        },
         quiet: common.quiet,
         json: common.json,
         filter: Default::default(),

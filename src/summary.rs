@@ -3,10 +3,22 @@
 
 use serde::Serialize;
 
-use crate::progress::human_bytes;
+use crate::exit::{Exit, Failures};
+use crate::progress::{human_bytes, Entry};
+
+/// The version of the summary's shape: raised when a key changes meaning or goes away
+/// (new keys may appear without it).
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Serialize, Default)]
 pub struct Summary {
+    pub schema_version: u32,
+    /// The process's exit code (see `--help`).
+    pub exit_code: u8,
+    /// What failed, as reported on stderr (the first `FAILURES_LISTED_MAX`), and how
+    /// many more did.
+    pub failures: Vec<String>,
+    pub failures_unlisted: u64,
     /// "local", "push" or "pull".
     pub direction: &'static str,
     /// The server (`host:port`) of a push or pull.
@@ -87,16 +99,65 @@ pub struct LatencySummary {
     pub max: u64,
 }
 
+/// How a copy, push or pull ended: its exit code, and its summary unless it stopped
+/// before it had one.
+pub struct Done {
+    pub exit: Exit,
+    pub summary: Option<Summary>,
+}
+
+impl From<Exit> for Done {
+    fn from(exit: Exit) -> Done {
+        Done {
+            exit,
+            summary: None,
+        }
+    }
+}
+
+impl Done {
+    /// Prints the summary of this run (a `direction` one: "local", "push" or "pull").
+    /// A run that stopped before it had a summary prints one anyway for a machine,
+    /// carrying the exit code and why; a person has read why on stderr.
+    pub fn print(self, direction: &'static str, output: Output) -> Exit {
+        if self.summary.is_none() && matches!(output, Output::Line { .. }) {
+            return self.exit;
+        }
+        let mut s = self.summary.unwrap_or_default();
+        s.direction = direction;
+        s.print(self.exit, output);
+        self.exit
+    }
+}
+
+/// How a run ends its output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// One line on stderr, unless `quiet`.
+    Line { quiet: bool },
+    /// `--json`: one JSON document on stdout.
+    Json,
+    /// `--json-log`: the summary is the log's last line, `"type": "summary"`.
+    JsonLog,
+}
+
 impl Summary {
-    /// Prints the summary: JSON on stdout, or one line on stderr unless `quiet`.
-    pub fn print(&self, json: bool, quiet: bool) {
-        if json {
-            println!(
+    /// Prints the summary of a run that ends with `exit`, with the failures reported.
+    fn print(mut self, exit: Exit, output: Output) {
+        let s = &mut self;
+        s.schema_version = SCHEMA_VERSION;
+        s.exit_code = exit as u8;
+        let failures = Failures::so_far();
+        s.failures = failures.listed;
+        s.failures_unlisted = failures.unlisted;
+        match output {
+            Output::Json => println!(
                 "{}",
-                serde_json::to_string_pretty(self).expect("summary serializes")
-            );
-        } else if !quiet {
-            eprintln!("{}", self.line());
+                serde_json::to_string_pretty(&*s).expect("summary serializes")
+            ),
+            Output::JsonLog => crate::progress::json_line(&Entry::Summary(&*s)),
+            Output::Line { quiet: false } => eprintln!("{}", s.line()),
+            Output::Line { quiet: true } => {}
         }
     }
 

@@ -15,6 +15,7 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -55,14 +56,17 @@ use super::{
 use crate::auth::{self, Identity, KnownServers, ServerTrust};
 use crate::copy::{beneath, hold_tree, landing_base, local_dest, local_target};
 use crate::exit::{Exit, Problems};
-use crate::summary::{LatencySummary, Network, PathSummary, Summary};
+use crate::progress::{self, FileDone, FileLog, Reporter, Sample, Show};
+use crate::summary::{Done, LatencySummary, Network, PathSummary, Summary};
 use crate::walk::{self, quote, quote_bytes};
 
 pub struct RemoteOptions {
     pub shard_count: usize,
     pub durability: Durability,
     pub quiet: bool,
-    pub json: bool,
+    /// What is shown while the transfer runs (`--progress`, `--stats-every`,
+    /// `--json-log`).
+    pub show: Show,
     pub state_dir: PathBuf,
     pub accept_new: bool,
     /// Congestion controller of this end's sending direction (the data of a push).
@@ -132,6 +136,18 @@ struct WorkFile {
 }
 
 const _: () = assert!(STREAM_RUN_CHUNKS >= 1 && STREAM_RUN_CHUNKS <= STREAM_CHUNKS_MAX);
+
+impl WorkFile {
+    /// Its path as the per-file log names it (beneath the server's root for a push;
+    /// the local path, beneath `local`, for a pull), and its size.
+    fn shown(&self, local: Option<&Path>) -> (String, u64) {
+        let path = match (&self.landing, local) {
+            (Some(l), Some(root)) => root.join(walk::os(l.full.as_bytes())).display().to_string(),
+            _ => String::from_utf8_lossy(&self.remote).into_owned(),
+        };
+        (path, self.size)
+    }
+}
 
 /// Where a pulled file lands, beneath the pull's local root.
 struct Landing {
@@ -223,6 +239,19 @@ struct Job {
     /// `--timeout`, and what the session's watchdog watches.
     timeout: Option<std::time::Duration>,
     progress: Progress,
+    /// What the progress line counts against, once the plan is known.
+    totals: Totals,
+    /// Where finished files are logged (`--json-log`).
+    file_log: Option<FileLog>,
+}
+
+/// What a transfer moves in all, and the files done so far: set by shard 0's session,
+/// read by the progress reporter.
+#[derive(Default)]
+struct Totals {
+    bytes: AtomicU64,
+    files: AtomicU64,
+    files_done: AtomicU64,
 }
 
 enum Plan {
@@ -246,7 +275,7 @@ struct Source {
     base: RelPath,
 }
 
-pub fn push(sources: &[OsString], remote: RemoteSpec, opts: &RemoteOptions) -> Exit {
+pub fn push(sources: &[OsString], remote: RemoteSpec, opts: &RemoteOptions) -> Done {
     let mut problems = Problems::default();
     let mut walked = Vec::new();
     for s in sources {
@@ -287,7 +316,7 @@ pub fn push(sources: &[OsString], remote: RemoteSpec, opts: &RemoteOptions) -> E
         }
     }
     if walked.is_empty() {
-        return problems.exit();
+        return problems.exit().into();
     }
     // rsync's --delete-after: never when a source could not be read in full.
     let delete = match opts.delete {
@@ -306,7 +335,7 @@ pub fn push(sources: &[OsString], remote: RemoteSpec, opts: &RemoteOptions) -> E
         }),
         None => None,
     };
-    let exit = run(
+    let done = run(
         remote,
         opts,
         Plan::Push {
@@ -314,11 +343,14 @@ pub fn push(sources: &[OsString], remote: RemoteSpec, opts: &RemoteOptions) -> E
             delete,
         },
     );
-    problems.record(exit);
-    problems.exit()
+    problems.record(done.exit);
+    Done {
+        exit: problems.exit(),
+        summary: done.summary,
+    }
 }
 
-pub fn pull(remote: RemoteSpec, dest: &Path, opts: &RemoteOptions) -> Exit {
+pub fn pull(remote: RemoteSpec, dest: &Path, opts: &RemoteOptions) -> Done {
     run(
         remote,
         opts,
@@ -328,13 +360,13 @@ pub fn pull(remote: RemoteSpec, dest: &Path, opts: &RemoteOptions) -> Exit {
     )
 }
 
-fn run(remote: RemoteSpec, opts: &RemoteOptions, plan: Plan) -> Exit {
+fn run(remote: RemoteSpec, opts: &RemoteOptions, plan: Plan) -> Done {
     let started = Instant::now();
     let server = match remote.resolve() {
         Ok(a) => a,
         Err(e) => {
             eprintln!("tpc-xfer: {e}");
-            return Exit::Network;
+            return Exit::Network.into();
         }
     };
     let setup = (|| {
@@ -353,9 +385,11 @@ fn run(remote: RemoteSpec, opts: &RemoteOptions, plan: Plan) -> Exit {
         Ok(x) => x,
         Err(e) => {
             eprintln!("tpc-xfer: {e}");
-            return Exit::Auth;
+            return Exit::Auth.into();
         }
     };
+    let push = matches!(plan, Plan::Push { .. });
+    let (file_log, finished) = progress::file_log(opts.show);
     let job = Arc::new(Job {
         remote,
         server,
@@ -372,7 +406,23 @@ fn run(remote: RemoteSpec, opts: &RemoteOptions, plan: Plan) -> Exit {
         plan: Mutex::new(Some(plan)),
         timeout: opts.timeout,
         progress: Progress::default(),
+        totals: Totals::default(),
+        file_log,
     });
+    let reporter = Reporter::start(
+        opts.show,
+        if push { "push" } else { "pull" },
+        {
+            let job = job.clone();
+            move || Sample {
+                bytes: job.progress.bytes(),
+                files: job.totals.files_done.load(Ordering::Relaxed),
+                total_bytes: job.totals.bytes.load(Ordering::Relaxed),
+                total_files: job.totals.files.load(Ordering::Relaxed),
+            }
+        },
+        finished,
+    );
     let shard_count = opts.shard_count;
     let outs =
         match tpc_engine::run_shards::<Msg, ShardOut, _, _>(opts.driver, shard_count, 1024, {
@@ -381,13 +431,15 @@ fn run(remote: RemoteSpec, opts: &RemoteOptions, plan: Plan) -> Exit {
         }) {
             Ok(o) => o,
             Err(e) => {
+                reporter.finish();
                 eprintln!("tpc-xfer: {e}");
-                return Exit::Engine;
+                return Exit::Engine.into();
             }
         };
+    reporter.finish();
     let mut outs = outs;
     let Some((mut summary, problems)) = outs[0].summary.take() else {
-        return Exit::Engine;
+        return Exit::Engine.into();
     };
     summary.shards = shard_count;
     summary.io = opts.driver.name();
@@ -413,8 +465,10 @@ fn run(remote: RemoteSpec, opts: &RemoteOptions, plan: Plan) -> Exit {
     network.chunk_latency_us = LatencySummary::of(&latency, summary.direction == "push");
     summary.seconds = started.elapsed().as_secs_f64();
     summary.throughput_bytes_per_sec = summary.bytes as f64 / summary.seconds.max(1e-9);
-    summary.print(opts.json, opts.quiet);
-    problems.exit()
+    Done {
+        exit: problems.exit(),
+        summary: Some(summary),
+    }
 }
 
 fn unspecified_for(addr: SocketAddr) -> SocketAddr {
@@ -1347,6 +1401,11 @@ struct SessionDriver<'a> {
     delete: Option<DeleteRequest>,
     /// A pull's source is a directory (what a pull's `--delete` needs).
     pulled_dir: bool,
+    /// With `--json-log`: each manifest entry's path (the local one for a pull) and
+    /// size, set when the transfer starts.
+    names: Vec<(String, u64)>,
+    /// A pull's local root, as the user named it.
+    local_shown: Option<PathBuf>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1417,6 +1476,8 @@ async fn session(
         transfer: None,
         delete: None,
         pulled_dir: false,
+        names: Vec::new(),
+        local_shown: None,
     };
     let asked_delete = matches!(
         d.plan,
@@ -1485,6 +1546,31 @@ async fn session(
 }
 
 impl SessionDriver<'_> {
+    /// A file of the manifest is in place, or failed: counted for the progress line,
+    /// and logged with `--json-log`.
+    fn file_done(&self, file: u32, error: Option<&str>) {
+        self.job.totals.files_done.fetch_add(1, Ordering::Relaxed);
+        let Some(log) = &self.job.file_log else {
+            return;
+        };
+        // Before the transfer starts (a file failed while planning), the files are
+        // still the driver's.
+        let name = match self.names.get(file as usize) {
+            Some(n) => Some(n.clone()),
+            None => self
+                .files
+                .get(file as usize)
+                .map(|f| f.shown(self.local_shown.as_deref())),
+        };
+        if let Some((path, bytes)) = name {
+            log.done(FileDone {
+                path,
+                bytes,
+                error: error.map(str::to_owned),
+            });
+        }
+    }
+
     /// The driver's loop (contract: `tpc_core::session`).
     async fn drive(
         &mut self,
@@ -1495,7 +1581,13 @@ impl SessionDriver<'_> {
         receivers: &mut Receivers<Msg>,
     ) -> SessionResult {
         loop {
+            while let Some(file) = s.poll_placed() {
+                self.file_done(file, None);
+            }
             while let Some(p) = s.poll_problem() {
+                if let Some(file) = p.file {
+                    self.file_done(file, Some(&p.message));
+                }
                 self.problems
                     .report(exit_for(p.code, p.at_destination), p.message);
             }
@@ -1758,6 +1850,7 @@ impl SessionDriver<'_> {
         }
         self.local_receiver = Some(receiver);
         self.local_root = Some(root);
+        self.local_shown = Some(root_path);
         Ok(Ok((needs, failed)))
     }
 
@@ -1770,6 +1863,16 @@ impl SessionDriver<'_> {
         conn: &Connection,
         receivers: &mut Receivers<Msg>,
     ) {
+        let files = &self.files;
+        let asked = |n: &NeedItem| -> Option<u64> {
+            let plan = ChunkPlan::new(files.get(n.file as usize)?.size).ok()?;
+            Some(plan.run(n.chunk_first, n.chunk_count)?.1)
+        };
+        let totals = &self.job.totals;
+        totals
+            .bytes
+            .store(needs.iter().filter_map(asked).sum(), Ordering::Relaxed);
+        totals.files.store(needs.len() as u64, Ordering::Relaxed);
         for n in needs {
             // Checked by the session: a file of the manifest, a run inside it. Hashes of
             // the receiver's old version, at most one per chunk asked for.
@@ -1778,6 +1881,12 @@ impl SessionDriver<'_> {
                 f.have = n.have;
             }
         }
+        if self.job.file_log.is_some() {
+            let local = self.local_shown.as_deref();
+            self.names = self.files.iter().map(|f| f.shown(local)).collect();
+        }
+        // Files failed while planning are not among those counted from here.
+        totals.files_done.store(0, Ordering::Relaxed);
         let work = Arc::new(Work {
             push: s.is_push(),
             session: s.session_id(),

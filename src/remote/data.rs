@@ -182,26 +182,34 @@ impl RunLog {
         }
     }
 
-    fn chunk_done(&mut self) {
+    /// One chunk of `bytes` read to be sent (sender) or verified and written (receiver).
+    fn chunk_done(&mut self, bytes: u64) {
         self.times.push(Instant::now());
         if let Some(p) = &self.progress {
-            p.tick();
+            p.tick(bytes);
         }
     }
 }
 
-/// Chunks moved by a session's streams, on any shard: what tells a slow transfer from a
-/// stalled one (`super::unless_stalled`). Keep-alives and idle streams do not count.
+/// Chunks moved by a session's streams, on any shard, and their bytes: what tells a
+/// slow transfer from a stalled one (`super::unless_stalled`), and what the client's
+/// progress line shows. Keep-alives and idle streams do not count.
 #[derive(Clone, Debug, Default)]
-pub struct Progress(Arc<AtomicU64>);
+pub struct Progress(Arc<[AtomicU64; 2]>);
 
 impl Progress {
-    pub fn tick(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+    pub fn tick(&self, bytes: u64) {
+        self.0[0].fetch_add(1, Ordering::Relaxed);
+        self.0[1].fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// Chunks moved so far.
     pub fn seen(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0[0].load(Ordering::Relaxed)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.0[1].load(Ordering::Relaxed)
     }
 }
 
@@ -275,7 +283,7 @@ pub async fn send_run(
         } else {
             None
         };
-        log.chunk_done();
+        log.chunk_done(n as u64);
         let bytes: &[u8] = data.as_deref().unwrap_or(&[]);
         // Where the receiver has an old version of this chunk, hash it first: if the
         // hashes match, only the codec byte and the hash travel.
@@ -705,7 +713,7 @@ pub async fn receive_run(
         if n > 0 {
             buf = write_chunk(file, &mut direct, buf, pos, what).await?;
         }
-        log.chunk_done();
+        log.chunk_done(n as u64);
     }
     expect_end(recv).await.map_err(|e| match e {
         SessionError::Trailing => DataError::Local(Failure::new(

@@ -203,12 +203,23 @@ pub struct ShardCounters {
 
 pub struct Progress {
     pub shards: Vec<ShardCounters>,
+    /// Called on the owner shard as each file gets its outcome (committed or failed),
+    /// with its index in the job: what a per-file progress log is written from.
+    pub on_finished: Option<FinishedListener>,
 }
+
+/// See [`Progress::on_finished`].
+pub type FinishedListener = Box<dyn Fn(u32, &FileOutcome) + Send + Sync>;
 
 impl Progress {
     pub fn new(shard_count: usize) -> Arc<Self> {
+        Progress::with_listener(shard_count, None)
+    }
+
+    pub fn with_listener(shard_count: usize, on_finished: Option<FinishedListener>) -> Arc<Self> {
         Arc::new(Progress {
             shards: (0..shard_count).map(|_| ShardCounters::default()).collect(),
+            on_finished,
         })
     }
 

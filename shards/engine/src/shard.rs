@@ -384,6 +384,8 @@ async fn finalize_loop(
     // Digests of the files ready to commit.
     let mut ready: HashMap<FileId, tpc_core::FileDigest> = HashMap::new();
     let mut committed = 0u64;
+    // How many of `finished` the progress listener was told of.
+    let mut told = 0;
     while tracker.unresolved() > 0 {
         if let Some(batch) = tracker.take_batch() {
             let batch = batch.into_iter().map(|i| {
@@ -420,6 +422,12 @@ async fn finalize_loop(
         shard.progress.shards[shard.id]
             .files
             .store((finished.len() + ready.len()) as u64, Ordering::Relaxed);
+        if let Some(listener) = &shard.progress.on_finished {
+            for (file, outcome) in &finished[told..] {
+                listener(file.0, outcome);
+            }
+            told = finished.len();
+        }
     }
     (finished, committed)
 }

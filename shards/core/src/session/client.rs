@@ -101,6 +101,9 @@ pub struct ClientSession {
     transmit: VecDeque<Frame>,
     requests: VecDeque<Request>,
     problems: VecDeque<Problem>,
+    /// Files now in place at the destination, for the driver's per-file log
+    /// (`poll_placed`); failed files come out as problems instead.
+    placed: VecDeque<u32>,
     /// Pull: `Unlisted` frames the server sent.
     unlisted: usize,
     outcome: Option<Result<(), Ended>>,
@@ -139,6 +142,7 @@ impl ClientSession {
             transmit: VecDeque::from([hello]),
             requests: VecDeque::new(),
             problems: VecDeque::new(),
+            placed: VecDeque::new(),
             unlisted: 0,
             outcome: None,
             files: Vec::new(),
@@ -222,6 +226,11 @@ impl ClientSession {
 
     pub fn poll_problem(&mut self) -> Option<Problem> {
         self.problems.pop_front()
+    }
+
+    /// A file of the manifest (its index) that is now in place at the destination.
+    pub fn poll_placed(&mut self) -> Option<u32> {
+        self.placed.pop_front()
     }
 
     pub fn poll_outcome(&mut self) -> Option<Result<(), Ended>> {
@@ -554,6 +563,7 @@ impl ClientSession {
                         .map_err(|e| Failure::protocol(format!("server sent an {}", e.message)))?;
                 }
                 self.tally.files_copied += files.len() as u64;
+                self.placed.extend(&files);
             }
             Frame::Failed {
                 file,
@@ -596,6 +606,7 @@ impl ClientSession {
                 return self.fail_local(e);
             }
             self.tally.files_copied += 1;
+            self.placed.push_back(f);
         }
         for (file, f) in failed {
             if let Err(e) = self.tracker.settle(file) {
