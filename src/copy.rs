@@ -11,11 +11,12 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tpc_core::compare::{file_change, file_change_by_digest};
+use tpc_core::compare::{file_change, file_change_by_digest, itemize, Act};
 use tpc_core::filter::Filter;
 use tpc_core::limits::FILE_SIZE_BYTES_MAX;
 use tpc_core::place;
@@ -51,6 +52,20 @@ pub struct CopyOptions {
     pub filter: Arc<Filter>,
     /// `--delete`, with its `--max-delete` limit: `None` leaves extraneous entries be.
     pub delete: Option<Option<u64>>,
+    /// `--dry-run`: decide and list everything, write nothing.
+    pub dry_run: bool,
+    /// What is listed on stdout as it is decided (`-v`, `-i`).
+    pub list: List,
+}
+
+/// `-v` lists the names of what a run changes; `-i` (`--itemize-changes`) each with
+/// rsync's change code (`tpc_core::compare::itemize`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum List {
+    #[default]
+    Off,
+    Names,
+    Changes,
 }
 
 /// One source resolved to where it lands.
@@ -146,10 +161,25 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Done {
         ..Default::default()
     };
 
-    let Some((mut roots, dest_dir)) = resolve_roots(sources, dest, &mut problems) else {
+    // A destination this run makes is listed as made (`cd+++++++++ ./`), as a dry run
+    // lists it, though it exists by the time the planner looks.
+    let dest_existed = std::fs::symlink_metadata(dest).is_ok();
+    let Some((mut roots, dest_dir)) = resolve_roots(sources, dest, opts.dry_run, &mut problems)
+    else {
         return problems.exit().into();
     };
-    let dest_root = match confine::Root::open_ambient(&dest_dir) {
+    // A dry run makes no destination: where there is none yet, everything is new, and
+    // the nearest directory that exists stands in for the root (it is never read).
+    let absent = opts.dry_run && !dest_dir.is_dir();
+    let opened = if absent {
+        dest_dir
+            .ancestors()
+            .find(|d| d.is_dir())
+            .unwrap_or(Path::new("."))
+    } else {
+        &dest_dir
+    };
+    let dest_root = match confine::Root::open_ambient(opened) {
         Ok(root) => Arc::new(root),
         Err(e) => {
             problems.report(
@@ -212,6 +242,11 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Done {
     }
 
     let mut plan = Plan::new(dest_root.clone(), dest_dir.clone());
+    plan.dry = opts.dry_run;
+    plan.absent = absent;
+    plan.fresh_root = !dest_existed && dest_dir == dest;
+    plan.list = opts.list;
+    plan.by_digest = opts.policy == SkipPolicy::Checksum;
     for root in &roots {
         plan_root(root, opts, &mut plan, &mut problems, &mut summary);
     }
@@ -255,22 +290,33 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Done {
                 }
                 (_, Err(_)) => {
                     // An unreadable destination is rewritten.
+                    plan.item(Act::Transfer, &e.meta, None, &dst);
                     plan.push_copy(src, &dst, &e);
                     continue;
                 }
             };
             let dst_meta = dest_meta(&plan.dest, &mut None, &dst);
-            match dst_meta.map(|m| file_change_by_digest(&e.meta, &m, ds == dd)) {
+            match dst_meta
+                .as_ref()
+                .map(|m| file_change_by_digest(&e.meta, m, ds == dd))
+            {
                 Some(Change::Skip) => summary.files_unchanged += 1,
                 Some(Change::FixMetadata) => {
                     summary.files_unchanged += 1;
+                    plan.item(Act::Attributes, &e.meta, dst_meta.as_ref(), &dst);
                     plan.fix_meta.push((dst, e));
                 }
-                _ => plan.push_copy(src, &dst, &e),
+                _ => {
+                    plan.item(Act::Transfer, &e.meta, dst_meta.as_ref(), &dst);
+                    plan.push_copy(src, &dst, &e);
+                }
             }
         }
     }
 
+    if opts.dry_run {
+        return dry_run_ends(plan, &roots, opts, problems, summary, started);
+    }
     for (rel, e) in &plan.fix_meta {
         if let Err(err) = set_file_metadata(&plan.dest, rel, e) {
             problems.report(
@@ -280,7 +326,8 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Done {
         }
     }
 
-    // File data: the shards.
+    // File data: the shards. What is listed so far is out before they start.
+    plan.flush_list();
     let total_bytes: u64 = plan.job.iter().map(|f| f.size_bytes).sum();
     let job_files = plan.job.len() as u64;
     let (file_log, finished) = progress::file_log(opts.show);
@@ -387,6 +434,7 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Done {
         let tmp = plan.temp(&other, "h");
         match make_hard_link(&plan.dest, &first, &other, &tmp) {
             Ok(true) => {
+                plan.link_item(&first, &other);
                 summary.hard_links += 1;
                 plan.mark_touched(&other);
             }
@@ -483,8 +531,59 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Done {
         }
     }
 
+    plan.flush_list();
     summary.seconds = started.elapsed().as_secs_f64();
     summary.throughput_bytes_per_sec = summary.bytes as f64 / summary.seconds.max(1e-9);
+    Done {
+        exit: problems.exit(),
+        summary: Some(summary),
+    }
+}
+
+/// The rest of a `--dry-run`, once everything is decided: what the shards would copy,
+/// the hard links that would be made and what `--delete` would remove, counted and
+/// listed, and nothing written.
+fn dry_run_ends(
+    mut plan: Plan,
+    roots: &[Root],
+    opts: &CopyOptions,
+    mut problems: Problems,
+    mut summary: Summary,
+    started: Instant,
+) -> Done {
+    summary.dry_run = true;
+    summary.files_copied = plan.job.len() as u64;
+    summary.bytes = plan.job.iter().map(|f| f.size_bytes).sum();
+    let will_exist: HashSet<RelPath> = plan
+        .job
+        .iter()
+        .filter_map(|f| f.dst.as_ref().map(|d| d.path.clone()))
+        .collect();
+    for (first, other) in std::mem::take(&mut plan.links) {
+        if !will_exist.contains(&first) && !plan.link_targets_present.contains(&first) {
+            summary.failed += 1;
+            problems.report(
+                Exit::Source,
+                format!(
+                    "not linking {}: {} would not be copied",
+                    quote(&plan.shown(&other)),
+                    quote(&plan.shown(&first))
+                ),
+            );
+            continue;
+        }
+        summary.hard_links += 1;
+        // A first name that is written anew is a new file: its links are made again.
+        let renewed = plan.absent || will_exist.contains(&first);
+        if renewed || !same_file(&plan.dest, &first, &other).unwrap_or(false) {
+            plan.link_item(&first, &other);
+        }
+    }
+    if let (Some(max), false) = (opts.delete, plan.absent) {
+        delete_extraneous(roots, &mut plan, opts, max, &mut problems, &mut summary);
+    }
+    plan.flush_list();
+    summary.seconds = started.elapsed().as_secs_f64();
     Done {
         exit: problems.exit(),
         summary: Some(summary),
@@ -519,6 +618,7 @@ fn delete_extraneous(
     }
     let mut seen = HashSet::new();
     let mut deletion = Deletion::new(&plan.dest, &opts.filter, max);
+    deletion.dry = opts.dry_run;
     for root in roots {
         let is_dir = root
             .entries
@@ -550,7 +650,8 @@ fn delete_extraneous(
     }
     summary.deleted = deletion.deleted;
     let (left, removed) = (deletion.left, std::mem::take(&mut deletion.removed));
-    for rel in &removed {
+    for (rel, is_dir) in &removed {
+        plan.deleted_item(rel, *is_dir);
         plan.mark_touched(rel);
     }
     if left > 0 {
@@ -612,6 +713,17 @@ struct Plan {
     link_targets_present: HashSet<RelPath>,
     /// Directories whose entries this run changed.
     touched: HashSet<RelPath>,
+    /// `--dry-run`: nothing is written (no directory, link, temporary, lock or sweep).
+    dry: bool,
+    /// A dry run's destination does not exist: nothing is there to compare with.
+    absent: bool,
+    /// The destination root was made by this run, before the planner looked.
+    fresh_root: bool,
+    /// What is listed as it is decided (`-v`, `-i`), and where.
+    list: List,
+    listing: Option<BufWriter<std::io::Stdout>>,
+    /// `--checksum`: a file is copied because its digest differs.
+    by_digest: bool,
 }
 
 impl Plan {
@@ -630,6 +742,82 @@ impl Plan {
             links: Vec::new(),
             link_targets_present: HashSet::new(),
             touched: HashSet::new(),
+            dry: false,
+            absent: false,
+            fresh_root: false,
+            list: List::Off,
+            listing: None,
+            by_digest: false,
+        }
+    }
+
+    /// What is at destination `rel` now (`dest_meta`); nothing where the destination
+    /// does not exist.
+    fn before(&mut self, rel: &RelPath) -> Option<EntryMeta> {
+        if self.absent {
+            return None;
+        }
+        dest_meta(&self.dest, &mut self.held_parent, rel)
+    }
+
+    /// Lists one change on stdout: `code name` (`-i`) or `verb name` (`-v`, where `verb`
+    /// is most often empty), a directory's name ending in `/` (the root is `./`), `extra`
+    /// after it.
+    fn list_line(&mut self, (code, verb): (&str, &str), rel: &RelPath, is_dir: bool, extra: &str) {
+        if self.list == List::Off {
+            return;
+        }
+        let name = String::from_utf8_lossy(rel.as_bytes());
+        let name = match (rel.is_root(), is_dir) {
+            (true, _) => "./".to_string(),
+            (false, true) => format!("{name}/"),
+            (false, false) => name.into_owned(),
+        };
+        // A name may hold any byte but `/` and NUL: escaped, it stays one line.
+        let name = tpc_core::wire::escape_controls(&name);
+        let out = self
+            .listing
+            .get_or_insert_with(|| BufWriter::new(std::io::stdout()));
+        let _ = match self.list {
+            List::Changes => writeln!(out, "{code} {name}{extra}"),
+            _ => writeln!(out, "{verb}{name}{extra}"),
+        };
+    }
+
+    /// Lists what `act` does to the entry at `rel`, `before` being what is there now.
+    fn item(&mut self, act: Act, src: &EntryMeta, before: Option<&EntryMeta>, rel: &RelPath) {
+        let code = itemize(act, src, before, self.by_digest);
+        let extra = match &src.link_target {
+            Some(t) => format!(" -> {}", String::from_utf8_lossy(t)),
+            None => String::new(),
+        };
+        self.list_line((&code, ""), rel, src.kind == EntryKind::Dir, &extra);
+    }
+
+    /// Lists a hard link made at `other` to `first`.
+    fn link_item(&mut self, first: &RelPath, other: &RelPath) {
+        let file = EntryMeta {
+            kind: EntryKind::File,
+            size_bytes: 0,
+            mode: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            link_target: None,
+        };
+        let code = itemize(Act::HardLink, &file, None, false);
+        let first = String::from_utf8_lossy(first.as_bytes()).into_owned();
+        self.list_line((&code, ""), other, false, &format!(" => {first}"));
+    }
+
+    /// Lists an entry `--delete` removes, as rsync does: `*deleting   name`.
+    fn deleted_item(&mut self, rel: &RelPath, is_dir: bool) {
+        self.list_line(("*deleting  ", "deleting "), rel, is_dir, "");
+    }
+
+    /// Writes out what is listed so far: before the shards run, and at the end.
+    fn flush_list(&mut self) {
+        if let Some(out) = &mut self.listing {
+            let _ = out.flush();
         }
     }
 
@@ -640,7 +828,7 @@ impl Plan {
 
     /// A new temporary name beside `dst`; `kind` tells files, links and hard links apart.
     fn temp(&mut self, dst: &RelPath, kind: &str) -> RelPath {
-        if self.lock.is_none() {
+        if self.lock.is_none() && !self.dry {
             // A root that cannot take it (not writable) gets a run without one. The
             // lock leaves the root's times as they were, but the final pass sets a
             // copied root's anyway.
@@ -685,6 +873,9 @@ impl Plan {
 
     /// Removes other runs' stale temporaries from directory `rel`.
     fn sweep(&mut self, rel: &RelPath) {
+        if self.dry {
+            return;
+        }
         if let Ok(dir) = self.dest.dir(rel) {
             if self.sweeper.sweep(&dir, tpc_engine::temp::SWEEP_NAMES_MAX) > 0 {
                 self.touched.insert(rel.clone());
@@ -698,6 +889,7 @@ impl Plan {
 fn resolve_roots(
     sources: &[OsString],
     dest: &Path,
+    dry: bool,
     problems: &mut Problems,
 ) -> Option<(Vec<Root>, PathBuf)> {
     // The sources found: a missing one is reported and counts for nothing, as in rsync
@@ -729,7 +921,7 @@ fn resolve_roots(
         })
         .collect();
     let placement = place::place(&named, local_dest(dest));
-    let (dest_dir, as_dest) = match local_target(dest, &placement) {
+    let (dest_dir, as_dest) = match local_target(dest, &placement, !dry) {
         Ok(target) => target,
         Err((code, message)) => {
             problems.report(code, message);
@@ -789,9 +981,10 @@ pub(crate) fn local_dest(dest: &Path) -> place::Dest {
 pub(crate) fn local_target(
     dest: &Path,
     placement: &place::Placement,
+    create: bool,
 ) -> Result<(PathBuf, Option<RelPath>), (Exit, String)> {
     if placement.dest_is_dir {
-        if !dest.is_dir() {
+        if create && !dest.is_dir() {
             std::fs::create_dir_all(dest).map_err(|e| {
                 (
                     Exit::for_write_error(&e),
@@ -910,17 +1103,27 @@ fn plan_root(
         let before = if parent_fresh {
             None
         } else {
-            dest_meta(&plan.dest, &mut plan.held_parent, &dst)
+            plan.before(&dst)
         };
         match e.meta.kind {
             EntryKind::Dir => {
                 summary.dirs += 1;
-                match prepare_dir(&plan.dest, &dst, before.as_ref()) {
+                match prepare_dir(&plan.dest, &dst, before.as_ref(), plan.dry) {
                     Ok(DirState::Existing) => {
+                        if dst.is_root() && plan.fresh_root {
+                            plan.item(Act::Make, &e.meta, None, &dst);
+                        } else if before.as_ref().is_some_and(|b| dir_differs(&e.meta, b)) {
+                            plan.item(Act::Attributes, &e.meta, before.as_ref(), &dst);
+                        }
                         plan.sweep(&dst);
                         plan.dirs.push((dst, e.clone(), before));
                     }
                     Ok(state) => {
+                        if state == DirState::Created {
+                            plan.item(Act::Make, &e.meta, before.as_ref(), &dst);
+                        } else if before.as_ref().is_some_and(|b| dir_differs(&e.meta, b)) {
+                            plan.item(Act::Attributes, &e.meta, before.as_ref(), &dst);
+                        }
                         if state == DirState::Created {
                             fresh_dirs.insert(dst.clone());
                             plan.mark_touched(&dst);
@@ -981,13 +1184,17 @@ fn plan_root(
                     rel: src,
                 };
                 match file_change(&e.meta, before.as_ref(), opts.policy) {
-                    Change::Copy => plan.push_copy(src, &dst, e),
+                    Change::Copy => {
+                        plan.item(Act::Transfer, &e.meta, before.as_ref(), &dst);
+                        plan.push_copy(src, &dst, e);
+                    }
                     Change::Skip => {
                         summary.files_unchanged += 1;
                         plan.link_targets_present.insert(dst);
                     }
                     Change::FixMetadata => {
                         summary.files_unchanged += 1;
+                        plan.item(Act::Attributes, &e.meta, before.as_ref(), &dst);
                         plan.link_targets_present.insert(dst.clone());
                         plan.fix_meta.push((dst, e.clone()));
                     }
@@ -1000,9 +1207,15 @@ fn plan_root(
             EntryKind::Symlink => {
                 summary.symlinks += 1;
                 let tmp = plan.temp(&dst, "l");
-                match copy_symlink(&plan.dest, e, &dst, before.as_ref(), &tmp) {
-                    Ok(true) => plan.mark_touched(&dst),
-                    Ok(false) => {}
+                match copy_symlink(&plan.dest, e, &dst, before.as_ref(), &tmp, plan.dry) {
+                    Ok(LinkChange::Made) => {
+                        plan.item(Act::Make, &e.meta, before.as_ref(), &dst);
+                        plan.mark_touched(&dst);
+                    }
+                    Ok(LinkChange::Times) => {
+                        plan.item(Act::Attributes, &e.meta, before.as_ref(), &dst)
+                    }
+                    Ok(LinkChange::None) => {}
                     Err(err) => {
                         problems.report(
                             Exit::for_write(err.errno()),
@@ -1035,12 +1248,16 @@ enum DirState {
 }
 
 /// Makes `dst` a directory this run can write into.
+/// A dry run (`dry`) only says which it would be.
 fn prepare_dir(
     dest: &confine::Root,
     dst: &RelPath,
     before: Option<&EntryMeta>,
+    dry: bool,
 ) -> Result<DirState, ConfineError> {
     match before.map(|b| (b.kind, b.mode)) {
+        Some((EntryKind::Dir, _)) if dry => Ok(DirState::Existing),
+        Some(_) | None if dry => Ok(DirState::Created),
         Some((EntryKind::Dir, mode)) => {
             if mode & 0o700 != 0o700 {
                 // Read-only at the destination (from an earlier copy): writable until the
@@ -1065,15 +1282,32 @@ fn prepare_dir(
     }
 }
 
+/// What `copy_symlink` changed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LinkChange {
+    None,
+    /// The link was right; its times were set.
+    Times,
+    /// Made, or replaced what was there.
+    Made,
+}
+
+/// Whether an existing directory's mode or mtime differs from its source's.
+fn dir_differs(src: &EntryMeta, before: &EntryMeta) -> bool {
+    src.mode != before.mode
+        || (src.mtime_sec, src.mtime_nsec) != (before.mtime_sec, before.mtime_nsec)
+}
+
 /// Recreates a symlink (never followed) atomically: made under the temporary name `tmp`,
-/// then renamed over the old entry. Returns whether anything changed.
+/// then renamed over the old entry. A dry run (`dry`) only says what it would change.
 fn copy_symlink(
     dest: &confine::Root,
     e: &Entry,
     dst: &RelPath,
     before: Option<&EntryMeta>,
     tmp: &RelPath,
-) -> Result<bool, ConfineError> {
+    dry: bool,
+) -> Result<LinkChange, ConfineError> {
     let target = e.meta.link_target.as_ref().expect("symlink has a target");
     let times = (e.atime, (e.meta.mtime_sec, e.meta.mtime_nsec));
     if let Some(b) = before {
@@ -1085,11 +1319,17 @@ fn copy_symlink(
             });
         }
         if b.kind == EntryKind::Symlink && b.link_target.as_ref() == Some(target) {
-            if (b.mtime_sec, b.mtime_nsec) != (e.meta.mtime_sec, e.meta.mtime_nsec) {
+            if (b.mtime_sec, b.mtime_nsec) == (e.meta.mtime_sec, e.meta.mtime_nsec) {
+                return Ok(LinkChange::None);
+            }
+            if !dry {
                 dest.set_symlink_times(dst, times.0, times.1)?;
             }
-            return Ok(false);
+            return Ok(LinkChange::Times);
         }
+    }
+    if dry {
+        return Ok(LinkChange::Made);
     }
     dest.symlink(target, tmp)?;
     let placed = dest
@@ -1099,21 +1339,15 @@ fn copy_symlink(
         let _ = dest.remove_file(tmp);
         return Err(err);
     }
-    Ok(true)
+    Ok(LinkChange::Made)
 }
 
-/// Links `other` to `first` (a hard link) through the temporary name `tmp`, atomically
-/// replacing what was there. Returns false when it already was the same file.
-fn make_hard_link(
-    dest: &confine::Root,
-    first: &RelPath,
-    other: &RelPath,
-    tmp: &RelPath,
-) -> Result<bool, ConfineError> {
+/// Whether `other` is already the file `first` is (a hard link to it).
+fn same_file(dest: &confine::Root, first: &RelPath, other: &RelPath) -> Result<bool, ConfineError> {
     let first_stat = dest
         .lstat(first)?
         .ok_or_else(|| ConfineError::NotFound { rel: first.clone() })?;
-    let same = match dest.lstat(other)? {
+    Ok(match dest.lstat(other)? {
         None => false,
         Some(o) if first_stat.inode != (0, 0) => o.inode == first_stat.inode,
         // Windows reports no inode in a stat here: ask the open files.
@@ -1124,8 +1358,18 @@ fn make_hard_link(
             (Ok(a), Ok(b)) => tpc_engine::os::same_file(&a, &b).unwrap_or(false),
             _ => false,
         },
-    };
-    if same {
+    })
+}
+
+/// Links `other` to `first` (a hard link) through the temporary name `tmp`, atomically
+/// replacing what was there. Returns false when it already was the same file.
+fn make_hard_link(
+    dest: &confine::Root,
+    first: &RelPath,
+    other: &RelPath,
+    tmp: &RelPath,
+) -> Result<bool, ConfineError> {
+    if same_file(dest, first, other)? {
         return Ok(false);
     }
     dest.hard_link(first, tmp)?;

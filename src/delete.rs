@@ -26,8 +26,11 @@ pub struct Deletion<'a> {
     pub left: u64,
     /// Entries that could not be removed, and why.
     pub failures: Vec<(RelPath, ConfineError)>,
-    /// Every entry removed, so the caller can fix its directory's mtime.
-    pub removed: Vec<RelPath>,
+    /// Every entry removed (and whether it was a directory), in order, so the caller
+    /// can fix its directory's mtime and list it.
+    pub removed: Vec<(RelPath, bool)>,
+    /// `--dry-run`: what would be removed is counted and listed, and nothing removed.
+    pub dry: bool,
     /// Entries listed so far, within `DELETE_SCAN_ENTRIES_MAX`.
     scanned: usize,
 }
@@ -42,6 +45,7 @@ impl<'a> Deletion<'a> {
             left: 0,
             failures: Vec::new(),
             removed: Vec::new(),
+            dry: false,
             scanned: 0,
         }
     }
@@ -84,7 +88,9 @@ impl<'a> Deletion<'a> {
                 continue;
             }
             let rel = &found[i + 1].0;
-            let removed = if dest[i].is_dir {
+            let removed = if self.dry {
+                Ok(())
+            } else if dest[i].is_dir {
                 self.root.remove_dir(rel)
             } else {
                 self.root.remove_file(rel)
@@ -92,7 +98,7 @@ impl<'a> Deletion<'a> {
             match removed {
                 Ok(()) => {
                     self.deleted += 1;
-                    self.removed.push(rel.clone());
+                    self.removed.push((rel.clone(), dest[i].is_dir));
                 }
                 Err(e) => self.failures.push((rel.clone(), e)),
             }

@@ -92,6 +92,18 @@ enum Command {
         /// 0: remove nothing, and exit 11 if anything would have been removed.
         #[arg(long, value_name = "N", requires = "delete")]
         max_delete: Option<u64>,
+        /// Decide everything a run would do (copy, update metadata, link, delete) and
+        /// list it with -i or -v, but write nothing. Local copies for now.
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+        /// List each change as it is decided, with rsync's change code (`>f+++++++++
+        /// name` for a new file, `>f.st......` a changed one, `cd` a directory made, `cL`
+        /// a symlink, `hf` a hard link, `.` attributes only, `*deleting`). Local copies for now.
+        #[arg(long, short = 'i', conflicts_with_all = ["json", "json_log"])]
+        itemize_changes: bool,
+        /// List the name of each entry a run changes (as rsync -v). Local copies for now.
+        #[arg(long, short = 'v', conflicts_with_all = ["json", "json_log"])]
+        verbose: bool,
         #[command(flatten)]
         filters: FilterArgs,
         #[command(flatten)]
@@ -182,6 +194,12 @@ struct FilterArgs {
     /// --include each pattern in FILE.
     #[arg(long, value_name = "FILE")]
     include_from: Vec<PathBuf>,
+    /// Copy only the paths FILE lists (one a line, from the one SOURCE directory, with or
+    /// without its trailing slash), and the directories above them; a listed directory
+    /// is copied without its contents (rsync's --files-from with -a). The rules above
+    /// still apply. `-`: standard input. Local copies and pushes; not with --delete.
+    #[arg(long, value_name = "FILE")]
+    files_from: Option<PathBuf>,
     /// Leave out regular files larger than SIZE (e.g. 100M, 1.5G, 10KB; K, M, G count
     /// in 1024s, KB, MB, GB in 1000s).
     #[arg(long, value_name = "SIZE", value_parser = size_parser)]
@@ -222,6 +240,24 @@ impl FilterArgs {
         let mut filter = Filter::default();
         filter.min_size = self.min_size;
         filter.max_size = self.max_size;
+        if let Some(file) = &self.files_from {
+            let limit = tpc_core::filter::FILES_FROM_BYTES_MAX + 1;
+            let mut text = Vec::new();
+            let read = if file.as_os_str() == "-" {
+                std::io::Read::read_to_end(
+                    &mut std::io::Read::take(std::io::stdin(), limit),
+                    &mut text,
+                )
+            } else {
+                std::fs::File::open(file).and_then(|f| {
+                    std::io::Read::read_to_end(&mut std::io::Read::take(f, limit), &mut text)
+                })
+            };
+            read.map_err(|e| format!("cannot read {}: {e}", walk::quote(file)))?;
+            filter
+                .add_files_from(&text)
+                .map_err(|e| format!("{}: {e}", walk::quote(file)))?;
+        }
         for (_, action, rule) in rules {
             match rule {
                 Ok(pattern) => filter.add(action, &pattern).map_err(|e| e.to_string())?,
@@ -369,6 +405,9 @@ fn main() -> ExitCode {
             timeout,
             delete,
             max_delete,
+            dry_run,
+            itemize_changes,
+            verbose,
             filters,
             show,
             state,
@@ -377,6 +416,12 @@ fn main() -> ExitCode {
             Ok(mut opts) => {
                 opts.delete = delete.then_some(max_delete);
                 opts.show = show.show(opts.show.bar);
+                opts.dry_run = dry_run;
+                opts.list = match (itemize_changes, verbose) {
+                    (true, _) => copy::List::Changes,
+                    (false, true) => copy::List::Names,
+                    _ => copy::List::Off,
+                };
                 let output = if common.json {
                     Output::Json
                 } else if show.json_log {
@@ -392,6 +437,28 @@ fn main() -> ExitCode {
                     Err(e) => {
                         eprintln!("tpc-xfer: {e}");
                         return ExitCode::from(Exit::Usage as u8);
+                    }
+                }
+                let mut sources = sources;
+                if opts.filter.has_list() {
+                    // As rsync: the list's paths are from the one source directory, which
+                    // is the transfer's root with or without its trailing slash.
+                    let remote_src = sources
+                        .iter()
+                        .any(|s| remote::RemoteSpec::parse(&walk::bytes(s)).is_some());
+                    let why = match (sources.len(), delete, remote_src) {
+                        (n, _, _) if n != 1 => Some("--files-from takes one SOURCE directory"),
+                        (_, true, _) => Some("--files-from with --delete is not supported"),
+                        (_, _, true) => Some("--files-from is for local copies and pushes for now"),
+                        _ => None,
+                    };
+                    if let Some(why) = why {
+                        eprintln!("tpc-xfer: {why}");
+                        return ExitCode::from(Exit::Usage as u8);
+                    }
+                    let src = &mut sources[0];
+                    if !walk::bytes(src).ends_with(b"/") {
+                        src.push("/");
                     }
                 }
                 let remote = RemoteArgs {
@@ -528,6 +595,12 @@ fn copy_remote(
         eprintln!("tpc-xfer: --delete with --max-size or --min-size is for local copies for now");
         return Exit::Usage.into();
     }
+    if opts.dry_run || opts.list != copy::List::Off {
+        eprintln!(
+            "tpc-xfer: --dry-run, --itemize-changes and --verbose are for local copies for now"
+        );
+        return Exit::Usage.into();
+    }
     if opts.policy == SkipPolicy::Checksum || opts.verify {
         eprintln!("tpc-xfer: --checksum and --verify are for local copies for now; remote transfers verify every chunk's BLAKE3 hash at the receiver");
         return Exit::Usage.into();
@@ -646,5 +719,7 @@ fn options(
         json: common.json,
         filter: Default::default(),
         delete: None,
+        dry_run: false,
+        list: copy::List::Off,
     })
 }

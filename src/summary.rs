@@ -40,6 +40,8 @@ pub struct Summary {
     pub deleted: u64,
     /// Every written file was read back and compared (`--verify`).
     pub verified: bool,
+    /// `--dry-run`: the counts are what the run would have done; nothing was written.
+    pub dry_run: bool,
     pub shards: usize,
     pub bytes_per_shard: Vec<u64>,
     /// Ranges (local) or runs (remote; one stream each, including runs taken over from
@@ -166,6 +168,15 @@ impl Summary {
             "push" => "pushed",
             "pull" => "pulled",
             _ => "copied",
+        };
+        let verb = if self.dry_run {
+            match self.direction {
+                "push" => "dry run: would push",
+                "pull" => "dry run: would pull",
+                _ => "dry run: would copy",
+            }
+        } else {
+            verb
         };
         format!(
             "{verb} {} of {} files ({}) in {:.2} s, {}/s; {} unchanged, {} skipped, {} failed{}; {} shards",

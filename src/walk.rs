@@ -142,21 +142,27 @@ pub struct Within<'a> {
 }
 
 impl Within<'_> {
-    /// Whether `entry` is left out.
-    fn excludes(&self, entry: &Entry) -> bool {
+    /// `entry`'s path among the transfer's paths, as the patterns see it.
+    fn path_of(&self, entry: &Entry) -> Vec<u8> {
         let rel = bytes(entry.rel.as_os_str());
-        let path = match (self.name.is_empty(), rel.is_empty()) {
+        match (self.name.is_empty(), rel.is_empty()) {
             (_, true) => self.name.to_vec(),
             (true, false) => rel.into_owned(),
             (false, false) => [self.name, b"/", &rel].concat(),
-        };
+        }
+    }
+
+    /// Whether `entry` is left out.
+    fn excludes(&self, entry: &Entry) -> bool {
+        let path = self.path_of(entry);
         if path.is_empty() {
             // The contents of `SRC/`: their root is not an entry rsync matches.
             return false;
         }
-        if self
-            .filter
-            .excludes_by_rule(&path, entry.meta.kind == EntryKind::Dir)
+        if self.filter.unlisted(&path)
+            || self
+                .filter
+                .excludes_by_rule(&path, entry.meta.kind == EntryKind::Dir)
         {
             return true;
         }
@@ -261,7 +267,53 @@ pub fn walk(root: &Path, within: Option<Within<'_>>) -> io::Result<(Vec<Entry>, 
     }
     // The stack visits subtrees depth-first, but children of a directory were appended
     // when that directory was read, so a parent always precedes its children.
+    if let Some(w) = within.filter(|w| w.filter.has_list()) {
+        errors.extend(missing_listed(root, w.filter, &entries));
+        entries = without_empty_implied(entries, &w);
+    }
     Ok((entries, errors))
+}
+
+/// A directory taken only because a `--files-from` path is beneath it goes where
+/// nothing beneath it was taken (the rules left the paths out), as rsync makes such a
+/// directory only for what it sends.
+fn without_empty_implied(entries: Vec<Entry>, within: &Within<'_>) -> Vec<Entry> {
+    let mut holds: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
+    let mut keep = vec![true; entries.len()];
+    // Pre-order reversed: every entry comes before the directories above it.
+    for (i, e) in entries.iter().enumerate().rev() {
+        let implied = e.meta.kind == EntryKind::Dir
+            && !e.rel.as_os_str().is_empty()
+            && within.filter.only_above(&within.path_of(e));
+        if implied && !holds.contains(&e.rel) {
+            keep[i] = false;
+        } else if let Some(parent) = e.rel.parent() {
+            holds.insert(parent.to_path_buf());
+        }
+    }
+    entries
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(e, kept)| kept.then_some(e))
+        .collect()
+}
+
+/// A `--files-from` path that is not in the source is an error, as in rsync; one the
+/// rules or size limits left out is not.
+fn missing_listed(root: &Path, filter: &Filter, entries: &[Entry]) -> Vec<WalkError> {
+    let walked: std::collections::HashSet<Cow<'_, [u8]>> =
+        entries.iter().map(|e| bytes(e.rel.as_os_str())).collect();
+    let mut missing: Vec<WalkError> = filter
+        .listed()
+        .filter(|p| !walked.contains(*p))
+        .filter_map(|p| {
+            let path = root.join(&*os(p));
+            let error = std::fs::symlink_metadata(&path).err()?;
+            Some(WalkError { path, error })
+        })
+        .collect();
+    missing.sort_by(|a, b| a.path.cmp(&b.path));
+    missing
 }
 
 /// Quotes a path for one-line messages: control characters (a newline in a file name)

@@ -1,5 +1,5 @@
 //! rsync as the oracle for `--exclude`, `--include`, `--exclude-from`, `--include-from`,
-//! `--max-size`, `--min-size` and `--delete`: for each filter set, `rsync -a` and
+//! `--files-from`, `--max-size`, `--min-size` and `--delete`: for each filter set, `rsync -a` and
 //! `tpc-xfer copy` (local, and pushed to a server) with the same flags must leave
 //! identical trees (content, kinds, modes, mtimes but a symlink's own, symlink targets).
 
@@ -99,6 +99,23 @@ fn filter_sets(rules: &Path) -> Vec<Vec<OsString>> {
         .collect()
 }
 
+/// `--files-from` sets (local copies and pushes): a list naming files, a directory
+/// (taken without its contents), a symlink, paths written as rsync allows (`/`, `./`),
+/// and one with a rule on top.
+fn list_sets(s: &Scratch) -> Vec<Vec<OsString>> {
+    let files = s.path("files");
+    std::fs::write(
+        &files,
+        "keep.rs\ndir/sub/y.rs\n/docs/deep/\n./b.c\n# comment\nempty\nlink\nsrc/build/tool.rs\n",
+    )
+    .unwrap();
+    let f = files.into_os_string();
+    vec![
+        vec!["--files-from".into(), f.clone()],
+        vec!["--files-from".into(), f, "--exclude".into(), "*.rs".into()],
+    ]
+}
+
 /// `list(root)` with what neither tool keeps left out: a symlink's own mtime.
 fn listed(root: &Path) -> Vec<Listed> {
     let mut entries = list(root);
@@ -146,7 +163,8 @@ fn a_local_copy_takes_what_rsync_takes_for_every_filter_set() {
     tree(&src);
     let rules = rules_file(&s);
     let whole = listed(&src);
-    for (i, flags) in filter_sets(&rules).into_iter().enumerate() {
+    let sets = filter_sets(&rules).into_iter().chain(list_sets(&s));
+    for (i, flags) in sets.enumerate() {
         let (want, got) = (s.path(&format!("rsync-{i}")), s.path(&format!("tpc-{i}")));
         rsync(&flags, &src, &want);
         assert!(
@@ -161,6 +179,56 @@ fn a_local_copy_takes_what_rsync_takes_for_every_filter_set() {
         assert_eq!(code(&out), 0, "{flags:?}: {}", stderr(&out));
         assert_like_rsync(&want, &got, &flags);
     }
+}
+
+#[test]
+fn a_files_from_path_missing_from_the_source_fails_as_in_rsync_and_the_rest_is_copied() {
+    let s = Scratch::new("filters-files-from-missing");
+    let src = s.path("src");
+    tree(&src);
+    let files = s.path("files");
+    std::fs::write(&files, "keep.rs\nnot-there\ndocs/readme.md\n").unwrap();
+    let want = s.path("rsync");
+    let out = Command::new("rsync")
+        .arg("-a")
+        .arg("--files-from")
+        .arg(&files)
+        .arg(&src)
+        .arg(&want)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(23), "rsync: {}", stderr(&out));
+    // Without its trailing slash, the source is the list's root all the same.
+    let got = s.path("tpc");
+    let out = tpc(&[
+        os("copy"),
+        os("--files-from"),
+        files.clone().into(),
+        src.clone().into(),
+        got.clone().into(),
+    ]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stderr(&out).contains("not-there"), "{}", stderr(&out));
+    // rsync leaves the root's times alone after an error; tpc-xfer sets them.
+    assert_eq!(listed(&want)[1..], listed(&got)[1..]);
+    assert_same_bytes(&want, &got);
+    // What it cannot do yet is refused before anything is written.
+    let (cs, _) = keys(&s);
+    for args in [vec![os("--delete")], vec![]] {
+        let mut all = vec![os("copy"), os("--files-from"), files.clone().into()];
+        all.extend(args.iter().cloned());
+        let remote = args.is_empty();
+        all.push(if remote {
+            os("tpc://127.0.0.1:9/src")
+        } else {
+            src.clone().into()
+        });
+        all.push(s.path("refused").into());
+        all.extend([os("--state"), cs.clone().into()]);
+        let out = tpc(&all);
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+    }
+    assert!(!s.path("refused").exists());
 }
 
 #[test]
@@ -208,7 +276,8 @@ fn a_push_takes_what_rsync_takes_for_every_filter_set() {
     let (cs, ss) = keys(&s);
     let served = s.path("served");
     let server = Server::start(&served, &ss);
-    for (i, flags) in filter_sets(&rules).into_iter().enumerate() {
+    let sets = filter_sets(&rules).into_iter().chain(list_sets(&s));
+    for (i, flags) in sets.enumerate() {
         let want = s.path(&format!("rsync-{i}"));
         rsync(&flags, &src, &want);
         let mut extra: Vec<&str> = vec!["--accept-new"];

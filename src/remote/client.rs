@@ -2112,7 +2112,7 @@ fn pull_target(
         is_dir: src_kind == DestKind::Dir,
     };
     let placement = place::place(&[source], local_dest(dest));
-    let (dir, as_dest) = local_target(dest, &placement)?;
+    let (dir, as_dest) = local_target(dest, &placement, true)?;
     let base = landing_base(&placement.landings[0], &as_dest)
         .map_err(|e| (Exit::Protocol, e.to_string()))?;
     let root = Root::open_ambient(&dir).map_err(|e| {

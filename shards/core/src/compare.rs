@@ -83,6 +83,56 @@ pub fn file_change_by_digest(src: &EntryMeta, dst: &EntryMeta, same_content: boo
     }
 }
 
+/// What a copy does to one destination entry, for `--itemize-changes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    /// A file's data is written (new, or replacing a changed one).
+    Transfer,
+    /// A directory or symlink is made, or a symlink replaced.
+    Make,
+    /// Only mode or times are set.
+    Attributes,
+    /// A hard link to a file written or kept by the same run.
+    HardLink,
+}
+
+/// The change code rsync's `--itemize-changes` writes for an entry: `YXcstpoguax`. `Y` is
+/// `>` (file data written), `c` (made here), `h` (hard link) or `.` (attributes only);
+/// `X` is `f`, `d` or `L`; then `+++++++++` for a new entry, or one letter per change:
+/// `c` content (`--checksum`) or symlink target, `s` size, `t` mtime, `p` permissions.
+/// Ownership, ACLs and xattrs (`o g u a x`) are not copied, so always `.`.
+pub fn itemize(act: Act, src: &EntryMeta, before: Option<&EntryMeta>, by_digest: bool) -> String {
+    let y = match act {
+        Act::Transfer => '>',
+        Act::Make => 'c',
+        Act::Attributes => '.',
+        Act::HardLink => 'h',
+    };
+    let x = match src.kind {
+        EntryKind::Dir => 'd',
+        EntryKind::Symlink => 'L',
+        _ => 'f',
+    };
+    let Some(b) = before.filter(|b| b.kind == src.kind && act != Act::HardLink) else {
+        return format!("{y}{x}+++++++++");
+    };
+    let flag = |on: bool, c: char| if on { c } else { '.' };
+    let content = match src.kind {
+        EntryKind::Symlink => b.link_target != src.link_target,
+        EntryKind::File => by_digest && act == Act::Transfer,
+        _ => false,
+    };
+    let size = src.kind == EntryKind::File && b.size_bytes != src.size_bytes;
+    let perms = src.kind != EntryKind::Symlink && b.mode != src.mode;
+    format!(
+        "{y}{x}{}{}{}{}.....",
+        flag(content, 'c'),
+        flag(size, 's'),
+        flag(!same_mtime(src, b), 't'),
+        flag(perms, 'p'),
+    )
+}
+
 /// One difference between two trees, as `check` reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Difference {
@@ -250,5 +300,61 @@ mod tests {
             ]
         );
         assert!(diff_trees(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn itemized_as_rsync_writes_them() {
+        let file = |size, mode, sec| EntryMeta {
+            kind: EntryKind::File,
+            size_bytes: size,
+            mode,
+            mtime_sec: sec,
+            mtime_nsec: 0,
+            link_target: None,
+        };
+        let new = file(5, 0o644, 1);
+        assert_eq!(itemize(Act::Transfer, &new, None, false), ">f+++++++++");
+        assert_eq!(
+            itemize(Act::Transfer, &new, Some(&file(4, 0o644, 2)), false),
+            ">f.st......"
+        );
+        assert_eq!(
+            itemize(Act::Transfer, &new, Some(&file(5, 0o644, 1)), true),
+            ">fc........"
+        );
+        assert_eq!(
+            itemize(Act::Attributes, &new, Some(&file(5, 0o600, 1)), false),
+            ".f...p....."
+        );
+        assert_eq!(
+            itemize(Act::HardLink, &new, Some(&new), false),
+            "hf+++++++++"
+        );
+        let link = |t: &[u8]| EntryMeta {
+            kind: EntryKind::Symlink,
+            link_target: Some(t.to_vec()),
+            ..file(0, 0o777, 1)
+        };
+        assert_eq!(
+            itemize(Act::Make, &link(b"a"), Some(&link(b"b")), false),
+            "cLc........"
+        );
+        let dir = EntryMeta {
+            kind: EntryKind::Dir,
+            ..file(0, 0o755, 1)
+        };
+        // Something else in the way is replaced: the entry is new.
+        assert_eq!(
+            itemize(Act::Make, &dir, Some(&file(3, 0o755, 1)), false),
+            "cd+++++++++"
+        );
+        let older = EntryMeta {
+            mtime_sec: 0,
+            ..dir.clone()
+        };
+        assert_eq!(
+            itemize(Act::Attributes, &dir, Some(&older), false),
+            ".d..t......"
+        );
     }
 }

@@ -15,8 +15,16 @@
 //!
 //! globset compiles the patterns (a well-kept matcher, ripgrep's); what it would read
 //! otherwise is escaped first: `{` and `}` are literal in rsync, alternation in globset.
+//!
+//! `--files-from` is a list, not patterns: the paths it names (from the source
+//! directory) are taken, with the directories above them, and nothing else; a listed
+//! directory is taken without its contents, unless written with a trailing `/` or `/.`:
+//! then with the entries directly in it, subdirectories empty (rsync's `--files-from`
+//! with `-a`, which implies `--dirs` and not `-r`). The rules still apply to what it
+//! lists.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 
 use globset::{GlobBuilder, GlobMatcher};
@@ -29,6 +37,10 @@ pub const RULES_MAX: usize = 1024;
 pub const RULES_BYTES_MAX: usize = 64 * 1024;
 /// Longest pattern.
 pub const PATTERN_BYTES_MAX: usize = 4096;
+/// Paths a `--files-from` list may name, and the bytes it may hold: the list is held in
+/// memory as two sets. A million paths of a hundred bytes fit.
+pub const FILES_FROM_PATHS_MAX: usize = 4 << 20;
+pub const FILES_FROM_BYTES_MAX: u64 = 512 << 20;
 
 /// What a rule does with what it matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +71,16 @@ struct Rule {
     whole_path: bool,
 }
 
+/// A `--files-from` list.
+#[derive(Default)]
+struct Listed {
+    paths: HashSet<Vec<u8>>,
+    /// The directories above the paths.
+    above: HashSet<Vec<u8>>,
+    /// Directories listed as `dir/` or `dir/.`: their entries are taken too.
+    contents: HashSet<Vec<u8>>,
+}
+
 /// A transfer's rules and size limits. The default takes everything.
 #[derive(Default)]
 pub struct Filter {
@@ -69,6 +91,8 @@ pub struct Filter {
     pub min_size: Option<u64>,
     /// Regular files larger than this are left out (`--max-size`).
     pub max_size: Option<u64>,
+    /// `--files-from`: the paths listed, and the directories above them.
+    listed: Option<Listed>,
 }
 
 impl fmt::Debug for Filter {
@@ -128,7 +152,10 @@ fn compile(glob: &str, shown: &str) -> Result<GlobMatcher, FilterError> {
 impl Filter {
     /// Whether any rule or limit is set.
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty() && self.min_size.is_none() && self.max_size.is_none()
+        self.rules.is_empty()
+            && self.min_size.is_none()
+            && self.max_size.is_none()
+            && self.listed.is_none()
     }
 
     /// Adds a rule after those already there. As in rsync's `--include`/`--exclude`, a
@@ -226,11 +253,96 @@ impl Filter {
         Ok(())
     }
 
+    /// Takes only the paths `text` lists (`--files-from`: one a line, from the source
+    /// directory; a leading `/` and `.` names are dropped, as rsync does; blank lines and
+    /// lines starting with `#` or `;` are comments), with the directories above them.
+    pub fn add_files_from(&mut self, text: &[u8]) -> Result<(), FilterError> {
+        if text.len() as u64 > FILES_FROM_BYTES_MAX {
+            return Err(FilterError(format!(
+                "--files-from: the list is larger than {FILES_FROM_BYTES_MAX} bytes"
+            )));
+        }
+        let listed = self.listed.get_or_insert_with(Default::default);
+        for line in text.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() || line[0] == b'#' || line[0] == b';' {
+                continue;
+            }
+            let mut names = Vec::new();
+            for name in line.split(|&b| b == b'/') {
+                match name {
+                    b"" | b"." => {}
+                    b".." => {
+                        return Err(FilterError(format!(
+                            "--files-from: '{}' leaves the source directory",
+                            String::from_utf8_lossy(line)
+                        )))
+                    }
+                    name => names.push(name),
+                }
+            }
+            if listed.paths.len() + listed.contents.len() >= FILES_FROM_PATHS_MAX {
+                return Err(FilterError(format!(
+                    "--files-from: more than {FILES_FROM_PATHS_MAX} paths"
+                )));
+            }
+            for end in 1..names.len() {
+                listed.above.insert(names[..end].join(&b'/'));
+            }
+            let path = names.join(&b'/');
+            if line.ends_with(b"/") || line.ends_with(b"/.") || line == b"." {
+                listed.contents.insert(path.clone());
+            }
+            if !names.is_empty() {
+                listed.paths.insert(path);
+            }
+        }
+        Ok(())
+    }
+
+    /// The paths a `--files-from` list names.
+    pub fn listed(&self) -> impl Iterator<Item = &[u8]> {
+        self.listed
+            .iter()
+            .flat_map(|l| l.paths.iter().map(Vec::as_slice))
+    }
+
+    /// Whether a `--files-from` list is given.
+    pub fn has_list(&self) -> bool {
+        self.listed.is_some()
+    }
+
+    /// Whether a `--files-from` list leaves out the entry at `path`: it is neither listed
+    /// nor above what is. Without a list, nothing is left out.
+    pub fn unlisted(&self, path: &[u8]) -> bool {
+        let Some(l) = &self.listed else {
+            return false;
+        };
+        let parent = match path.iter().rposition(|&b| b == b'/') {
+            Some(i) => &path[..i],
+            None => b"",
+        };
+        !l.paths.contains(path) && !l.above.contains(path) && !l.contents.contains(parent)
+    }
+
+    /// Whether a `--files-from` list takes the entry at `path` only as a directory above
+    /// what it lists.
+    pub fn only_above(&self, path: &[u8]) -> bool {
+        self.listed.as_ref().is_some_and(|l| {
+            let parent = match path.iter().rposition(|&b| b == b'/') {
+                Some(i) => &path[..i],
+                None => b"",
+            };
+            l.above.contains(path) && !l.paths.contains(path) && !l.contents.contains(parent)
+        })
+    }
+
     /// Whether the entry at `path` (from the transfer's root, `/` between names, no
     /// leading `/`) is left out. `file_size` is a regular file's size; `None` for
     /// anything else.
     pub fn excludes(&self, path: &[u8], is_dir: bool, file_size: Option<u64>) -> bool {
         file_size.is_some_and(|size| self.excludes_size(size))
+            || self.unlisted(path)
             || self.excludes_by_rule(path, is_dir)
     }
 
@@ -482,5 +594,35 @@ mod tests {
             f.add(X, "c").is_err(),
             "{RULES_BYTES_MAX} bytes of patterns at most"
         );
+    }
+
+    #[test]
+    fn files_from_takes_what_it_lists_and_the_directories_above() {
+        let mut f = Filter::default();
+        f.add_files_from(b"# a comment\n/a/b/c.txt\n./d//e\r\n\n;x\nf/\ng\n")
+            .unwrap();
+        for taken in ["a", "a/b", "a/b/c.txt", "d", "d/e", "f", "f/inside", "g"] {
+            assert!(!f.unlisted(taken.as_bytes()), "{taken}");
+        }
+        let left = [
+            "a/other",
+            "a/b/c.txt/x",
+            "f/in/deeper",
+            "g/inside",
+            "x",
+            ";x",
+            "# a comment",
+            "d/e/g",
+        ];
+        for left in left {
+            assert!(f.unlisted(left.as_bytes()), "{left}");
+        }
+        // `.`: the source's own entries, not their contents.
+        let mut dot = Filter::default();
+        dot.add_files_from(b".\n").unwrap();
+        assert!(!dot.unlisted(b"top") && dot.unlisted(b"top/below"));
+        assert!(f.excludes(b"a/b/zz", false, Some(1)));
+        assert!(Filter::default().add_files_from(b"a/../../etc").is_err());
+        assert!(!Filter::default().unlisted(b"anything"));
     }
 }
