@@ -42,6 +42,7 @@ fn local_copy(c: &mut Criterion, src: &Path, out: &Scratch) {
                     let roots = [out.path(""), src_dir.to_path_buf()]
                         .map(|d| Arc::new(confine::Root::open_ambient(&d).expect("a directory")));
                     let spec = JobSpec {
+                        pace: None,
                         roots: roots.to_vec(),
                         files: vec![JobFile {
                             rel: b"copy".to_vec(),

@@ -24,6 +24,7 @@ use tpc_core::temp::temp_name;
 use tpc_core::wire::DestKind;
 use tpc_core::{Change, EntryKind, EntryMeta, FileDigest, RelPath, SkipPolicy};
 use tpc_engine::confine::{self, Access, ConfineError, FileKind};
+use tpc_engine::pace::Pacer;
 use tpc_engine::temp::{process_token, RunLock, Sweeper};
 use tpc_engine::{
     Beneath, Destination, Driver, Durability, FileOutcome, JobFile, JobSpec, Listed, Progress,
@@ -56,6 +57,9 @@ pub struct CopyOptions {
     pub dry_run: bool,
     /// What is listed on stdout as it is decided (`-v`, `-i`).
     pub list: List,
+    /// `--bwlimit`, in bytes per second: what the data of the run (a local copy's reads,
+    /// a push's or a pull's sender) may move at.
+    pub bwlimit: Option<u64>,
 }
 
 /// `-v` lists the names of what a run changes; `-i` (`--itemize-changes`) each with
@@ -170,7 +174,7 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Done {
     };
     // A dry run makes no destination: where there is none yet, everything is new, and
     // the nearest directory that exists stands in for the root (it is never read).
-    let absent = opts.dry_run && !dest_dir.is_dir();
+    let absent = opts.dry_run && dest_dir == dest && std::fs::symlink_metadata(dest).is_err();
     let opened = if absent {
         dest_dir
             .ancestors()
@@ -360,6 +364,7 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Done {
         finished,
     );
     let spec = JobSpec {
+        pace: opts.bwlimit.map(|rate| Arc::new(Pacer::new(rate))),
         roots: held.clone(),
         files: std::mem::take(&mut plan.job),
         shard_count: opts.shard_count,
@@ -634,6 +639,11 @@ fn delete_extraneous(
             held.contains(&full)
         };
         let name = walk::transfer_name(&named);
+        if opts.dry_run && !plan.absent && plan.dest.lstat(&root.dst_base).ok().flatten().is_none()
+        {
+            // A landing the real run would make: nothing there to delete.
+            continue;
+        }
         if let Err(e) = deletion.beneath(&root.dst_base, name, in_source) {
             problems.report(
                 Exit::for_write(e.errno()),
@@ -984,6 +994,16 @@ pub(crate) fn local_target(
     create: bool,
 ) -> Result<(PathBuf, Option<RelPath>), (Exit, String)> {
     if placement.dest_is_dir {
+        if !create && !dest.is_dir() && std::fs::symlink_metadata(dest).is_ok() {
+            // What the real run's mkdir would meet (a dry run makes nothing).
+            return Err((
+                Exit::Destination,
+                format!(
+                    "cannot create destination {}: it is not a directory",
+                    quote(dest)
+                ),
+            ));
+        }
         if create && !dest.is_dir() {
             std::fs::create_dir_all(dest).map_err(|e| {
                 (
@@ -1404,6 +1424,7 @@ fn counted(progress: &Arc<Progress>, total_bytes: u64, total_files: u64) -> impl
         files: progress.files(),
         total_bytes,
         total_files,
+        totals_known: true,
     }
 }
 
@@ -1423,6 +1444,7 @@ pub fn hash_job(
     let reporter = Reporter::start(show, "hash", counted(&progress, total, count), None);
     let report = tpc_engine::run_job(
         JobSpec {
+            pace: None,
             roots,
             files,
             shard_count: opts.shard_count,

@@ -101,6 +101,14 @@ impl Failures {
     }
 }
 
+/// Reports one failure that ends a run: printed, kept for the summary, and its class
+/// returned as the exit code.
+pub fn fail(exit: Exit, message: impl std::fmt::Display) -> Exit {
+    let mut p = Problems::default();
+    p.report(exit, message);
+    exit
+}
+
 /// Collects problems of a run; the worst one decides the exit code.
 #[derive(Default)]
 pub struct Problems {

@@ -13,7 +13,7 @@ use tpc_core::filter::Filter;
 use tpc_core::SkipPolicy;
 use tpc_engine::rt::IoChoice;
 use tpc_engine::Durability;
-use tpc_xfer::exit::{Exit, EXIT_CODES_HELP};
+use tpc_xfer::exit::{fail, Exit, EXIT_CODES_HELP};
 use tpc_xfer::progress::{self, Show};
 use tpc_xfer::remote::congestion::Congestion;
 use tpc_xfer::remote::TransportChoice;
@@ -29,6 +29,8 @@ struct Cli {
     command: Command,
 }
 
+// One value, parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Copy files and directory trees (local paths).
@@ -104,6 +106,12 @@ enum Command {
         /// List the name of each entry a run changes (as rsync -v). Local copies for now.
         #[arg(long, short = 'v', conflicts_with_all = ["json", "json_log"])]
         verbose: bool,
+        /// Move the data no faster than RATE, in all (every shard and connection), paced
+        /// as it is sent: rsync's units, KiB/s for a bare number (`5000`), bytes with a
+        /// suffix (`100M` is 100 MiB/s, `10MB` 10,000,000 B/s), bits with `bit`
+        /// (`200Mbit`); `0` or `off`: no limit. At least 64K. A pull asks it of the server.
+        #[arg(long, value_name = "RATE", value_parser = rate_parser)]
+        bwlimit: Option<Rate>,
         #[command(flatten)]
         filters: FilterArgs,
         #[command(flatten)]
@@ -209,6 +217,16 @@ struct FilterArgs {
     min_size: Option<u64>,
 }
 
+/// A `--bwlimit` value: bytes a second, `None` for no limit.
+#[derive(Clone, Copy, Debug)]
+struct Rate(Option<u64>);
+
+fn rate_parser(s: &str) -> Result<Rate, String> {
+    tpc_core::pace::parse_rate(s)
+        .map(Rate)
+        .map_err(|e| e.to_string())
+}
+
 fn size_parser(s: &str) -> Result<u64, String> {
     tpc_core::filter::parse_size(s).map_err(|e| e.to_string())
 }
@@ -250,6 +268,9 @@ impl FilterArgs {
                 )
             } else {
                 std::fs::File::open(file).and_then(|f| {
+                    // Larger than the limit: refused before it is read.
+                    let len = f.metadata()?.len().min(limit);
+                    text.reserve_exact(len as usize);
                     std::io::Read::read_to_end(&mut std::io::Read::take(f, limit), &mut text)
                 })
             };
@@ -327,10 +348,8 @@ impl StateArg {
     fn dir(&self) -> Result<PathBuf, Exit> {
         match &self.state {
             Some(d) => Ok(d.clone()),
-            None => auth::default_state_dir().map_err(|e| {
-                eprintln!("tpc-xfer: {e}; give --state DIR");
-                Exit::Usage
-            }),
+            None => auth::default_state_dir()
+                .map_err(|e| fail(Exit::Usage, format!("{e}; give --state DIR"))),
         }
     }
 }
@@ -408,36 +427,45 @@ fn main() -> ExitCode {
             dry_run,
             itemize_changes,
             verbose,
+            bwlimit,
             filters,
             show,
             state,
             common,
-        } => match options(&common, checksum, verify, fsync) {
-            Ok(mut opts) => {
+        } => {
+            let output = if common.json {
+                Output::Json
+            } else if show.json_log {
+                Output::JsonLog
+            } else {
+                Output::Line {
+                    quiet: common.quiet,
+                }
+            };
+            // A copy refused before it starts still ends with its summary for a machine.
+            let direction = direction_of(&sources, &dest);
+            let refused = |exit: Exit, why: String| {
+                tpc_xfer::exit::Problems::default().report(exit, why);
+                ExitCode::from(Done::from(exit).print(direction, output) as u8)
+            };
+            let mut opts = match options(&common, checksum, verify, fsync) {
+                Ok(opts) => opts,
+                Err(e) => return ExitCode::from(Done::from(e).print(direction, output) as u8),
+            };
+            {
                 opts.delete = delete.then_some(max_delete);
                 opts.show = show.show(opts.show.bar);
                 opts.dry_run = dry_run;
+                opts.bwlimit = bwlimit.and_then(|r| r.0);
                 opts.list = match (itemize_changes, verbose) {
                     (true, _) => copy::List::Changes,
                     (false, true) => copy::List::Names,
                     _ => copy::List::Off,
                 };
-                let output = if common.json {
-                    Output::Json
-                } else if show.json_log {
-                    Output::JsonLog
-                } else {
-                    Output::Line {
-                        quiet: common.quiet,
-                    }
-                };
                 let copy_matches = matches.subcommand_matches("copy").expect("copy");
                 match filters.filter(copy_matches) {
                     Ok(filter) => opts.filter = std::sync::Arc::new(filter),
-                    Err(e) => {
-                        eprintln!("tpc-xfer: {e}");
-                        return ExitCode::from(Exit::Usage as u8);
-                    }
+                    Err(e) => return refused(Exit::Usage, e),
                 }
                 let mut sources = sources;
                 if opts.filter.has_list() {
@@ -453,8 +481,7 @@ fn main() -> ExitCode {
                         _ => None,
                     };
                     if let Some(why) = why {
-                        eprintln!("tpc-xfer: {why}");
-                        return ExitCode::from(Exit::Usage as u8);
+                        return refused(Exit::Usage, why.to_string());
                     }
                     let src = &mut sources[0];
                     if !walk::bytes(src).ends_with(b"/") {
@@ -468,11 +495,10 @@ fn main() -> ExitCode {
                     transport,
                     timeout: seconds(timeout),
                 };
-                let (direction, done) = copy_any(&sources, &dest, &opts, &remote, &state);
+                let done = copy_any(&sources, &dest, &opts, &remote, &state);
                 done.print(direction, output)
             }
-            Err(e) => e,
-        },
+        }
         Command::Serve {
             root,
             listen,
@@ -551,29 +577,36 @@ fn copy_any(
     opts: &copy::CopyOptions,
     remote_args: &RemoteArgs,
     state: &StateArg,
-) -> (&'static str, Done) {
+) -> Done {
     let remote_dest = remote::RemoteSpec::parse(&walk::bytes(dest.as_os_str()));
     let remote_srcs: Vec<_> = sources
         .iter()
         .filter_map(|s| remote::RemoteSpec::parse(&walk::bytes(s)))
         .collect();
     if remote_dest.is_none() && remote_srcs.is_empty() {
-        return ("local", copy::run(sources, dest, opts));
+        return copy::run(sources, dest, opts);
     }
-    let direction = if remote_dest.is_some() {
-        "push"
-    } else {
-        "pull"
-    };
-    let done = copy_remote(
+    copy_remote(
         sources,
         dest,
         (remote_dest, remote_srcs),
         opts,
         remote_args,
         state,
-    );
-    (direction, done)
+    )
+}
+
+/// What a copy with these operands is, for its summary: "push" to a remote DEST,
+/// "pull" from a remote SOURCE, else "local".
+fn direction_of(sources: &[OsString], dest: &std::path::Path) -> &'static str {
+    let remote = |s: &std::ffi::OsStr| remote::RemoteSpec::parse(&walk::bytes(s)).is_some();
+    if remote(dest.as_os_str()) {
+        "push"
+    } else if sources.iter().any(|s| remote(s)) {
+        "pull"
+    } else {
+        "local"
+    }
 }
 
 /// A push or a pull (`copy_any`).
@@ -592,18 +625,21 @@ fn copy_remote(
     let sizes = opts.filter.min_size.is_some() || opts.filter.max_size.is_some();
     if opts.delete.is_some() && sizes {
         // The server would see a file left out by size as extraneous, and delete its copy.
-        eprintln!("tpc-xfer: --delete with --max-size or --min-size is for local copies for now");
-        return Exit::Usage.into();
+        return fail(
+            Exit::Usage,
+            "--delete with --max-size or --min-size is for local copies for now",
+        )
+        .into();
     }
     if opts.dry_run || opts.list != copy::List::Off {
-        eprintln!(
-            "tpc-xfer: --dry-run, --itemize-changes and --verbose are for local copies for now"
-        );
-        return Exit::Usage.into();
+        return fail(
+            Exit::Usage,
+            "--dry-run, --itemize-changes and --verbose are for local copies for now",
+        )
+        .into();
     }
     if opts.policy == SkipPolicy::Checksum || opts.verify {
-        eprintln!("tpc-xfer: --checksum and --verify are for local copies for now; remote transfers verify every chunk's BLAKE3 hash at the receiver");
-        return Exit::Usage.into();
+        return fail(Exit::Usage, "--checksum and --verify are for local copies for now; remote transfers verify every chunk's BLAKE3 hash at the receiver").into();
     }
     let state_dir = match state.dir() {
         Ok(d) => d,
@@ -623,24 +659,16 @@ fn copy_remote(
         timeout: remote_args.timeout,
         delete: opts.delete,
         filter: opts.filter.clone(),
+        bwlimit: opts.bwlimit,
     };
     match (remote_dest, remote_srcs.len(), sources.len()) {
         (Some(Ok(spec)), 0, _) => remote::client::push(sources, spec, &ropts),
         (None, 1, 1) => match remote_srcs.into_iter().next().expect("one") {
             Ok(spec) => remote::client::pull(spec, dest, &ropts),
-            Err(e) => {
-                eprintln!("tpc-xfer: {e}");
-                Exit::Usage.into()
-            }
+            Err(e) => fail(Exit::Usage, e).into(),
         },
-        (Some(Err(e)), _, _) => {
-            eprintln!("tpc-xfer: {e}");
-            Exit::Usage.into()
-        }
-        _ => {
-            eprintln!("tpc-xfer: a copy is local, a push (remote DEST) or a pull (one remote SOURCE); remote-to-remote and mixed sources are not supported");
-            Exit::Usage.into()
-        }
+        (Some(Err(e)), _, _) => fail(Exit::Usage, e).into(),
+        _ => fail(Exit::Usage, "a copy is local, a push (remote DEST) or a pull (one remote SOURCE); remote-to-remote and mixed sources are not supported").into(),
     }
 }
 
@@ -676,10 +704,10 @@ fn options(
     let usable = tpc_engine::usable_cpus().len().max(1);
     let shard_count = common.shards.cores.unwrap_or(usable);
     if shard_count == 0 || shard_count > usable {
-        eprintln!(
-            "tpc-xfer: --cores must be between 1 and {usable} (the cores this process may use)"
-        );
-        return Err(Exit::Usage);
+        return Err(fail(
+            Exit::Usage,
+            format!("--cores must be between 1 and {usable} (the cores this process may use)"),
+        ));
     }
     let choice = match common.shards.io {
         Io::Auto => IoChoice::Auto,
@@ -693,10 +721,7 @@ fn options(
             }
             driver
         }
-        Err(e) => {
-            eprintln!("tpc-xfer: {e}");
-            return Err(Exit::Engine);
-        }
+        Err(e) => return Err(fail(Exit::Engine, e)),
     };
     Ok(copy::CopyOptions {
         driver,
@@ -721,5 +746,6 @@ fn options(
         delete: None,
         dry_run: false,
         list: copy::List::Off,
+        bwlimit: None,
     })
 }

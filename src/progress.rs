@@ -21,10 +21,6 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 const QUIET_START: Duration = Duration::from_millis(500);
 /// How often `--json-log` writes a progress object when `--stats-every` is not given.
 pub const JSON_LOG_EVERY_DEFAULT: Duration = Duration::from_secs(10);
-/// Where the reporter stops queueing finished files that it has not yet logged
-/// (`--json-log`): past this, a shard's report of a finished file waits for room, so a
-/// stalled stdout bounds memory instead of growing it.
-const FILE_EVENTS_QUEUED_MAX: usize = 4096;
 
 /// What a run asked to be shown (`--progress`, `--stats-every`, `--json-log`, `--quiet`).
 #[derive(Clone, Copy, Debug, Default)]
@@ -49,14 +45,16 @@ impl Show {
     }
 }
 
-/// The counts a reporter samples. Totals may grow while a job runs: a remote transfer
-/// learns them once the manifest is exchanged.
+/// The counts a reporter samples. A remote transfer learns its totals only once the
+/// manifest is exchanged: until then `totals_known` is false, and no percentage or ETA
+/// is shown.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Sample {
     pub bytes: u64,
     pub files: u64,
     pub total_bytes: u64,
     pub total_files: u64,
+    pub totals_known: bool,
 }
 
 /// One finished file, for `--json-log`.
@@ -70,8 +68,11 @@ pub struct FileDone {
 }
 
 /// Where the shards report finished files; cheap to clone, one per thread that reports.
+/// A report never waits (a shard must not stall its connections on a slow stdout): the
+/// queue is unbounded, and holds at most one report per file of the job, whose own list
+/// is bounded (`JOB_FILES_MAX`, `MANIFEST_ENTRIES_MAX`).
 #[derive(Clone)]
-pub struct FileLog(mpsc::SyncSender<FileDone>);
+pub struct FileLog(mpsc::Sender<FileDone>);
 
 impl FileLog {
     pub fn done(&self, file: FileDone) {
@@ -84,7 +85,7 @@ impl FileLog {
 /// shards, and its other end for [`Reporter::start`].
 pub fn file_log(show: Show) -> (Option<FileLog>, Option<mpsc::Receiver<FileDone>>) {
     if show.json_log {
-        let (tx, rx) = mpsc::sync_channel(FILE_EVENTS_QUEUED_MAX);
+        let (tx, rx) = mpsc::channel();
         (Some(FileLog(tx)), Some(rx))
     } else {
         (None, None)
@@ -154,7 +155,9 @@ fn report(
     loop {
         let last = stop.load(Ordering::Relaxed);
         let now = sample();
-        bar.set_length(now.total_bytes);
+        if now.totals_known {
+            bar.set_length(now.total_bytes);
+        }
         bar.set_position(now.bytes);
         bar.set_message(format!("{} / {} files", now.files, now.total_files));
         if !drawing && show.bar.is_some() && (forced || started.elapsed() >= QUIET_START && !last) {
@@ -281,14 +284,17 @@ fn percent(done: u64, total: u64) -> u64 {
 
 /// The `--stats-every` line.
 fn stats_line(verb: &str, bar: &ProgressBar, now: Sample) -> String {
+    let rate = human_bytes(bar.per_sec() as u64);
+    if !now.totals_known {
+        return format!("{verb}: {} so far, {rate}/s", human_bytes(now.bytes));
+    }
     format!(
-        "{verb}: {} / {} ({}%), {} / {} files, {}/s, ETA {}",
+        "{verb}: {} / {} ({}%), {} / {} files, {rate}/s, ETA {}",
         human_bytes(now.bytes),
         human_bytes(now.total_bytes),
         percent(now.bytes, now.total_bytes),
         now.files,
         now.total_files,
-        human_bytes(bar.per_sec() as u64),
         eta_hms(eta(bar.per_sec(), now.bytes, Some(now.total_bytes))),
     )
 }
@@ -297,10 +303,14 @@ fn stats_line(verb: &str, bar: &ProgressBar, now: Sample) -> String {
 #[derive(Serialize)]
 pub struct Interval {
     bytes: u64,
-    total_bytes: u64,
-    percent: u64,
+    /// Absent until a remote transfer knows them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    percent: Option<u64>,
     files: u64,
-    total_files: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total_files: Option<u64>,
     /// Moving rate (weighted toward the last seconds), not the average since the start.
     bytes_per_sec: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -309,14 +319,16 @@ pub struct Interval {
 
 impl Interval {
     fn of(bar: &ProgressBar, now: Sample) -> Interval {
+        let known = |n: u64| now.totals_known.then_some(n);
         Interval {
             bytes: now.bytes,
-            total_bytes: now.total_bytes,
-            percent: percent(now.bytes, now.total_bytes),
+            total_bytes: known(now.total_bytes),
+            percent: known(percent(now.bytes, now.total_bytes)),
             files: now.files,
-            total_files: now.total_files,
+            total_files: known(now.total_files),
             bytes_per_sec: bar.per_sec() as u64,
-            eta_seconds: eta(bar.per_sec(), now.bytes, Some(now.total_bytes)),
+            eta_seconds: known(0)
+                .and_then(|_| eta(bar.per_sec(), now.bytes, Some(now.total_bytes))),
         }
     }
 }

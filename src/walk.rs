@@ -159,10 +159,18 @@ impl Within<'_> {
             // The contents of `SRC/`: their root is not an entry rsync matches.
             return false;
         }
-        if self.filter.unlisted(&path)
-            || self
-                .filter
-                .excludes_by_rule(&path, entry.meta.kind == EntryKind::Dir)
+        if self.filter.unlisted(&path) {
+            return true;
+        }
+        // A directory taken only as the way to a `--files-from` path is not filtered,
+        // as in rsync ("don't filter implied dirs"); it goes if nothing beneath it is
+        // taken (`without_empty_implied`).
+        if self.filter.only_above(&path) {
+            return false;
+        }
+        if self
+            .filter
+            .excludes_by_rule(&path, entry.meta.kind == EntryKind::Dir)
         {
             return true;
         }

@@ -101,7 +101,8 @@ fn filter_sets(rules: &Path) -> Vec<Vec<OsString>> {
 
 /// `--files-from` sets (local copies and pushes): a list naming files, a directory
 /// (taken without its contents), a symlink, paths written as rsync allows (`/`, `./`),
-/// and one with a rule on top.
+/// and with rules on top: one that leaves out listed files, one that would leave out a
+/// directory above a listed file (rsync does not filter those).
 fn list_sets(s: &Scratch) -> Vec<Vec<OsString>> {
     let files = s.path("files");
     std::fs::write(
@@ -112,7 +113,18 @@ fn list_sets(s: &Scratch) -> Vec<Vec<OsString>> {
     let f = files.into_os_string();
     vec![
         vec!["--files-from".into(), f.clone()],
-        vec!["--files-from".into(), f, "--exclude".into(), "*.rs".into()],
+        vec![
+            "--files-from".into(),
+            f.clone(),
+            "--exclude".into(),
+            "*.rs".into(),
+        ],
+        vec![
+            "--files-from".into(),
+            f,
+            "--exclude".into(),
+            "build/".into(),
+        ],
     ]
 }
 

@@ -113,6 +113,7 @@ fn frames() {
             op: Op::Pull {
                 src: b"s".to_vec(),
                 select: Default::default(),
+                rate: None,
             },
         },
         Frame::Hello {
@@ -124,6 +125,7 @@ fn frames() {
                     min_size: Some(10),
                     max_size: None,
                 },
+                rate: None,
             },
         },
         Frame::Finish { delete: None },

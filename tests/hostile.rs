@@ -178,6 +178,7 @@ fn a_hostile_client_cannot_write_outside_the_root_and_the_server_keeps_serving()
             op: Op::Pull {
                 src: b"link/".to_vec(),
                 select: Default::default(),
+                rate: None,
             },
         };
         let a = exchange(&conn, &[pull]).await;
@@ -1612,6 +1613,7 @@ fn hostile_names_and_messages_reach_the_log_and_stderr_escaped() {
             op: Op::Pull {
                 src: b"tree/".to_vec(),
                 select: Default::default(),
+                rate: None,
             },
         };
         let _ = exchange(&conn, &[pull]).await;

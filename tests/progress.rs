@@ -13,7 +13,7 @@ use common::*;
 /// A pseudo-terminal of 120 columns: (master, slave).
 fn pty() -> (std::fs::File, OwnedFd) {
     let (mut master, mut slave) = (-1, -1);
-    let size = libc::winsize {
+    let mut size = libc::winsize {
         ws_row: 40,
         ws_col: 120,
         ws_xpixel: 0,
@@ -25,8 +25,9 @@ fn pty() -> (std::fs::File, OwnedFd) {
             &mut master,
             &mut slave,
             std::ptr::null_mut(),
-            std::ptr::null(),
-            &size,
+            // `*const` on Linux, `*mut` on macOS: a `*mut` serves both.
+            std::ptr::null_mut(),
+            &mut size,
         )
     };
     assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());

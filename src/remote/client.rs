@@ -15,7 +15,7 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,7 @@ use tpc_core::EntryKind;
 use tpc_core::{ChunkHash, ChunkPlan};
 use tpc_engine::confine::{Access, Root};
 use tpc_engine::mesh::{MeshPeer, Receivers, Senders};
+use tpc_engine::pace::Pacer;
 use tpc_engine::quic::{bind_socket, udp_payload_max_towards, Endpoint};
 use tpc_engine::rt::{self, File};
 use tpc_engine::tcp;
@@ -55,7 +56,7 @@ use super::{
 };
 use crate::auth::{self, Identity, KnownServers, ServerTrust};
 use crate::copy::{beneath, hold_tree, landing_base, local_dest, local_target};
-use crate::exit::{Exit, Problems};
+use crate::exit::{fail, Exit, Problems};
 use crate::progress::{self, FileDone, FileLog, Reporter, Sample, Show};
 use crate::summary::{Done, LatencySummary, Network, PathSummary, Summary};
 use crate::walk::{self, quote, quote_bytes};
@@ -82,6 +83,9 @@ pub struct RemoteOptions {
     pub timeout: Option<std::time::Duration>,
     /// A push's `--delete`, with its `--max-delete` limit.
     pub delete: Option<Option<u64>>,
+    /// `--bwlimit`, bytes a second: paced here for a push, asked of the server for a
+    /// pull.
+    pub bwlimit: Option<u64>,
     /// What of the sources a push takes (`--exclude`, `--include`, `--max-size`, ...).
     pub filter: Arc<tpc_core::filter::Filter>,
 }
@@ -181,6 +185,8 @@ struct Work {
     compression: Compression,
     /// Chunks moved by every shard's streams, for the session's stall watchdog.
     progress: Progress,
+    /// A push's `--bwlimit`, shared by every shard's streams.
+    pace: Option<Arc<Pacer>>,
 }
 
 enum Msg {
@@ -243,6 +249,10 @@ struct Job {
     totals: Totals,
     /// Where finished files are logged (`--json-log`).
     file_log: Option<FileLog>,
+    /// `--bwlimit`: a pull asks it of the server; a push paces its data streams on
+    /// every shard by `pace`.
+    bwlimit: Option<u64>,
+    pace: Option<Arc<Pacer>>,
 }
 
 /// What a transfer moves in all, and the files done so far: set by shard 0's session,
@@ -252,6 +262,8 @@ struct Totals {
     bytes: AtomicU64,
     files: AtomicU64,
     files_done: AtomicU64,
+    /// Set once the others are.
+    known: AtomicBool,
 }
 
 enum Plan {
@@ -364,10 +376,7 @@ fn run(remote: RemoteSpec, opts: &RemoteOptions, plan: Plan) -> Done {
     let started = Instant::now();
     let server = match remote.resolve() {
         Ok(a) => a,
-        Err(e) => {
-            eprintln!("tpc-xfer: {e}");
-            return Exit::Network.into();
-        }
+        Err(e) => return fail(Exit::Network, e).into(),
     };
     let setup = (|| {
         let identity = Identity::load_or_create(&opts.state_dir)?;
@@ -383,10 +392,7 @@ fn run(remote: RemoteSpec, opts: &RemoteOptions, plan: Plan) -> Done {
     })();
     let (client_config, tcp_config, trust) = match setup {
         Ok(x) => x,
-        Err(e) => {
-            eprintln!("tpc-xfer: {e}");
-            return Exit::Auth.into();
-        }
+        Err(e) => return fail(Exit::Auth, e).into(),
     };
     let push = matches!(plan, Plan::Push { .. });
     let (file_log, finished) = progress::file_log(opts.show);
@@ -408,6 +414,11 @@ fn run(remote: RemoteSpec, opts: &RemoteOptions, plan: Plan) -> Done {
         progress: Progress::default(),
         totals: Totals::default(),
         file_log,
+        bwlimit: opts.bwlimit,
+        pace: opts
+            .bwlimit
+            .filter(|_| push)
+            .map(|rate| Arc::new(Pacer::new(rate))),
     });
     let reporter = Reporter::start(
         opts.show,
@@ -419,6 +430,7 @@ fn run(remote: RemoteSpec, opts: &RemoteOptions, plan: Plan) -> Done {
                 files: job.totals.files_done.load(Ordering::Relaxed),
                 total_bytes: job.totals.bytes.load(Ordering::Relaxed),
                 total_files: job.totals.files.load(Ordering::Relaxed),
+                totals_known: job.totals.known.load(Ordering::Relaxed),
             }
         },
         finished,
@@ -432,8 +444,7 @@ fn run(remote: RemoteSpec, opts: &RemoteOptions, plan: Plan) -> Done {
             Ok(o) => o,
             Err(e) => {
                 reporter.finish();
-                eprintln!("tpc-xfer: {e}");
-                return Exit::Engine.into();
+                return fail(Exit::Engine, e).into();
             }
         };
     reporter.finish();
@@ -1110,7 +1121,7 @@ async fn move_range(
         };
         src.listed.check(&opened, f.size).map_err(changed)?;
         let file = File::from_std(opened);
-        let mut log = RunLog::watched_by(&work.progress);
+        let mut log = RunLog::watched_by(&work.progress).paced(work.pace.clone());
         let sent = send_run(
             &file,
             &what,
@@ -1437,6 +1448,7 @@ async fn session(
                 min_size: job.filter.min_size,
                 max_size: job.filter.max_size,
             },
+            rate: job.bwlimit,
         }
     };
     let (tx, rx) = async_channel::bounded::<Ev>(EVENTS_MAX);
@@ -1873,6 +1885,7 @@ impl SessionDriver<'_> {
             .bytes
             .store(needs.iter().filter_map(asked).sum(), Ordering::Relaxed);
         totals.files.store(needs.len() as u64, Ordering::Relaxed);
+        totals.known.store(true, Ordering::Relaxed);
         for n in needs {
             // Checked by the session: a file of the manifest, a run inside it. Hashes of
             // the receiver's old version, at most one per chunk asked for.
@@ -1895,6 +1908,7 @@ impl SessionDriver<'_> {
             local_root: self.local_root.clone(),
             src_roots: std::mem::take(&mut self.src_roots),
             progress: self.job.progress.clone(),
+            pace: self.job.pace.clone(),
             compression: self.job.compression,
         });
         for peer in 1..self.shard_count {

@@ -22,6 +22,7 @@ use tpc_core::{ChunkHash, ChunkPlan};
 use tpc_engine::confine::{Access, Root};
 use tpc_engine::direct::{self, aligned_buf, AlignedBuf, DirectFile, DirectReader, DIRECT_ALIGN};
 use tpc_engine::os;
+use tpc_engine::pace::Pacer;
 use tpc_engine::rt::{File, ReadBuf};
 use tpc_engine::transport::{RecvStream, SendStream};
 
@@ -172,6 +173,8 @@ pub struct RunLog {
     pub saved: Savings,
     /// Where each chunk is also counted for a stall watchdog (`super::unless_stalled`).
     pub progress: Option<Progress>,
+    /// `--bwlimit`: a sender books each piece on this schedule before sending it.
+    pub pace: Option<Arc<Pacer>>,
 }
 
 impl RunLog {
@@ -179,6 +182,18 @@ impl RunLog {
         RunLog {
             progress: Some(progress.clone()),
             ..RunLog::default()
+        }
+    }
+
+    /// The same, paced by `pace` (`--bwlimit`) if given.
+    pub fn paced(self, pace: Option<Arc<Pacer>>) -> RunLog {
+        RunLog { pace, ..self }
+    }
+
+    /// Waits until `bytes` of the data may be sent (`--bwlimit`).
+    async fn pace(&self, bytes: usize) {
+        if let Some(p) = &self.pace {
+            p.take(bytes as u64).await;
         }
     }
 
@@ -292,6 +307,7 @@ pub async fn send_run(
                 let ours = ChunkHash::of(bytes);
                 if ours == *theirs {
                     let (header, len) = ChunkHeader::Same.encode();
+                    log.pace(len + ours.0.len()).await;
                     send.write_all(&header[..len])
                         .await
                         .map_err(SessionError::from)?;
@@ -343,6 +359,7 @@ pub async fn send_run(
                     compressed_len: frames.len() as u32,
                 }
                 .encode();
+                log.pace(len + frames.len()).await;
                 send.write_all(&header[..len])
                     .await
                     .map_err(SessionError::from)?;
@@ -369,6 +386,7 @@ pub async fn send_run(
             let mut at = 0;
             while at < data.len() {
                 let end = (at + HASH_PIECE_BYTES).min(data.len());
+                log.pace(end - at).await;
                 if known.is_none() {
                     hasher.update(&data[at..end]);
                 }

@@ -30,6 +30,7 @@ use tpc_core::session::server::{
 };
 use tpc_core::wire::{DestKind, Entry, ErrorCode, Frame, Run, WireKind, MANIFEST_ENTRIES_MAX};
 use tpc_engine::confine::{fstat, sync_file, Access, FileKind, Root};
+use tpc_engine::pace::Pacer;
 use tpc_engine::quic::{bind_socket, udp_payload_max_towards, Endpoint, HANDSHAKES_MAX};
 use tpc_engine::rt::{self, File};
 use tpc_engine::tcp;
@@ -187,6 +188,8 @@ struct Live {
     owner: Fingerprint,
     /// Chunks its data streams moved, push or pull (`super::unless_stalled`).
     progress: Progress,
+    /// A pull's `--bwlimit`, shared by its data streams on every shard.
+    pace: Option<Arc<Pacer>>,
     /// What a push's plan shares with its data streams, once planned.
     share: OnceLock<Arc<SessionShare>>,
     /// A pull's files as its listing found them (by path beneath the root), once listed:
@@ -197,10 +200,11 @@ struct Live {
 
 impl Sessions {
     /// Publishes `session` of `owner` until the returned guard is dropped.
-    fn publish(self: &Arc<Self>, session: u64, owner: Fingerprint) -> Published {
+    fn publish(self: &Arc<Self>, session: u64, owner: Fingerprint, rate: Option<u64>) -> Published {
         let live = Arc::new(Live {
             owner,
             progress: Progress::default(),
+            pace: rate.map(|r| Arc::new(Pacer::new(r))),
             share: OnceLock::new(),
             listed: OnceLock::new(),
         });
@@ -728,7 +732,9 @@ async fn control(
 ) {
     let mut held = Held {
         receiver: None,
-        published: shared.sessions.publish(session.session_id(), key),
+        published: shared
+            .sessions
+            .publish(session.session_id(), key, session.send_rate()),
         listed_bytes: 0,
     };
     let progress = held.published.live.progress.clone();
@@ -1156,8 +1162,9 @@ async fn get(
     // Per-chunk timing is the client's to report; the chunks count as the session's
     // progress (a Get of no session of this key here counts on its own), and a run that
     // makes none while its session makes none is given up.
+    let pace = live.as_ref().and_then(|l| l.pace.clone());
     let progress = live.map_or_else(Progress::default, |l| l.progress.clone());
-    let mut log = RunLog::watched_by(&progress);
+    let mut log = RunLog::watched_by(&progress).paced(pace);
     // The client's `codecs` say whether it takes compressed chunks; which ones pay is
     // decided here, chunk by chunk.
     let run = send_run(&file, &what, &g, &[], Compression::Auto, send, &mut log);

@@ -29,6 +29,8 @@ use std::fmt;
 
 use globset::{GlobBuilder, GlobMatcher};
 
+use crate::limits::PATH_BYTES_MAX;
+
 /// Rules at most, and their patterns' bytes in all. Each rule costs a compiled matcher
 /// and a look at every entry, and a pull's server or a push's `--delete` compiles the
 /// peer's: these bound what a peer can make it hold and do. rsync users' rule files run
@@ -37,10 +39,11 @@ pub const RULES_MAX: usize = 1024;
 pub const RULES_BYTES_MAX: usize = 64 * 1024;
 /// Longest pattern.
 pub const PATTERN_BYTES_MAX: usize = 4096;
-/// Paths a `--files-from` list may name, and the bytes it may hold: the list is held in
-/// memory as two sets. A million paths of a hundred bytes fit.
+/// Paths a `--files-from` list may name, and the bytes of the list and of what it is
+/// held as (its paths and the directories above them, each once): a million paths of
+/// a hundred bytes fit. Each line is a path, within `PATH_BYTES_MAX`.
 pub const FILES_FROM_PATHS_MAX: usize = 4 << 20;
-pub const FILES_FROM_BYTES_MAX: u64 = 512 << 20;
+pub const FILES_FROM_BYTES_MAX: u64 = 256 << 20;
 
 /// What a rule does with what it matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +82,8 @@ struct Listed {
     above: HashSet<Vec<u8>>,
     /// Directories listed as `dir/` or `dir/.`: their entries are taken too.
     contents: HashSet<Vec<u8>>,
+    /// Bytes held in the three sets, within `FILES_FROM_BYTES_MAX`.
+    held_bytes: u64,
 }
 
 /// A transfer's rules and size limits. The default takes everything.
@@ -268,6 +273,11 @@ impl Filter {
             if line.is_empty() || line[0] == b'#' || line[0] == b';' {
                 continue;
             }
+            if line.len() > PATH_BYTES_MAX {
+                return Err(FilterError(format!(
+                    "--files-from: a path longer than {PATH_BYTES_MAX} bytes"
+                )));
+            }
             let mut names = Vec::new();
             for name in line.split(|&b| b == b'/') {
                 match name {
@@ -281,20 +291,35 @@ impl Filter {
                     name => names.push(name),
                 }
             }
-            if listed.paths.len() + listed.contents.len() >= FILES_FROM_PATHS_MAX {
+            let path = names.join(&b'/');
+            let contents = line.ends_with(b"/") || line.ends_with(b"/.") || line == b".";
+            if contents {
+                listed.held_bytes += path.len() as u64;
+                listed.contents.insert(path.clone());
+            }
+            if names.is_empty() || !listed.paths.insert(path.clone()) {
+                continue;
+            }
+            listed.held_bytes += path.len() as u64;
+            // The directories above, longest first: where one is known, so are those
+            // above it, and a long list of one tree costs what it adds.
+            for end in (1..names.len()).rev() {
+                let above = names[..end].join(&b'/');
+                let len = above.len() as u64;
+                if !listed.above.insert(above) {
+                    break;
+                }
+                listed.held_bytes += len;
+            }
+            if listed.paths.len() > FILES_FROM_PATHS_MAX {
                 return Err(FilterError(format!(
                     "--files-from: more than {FILES_FROM_PATHS_MAX} paths"
                 )));
             }
-            for end in 1..names.len() {
-                listed.above.insert(names[..end].join(&b'/'));
-            }
-            let path = names.join(&b'/');
-            if line.ends_with(b"/") || line.ends_with(b"/.") || line == b"." {
-                listed.contents.insert(path.clone());
-            }
-            if !names.is_empty() {
-                listed.paths.insert(path);
+            if listed.held_bytes > FILES_FROM_BYTES_MAX {
+                return Err(FilterError(format!(
+                    "--files-from: the paths and the directories above them hold more than {FILES_FROM_BYTES_MAX} bytes"
+                )));
             }
         }
         Ok(())

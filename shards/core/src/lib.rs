@@ -16,6 +16,7 @@ pub mod digest;
 pub mod filter;
 pub mod limits;
 pub mod mux;
+pub mod pace;
 pub mod place;
 pub mod plan;
 pub mod prune;

@@ -18,16 +18,17 @@ use crate::digest::ChunkHash;
 use crate::filter::{PATTERN_BYTES_MAX, RULES_MAX};
 use crate::limits::{FILE_SIZE_BYTES_MAX, PATH_BYTES_MAX, RANGE_CHUNKS, SHARDS_MAX};
 
-/// ALPN of protocol version 5; a peer that speaks anything else fails the TLS handshake.
-pub const ALPN: &[u8] = b"tpc-xfer/5";
+/// ALPN of protocol version 6; a peer that speaks anything else fails the TLS handshake.
+pub const ALPN: &[u8] = b"tpc-xfer/6";
 
 /// Version carried in `Hello`; bumped on any incompatible change. Version 2 added the
 /// per-chunk codec byte (zstd) and the run header's `codecs`; version 3 the TCP transport
 /// (its stream multiplexer, `tpc_engine::tcp`) beside QUIC, with `Welcome`'s ports
 /// naming both a UDP and a TCP port of each server shard; version 4 the `Unlisted` frame,
 /// which tells a pulling client what the server's listing had to leave out; version 5 a
-/// push's `--delete` (`Finish` carries its `DeleteRequest`, `Done` what it removed).
-pub const PROTOCOL_VERSION: u16 = 5;
+/// push's `--delete` (`Finish` carries its `DeleteRequest`, `Done` what it removed);
+/// version 6 a pull's `--bwlimit` (`Hello`'s `rate`).
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// Bytes of a frame header: type (1) + payload length (4).
 pub const FRAME_HEADER_BYTES: usize = 5;
@@ -109,8 +110,12 @@ pub enum Op {
     /// The client sends a tree into `dest` (relative to the server root).
     Push { dest: Vec<u8>, durable: bool },
     /// The client fetches `src` (relative to the server root), less what `select`
-    /// leaves out.
-    Pull { src: Vec<u8>, select: Selection },
+    /// leaves out, its data sent at most at `rate` bytes a second (`--bwlimit`).
+    Pull {
+        src: Vec<u8>,
+        select: Selection,
+        rate: Option<u64>,
+    },
 }
 
 /// What a pull's server leaves out of its listing: the client's `--include`/`--exclude`
@@ -532,12 +537,13 @@ impl Frame {
                         w.bytes(dest, PATH_BYTES_MAX);
                         w.u8(*durable as u8);
                     }
-                    Op::Pull { src, select } => {
+                    Op::Pull { src, select, rate } => {
                         w.u8(1);
                         w.bytes(src, PATH_BYTES_MAX);
                         w.rules(&select.rules);
                         w.u64(select.min_size.unwrap_or(0));
                         w.u64(select.max_size.unwrap_or(u64::MAX));
+                        w.u64(rate.unwrap_or(0));
                     }
                 }
             }
@@ -665,6 +671,10 @@ impl Frame {
                             min_size: Some(r.u64("min size")?).filter(|&n| n > 0),
                             max_size: Some(r.u64("max size")?).filter(|&n| n < u64::MAX),
                         },
+                        // 0: no limit. A limit below the floor is raised to it.
+                        rate: Some(r.u64("rate")?)
+                            .filter(|&n| n > 0)
+                            .map(|n| n.max(crate::pace::RATE_MIN_BYTES_PER_SEC)),
                     },
                     v => {
                         return Err(WireError::BadValue {
@@ -1207,6 +1217,7 @@ mod tests {
             op: Op::Pull {
                 src: vec![],
                 select: Default::default(),
+                rate: None,
             },
         });
         round_trip(Frame::Welcome {
@@ -1291,6 +1302,7 @@ mod tests {
                     min_size: Some(1),
                     max_size: Some(1 << 40),
                 },
+                rate: Some(25_000_000),
             },
         });
         round_trip(Frame::Finish {

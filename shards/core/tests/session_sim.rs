@@ -264,6 +264,7 @@ fn forged(rng: &mut Rng) -> Frame {
             op: Op::Pull {
                 src: Vec::new(),
                 select: Default::default(),
+                rate: None,
             },
         },
         3 => Frame::Need(vec![NeedItem {
@@ -365,6 +366,7 @@ fn session(rng: &mut Rng, sc: &Scenario, disk: &mut Disk, faults: Faults) -> Res
         Op::Pull {
             src: b"src".to_vec(),
             select: Default::default(),
+            rate: None,
         }
     };
     let mut run = Run {

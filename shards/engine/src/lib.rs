@@ -20,6 +20,7 @@ pub mod confine;
 pub mod direct;
 pub mod mesh;
 pub mod os;
+pub mod pace;
 pub mod quic;
 mod recv_pool;
 pub mod rt;
@@ -152,6 +153,8 @@ pub struct JobSpec {
     pub shard_count: usize,
     pub durability: Durability,
     pub driver: Driver,
+    /// `--bwlimit`: every chunk read waits its turn on this schedule.
+    pub pace: Option<Arc<pace::Pacer>>,
 }
 
 /// What happened to one file.

@@ -298,6 +298,9 @@ impl Shard {
                 hashes.push(ChunkHash::of(&[]));
                 continue;
             }
+            if let Some(pacer) = &self.job.pace {
+                pacer.take(len).await;
+            }
             let read = read_exact_at(src, offset, len as usize);
             let data = match (unwritten.take(), dst) {
                 (Some((at, bytes)), Some(out)) => {

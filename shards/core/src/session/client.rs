@@ -749,6 +749,7 @@ mod tests {
             Op::Pull {
                 src: b"t".to_vec(),
                 select: Default::default(),
+                rate: None,
             },
             1,
         );

@@ -298,13 +298,15 @@ pub struct ServerSession {
     outcome: Option<Result<(), Failure>>,
     /// Push: a file of the session failed here, which withholds a `--delete`.
     any_failed: bool,
+    /// Pull: the client's `--bwlimit`, bytes a second.
+    rate: Option<u64>,
 }
 
 impl ServerSession {
     fn new(op: Op, ports: Vec<u16>, session: u64) -> Result<ServerSession, Failure> {
-        let (push, path, durable, select) = match op {
-            Op::Push { dest, durable } => (true, dest, durable, Selection::default()),
-            Op::Pull { src, select } => (false, src, false, select),
+        let (push, path, durable, select, rate) = match op {
+            Op::Push { dest, durable } => (true, dest, durable, Selection::default(), None),
+            Op::Pull { src, select, rate } => (false, src, false, select, rate),
         };
         let base = parse_path(&path)?;
         let (phase, request) = if push {
@@ -332,6 +334,7 @@ impl ServerSession {
             budget: ManifestBudget::default(),
             outcome: None,
             any_failed: false,
+            rate,
         })
     }
 
@@ -342,6 +345,11 @@ impl ServerSession {
     /// The push's destination or the pull's source, beneath the served root.
     pub fn path(&self) -> &RelPath {
         &self.base
+    }
+
+    /// Pull: the most bytes a second the client asked its data be sent at.
+    pub fn send_rate(&self) -> Option<u64> {
+        self.rate
     }
 
     pub fn session_id(&self) -> u64 {
@@ -660,6 +668,7 @@ mod tests {
             op: Op::Pull {
                 src: b"t".to_vec(),
                 select: Selection::default(),
+                rate: None,
             },
         };
         let Opened::Control(mut s) = open_stream(Some(hello), &facts, || 7) else {
