@@ -495,3 +495,55 @@ fn an_io_error_syncing_a_local_copy_is_exit_4_and_leaves_nothing_under_its_name(
 fn a_destination_gone_read_only_mid_copy_is_exit_4_and_leaves_nothing_under_its_name() {
     an_error_in_a_local_copy("pwrite64", "EROFS", "Read-only file system");
 }
+
+/// Bytes a file has allocated on disk.
+fn allocated(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+#[test]
+fn a_sparse_file_keeps_its_holes_and_its_bytes() {
+    let s = Scratch::new("sparse");
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // 10 GiB with 1 MiB of data: 768 KiB across a chunk boundary, the rest at the end.
+    let f = std::fs::File::create(src.join("disk.img")).unwrap();
+    f.set_len(10 << 30).unwrap();
+    let data: Vec<u8> = (0..768 * 1024).map(|i| (i % 251) as u8 + 1).collect();
+    let tail = vec![7u8; 256 * 1024];
+    let at = 5 * CHUNK - 300 * 1024;
+    std::os::unix::fs::FileExt::write_all_at(&f, &data, at).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &tail, (10 << 30) - tail.len() as u64).unwrap();
+    drop(f);
+    let data_bytes = (data.len() + tail.len()) as u64;
+    if allocated(&src.join("disk.img")) > 2 * data_bytes {
+        eprintln!("skipped: this filesystem does not make holes");
+        return;
+    }
+    // A small file that is all zeros, and a dense one, beside it.
+    std::fs::File::create(src.join("zeros"))
+        .unwrap()
+        .set_len(100_000)
+        .unwrap();
+    random_file(&src.join("dense"), 3 * CHUNK + 5, 9);
+    let dst = s.path("dst");
+    let out = tpc(&[os("copy"), os("-q"), with_slash(&src), dst.clone().into()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // `check` compares every chunk's hash, holes included.
+    let out = tpc(&[os("check"), src.clone().into(), dst.clone().into()]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stdout));
+    let got = std::fs::File::open(dst.join("disk.img")).unwrap();
+    let mut back = vec![0u8; data.len() + 8192];
+    std::os::unix::fs::FileExt::read_exact_at(&got, &mut back, at - 4096).unwrap();
+    assert!(back[..4096].iter().all(|&b| b == 0));
+    assert_eq!(&back[4096..4096 + data.len()], &data[..]);
+    assert!(back[4096 + data.len()..].iter().all(|&b| b == 0));
+    // Within twice its data on disk: the holes stayed holes.
+    let used = allocated(&dst.join("disk.img"));
+    assert!(
+        used <= 2 * data_bytes,
+        "{used} bytes allocated for {data_bytes} of data"
+    );
+    assert_eq!(std::fs::metadata(dst.join("zeros")).unwrap().len(), 100_000);
+    assert_same_bytes(&src.join("dense"), &dst.join("dense"));
+}

@@ -27,7 +27,7 @@ fn pty() -> (std::fs::File, OwnedFd) {
             std::ptr::null_mut(),
             // `*const` on Linux, `*mut` on macOS: a `*mut` serves both.
             std::ptr::null_mut(),
-            &mut size,
+            &raw mut size,
         )
     };
     assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());

@@ -372,6 +372,46 @@ pub fn reopen(handle: std::os::windows::io::BorrowedHandle<'_>, access: u32) -> 
     Ok(unsafe { File::from_raw_handle(new) })
 }
 
+/// Whether `file` has holes: fewer blocks allocated than its size needs (Linux; `false`
+/// elsewhere, where holes are not looked for). What makes a copy keep holes.
+pub fn is_sparse(file: &File) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt;
+        file.metadata()
+            .is_ok_and(|m| m.blocks().saturating_mul(512) < m.size())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        false
+    }
+}
+
+/// Whether `len` bytes of `file` at `offset` are all a hole (no data: `SEEK_DATA` finds
+/// the next data past them, or none). An error says no: the bytes are then read.
+pub fn is_hole(file: &File, offset: u64, len: u64) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let Ok(at) = libc::off_t::try_from(offset) else {
+            return false;
+        };
+        // SAFETY: lseek on an open descriptor; it only moves the file offset, which
+        // positional reads (pread) do not use.
+        let next = unsafe { libc::lseek(file.as_raw_fd(), at, libc::SEEK_DATA) };
+        if next < 0 {
+            return io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
+        }
+        next as u64 >= offset.saturating_add(len)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, offset, len);
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,7 @@ use tpc_core::{Batching, ChunkHash, ChunkPlan, FileId, RangeSpan, RelPath, Shard
 
 use crate::confine::{Access, ConfineError, Dir, Root};
 use crate::mesh::{MeshPeer, Senders};
+use crate::os;
 use crate::rt::{self, File, ReadBuf};
 use crate::{
     affinity_of_current_thread, file_error, Destination, Durability, FileError, FileOutcome,
@@ -190,7 +191,7 @@ impl Shard {
         spans: &[RangeSpan],
     ) {
         let file = self.file(file_id);
-        let (src, dst) = match self.open_pair(file_id, file).await {
+        let (src, dst, sparse) = match self.open_pair(file_id, file).await {
             Ok(pair) => pair,
             Err(error) => {
                 for span in spans {
@@ -205,7 +206,10 @@ impl Shard {
         for span in spans {
             let mut result = match &failed {
                 Some(error) => Err(error.clone()),
-                None => self.work_span(&plan, &src, dst.as_ref(), span).await,
+                None => {
+                    self.work_span(&plan, &src, dst.as_ref(), span, sparse)
+                        .await
+                }
             };
             // What was read must be one version of the source: its size and mtime as
             // listed, after the reads too (an edit that keeps the size moves the mtime).
@@ -236,7 +240,8 @@ impl Shard {
     }
 
     /// Opens the source (checked against what was listed) and, for a copy, the
-    /// temporary file, both beneath their held roots. A file of one range is this
+    /// temporary file, both beneath their held roots; says whether the source has holes
+    /// (`os::is_sparse`), which the copy then keeps. A file of one range is this
     /// shard's alone: it creates the temporary (`O_EXCL`). A file of several ranges had
     /// its temporary created before the shards started (`run_job`): every shard opens
     /// that one, and never creates another in its place.
@@ -244,15 +249,16 @@ impl Shard {
         &self,
         file_id: FileId,
         file: &JobFile,
-    ) -> Result<(File, Option<File>), FileError> {
+    ) -> Result<(File, Option<File>, bool), FileError> {
         let root = &self.job.roots[file.src.root];
         let src = root
             .open(&file.src.rel, Access::Read)
             .map_err(|e| confine_error(Stage::Read, &e))?;
         source_unchanged(&src, file)?;
+        let sparse = os::is_sparse(&src);
         let src = File::from_std(src);
         let Some(meta) = &file.dst else {
-            return Ok((src, None));
+            return Ok((src, None, sparse));
         };
         if let Some(error) = self.prepared.get(&file_id) {
             return Err(error.clone());
@@ -267,7 +273,13 @@ impl Shard {
             .open(&meta.tmp, access)
             .map_err(|e| confine_error(Stage::Write, &e))?;
         let dst = File::from_std(dst);
-        if file.size_bytes > CHUNK_SIZE_BYTES {
+        if sparse {
+            // Holes stay holes: the file gets its size, and only the chunks that hold
+            // data are written (`work_span`). Every shard sets the same final size, so
+            // none can cut another's data short.
+            dst.with_std(|f| f.set_len(file.size_bytes))
+                .map_err(|e| file_error(Stage::Write, &e))?;
+        } else if file.size_bytes > CHUNK_SIZE_BYTES {
             // Allocating a large file's blocks in one call spares the filesystem an
             // allocation per write, and a full disk is found before any data moves.
             // Every shard asks; after the first, the call finds nothing to do. Files of
@@ -276,7 +288,7 @@ impl Shard {
                 .await
                 .map_err(|e| file_error(Stage::Write, &e))?;
         }
-        Ok((src, Some(dst)))
+        Ok((src, Some(dst), sparse))
     }
 
     /// Reads (and, for a copy, writes) one range; returns its chunk hashes. The write of
@@ -287,6 +299,7 @@ impl Shard {
         src: &File,
         dst: Option<&File>,
         span: &RangeSpan,
+        sparse: bool,
     ) -> Result<Vec<ChunkHash>, FileError> {
         let mut hashes = Vec::with_capacity(span.chunk_count as usize);
         let counters = &self.progress.shards[self.id];
@@ -296,6 +309,13 @@ impl Shard {
             if len == 0 {
                 // An empty file's one chunk: its hash, and nothing to read or write.
                 hashes.push(ChunkHash::of(&[]));
+                continue;
+            }
+            if sparse && src.with_std(|f| os::is_hole(f, offset, len)) {
+                // A hole of the source: nothing to read, nothing to write (the copy has
+                // its size, and reads zeros there), and its hash is the zeros'.
+                hashes.push(zeros_hash(len));
+                counters.bytes.fetch_add(len, Ordering::Relaxed);
                 continue;
             }
             if let Some(pacer) = &self.job.pace {
@@ -313,8 +333,17 @@ impl Shard {
             };
             hashes.push(ChunkHash::of(data.bytes()));
             counters.bytes.fetch_add(len, Ordering::Relaxed);
-            if dst.is_some() {
-                unwritten = Some((offset, data.into_vec()));
+            match dst {
+                // In a sparse copy, blocks of zeros are left unwritten: holes, as `cp`
+                // makes them. The blocks of data are written one run at a time.
+                Some(out) if sparse => {
+                    for (from, to) in data_runs(data.bytes()) {
+                        let run = data.bytes()[from..to].to_vec();
+                        write_all_at(out, run, offset + from as u64).await?;
+                    }
+                }
+                Some(_) => unwritten = Some((offset, data.into_vec())),
+                None => {}
             }
         }
         if let (Some((at, bytes)), Some(out)) = (unwritten, dst) {
@@ -644,6 +673,37 @@ pub(crate) fn confine_error(stage: Stage, e: &ConfineError) -> FileError {
         stage,
         errno: e.errno(),
         message: e.to_string(),
+    }
+}
+
+/// Block size of the holes a sparse copy leaves: the common filesystem block.
+const HOLE_BLOCK_BYTES: usize = 4096;
+
+/// The runs of `data` (start, end) that hold a byte other than zero, by blocks of
+/// `HOLE_BLOCK_BYTES`; adjacent blocks of data make one run.
+fn data_runs(data: &[u8]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (i, block) in data.chunks(HOLE_BLOCK_BYTES).enumerate() {
+        if block.iter().all(|&b| b == 0) {
+            continue;
+        }
+        let (from, to) = (i * HOLE_BLOCK_BYTES, i * HOLE_BLOCK_BYTES + block.len());
+        match runs.last_mut() {
+            Some(last) if last.1 == from => last.1 = to,
+            _ => runs.push((from, to)),
+        }
+    }
+    runs
+}
+
+/// The hash of `len` zero bytes: a whole chunk's is computed once.
+fn zeros_hash(len: u64) -> ChunkHash {
+    static WHOLE: std::sync::OnceLock<ChunkHash> = std::sync::OnceLock::new();
+    let of = |len: u64| ChunkHash::of(&vec![0u8; len as usize]);
+    if len == CHUNK_SIZE_BYTES {
+        *WHOLE.get_or_init(|| of(len))
+    } else {
+        of(len)
     }
 }
 
