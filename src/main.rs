@@ -269,7 +269,13 @@ impl FilterArgs {
             } else {
                 std::fs::File::open(file).and_then(|f| {
                     // Larger than the limit: refused before it is read.
-                    let len = f.metadata()?.len().min(limit);
+                    let len = f.metadata()?.len();
+                    if len >= limit {
+                        return Err(std::io::Error::other(format!(
+                            "larger than {} bytes",
+                            limit - 1
+                        )));
+                    }
                     text.reserve_exact(len as usize);
                     std::io::Read::read_to_end(&mut std::io::Read::take(f, limit), &mut text)
                 })

@@ -190,10 +190,15 @@ impl RunLog {
         RunLog { pace, ..self }
     }
 
-    /// Waits until `bytes` of the data may be sent (`--bwlimit`).
+    /// Waits until `bytes` of the data may be sent (`--bwlimit`). Each piece let go
+    /// counts as progress for the stall watchdog: at a low limit, the chunks in flight
+    /// share the rate and may each take longer than `--timeout` to complete.
     async fn pace(&self, bytes: usize) {
         if let Some(p) = &self.pace {
             p.take(bytes as u64).await;
+            if let Some(progress) = &self.progress {
+                progress.stir();
+            }
         }
     }
 
@@ -218,7 +223,13 @@ impl Progress {
         self.0[1].fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// Chunks moved so far.
+    /// Something moved, short of a whole chunk: a paced piece sent, a piece of a chunk
+    /// received.
+    pub fn stir(&self) {
+        self.0[0].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Chunks moved so far, and pieces that stirred (`stir`): what the watchdog compares.
     pub fn seen(&self) -> u64 {
         self.0[0].load(Ordering::Relaxed)
     }
@@ -359,7 +370,7 @@ pub async fn send_run(
                     compressed_len: frames.len() as u32,
                 }
                 .encode();
-                log.pace(len + frames.len()).await;
+                log.pace(len + frames.len() + 32).await;
                 send.write_all(&header[..len])
                     .await
                     .map_err(SessionError::from)?;
@@ -376,6 +387,8 @@ pub async fn send_run(
             hasher = blake3::Hasher::new();
         }
         let (header, len) = ChunkHeader::Raw.encode();
+        // The header and the hash after the bytes count against the limit too.
+        log.pace(len + 32).await;
         send.write_all(&header[..len])
             .await
             .map_err(SessionError::from)?;
@@ -445,6 +458,7 @@ async fn read_exactly(
     n: usize,
     buf: &mut ChunkBuf,
     mut hasher: Option<&mut blake3::Hasher>,
+    watched: Option<&Progress>,
 ) -> Result<(), DataError> {
     let mut hashed = 0;
     while buf.len() < n {
@@ -455,6 +469,10 @@ async fn read_exactly(
         {
             Some(piece) => buf.extend_from_slice(&piece),
             None => return Err(DataError::Session(SessionError::Ended)),
+        }
+        // A chunk that trickles in (a sender paced by `--bwlimit`) is progress too.
+        if let Some(p) = watched {
+            p.stir();
         }
         if let Some(h) = hasher.as_deref_mut() {
             while buf.len() - hashed >= HASH_PIECE_BYTES {
@@ -657,7 +675,14 @@ pub async fn receive_run(
             } => {
                 frames.clear();
                 frames.reserve(zlen as usize);
-                read_exactly(recv, zlen as usize, &mut frames, None).await?;
+                read_exactly(
+                    recv,
+                    zlen as usize,
+                    &mut frames,
+                    None,
+                    log.progress.as_ref(),
+                )
+                .await?;
                 let dec = match decoder.as_mut() {
                     Some(d) => d,
                     None => {
@@ -705,7 +730,10 @@ pub async fn receive_run(
                 }
                 reused = true;
             }
-            ChunkHeader::Raw => read_exactly(recv, n, &mut buf, Some(&mut hasher)).await?,
+            ChunkHeader::Raw => {
+                let watched = log.progress.as_ref();
+                read_exactly(recv, n, &mut buf, Some(&mut hasher), watched).await?
+            }
         }
         let hash = read_array::<32>(recv).await?;
         if hasher.finalize().as_bytes() != &hash {

@@ -82,9 +82,14 @@ struct Listed {
     above: HashSet<Vec<u8>>,
     /// Directories listed as `dir/` or `dir/.`: their entries are taken too.
     contents: HashSet<Vec<u8>>,
-    /// Bytes held in the three sets, within `FILES_FROM_BYTES_MAX`.
+    /// Bytes held in the three sets, each entry counted with `ENTRY_OVERHEAD_BYTES`,
+    /// within `FILES_FROM_BYTES_MAX`.
     held_bytes: u64,
 }
+
+/// What one entry of a `--files-from` set costs beyond its bytes: the `Vec` and the hash
+/// set's slot.
+const ENTRY_OVERHEAD_BYTES: u64 = 64;
 
 /// A transfer's rules and size limits. The default takes everything.
 #[derive(Default)]
@@ -293,14 +298,13 @@ impl Filter {
             }
             let path = names.join(&b'/');
             let contents = line.ends_with(b"/") || line.ends_with(b"/.") || line == b".";
-            if contents {
-                listed.held_bytes += path.len() as u64;
-                listed.contents.insert(path.clone());
+            if contents && listed.contents.insert(path.clone()) {
+                listed.held_bytes += path.len() as u64 + ENTRY_OVERHEAD_BYTES;
             }
             if names.is_empty() || !listed.paths.insert(path.clone()) {
                 continue;
             }
-            listed.held_bytes += path.len() as u64;
+            listed.held_bytes += path.len() as u64 + ENTRY_OVERHEAD_BYTES;
             // The directories above, longest first: where one is known, so are those
             // above it, and a long list of one tree costs what it adds.
             for end in (1..names.len()).rev() {
@@ -309,7 +313,7 @@ impl Filter {
                 if !listed.above.insert(above) {
                     break;
                 }
-                listed.held_bytes += len;
+                listed.held_bytes += len + ENTRY_OVERHEAD_BYTES;
             }
             if listed.paths.len() > FILES_FROM_PATHS_MAX {
                 return Err(FilterError(format!(

@@ -311,9 +311,11 @@ impl Shard {
                 hashes.push(ChunkHash::of(&[]));
                 continue;
             }
-            if sparse && src.with_std(|f| os::is_hole(f, offset, len)) {
+            if sparse && dst.is_some() && src.with_std(|f| os::is_hole(f, offset, len)) {
                 // A hole of the source: nothing to read, nothing to write (the copy has
-                // its size, and reads zeros there), and its hash is the zeros'.
+                // its size, and reads zeros there), and its hash is the zeros'. Hashing
+                // alone (`check`, `--verify`) reads every byte: it must not take the
+                // filesystem's word for a hole, which is what it verifies.
                 hashes.push(zeros_hash(len));
                 counters.bytes.fetch_add(len, Ordering::Relaxed);
                 continue;
