@@ -215,7 +215,12 @@ impl RunLog {
 /// slow transfer from a stalled one (`super::unless_stalled`), and what the client's
 /// progress line shows. Keep-alives and idle streams do not count.
 #[derive(Clone, Debug, Default)]
-pub struct Progress(Arc<[AtomicU64; 2]>);
+pub struct Progress(Arc<[AtomicU64; 3]>);
+
+/// Bytes a session's streams must receive, in all, to count as progress short of a whole
+/// chunk (`Progress::received`): what the lowest `--bwlimit` moves in a second. A peer
+/// that trickles a byte at a time gets nowhere near it within a `--timeout`.
+const STIR_BYTES: u64 = tpc_core::pace::RATE_MIN_BYTES_PER_SEC;
 
 impl Progress {
     pub fn tick(&self, bytes: u64) {
@@ -223,10 +228,18 @@ impl Progress {
         self.0[1].fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// Something moved, short of a whole chunk: a paced piece sent, a piece of a chunk
-    /// received.
+    /// Something moved, short of a whole chunk: a paced piece this end sent.
     pub fn stir(&self) {
         self.0[0].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `n` bytes of a chunk received: progress each time the session's streams have
+    /// received another `STIR_BYTES` together.
+    pub fn received(&self, n: u64) {
+        let before = self.0[2].fetch_add(n, Ordering::Relaxed);
+        if (before + n) / STIR_BYTES != before / STIR_BYTES {
+            self.stir();
+        }
     }
 
     /// Chunks moved so far, and pieces that stirred (`stir`): what the watchdog compares.
@@ -462,6 +475,7 @@ async fn read_exactly(
 ) -> Result<(), DataError> {
     let mut hashed = 0;
     while buf.len() < n {
+        let before = buf.len();
         match recv
             .read_chunk(n - buf.len())
             .await
@@ -470,9 +484,10 @@ async fn read_exactly(
             Some(piece) => buf.extend_from_slice(&piece),
             None => return Err(DataError::Session(SessionError::Ended)),
         }
-        // A chunk that trickles in (a sender paced by `--bwlimit`) is progress too.
+        // A chunk that comes in slowly (a sender paced by `--bwlimit`) is progress
+        // too, by whole `STIR_BYTES` across the session: a trickle is not.
         if let Some(p) = watched {
-            p.stir();
+            p.received((buf.len() - before) as u64);
         }
         if let Some(h) = hasher.as_deref_mut() {
             while buf.len() - hashed >= HASH_PIECE_BYTES {

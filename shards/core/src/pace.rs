@@ -7,8 +7,8 @@
 use crate::filter::{parse_size, FilterError};
 
 /// The lowest limit taken: a 256 KiB piece then leaves within 4 s. (The stall watchdog
-/// counts each paced piece, and each piece received, as progress: chunks in flight
-/// share the rate, and at a low limit a whole chunk takes minutes.)
+/// counts each paced piece sent, and each 64 KiB received, as progress: chunks in
+/// flight share the rate, and at a low limit a whole chunk takes minutes.)
 pub const RATE_MIN_BYTES_PER_SEC: u64 = 64 * 1024;
 
 /// How far ahead of the schedule a sender may run: what leaves at once. Two pieces of
