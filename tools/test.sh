@@ -39,8 +39,9 @@ fi
 # The tests run under cargo-nextest where it is installed: one process per test, as many
 # at once as there are cores, across all the test binaries, so a binary's last slow test
 # no longer leaves the other core idle (the TCP pass: 55 s against 75 s with `cargo
-# test`). Without it, `cargo test` runs the binaries one after another. The suite has
-# no doctests (nextest does not run them).
+# test`); a test that hangs is killed after 300 s (.config/nextest.toml). Without it,
+# `cargo test` runs the binaries one after another. The suite has no doctests (nextest
+# does not run them).
 if cargo nextest --version >/dev/null 2>&1; then
   run_tests() { cargo nextest run --release --no-fail-fast "$@"; }
 else
