@@ -207,8 +207,8 @@ fn report(
     }
 }
 
-/// Sleeps for `period`, logging finished files as they arrive meanwhile: a shard
-/// reporting thousands of small files a second never waits long for room.
+/// Sleeps for `period`, logging finished files as they arrive meanwhile, so a log of
+/// thousands of small files a second keeps up with them instead of coming in bursts.
 fn wait(period: Duration, events: Option<&mpsc::Receiver<FileDone>>) {
     let until = Instant::now() + period;
     let Some(rx) = events else {
