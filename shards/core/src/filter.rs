@@ -87,6 +87,18 @@ struct Listed {
     held_bytes: u64,
 }
 
+impl Listed {
+    /// Whether the list names `path` itself: listed, or directly inside a directory
+    /// listed as `dir/`.
+    fn names(&self, path: &[u8]) -> bool {
+        let parent = match path.iter().rposition(|&b| b == b'/') {
+            Some(i) => &path[..i],
+            None => b"",
+        };
+        self.paths.contains(path) || self.contents.contains(parent)
+    }
+}
+
 /// What one entry of a `--files-from` set costs beyond its bytes: the `Vec` and the hash
 /// set's slot.
 const ENTRY_OVERHEAD_BYTES: u64 = 64;
@@ -344,26 +356,17 @@ impl Filter {
     /// Whether a `--files-from` list leaves out the entry at `path`: it is neither listed
     /// nor above what is. Without a list, nothing is left out.
     pub fn unlisted(&self, path: &[u8]) -> bool {
-        let Some(l) = &self.listed else {
-            return false;
-        };
-        let parent = match path.iter().rposition(|&b| b == b'/') {
-            Some(i) => &path[..i],
-            None => b"",
-        };
-        !l.paths.contains(path) && !l.above.contains(path) && !l.contents.contains(parent)
+        self.listed
+            .as_ref()
+            .is_some_and(|l| !l.names(path) && !l.above.contains(path))
     }
 
     /// Whether a `--files-from` list takes the entry at `path` only as a directory above
     /// what it lists.
     pub fn only_above(&self, path: &[u8]) -> bool {
-        self.listed.as_ref().is_some_and(|l| {
-            let parent = match path.iter().rposition(|&b| b == b'/') {
-                Some(i) => &path[..i],
-                None => b"",
-            };
-            l.above.contains(path) && !l.paths.contains(path) && !l.contents.contains(parent)
-        })
+        self.listed
+            .as_ref()
+            .is_some_and(|l| l.above.contains(path) && !l.names(path))
     }
 
     /// Whether the entry at `path` (from the transfer's root, `/` between names, no
