@@ -424,16 +424,8 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Done {
 
     // Hard links, now that their first names are in place.
     for (first, other) in std::mem::take(&mut plan.links) {
-        if !copied_ok.contains(&first) && !plan.link_targets_present.contains(&first) {
+        if !plan.link_target_ready(&first, &other, &copied_ok, "was not copied", &mut problems) {
             summary.failed += 1;
-            problems.report(
-                Exit::Source,
-                format!(
-                    "not linking {}: {} was not copied",
-                    quote(&plan.shown(&other)),
-                    quote(&plan.shown(&first))
-                ),
-            );
             continue;
         }
         let tmp = plan.temp(&other, "h");
@@ -565,16 +557,14 @@ fn dry_run_ends(
         .filter_map(|f| f.dst.as_ref().map(|d| d.path.clone()))
         .collect();
     for (first, other) in std::mem::take(&mut plan.links) {
-        if !will_exist.contains(&first) && !plan.link_targets_present.contains(&first) {
+        if !plan.link_target_ready(
+            &first,
+            &other,
+            &will_exist,
+            "would not be copied",
+            &mut problems,
+        ) {
             summary.failed += 1;
-            problems.report(
-                Exit::Source,
-                format!(
-                    "not linking {}: {} would not be copied",
-                    quote(&plan.shown(&other)),
-                    quote(&plan.shown(&first))
-                ),
-            );
             continue;
         }
         summary.hard_links += 1;
@@ -802,6 +792,31 @@ impl Plan {
             None => String::new(),
         };
         self.list_line((&code, ""), rel, src.kind == EntryKind::Dir, &extra);
+    }
+
+    /// Whether `first`, the name a hard link at `other` points to, is in place: copied
+    /// by this run (`copied`) or already there. If not, the link is reported as failed,
+    /// saying `why` ("was not copied", or in a dry run "would not be copied").
+    fn link_target_ready(
+        &self,
+        first: &RelPath,
+        other: &RelPath,
+        copied: &HashSet<RelPath>,
+        why: &str,
+        problems: &mut Problems,
+    ) -> bool {
+        if copied.contains(first) || self.link_targets_present.contains(first) {
+            return true;
+        }
+        problems.report(
+            Exit::Source,
+            format!(
+                "not linking {}: {} {why}",
+                quote(&self.shown(other)),
+                quote(&self.shown(first))
+            ),
+        );
+        false
     }
 
     /// Lists a hard link made at `other` to `first`.
