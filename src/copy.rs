@@ -492,12 +492,8 @@ pub fn run(sources: &[OsString], dest: &Path, opts: &CopyOptions) -> Done {
     // directory's mtime, and a read-only directory must stay writable until they are in.
     let mut changed_dirs = Vec::new();
     for (rel, e, before) in plan.dirs.iter().rev() {
-        let changed = plan.touched.contains(rel)
-            || before.as_ref().is_none_or(|b| {
-                b.mode != e.meta.mode
-                    || b.mtime_sec != e.meta.mtime_sec
-                    || b.mtime_nsec != e.meta.mtime_nsec
-            });
+        let changed =
+            plan.touched.contains(rel) || before.as_ref().is_none_or(|b| dir_differs(&e.meta, b));
         if changed {
             changed_dirs.push(rel.clone());
             let set = plan.dest.set_dir_meta(
